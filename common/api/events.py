@@ -1,0 +1,76 @@
+"""Event service API: publish with acknowledgement, replay from the journal.
+
+Methods (service ``events``):
+
+- ``events.publish`` ``PublishRequest`` -> ``PublishReply``: journal one event, then fan it
+  out on the XPUB socket. Idempotent: an ``id`` already journaled is acknowledged
+  again with its original ``seq`` and ``duplicate=True`` (at-least-once senders retry).
+- ``events.replay`` ``ReplayRequest`` -> stream of ``Envelope``: journaled events with
+  ``seq > since`` (and ``<= until_seq`` / ``timestamp <= until``), in ``seq`` order, then
+  (``follow=True``) live events with no gap and no duplicate at the seam. A subscriber
+  that falls further behind than the journal keeps receives one ``Envelope`` with
+  topic ``/events/lost`` whose event is ``{first_seq, last_seq}`` of what it missed.
+- ``events.head`` -> ``{seq}``: the newest sequence number.
+
+Live fan-out: XPUB at ``common.endpoints.events_subscribe_endpoint()``, two frames per
+event: ``topic`` (utf-8, for SUB prefix filters) and the msgpack ``Envelope``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import Field
+
+from common.api.base import Reply, Request
+
+LOST_TOPIC = "/events/lost"
+
+
+class PublishRequest(Request):
+    id: str = Field(min_length=1, max_length=200, description="required; sender-assigned unique id (dedup key)")
+    topic: str = Field(pattern=r"^(/[a-z0-9_-]+)+$", description="required; e.g. /tasks/exit")
+    namespace: str = Field(default="default", description="namespace the event belongs to")
+    timestamp: dt.datetime | None = Field(default=None, description="when it happened (UTC); default: now")
+    event: dict[str, Any] = Field(default_factory=dict, description="topic-specific payload")
+
+
+class PublishReply(Reply):
+    seq: int
+    duplicate: bool = False
+
+
+class Envelope(Reply):
+    """One journaled event: immutable once written."""
+
+    seq: int = Field(description="journal sequence number, strictly increasing, never reused")
+    id: str = Field(description="sender-assigned unique id")
+    timestamp: dt.datetime
+    namespace: str
+    topic: str
+    event: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventFilters(Request):
+    """Filters; within a field values are OR-ed, fields are AND-ed. Empty = everything."""
+
+    topic: list[str] = Field(default_factory=list, description="exact topics or prefixes ending in '/'")
+    type: list[str] = Field(default_factory=list, description="resource kinds: task, container, image, snapshot, content")
+    namespace: list[str] = Field(default_factory=list)
+    container: list[str] = Field(default_factory=list, description="container ids (or prefixes) or names")
+    image: list[str] = Field(default_factory=list)
+    label: list[str] = Field(default_factory=list, description="key or key=value, matched on event.labels")
+
+
+class ReplayRequest(Request):
+    since: int = Field(default=0, ge=0, description="deliver events with seq > since")
+    since_time: dt.datetime | None = Field(default=None, description="deliver events at or after this time")
+    until_seq: int | None = Field(default=None, ge=0)
+    until: dt.datetime | None = Field(default=None, description="stop at this time (a future time ends the follow then)")
+    follow: bool = Field(default=False, description="after the journal, keep streaming live events")
+    filters: EventFilters = Field(default_factory=EventFilters)
+
+
+class HeadReply(Reply):
+    seq: int

@@ -1,0 +1,100 @@
+"""Snapshot service API (containerd's Snapshots + Diff/Apply + unpack, see
+shared/reference/containerd-model.md sections 4-6).
+
+Keys name active and view snapshots, names committed ones; both share one key
+space per namespace. Committed image layers are named by their chain ID.
+
+Methods (service ``snapshot``); every method takes the request's namespace:
+
+- ``snapshot.prepare`` ``PrepareRequest`` -> ``MountsReply``: new active (writable)
+  snapshot on committed ``parent`` ("" = empty). AlreadyExists if ``key`` is taken,
+  NotFound if ``parent`` is not a committed snapshot.
+- ``snapshot.view`` ``PrepareRequest`` -> ``MountsReply``: read-only snapshot on ``parent``.
+- ``snapshot.mounts`` ``KeyRequest`` -> ``MountsReply``: mounts of an active/view snapshot.
+- ``snapshot.commit`` ``CommitRequest`` -> ``Info``: active ``key`` becomes committed ``name``.
+- ``snapshot.remove`` ``KeyRequest`` -> ``{}``: FailedPrecondition while children exist.
+- ``snapshot.stat`` ``KeyRequest`` -> ``Info``; ``snapshot.list`` -> ``{snapshots: [Info]}``;
+  ``snapshot.usage`` ``KeyRequest`` -> ``Usage``.
+- ``snapshot.unpack`` ``UnpackRequest`` -> ``UnpackReply``: apply an image's layers in
+  order into committed snapshots named by chain ID (skipping those already there),
+  verifying each layer's diff ID; the same chain ID is never unpacked twice at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+
+from pydantic import Field
+
+from common.api.base import Reply, Request
+
+
+class Kind(str, Enum):
+    VIEW = "view"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+
+
+class Mount(Reply):
+    """One mount, as for mount(2): ``mount -t <type> <source> <target> -o <options>``."""
+
+    type: str = Field(description="required; 'overlay' or 'bind'")
+    source: str = Field(description="required; device/path")
+    target: str = Field(default="", description="optional; sub-path under the rootfs ('' = the rootfs itself)")
+    options: list[str] = Field(default_factory=list)
+
+
+class PrepareRequest(Request):
+    key: str = Field(min_length=1, max_length=512, description="required; the new snapshot's key")
+    parent: str = Field(default="", description="committed parent name, '' for an empty snapshot")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class KeyRequest(Request):
+    key: str = Field(min_length=1, max_length=512)
+
+
+class CommitRequest(Request):
+    name: str = Field(min_length=1, max_length=512, description="required; committed name (a chain ID for layers)")
+    key: str = Field(min_length=1, max_length=512, description="required; the active snapshot to commit")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class MountsReply(Reply):
+    mounts: list[Mount]
+
+
+class Info(Reply):
+    """A snapshot's metadata: name/kind/parent immutable, labels mutable."""
+
+    name: str
+    parent: str = ""
+    kind: Kind
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Usage(Reply):
+    size: int = Field(description="bytes used by this snapshot alone (not its parents)")
+    inodes: int
+
+
+class LayerToApply(Request):
+    digest: str = Field(description="required; digest of the (compressed) layer blob")
+    media_type: str = Field(description="required; OCI or Docker layer media type")
+    size: int = Field(ge=0, description="required; blob size in bytes")
+    diff_id: str = Field(description="required; sha256 of the uncompressed tar, from the image config")
+    path: str = Field(description="required; path of the verified blob in the content store (read-only)")
+
+
+class UnpackRequest(Request):
+    layers: list[LayerToApply] = Field(min_length=0, description="lowest layer first")
+    labels: dict[str, str] = Field(default_factory=dict, description="labels for newly committed snapshots")
+
+
+class UnpackReply(Reply):
+    chain_ids: list[str] = Field(description="chain ID of each layer, lowest first")
+    chain_id: str = Field(description="chain ID of the top layer ('' for an image without layers)")
+    unpacked: int = Field(description="how many layers had to be applied now")

@@ -1,0 +1,149 @@
+"""Publishing events so that none is lost: an on-disk outbox plus acknowledged delivery.
+
+``EventPublisher.publish()`` writes the event to the outbox directory (one small
+msgpack file per event, named by a local sequence number) and returns; a single
+sender task hands the events, in order, to ``events.publish`` and deletes each
+file only once the events service acknowledged it. If the events service is
+down, the sender retries with back-off; if the publishing process dies, the
+files stay and are sent by the next ``EventPublisher`` opened on the same
+directory (a restarted service, or the execution service draining a dead
+shim's outbox). The events service deduplicates by event id, so a resend after
+a lost acknowledgement is harmless: delivery is at least once, journaling exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from common import codec, errors
+from common.rpc.aio import AsyncClient
+
+log = logging.getLogger(__name__)
+
+_FILE_RE = re.compile(r"^(\d{12})\.ev$")
+_MAX_BACKOFF_S = 2.0
+
+
+def _outbox_files(outbox: Path) -> list[tuple[int, Path]]:
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(outbox):
+            m = _FILE_RE.match(entry.name)
+            if m:
+                found.append((int(m.group(1)), Path(entry.path)))
+    found.sort()
+    return found
+
+
+class EventPublisher:
+    """In-order, at-least-once publisher backed by an outbox directory.
+
+    ``client`` is an ``AsyncClient`` of the events service; ``outbox`` a directory this
+    publisher owns (created if missing). Call ``start()`` once inside the event loop:
+    it queues what an earlier process left in the outbox, oldest first.
+    """
+
+    def __init__(self, client: AsyncClient, outbox: Path, *, call_timeout_s: float = 5.0) -> None:
+        self.client = client
+        self.outbox = outbox
+        self.call_timeout_s = call_timeout_s
+        self._queue: asyncio.Queue[tuple[Path, dict[str, Any]]] = asyncio.Queue()
+        self._next = 0
+        self._sender: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        """Load leftovers from the outbox and start the sender task."""
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        for number, path in _outbox_files(self.outbox):
+            try:
+                item = codec.decode(path.read_bytes())
+            except (OSError, ValueError):
+                log.warning("dropping unreadable outbox file %s", path)
+                path.unlink(missing_ok=True)
+                continue
+            self._next = max(self._next, number + 1)
+            self._queue.put_nowait((path, item))
+            self._idle.clear()
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_loop(), name="event-publisher")
+
+    def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None:
+        """Queue one event for delivery; durable once this returns.
+
+        ``event_id`` must be unique per event and stable across retries (e.g.
+        ``"<container_id>/<task incarnation>/exit"``); the journal stores each id once.
+        Raises ``OSError`` if the outbox cannot be written.
+        """
+        item = {
+            "id": event_id,
+            "topic": topic,
+            "namespace": namespace,
+            "timestamp": codec.utcnow(),
+            "event": event,
+        }
+        path = self.outbox / f"{self._next:012d}.ev"
+        self._next += 1
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(codec.encode(item))
+        os.replace(tmp, path)
+        self._idle.clear()
+        self._queue.put_nowait((path, item))
+
+    async def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued event is acknowledged; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    def pending(self) -> int:
+        """Number of events not yet acknowledged."""
+        return self._queue.qsize()
+
+    async def close(self) -> None:
+        """Stop sending; unacknowledged events stay in the outbox for the next publisher."""
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sender
+            self._sender = None
+
+    async def _send_loop(self) -> None:
+        while True:
+            if self._queue.empty():
+                self._idle.set()
+            path, item = await self._queue.get()
+            backoff = 0.05
+            while True:
+                try:
+                    await self.client.call("events.publish", item, namespace=item["namespace"], timeout_s=self.call_timeout_s)
+                    break
+                except (errors.Unavailable, errors.DeadlineExceeded):
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                except errors.DockyardError as exc:
+                    log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
+                    break
+            path.unlink(missing_ok=True)
+
+
+async def drain_outbox(client: AsyncClient, outbox: Path, timeout_s: float) -> bool:
+    """Deliver what a dead publisher left in ``outbox``; True when it is empty.
+
+    Used by the execution service for a shim that died before its events were acknowledged.
+    """
+    publisher = EventPublisher(client, outbox)
+    publisher.start()
+    try:
+        return await publisher.flush(timeout_s)
+    finally:
+        await publisher.close()

@@ -1,0 +1,246 @@
+"""Asyncio RPC client (DEALER) for services, shims and the gateway.
+
+Same contract as ``common.rpc.client`` (deadlines, liveness, credit, the error
+set), but many calls share one socket: a reader task routes frames to calls by
+request id and answers heartbeats at once, so a call's liveness does not depend
+on how fast its consumer reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from common import codec, endpoints, errors
+from common.rpc import protocol
+
+_GRACE_S = 0.5
+_UNSET: Any = object()
+
+
+class AsyncCall:
+    """One in-flight call of an ``AsyncClient``; ``async for`` it for stream frames."""
+
+    def __init__(self, client: AsyncClient, method: str, request_id: str, deadline: float | None, window: int):
+        self.client = client
+        self.method = method
+        self.request_id = request_id
+        self.deadline = deadline
+        self.window = window
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.last_frame = time.monotonic()
+        self.heard = False
+        self.done = False
+        self._consumed = 0
+
+    async def send(self, body: Any) -> None:
+        """Send one item of the client's own stream (e.g. stdin bytes)."""
+        await self.client._send(protocol.control(protocol.DATA, self.request_id, body=body))
+
+    async def send_eof(self) -> None:
+        """Tell the service the client's stream ended."""
+        await self.client._send(protocol.control(protocol.EOF, self.request_id))
+
+    async def cancel(self) -> None:
+        """Give up on the call; the service cancels its handler."""
+        if not self.done:
+            self.done = True
+            self.client._calls.pop(self.request_id, None)
+            with contextlib.suppress(errors.Unavailable, zmq.ZMQError):
+                await self.client._send(protocol.control(protocol.CANCEL, self.request_id))
+
+    def _fail_silent(self) -> errors.DockyardError:
+        if self.deadline is not None and time.monotonic() >= self.deadline and self.heard:
+            return errors.DeadlineExceeded(f"{self.method}: deadline exceeded")
+        return errors.Unavailable(f"{self.client.service} service not answering at {self.client.endpoint}")
+
+    async def next_frame(self) -> tuple[bool, Any]:
+        """Wait for the next frame; return ``(more, body)``; raise the service's error."""
+        while True:
+            now = time.monotonic()
+            wait = self.client.liveness_s - (now - self.last_frame)
+            if self.deadline is not None:
+                wait = min(wait, self.deadline + _GRACE_S - now)
+            try:
+                msg = await asyncio.wait_for(self.queue.get(), timeout=max(0.0, wait))
+            except TimeoutError:
+                if time.monotonic() - self.last_frame < self.client.liveness_s and (
+                    self.deadline is None or time.monotonic() < self.deadline + _GRACE_S
+                ):
+                    continue  # a heartbeat refreshed last_frame meanwhile
+                self._finish()
+                raise self._fail_silent() from None
+            if not msg.get("ok"):
+                self._finish()
+                raise errors.from_wire(msg.get("error") or {})
+            more = bool(msg.get("more"))
+            if more:
+                self._consumed += 1
+                if self._consumed >= max(1, self.window // 2):
+                    n, self._consumed = self._consumed, 0
+                    await self.client._send(protocol.control(protocol.CREDIT, self.request_id, n=n))
+            else:
+                self._finish()
+            return more, msg.get("body")
+
+    def _finish(self) -> None:
+        self.done = True
+        self.client._calls.pop(self.request_id, None)
+
+    async def result(self) -> Any:
+        """Wait for the final frame of a unary call and return its body."""
+        while True:
+            more, body = await self.next_frame()
+            if not more:
+                return body
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        try:
+            while True:
+                more, body = await self.next_frame()
+                if not more:
+                    return
+                yield body
+        finally:
+            if not self.done:
+                await self.cancel()
+
+
+class AsyncClient:
+    """An asyncio client of one service; safe to share between tasks of one loop.
+
+    ``service`` names the service in errors; ``endpoint`` defaults to its control endpoint.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        endpoint: str | None = None,
+        *,
+        namespace: str = "default",
+        timeout_s: float | None = 30.0,
+        liveness_s: float = 3.0,
+        connect_timeout_s: float = 2.0,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.service = service
+        self.endpoint = endpoint or endpoints.control_endpoint(service)
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self.liveness_s = liveness_s
+        self.connect_timeout_s = connect_timeout_s
+        self._zctx = context or zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._calls: dict[str, AsyncCall] = {}
+        self._send_lock = asyncio.Lock()
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            sock = self._zctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(self.endpoint)
+            self._sock = sock
+            self._reader = asyncio.create_task(self._read_loop(sock), name=f"rpc-client-{self.service}")
+        return self._sock
+
+    async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                payload = await sock.recv()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            try:
+                msg = codec.decode(payload)
+            except ValueError:
+                continue
+            if not isinstance(msg, dict):
+                continue
+            call = self._calls.get(str(msg.get("id")))
+            if call is None:
+                continue
+            call.last_frame = time.monotonic()
+            call.heard = True
+            if msg.get("hb"):
+                with contextlib.suppress(errors.Unavailable, zmq.ZMQError):
+                    await self._send(protocol.control(protocol.PING, call.request_id))
+                continue
+            call.queue.put_nowait(msg)
+
+    async def _send(self, payload: bytes, wait_s: float = 0.0) -> None:
+        sock = self._socket()
+        async with self._send_lock:
+            if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):
+                raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
+            try:
+                await sock.send(payload, zmq.NOBLOCK)
+            except zmq.Again:
+                raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}") from None
+
+    async def start(
+        self,
+        method: str,
+        body: Any = None,
+        *,
+        timeout_s: float | None = _UNSET,
+        namespace: str | None = None,
+        meta: dict[str, Any] | None = None,
+        window: int = protocol.DEFAULT_WINDOW,
+    ) -> AsyncCall:
+        """Send a request and return its ``AsyncCall`` (``timeout_s=None``: no deadline)."""
+        timeout = self.timeout_s if timeout_s is _UNSET else timeout_s
+        request_id = protocol.new_request_id()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = AsyncCall(self, method, request_id, deadline, window)
+        self._calls[request_id] = call
+        payload = protocol.request(
+            request_id,
+            method,
+            body,
+            namespace=namespace or self.namespace,
+            deadline=protocol.deadline_ms(timeout),
+            window=window,
+            meta=meta,
+        )
+        connect_wait = self.connect_timeout_s if timeout is None else min(self.connect_timeout_s, max(0.05, timeout))
+        try:
+            await self._send(payload, wait_s=connect_wait)
+        except BaseException:
+            self._calls.pop(request_id, None)
+            raise
+        call.last_frame = time.monotonic()
+        return call
+
+    async def call(self, method: str, body: Any = None, **kw: Any) -> Any:
+        """Make a unary call and return the reply body."""
+        call = await self.start(method, body, **kw)
+        try:
+            return await call.result()
+        except asyncio.CancelledError:
+            await call.cancel()
+            raise
+
+    async def stream(self, method: str, body: Any = None, **kw: Any) -> AsyncIterator[Any]:
+        """Make a streaming call (no deadline unless given) and iterate its frames."""
+        kw.setdefault("timeout_s", None)
+        call = await self.start(method, body, **kw)
+        async for item in call:
+            yield item
+
+    async def close(self) -> None:
+        """Close the socket and fail nothing: pending calls time out as Unavailable."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None

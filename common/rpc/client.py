@@ -1,0 +1,237 @@
+"""Blocking RPC client (DEALER) for the CLI, tests and short-lived tools.
+
+Every call has a deadline and a liveness check: a service that sends no frame
+(reply or heartbeat) for ``liveness_s`` seconds, or that cannot be connected to
+within ``connect_timeout_s``, raises ``Unavailable("<service> service not
+answering at <endpoint>")``; the call never hangs. Errors sent by the service
+are raised again as the same ``common.errors`` class.
+
+Streaming replies are iterated; the client grants credit as it consumes frames so
+a slow reader slows the server down instead of filling memory. ``open()`` gives a
+two-way stream (stdin to the service, output back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from common import codec, endpoints, errors
+from common.rpc import protocol
+
+_GRACE_S = 0.5
+
+
+class _Unset:
+    """Marker for "use the client's default timeout"."""
+
+
+UNSET = _Unset()
+
+
+class Call:
+    """One in-flight call on a ``Client``; iterate it for stream frames."""
+
+    def __init__(self, client: Client, method: str, request_id: str, deadline: float | None, window: int):
+        self.client = client
+        self.method = method
+        self.request_id = request_id
+        self.deadline = deadline  # monotonic, or None
+        self.window = window
+        self._consumed = 0
+        self._last_frame = time.monotonic()
+        self._heard = False
+        self.done = False
+
+    # -- client -> server ---------------------------------------------------------------
+    def send(self, body: Any) -> None:
+        """Send one item of the client's own stream (e.g. stdin bytes)."""
+        self.client._send(protocol.control(protocol.DATA, self.request_id, body=body))
+
+    def send_eof(self) -> None:
+        """Tell the service the client's stream ended (stdin EOF)."""
+        self.client._send(protocol.control(protocol.EOF, self.request_id))
+
+    def cancel(self) -> None:
+        """Give up on the call; the service cancels its handler."""
+        if not self.done:
+            self.done = True
+            self.client._send(protocol.control(protocol.CANCEL, self.request_id))
+
+    # -- server -> client ---------------------------------------------------------------
+    def _timeout_ms(self) -> int:
+        now = time.monotonic()
+        wait = self.client.liveness_s - (now - self._last_frame)
+        if self.deadline is not None:
+            wait = min(wait, self.deadline + _GRACE_S - now)
+        return max(0, int(wait * 1000))
+
+    def _fail_silent(self) -> errors.DockyardError:
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline and self._heard:
+            return errors.DeadlineExceeded(f"{self.method}: deadline exceeded")
+        return errors.Unavailable(f"{self.client.service} service not answering at {self.client.endpoint}")
+
+    def next_frame(self, timeout_ms: int | None = None) -> tuple[bool, Any]:
+        """Wait for the next reply frame; return ``(more, body)``.
+
+        ``timeout_ms`` (optional) returns ``(True, None)`` early when nothing arrived in
+        that time, so a caller can multiplex other work (stdin) with the stream.
+        Raises the service's error, ``Unavailable`` or ``DeadlineExceeded``.
+        """
+        sock = self.client._socket()
+        while True:
+            wait = self._timeout_ms()
+            if timeout_ms is not None and timeout_ms < wait:
+                if not sock.poll(timeout_ms, zmq.POLLIN):
+                    return True, None
+            elif not sock.poll(wait, zmq.POLLIN):
+                self.done = True
+                raise self._fail_silent()
+            try:
+                msg = codec.decode(sock.recv())
+            except ValueError:
+                continue
+            if not isinstance(msg, dict) or msg.get("id") != self.request_id:
+                continue  # a late frame of an earlier call
+            self._last_frame = time.monotonic()
+            self._heard = True
+            if msg.get("hb"):
+                self.client._send(protocol.control(protocol.PING, self.request_id))
+                continue
+            if not msg.get("ok"):
+                self.done = True
+                raise errors.from_wire(msg.get("error") or {})
+            more = bool(msg.get("more"))
+            if more:
+                self._consumed += 1
+                if self._consumed >= max(1, self.window // 2):
+                    self.client._send(protocol.control(protocol.CREDIT, self.request_id, n=self._consumed))
+                    self._consumed = 0
+            else:
+                self.done = True
+            return more, msg.get("body")
+
+    def result(self) -> Any:
+        """Wait for the final reply of a unary call and return its body."""
+        while True:
+            more, body = self.next_frame()
+            if not more:
+                return body
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                more, body = self.next_frame()
+                if not more:
+                    return
+                yield body
+        finally:
+            if not self.done:
+                self.cancel()
+
+
+class Client:
+    """A blocking client of one service.
+
+    ``service`` is the service's name (``"image"``, ``"execution"``, or ``"shim"``);
+    ``endpoint`` defaults to ``common.endpoints.control_endpoint(service)``. The client
+    is not thread-safe; use one per thread.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        endpoint: str | None = None,
+        *,
+        namespace: str = "default",
+        timeout_s: float | None = 30.0,
+        liveness_s: float = 3.0,
+        connect_timeout_s: float = 2.0,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.service = service
+        self.endpoint = endpoint or endpoints.control_endpoint(service)
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self.liveness_s = liveness_s
+        self.connect_timeout_s = connect_timeout_s
+        self._zctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] | None = None
+
+    def _socket(self) -> zmq.Socket[Any]:
+        if self._sock is None:
+            sock = self._zctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _send(self, payload: bytes, wait_s: float = 0.0) -> None:
+        sock = self._socket()
+        if wait_s and not sock.poll(int(wait_s * 1000), zmq.POLLOUT):
+            self.close()
+            raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
+        try:
+            sock.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            self.close()
+            raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}") from None
+
+    def start(
+        self,
+        method: str,
+        body: Any = None,
+        *,
+        timeout_s: float | None | _Unset = UNSET,
+        namespace: str | None = None,
+        meta: dict[str, Any] | None = None,
+        window: int = protocol.DEFAULT_WINDOW,
+    ) -> Call:
+        """Send a request and return its ``Call`` without waiting for the reply.
+
+        ``timeout_s`` overrides the client's default deadline (None = no deadline,
+        liveness still applies). Raises ``Unavailable`` when the service cannot be reached.
+        """
+        timeout = self.timeout_s if isinstance(timeout_s, _Unset) else timeout_s
+        request_id = protocol.new_request_id()
+        payload = protocol.request(
+            request_id,
+            method,
+            body,
+            namespace=namespace or self.namespace,
+            deadline=protocol.deadline_ms(timeout),
+            window=window,
+            meta=meta,
+        )
+        connect_wait = self.connect_timeout_s
+        if timeout is not None:
+            connect_wait = min(connect_wait, max(0.05, timeout))
+        self._send(payload, wait_s=connect_wait)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return Call(self, method, request_id, deadline, window)
+
+    def call(self, method: str, body: Any = None, **kw: Any) -> Any:
+        """Make a unary call and return the reply body (see ``start`` for options)."""
+        return self.start(method, body, **kw).result()
+
+    def stream(self, method: str, body: Any = None, **kw: Any) -> Iterator[Any]:
+        """Make a streaming call and iterate its frames (no deadline unless given)."""
+        kw.setdefault("timeout_s", None)
+        return iter(self.start(method, body, **kw))
+
+    def close(self) -> None:
+        """Close the socket; the client reconnects on its next call."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,96 @@
+"""The Dockyard wire envelope (one msgpack document per ZeroMQ frame).
+
+Client -> server (DEALER -> ROUTER), field ``k`` says the kind:
+
+- ``req``: ``{v, k, id, method, namespace, deadline_ms, window, meta, body}`` opens a call.
+  ``method`` is ``<service>.<verb>``; ``deadline_ms`` is an absolute unix time in
+  milliseconds (0 = none); ``window`` is how many stream frames the server may send
+  before it must wait for credit.
+- ``data``: ``{v, k, id, body}`` one item of the client's own stream (e.g. stdin bytes).
+- ``eof``: ``{v, k, id}`` the client's stream ended (stdin EOF).
+- ``credit``: ``{v, k, id, n}`` the client consumed ``n`` more stream frames.
+- ``ping``: ``{v, k, id}`` the client is alive (answer to a heartbeat).
+- ``cancel``: ``{v, k, id}`` the client gave up; the server cancels the handler.
+
+Server -> client:
+
+- reply: ``{v, id, ok: true, more, body}``; ``more: true`` is one frame of a streaming
+  reply, the final frame has ``more: false``.
+- error: ``{v, id, ok: false, error: {code, message, details}}``, always final.
+- heartbeat: ``{v, id, hb: true}`` sent every ``heartbeat_s`` while a call is in flight,
+  so a client can tell a slow call from a dead service.
+
+No traceback ever crosses the wire: errors are the closed set of ``common.errors``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from common import codec
+from common.errors import DockyardError
+
+VERSION = 1
+DEFAULT_WINDOW = 64
+
+REQ, DATA, EOF, CREDIT, PING, CANCEL = "req", "data", "eof", "credit", "ping", "cancel"
+
+
+def new_request_id() -> str:
+    """Return a fresh 16-hex request id."""
+    return os.urandom(8).hex()
+
+
+def deadline_ms(timeout_s: float | None) -> int:
+    """Return the absolute deadline (unix ms) ``timeout_s`` from now; 0 when None."""
+    if timeout_s is None:
+        return 0
+    return int((time.time() + timeout_s) * 1000)
+
+
+def request(
+    request_id: str,
+    method: str,
+    body: Any,
+    *,
+    namespace: str,
+    deadline: int,
+    window: int = DEFAULT_WINDOW,
+    meta: dict[str, Any] | None = None,
+) -> bytes:
+    """Encode a ``req`` message."""
+    return codec.encode(
+        {
+            "v": VERSION,
+            "k": REQ,
+            "id": request_id,
+            "method": method,
+            "namespace": namespace,
+            "deadline_ms": deadline,
+            "window": window,
+            "meta": meta or {},
+            "body": body,
+        }
+    )
+
+
+def control(kind: str, request_id: str, **fields: Any) -> bytes:
+    """Encode a client follow-up message (``data``, ``eof``, ``credit``, ``ping``, ``cancel``)."""
+    return codec.encode({"v": VERSION, "k": kind, "id": request_id, **fields})
+
+
+def reply(request_id: str, body: Any, *, more: bool = False) -> bytes:
+    """Encode a reply frame (``more=True`` for one item of a stream)."""
+    return codec.encode({"v": VERSION, "id": request_id, "ok": True, "more": more, "body": body})
+
+
+def error(request_id: str, exc: DockyardError) -> bytes:
+    """Encode a final error frame."""
+    return codec.encode({"v": VERSION, "id": request_id, "ok": False, "error": exc.to_wire()})
+
+
+def heartbeat(request_id: str) -> bytes:
+    """Encode a heartbeat frame for an in-flight call."""
+    return codec.encode({"v": VERSION, "id": request_id, "hb": True})

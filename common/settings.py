@@ -1,0 +1,93 @@
+"""Settings of a Dockyard process, read once at start-up.
+
+One pydantic-settings class; every field can be set by an environment variable
+``DOCKYARD_<FIELD>`` (e.g. ``DOCKYARD_ROOT``, ``DOCKYARD_STATE``,
+``DOCKYARD_RUNTIME=crun``, ``DOCKYARD_INSECURE_REGISTRIES='["myreg:5000"]'``).
+Addresses derive from ``root`` and ``state`` through ``common.endpoints``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common import endpoints
+
+
+class Settings(BaseSettings):
+    """Settings shared by every Dockyard process (each process reads its own copy)."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="ignore")
+
+    root: Path = Field(default=Path(endpoints.DEFAULT_ROOT), description="persistent data directory")
+    state: Path = Field(default=Path(endpoints.DEFAULT_STATE), description="runtime state directory")
+    namespace: str = Field(default="default", description="namespace used when a request names none")
+    log_level: str = Field(default="info", description="debug, info, warning or error")
+
+    runtime: str = Field(default="runc", description="OCI runtime binary: runc or crun (name or path)")
+    snapshotter: str = Field(default="overlayfs", description="overlayfs or native")
+
+    rpc_timeout_s: float = Field(default=30.0, description="default deadline of a control call")
+    liveness_s: float = Field(
+        default=3.0,
+        description="a call whose service sends no frame (reply or heartbeat) for this long is Unavailable",
+    )
+    heartbeat_s: float = Field(default=1.0, description="interval of heartbeats on long-running calls")
+
+    insecure_registries: list[str] = Field(
+        default_factory=list,
+        description="host[:port] or CIDR entries spoken to over plain HTTP (loopback always is)",
+    )
+    registry_mirrors: dict[str, list[str]] = Field(
+        default_factory=dict, description="registry host -> mirror endpoints tried first"
+    )
+    registry_config: Path | None = Field(
+        default=None, description="Docker-format config.json with credentials (default ~/.docker/config.json)"
+    )
+    max_concurrent_downloads: int = Field(default=3, ge=1, le=32)
+
+    journal_max_age_s: float = Field(default=7 * 24 * 3600.0, description="events older than this are compacted")
+    journal_max_events: int = Field(default=1_000_000, description="the journal keeps at most this many events")
+
+    def env(self) -> dict[str, str]:
+        """Return the environment that makes a child process see these same directories."""
+        env = dict(os.environ)
+        env["DOCKYARD_ROOT"] = str(self.root)
+        env["DOCKYARD_STATE"] = str(self.state)
+        return env
+
+    def control_endpoint(self, service: str) -> str:
+        """Return the ROUTER endpoint of ``service`` (see ``common.endpoints``)."""
+        return endpoints.control_endpoint(service, self.env())
+
+    @property
+    def events_publish_endpoint(self) -> str:
+        return endpoints.events_publish_endpoint(self.env())
+
+    @property
+    def events_subscribe_endpoint(self) -> str:
+        return endpoints.events_subscribe_endpoint(self.env())
+
+    @property
+    def gateway_socket(self) -> str:
+        return endpoints.gateway_socket_path(self.env())
+
+    def shim_endpoint(self, namespace: str, container_id: str) -> str:
+        return endpoints.shim_endpoint(namespace, container_id, self.env())
+
+    def bundle_dir(self, namespace: str, container_id: str) -> Path:
+        return Path(endpoints.bundle_dir(namespace, container_id, self.env()))
+
+    def container_dir(self, namespace: str, container_id: str) -> Path:
+        return Path(endpoints.container_dir(namespace, container_id, self.env()))
+
+    @property
+    def runtime_root(self) -> Path:
+        return Path(endpoints.runtime_root(self.runtime, self.env()))
+
+    def service_dir(self, service: str) -> Path:
+        """Return ``<root>/<service>``, the persistent directory a service owns alone."""
+        return self.root / service
