@@ -1,0 +1,27 @@
+"""Shared fixtures: ``instance`` gives a private Dockyard instance that is always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import Instance
+
+
+def need_root() -> None:
+    """Skip unless running as root with runc on PATH (integration tests need both)."""
+    if os.geteuid() != 0 or shutil.which("runc") is None:
+        pytest.skip("needs root and runc")
+
+
+@pytest.fixture
+def instance() -> Iterator[Instance]:
+    """A fresh instance (no service started); everything it made is removed afterwards."""
+    inst = Instance()
+    try:
+        yield inst
+    finally:
+        inst.cleanup()
