@@ -1,0 +1,14 @@
+"""Entry point of the ``dockyard`` command (console script and ``python -m cli``)."""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    """Run the CLI; see ``cli.app`` for the command tree."""
+    from cli.app import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Everything the CLI prints goes through here (no ``print`` elsewhere).
+
+Errors are one line on stderr, ``error: <message>`` (``Unavailable``,
+``DeadlineExceeded`` and ``Internal`` keep their code in front, so a dead
+service reads ``error: Unavailable: image service not answering at ...``), and
+the process exits non-zero. No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+from common import errors
+
+_CODE_SHOWN = ("Unavailable", "DeadlineExceeded", "Internal")
+
+EXIT_ENGINE_ERROR = 125
+"""Docker's exit status when the engine, not the container, failed."""
+
+
+def line(text: str = "") -> None:
+    """Print one line on stdout."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def raw(data: bytes, stream: int = 1) -> None:
+    """Write bytes unchanged to stdout (1) or stderr (2)."""
+    target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
+    target.write(data)
+    target.flush()
+
+
+def warn(text: str) -> None:
+    """Print a warning line on stderr."""
+    sys.stderr.write(f"warning: {text}\n")
+    sys.stderr.flush()
+
+
+def error_text(exc: BaseException) -> str:
+    """Return the one-line message shown for ``exc``."""
+    if isinstance(exc, errors.DockyardError):
+        if exc.code in _CODE_SHOWN:
+            return f"{exc.code}: {exc.message}"
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+def fail(exc: BaseException | str, code: int = 1) -> NoReturn:
+    """Print ``error: <message>`` on stderr and exit with ``code``."""
+    text = exc if isinstance(exc, str) else error_text(exc)
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a left-aligned table with columns separated by three spaces (like docker)."""
+    rows = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    fmt = "   ".join("{:<%d}" % w for w in widths)
+    line(fmt.format(*headers).rstrip())
+    for row in rows:
+        line(fmt.format(*row).rstrip())
+
+
+def as_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON (datetimes as RFC 3339)."""
+    line(json.dumps(obj, indent=4, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    iso = getattr(obj, "isoformat", None)
+    if iso is not None:
+        return iso().replace("+00:00", "Z")
+    if isinstance(obj, bytes):
+        return obj.decode(errors="replace")
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    raise TypeError(f"cannot show {type(obj).__name__}")
