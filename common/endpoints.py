@@ -18,7 +18,7 @@ from collections.abc import Mapping
 DEFAULT_ROOT = "/var/lib/dockyard"
 DEFAULT_STATE = "/run/dockyard"
 
-SERVICES = ("events", "image", "snapshot", "execution", "gateway")
+SERVICES = ("events", "snapshot", "image", "execution", "gateway")
 """The long-lived services, in the order ``dockyard up`` starts them."""
 
 UNIX_PATH_MAX = 107

@@ -55,7 +55,9 @@ class Envelope(Reply):
 class EventFilters(Request):
     """Filters; within a field values are OR-ed, fields are AND-ed. Empty = everything."""
 
-    topic: list[str] = Field(default_factory=list, description="exact topics or prefixes ending in '/'")
+    topic: list[str] = Field(
+        default_factory=list, description="exact topics, prefixes ending in '/', or bare verbs ('exit')"
+    )
     type: list[str] = Field(default_factory=list, description="resource kinds: task, container, image, snapshot, content")
     namespace: list[str] = Field(default_factory=list)
     container: list[str] = Field(default_factory=list, description="container ids (or prefixes) or names")
