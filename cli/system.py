@@ -105,7 +105,7 @@ def _since(value: Any) -> str:
     if not value:
         return ""
     if isinstance(value, dt.datetime):
-        secs = (dt.datetime.now(dt.timezone.utc) - value).total_seconds()
+        secs = (dt.datetime.now(dt.UTC) - value).total_seconds()
         return f"{int(secs)}s ago" if secs < 120 else f"{int(secs // 60)}m ago"
     return str(value)
 
@@ -113,8 +113,10 @@ def _since(value: Any) -> str:
 def _print_status(status: dict[str, Any]) -> None:
     output.table(
         ["SERVICE", "STATE", "PID", "RESTARTS", "STARTED", "LAST EXIT"],
-        [[s["name"], s["state"], s["pid"] or "", s["restarts"], _since(s.get("started_at")), s.get("last_exit", "")]
-         for s in status["services"]],
+        [
+            [s["name"], s["state"], s["pid"] or "", s["restarts"], _since(s.get("started_at")), s.get("last_exit", "")]
+            for s in status["services"]
+        ],
     )
 
 
@@ -122,7 +124,9 @@ def status() -> None:
     """Show each service's state, pid and restart count."""
     st = _supervisor_status()
     if st is None:
-        output.fail(f"Unavailable: supervisor not answering at {endpoints.control_endpoint('supervisor')} (run: dockyard up)")
+        output.fail(
+            f"Unavailable: supervisor not answering at {endpoints.control_endpoint('supervisor')} (run: dockyard up)"
+        )
     _print_status(st)
 
 
@@ -152,16 +156,18 @@ def _parse_time(value: str) -> dt.datetime:
     """Accept RFC 3339, unix seconds (``1700000000.5``) or a duration ago (``10m``, ``2h``, ``30s``)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=float(value[:-1]) * units[value[-1]])
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(value[:-1]) * units[value[-1]])
     try:
-        return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
+        return dt.datetime.fromtimestamp(float(value), dt.UTC)
     except ValueError:
         pass
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise errors.InvalidArgument(f"invalid time {value!r}: use RFC 3339, unix seconds or a duration like 10m") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        raise errors.InvalidArgument(
+            f"invalid time {value!r}: use RFC 3339, unix seconds or a duration like 10m"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _parse_filters(items: list[str]) -> dict[str, list[str]]:
@@ -178,9 +184,13 @@ def _parse_filters(items: list[str]) -> dict[str, list[str]]:
 
 
 def events(
-    since: Annotated[str | None, typer.Option(help="sequence number, RFC 3339 time, unix time or duration (10m)")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="sequence number, RFC 3339 time, unix time or duration (10m)")
+    ] = None,
     until: Annotated[str | None, typer.Option(help="sequence number or time to stop at")] = None,
-    filter_: Annotated[list[str], typer.Option("--filter", "-f", help="key=value: topic, type, namespace, container, image, label")] = [],  # noqa: B006
+    filter_: Annotated[
+        list[str], typer.Option("--filter", "-f", help="key=value: topic, type, namespace, container, image, label")
+    ] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="one JSON envelope per line")] = False,
 ) -> None:
     """Print events: replay from the journal (``--since``), then follow live ones."""

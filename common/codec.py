@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 
 
 def _default(obj: Any) -> Any:

@@ -187,7 +187,7 @@ class Client:
         method: str,
         body: Any = None,
         *,
-        timeout_s: float | None | _Unset = UNSET,
+        timeout_s: float | _Unset | None = UNSET,
         namespace: str | None = None,
         meta: dict[str, Any] | None = None,
         window: int = protocol.DEFAULT_WINDOW,

@@ -57,7 +57,9 @@ def matches(record: Record, f: EventFilters) -> bool:
     if f.container:
         is_container_topic = record.topic.startswith("/containers/")
         ids = {str(x) for x in (ev.get("container_id"), ev.get("id") if is_container_topic else None) if x}
-        names = {str(x).lstrip("/") for x in (ev.get("container_name"), ev.get("name") if is_container_topic else None) if x}
+        names = {
+            str(x).lstrip("/") for x in (ev.get("container_name"), ev.get("name") if is_container_topic else None) if x
+        }
         if not any(any(i.startswith(c) for i in ids) or c.lstrip("/") in names for c in f.container):
             return False
     if f.image:

@@ -275,25 +275,44 @@ class Server:
 
     async def _send_simple(self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response) -> None:
         with contextlib.suppress(h11.LocalProtocolError):
-            data = conn.send(h11.Response(status_code=response.status, reason=_reason(response.status), headers=self._headers(
-                response, {"Content-Length": str(len(response.body)), "Connection": "close"})))
+            data = conn.send(
+                h11.Response(
+                    status_code=response.status,
+                    reason=_reason(response.status),
+                    headers=self._headers(response, {"Content-Length": str(len(response.body)), "Connection": "close"}),
+                )
+            )
             data += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
             writer.write(data)
             await writer.drain()
 
-    async def _send_response(self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request,
-                             response: Response) -> None:
+    async def _send_response(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request, response: Response
+    ) -> None:
         if response.stream is None:
             no_body = response.status in (204, 304) or request.method == "HEAD"
             extra = {} if response.status in (204, 304) else {"Content-Length": str(len(response.body))}
-            writer.write(conn.send(h11.Response(status_code=response.status, reason=_reason(response.status), headers=self._headers(response, extra))))
+            writer.write(
+                conn.send(
+                    h11.Response(
+                        status_code=response.status,
+                        reason=_reason(response.status),
+                        headers=self._headers(response, extra),
+                    )
+                )
+            )
             if response.body and not no_body:
                 writer.write(conn.send(h11.Data(data=response.body)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
             return
-        writer.write(conn.send(h11.Response(status_code=response.status,
-                                            headers=self._headers(response, {"Transfer-Encoding": "chunked"}))))
+        writer.write(
+            conn.send(
+                h11.Response(
+                    status_code=response.status, headers=self._headers(response, {"Transfer-Encoding": "chunked"})
+                )
+            )
+        )
         await writer.drain()
         stream = response.stream
         try:
@@ -309,8 +328,14 @@ class Server:
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
-    async def _hijack(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      request: Request, response: Response) -> None:
+    async def _hijack(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: Request,
+        response: Response,
+    ) -> None:
         assert response.hijack is not None
         trailing, _closed = conn.trailing_data
         if request.upgrade:

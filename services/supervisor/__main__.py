@@ -14,7 +14,9 @@ async def setup(host: ServiceHost) -> list[object]:
     env = host.settings.env()
 
     async def health(name: str, timeout_s: float) -> bool:
-        client = AsyncClient(name, endpoints.control_endpoint(name, env), liveness_s=timeout_s, connect_timeout_s=timeout_s)
+        client = AsyncClient(
+            name, endpoints.control_endpoint(name, env), liveness_s=timeout_s, connect_timeout_s=timeout_s
+        )
         try:
             await client.call(f"{name}.health", {}, timeout_s=timeout_s)
             return True
