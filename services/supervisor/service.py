@@ -213,21 +213,21 @@ class Supervisor:
 
 
 async def _wait_pid(pid: int) -> None:
-    """Wait until ``pid`` is gone (pidfd when possible, else a slow poll)."""
+    """Wait until ``pid`` has exited (its pidfd turns readable; a zombie counts as exited)."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
-        return
+        return  # already gone
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def _readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, _readable)
     try:
-        while pid_alive(pid):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(done), 1.0)
-            if done.done():
-                # readable pidfd: exited (maybe a zombie of another parent)
-                break
+        await exited
     finally:
         loop.remove_reader(fd)
         os.close(fd)
