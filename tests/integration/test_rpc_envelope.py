@@ -155,3 +155,65 @@ def test_async_client_multiplexes_calls_on_one_socket(server: tuple[str, _Svc]) 
             await ac.close()
 
     asyncio.run(main())
+
+
+def test_tcp_endpoints_use_libzmq_and_carry_the_same_envelope(tmp_path: Path) -> None:
+    import socket as _s
+
+    with _s.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    loop = asyncio.new_event_loop()
+    srv = RpcServer(endpoint, _Svc(), name="t")
+    t = threading.Thread(target=lambda: (loop.run_until_complete(srv.start()), loop.run_forever()), daemon=True)
+    t.start()
+    try:
+        c = Client("t", endpoint)
+        assert c.call("t.echo", {"text": "tcp"})["text"] == "tcp"
+        assert list(c.stream("t.count", {"text": "", "n": 5})) == [0, 1, 2, 3, 4]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_the_blocking_client_does_not_import_pyzmq_on_ipc(server: tuple[str, _Svc]) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from common.rpc.client import Client; "
+        f"print(Client('t', {server[0]!r}).call('t.echo', {{'text': 'x'}})['text']); "
+        "print('zmq' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["x", "False"]
+
+
+def test_a_service_dying_mid_call_is_unavailable_at_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    endpoint = f"ipc://{tmp_path}/dying.sock"
+
+    def serve() -> None:
+        async def main() -> None:
+            srv = RpcServer(endpoint, _Svc(), name="t")
+            await srv.start()
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+
+    proc = multiprocessing.get_context("fork").Process(target=serve, daemon=True)
+    proc.start()
+    try:
+        c = Client("t", endpoint, liveness_s=10)
+        assert c.call("t.echo", {"text": "up"})["text"] == "up"
+        call = c.start("t.sleep", {"text": "", "n": 30}, timeout_s=60)
+        time.sleep(0.2)
+        proc.kill()
+        t0 = time.monotonic()
+        with pytest.raises(errors.Unavailable, match="t service not answering"):
+            call.result()
+        assert time.monotonic() - t0 < 2
+    finally:
+        proc.kill()
+        proc.join()
