@@ -85,7 +85,7 @@ class PyzmqTransport:
         import zmq
 
         self._zmq = zmq
-        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock: Any = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.connect(endpoint)
