@@ -34,7 +34,7 @@ from tests.harness import Instance
 
 def _pct(values: list[float], pct: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def _follower(endpoint: str, total: int, ready: Any, out: Any) -> None:
