@@ -77,7 +77,12 @@ async def setup(host: ServiceHost) -> list[object]:
     host.spawn(service.writer_loop(), "journal-writer")
     host.spawn(_intake(xsub, service), "xsub-intake")
     host.spawn(_drain_xpub(xpub), "xpub-subscriptions")
-    host.spawn(compactor(journal, settings.journal_max_age_s, settings.journal_max_events), "journal-compactor")
+    host.spawn(
+        compactor(
+            journal, settings.journal_max_age_s, settings.journal_max_events, settings.journal_compact_interval_s
+        ),
+        "journal-compactor",
+    )
     return [service]
 
 

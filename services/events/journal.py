@@ -74,7 +74,7 @@ def _ns(ts: dt.datetime) -> int:
 
 
 def _from_ns(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns / 1_000_000_000, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ns / 1_000_000_000, dt.UTC)
 
 
 class Journal:
@@ -121,7 +121,9 @@ class Journal:
                     "INSERT INTO events(id, ts_ns, namespace, topic, payload) VALUES (?,?,?,?,?)",
                     (ev.id, _ns(ev.timestamp), ev.namespace, ev.topic, codec.encode(ev.event)),
                 )
-                out.append((Record(int(cur.lastrowid or 0), ev.id, ev.timestamp, ev.namespace, ev.topic, ev.event), False))
+                out.append(
+                    (Record(int(cur.lastrowid or 0), ev.id, ev.timestamp, ev.namespace, ev.topic, ev.event), False)
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -167,7 +169,7 @@ class Journal:
 
     def compact(self, max_age_s: float, max_events: int) -> int:
         """Delete events older than ``max_age_s`` and beyond the newest ``max_events``; return how many."""
-        cutoff = int((time.time() - max_age_s) * 1_000_000_000)
+        cutoff = max(0, int((time.time() - max_age_s) * 1_000_000_000))
         conn = self._writer
         removed = conn.execute("DELETE FROM events WHERE ts_ns < ?", (cutoff,)).rowcount
         head = self.head()

@@ -39,9 +39,15 @@ def event_kind(topic: str) -> str:
     return _KINDS.get(part, part)
 
 
+def _topic_matches(topic: str, want: str) -> bool:
+    if want.startswith("/"):
+        return topic == want or (want.endswith("/") and topic.startswith(want))
+    return topic.rsplit("/", 1)[-1] == want  # a bare verb: "exit" matches /tasks/exit
+
+
 def matches(record: Record, f: EventFilters) -> bool:
     """True when ``record`` passes filters ``f`` (OR within a field, AND across fields)."""
-    if f.topic and not any(record.topic == t or (t.endswith("/") and record.topic.startswith(t)) for t in f.topic):
+    if f.topic and not any(_topic_matches(record.topic, t) for t in f.topic):
         return False
     if f.type and event_kind(record.topic) not in f.type:
         return False
@@ -51,7 +57,9 @@ def matches(record: Record, f: EventFilters) -> bool:
     if f.container:
         is_container_topic = record.topic.startswith("/containers/")
         ids = {str(x) for x in (ev.get("container_id"), ev.get("id") if is_container_topic else None) if x}
-        names = {str(x).lstrip("/") for x in (ev.get("container_name"), ev.get("name") if is_container_topic else None) if x}
+        names = {
+            str(x).lstrip("/") for x in (ev.get("container_name"), ev.get("name") if is_container_topic else None) if x
+        }
         if not any(any(i.startswith(c) for i in ids) or c.lstrip("/") in names for c in f.container):
             return False
     if f.image:
