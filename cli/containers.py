@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -325,14 +324,7 @@ class _RawTerminal:
 
 def _pump(call: Any, stdin: bool) -> None:
     """Copy the attach stream to stdout/stderr (and stdin to it) until the output ends."""
-    import zmq
-
-    sock = call.client._socket()
     stdin_fd = sys.stdin.fileno() if stdin else -1
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    if stdin_fd >= 0:
-        poller.register(stdin_fd, zmq.POLLIN)
     while True:
         more, body = call.next_frame(timeout_ms=0)
         if not more:
@@ -341,8 +333,9 @@ def _pump(call: Any, stdin: bool) -> None:
             if "d" in body:
                 output.raw(body["d"], body.get("s", 1))
             continue
-        events = dict(poller.poll(1000))
-        if stdin_fd >= 0 and stdin_fd in events:
+        watch = [call.client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
+        readable, _, _ = select.select(watch, [], [], 1.0)
+        if stdin_fd >= 0 and stdin_fd in readable:
             try:
                 data = os.read(stdin_fd, 65536)
             except OSError:
@@ -351,7 +344,6 @@ def _pump(call: Any, stdin: bool) -> None:
                 call.send(data)
             else:
                 call.send_eof()
-                poller.unregister(stdin_fd)
                 stdin_fd = -1
 
 
@@ -824,5 +816,3 @@ def register(app: typer.Typer) -> None:
     container_app.command("inspect")(inspect)
     app.command("inspect")(inspect)
     app.add_typer(container_app, name="container")
-    _ = time  # (kept for later commands)
-    _ = select

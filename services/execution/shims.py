@@ -68,6 +68,88 @@ async def launch(namespace: str, container_id: str, bundle: str, env: dict[str, 
     return report
 
 
+class Launcher:
+    """Launches shims by forking them from a pre-imported template process (``services.shim.template``).
+
+    Falls back to ``launch`` (a fresh interpreter) while the template is not running, and
+    restarts the template in the background when it died.
+    """
+
+    def __init__(self, socket_path: str, env: dict[str, str]) -> None:
+        self.socket_path = socket_path
+        self.env = env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Start the template and wait until it listens (errors are logged, not raised)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.shim.template",
+                self.socket_path,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=PROJECT,
+                env=self.env,
+            )
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+            if line.strip() != b"ready":
+                raise OSError(f"shim template exited ({proc.returncode})")
+            self._proc = proc
+        except (OSError, TimeoutError) as exc:
+            log.error("shim template did not start: %s; launching shims in fresh interpreters", exc)
+
+    def start_background(self) -> None:
+        """Start the template without waiting (launches wait for it)."""
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.ensure_future(self.start())
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def launch(self, namespace: str, container_id: str, bundle: str) -> dict[str, Any]:
+        """Launch a shim and return its report (see ``launch``)."""
+        if self._starting is not None and not self._starting.done():
+            await asyncio.shield(self._starting)
+        if self._alive():
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket_path)
+            except OSError as exc:
+                log.warning("shim template not answering (%s)", exc)
+            else:
+                try:
+                    request = {"namespace": namespace, "container_id": container_id, "bundle": bundle}
+                    writer.write(json.dumps(request).encode() + b"\n")
+                    await writer.drain()
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                if line.strip():
+                    try:
+                        return dict(json.loads(line))
+                    except ValueError:
+                        pass
+                return {"ok": False, "error": "shim exited before reporting", "exit_status": 128}
+        self.start_background()
+        return await launch(namespace, container_id, bundle, self.env)
+
+    async def close(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+        if self._alive():
+            assert self._proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+
 def read_pid(bundle: str) -> int:
     """The pid in ``<bundle>/shim.pid``, 0 if none."""
     try:

@@ -107,6 +107,7 @@ class TaskManager:
         self.live: dict[tuple[str, str], Live] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.launcher = shims.Launcher(str(settings.state / "shim-template.sock"), settings.env())
 
     # -- helpers ---------------------------------------------------------------------------------
     def lock(self, namespace: str, container_id: str) -> asyncio.Lock:
@@ -130,6 +131,7 @@ class TaskManager:
 
     async def close(self) -> None:
         """Stop watching (shims and containers keep running)."""
+        await self.launcher.close()
         for live in list(self.live.values()):
             if live.monitor is not None:
                 live.monitor.cancel()
@@ -188,7 +190,7 @@ class TaskManager:
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
-        report = await shims.launch(rec.namespace, rec.id, bundle, self.settings.env())
+        report = await self.launcher.launch(rec.namespace, rec.id, bundle)
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
@@ -408,6 +410,7 @@ class TaskManager:
     # -- recovery -----------------------------------------------------------------------------------------
     async def recover(self) -> None:
         """Reconnect to live shims, clean up after dead ones and after interrupted creates."""
+        self.launcher.start_background()
         records = self.store.list(None)
         known = {(r.namespace, r.id) for r in records}
         await asyncio.gather(*(self._recover_one(r) for r in records), return_exceptions=False)

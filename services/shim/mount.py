@@ -15,6 +15,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -52,6 +53,7 @@ _FLAGS = {
 }
 
 _libc: Any = None
+_CWD_LOCK = threading.Lock()
 
 
 def _lib() -> Any:
@@ -140,13 +142,27 @@ def _unescape(path: str) -> str:
 def mount_all(mounts: Iterable[Mapping[str, Any]], rootfs: str) -> None:
     """Apply snapshot ``mounts`` (dicts of ``common.api.snapshot.Mount``) under ``rootfs``.
 
-    All or nothing: on failure every mount made so far is taken down again.
+    All or nothing: on failure every mount made so far is taken down again. An overlay
+    whose options exceed a page is mounted from the layers' common parent with relative
+    paths (``common.mount.compact_options``, containerd's ``compactLowerdirOption``).
     """
+    from common.mount import compact_options
+
     done: list[str] = []
     try:
         for m in mounts:
             target = os.path.join(rootfs, str(m.get("target") or "").lstrip("/"))
-            mount(str(m["source"]), target, str(m["type"]), list(m.get("options") or ()))
+            cwd, options = compact_options(list(m.get("options") or ()))
+            if cwd is None:
+                mount(str(m["source"]), target, str(m["type"]), options)
+            else:
+                with _CWD_LOCK:
+                    old = os.getcwd()
+                    os.chdir(cwd)
+                    try:
+                        mount(str(m["source"]), target, str(m["type"]), options)
+                    finally:
+                        os.chdir(old)
             done.append(target)
     except BaseException:
         for target in reversed(done):
