@@ -363,7 +363,7 @@ def _run_attached(container_id: str, *, stdin: bool, tty: bool, auto_remove: boo
             "execution.wait", {"id": container_id, "condition": "removed" if auto_remove else "next-exit"}
         )
         att = attacher.start("execution.attach", {"id": container_id, "stdin": stdin, "stdout": True, "stderr": True})
-        _more, first = att.next_frame()
+        att.next_frame()  # {"attached": true}: nothing written from now on is missed
         try:
             ex.call("execution.start", {"id": container_id})
         except errors.DockyardError as exc:
@@ -529,7 +529,9 @@ def start(
         try:
             info = ex.call("execution.inspect", {"id": containers[0]})
             code = _run_attached(
-                info["id"], stdin=interactive, tty=bool(info["config"].get("tty")),
+                info["id"],
+                stdin=interactive,
+                tty=bool(info["config"].get("tty")),
                 auto_remove=bool(info["config"].get("auto_remove")),
             )
         except errors.DockyardError as exc:
@@ -611,7 +613,7 @@ def _ago(when: Any) -> str:
         return ""
     if isinstance(when, str):
         when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
-    secs = max(0, int((dt.datetime.now(dt.timezone.utc) - when).total_seconds()))
+    secs = max(0, int((dt.datetime.now(dt.UTC) - when).total_seconds()))
     if secs < 1:
         return "Less than a second"
     if secs < 60:
@@ -652,7 +654,9 @@ def ps(
     all_: Annotated[bool, typer.Option("-a", "--all", help="show all containers (default: running)")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only ids")] = False,
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="full ids and commands")] = False,
-    filter_: Annotated[list[str], typer.Option("-f", "--filter", help="key=value: id, name, label, status, ancestor, exited")] = [],  # noqa: B006,E501
+    filter_: Annotated[
+        list[str], typer.Option("-f", "--filter", help="key=value: id, name, label, status, ancestor, exited")
+    ] = [],  # noqa: B006
     last: Annotated[int | None, typer.Option("-n", "--last", help="show the n last created containers")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="'json' for one JSON object per line")] = None,
 ) -> None:
@@ -703,10 +707,10 @@ def _parse_since(value: str | None) -> str | None:
     v = value.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if v[-1] in units and v[:-1].replace(".", "", 1).isdigit():
-        when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=float(v[:-1]) * units[v[-1]])
+        when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(v[:-1]) * units[v[-1]])
         return when.isoformat()
     if v.replace(".", "", 1).isdigit():
-        return dt.datetime.fromtimestamp(float(v), dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat()
     return v
 
 

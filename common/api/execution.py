@@ -134,7 +134,9 @@ class StartReply(Reply):
 
 class StopRequest(Request):
     id: str = Field(min_length=1)
-    timeout_s: int | None = Field(default=None, description="None = the container's StopTimeout, else 10; -1 = wait forever")
+    timeout_s: int | None = Field(
+        default=None, description="None = the container's StopTimeout, else 10; -1 = wait forever"
+    )
     signal: str | None = None
 
 

@@ -45,7 +45,7 @@ in this order per incarnation, with ids ``<container id>/<incarnation>/<verb>``
 from __future__ import annotations
 
 import datetime as dt
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import Field
 
@@ -54,7 +54,7 @@ from common.api.base import Reply, Request
 SHIM_VERSION = 1
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """State of a task or exec; the shim refuses moves outside this graph.
 
     created -> running -> (paused <-> running) -> stopped -> deleted;

@@ -89,7 +89,7 @@ class ExecutionService:
         self._background: set[asyncio.Task[Any]] = set()
         self._available_caps = spec.host_capabilities()
 
-    # -- helpers ------------------------------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------------
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
@@ -119,7 +119,7 @@ class ExecutionService:
             if rec.status == "removing":
                 self._spawn(self._remove(rec), f"resume-remove-{rec.id[:12]}")
 
-    # -- create ----------------------------------------------------------------------------------------------
+    # -- create --------------------------------------------------------------------------
     @rpc("execution.create")
     async def create(self, req: CreateRequest, ctx: Context) -> CreateReply:
         """Create a container (see ``common.api.execution``); starts nothing."""
@@ -142,7 +142,9 @@ class ExecutionService:
                 f"the working directory '{req.working_dir}' is invalid, it needs to be an absolute path"
             )
         try:
-            image = await self.image.call("image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300)
+            image = await self.image.call(
+                "image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300
+            )
         except errors.NotFound as exc:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
         image_cfg: dict[str, Any] = dict((image.get("config") or {}).get("config") or {})
@@ -189,7 +191,11 @@ class ExecutionService:
         try:
             reply = await self.snapshot.call(
                 "snapshot.prepare",
-                {"key": container_id, "parent": image.get("chain_id") or "", "labels": {"dockyard.container": container_id}},
+                {
+                    "key": container_id,
+                    "parent": image.get("chain_id") or "",
+                    "labels": {"dockyard.container": container_id},
+                },
                 namespace=ns,
                 timeout_s=60,
             )
@@ -241,7 +247,7 @@ class ExecutionService:
         await asyncio.to_thread(shutil.rmtree, bundle, True)
         await asyncio.to_thread(shutil.rmtree, cdir, True)
 
-    # -- start ----------------------------------------------------------------------------------------------------
+    # -- start ---------------------------------------------------------------------------
     @rpc("execution.start")
     async def start(self, req: IdRequest, ctx: Context) -> StartReply:
         """Start the container's task (see ``common.api.execution``)."""
@@ -282,7 +288,7 @@ class ExecutionService:
             if not p.live.done():
                 p.live.set_exception(errors.FailedPrecondition(message))
 
-    # -- stop, kill ------------------------------------------------------------------------------------------------
+    # -- stop, kill ----------------------------------------------------------------------
     @rpc("execution.stop")
     async def stop(self, req: StopRequest, ctx: Context) -> StopReply:
         """Stop signal, then SIGKILL after the timeout; ``already_stopped`` if not running."""
@@ -336,7 +342,7 @@ class ExecutionService:
             raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
         return {}
 
-    # -- remove -----------------------------------------------------------------------------------------------------
+    # -- remove --------------------------------------------------------------------------
     @rpc("execution.remove")
     async def remove(self, req: RemoveRequest, ctx: Context) -> dict[str, Any]:
         """Remove a container; Conflict while it runs unless ``force``."""
@@ -378,7 +384,7 @@ class ExecutionService:
             log.info("removed container %s (%s)", cid[:12], rec.name)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 
-    # -- exits ---------------------------------------------------------------------------------------------------------
+    # -- exits ---------------------------------------------------------------------------
     async def _on_exit(self, rec: Record, ex: TaskExit) -> None:
         """A task ended (called once per incarnation by the TaskManager)."""
         self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
@@ -434,7 +440,7 @@ class ExecutionService:
                 if not self._waiters[key]:
                     del self._waiters[key]
 
-    # -- list, inspect --------------------------------------------------------------------------------------------------
+    # -- list, inspect -------------------------------------------------------------------
     def _state(self, rec: Record) -> ContainerState:
         live = self.tasks.get(rec.namespace, rec.id)
         status = rec.status
@@ -503,7 +509,7 @@ class ExecutionService:
                 break
         return ListReply(containers=out)
 
-    # -- logs, attach ----------------------------------------------------------------------------------------------------
+    # -- logs, attach --------------------------------------------------------------------
     @rpc("execution.logs", stream=True)
     async def logs(self, req: LogsRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """The container's json-file log as ``{s, d, t}`` frames (``follow``: until it stops)."""
@@ -534,7 +540,7 @@ class ExecutionService:
                         yield frame
                     delay = 0.02
                     continue
-                if ended or (until_ns is not None and dt.datetime.now(dt.timezone.utc).timestamp() * 1e9 > until_ns):
+                if ended or (until_ns is not None and dt.datetime.now(dt.UTC).timestamp() * 1e9 > until_ns):
                     return
                 if live is not None:
                     with contextlib.suppress(TimeoutError):
@@ -614,7 +620,7 @@ def _ns(value: dt.datetime | None) -> int | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return parse_time(value.isoformat())
 
 
@@ -631,8 +637,9 @@ def _matches(c: Container, filters: dict[str, list[str]]) -> bool:
             return False
         if key == "exited" and not (c.state.status == "exited" and str(c.state.exit_code) in values):
             return False
-        if key == "ancestor" and not any(v in (c.image, c.image_id, c.image_name) or c.image_id.startswith(v)
-                                         for v in values):
+        if key == "ancestor" and not any(
+            v in (c.image, c.image_id, c.image_name) or c.image_id.startswith(v) for v in values
+        ):
             return False
         if key == "label":
             for v in values:

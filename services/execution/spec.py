@@ -88,7 +88,9 @@ _DEVICE_RULES = [
 
 
 # -- argv, env ---------------------------------------------------------------------------------
-def process_args(image_config: Mapping[str, Any], entrypoint: Sequence[str] | None, cmd: Sequence[str] | None) -> list[str]:
+def process_args(
+    image_config: Mapping[str, Any], entrypoint: Sequence[str] | None, cmd: Sequence[str] | None
+) -> list[str]:
     """Docker's argv rule (module docstring); raises InvalidArgument when nothing is left to run."""
     if entrypoint is not None:
         ep = [] if list(entrypoint) in ([], [""]) else list(entrypoint)
@@ -169,7 +171,9 @@ def host_capabilities(cap_bnd: int | None = None) -> list[str]:
     return [c for i, c in enumerate(ALL_CAPS) if cap_bnd >> i & 1]
 
 
-def capabilities(cap_add: Sequence[str], cap_drop: Sequence[str], privileged: bool, available: Sequence[str]) -> list[str]:
+def capabilities(
+    cap_add: Sequence[str], cap_drop: Sequence[str], privileged: bool, available: Sequence[str]
+) -> list[str]:
     """Docker's capability arithmetic: defaults (or all if privileged) + add - drop.
 
     ``ALL`` works in both lists; an add of a capability the host does not have is an error.

@@ -180,7 +180,9 @@ class Store:
 
     def name_taken(self, namespace: str, name: str) -> bool:
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM containers WHERE namespace = ? AND name = ?", (namespace, name)).fetchone()
+            row = self._db.execute(
+                "SELECT 1 FROM containers WHERE namespace = ? AND name = ?", (namespace, name)
+            ).fetchone()
         return row is not None
 
     def find(self, namespace: str, ref: str) -> Record:
@@ -191,11 +193,15 @@ class Store:
         ref = ref.strip()
         with self._lock:
             if ids.is_full_id(ref):
-                row = self._db.execute("SELECT * FROM containers WHERE namespace = ? AND id = ?", (namespace, ref)).fetchone()
+                row = self._db.execute(
+                    "SELECT * FROM containers WHERE namespace = ? AND id = ?", (namespace, ref)
+                ).fetchone()
                 if row:
                     return _from_row(row)
             name = ref[1:] if ref.startswith("/") else ref
-            row = self._db.execute("SELECT * FROM containers WHERE namespace = ? AND name = ?", (namespace, name)).fetchone()
+            row = self._db.execute(
+                "SELECT * FROM containers WHERE namespace = ? AND name = ?", (namespace, name)
+            ).fetchone()
             if row:
                 return _from_row(row)
             if ids.is_id_prefix(ref):

@@ -218,7 +218,11 @@ class TaskManager:
             # the shim stopped the task; the monitor deletes it once our caller releases the lock
             status = int(exc.details.get("exit_status") or 128) if isinstance(exc.details, dict) else 128
             self.store.update(
-                rec.namespace, rec.id, exit_code=status, error=exc.message, handled=incarnation,
+                rec.namespace,
+                rec.id,
+                exit_code=status,
+                error=exc.message,
+                handled=incarnation,
                 finished_at=codec.utcnow(),
             )
             with contextlib.suppress(errors.DockyardError):
@@ -299,7 +303,9 @@ class TaskManager:
 
     async def _shim_died(self, live: Live) -> None:
         async with self.lock(live.namespace, live.container_id):
-            ex = await self.clean_dead_shim(live.namespace, live.container_id, live.incarnation, live.bundle, live.runtime)
+            ex = await self.clean_dead_shim(
+                live.namespace, live.container_id, live.incarnation, live.bundle, live.runtime
+            )
             live.status = "stopped"
             live.exit = ex
             await self._forget(live)
@@ -333,7 +339,13 @@ class TaskManager:
         await self._drain_leftovers(bundle)
         await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
         if not deleted or (state is not None and state.pid):
-            body = {"container_id": container_id, "id": container_id, "pid": pid, "exit_status": code, "exited_at": exited_at}
+            body = {
+                "container_id": container_id,
+                "id": container_id,
+                "pid": pid,
+                "exit_status": code,
+                "exited_at": exited_at,
+            }
             if not deleted:
                 self.publisher.publish(
                     topics.TASK_EXIT, body, namespace=namespace, event_id=event_id(container_id, incarnation, "exit")
@@ -400,9 +412,7 @@ class TaskManager:
         for path in sorted(outbox.glob("*.ev")):
             try:
                 item = codec.decode(path.read_bytes())
-                self.publisher.publish(
-                    item["topic"], item["event"], namespace=item["namespace"], event_id=item["id"]
-                )
+                self.publisher.publish(item["topic"], item["event"], namespace=item["namespace"], event_id=item["id"])
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("dropping unreadable outbox file %s: %s", path, exc)
             path.unlink(missing_ok=True)

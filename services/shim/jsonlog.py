@@ -54,7 +54,7 @@ def parse_time(value: str) -> int:
         value = head + tz
     base = dt.datetime.fromisoformat(value)
     if base.tzinfo is None:
-        base = base.replace(tzinfo=dt.timezone.utc)
+        base = base.replace(tzinfo=dt.UTC)
     return int(base.timestamp()) * 1_000_000_000 + frac_ns
 
 

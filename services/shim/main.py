@@ -70,9 +70,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     reaper = Reaper()
     reaper.install(loop)
     launch = ShimLaunch.model_validate_json(Path(bundle, "shim.json").read_text())
-    events = AsyncClient(
-        "events", launch.events_endpoint or settings.control_endpoint("events"), namespace=namespace
-    )
+    events = AsyncClient("events", launch.events_endpoint or settings.control_endpoint("events"), namespace=namespace)
     publisher = EventPublisher(events, Path(bundle) / "outbox")
     publisher.start()
     shim = Shim(launch, bundle, reaper, publisher)

@@ -91,11 +91,12 @@ def mount(source: str, target: str, fstype: str, options: Iterable[str] = ()) ->
     if libc.mount(source.encode(), target.encode(), fstype.encode(), first, data.encode() or None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype} {source} on {target} ({','.join(options)}): {os.strerror(err)}")
-    if ro_bind:  # a bind mount only becomes read-only on a remount
-        if libc.mount(None, target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & ~MS_REC), None) != 0:
-            err = ctypes.get_errno()
-            unmount(target)
-            raise OSError(err, f"remount {target} read-only: {os.strerror(err)}")
+    # a bind mount only becomes read-only on a remount
+    remount = MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & ~MS_REC)
+    if ro_bind and libc.mount(None, target.encode(), None, remount, None) != 0:
+        err = ctypes.get_errno()
+        unmount(target)
+        raise OSError(err, f"remount {target} read-only: {os.strerror(err)}")
 
 
 def unmount(target: str, *, detach: bool = False) -> bool:

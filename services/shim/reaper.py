@@ -112,9 +112,7 @@ class Reaper:
                         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                     fd = devnull
                 actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-            return os.posix_spawnp(
-                argv[0], list(argv), env if env is not None else _child_env(), file_actions=actions
-            )
+            return os.posix_spawnp(argv[0], list(argv), env if env is not None else _child_env(), file_actions=actions)
         finally:
             if devnull >= 0:
                 os.close(devnull)

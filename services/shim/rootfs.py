@@ -269,7 +269,7 @@ def make_workdir(root: str, path: str, uid: int, gid: int) -> None:
         missing.append(probe)
         probe = os.path.dirname(probe)
     if os.path.lexists(probe) and not os.path.isdir(probe):
-        raise RootfsError(f"working directory {path}: {probe[len(root_real):] or '/'} is not a directory")
+        raise RootfsError(f"working directory {path}: {probe[len(root_real) :] or '/'} is not a directory")
     for d in reversed(missing):
         try:
             os.mkdir(d, 0o755)

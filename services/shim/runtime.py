@@ -171,7 +171,9 @@ class Runtime:
 
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """``update --resources - <id>`` with LinuxResources JSON on stdin."""
-        await self._call("update", ["update", "--resources", "-", container_id], input_data=json.dumps(resources).encode())
+        await self._call(
+            "update", ["update", "--resources", "-", container_id], input_data=json.dumps(resources).encode()
+        )
 
     async def ps(self, container_id: str) -> list[int]:
         """Host pids of every process of the container."""

@@ -310,8 +310,11 @@ class Shim:
         await proc.exited.wait()
         s = proc.state
         return ExitReply(
-            pid=s.pid, exit_status=s.exit_status if s.exit_status is not None else 255, exited_at=s.exited_at,
-            oom_killed=s.oom_killed, error=s.error,
+            pid=s.pid,
+            exit_status=s.exit_status if s.exit_status is not None else 255,
+            exited_at=s.exited_at,
+            oom_killed=s.oom_killed,
+            error=s.error,
         )
 
     @rpc("shim.delete")
@@ -352,8 +355,9 @@ class Shim:
                 {"id": self.id, "pid": s.pid, "exit_status": exit_status, "exited_at": s.exited_at},
             )
             self.done.set()
-            return ExitReply(pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, oom_killed=s.oom_killed,
-                             error=s.error)
+            return ExitReply(
+                pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, oom_killed=s.oom_killed, error=s.error
+            )
 
     @rpc("shim.attach", stream=True)
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
@@ -396,9 +400,8 @@ class Shim:
                 if proc.io.stdin_once:
                     await proc.io.close_stdin()
                 return
-            if isinstance(item, (bytes, bytearray)) and item:
-                if not await proc.io.write_stdin(bytes(item)):
-                    return
+            if isinstance(item, (bytes, bytearray)) and item and not await proc.io.write_stdin(bytes(item)):
+                return
 
     @rpc("shim.close_io")
     async def close_io(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:

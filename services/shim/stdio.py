@@ -194,7 +194,7 @@ class ProcessIO:
         waits = [r.closed for r in self._readers]
         clean = True
         if waits:
-            done, pending = await asyncio.wait(waits, timeout=timeout_s)
+            _done, pending = await asyncio.wait(waits, timeout=timeout_s)
             if pending:
                 clean = False
                 for r in self._readers:

@@ -84,7 +84,9 @@ def events(instance: Instance) -> Iterator[Instance]:
 def journal(inst: Instance, container_id: str) -> list[tuple[str, str]]:
     with inst.client("events") as c:
         return [
-            (e["topic"], e["id"]) for e in c.stream("events.replay", {}) if e["event"].get("container_id") == container_id
+            (e["topic"], e["id"])
+            for e in c.stream("events.replay", {})
+            if e["event"].get("container_id") == container_id
         ]
 
 
@@ -114,7 +116,10 @@ def test_output_log_exit_status_and_events_in_order(events: Instance) -> None:
         assert c.call("shim.delete", {})["exit_status"] == 3
     wait_for(lambda: not os.path.exists(os.path.join(b.path, "address")))
     lines = [json.loads(x) for x in Path(b.log_path).read_text().splitlines()]
-    assert [(x["log"], x["stream"]) for x in lines if x["stream"] == "stdout"] == [("out\n", "stdout"), ("no newline", "stdout")]
+    assert [(x["log"], x["stream"]) for x in lines if x["stream"] == "stdout"] == [
+        ("out\n", "stdout"),
+        ("no newline", "stdout"),
+    ]
     wait_for(lambda: len(journal(events, b.container_id)) == 4)
     topics = journal(events, b.container_id)
     assert [t for t, _ in topics] == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]

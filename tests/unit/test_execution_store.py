@@ -45,6 +45,12 @@ def test_update_round_trips_fields(tmp_path: Path) -> None:
     now = codec.utcnow()
     s.update("default", "1" * 64, status="exited", exit_code=3, finished_at=now, oom_killed=True, extra={"k": 1})
     r = s.get("default", "1" * 64)
-    assert r is not None and (r.status, r.exit_code, r.finished_at, r.oom_killed, r.extra) == ("exited", 3, now, True, {"k": 1})
+    assert r is not None and (r.status, r.exit_code, r.finished_at, r.oom_killed, r.extra) == (
+        "exited",
+        3,
+        now,
+        True,
+        {"k": 1},
+    )
     s.close()
     assert Store(tmp_path / "c.db").get("default", "1" * 64) is not None

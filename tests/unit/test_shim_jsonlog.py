@@ -21,7 +21,11 @@ def test_lines_are_entries_in_dockers_shape(tmp_path: Path) -> None:
     w.write(2, b"err\n")
     w.close()
     lines = [json.loads(x) for x in p.read_text().splitlines()]
-    assert [(x["log"], x["stream"]) for x in lines] == [("hello\n", "stdout"), ("world\n", "stdout"), ("err\n", "stderr")]
+    assert [(x["log"], x["stream"]) for x in lines] == [
+        ("hello\n", "stdout"),
+        ("world\n", "stdout"),
+        ("err\n", "stderr"),
+    ]
     assert lines[0]["time"].endswith("Z") and len(lines[0]["time"].split(".")[1]) == 10
 
 
