@@ -64,7 +64,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     for row in rows:
         for i, value in enumerate(row):
             widths[i] = max(widths[i], len(value))
-    fmt = "   ".join("{:<%d}" % w for w in widths)
+    fmt = "   ".join(f"{{:<{w}}}" for w in widths)
     line(fmt.format(*headers).rstrip())
     for row in rows:
         line(fmt.format(*row).rstrip())

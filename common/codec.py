@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 
 
 def _default(obj: Any) -> Any:
@@ -38,7 +38,8 @@ def encode(obj: Any) -> bytes:
 
     Raises ``TypeError`` for an object outside the shapes listed in the module docstring.
     """
-    return msgpack.packb(obj, default=_default, use_bin_type=True, datetime=True)
+    data: bytes = msgpack.packb(obj, default=_default, use_bin_type=True, datetime=True)
+    return data
 
 
 def decode(data: bytes) -> Any:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 DEFAULT_ROOT = "/var/lib/dockyard"
 DEFAULT_STATE = "/run/dockyard"
 
-SERVICES = ("events", "image", "snapshot", "execution", "gateway")
+SERVICES = ("events", "snapshot", "image", "execution", "gateway")
 """The long-lived services, in the order ``dockyard up`` starts them."""
 
 UNIX_PATH_MAX = 107
@@ -62,17 +62,13 @@ def control_endpoint(service: str, env: Mapping[str, str] | None = None) -> str:
 def events_publish_endpoint(env: Mapping[str, str] | None = None) -> str:
     """Return the XSUB endpoint fire-and-forget publishers connect to."""
     env = os.environ if env is None else env
-    return env.get("DOCKYARD_EVENTS_PUBLISH_ENDPOINT") or _ipc(
-        os.path.join(state_dir(env), "events-in.sock")
-    )
+    return env.get("DOCKYARD_EVENTS_PUBLISH_ENDPOINT") or _ipc(os.path.join(state_dir(env), "events-in.sock"))
 
 
 def events_subscribe_endpoint(env: Mapping[str, str] | None = None) -> str:
     """Return the XPUB endpoint subscribers connect to."""
     env = os.environ if env is None else env
-    return env.get("DOCKYARD_EVENTS_SUBSCRIBE_ENDPOINT") or _ipc(
-        os.path.join(state_dir(env), "events-out.sock")
-    )
+    return env.get("DOCKYARD_EVENTS_SUBSCRIBE_ENDPOINT") or _ipc(os.path.join(state_dir(env), "events-out.sock"))
 
 
 def gateway_socket_path(env: Mapping[str, str] | None = None) -> str:

@@ -125,7 +125,9 @@ class EventPublisher:
             backoff = 0.05
             while True:
                 try:
-                    await self.client.call("events.publish", item, namespace=item["namespace"], timeout_s=self.call_timeout_s)
+                    await self.client.call(
+                        "events.publish", item, namespace=item["namespace"], timeout_s=self.call_timeout_s
+                    )
                     break
                 except (errors.Unavailable, errors.DeadlineExceeded):
                     await asyncio.sleep(backoff)

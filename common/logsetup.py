@@ -16,9 +16,7 @@ _CONTEXT_KEYS = ("request_id", "namespace", "container_id")
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        context = " ".join(
-            f"{key}={getattr(record, key)}" for key in _CONTEXT_KEYS if getattr(record, key, None)
-        )
+        context = " ".join(f"{key}={getattr(record, key)}" for key in _CONTEXT_KEYS if getattr(record, key, None))
         record.context = f" [{context}]" if context else ""
         return super().format(record)
 
@@ -34,7 +32,5 @@ def configure(process: str, level: str = "info") -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler._dockyard = True  # type: ignore[attr-defined]
-    handler.setFormatter(
-        _Formatter(f"%(asctime)s %(levelname)s {process} %(name)s%(context)s: %(message)s")
-    )
+    handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s {process} %(name)s%(context)s: %(message)s"))
     root.addHandler(handler)

@@ -48,15 +48,28 @@ def find_busybox() -> str:
     """Return the path of a statically linked busybox, or exit with a hint."""
     for path in ("/bin/busybox", "/usr/bin/busybox"):
         if os.path.exists(path):
-            out = subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout if shutil.which("file") else ""
+            out = (
+                subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout
+                if shutil.which("file")
+                else ""
+            )
             if "dynamically linked" in out:
                 continue
             return path
     sys.exit("error: no static busybox found; install it with: apt-get install -y busybox-static")
 
 
-def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o644, kind: bytes = tarfile.REGTYPE,
-         link: str = "", uid: int = 0, gid: int = 0) -> None:
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    *,
+    data: bytes | None = None,
+    mode: int = 0o644,
+    kind: bytes = tarfile.REGTYPE,
+    link: str = "",
+    uid: int = 0,
+    gid: int = 0,
+) -> None:
     info = tarfile.TarInfo(name)
     info.mtime = EPOCH
     info.mode = mode
@@ -79,22 +92,38 @@ def busybox_rootfs_tar(busybox: str | None = None) -> bytes:
     (root, daemon, nobody, user 1000), ``/tmp`` 1777, ``/root`` 0700, ``/home/user``.
     """
     busybox = busybox or find_busybox()
-    applets = sorted(set(subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()))
+    applets = sorted(
+        set(subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split())
+    )
     with open(busybox, "rb") as f:
         binary = f.read()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for d, mode in (("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("home", 0o755), ("proc", 0o755),
-                        ("root", 0o700), ("sys", 0o755), ("tmp", 0o1777), ("usr", 0o755), ("usr/bin", 0o755),
-                        ("var", 0o755)):
+        for d, mode in (
+            ("bin", 0o755),
+            ("dev", 0o755),
+            ("etc", 0o755),
+            ("home", 0o755),
+            ("proc", 0o755),
+            ("root", 0o700),
+            ("sys", 0o755),
+            ("tmp", 0o1777),
+            ("usr", 0o755),
+            ("usr/bin", 0o755),
+            ("var", 0o755),
+        ):
             _add(tar, d, mode=mode, kind=tarfile.DIRTYPE)
         _add(tar, "home/user", mode=0o755, kind=tarfile.DIRTYPE, uid=1000, gid=1000)
         _add(tar, "bin/busybox", data=binary, mode=0o755)
         for applet in applets:
             if applet != "busybox":
                 _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
-        _add(tar, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
-             b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\nuser:x:1000:1000:user:/home/user:/bin/sh\n")
+        _add(
+            tar,
+            "etc/passwd",
+            data=b"root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
+            b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        )
         _add(tar, "etc/group", data=b"root:x:0:\ndaemon:x:1:\nnogroup:x:65534:\nuser:x:1000:\n")
         _add(tar, "etc/hostname", data=b"busybox\n")
     return buf.getvalue()
@@ -164,8 +193,11 @@ def _full_name(name: str) -> tuple[str, str]:
     """Return (docker.io-qualified name, short repo:tag) for a simple ``repo[:tag]``."""
     repo, _, tag = name.partition(":")
     tag = tag or "latest"
-    full = repo if ("/" in repo and ("." in repo.split("/")[0] or ":" in repo.split("/")[0])) else (
-        f"docker.io/{repo}" if "/" in repo else f"docker.io/library/{repo}")
+    full = (
+        repo
+        if ("/" in repo and ("." in repo.split("/")[0] or ":" in repo.split("/")[0]))
+        else (f"docker.io/{repo}" if "/" in repo else f"docker.io/library/{repo}")
+    )
     return f"{full}:{tag}", f"{repo}:{tag}"
 
 
@@ -176,12 +208,17 @@ def write_oci_layout(images: list[Image], out: str) -> None:
     for img in images:
         blobs.update(img.blobs)
         full, short = _full_name(img.name)
-        manifests.append({
-            "mediaType": MT_MANIFEST,
-            "digest": img.manifest_digest,
-            "size": len(img.blobs[img.manifest_digest]),
-            "annotations": {"io.containerd.image.name": full, "org.opencontainers.image.ref.name": short.split(":")[1]},
-        })
+        manifests.append(
+            {
+                "mediaType": MT_MANIFEST,
+                "digest": img.manifest_digest,
+                "size": len(img.blobs[img.manifest_digest]),
+                "annotations": {
+                    "io.containerd.image.name": full,
+                    "org.opencontainers.image.ref.name": short.split(":")[1],
+                },
+            }
+        )
     index = {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": manifests}
     with tarfile.open(out, "w") as tar:
         _add(tar, "oci-layout", data=b'{"imageLayoutVersion":"1.0.0"}')

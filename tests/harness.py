@@ -104,7 +104,6 @@ class Instance:
 
     def wait_healthy(self, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
         from common import errors
-        from common.rpc.client import Client
 
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
@@ -164,7 +163,9 @@ class Instance:
         except OSError:
             return ""
 
-    def cli(self, *args: str, input: bytes | None = None, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[bytes]:
+    def cli(
+        self, *args: str, input: bytes | None = None, timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run ``dockyard <args>`` against this instance and return the completed process."""
         proc = subprocess.run(
             [sys.executable, "-m", "cli", *args],

@@ -55,8 +55,12 @@ class Envelope(Reply):
 class EventFilters(Request):
     """Filters; within a field values are OR-ed, fields are AND-ed. Empty = everything."""
 
-    topic: list[str] = Field(default_factory=list, description="exact topics or prefixes ending in '/'")
-    type: list[str] = Field(default_factory=list, description="resource kinds: task, container, image, snapshot, content")
+    topic: list[str] = Field(
+        default_factory=list, description="exact topics, prefixes ending in '/', or bare verbs ('exit')"
+    )
+    type: list[str] = Field(
+        default_factory=list, description="resource kinds: task, container, image, snapshot, content"
+    )
     namespace: list[str] = Field(default_factory=list)
     container: list[str] = Field(default_factory=list, description="container ids (or prefixes) or names")
     image: list[str] = Field(default_factory=list)
@@ -67,7 +71,9 @@ class ReplayRequest(Request):
     since: int = Field(default=0, ge=0, description="deliver events with seq > since")
     since_time: dt.datetime | None = Field(default=None, description="deliver events at or after this time")
     until_seq: int | None = Field(default=None, ge=0)
-    until: dt.datetime | None = Field(default=None, description="stop at this time (a future time ends the follow then)")
+    until: dt.datetime | None = Field(
+        default=None, description="stop at this time (a future time ends the follow then)"
+    )
     follow: bool = Field(default=False, description="after the journal, keep streaming live events")
     filters: EventFilters = Field(default_factory=EventFilters)
 

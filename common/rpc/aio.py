@@ -177,7 +177,7 @@ class AsyncClient:
     async def _send(self, payload: bytes, wait_s: float = 0.0) -> None:
         sock = self._socket()
         async with self._send_lock:
-            if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):
+            if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
                 raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
             try:
                 await sock.send(payload, zmq.NOBLOCK)

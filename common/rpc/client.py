@@ -7,17 +7,20 @@ answering at <endpoint>")``; the call never hangs. Errors sent by the service
 are raised again as the same ``common.errors`` class.
 
 Streaming replies are iterated; the client grants credit as it consumes frames so
-a slow reader slows the server down instead of filling memory. ``open()`` gives a
+a slow reader slows the server down instead of filling memory. ``start()`` gives a
 two-way stream (stdin to the service, output back).
+
+Transport: on ``ipc://`` endpoints the client speaks ZMTP itself
+(``common.rpc.zmtp``) so short-lived commands do not pay for importing pyzmq;
+other endpoints (``tcp://``) go through pyzmq. Both are DEALER sockets to the
+service's ROUTER and carry the same envelope.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
-
-import zmq
+from typing import Any, Protocol
 
 from common import codec, endpoints, errors
 from common.rpc import protocol
@@ -30,6 +33,84 @@ class _Unset:
 
 
 UNSET = _Unset()
+
+
+class Transport(Protocol):
+    """A DEALER connection: ``send`` one frame, ``recv`` one frame or None on timeout.
+
+    Both raise ``ConnectionError`` when the service cannot be reached or went away.
+    """
+
+    def send(self, payload: bytes, connect_wait_s: float) -> None: ...
+
+    def recv(self, timeout_ms: int) -> bytes | None: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ZmtpTransport:
+    """Pure-Python ZMTP over a unix socket (``ipc://`` endpoints)."""
+
+    def __init__(self, endpoint: str) -> None:
+        from common.rpc.zmtp import ZmtpDealer
+
+        self._dealer = ZmtpDealer(endpoint[len("ipc://") :])
+        self._connected = False
+
+    def send(self, payload: bytes, connect_wait_s: float) -> None:
+        if not self._connected:
+            self._dealer.connect(connect_wait_s)
+            self._connected = True
+        self._dealer.send(payload)
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        if not self._connected:
+            raise ConnectionError("not connected")
+        return self._dealer.recv(timeout_ms)
+
+    def fileno(self) -> int:
+        return self._dealer.fileno()
+
+    def close(self) -> None:
+        self._dealer.close()
+        self._connected = False
+
+
+class PyzmqTransport:
+    """libzmq DEALER (any endpoint libzmq supports, e.g. ``tcp://``)."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self._sock: Any = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.connect(endpoint)
+
+    def send(self, payload: bytes, connect_wait_s: float) -> None:
+        zmq = self._zmq
+        if connect_wait_s and not self._sock.poll(int(connect_wait_s * 1000), zmq.POLLOUT):
+            raise ConnectionError("no connection")
+        try:
+            self._sock.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            raise ConnectionError("no connection") from None
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        if not self._sock.poll(timeout_ms, self._zmq.POLLIN):
+            return None
+        data: bytes = self._sock.recv()
+        return data
+
+    def fileno(self) -> int:
+        fd: int = self._sock.getsockopt(self._zmq.FD)
+        return fd
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
 
 
 class Call:
@@ -82,17 +163,17 @@ class Call:
         that time, so a caller can multiplex other work (stdin) with the stream.
         Raises the service's error, ``Unavailable`` or ``DeadlineExceeded``.
         """
-        sock = self.client._socket()
         while True:
             wait = self._timeout_ms()
-            if timeout_ms is not None and timeout_ms < wait:
-                if not sock.poll(timeout_ms, zmq.POLLIN):
+            early = timeout_ms is not None and timeout_ms < wait
+            payload = self.client._recv(timeout_ms if early else wait)  # type: ignore[arg-type]
+            if payload is None:
+                if early:
                     return True, None
-            elif not sock.poll(wait, zmq.POLLIN):
                 self.done = True
                 raise self._fail_silent()
             try:
-                msg = codec.decode(sock.recv())
+                msg = codec.decode(payload)
             except ValueError:
                 continue
             if not isinstance(msg, dict) or msg.get("id") != self.request_id:
@@ -151,7 +232,6 @@ class Client:
         timeout_s: float | None = 30.0,
         liveness_s: float = 3.0,
         connect_timeout_s: float = 2.0,
-        context: zmq.Context[Any] | None = None,
     ) -> None:
         self.service = service
         self.endpoint = endpoint or endpoints.control_endpoint(service)
@@ -159,35 +239,42 @@ class Client:
         self.timeout_s = timeout_s
         self.liveness_s = liveness_s
         self.connect_timeout_s = connect_timeout_s
-        self._zctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket[Any] | None = None
+        self._transport: Transport | None = None
 
-    def _socket(self) -> zmq.Socket[Any]:
-        if self._sock is None:
-            sock = self._zctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.connect(self.endpoint)
-            self._sock = sock
-        return self._sock
+    def _connection(self) -> Transport:
+        if self._transport is None:
+            if self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
+                self._transport = ZmtpTransport(self.endpoint)
+            else:
+                self._transport = PyzmqTransport(self.endpoint)
+        return self._transport
+
+    def _unavailable(self) -> errors.Unavailable:
+        self.close()
+        return errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
 
     def _send(self, payload: bytes, wait_s: float = 0.0) -> None:
-        sock = self._socket()
-        if wait_s and not sock.poll(int(wait_s * 1000), zmq.POLLOUT):
-            self.close()
-            raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
         try:
-            sock.send(payload, zmq.NOBLOCK)
-        except zmq.Again:
-            self.close()
-            raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}") from None
+            self._connection().send(payload, wait_s)
+        except ConnectionError:
+            raise self._unavailable() from None
+
+    def _recv(self, timeout_ms: int) -> bytes | None:
+        try:
+            return self._connection().recv(timeout_ms)
+        except ConnectionError:
+            raise self._unavailable() from None
+
+    def fileno(self) -> int:
+        """The file descriptor to poll for incoming frames (after the first call)."""
+        return self._connection().fileno()
 
     def start(
         self,
         method: str,
         body: Any = None,
         *,
-        timeout_s: float | None | _Unset = UNSET,
+        timeout_s: float | _Unset | None = UNSET,
         namespace: str | None = None,
         meta: dict[str, Any] | None = None,
         window: int = protocol.DEFAULT_WINDOW,
@@ -225,10 +312,10 @@ class Client:
         return iter(self.start(method, body, **kw))
 
     def close(self) -> None:
-        """Close the socket; the client reconnects on its next call."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        """Close the connection; the client reconnects on its next call."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
     def __enter__(self) -> Client:
         return self

@@ -1,0 +1,31 @@
+# Dockyard: the two set-up commands of the README are `make demo` and `make test`.
+.PHONY: setup demo test test-unit test-integration lint bench down clean
+
+setup:
+	deploy/setup.sh
+
+demo:
+	deploy/demo.sh
+
+test: setup
+	.venv/bin/python -m pytest -q -ra tests
+
+test-unit: setup
+	.venv/bin/python -m pytest -q tests/unit
+
+test-integration: setup
+	.venv/bin/python -m pytest -q -ra tests/integration
+
+lint: setup
+	.venv/bin/ruff check common services cli tests bench deploy
+	.venv/bin/ruff format --check common services cli tests bench deploy
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m bench
+
+down:
+	.venv/bin/dockyard down
+
+clean:
+	rm -rf .venv build *.egg-info

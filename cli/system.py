@@ -1,0 +1,243 @@
+"""System commands: ``up``, ``down``, ``status``, ``version``, ``events``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli import output
+from cli.connect import client, namespace
+from common import endpoints, errors
+
+__version__ = "0.1.0"
+
+
+def _supervisor_status(timeout_s: float = 2.0) -> dict[str, Any] | None:
+    c = client("supervisor", timeout_s=timeout_s)
+    c.connect_timeout_s = min(c.connect_timeout_s, timeout_s)
+    try:
+        return c.call("supervisor.status", {})  # type: ignore[no-any-return]
+    except errors.Unavailable:
+        return None
+    finally:
+        c.close()
+
+
+def _spawn_supervisor() -> None:
+    state = Path(endpoints.state_dir())
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    project = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(logs / "supervisor.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "services.supervisor"],
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+
+
+def up(timeout: Annotated[float, typer.Option(help="seconds to wait for every service")] = 60.0) -> None:
+    """Start every service (idempotent) and wait until each answers its health check."""
+    if os.geteuid() != 0:
+        output.fail("dockyard up must run as root (it mounts overlayfs and runs runc)")
+    status = _supervisor_status(timeout_s=1.0)
+    if status is None:
+        _spawn_supervisor()
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _supervisor_status(timeout_s=2.0)
+        if status is not None and all(s["state"] == "running" for s in status["services"]):
+            break
+        if time.monotonic() > deadline:
+            state = endpoints.state_dir()
+            if status is None:
+                output.fail(f"the supervisor did not start; see {state}/logs/supervisor.log")
+            bad = [s["name"] for s in status["services"] if s["state"] != "running"]
+            output.fail(f"services not running after {timeout:.0f} s: {', '.join(bad)}; see {state}/logs/")
+        time.sleep(0.1)
+    _print_status(status)
+
+
+def down(
+    timeout: Annotated[float, typer.Option(help="seconds before a service that ignores SIGTERM is killed")] = 15.0,
+) -> None:
+    """Stop every service. Running containers keep running (their shims are not services)."""
+    status = _supervisor_status(timeout_s=1.0)
+    if status is None:
+        output.line("dockyard is not running")
+        return
+    sup_pid = int(status["pid"])
+    with client("supervisor", timeout_s=timeout * len(endpoints.SERVICES) + 10) as c:
+        try:
+            c.call("supervisor.stop", {"timeout_s": timeout})
+        except errors.FailedPrecondition:
+            pass
+    for _ in range(200):
+        if not _alive(sup_pid):
+            break
+        time.sleep(0.05)
+    output.line("dockyard stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _since(value: Any) -> str:
+    if not value:
+        return ""
+    if isinstance(value, dt.datetime):
+        secs = (dt.datetime.now(dt.UTC) - value).total_seconds()
+        return f"{int(secs)}s ago" if secs < 120 else f"{int(secs // 60)}m ago"
+    return str(value)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    output.table(
+        ["SERVICE", "STATE", "PID", "RESTARTS", "STARTED", "LAST EXIT"],
+        [
+            [s["name"], s["state"], s["pid"] or "", s["restarts"], _since(s.get("started_at")), s.get("last_exit", "")]
+            for s in status["services"]
+        ],
+    )
+
+
+def status() -> None:
+    """Show each service's state, pid and restart count."""
+    st = _supervisor_status()
+    if st is None:
+        output.fail(
+            f"Unavailable: supervisor not answering at {endpoints.control_endpoint('supervisor')} (run: dockyard up)"
+        )
+    _print_status(st)
+
+
+def version() -> None:
+    """Show the client version and each service's pid."""
+    output.line(f"dockyard client {__version__}")
+    for name in endpoints.SERVICES:
+        c = client(name, timeout_s=2.0)
+        try:
+            h = c.call(f"{name}.health", {})
+            output.line(f"{name:<10} running (pid {h['pid']})")
+        except errors.DockyardError as exc:
+            output.line(f"{name:<10} {output.error_text(exc)}")
+        finally:
+            c.close()
+
+
+def _parse_since(value: str | None) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if value.isdigit():
+        return {"since": int(value)}
+    return {"since_time": _parse_time(value)}
+
+
+def _parse_time(value: str) -> dt.datetime:
+    """Accept RFC 3339, unix seconds (``1700000000.5``) or a duration ago (``10m``, ``2h``, ``30s``)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(value[:-1]) * units[value[-1]])
+    try:
+        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"invalid time {value!r}: use RFC 3339, unix seconds or a duration like 10m"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _parse_filters(items: list[str]) -> dict[str, list[str]]:
+    allowed = {"topic", "type", "namespace", "container", "image", "label", "event"}
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise errors.InvalidArgument(f"invalid filter {item!r}: use key=value with key one of {sorted(allowed)}")
+        if key == "event":  # docker's word for the action: a bare verb matches the topic's last part
+            key = "topic"
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def events(
+    since: Annotated[
+        str | None, typer.Option(help="sequence number, RFC 3339 time, unix time or duration (10m)")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="sequence number or time to stop at")] = None,
+    filter_: Annotated[
+        list[str], typer.Option("--filter", "-f", help="key=value: topic, type, namespace, container, image, label")
+    ] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON envelope per line")] = False,
+) -> None:
+    """Print events: replay from the journal (``--since``), then follow live ones."""
+    body: dict[str, Any] = _parse_since(since)
+    if until is not None:
+        if until.isdigit():
+            body["until_seq"] = int(until)
+        else:
+            body["until"] = _parse_time(until)
+    body["follow"] = True
+    filters = _parse_filters(filter_)
+    if "namespace" not in filters and namespace() != "default":
+        filters["namespace"] = [namespace()]
+    body["filters"] = filters
+    c = client("events", timeout_s=None)
+    try:
+        for env in c.stream("events.replay", body):
+            if as_json:
+                output.line(json.dumps(env, default=_json_default, separators=(",", ":")))
+            else:
+                ts = env["timestamp"].isoformat().replace("+00:00", "Z")
+                attrs = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(env["event"].items()))
+                output.line(f"{ts} {env['seq']} {env['namespace']} {env['topic']} {attrs}".rstrip())
+    except KeyboardInterrupt:
+        pass
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=_json_default, separators=(",", ":"))
+    return str(value)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, dt.datetime):
+        return obj.isoformat().replace("+00:00", "Z")
+    if isinstance(obj, bytes):
+        return obj.decode(errors="replace")
+    raise TypeError(type(obj).__name__)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the system commands to ``app``."""
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command()(version)
+    app.command()(events)

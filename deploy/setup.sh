@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what Dockyard needs on a Debian 12 host (idempotent), and create the venv.
+#   apt: runc crun busybox-static docker-registry skopeo umoci tini catatonit ...
+#   venv: .venv with Dockyard installed in editable mode (+ test and dev extras)
+# Set DOCKYARD_SKIP_APT=1 to skip the apt step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  runc crun busybox-static docker-registry skopeo umoci tini catatonit
+  iproute2 procps psmisc util-linux curl file attr libcap2-bin python3-venv
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "error: run as root (Dockyard mounts overlayfs and runs runc)" >&2
+  exit 1
+fi
+
+if [ "${DOCKYARD_SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    # no systemd here: keep maintainer scripts from starting services
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+# crun refuses a cgroup v1 hybrid host while a controller is bound only to cgroup2
+# (on these hosts: hugetlb). Binding it to a v1 hierarchy fixes that; runc does not care.
+if [ -r /sys/fs/cgroup/unified/cgroup.controllers ]; then
+  for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+    if ! mountpoint -q "/sys/fs/cgroup/$c" 2>/dev/null; then
+      mkdir -p "/sys/fs/cgroup/$c" 2>/dev/null || true
+      mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" 2>/dev/null || true
+    fi
+  done
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+echo "setup done: .venv ready ($(.venv/bin/python --version))"
