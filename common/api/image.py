@@ -26,7 +26,8 @@ Methods of the ``image`` service (every one takes the request's namespace):
 - ``image.remove`` ``RemoveRequest`` -> ``RemoveReply`` (Docker ``rmi``: untag vs delete).
 - ``image.prune`` ``PruneRequest`` -> ``PruneReply`` (dangling, or all unused, images; then GC).
 - ``image.gc`` ``{}`` -> ``GcReply``: remove blobs and snapshots nothing references.
-- ``image.login`` ``LoginRequest`` -> ``{registry, status}``; ``image.logout`` ``LogoutRequest`` -> ``{registry}``.
+- ``image.login`` ``LoginRequest`` -> ``{registry, status}`` (checked against the registry, then stored
+  in the service's Docker-format config.json); ``image.logout`` ``LogoutRequest`` -> ``{registry}``.
 """
 
 from __future__ import annotations

@@ -384,13 +384,14 @@ class _Peek(io.RawIOBase):
 
 
 def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    out = b""
+    """Read up to ``n`` bytes, fewer only at EOF."""
+    out = bytearray()
     while len(out) < n:
         chunk = stream.read(n - len(out))
         if not chunk:
             break
         out += chunk
-    return out
+    return bytes(out)
 
 
 def import_rootfs(
@@ -425,7 +426,7 @@ def import_rootfs(
         first = True
         while True:
             try:
-                chunk = raw.read(_CHUNK)
+                chunk = _read_exact(raw, _CHUNK)
             except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
                 raise InvalidArgument(f"import: cannot decompress the input: {exc}") from None
             if first:

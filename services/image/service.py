@@ -33,7 +33,7 @@ from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.image import archive, gc, platforms
 from services.image import reference as refs
-from services.image.auth import Credentials, CredentialStore
+from services.image.auth import Credentials, CredentialStore, write_config_entry
 from services.image.content import ContentStore
 from services.image.images import Catalog, ImageView, record_names, view_of
 from services.image.metadata import DANGLING_PREFIX, ImageRecord, MetadataStore
@@ -878,19 +878,23 @@ class ImageService:
     # -- login -----------------------------------------------------------------------------------------
     @rpc("image.login")
     async def login(self, req: api.LoginRequest, ctx: Context) -> dict[str, Any]:
-        """Check credentials against a registry (Basic, or a token fetch). The CLI stores them.
+        """``docker login``: check credentials against a registry (Basic, or a token fetch) and store
+        them in the Docker-format config.json the service reads (``registry_config``).
 
         Raises Unauthenticated naming the registry when refused, Unavailable when unreachable.
         """
         domain = _registry_domain(req.registry)
-        await self.registry.login(domain, Credentials(req.username, req.password))
+        creds = Credentials(req.username, req.password)
+        await self.registry.login(domain, creds)
+        await asyncio.to_thread(write_config_entry, self.credentials.path, domain, creds)
         return {"registry": domain, "status": "Login Succeeded"}
 
     @rpc("image.logout")
     async def logout(self, req: api.LogoutRequest, ctx: Context) -> dict[str, Any]:
-        """Forget cached tokens of a registry (the CLI removes the stored credentials)."""
+        """``docker logout``: remove the registry's stored credentials and forget its tokens."""
         domain = _registry_domain(req.registry)
         self.registry.tokens.drop(refs.registry_endpoint_host(domain))
+        await asyncio.to_thread(write_config_entry, self.credentials.path, domain, None)
         return {"registry": domain}
 
 
