@@ -13,8 +13,9 @@ Methods (service ``snapshot``); every method takes the request's namespace:
 - ``snapshot.mounts`` ``KeyRequest`` -> ``MountsReply``: mounts of an active/view snapshot.
 - ``snapshot.commit`` ``CommitRequest`` -> ``Info``: active ``key`` becomes committed ``name``.
 - ``snapshot.remove`` ``KeyRequest`` -> ``{}``: FailedPrecondition while children exist.
-- ``snapshot.stat`` ``KeyRequest`` -> ``Info``; ``snapshot.list`` -> ``{snapshots: [Info]}``;
-  ``snapshot.usage`` ``KeyRequest`` -> ``Usage``.
+- ``snapshot.stat`` ``KeyRequest`` -> ``Info``; ``snapshot.list`` ``ListRequest`` ->
+  ``ListReply`` ``{snapshots: [Info]}``; ``snapshot.usage`` ``KeyRequest`` -> ``Usage``.
+- ``snapshot.update`` ``UpdateRequest`` -> ``Info``: change labels (the only mutable field).
 - ``snapshot.unpack`` ``UnpackRequest`` -> ``UnpackReply``: apply an image's layers in
   order into committed snapshots named by chain ID (skipping those already there),
   verifying each layer's diff ID; the same chain ID is never unpacked twice at once.
@@ -98,3 +99,22 @@ class UnpackReply(Reply):
     chain_ids: list[str] = Field(description="chain ID of each layer, lowest first")
     chain_id: str = Field(description="chain ID of the top layer ('' for an image without layers)")
     unpacked: int = Field(description="how many layers had to be applied now")
+
+
+class ListRequest(Request):
+    """Filters as containerd's ``Walk``: each string is a conjunction of comma-separated
+    terms ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` (present);
+    the strings are OR-ed; no string = every snapshot. Fields: ``name``, ``parent``,
+    ``kind``, ``labels.<key>`` (or ``labels."<key>"``)."""
+
+    filters: list[str] = Field(default_factory=list)
+
+
+class ListReply(Reply):
+    snapshots: list[Info]
+
+
+class UpdateRequest(Request):
+    key: str = Field(min_length=1, max_length=512, description="required; the snapshot to change")
+    labels: dict[str, str] = Field(default_factory=dict, description="labels to set ('' deletes the label)")
+    replace: bool = Field(default=False, description="replace all labels instead of merging")

@@ -1,0 +1,206 @@
+"""Helpers for snapshot tests: build layer tars with ``tarfile``, store them as blobs,
+unpack and mount them through a running snapshot service, and describe a tree.
+
+Layers are built with Python's ``tarfile`` (not our own writer), so the reader is
+checked against an independent producer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import zstandard
+
+EPOCH = 1704067200
+MT_TAR = "application/vnd.oci.image.layer.v1.tar"
+MT_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Layer:
+    """An uncompressed layer tar built entry by entry (PAX format, fixed mtimes)."""
+
+    def __init__(self, fmt: int = tarfile.PAX_FORMAT) -> None:
+        self.buf = io.BytesIO()
+        self.tar = tarfile.open(fileobj=self.buf, mode="w", format=fmt)  # noqa: SIM115 - closed by raw()
+
+    def _info(
+        self,
+        name: str,
+        kind: bytes,
+        mode: int,
+        uid: int = 0,
+        gid: int = 0,
+        mtime: float = EPOCH,
+        xattrs: dict[str, str] | None = None,
+    ) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(name)
+        ti.type = kind
+        ti.mode = mode
+        ti.uid, ti.gid = uid, gid
+        ti.uname = ti.gname = ""
+        ti.mtime = mtime
+        if xattrs:
+            ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+        return ti
+
+    def dir(self, name: str, mode: int = 0o755, **kw: Any) -> Layer:
+        self.tar.addfile(self._info(name, tarfile.DIRTYPE, mode, **kw))
+        return self
+
+    def file(self, name: str, data: bytes | str = b"", mode: int = 0o644, **kw: Any) -> Layer:
+        data = data.encode() if isinstance(data, str) else data
+        ti = self._info(name, tarfile.REGTYPE, mode, **kw)
+        ti.size = len(data)
+        self.tar.addfile(ti, io.BytesIO(data))
+        return self
+
+    def symlink(self, name: str, target: str, **kw: Any) -> Layer:
+        ti = self._info(name, tarfile.SYMTYPE, 0o777, **kw)
+        ti.linkname = target
+        self.tar.addfile(ti)
+        return self
+
+    def hardlink(self, name: str, target: str, **kw: Any) -> Layer:
+        ti = self._info(name, tarfile.LNKTYPE, 0o644, **kw)
+        ti.linkname = target
+        self.tar.addfile(ti)
+        return self
+
+    def device(self, name: str, kind: bytes, major: int, minor: int, mode: int = 0o666, **kw: Any) -> Layer:
+        ti = self._info(name, kind, mode, **kw)
+        ti.devmajor, ti.devminor = major, minor
+        self.tar.addfile(ti)
+        return self
+
+    def fifo(self, name: str, mode: int = 0o644, **kw: Any) -> Layer:
+        self.tar.addfile(self._info(name, tarfile.FIFOTYPE, mode, **kw))
+        return self
+
+    def whiteout(self, path: str) -> Layer:
+        d, b = os.path.split(path)
+        return self.file(os.path.join(d, ".wh." + b), b"")
+
+    def opaque(self, dirpath: str) -> Layer:
+        return self.file(os.path.join(dirpath, ".wh..wh..opq"), b"")
+
+    def raw(self) -> bytes:
+        self.tar.close()
+        return self.buf.getvalue()
+
+
+def compress(raw: bytes, media_type: str) -> bytes:
+    if media_type.endswith("gzip"):
+        return gzip.compress(raw, mtime=0)
+    if media_type.endswith("zstd"):
+        return zstandard.ZstdCompressor().compress(raw)
+    return raw
+
+
+def store_layer(
+    directory: str, raw: bytes, media_type: str = MT_GZIP, *, diff_id: str | None = None, blob: bytes | None = None
+) -> dict[str, Any]:
+    """Write a layer blob under ``directory``; return its ``LayerToApply`` dict."""
+    blob = compress(raw, media_type) if blob is None else blob
+    digest = sha256(blob)
+    path = os.path.join(directory, digest.split(":")[1])
+    with open(path, "wb") as f:
+        f.write(blob)
+    return {
+        "digest": digest,
+        "media_type": media_type,
+        "size": len(blob),
+        "diff_id": diff_id or sha256(raw),
+        "path": path,
+    }
+
+
+@contextlib.contextmanager
+def mounted(mounts: list[dict[str, Any]], target: str) -> Iterator[str]:
+    """Mount a snapshot's mounts on ``target`` for the duration of the block."""
+    from common import mount
+
+    os.makedirs(target, exist_ok=True)
+    mount.mount_all(mounts, target)
+    try:
+        yield target
+    finally:
+        mount.unmount(target)
+
+
+def describe(root: str, *, content: bool = True, xattrs: bool = True) -> dict[str, tuple[Any, ...]]:
+    """``{relative path: (type, mode, uid, gid, link target or content sha / rdev, xattrs)}``
+    for every entry under ``root`` (not following symlinks); the root itself excluded."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            mode = st.st_mode
+            if stat.S_ISLNK(mode):
+                kind, extra = "symlink", os.readlink(path)
+            elif stat.S_ISDIR(mode):
+                kind, extra = "dir", None
+            elif stat.S_ISREG(mode):
+                kind = "file"
+                if content:
+                    with open(path, "rb") as f:
+                        extra = hashlib.sha256(f.read()).hexdigest()[:16]
+                else:
+                    extra = st.st_size
+            elif stat.S_ISCHR(mode):
+                kind, extra = "char", (os.major(st.st_rdev), os.minor(st.st_rdev))
+            elif stat.S_ISBLK(mode):
+                kind, extra = "block", (os.major(st.st_rdev), os.minor(st.st_rdev))
+            elif stat.S_ISFIFO(mode):
+                kind, extra = "fifo", None
+            else:
+                kind, extra = "other", None
+            xa: tuple[tuple[str, bytes], ...] = ()
+            if xattrs:
+                with contextlib.suppress(OSError):
+                    xa = tuple(
+                        sorted(
+                            (k, os.getxattr(path, k, follow_symlinks=False))
+                            for k in os.listxattr(path, follow_symlinks=False)
+                            if not k.startswith("trusted.overlay.")
+                        )
+                    )
+            out[rel] = (kind, stat.S_IMODE(mode) if kind != "symlink" else 0o777, st.st_uid, st.st_gid, extra, xa)
+    return out
+
+
+def listing(root: str) -> list[str]:
+    """Sorted relative paths under ``root``."""
+    return sorted(describe(root, content=False, xattrs=False))
+
+
+def read(root: str, rel: str) -> str:
+    with open(os.path.join(root, rel)) as f:
+        return f.read()
+
+
+def outside_snapshot(base: str) -> dict[str, tuple[int, int]]:
+    """``{path: (mtime_ns, size)}`` of everything under ``base`` except snapshot dirs:
+    used by hostile-layer tests to show that nothing new exists outside the snapshot."""
+    found: dict[str, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not (d.isdigit() and dirpath.endswith("snapshots"))]
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            found[p] = (st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0, st.st_size)
+    return found
