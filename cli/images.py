@@ -47,7 +47,7 @@ def human_ago(when: str | dt.datetime | None) -> str:
         try:
             when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
         except ValueError:
-            return when
+            return str(when)
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     seconds = (dt.datetime.now(dt.UTC) - when).total_seconds()

@@ -76,12 +76,28 @@ class TokenServer:
         self.key = workdir / "token.key"
         self.cert = workdir / "token.crt"
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key), "-out",
-             str(self.cert), "-subj", "/CN=token-issuer", "-days", "2"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(self.key),
+                "-out",
+                str(self.cert),
+                "-subj",
+                "/CN=token-issuer",
+                "-days",
+                "2",
+            ],
+            check=True,
+            capture_output=True,
         )
-        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True,
-                             capture_output=True).stdout
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True, capture_output=True
+        ).stdout
         self._x5c = base64.b64encode(der).decode()
         self.port = free_port()
         self.realm = f"http://127.0.0.1:{self.port}/token"
@@ -91,12 +107,16 @@ class TokenServer:
             def log_message(self, *_a: Any) -> None:
                 return
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 parsed = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parsed.query)
                 auth = self.headers.get("Authorization", "")
-                entry = {"path": parsed.path, "scopes": query.get("scope", []), "service": query.get("service", []),
-                         "authorization": auth}
+                entry = {
+                    "path": parsed.path,
+                    "scopes": query.get("scope", []),
+                    "service": query.get("service", []),
+                    "authorization": auth,
+                }
                 server.requests.append(entry)
                 user = ""
                 if auth.startswith("Basic "):
@@ -132,11 +152,23 @@ class TokenServer:
     def sign(self, subject: str, access: list[dict[str, Any]]) -> str:
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
-        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + 300, "nbf": now - 10,
-                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing_input.encode(),
-                             check=True, capture_output=True).stdout
+        sig = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
         return f"{signing_input}.{_b64url(sig)}"
 
     def stop(self) -> None:
@@ -147,8 +179,9 @@ class TokenServer:
 class Registry:
     """``docker-registry`` on a free 127.0.0.1 port with its own config (see module docstring)."""
 
-    def __init__(self, workdir: Path | None = None, *, htpasswd: dict[str, str] | None = None,
-                 token: TokenServer | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, htpasswd: dict[str, str] | None = None, token: TokenServer | None = None
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dyreg-"))
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
@@ -161,22 +194,37 @@ class Registry:
         data.mkdir(parents=True, exist_ok=True)
         lines = [
             "version: 0.1",
-            "log:", "  level: warn", "  accesslog:", "    disabled: true",
-            "storage:", "  filesystem:", f"    rootdirectory: {data}", "  delete:", "    enabled: true",
-            "http:", f"  addr: {self.host}",
+            "log:",
+            "  level: warn",
+            "  accesslog:",
+            "    disabled: true",
+            "storage:",
+            "  filesystem:",
+            f"    rootdirectory: {data}",
+            "  delete:",
+            "    enabled: true",
+            "http:",
+            f"  addr: {self.host}",
         ]
         if self.htpasswd is not None:
             path = self.workdir / "htpasswd"
             path.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in self.htpasswd.items()))
             lines += ["auth:", "  htpasswd:", "    realm: test-realm", f"    path: {path}"]
         if self.token is not None:
-            lines += ["auth:", "  token:", f"    realm: {self.token.realm}", f"    service: {self.token.service}",
-                      f"    issuer: {self.token.issuer}", f"    rootcertbundle: {self.token.cert}"]
+            lines += [
+                "auth:",
+                "  token:",
+                f"    realm: {self.token.realm}",
+                f"    service: {self.token.service}",
+                f"    issuer: {self.token.issuer}",
+                f"    rootcertbundle: {self.token.cert}",
+            ]
         config = self.workdir / "config.yml"
         config.write_text("\n".join(lines) + "\n")
         log = open(self.workdir / "registry.log", "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log, cwd="/",
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log, cwd="/", start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -234,20 +282,37 @@ def multiarch_layout(out: str, host_image: Any, other_image: Any) -> str:
 
     def entry(img: Any, arch: str) -> dict[str, Any]:
         man = img.blobs[img.manifest_digest]
-        return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": img.manifest_digest,
-                "size": len(man), "platform": {"os": "linux", "architecture": arch}}
+        return {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": img.manifest_digest,
+            "size": len(man),
+            "platform": {"os": "linux", "architecture": arch},
+        }
 
     host_arch = json.loads(host_image.blobs[host_image.config_digest])["architecture"]
     other_arch = json.loads(other_image.blobs[other_image.config_digest])["architecture"]
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [entry(other_image, other_arch), entry(host_image, host_arch)]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(other_image, other_arch), entry(host_image, host_arch)],
+    }
     index_bytes = json.dumps(index).encode()
     index_digest = "sha256:" + hashlib.sha256(index_bytes).hexdigest()
-    top = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
-        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest, "size": len(index_bytes),
-         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}
+    top = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index_digest,
+                "size": len(index_bytes),
+                "annotations": {"org.opencontainers.image.ref.name": "latest"},
+            }
+        ],
+    }
     blobs = {**host_image.blobs, **other_image.blobs, index_digest: index_bytes}
     with tarfile.open(out, "w") as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)

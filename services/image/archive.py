@@ -164,7 +164,8 @@ def _read_tar(stream: IO[bytes], store: ContentStore, protect: Protect, progress
                 try:
                     info = _commit(store, ingest, protect)
                 except FailedPrecondition as exc:
-                    raise InvalidArgument(f"archive member {name}: {exc}") from None
+                    detail = exc.message.split(": ", 1)[-1]
+                    raise InvalidArgument(f"archive member {name} does not match its digest ({detail})") from None
             except BaseException:
                 ingest.abort()
                 raise
@@ -417,7 +418,7 @@ def import_rootfs(
     if head.startswith(_GZIP_MAGIC):
         raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
     elif head.startswith(_ZSTD_MAGIC):
-        raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
+        raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     diff = hashlib.sha256()
     compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
     ingest = store.open_ingest(f"import-{os.getpid()}-{threading.get_ident()}-{id(stream)}", resume=False)

@@ -57,7 +57,7 @@ def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
 
     Raises InvalidArgument for an unknown or malformed instruction.
     """
-    out = json.loads(json.dumps(config))
+    out: dict[str, Any] = json.loads(json.dumps(config))
     for change in changes:
         text = change.strip()
         if not text:

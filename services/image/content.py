@@ -142,8 +142,11 @@ class Ingest:
 
     def close(self) -> None:
         """Stop writing but keep the ingest for a later resume."""
-        with contextlib.suppress(OSError):
+        if self._file.closed:
+            return
+        with contextlib.suppress(OSError, ValueError):
             self._file.flush()
+        with contextlib.suppress(OSError):
             self._file.close()
 
     def abort(self) -> None:

@@ -55,7 +55,7 @@ def _children(store: ContentStore, digest: str, media_type: str) -> list[tuple[s
 def mark_content(meta: MetadataStore, store: ContentStore) -> set[str]:
     """Digests reachable from image records and live leases."""
     marked: set[str] = set()
-    stack: list[tuple[str, str]] = [(r.target.digest, r.target.media_type) for r in meta.list(None)]
+    stack: list[tuple[str, str]] = [(r.target.digest, r.target.media_type) for r in meta.records(None)]
     for kind, ref in meta.leased_resources():
         if kind == "content":
             stack.append((ref, ""))
@@ -107,7 +107,7 @@ def sweep_content(meta: MetadataStore, store: ContentStore, active_ingests: set[
 def chain_ids_of_records(meta: MetadataStore, store: ContentStore, namespace: str) -> set[str]:
     """Every chain ID (each layer prefix) of every manifest present for the namespace's images."""
     keep: set[str] = set()
-    for rec in meta.list(namespace):
+    for rec in meta.records(namespace):
         stack = [(rec.target.digest, rec.target.media_type)]
         seen: set[str] = set()
         while stack:

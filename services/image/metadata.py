@@ -140,7 +140,7 @@ class MetadataStore:
             row = self._db.execute("SELECT * FROM images WHERE namespace=? AND name=?", (namespace, name)).fetchone()
         return _row_to_record(row) if row else None
 
-    def list(self, namespace: str | None = None) -> list[ImageRecord]:
+    def records(self, namespace: str | None = None) -> list[ImageRecord]:
         """Records of one namespace (or of all when None), by name."""
         with self._lock:
             if namespace is None:

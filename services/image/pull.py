@@ -103,7 +103,12 @@ class Downloads:
             dl.task = asyncio.create_task(
                 self._run(dl, ep, repo, desc, creds, semaphore), name=f"download-{desc.digest[:19]}"
             )
-            dl.task.add_done_callback(lambda _t, d=desc.digest: self._active.pop(d, None))
+            digest = desc.digest
+
+            def forget(_task: asyncio.Task[int]) -> None:
+                self._active.pop(digest, None)
+
+            dl.task.add_done_callback(forget)
             owner = True
         else:
             owner = False

@@ -314,7 +314,7 @@ class RegistryClient:
             cached = self.tokens.get(ep.host, key)
             if cached:
                 return cached
-            params: list[tuple[str, str]] = []
+            params: list[tuple[str, str | int | float | bool | None]] = []
             if challenge.params.get("service"):
                 params.append(("service", challenge.params["service"]))
             params.extend(("scope", s) for s in scopes)

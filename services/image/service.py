@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from common import errors, ids, topics
 from common.api import image as api
@@ -460,7 +460,7 @@ class ImageService:
             worker = asyncio.ensure_future(
                 asyncio.to_thread(
                     archive.load_archive,
-                    pipe,
+                    cast(IO[bytes], pipe),
                     self.content,
                     lambda d: self.meta.add_lease_resource(lease, "content", d),
                     pump.emit_threadsafe,
@@ -531,7 +531,7 @@ class ImageService:
             worker = asyncio.ensure_future(
                 asyncio.to_thread(
                     archive.import_rootfs,
-                    pipe,
+                    cast(IO[bytes], pipe),
                     self.content,
                     lambda d: self.meta.add_lease_resource(lease, "content", d),
                     pump.emit_threadsafe,
@@ -588,7 +588,7 @@ class ImageService:
         )
 
     def _list_sync(self, namespace: str, filters: dict[str, list[str]]) -> list[api.ImageSummary]:
-        records = self.meta.list(namespace)
+        records = self.meta.records(namespace)
         views: dict[str, ImageView | None] = {}
         for rec in records:
             if rec.target.digest not in views:
@@ -655,7 +655,7 @@ class ImageService:
         platform = platforms.parse(req.platform) if req.platform else None
         view = await self._view_async(rec, platform, strict=platform is not None)
         records = [
-            r for r in self.meta.list(ctx.namespace) if r.image_id == view.id or r.target.digest == rec.target.digest
+            r for r in self.meta.records(ctx.namespace) if r.image_id == view.id or r.target.digest == rec.target.digest
         ]
         tags, digests = record_names(records)
         raw = view.config.raw
@@ -698,7 +698,7 @@ class ImageService:
         rec, _how = self._find(ctx.namespace, req.ref)
         platform = platforms.parse(req.platform) if req.platform else None
         view = await self._view_async(rec, platform, strict=platform is not None)
-        tags, _digests = record_names([r for r in self.meta.list(ctx.namespace) if r.image_id == view.id])
+        tags, _digests = record_names([r for r in self.meta.records(ctx.namespace) if r.image_id == view.id])
         entries = view.config.raw.get("history") or []
         layers = list(view.manifest.layers)
         out: list[api.HistoryEntry] = []
@@ -744,7 +744,7 @@ class ImageService:
         self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest)
         new = self.meta.get(ctx.namespace, str(target_ref))
         assert new is not None
-        return self._summary(new, view, self.meta.list(ctx.namespace))
+        return self._summary(new, view, self.meta.records(ctx.namespace))
 
     async def _containers_using(self, namespace: str) -> dict[str, list[tuple[str, bool]]] | None:
         """``{image id: [(container name, running)]}`` from the execution service, None if unknown."""
@@ -778,7 +778,7 @@ class ImageService:
         ns = ctx.namespace
         rec, how = self._find(ns, req.ref)
         image_id = rec.image_id or rec.target.digest
-        same = [r for r in self.meta.list(ns) if (r.image_id or r.target.digest) == image_id]
+        same = [r for r in self.meta.records(ns) if (r.image_id or r.target.digest) == image_id]
         usage = await self._containers_using(ns)
         users = (usage or {}).get(image_id, [])
         reply = api.RemoveReply()
@@ -808,11 +808,11 @@ class ImageService:
                     f"unable to delete {short} (must be forced) - image is referenced in multiple repositories"
                 )
             if users:
-                running = [n for n, r in users if r]
-                if running:
+                running_users = [n for n, is_running in users if is_running]
+                if running_users:
                     raise errors.Conflict(
                         f"unable to delete {short} (cannot be forced) - "
-                        f"image is being used by running container {running[0]}"
+                        f"image is being used by running container {running_users[0]}"
                     )
                 if not req.force:
                     raise errors.Conflict(
@@ -844,7 +844,7 @@ class ImageService:
         label_filters = req.filters.get("label", [])
         until = _parse_until(req.filters["until"][-1]) if req.filters.get("until") else None
         deleted_ids: set[str] = set()
-        for rec in self.meta.list(ns):
+        for rec in self.meta.records(ns):
             image_id = rec.image_id or rec.target.digest
             if image_id in in_use:
                 continue
@@ -852,18 +852,15 @@ class ImageService:
                 continue
             if until is not None and not rec.created_at < until:
                 continue
-            if label_filters and not all(
-                (lambda k, sep, v: k in rec.labels and (not sep or rec.labels[k] == v))(*f.partition("="))
-                for f in label_filters
-            ):
+            if label_filters and not all(_label_matches(rec.labels, f) for f in label_filters):
                 continue
             self.meta.delete(ns, rec.name)
             self._publish(topics.IMAGE_DELETE, {"name": rec.name}, ns)
             if not rec.dangling:
                 reply.untagged.append(refs.familiar(rec.name))
-            if not any((r.image_id or r.target.digest) == image_id for r in self.meta.list(ns)):
+            if not any((r.image_id or r.target.digest) == image_id for r in self.meta.records(ns)):
                 deleted_ids.add(image_id)
-        namespaces = {ns} | {r.namespace for r in self.meta.list(None)}
+        namespaces = {ns} | {r.namespace for r in self.meta.records(None)}
         collected = await self._collect(namespaces)
         reply.deleted = sorted(deleted_ids)
         reply.space_reclaimed = collected.bytes_removed
@@ -872,7 +869,7 @@ class ImageService:
     @rpc("image.gc")
     async def gc(self, _req: dict[str, Any] | None, ctx: Context) -> api.GcReply:
         """Remove blobs, ingests and snapshots nothing references (records, live leases)."""
-        namespaces = {ctx.namespace} | {r.namespace for r in self.meta.list(None)}
+        namespaces = {ctx.namespace} | {r.namespace for r in self.meta.records(None)}
         return await self._collect(namespaces)
 
     # -- login -----------------------------------------------------------------------------------------
@@ -908,6 +905,11 @@ def _registry_domain(text: str) -> str:
     if not re.match(r"^[a-z0-9.\-]+(:[0-9]+)?$|^\[[0-9a-f:]+\](:[0-9]+)?$", value):
         raise errors.InvalidArgument(f"invalid registry {text!r}: expected host[:port]")
     return value
+
+
+def _label_matches(labels: dict[str, str], condition: str) -> bool:
+    key, sep, value = condition.partition("=")
+    return key in labels and (not sep or labels[key] == value)
 
 
 def _ref_match(pattern: str, name: str) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.image.auth import CredentialStore, Credentials, parse_challenges, write_config_entry
+from services.image.auth import Credentials, CredentialStore, parse_challenges, write_config_entry
 
 
 def test_bearer_with_realm_and_service_no_scope() -> None:
@@ -32,7 +32,9 @@ def test_unquoted_realm_and_space_after_comma() -> None:
 
 
 def test_basic_then_bearer_in_one_header() -> None:
-    found = parse_challenges('Basic realm="Registry Realm", Bearer realm="https://t/x",service="s", error="invalid_token"')
+    found = parse_challenges(
+        'Basic realm="Registry Realm", Bearer realm="https://t/x",service="s", error="invalid_token"'
+    )
     assert [c.scheme for c in found] == ["basic", "bearer"]
     assert found[0].params == {"realm": "Registry Realm"}
     assert found[1].params["error"] == "invalid_token"
@@ -56,8 +58,9 @@ def test_garbage_does_not_raise(garbage: str) -> None:
 
 def test_config_json_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": base64.b64encode(b"u:p").decode()}},
-                                "other": 1}))
+    path.write_text(
+        json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": base64.b64encode(b"u:p").decode()}}, "other": 1})
+    )
     store = CredentialStore(path)
     assert asyncio.run(store.get("docker.io")) == Credentials("u", "p")
     assert asyncio.run(store.get("localhost:5000")) is None

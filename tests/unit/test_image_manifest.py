@@ -25,17 +25,24 @@ def test_oci_manifest() -> None:
 
 
 def test_docker_manifest_list_with_platforms() -> None:
-    entry = {"mediaType": oci.DOCKER_MANIFEST, "digest": D, "size": 5,
-             "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}
-    idx = oci.parse_document(_doc({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST_LIST, "manifests": [entry]}),
-                             oci.DOCKER_MANIFEST_LIST)
+    entry = {
+        "mediaType": oci.DOCKER_MANIFEST,
+        "digest": D,
+        "size": 5,
+        "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+    }
+    idx = oci.parse_document(
+        _doc({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST_LIST, "manifests": [entry]}),
+        oci.DOCKER_MANIFEST_LIST,
+    )
     assert isinstance(idx, oci.Index)
     assert str(idx.manifests[0].platform) == "linux/arm/v7"
 
 
 def test_media_type_from_body_when_header_is_generic() -> None:
-    m = oci.parse_document(_doc({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST, "config": CFG, "layers": []}),
-                           "application/json")
+    m = oci.parse_document(
+        _doc({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST, "config": CFG, "layers": []}), "application/json"
+    )
     assert m.media_type == oci.DOCKER_MANIFEST
 
 
@@ -53,8 +60,9 @@ def test_schema1_is_refused_clearly() -> None:
 
 def test_body_contradicting_announced_type_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="contradicts"):
-        oci.parse_document(_doc({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": CFG, "layers": []}),
-                           oci.OCI_INDEX)
+        oci.parse_document(
+            _doc({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": CFG, "layers": []}), oci.OCI_INDEX
+        )
 
 
 def test_bad_digests_and_sizes() -> None:
@@ -62,7 +70,9 @@ def test_bad_digests_and_sizes() -> None:
     with pytest.raises(InvalidArgument):
         oci.parse_document(_doc({"schemaVersion": 2, "config": CFG, "layers": [bad]}))
     with pytest.raises(Unimplemented):
-        oci.parse_document(_doc({"schemaVersion": 2, "config": CFG, "layers": [dict(LAYER, digest="sha512:" + "a" * 128)]}))
+        oci.parse_document(
+            _doc({"schemaVersion": 2, "config": CFG, "layers": [dict(LAYER, digest="sha512:" + "a" * 128)]})
+        )
     with pytest.raises(InvalidArgument):
         oci.parse_document(_doc({"schemaVersion": 2, "config": CFG, "layers": [dict(LAYER, size=-1)]}))
 
@@ -95,7 +105,9 @@ def test_chain_ids_match_the_spec() -> None:
 
 
 def test_config_diff_ids() -> None:
-    cfg = oci.parse_config(_doc({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [D]}}))
+    cfg = oci.parse_config(
+        _doc({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [D]}})
+    )
     assert cfg.diff_ids == [D] and str(cfg.platform) == "linux/amd64"
     with pytest.raises(InvalidArgument):
         oci.parse_config(_doc({"os": "linux"}))

@@ -26,8 +26,16 @@ ENTRIES = [
 
 @pytest.mark.parametrize(
     ("want", "expected"),
-    [("linux/arm/v6", 1), ("linux/arm/v7", 2), ("linux/arm64/v8", 3), ("linux/arm64", 3), ("linux/amd64", 4),
-     ("linux/arm/v5", 1), ("aarch64", 3), ("linux/armhf", 2)],
+    [
+        ("linux/arm/v6", 1),
+        ("linux/arm/v7", 2),
+        ("linux/arm64/v8", 3),
+        ("linux/arm64", 3),
+        ("linux/amd64", 4),
+        ("linux/arm/v5", 1),
+        ("aarch64", 3),
+        ("linux/armhf", 2),
+    ],
 )
 def test_choice_is_independent_of_entry_order(want: str, expected: int) -> None:
     wanted = platforms.parse(want)
@@ -52,8 +60,14 @@ def test_v6_host_never_takes_v7() -> None:
 
 
 def test_arm64_entry_without_variant_matches_v8_host() -> None:
-    assert platforms.choose([_entry(3, "linux", "arm64", "")], platforms.parse("linux/arm64/v8")).digest == ENTRIES[2].digest
-    assert platforms.choose([_entry(3, "linux", "arm64", "v8")], platforms.parse("linux/arm64")).digest == ENTRIES[2].digest
+    assert (
+        platforms.choose([_entry(3, "linux", "arm64", "")], platforms.parse("linux/arm64/v8")).digest
+        == ENTRIES[2].digest
+    )
+    assert (
+        platforms.choose([_entry(3, "linux", "arm64", "v8")], platforms.parse("linux/arm64")).digest
+        == ENTRIES[2].digest
+    )
 
 
 def test_attestation_entries_are_ignored() -> None:
