@@ -336,7 +336,12 @@ class RegistryClient:
             except httpx.HTTPError as exc:
                 raise Unavailable(f"registry {ep.domain}: token server {parsed.netloc}: {exc}") from None
             if resp.status_code in (401, 403):
-                who = f" for user '{creds.username}'" if creds is not None and creds.username else ""
+                if creds is None:
+                    raise Unauthenticated(
+                        f"registry {ep.domain}: authentication required (the token server refused anonymous "
+                        f"access: {_registry_error(resp, resp.content)}); run 'dockyard login {ep.domain}'"
+                    )
+                who = f" for user '{creds.username}'" if creds.username else ""
                 raise Unauthenticated(
                     f"registry {ep.domain}: authentication failed{who}: token server answered "
                     f"{_registry_error(resp, resp.content)}"
@@ -431,6 +436,7 @@ class RegistryClient:
         if ch.scheme == "basic":
             return creds.basic_header() if creds is not None and creds.password else None
         if ch.scheme == "bearer":
+            scopes = list(dict.fromkeys([*ch.scopes, *scopes]))
             token = self.tokens.get(ep.host, frozenset(scopes))
             if token is None and fetch:
                 token = await self._token(ep, ch, scopes, creds)

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import fnmatch
+import io
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,7 +33,7 @@ from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
 from common.rpc.server import Context, rpc
 from common.settings import Settings
-from services.image import archive, gc, platforms
+from services.image import archive, export, gc, platforms
 from services.image import reference as refs
 from services.image.auth import Credentials, CredentialStore, write_config_entry
 from services.image.content import ContentStore
@@ -40,6 +42,7 @@ from services.image.metadata import DANGLING_PREFIX, ImageRecord, MetadataStore
 from services.image.oci import Descriptor, Platform
 from services.image.pipe import ChunkPipe
 from services.image.pull import IntegrityError, Puller
+from services.image.push import Pusher
 from services.image.registry import RegistryClient, basic_from_auth
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,7 @@ class ImageService:
             credentials=self.credentials,
         )
         self.puller = Puller(self.content, self.registry, settings.max_concurrent_downloads)
+        self.pusher = Pusher(self.content, self.registry, settings.max_concurrent_downloads)
         self.snapshot = snapshot
         self.execution = execution
         self.publisher = publisher
@@ -423,6 +427,34 @@ class ImageService:
             downloaded=fetched.downloaded,
         ).model_dump()
 
+    # -- push ------------------------------------------------------------------------------------------
+    @rpc("image.push", stream=True)
+    async def push(self, req: api.PushRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """``docker push``: upload a local image to the registry its name points at.
+
+        Frames: ``Preparing``/``Pushing``/``Pushed``/``Layer already exists`` per blob; the last
+        has ``result`` = ``PushResult``. Errors: NotFound (no such local image), Unauthenticated
+        (401, naming the registry), PermissionDenied (403), Unavailable.
+        """
+        rec, how = self._find(ctx.namespace, req.ref)
+        if how != "name" or rec.dangling:
+            raise errors.InvalidArgument(f"cannot push {req.ref!r}: push a name (repository:tag), not an image id")
+        ref = refs.parse(rec.name)
+        creds = basic_from_auth(req.auth)
+        lease = self._lease(ctx.namespace, OP_LEASE_S, f"push {ref}")
+        self.meta.add_lease_resource(lease, "content", rec.target.digest)
+        pump = _ProgressPump()
+
+        async def work() -> dict[str, Any]:
+            outcome = await self.pusher.push(ref, rec.target, creds, pump.emit)
+            return api.PushResult(name=ref.name, tag=ref.tag, digest=outcome.digest, size=outcome.size).model_dump()
+
+        try:
+            async for frame in pump.run(work()):
+                yield frame
+        finally:
+            self.meta.delete_lease(lease)
+
     # -- load / import -------------------------------------------------------------------------------
     async def _feed(self, ctx: Context, pipe: ChunkPipe, worker: asyncio.Future[Any]) -> None:
         try:
@@ -554,6 +586,62 @@ class ImageService:
             self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest)
             return api.LoadedImage(name=name, id=view.id, digest=target.digest).model_dump()
         finally:
+            self.meta.delete_lease(lease)
+
+    # -- save ----------------------------------------------------------------------------------------
+    @rpc("image.save", stream=True)
+    async def save(self, req: api.SaveRequest, ctx: Context) -> AsyncIterator[bytes]:
+        """``docker save``: stream a tar (bytes frames) holding the named images.
+
+        ``format='docker'``: a docker-archive (``manifest.json``) that is also an OCI layout,
+        like Docker 25+; ``format='oci'``: the OCI layout only. Saving by name records that
+        name; by id, no name. NotFound for an unknown image (before any byte is sent).
+        """
+        platform = platforms.parse(req.platform) if req.platform else None
+        items: list[export.SaveItem] = []
+        for text in req.refs:
+            rec, how = self._find(ctx.namespace, text)
+            view = await self._view_async(rec, platform, strict=platform is not None)
+            name = rec.name if how == "name" and not rec.dangling else ""
+            items.append(export.SaveItem(name, rec.target, view))
+        lease = self._lease(ctx.namespace, OP_LEASE_S, "save")
+        for item in items:
+            self.meta.add_lease_resource(lease, "content", item.target.digest)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+        cancelled = threading.Event()
+
+        def sink(data: bytes) -> None:
+            if cancelled.is_set():
+                raise OSError("save cancelled by the client")
+            asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+
+        def write() -> None:
+            writer = io.BufferedWriter(export.ChunkWriter(sink), buffer_size=_CHUNK)
+            try:
+                export.write_archive(
+                    self.content, items, cast(IO[bytes], writer), docker_archive=req.format == "docker"
+                )
+                writer.flush()
+            finally:
+                if not cancelled.is_set():
+                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+        worker = asyncio.ensure_future(asyncio.to_thread(write))
+        try:
+            while True:
+                chunk = await queue.get()
+                if chunk is None:
+                    break
+                yield chunk
+            await worker
+        finally:
+            cancelled.set()
+            while not queue.empty():
+                queue.get_nowait()
+            if not worker.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(worker), 5)
             self.meta.delete_lease(lease)
 
     # -- list / inspect / history ----------------------------------------------------------------------
@@ -760,10 +848,12 @@ class ImageService:
         for c in items:
             if not isinstance(c, dict):
                 continue
-            image_id = str(c.get("image_id") or c.get("image") or "")
+            image_id = str(c.get("image_id") or "")
             name = str(c.get("name") or c.get("id") or "")[:64]
-            status = str(c.get("status") or c.get("state") or "")
-            out.setdefault(image_id, []).append((name, status in ("running", "paused", "restarting")))
+            raw_state = c.get("state")
+            state: dict[str, Any] = raw_state if isinstance(raw_state, dict) else {}
+            running = bool(state.get("running")) or state.get("status") in ("running", "paused", "restarting")
+            out.setdefault(image_id, []).append((name, running))
         return out
 
     @rpc("image.remove")
