@@ -480,6 +480,18 @@ class TaskManager:
             self.store.update(rec.namespace, rec.id, incarnation=incarnation)
         if live.status in ("running", "paused") and rec.handled < incarnation:
             self.store.update(rec.namespace, rec.id, status=live.status, pid=live.task_pid)
+        elif live.status == "stopped" and rec.handled < incarnation and state.get("exit_status") is not None:
+            # it exited while we were down: record it before we serve (the monitor deletes the task)
+            self._record_exit(
+                live,
+                TaskExit(
+                    int(state["exit_status"]),
+                    state.get("exited_at") or codec.utcnow(),
+                    bool(state.get("oom_killed")),
+                    str(state.get("error") or ""),
+                    incarnation,
+                ),
+            )
         elif live.status == "created":
             # the start was interrupted by our crash: the task never ran
             with contextlib.suppress(errors.DockyardError):

@@ -4,12 +4,15 @@ Docker's Entrypoint/Cmd/Env rules (C14), events in order, nothing left behind.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from deploy import mkimage
 from tests.conftest import need_root
-from tests.engine import Engine, ps_names
+from tests.engine import Engine, busybox_layer, ps_names
 from tests.harness import Instance
+from tests.registry import Registry, skopeo_copy
 
 pytestmark = pytest.mark.root
 
@@ -124,3 +127,13 @@ def test_name_conflict_and_lookup_by_prefix(engine: Engine) -> None:
     assert engine.inspect(cid[:8])["name"] == "one"
     assert engine.inspect("/one")["id"] == cid
     assert engine.cli("rm", cid[:10]).returncode == 0
+
+
+def test_missing_image_is_pulled_first(engine: Engine, tmp_path: Path) -> None:
+    with Registry(tmp_path / "registry") as reg:
+        archive = tmp_path / "busybox.tar"
+        mkimage.write_oci_layout([mkimage.build_image("pulled:v1", [busybox_layer()])], str(archive))
+        skopeo_copy(f"oci-archive:{archive}", f"docker://{reg.host}/pulled:v1")
+        p = engine.run("--rm", f"{reg.host}/pulled:v1", "echo", "pulled")
+    assert p.returncode == 0 and p.stdout == b"pulled\n"
+    assert f"Unable to find image '{reg.host}/pulled:v1' locally".encode() in p.stderr
