@@ -103,10 +103,12 @@ def test_exit_codes_of_foreground_runs(up: Instance) -> None:
 def test_a_killed_service_is_restarted_by_the_supervisor(up: Instance) -> None:
     before = int(_status(up)["image"]["pid"])
     os.kill(before, signal.SIGKILL)
-    _wait_until(
-        lambda: _status(up)["image"]["state"] == "running" and _status(up)["image"]["pid"] not in ("", str(before)),
-        what="image service restarted",
-    )
+
+    def restarted() -> bool:
+        row = _status(up)["image"]
+        return row["state"] == "running" and row["pid"] not in ("", str(before))
+
+    _wait_until(restarted, what="image service restarted")
     out = up.cli("status", check=True).stdout.decode()
     image_row = next(line for line in out.splitlines() if line.startswith("image"))
     assert " 1 " in image_row and "signal 9" in image_row
