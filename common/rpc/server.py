@@ -30,7 +30,7 @@ import pydantic
 import zmq
 import zmq.asyncio
 
-from common import codec, errors, ids
+from common import codec, errors, ids, trace
 from common.rpc import protocol
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,7 @@ class RpcServer:
         window = max(1, int(msg.get("window") or protocol.DEFAULT_WINDOW))
         call = _Call(identity, request_id, ctx, bool(handler and handler.spec.stream), window, window)
         self._calls[(identity, request_id)] = call
+        trace.mark(f"recv {method}")
         call.task = asyncio.create_task(self._run(call, handler, msg.get("body")), name=f"{self.name}:{method}")
 
     # -- running ---------------------------------------------------------------------------
@@ -333,6 +334,7 @@ class RpcServer:
             log.exception("%s failed", ctx.method, extra={"request_id": call.request_id, "namespace": ctx.namespace})
             await self._send_error(call, errors.wrap_unexpected(exc, ctx.method))
         finally:
+            trace.mark(f"done {ctx.method} {outcome}")
             self._calls.pop((call.identity, call.request_id), None)
             level = logging.DEBUG if (handler and handler.spec.quiet and outcome == "ok") else logging.INFO
             log.log(

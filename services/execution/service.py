@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from common import codec, errors, ids, topics
+from common import codec, errors, ids, topics, trace
 from common.api.execution import (
     AttachRequest,
     Container,
@@ -147,6 +147,7 @@ class ExecutionService:
             )
         except errors.NotFound as exc:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
+        trace.mark("image resolved")
         image_cfg: dict[str, Any] = dict((image.get("config") or {}).get("config") or {})
         args = spec.process_args(image_cfg, req.entrypoint, req.cmd)
         env = spec.merge_env(image_cfg.get("Env") or [], req.env)
@@ -200,6 +201,7 @@ class ExecutionService:
                 timeout_s=60,
             )
             prepared = True
+            trace.mark("snapshot prepared")
             await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)
             await asyncio.to_thread(os.makedirs, os.path.join(bundle, "rootfs"), exist_ok=True)
             rec = Record(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import codec, errors, topics
+from common import codec, errors, topics, trace
 from common.api.shim import ShimLaunch, TaskStatus, event_id
 from common.events import drain_outbox
 from common.settings import Settings
@@ -190,7 +190,9 @@ class TaskManager:
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
+        trace.mark("bundle written")
         report = await self.launcher.launch(rec.namespace, rec.id, bundle)
+        trace.mark("shim launched")
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
@@ -229,6 +231,7 @@ class TaskManager:
                 await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
             live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
             raise StartFailed(exc.message, status) from None
+        trace.mark("task started")
         live.task_pid = int(reply["pid"])
         live.status = "running"
         self.store.update(
@@ -273,6 +276,7 @@ class TaskManager:
             live.done.set()
 
     async def _task_exited(self, live: Live, reply: dict[str, Any]) -> None:
+        trace.mark("task exited")
         exited_at = reply.get("exited_at") or codec.utcnow()
         ex = TaskExit(
             int(reply.get("exit_status", 255)),
@@ -297,6 +301,7 @@ class TaskManager:
             assert live.watch is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+            trace.mark("shim gone")
             await self._drain_leftovers(live.bundle)
             await self._forget(live)
         await self._after_exit(live, ex)

@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from common import trace
 from common.api.shim import ShimLaunch
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
@@ -77,6 +78,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     endpoint = settings.shim_endpoint(namespace, container_id)
     server = RpcServer(endpoint, shim, name="shim", heartbeat_s=settings.heartbeat_s)
     await server.start()
+    trace.mark("serving")
     address = Path(bundle, "address")
     tmp = Path(bundle, "address.tmp")
     tmp.write_text(endpoint)
@@ -93,6 +95,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
         code = 1
     else:
         _report(ready_fd, {"ok": True, "pid": state.pid, "shim_pid": os.getpid(), "address": endpoint})
+        trace.mark("reported")
         await shim.done.wait()
     await publisher.flush(1.0)
     await server.close(grace_s=2.0)
@@ -100,4 +103,5 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     await events.close()
     with contextlib.suppress(FileNotFoundError):
         address.unlink()
+    trace.mark("exiting")
     return code

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from common import codec, errors, topics
+from common import codec, errors, topics, trace
 from common.api.shim import (
     AttachRequest,
     ConnectReply,
@@ -140,6 +140,7 @@ class Shim:
         try:
             try:
                 await asyncio.to_thread(self._prepare_rootfs)
+                trace.mark("rootfs ready")
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
             log_writer = LogWriter(
@@ -217,6 +218,7 @@ class Shim:
 
     # -- exits --------------------------------------------------------------------------------------
     def _on_exit(self, proc: Process, status: int) -> None:
+        trace.mark(f"reaped {proc.state.exec_id or 'init'}")
         proc.record_exit(status)
         self._spawn(self._finish_exit(proc), f"exit-{proc.state.exec_id or 'init'}")
 
@@ -235,6 +237,7 @@ class Shim:
             },
             state.exec_id,
         )
+        trace.mark(f"exit published {state.exec_id or 'init'}")
         proc.exited.set()
 
     # -- RPC ------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ def _become_shim(conn: socket.socket, listener: socket.socket, request: dict[str
     os.setsid()
     if os.fork() != 0:
         os._exit(0)
+    from common import trace
+
+    trace.set_process("shim")
+    trace.mark("forked")
     bundle = request["bundle"]
     _prctl(PR_SET_PDEATHSIG, 0)
     _prctl(PR_SET_NAME, b"dockyard-shim")
