@@ -36,6 +36,7 @@ from common.api.execution import (
     ListRequest,
     LogsRequest,
     RemoveRequest,
+    RunRequest,
     StartReply,
     StopReply,
     StopRequest,
@@ -90,11 +91,12 @@ class ExecutionService:
         self._available_caps = spec.host_capabilities()
 
     # -- helpers -------------------------------------------------------------------------
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _find(self, namespace: str, ref: str) -> Record:
         return self.store.find(namespace, ref)
@@ -123,7 +125,9 @@ class ExecutionService:
     @rpc("execution.create")
     async def create(self, req: CreateRequest, ctx: Context) -> CreateReply:
         """Create a container (see ``common.api.execution``); starts nothing."""
-        ns = ctx.namespace
+        return await self._create(req, ctx.namespace)
+
+    async def _create(self, req: CreateRequest, ns: str) -> CreateReply:
         if req.name:
             name = ids.validate_name(req.name)
             if self.store.name_taken(ns, name):
@@ -289,6 +293,57 @@ class ExecutionService:
         for p in self._pending.pop((rec.namespace, rec.id), []):
             if not p.live.done():
                 p.live.set_exception(errors.FailedPrecondition(message))
+
+    # -- run -----------------------------------------------------------------------------
+    @rpc("execution.run", stream=True)
+    async def run(self, req: RunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """``docker run`` in one call: create, attach, start, stream, wait (see ``common.api.execution``)."""
+        created = await self._create(req.create_request(), ctx.namespace)
+        trace.mark("created")
+        yield {"id": created.id, "name": created.name}
+        rec = self.store.get(ctx.namespace, created.id)
+        if rec is None:
+            raise errors.NotFound(f"container '{created.id}' not found")
+        if req.detach:
+            await self._start(rec)
+            return
+        key = (rec.namespace, rec.id)
+        waiter: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(("removed" if req.auto_remove else "next-exit", waiter))
+        attach = self.attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
+        try:
+            yield await attach.__anext__()  # {"attached": true}: the subscription waits for the task
+            start = self._spawn(self._start_attached(rec), f"run-{rec.id[:12]}")
+            try:
+                async for frame in attach:
+                    yield frame
+            except errors.FailedPrecondition:
+                if not start.done():
+                    raise
+            try:
+                await asyncio.shield(start)
+            except errors.DockyardError:
+                if req.auto_remove:
+                    await asyncio.shield(waiter)  # the failed container is removed first
+                raise
+            result = await asyncio.shield(waiter)
+            trace.mark("run exit")
+            yield {"exit_code": result.exit_code, "error": result.error}
+        finally:
+            await attach.aclose()
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                self._waiters[key] = [w for w in waiters if w[1] is not waiter]
+                if not self._waiters[key]:
+                    del self._waiters[key]
+
+    async def _start_attached(self, rec: Record) -> StartReply:
+        """``_start`` for ``run``: any failure also ends the attach waiting for the task."""
+        try:
+            return await self._start(rec)
+        except BaseException as exc:
+            self._fail_pending(rec, str(exc))
+            raise
 
     # -- stop, kill ----------------------------------------------------------------------
     @rpc("execution.stop")
