@@ -138,7 +138,7 @@ def run(name: str, setup: Callable[[ServiceHost], Awaitable[list[object]]]) -> N
     settings.service_dir(name).mkdir(parents=True, exist_ok=True)
     lock_fd = _lock(settings, name)
     try:
-        asyncio.run(_main(name, setup, settings))
+        trace.profiled(asyncio.run, _main(name, setup, settings))
     except SystemExit:
         raise
     except Exception as exc:
