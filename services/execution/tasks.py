@@ -298,13 +298,28 @@ class TaskManager:
                 await shims.clean_dead_task(
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
-            assert live.watch is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
-            trace.mark("shim gone")
-            await self._drain_leftovers(live.bundle)
-            await self._forget(live)
+                await self._shim_gone(live)
+            else:
+                # the shim handed its events over and leaves the bundle alone: no need to wait for its exit
+                trace.mark("task deleted")
+                if self.live.get(live.key) is live:
+                    del self.live[live.key]
+                self._spawn(self._shim_gone(live), f"shim-exit-{live.container_id[:12]}")
         await self._after_exit(live, ex)
+
+    async def _shim_gone(self, live: Live) -> None:
+        """Tell the shim of a deleted task to exit, wait (up to 5 s) until it did, deliver what it left."""
+        assert live.watch is not None
+        call = None
+        if not live.watch.died.done():
+            with contextlib.suppress(errors.DockyardError):
+                call = await live.client.start("shim.shutdown", {}, timeout_s=5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+        if call is not None:
+            await call.cancel()
+        await self._drain_leftovers(live.bundle)
+        await self._forget(live)
 
     async def _shim_died(self, live: Live) -> None:
         async with self.lock(live.namespace, live.container_id):

@@ -26,7 +26,7 @@ from common.rpc.aio import AsyncClient
 from common.rpc.server import RpcServer
 from common.settings import Settings
 from services.shim.reaper import Reaper
-from services.shim.service import CreateFailed, Shim
+from services.shim.service import SHUTDOWN_WAIT_S, CreateFailed, Shim
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,18 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     else:
         _report(ready_fd, {"ok": True, "pid": state.pid, "shim_pid": os.getpid(), "address": endpoint})
         trace.mark("reported")
-        await shim.done.wait()
+        deleted = asyncio.ensure_future(shim.deleted.wait())
+        await asyncio.wait([deleted, asyncio.ensure_future(shim.done.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if not shim.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shim.done.wait(), SHUTDOWN_WAIT_S)
+        deleted.cancel()
     await publisher.flush(1.0)
     await server.close(grace_s=2.0)
     await publisher.close()
     await events.close()
-    with contextlib.suppress(FileNotFoundError):
-        address.unlink()
-    trace.mark("exiting")
+    if code != 0:  # a deleted task's shim removed it already (a new shim may own the bundle now)
+        with contextlib.suppress(FileNotFoundError):
+            address.unlink()
+    trace.mark_cpu("exiting")
     return code

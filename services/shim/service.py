@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 IO_DRAIN_S = 2.0
 """How long the output may stay open after the init exited (processes that escaped the pid namespace)."""
 
+SHUTDOWN_WAIT_S = 10.0
+"""How long a shim whose task is deleted waits for ``shim.shutdown`` before it exits anyway."""
+
+DELETE_FLUSH_S = 1.0
+"""How long ``shim.delete`` waits for the events service to acknowledge the task's events."""
+
 
 class CreateFailed(Exception):
     """The task could not be created; ``exit_status`` is what Docker would record."""
@@ -64,6 +70,8 @@ class Publisher:
     """What the shim needs from ``common.events.EventPublisher``."""
 
     def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
+
+    async def flush(self, timeout_s: float | None = None) -> bool: ...
 
 
 def proc_start_time(pid: int) -> int:
@@ -87,6 +95,9 @@ class Shim:
         self.runtime = Runtime(launch.runtime, launch.runtime_root, bundle, reaper)
         self.rootfs = os.path.join(bundle, "rootfs")
         self.done = asyncio.Event()
+        """Set by ``shim.shutdown``: the shim may exit."""
+        self.deleted = asyncio.Event()
+        """Set by ``shim.delete``: the task is gone; the shim exits on ``shim.shutdown`` (or soon anyway)."""
         self.init: Process | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._mounted = False
@@ -324,7 +335,10 @@ class Shim:
     async def delete(self, req: ProcessRequest, ctx: Context) -> ExitReply:
         """Delete the stopped (or never started) task: ``runtime delete``, unmount, ``/tasks/delete``.
 
-        FailedPrecondition while it runs. The shim exits once the reply is sent.
+        FailedPrecondition while it runs. The task's events are acknowledged by the events
+        service before the reply. The shim then waits for ``shim.shutdown`` (at most
+        ``SHUTDOWN_WAIT_S``) before it exits: closing its socket right after the reply could
+        drop the reply (ZeroMQ discards what a closed ROUTER has not sent yet).
         """
         proc = self._process(req.exec_id)
         async with proc.lock:
@@ -357,7 +371,13 @@ class Shim:
                 "delete",
                 {"id": self.id, "pid": s.pid, "exit_status": exit_status, "exited_at": s.exited_at},
             )
-            self.done.set()
+            # The task's events reach the journal before the caller goes on (its own events, such as
+            # /containers/delete, come after them), and the shim leaves the bundle alone from now on,
+            # so the caller need not wait for this process to exit.
+            await self.publisher.flush(DELETE_FLUSH_S)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.bundle, "address"))
+            self.deleted.set()
             return ExitReply(
                 pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, oom_killed=s.oom_killed, error=s.error
             )
