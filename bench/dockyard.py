@@ -1,6 +1,9 @@
 """A private Dockyard instance for the benchmarks, started the way a user starts it.
 
-``PrivateDockyard`` picks a fresh ``root``/``state`` under ``/tmp/dyb-XXXXXX``, runs
+``PrivateDockyard`` picks a fresh ``state`` under ``/run/dyb-XXXXXX`` and ``root`` under
+``/var/lib/dyb-XXXXXX`` (the file systems of the defaults ``/run/dockyard`` and
+``/var/lib/dockyard``, and of containerd's ``/run/containerd`` and
+``/var/lib/containerd``, so both pay the same for their files), runs
 ``dockyard up`` there (the supervisor starts events, snapshot, image, execution and
 gateway), loads the busybox image built by ``deploy/mkimage.py`` and gives the argv of
 the CLI (``cli_argv``) and the environment (``env``) that talk to that instance.
@@ -13,6 +16,8 @@ otherwise ``python -m cli`` with the running interpreter.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,8 +40,13 @@ class PrivateDockyard:
     """See module docstring. ``settings`` become ``DOCKYARD_<NAME>`` variables."""
 
     def __init__(self, *, trace_path: str | None = None, **settings: str) -> None:
-        base = tempfile.mkdtemp(prefix="dyb-", dir="/tmp")
+        base = tempfile.mkdtemp(prefix="dyb-", dir="/run")
         self.inst = Instance(base=base, **settings)
+        self.root_base = tempfile.mkdtemp(prefix="dyb-", dir="/var/lib")
+        self.inst.root = os.path.join(self.root_base, "root")
+        os.makedirs(self.inst.root)
+        os.rmdir(os.path.join(base, "root"))
+        self.inst.env["DOCKYARD_ROOT"] = self.inst.root
         if trace_path:
             self.inst.env["DOCKYARD_TRACE"] = trace_path
         self.cli = cli_argv()
@@ -85,6 +95,7 @@ class PrivateDockyard:
         except subprocess.TimeoutExpired:
             pass
         self.inst.cleanup()
+        shutil.rmtree(self.root_base, ignore_errors=True)
 
     def __enter__(self) -> PrivateDockyard:
         return self

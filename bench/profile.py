@@ -6,7 +6,10 @@ process of the instance (CLI, services, shim template, shims) appends
 the two ends itself: ``spawn`` just before it starts the CLI and ``exit`` when the CLI
 has exited. For each of ``--runs`` runs it puts the marks on one time line (ms since
 ``spawn``), then prints, per step in time order, the median time since ``spawn`` and
-the median time since the step before it.
+the median time since the step before it. Then the CPU time one run costs in each
+process (the CLI from ``getrusage``, shims and the runtime they ran from their
+``exiting`` mark, services from ``/proc/<pid>/stat`` over all runs): on a loaded
+machine wall times stretch, CPU times much less.
 
 Usage: ``python -m bench.profile [--runs 20] [--runtime runc|crun] [--json FILE] [-- ARGS]``
 (``ARGS`` default: ``run --rm busybox true``).
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,6 +60,7 @@ def split_runs(marks: list[tuple[int, int, str, str]]) -> list[list[tuple[float,
     t0 = 0
     seen: dict[str, int] = {}
     for ns, _pid, process, step in marks:
+        step = step.split(" cpu=", 1)[0]
         label = f"{process}: {step}"
         if process == "bench" and step == "spawn":
             current, t0, seen = [], ns, {}
@@ -69,6 +74,30 @@ def split_runs(marks: list[tuple[int, int, str, str]]) -> list[list[tuple[float,
             runs.append(current)
             current = None
     return runs
+
+
+def _proc_cpu_ms(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_per_run(marks: list[tuple[int, int, str, str]]) -> dict[str, float]:
+    """Median CPU ms per run of the shims and the runtime they ran, from the ``cpu=`` marks."""
+    shim, runtime = [], []
+    for _ns, _pid, process, step in marks:
+        if " cpu=" in step and process == "shim":
+            fields = dict(part.split("=", 1) for part in step.split()[1:] if "=" in part)
+            shim.append(float(fields["cpu"]))
+            runtime.append(float(fields["children"]))
+    out = {}
+    if shim:
+        out["shim"] = statistics.median(shim)
+        out["runtime (children of the shim)"] = statistics.median(runtime)
+    return out
 
 
 def summarize(runs: list[list[tuple[float, str]]]) -> list[dict[str, Any]]:
@@ -113,14 +142,25 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(opts.warmup):
             dy.run(*args)
         open(trace_path, "w").close()
+        services = dy.service_pids()
+        before = {name: _proc_cpu_ms(pid) for name, pid in services.items()}
+        cli_cpu = []
         for _ in range(opts.runs):
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             _append(trace_path, "bench", "spawn")
             proc = subprocess.run([*dy.cli, *args], env=dy.env, cwd=PROJECT, capture_output=True)
             _append(trace_path, "bench", "exit")
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cli_cpu.append((after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) * 1000)
             if proc.returncode != 0:
                 sys.stderr.write(f"run failed ({proc.returncode}): {proc.stderr.decode()[-500:]}\n")
             time.sleep(0.2)  # let background work (event delivery) settle between runs
-    runs = split_runs(read_marks(trace_path))
+        cpu = {"cli": statistics.median(cli_cpu)}
+        for name, pid in services.items():
+            cpu[name] = (_proc_cpu_ms(pid) - before[name]) / max(1, opts.runs)
+    marks = read_marks(trace_path)
+    cpu.update(cpu_per_run(marks))
+    runs = split_runs(marks)
     rows = summarize(runs)
     total = statistics.median(run[-1][0] for run in runs) if runs else 0.0
     print(f"dockyard {' '.join(args)}: {len(runs)} runs, median {total:.1f} ms (runtime {opts.runtime})")
@@ -128,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         flag = "" if r["runs"] == len(runs) else f"  (in {r['runs']} runs)"
         print(f"{r['at_ms']:8.1f} {r['delta_ms']:7.1f}  {r['step']}{flag}")
+    print("CPU ms per run: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
     if opts.json:
         with open(opts.json, "w") as f:
-            json.dump({"args": args, "runtime": opts.runtime, "rows": rows, "runs": runs}, f, indent=1)
+            json.dump({"args": args, "runtime": opts.runtime, "rows": rows, "cpu_ms": cpu, "runs": runs}, f, indent=1)
     os.unlink(trace_path)
     return 0
 
