@@ -378,6 +378,7 @@ class ExecutionService:
                 pass
             bundle = str(self.settings.bundle_dir(ns, cid))
             cdir = str(self.settings.container_dir(ns, cid))
+            await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
             await asyncio.to_thread(_remove_dirs, bundle, cdir)
             self.store.delete(ns, cid)
             self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name})
