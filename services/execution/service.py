@@ -818,6 +818,8 @@ class ExecutionService:
         streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
         since_ns = _ns(req.since)
         until_ns = _ns(req.until)
+        if until_ns is not None:
+            until_ns += 999  # a datetime keeps microseconds; entries carry nanoseconds
         follower = logs_mod.Follower(path)
         try:
             first = await asyncio.to_thread(follower.read)

@@ -237,7 +237,7 @@ class TaskManager:
             rec.id,
             status="running",
             pid=live.task_pid,
-            started_at=codec.utcnow(),
+            started_at=reply.get("started_at") or codec.utcnow(),
             exit_code=0,
             error="",
             oom_killed=False,
