@@ -302,11 +302,43 @@ class RawTerminal:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
 
 
+class Resizer:
+    """Sends the local terminal size on SIGWINCH (and once at the start) to a TTY container or exec."""
+
+    def __init__(self, enabled: bool, method: str, body: dict[str, Any]) -> None:
+        self.enabled = enabled and sys.stdout.isatty()
+        self.method = method
+        self.body = body
+        self._old: Any = None
+
+    def _send(self, *_args: Any) -> None:
+        size = console_size()
+        if not size:
+            return
+        c = client("execution", timeout_s=5)
+        try:
+            c.call(self.method, {**self.body, "height": size[0], "width": size[1]})
+        except errors.DockyardError:
+            pass
+        finally:
+            c.close()
+
+    def __enter__(self) -> Resizer:
+        if self.enabled:
+            self._old = _signal.signal(_signal.SIGWINCH, self._send)
+            self._send()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            _signal.signal(_signal.SIGWINCH, self._old)
+
+
 def pump(call: Any, stdin: bool) -> dict[str, Any]:
     """Copy the stream's output to stdout/stderr (and stdin to it) until the output ends.
 
     Returns the last control frame seen (a frame without ``d``: ``{"exit_code": n}``
-    at the end of a run or an exec).
+    at the end of a run or an exec, ``{"detached": true}`` after the detach keys).
     """
     stdin_fd = sys.stdin.fileno() if stdin else -1
     last: dict[str, Any] = {}
@@ -323,6 +355,8 @@ def pump(call: Any, stdin: bool) -> dict[str, Any]:
                 output.raw(body["d"], body.get("s", 1))
             else:
                 last = body
+                if body.get("detached"):
+                    return last
             continue
         watch = [call.client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
         readable, _, _ = select.select(watch, [], [], 1.0)
@@ -380,13 +414,16 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
                 call.result()
                 output.line(cid)
                 return 0
-            with SignalProxy(cid), RawTerminal(bool(opts.get("tty")) and stdin):
+            tty = bool(opts.get("tty"))
+            with SignalProxy(cid), RawTerminal(tty and stdin), Resizer(tty, "execution.resize", {"id": cid}):
                 last = pump(call, stdin)
         except errors.DockyardError as exc:
             sys.stderr.write(f"error: {output.error_text(exc)}\n")
             sys.stderr.flush()
             return start_error(exc)
         trace.mark("run done")
+        if last.get("detached"):
+            return 0
         return int(last.get("exit_code", 0))
     finally:
         ex.close()
@@ -418,8 +455,15 @@ def start_attached(container: str, *, interactive: bool) -> int:
                 except errors.DockyardError:
                     pass
             return start_error(exc)
-        with SignalProxy(container_id), RawTerminal(bool(info["config"].get("tty")) and stdin):
-            pump(att, stdin)
+        tty = bool(info["config"].get("tty"))
+        with (
+            SignalProxy(container_id),
+            RawTerminal(tty and stdin),
+            Resizer(tty, "execution.resize", {"id": container_id}),
+        ):
+            last = pump(att, stdin)
+        if last.get("detached"):
+            return 0
         result = wait_call.result()
         return int(result.get("exit_code", 0))
     except errors.DockyardError as exc:
@@ -433,17 +477,24 @@ def start_attached(container: str, *, interactive: bool) -> int:
 # -- lifecycle verbs ----------------------------------------------------------------------------------------
 
 
+_NOOP_NOTES = {"already_running": "container {} is already running", "already_stopped": "container {} is not running"}
+
+
 def each(ids: list[str], method: str, body: dict[str, Any], *, timeout_s: float | None = 60) -> int:
     """Call ``method`` for every container; print each name/id on success, errors as they come.
 
-    Returns 0, or 1 if any call failed.
+    A start of a running container or a stop of a stopped one succeeds (Docker's 304) with
+    a note. Returns 0, or 1 if any call failed.
     """
     ex = client("execution", timeout_s=timeout_s)
     failed = False
     try:
         for ref in ids:
             try:
-                ex.call(method, {"id": ref, **body})
+                reply = ex.call(method, {"id": ref, **body}) or {}
+                for key, note in _NOOP_NOTES.items():
+                    if reply.get(key):
+                        output.warn(note.format(ref) + " (nothing to do)")
                 output.line(ref)
             except errors.DockyardError as exc:
                 failed = True
