@@ -61,7 +61,8 @@ def test_rmi_refuses_an_image_a_container_uses_unless_forced(inst: Instance, tmp
     assert names(inst) == ["docker.io/library/busybox:latest"]
     # forced: the name goes, the image stays (dangling) for the container
     assert inst.cli("rmi", "-f", "busybox", check=True).stdout.decode() == "Untagged: busybox:latest\n"
-    assert names(inst) == [f"<none>@{img.manifest_digest}"]
+    (dangling,) = names(inst)
+    assert dangling.startswith("<none>@sha256:")
     assert img.diff_ids[0] in {s["name"] for s in snapshots(inst)}
     inst.cli("rm", "user1", check=True)
     inst.cli("image", "prune", "-f", check=True)
