@@ -177,14 +177,20 @@ class TokenServer:
 
 
 class Registry:
-    """``docker-registry`` on a free 127.0.0.1 port with its own config (see module docstring)."""
+    """``docker-registry`` on a free port of ``ip`` (127.0.0.1) with its own config (see module docstring)."""
 
     def __init__(
-        self, workdir: Path | None = None, *, htpasswd: dict[str, str] | None = None, token: TokenServer | None = None
+        self,
+        workdir: Path | None = None,
+        *,
+        htpasswd: dict[str, str] | None = None,
+        token: TokenServer | None = None,
+        ip: str = "127.0.0.1",
     ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dyreg-"))
         self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.ip = ip
+        self.host = f"{ip}:{self.port}"
         self.htpasswd = htpasswd
         self.token = token
         self.proc: subprocess.Popen[bytes] | None = None
@@ -231,7 +237,7 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited: {(self.workdir / 'registry.log').read_text()[-2000:]}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                conn = http.client.HTTPConnection(self.ip, self.port, timeout=1)
                 conn.request("GET", "/v2/")
                 status = conn.getresponse().status
                 conn.close()
