@@ -156,6 +156,7 @@ class Downloads:
                 last = 0.0
                 attempt = 0
                 while ingest.offset < desc.size or desc.size == 0:
+                    offset_before = ingest.offset
                     try:
                         async with self.client.open_blob(ep, repo, desc, ingest.offset, creds) as (start, resp):
                             if start == 0 and ingest.offset:
@@ -172,7 +173,8 @@ class Downloads:
                                     dl.notify("Downloading")
                         break
                     except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
-                        attempt += 1
+                        # a connection that made progress before it broke does not count against the limit
+                        attempt = 1 if ingest.offset > offset_before else attempt + 1
                         if attempt >= _RETRIES:
                             raise Unavailable(
                                 f"blob {desc.digest}: download failed after {attempt} tries: {exc}"

@@ -126,3 +126,40 @@ def test_concurrent_pulls_download_a_shared_layer_once(
         assert downloaded == sum(len(img.blobs[d]) for d in img.layer_digests) + len(
             img.blobs[img.config_digest]
         ) + len(img2.blobs[img2.config_digest])
+
+
+def test_gc_and_prune_during_a_pull_keep_what_the_pull_needs(
+    instance: Instance, reg: tuple[Registry, mkimage.Image, mkimage.Image]
+) -> None:
+    registry, img, _ = reg
+    small, stalled, finished = img.layer_digests
+    with Proxy(registry.host) as proxy:
+        proxy.stall_after[stalled] = 1 * MB
+        instance.start("snapshot", "image")
+        ref = f"{proxy.host}/big:1"
+        result: dict[str, Any] = {}
+
+        def pull() -> None:
+            with instance.client("image", timeout_s=None) as c:
+                result["frames"] = list(c.stream("image.pull", {"ref": ref}))
+
+        t = threading.Thread(target=pull)
+        t.start()
+        try:
+            _wait(lambda: finished in blobs(instance) and small in blobs(instance), what="two layers committed")
+            _wait(lambda: _ingest_bytes(instance) >= 1 * MB, what="part of the third layer")
+            gc = call(instance, "image.gc")
+            assert gc["blobs_removed"] == 0 and gc["ingests_removed"] == 0
+            instance.cli("image", "prune", "-a", "-f", check=True)
+            assert {small, finished} <= blobs(instance)
+            assert _ingest_bytes(instance) >= 1 * MB
+        finally:
+            del proxy.stall_after[stalled]
+            proxy.release()  # the stalled connection is closed: the pull goes on with a Range request
+            t.join(60)
+        assert result["frames"][-1]["status"] == "done"
+        for digest in img.layer_digests:
+            assert proxy.blob_bytes(digest) == len(img.blobs[digest])  # nothing fetched twice
+        # once the pull is over its lease is gone: the image record now holds everything
+        assert call(instance, "image.gc")["blobs_removed"] == 0
+        assert call(instance, "image.resolve", {"ref": ref})["id"] == img.config_digest
