@@ -83,7 +83,7 @@ class ImageService:
         self.snapshot = snapshot
         self.execution = execution
         self.publisher = publisher
-        self.active_ingests: set[str] = set()
+        self.active_leases: set[str] = set()  # leases of operations running in this process
         self._gc_lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -156,7 +156,13 @@ class ImageService:
         return await asyncio.to_thread(self._view, rec, platform, strict=strict)
 
     def _lease(self, namespace: str, expires_s: float, purpose: str) -> str:
-        return self.meta.create_lease(namespace, expires_s, {"purpose": purpose})
+        lease = self.meta.create_lease(namespace, expires_s, {"purpose": purpose})
+        self.active_leases.add(lease)
+        return lease
+
+    def _end_lease(self, lease: str) -> None:
+        self.meta.delete_lease(lease)
+        self.active_leases.discard(lease)
 
     # -- unpack -------------------------------------------------------------------------------------
     async def _snapshot_call(self, method: str, body: dict[str, Any], namespace: str) -> Any:
@@ -237,7 +243,7 @@ class ImageService:
         """Remove unreferenced blobs, abandoned ingests and (per namespace) snapshots."""
         async with self._gc_lock:
             self.meta.delete_expired_leases()
-            sweep = await asyncio.to_thread(gc.sweep_content, self.meta, self.content, set(self.active_ingests))
+            sweep = await asyncio.to_thread(gc.sweep_content, self.meta, self.content)
             removed_snapshots = 0
             if self.snapshot is not None:
                 for ns in sorted(namespaces or set()):
@@ -338,14 +344,14 @@ class ImageService:
                     outcome = result
         except IntegrityError:
             # leave nothing behind: drop the lease and collect what only it protected
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
             await self._collect({namespace})
             raise
         except errors.DockyardError as exc:
             if not isinstance(exc, (errors.Unavailable, errors.DeadlineExceeded)):
-                self.meta.delete_lease(lease)
+                self._end_lease(lease)
             raise
-        self.meta.delete_lease(lease)
+        self._end_lease(lease)
         familiar = ref.familiar()
         status = ("Image is up to date for " if outcome == "unchanged" else "Downloaded newer image for ") + familiar
         emit({"status": f"Digest: {fetched.root.digest}"})
@@ -384,7 +390,7 @@ class ImageService:
             async for frame in pump.run(work()):
                 yield frame
         finally:
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     # -- load / import -------------------------------------------------------------------------------
     async def _feed(self, ctx: Context, pipe: ChunkPipe, worker: asyncio.Future[Any]) -> None:
@@ -456,7 +462,7 @@ class ImageService:
                     loaded.append(api.LoadedImage(name="", id=image_id, digest=img.target.digest))
             return api.LoadReply(images=loaded).model_dump()
         finally:
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     async def _host_view(self, target: Descriptor) -> ImageView | None:
         try:
@@ -517,7 +523,7 @@ class ImageService:
             self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest)
             return api.LoadedImage(name=name, id=view.id, digest=target.digest).model_dump()
         finally:
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     # -- save ----------------------------------------------------------------------------------------
     @rpc("image.save", stream=True)
@@ -573,7 +579,7 @@ class ImageService:
             if not worker.done():
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(worker), 5)
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     # -- list / inspect / history ----------------------------------------------------------------------
     @rpc("image.list")
@@ -728,7 +734,8 @@ class ImageService:
     @rpc("image.prune")
     async def prune(self, req: api.PruneRequest, ctx: Context) -> api.PruneReply:
         """``docker image prune [-a]``: remove dangling images (``all``: every image no container
-        uses), then collect unreferenced content and snapshots. Returns what went and the bytes freed."""
+        uses), drop what interrupted pulls kept for a resume, then collect unreferenced content
+        and snapshots. Returns what went and the bytes freed."""
         ns = ctx.namespace
         usage = await self._containers_using(ns) or {}
         in_use = {k for k, v in usage.items() if v}
@@ -752,6 +759,11 @@ class ImageService:
                 reply.untagged.append(refs.familiar(rec.name))
             if not any((r.image_id or r.target.digest) == image_id for r in self.meta.records(ns)):
                 deleted_ids.add(image_id)
+        # what interrupted pulls kept for a resume is unused too: prune drops their leases
+        # (a plain GC keeps them until they expire)
+        for lease in self.meta.list_leases():
+            if lease["id"] not in self.active_leases:
+                self.meta.delete_lease(lease["id"])
         namespaces = {ns} | {r.namespace for r in self.meta.records(None)}
         collected = await self._collect(namespaces)
         reply.deleted = sorted(deleted_ids)

@@ -163,3 +163,33 @@ def test_gc_and_prune_during_a_pull_keep_what_the_pull_needs(
         # once the pull is over its lease is gone: the image record now holds everything
         assert call(instance, "image.gc")["blobs_removed"] == 0
         assert call(instance, "image.resolve", {"ref": ref})["id"] == img.config_digest
+
+
+def test_prune_drops_what_an_interrupted_pull_kept_for_a_resume(
+    instance: Instance, reg: tuple[Registry, mkimage.Image, mkimage.Image]
+) -> None:
+    registry, img, _ = reg
+    _small, stalled, finished = img.layer_digests
+    with Proxy(registry.host) as proxy:
+        proxy.stall_after[stalled] = 1 * MB
+        instance.start("snapshot", "image")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "pull", f"{proxy.host}/big:1"],
+            env=instance.env,
+            cwd=PROJECT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait(lambda: finished in blobs(instance) and _ingest_bytes(instance) >= 1 * MB, what="a half pull")
+            instance.kill("image")
+        finally:
+            proc.wait(timeout=30)
+            proxy.release()
+        instance.start("image")
+        # a plain GC keeps the resumable state (the pull's lease is still valid) ...
+        call(instance, "image.gc")
+        assert finished in blobs(instance) and ingests(instance)
+        # ... an image prune does not
+        instance.cli("image", "prune", "-f", check=True)
+        assert blobs(instance) == set() and ingests(instance) == []
