@@ -6,6 +6,7 @@ Images are pushed with ``skopeo copy`` from OCI archives built by ``deploy/mkima
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from deploy import mkimage
 from tests.conftest import need_root
 from tests.harness import Instance
 from tests.image_util import blobs, busybox_image, call, names, snapshots
-from tests.registry import Proxy, Registry, multiarch_layout, skopeo_copy
+from tests.registry import Proxy, Registry, multiarch_layout, self_signed_certificate, skopeo_copy
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +213,44 @@ def test_registry_mirror_serves_docker_hub_names(instance: Instance, registry: R
         assert names(instance) == ["docker.io/library/busybox:latest"]
         assert call(instance, "image.resolve", {"ref": "busybox"})["target"]["digest"] == img.manifest_digest
         assert any(p.startswith("/v2/library/busybox/manifests/") for _m, p, _r, _n in mirror.log)
+
+
+def test_https_registry_is_verified_against_the_system_cas(instance: Instance, tmp_path: Path) -> None:
+    """A self-signed HTTPS registry: refused with a clear TLS error; trusted once its CA is
+    in the CA bundle the service uses (``SSL_CERT_FILE``, as the system store would be)."""
+    need_root()
+    ip = _host_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address on this host")
+    cert, key = self_signed_certificate(tmp_path, ip)
+    img = busybox_image()
+    archive = tmp_path / "bb.tar"
+    mkimage.write_oci_layout([img], str(archive))
+    with Registry(tmp_path / "reg", ip=ip, tls=(cert, key)) as reg:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-cert-dir",
+                str(tmp_path / "none"),
+                "--dest-tls-verify=false",
+                f"oci-archive:{archive}",
+                f"docker://{reg.host}/busybox:1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        instance.start("image")
+        proc = instance.cli("pull", f"{reg.host}/busybox:1")
+        assert proc.returncode == 1
+        err = proc.stderr.decode()
+        assert "TLS handshake failed" in err and "CERTIFICATE_VERIFY_FAILED" in err and reg.host in err, err
+        instance.kill("image")
+        instance.env["SSL_CERT_FILE"] = str(cert)
+        instance.start("image")
+        instance.cli("pull", f"{reg.host}/busybox:1", check=True)
+        assert (
+            call(instance, "image.resolve", {"ref": f"{reg.host}/busybox:1", "unpack": False})["id"]
+            == img.config_digest
+        )
