@@ -10,8 +10,9 @@ file system:
 - ``dockyard``: ``services.snapshot.apply.apply_layer`` (decompress, hash the diff ID,
   apply with in-root resolution, syncfs at the end), as ``snapshot.unpack`` runs it.
 
-Prints the best and median wall time of each, the median CPU time (user + system), the throughput in MB/s of compressed blob
-and of uncompressed tar, and the ratio dockyard/tar (goal: at most 1.3). ``--json``
+Prints the best and median wall time of each, the median CPU time (user + system),
+the throughput in MB/s of compressed blob and of uncompressed tar, and the ratio
+dockyard/tar (goal: at most 1.3). ``--json``
 prints the figures as JSON too. Needs root (owners are restored).
 
 Usage: ``python -m bench.unpack [--mb 320] [--runs 3] [--cache /var/tmp/dockyard-bench-unpack]``
@@ -25,8 +26,8 @@ import hashlib
 import json
 import os
 import resource
-import statistics
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
