@@ -131,7 +131,7 @@ def plot(data: dict[str, Any], out: Path) -> None:
     for ax, (case, tools) in zip(axes[:, 0], cases.items(), strict=True):
         names = [t for t, e in tools.items() if e.get("samples_ms")]
         samples = [tools[t]["samples_ms"] for t in names]
-        ax.boxplot(samples, vert=False, labels=names, showfliers=True, whis=(5, 95))
+        ax.boxplot(samples, orientation="horizontal", tick_labels=names, showfliers=True, whis=(5, 95))
         for i, s in enumerate(samples, start=1):
             ax.plot(s, [i] * len(s), "|", alpha=0.35, color="tab:blue")
         ax.set_xscale("log")

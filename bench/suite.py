@@ -139,7 +139,7 @@ class Suite:
         mkimage.write_oci_layout([busybox], str(layout))
         self.registry = Registry(self.work / "registry").start()
         self.image = f"{self.registry.host}/bench/busybox:latest"
-        skopeo_copy(f"oci-archive:{layout}:bench/busybox:latest", f"docker://{self.image}")
+        skopeo_copy(f"oci-archive:{layout}:latest", f"docker://{self.image}")
         self.big = f"{self.registry.host}/bench/big:latest"
         from bench import pull as bench_pull  # the image engineer's 100 MB+ multi-layer image, cached
 
@@ -306,7 +306,9 @@ class Suite:
             if self.have[rt]:
                 root = str(self.runtime_root / rt)
                 quiet([rt, "--root", root, "delete", "-f", name])
-                quiet([rt, "--root", root, "run", "-d", "-b", str(self.sleep_bundle), name])
+                subprocess.run([rt, "--root", root, "run", "-d", "-b", str(self.sleep_bundle), name],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=60)  # fmt: skip  (the container keeps its stdio: no pipes)
                 steps[f"{rt} exec"] = lambda i, rt=rt, root=root, name=name: [("", [rt, "--root", root, "exec", name,
                                                                                     "true"])]  # fmt: skip
         steps["dockyard"] = lambda i: [("", self.dockyard("exec", "dyb-e", "true"))]
