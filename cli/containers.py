@@ -369,53 +369,10 @@ def exec_(
     detach_keys: Annotated[str, typer.Option("--detach-keys", help="e.g. ctrl-p,ctrl-q")] = "",
 ) -> None:
     """Run a command in a running container; exit with its exit code."""
-    body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive}
-    envs = _env_list(env, [])
-    if envs:
-        body["env"] = envs
-    if user:
-        body["user"] = user
-    if workdir:
-        body["working_dir"] = workdir
-    if privileged:
-        body["privileged"] = True
-    if detach_keys:
-        body["detach_keys"] = detach_keys
-    if tty:
-        size = _console_size()
-        if size:
-            body["console_size"] = size
-    ex = client("execution", timeout_s=60)
-    try:
-        exec_id = ex.call("execution.exec_create", body)["id"]
-    except errors.DockyardError as exc:
-        ex.close()
-        output.fail(exc, EXIT_ENGINE if not isinstance(exc, errors.Conflict) else 1)
-    stream = client("execution", timeout_s=None)
-    try:
-        call = stream.start("execution.exec_start", {"exec_id": exec_id, "detach": detach, "stdin": interactive})
-        try:
-            _more, first = call.next_frame()
-        except errors.DockyardError as exc:
-            sys.stderr.write(f"error: {output.error_text(exc)}\n")
-            raise typer.Exit(_start_error(exc)) from None
-        if detach:
-            for _ in call:
-                pass
-            return
-        with _RawTerminal(tty and interactive), _Resizer(tty, "execution.exec_resize", {"exec_id": exec_id}):
-            last = _pump(call, interactive)
-        if last.get("detached"):
-            return
-        code = last.get("exit_code")
-        if code is None:
-            code = ex.call("execution.exec_inspect", {"exec_id": exec_id}).get("exit_code") or 0
-    except errors.DockyardError as exc:
-        output.fail(exc, EXIT_ENGINE)
-    finally:
-        ex.close()
-        stream.close()
-    raise typer.Exit(int(code))
+    opts = dict(locals())
+    opts.pop("container")
+    opts.pop("cmd")
+    raise typer.Exit(runner.exec_(container, list(cmd), **opts))
 
 
 def top(

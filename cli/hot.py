@@ -1,6 +1,6 @@
 """The CLI's hot path: a small hand-written parser for the verbs users run all day.
 
-``dockyard run|create|ps|rm|stop|start|kill ...`` are parsed here and handed to
+``dockyard run|create|exec|ps|rm|stop|start|kill ...`` are parsed here and handed to
 ``cli.runner`` without importing typer (~100 ms), pydantic or pyzmq. The parser
 follows the rules of the typer/click parser the rest of the CLI uses, with the same
 option names and defaults (``tests/unit/test_cli_hot.py`` checks both against each
@@ -93,21 +93,33 @@ OPTIONS: dict[str, dict[str, tuple[str, Any, tuple[str, ...]]]] = {
     "kill": {
         "sig": (VALUE, "SIGKILL", ("-s", "--signal")),
     },
+    "exec": {
+        "detach": (FLAG, False, ("-d", "--detach")),
+        "interactive": (FLAG, False, ("-i", "--interactive")),
+        "tty": (FLAG, False, ("-t", "--tty")),
+        "env": (MULTI, [], ("-e", "--env")),
+        "user": (VALUE, None, ("-u", "--user")),
+        "workdir": (VALUE, None, ("-w", "--workdir")),
+        "privileged": (FLAG, False, ("--privileged",)),
+        "detach_keys": (VALUE, "", ("--detach-keys",)),
+    },
 }
 """Options of every hot verb."""
 
-ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "run": ("image", "cmd"),
-    "create": ("image", "cmd"),
+ONE, REST, REST_REQUIRED = "one", "rest", "rest+"
+ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "run": (("image", ONE), ("cmd", REST)),
+    "create": (("image", ONE), ("cmd", REST)),
+    "exec": (("container", ONE), ("cmd", REST_REQUIRED)),
     "ps": (),
-    "rm": ("containers",),
-    "stop": ("containers",),
-    "start": ("containers",),
-    "kill": ("containers",),
+    "rm": (("containers", REST_REQUIRED),),
+    "stop": (("containers", REST_REQUIRED),),
+    "start": (("containers", REST_REQUIRED),),
+    "kill": (("containers", REST_REQUIRED),),
 }
-"""Positional parameters: a required single one (``image``), then one taking the rest."""
+"""Positional parameters: required single ones, then one taking the rest (None when empty, or required)."""
 
-INTERSPERSED = {"run": False, "create": False}
+INTERSPERSED = {"run": False, "create": False, "exec": False}
 """Verbs whose options must come before the first argument (default: anywhere)."""
 
 
@@ -196,17 +208,17 @@ def parse(verb: str, args: list[str]) -> dict[str, Any]:
         rest.insert(0, arg)
         break
     positional += rest
-    params = ARGUMENTS[verb]
-    if params and params[0] == "image":
-        if not positional:
-            raise Fallback  # typer: Missing argument 'IMAGE'
-        values["image"] = positional[0]
-        values["cmd"] = positional[1:] or None
-    elif params:
-        if not positional:
-            raise Fallback  # typer: Missing argument 'CONTAINERS...'
-        values[params[0]] = positional
-    elif positional:
+    for name, kind in ARGUMENTS[verb]:
+        if kind == ONE:
+            if not positional:
+                raise Fallback  # typer: Missing argument 'IMAGE'
+            values[name] = positional.pop(0)
+        else:
+            if kind == REST_REQUIRED and not positional:
+                raise Fallback  # typer: Missing argument 'CMD...'
+            values[name] = positional or None
+            positional = []
+    if positional:
         raise Fallback  # typer: Got unexpected extra argument
     return values
 
@@ -238,6 +250,9 @@ def _run(verb: str, v: dict[str, Any]) -> int:
         return runner.each(v["containers"], "execution.stop", runner.stop_body(v["time_s"], v["sig"]), timeout_s=None)
     if verb == "kill":
         return runner.each(v["containers"], "execution.kill", {"signal": v["sig"]})
+    if verb == "exec":
+        container, cmd = v.pop("container"), v.pop("cmd")
+        return runner.exec_(container, cmd, **v)
     if verb == "start":
         if v["attach"]:
             if len(v["containers"]) != 1:

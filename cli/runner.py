@@ -474,6 +474,73 @@ def start_attached(container: str, *, interactive: bool) -> int:
         ex.close()
 
 
+# -- exec ---------------------------------------------------------------------------------------------------
+
+
+def exec_(
+    container: str,
+    cmd: list[str],
+    *,
+    detach: bool = False,
+    interactive: bool = False,
+    tty: bool = False,
+    env: list[str] | None = None,
+    user: str | None = None,
+    workdir: str | None = None,
+    privileged: bool = False,
+    detach_keys: str = "",
+) -> int:
+    """``docker exec`` in one ``execution.exec`` call; returns the exit code.
+
+    Exit codes: the command's; 1 when the container does not run; 126/127 when the
+    command could not be started; 125 when the engine failed.
+    """
+    body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive, "detach": detach}
+    envs = env_list(env or [], [])
+    if envs:
+        body["env"] = envs
+    if user:
+        body["user"] = user
+    if workdir:
+        body["working_dir"] = workdir
+    if privileged:
+        body["privileged"] = True
+    if detach_keys:
+        body["detach_keys"] = detach_keys
+    if tty:
+        size = console_size()
+        if size:
+            body["console_size"] = size
+    ex = client("execution", timeout_s=None)
+    try:
+        call = ex.start("execution.exec", body)
+        try:
+            _more, created = call.next_frame()
+        except errors.DockyardError as exc:
+            output.fail(exc, 1 if isinstance(exc, errors.Conflict) else EXIT_ENGINE)
+        exec_id = str(created["id"])
+        try:
+            call.next_frame()  # started ({"attached": ..., "pid"})
+        except errors.DockyardError as exc:
+            sys.stderr.write(f"error: {output.error_text(exc)}\n")
+            return start_error(exc)
+        if detach:
+            call.result()
+            return 0
+        with RawTerminal(tty and interactive), Resizer(tty, "execution.exec_resize", {"exec_id": exec_id}):
+            last = pump(call, interactive)
+        if last.get("detached"):
+            return 0
+        code = last.get("exit_code")
+        if code is None:
+            code = ex.call("execution.exec_inspect", {"exec_id": exec_id}, timeout_s=30).get("exit_code") or 0
+        return int(code)
+    except errors.DockyardError as exc:
+        output.fail(exc, EXIT_ENGINE)
+    finally:
+        ex.close()
+
+
 # -- lifecycle verbs ----------------------------------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ Methods (service ``execution``; every method acts in the request's namespace):
 - ``execution.restart``, ``execution.pause``, ``execution.unpause``,
   ``execution.update``, ``execution.top``, ``execution.stats``, ``execution.resize``,
   ``execution.exec_create``/``exec_start``/``exec_inspect``/``exec_resize``,
+  ``execution.exec`` (``ExecRunRequest``: create and start in one call, ``{"id"}`` first),
   ``execution.volume_list``/``volume_remove``/``volume_create``: see their models below.
 """
 
@@ -286,6 +287,16 @@ class ExecCreateRequest(Request):
     privileged: bool = False
     detach_keys: str = ""
     console_size: tuple[int, int] | None = None
+
+
+class ExecRunRequest(ExecCreateRequest):
+    """``execution.exec``: an ``ExecCreateRequest`` started at once (``docker exec``)."""
+
+    detach: bool = Field(default=False, description="start it and reply; no output, no waiting")
+
+    def create_request(self) -> ExecCreateRequest:
+        """The ``ExecCreateRequest`` part."""
+        return ExecCreateRequest.model_validate(self.model_dump(exclude={"detach"}))
 
 
 class ExecCreateReply(Reply):

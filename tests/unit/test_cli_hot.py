@@ -45,8 +45,9 @@ def test_option_tables_match_the_typer_commands(verb: str) -> None:
         assert (kind == hot.FLAG) == bool(p.is_flag), dest
         assert (kind == hot.MULTI) == bool(p.multiple), dest
         assert (default if kind != hot.MULTI else []) == (p.default if p.default != () else []), dest
-    arguments = [p.name for p in command.params if p.param_type_name == "argument"]
-    assert tuple(arguments) == hot.ARGUMENTS[verb]
+    arguments = [(p.name, p.nargs, p.required) for p in command.params if p.param_type_name == "argument"]
+    kinds = {hot.ONE: (1, True), hot.REST: (-1, False), hot.REST_REQUIRED: (-1, True)}
+    assert arguments == [(name, *kinds[kind]) for name, kind in hot.ARGUMENTS[verb]]
     interspersed = (command.context_settings or {}).get("allow_interspersed_args", True)
     assert hot.INTERSPERSED.get(verb, True) == interspersed
 
@@ -86,6 +87,10 @@ AGREE = [
     ("start", ["-ai", "a"]),
     ("kill", ["a"]),
     ("kill", ["-s", "TERM", "a", "b"]),
+    ("exec", ["c", "true"]),
+    ("exec", ["-it", "c", "sh", "-c", "echo -n hi"]),
+    ("exec", ["-d", "-e", "A=1", "-u", "1000", "-w", "/tmp", "--privileged", "c", "ls", "-l"]),
+    ("exec", ["--detach-keys=ctrl-x", "c", "--", "true"]),
 ]
 
 
@@ -113,6 +118,10 @@ FALL_BACK = [
     ("stop", ["-t"]),
     ("stop", ["-t", "soon", "a"]),
     ("start", []),
+    ("exec", ["c"]),
+    ("exec", []),
+    ("exec", ["--help"]),
+    ("exec", ["--nope", "c", "true"]),
 ]
 
 
@@ -127,7 +136,7 @@ def test_hot_parser_leaves_errors_and_help_to_typer(verb: str, args: list[str]) 
 
 
 def test_other_commands_are_not_hot() -> None:
-    for argv in ([], ["images"], ["container", "ps"], ["--help"], ["logs", "x"], ["exec", "c", "true"]):
+    for argv in ([], ["images"], ["container", "ps"], ["--help"], ["logs", "x"], ["top", "c"]):
         if argv and argv[0] in hot.OPTIONS:
             continue
         assert hot.main(argv) is None
