@@ -169,7 +169,9 @@ class Shim:
         io: ProcessIO | None = None
         try:
             try:
-                await asyncio.to_thread(self._prepare_rootfs)
+                # in the loop, not a thread: a few local syscalls, nobody is connected yet, and an
+                # idle shim without an executor thread is smaller (no thread stack, no pool)
+                self._prepare_rootfs()
                 trace.mark("rootfs ready")
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
