@@ -150,6 +150,9 @@ class ExecutionService:
     async def recover(self) -> None:
         """Rebuild the live view after a restart (see ``TaskManager.recover``)."""
         started = codec.utcnow()
+        trash = [d for d in _trash_dirs(self.settings) if os.path.isdir(d)]
+        if trash:  # what a crash left between a removal's rename and its delete
+            self._spawn(asyncio.to_thread(_empty_trash, trash), "empty-trash")
         await self.tasks.recover()
         for rec in self.store.list(None):
             if rec.status == "removing":
@@ -698,7 +701,12 @@ class ExecutionService:
             bundle = str(self.settings.bundle_dir(ns, cid))
             cdir = str(self.settings.container_dir(ns, cid))
             await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
-            await asyncio.to_thread(_remove_dirs, bundle, cdir)
+            trace.mark("outbox drained")
+            trash = _trash_dirs(self.settings)
+            left = _discard_dirs(bundle, cdir, trash)  # renames; the deleting happens off the critical path
+            if left:
+                self._spawn(asyncio.to_thread(_empty_trash, left), f"trash-{cid[:12]}")
+            trace.mark("directories removed")
             self.store.delete(ns, cid)
             self.execs.forget_container(ns, cid)
             self._backoff.pop((ns, cid), None)
@@ -1076,13 +1084,41 @@ def _write_etc_files(cdir: str, hostname: str, network_mode: str) -> None:
         os.replace(tmp, os.path.join(cdir, name))
 
 
-def _remove_dirs(bundle: str, cdir: str) -> None:
+def _trash_dirs(settings: Settings) -> tuple[str, str]:
+    """``(<state>/trash, <root>/trash)``: where removed bundles and container directories wait to be deleted."""
+    return os.path.join(str(settings.state), "trash"), os.path.join(str(settings.root), "trash")
+
+
+def _discard_dirs(bundle: str, cdir: str, trash: tuple[str, str]) -> list[str]:
+    """Unmount the bundle's rootfs, then move the bundle and the container directory into the trash.
+
+    A rename is one metadata operation where deleting a bundle is a dozen, so ``rm`` and
+    ``run --rm`` return sooner; ``_empty_trash`` deletes them afterwards (and at start-up,
+    whatever a crash left there). Falls back to deleting in place (another file system,
+    no trash directory). Returns the trash entries to delete.
+    """
     rootfs = os.path.join(bundle, "rootfs")
-    if os.path.isdir(rootfs):
+    if os.path.isdir(rootfs) and mount.is_mountpoint(rootfs):
         with contextlib.suppress(OSError):
             mount.unmount(rootfs, detach=True)
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(cdir, ignore_errors=True)
+    moved = []
+    for path, where in ((bundle, trash[0]), (cdir, trash[1])):
+        if not os.path.lexists(path):
+            continue
+        target = os.path.join(where, f"{os.path.basename(path)}.{os.urandom(4).hex()}")
+        try:
+            os.makedirs(where, exist_ok=True)
+            os.rename(path, target)
+            moved.append(target)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+    return moved
+
+
+def _empty_trash(entries: list[str]) -> None:
+    """Delete trash entries (``_discard_dirs``); a whole trash directory when given one."""
+    for path in entries:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _swap_accounting() -> bool:
