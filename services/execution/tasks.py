@@ -560,7 +560,7 @@ class TaskManager:
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
+        f.write(json.dumps(obj))  # the C encoder (json.dump streams in Python)
     os.replace(tmp, path)
 
 

@@ -257,7 +257,7 @@ class Shim:
             rootfs.make_workdir(self.rootfs, cwd, user.uid, user.gid)
         tmp = config_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(spec, f)
+            f.write(json.dumps(spec))  # the C encoder: json.dump streams in Python, ~10 ms for a spec
         os.replace(tmp, config_path)
 
     async def _teardown_rootfs(self) -> None:
@@ -592,7 +592,7 @@ class Shim:
             process_file = os.path.join(self.bundle, f"exec-{self._next()}.json")
             pid_file = process_file[: -len(".json")] + ".pid"
             with open(process_file, "w", encoding="utf-8") as f:
-                json.dump(proc.exec_spec, f)
+                f.write(json.dumps(proc.exec_spec))
             console: ConsoleSocket | None = None
             receiving: asyncio.Task[int] | None = None
             if proc.io.tty:

@@ -72,6 +72,14 @@ def _become_shim(conn: socket.socket, listener: socket.socket, request: dict[str
         os._exit(code)
 
 
+def _warm_lazy_imports() -> None:
+    """Load now what a shim would otherwise load after the fork, at each start."""
+    import common.mount  # noqa: F401 - imported inside services.shim.mount
+    from services.shim import mount
+
+    mount._lib()  # ctypes.util.find_library runs `ldconfig -p` in a child process
+
+
 def _handle(conn: socket.socket, listener: socket.socket) -> None:
     data = b""
     while not data.endswith(b"\n") and len(data) < 65536:
@@ -114,6 +122,7 @@ def main(argv: list[str]) -> int:
     _settings = Settings()  # the shims' environment is ours
     logsetup.configure("shim", _settings.log_level)
     warm_handlers(Shim)
+    _warm_lazy_imports()
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
