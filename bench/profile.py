@@ -18,6 +18,7 @@ Usage: ``python -m bench.profile [--runs 20] [--runtime runc|crun] [--json FILE]
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs="*", help="dockyard arguments (default: run --rm busybox true)")
     opts = parser.parse_args(argv)
     args = opts.args or ["run", "--rm", "busybox", "true"]
+    for pkg in ("common", "cli", "services"):  # as an installed package would have them (see bench/__main__.py)
+        compileall.compile_dir(str(PROJECT / pkg), quiet=1)
     trace_fd, trace_path = tempfile.mkstemp(prefix="dockyard-trace-", suffix=".txt")
     os.close(trace_fd)
     with PrivateDockyard(trace_path=trace_path, runtime=opts.runtime) as dy, tempfile.TemporaryDirectory() as tmp:

@@ -264,7 +264,7 @@ class Shim:
         if not self._mounted:
             return
         try:
-            await asyncio.to_thread(mount.unmount, self.rootfs, detach=True)
+            mount.unmount(self.rootfs, detach=True)  # a lazy detach returns at once: no thread needed
             self._mounted = False
         except OSError as exc:
             log.error("cannot unmount the rootfs: %s", exc)
@@ -278,7 +278,8 @@ class Shim:
     async def _finish_exit(self, proc: Process) -> None:
         if proc is self.init:
             # read the container's own cgroup before the runtime deletes it (C17)
-            kills = await asyncio.to_thread(cgroups.oom_kills, self.cgroups_path) if self.cgroups_path else 0
+            # one small read from cgroupfs, in the loop: a thread would cost more on the exit path
+            kills = cgroups.oom_kills(self.cgroups_path) if self.cgroups_path else 0
             if kills > self._oom_seen:
                 self._publish_oom(kills)
             if self._oom_seen and proc.state.exit_status == 137:
