@@ -287,6 +287,15 @@ class ExecutionService:
         return await self._start(rec)
 
     async def _start(self, rec: Record) -> StartReply:
+        previous = self.tasks.get(rec.namespace, rec.id)
+        if previous is not None and previous.status == "stopped" and not previous.done.is_set():
+            # the last incarnation is still being cleaned up (its runtime container shares our id)
+            try:
+                await asyncio.wait_for(asyncio.shield(previous.done.wait()), 30)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    f"the previous task of container '{rec.name}' is still being cleaned up"
+                ) from None
         async with self.tasks.lock(rec.namespace, rec.id):
             rec = self.store.get(rec.namespace, rec.id) or rec
             live = self.tasks.get(rec.namespace, rec.id)

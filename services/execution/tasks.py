@@ -236,6 +236,7 @@ class TaskManager:
             if shims.shim_alive(bundle):
                 with contextlib.suppress(errors.DockyardError):
                     await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
+                live.status = "stopped"  # a retried start waits for the monitor to delete this task
                 live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
             else:
                 # the shim died while starting the task: clean up now, under the lock, so that a
@@ -517,6 +518,7 @@ class TaskManager:
             # the start was interrupted by our crash: the task never ran
             with contextlib.suppress(errors.DockyardError):
                 await client.call("shim.delete", {}, timeout_s=30)
+            live.status = "stopped"  # a new start must wait for the monitor to finish this one
         log.info("reconnected to the shim of %s (pid %d, task %s)", rec.id[:12], pid, live.status)
         live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
 
