@@ -234,7 +234,7 @@ class ExecutionService:
             )
             prepared = True
             await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)
-            await asyncio.to_thread(os.makedirs, os.path.join(bundle, "rootfs"), exist_ok=True)
+            await asyncio.to_thread(_write_bundle, bundle, oci, list(reply.get("mounts") or []))
             rec = Record(
                 namespace=ns,
                 id=container_id,
@@ -982,6 +982,18 @@ def _write_etc_files(cdir: str, hostname: str, network_mode: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, os.path.join(cdir, name))
+
+
+def _write_bundle(bundle: str, oci: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
+    """The OCI bundle: ``config.json``, the ``rootfs/`` mount point and ``mounts.json`` (the snapshot's)."""
+    import json
+
+    os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
+    for name, obj in (("config.json", oci), ("mounts.json", mounts)):
+        tmp = os.path.join(bundle, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f)
+        os.replace(tmp, os.path.join(bundle, name))
 
 
 def _remove_dirs(bundle: str, cdir: str) -> None:
