@@ -116,8 +116,11 @@ class Bench:
         self.measure("dockyard run --rm (CLI)", cli_run)
 
         def api_run() -> None:
-            with inst.client("execution", timeout_s=60) as c, inst.client("execution", timeout_s=None) as w, \
-                    inst.client("execution", timeout_s=None) as a:  # fmt: skip
+            with (
+                inst.client("execution", timeout_s=60) as c,
+                inst.client("execution", timeout_s=None) as w,
+                inst.client("execution", timeout_s=None) as a,
+            ):
                 cid = c.call("execution.create", {"image": "busybox", "cmd": ["true"], "auto_remove": True})["id"]
                 wait = w.start("execution.wait", {"id": cid, "condition": "removed"})
                 att = a.start("execution.attach", {"id": cid})
@@ -166,8 +169,10 @@ class Bench:
                 spec = dict(self.floor_spec)
                 spec["linux"] = {**spec["linux"], "cgroupsPath": f"/dockyard-bench/{cid}"}
                 Path(self.floor_bundle, "config.json").write_text(json.dumps(spec))
-                _check([runtime, "--root", str(root), "run", "--bundle", str(self.floor_bundle), cid],
-                       stdin=subprocess.DEVNULL)  # fmt: skip
+                _check(
+                    [runtime, "--root", str(root), "run", "--bundle", str(self.floor_bundle), cid],
+                    stdin=subprocess.DEVNULL,
+                )
 
             self.measure(f"{runtime} run (same bundle)", run_once)
 
@@ -183,10 +188,22 @@ class Bench:
         cfg.write_text('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
         log = open(base / "log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            ["containerd", "--config", str(cfg), "--root", str(base / "root"), "--state", str(base / "state"),
-             "--address", str(sock)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                "containerd",
+                "--config",
+                str(cfg),
+                "--root",
+                str(base / "root"),
+                "--state",
+                str(base / "state"),
+                "--address",
+                str(sock),
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         ctr = ["ctr", "--address", str(sock), "-n", "dybench"]
         try:
             for _ in range(100):
@@ -233,8 +250,10 @@ class Bench:
         base.mkdir()
         conf = base / "containers.conf"
         hard = subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout.strip() or "1024"
-        conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={hard}:{hard}", "nproc=32768:32768"]\n'
-                        '[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\n')  # fmt: skip
+        conf.write_text(
+            f'[containers]\ndefault_ulimits = ["nofile={hard}:{hard}", "nproc=32768:32768"]\n'
+            '[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\n'
+        )
         env = {**os.environ, "CONTAINERS_CONF": str(conf)}
         pm = ["podman", "--root", str(base / "root"), "--runroot", str(base / "run"), "--tmpdir", str(base / "tmp")]
         try:
@@ -242,8 +261,11 @@ class Bench:
             _check([*pm, "load", "-q", "-i", str(archive)], env=env)
 
             def podman_run() -> None:
-                _check([*pm, "run", "--rm", "--network", "none", "localhost/busybox:latest", "true"], env=env,
-                       stdin=subprocess.DEVNULL)  # fmt: skip
+                _check(
+                    [*pm, "run", "--rm", "--network", "none", "localhost/busybox:latest", "true"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                )
 
             self.measure("podman run --rm --network none", podman_run)
         finally:
@@ -254,17 +276,31 @@ class Bench:
 
     # -- report -------------------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        floor = statistics.median(self.results["runc run (same bundle)"]) if "runc run (same bundle)" in self.results else 0
+        floor = (
+            statistics.median(self.results["runc run (same bundle)"]) if "runc run (same bundle)" in self.results else 0
+        )
         rows = []
         for name, values in self.results.items():
             med = statistics.median(values)
-            rows.append({
-                "what": name, "median_ms": round(med, 1), "min_ms": round(min(values), 1), "max_ms": round(max(values), 1),
-                "runs": len(values), "x_floor": round(med / floor, 2) if floor else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "what": name,
+                    "median_ms": round(med, 1),
+                    "min_ms": round(min(values), 1),
+                    "max_ms": round(max(values), 1),
+                    "runs": len(values),
+                    "x_floor": round(med / floor, 2) if floor else None,
+                }
+            )
         load = os.getloadavg()
-        return {"runs": rows, "memory": self.memory, "notes": self.notes, "loadavg": [round(x, 2) for x in load],
-                "cpus": os.cpu_count(), "kernel": os.uname().release}  # fmt: skip
+        return {
+            "runs": rows,
+            "memory": self.memory,
+            "notes": self.notes,
+            "loadavg": [round(x, 2) for x in load],
+            "cpus": os.cpu_count(),
+            "kernel": os.uname().release,
+        }
 
     def cleanup(self) -> None:
         for runtime in ("runc", "crun"):

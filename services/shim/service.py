@@ -22,7 +22,7 @@ import os
 import signal as signal_mod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common import codec, errors, topics
 from common.api.shim import (
@@ -66,7 +66,7 @@ class CreateFailed(Exception):
         self.exit_status = exit_status
 
 
-class Publisher:
+class Publisher(Protocol):
     """What the shim needs from ``common.events.EventPublisher``."""
 
     def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
