@@ -45,14 +45,48 @@ DEFAULT_CAPS = (
 """Docker's default capability set (moby ``oci/caps/defaults.go``)."""
 
 ALL_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
-    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)  # fmt: skip
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
 """Every capability, in kernel bit order (bit n = ALL_CAPS[n])."""
 
 MASKED_PATHS = (
@@ -74,15 +108,15 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _DEVICE_RULES = [
     {"allow": False, "access": "rwm"},
-    {"allow": True, "type": "c", "major": -1, "minor": -1, "access": "m"},
-    {"allow": True, "type": "b", "major": -1, "minor": -1, "access": "m"},
+    {"allow": True, "type": "c", "access": "m"},  # no major/minor = any (crun refuses -1)
+    {"allow": True, "type": "b", "access": "m"},
     {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},  # /dev/null
     {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},  # /dev/random
     {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},  # /dev/full
     {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},  # /dev/tty
     {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},  # /dev/zero
     {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},  # /dev/urandom
-    {"allow": True, "type": "c", "major": 136, "minor": -1, "access": "rwm"},  # /dev/pts/*
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # /dev/pts/*
     {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
 ]
 
@@ -243,7 +277,7 @@ def user_mounts(mounts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Bind and volume sources must already be host paths. Sorted by target depth so a
     parent is mounted before what is mounted inside it.
     """
-    out = []
+    out: list[dict[str, Any]] = []
     for m in mounts:
         target = str(m["target"])
         if not target.startswith("/"):
@@ -260,7 +294,7 @@ def user_mounts(mounts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         else:
             opts = ["rbind", "ro" if m.get("read_only") else "rw", "rprivate"]
             out.append({"destination": target, "type": "bind", "source": str(m["source"]), "options": opts})
-    out.sort(key=lambda x: os.path.normpath(x["destination"]).count("/"))
+    out.sort(key=lambda x: os.path.normpath(str(x["destination"])).count("/"))
     return out
 
 
@@ -336,6 +370,7 @@ def build_spec(
     cgroup_v2: bool = False,
     console_size: tuple[int, int] | None = None,
     annotations: Mapping[str, str] | None = None,
+    devices: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Return the ``config.json`` of a container (OCI runtime-spec v1.0.2).
 
@@ -385,6 +420,8 @@ def build_spec(
     }
     if privileged:
         linux["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+        if devices:
+            linux["devices"] = [dict(d) for d in devices]
     else:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
@@ -434,3 +471,77 @@ def resolv_conf(host_resolv: str | None, network_mode: str) -> str:
             continue
         kept.append(line)
     return "\n".join(kept) + ("\n" if kept else "")
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+    """Every device node of the host (``--privileged`` gets them all, as in Docker)."""
+    import stat as stat_mod
+
+    out: list[dict[str, Any]] = []
+    skip = {"/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/fd", "/dev/console", "/dev/ptmx", "/dev/tty"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if path in skip:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat_mod.S_ISCHR(st.st_mode):
+                kind = "c"
+            elif stat_mod.S_ISBLK(st.st_mode):
+                kind = "b"
+            else:
+                continue
+            out.append(
+                {
+                    "path": path,
+                    "type": kind,
+                    "major": os.major(st.st_rdev),
+                    "minor": os.minor(st.st_rdev),
+                    "fileMode": stat_mod.S_IMODE(st.st_mode),
+                    "uid": st.st_uid,
+                    "gid": st.st_gid,
+                }
+            )
+    return out
+
+
+INIT_CANDIDATES = (
+    "/usr/bin/docker-init",
+    "/usr/bin/tini-static",
+    "/usr/bin/catatonit",
+    "/usr/libexec/podman/catatonit",
+)
+
+
+def is_static_elf(path: str) -> bool:
+    """True for an ELF executable without a PT_INTERP header (it runs in any rootfs)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+                return False
+            (phoff,) = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    for i in range(phnum):
+        (p_type,) = struct.unpack_from("<I", table, i * phentsize)
+        if p_type == 3:  # PT_INTERP
+            return False
+    return True
+
+
+def find_init() -> str:
+    """A static init for ``--init`` (Docker's docker-init is tini); InvalidArgument if none."""
+    for path in INIT_CANDIDATES:
+        if os.path.exists(path) and is_static_elf(path):
+            return path
+    raise InvalidArgument("--init needs a static init binary (apt-get install tini or catatonit)")

@@ -176,6 +176,7 @@ class TaskManager:
             console_width=int((cfg.get("console_size") or [0, 0])[1] or 0),
             console_height=int((cfg.get("console_size") or [0, 0])[0] or 0),
             events_endpoint=self.settings.control_endpoint("events"),
+            copy_up=list(rec.extra.get("copy_up") or []),
         )
         _write_json(os.path.join(bundle, "shim.json"), launch.model_dump(mode="json"))
         return bundle
@@ -253,7 +254,7 @@ class TaskManager:
             rec.id,
             status="running",
             pid=live.task_pid,
-            started_at=codec.utcnow(),
+            started_at=reply.get("started_at") or codec.utcnow(),
             exit_code=0,
             error="",
             oom_killed=False,
@@ -311,9 +312,7 @@ class TaskManager:
                 await shims.clean_dead_task(
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
-            assert live.watch is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+            await self._shutdown(live)
             await self._drain_leftovers(live.bundle)
             await self._forget(live)
         await self._after_exit(live, ex)
@@ -387,6 +386,18 @@ class TaskManager:
                 **({"error": error} if error else {}),
             )
         return ex
+
+    async def _shutdown(self, live: Live) -> None:
+        """Tell the shim to exit and wait for its pid to go (its reply may be lost as it exits)."""
+        call = None
+        with contextlib.suppress(errors.DockyardError):
+            call = await live.client.start("shim.shutdown", {}, timeout_s=5)
+        assert live.watch is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.cancel()
 
     def _record_exit(self, live: Live, ex: TaskExit) -> None:
         fields: dict[str, Any] = {
@@ -514,6 +525,13 @@ class TaskManager:
                     incarnation,
                 ),
             )
+        elif live.status == "deleted":
+            # we crashed between its delete and its shutdown
+            self.live[live.key] = live
+            await self._shutdown(live)
+            await self._forget(live)
+            await self._drain_leftovers(bundle)
+            return
         elif live.status == "created":
             # the start was interrupted by our crash: the task never ran
             with contextlib.suppress(errors.DockyardError):
