@@ -81,6 +81,7 @@ class Ingest:
         self._hasher = hashlib.sha256()
         self.offset = 0
         self._file = open(self.data_path, "ab")  # noqa: SIM115 - closed in commit/abort/close
+        store.active.add(ref)
         existing = self._file.tell()
         if existing:
             with open(self.data_path, "rb") as f:
@@ -131,6 +132,7 @@ class Ingest:
             self.abort()
             raise
         self._file.close()
+        self.store.active.discard(self.ref)
         target = self.store.path(actual)
         if target.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -142,6 +144,7 @@ class Ingest:
 
     def close(self) -> None:
         """Stop writing but keep the ingest for a later resume."""
+        self.store.active.discard(self.ref)
         if self._file.closed:
             return
         with contextlib.suppress(OSError, ValueError):
@@ -164,6 +167,8 @@ class ContentStore:
         self.ingests = root / "ingest"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.ingests.mkdir(parents=True, exist_ok=True)
+        self.active: set[str] = set()
+        """Refs of the ingests open in this process (the garbage collector leaves them alone)."""
 
     # -- reading -------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:

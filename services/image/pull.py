@@ -142,7 +142,9 @@ class Downloads:
             dl.current = desc.size
             dl.notify("Already exists")
             return 0
-        async with semaphore:
+        await semaphore.acquire()
+        slot = True
+        try:
             ingest = await asyncio.to_thread(
                 self.store.open_ingest, desc.digest, expected=desc.digest, total=desc.size, resume=True
             )
@@ -154,6 +156,7 @@ class Downloads:
                 last = 0.0
                 attempt = 0
                 while ingest.offset < desc.size or desc.size == 0:
+                    offset_before = ingest.offset
                     try:
                         async with self.client.open_blob(ep, repo, desc, ingest.offset, creds) as (start, resp):
                             if start == 0 and ingest.offset:
@@ -170,7 +173,8 @@ class Downloads:
                                     dl.notify("Downloading")
                         break
                     except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
-                        attempt += 1
+                        # a connection that made progress before it broke does not count against the limit
+                        attempt = 1 if ingest.offset > offset_before else attempt + 1
                         if attempt >= _RETRIES:
                             raise Unavailable(
                                 f"blob {desc.digest}: download failed after {attempt} tries: {exc}"
@@ -182,20 +186,21 @@ class Downloads:
                         raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
                 dl.current = ingest.offset
                 dl.notify("Verifying Checksum")
-
-                def commit() -> None:
-                    with commit_lock():
-                        ingest.commit()
-
+                semaphore.release()  # the next download may start while this one is fsynced
+                slot = False
                 try:
-                    await asyncio.to_thread(commit)
+                    # no commit lock needed: the pull's lease named this digest before the download
+                    await asyncio.to_thread(ingest.commit)
                 except FailedPrecondition as exc:
                     raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
             except BaseException:
                 ingest.close()  # keep the bytes for a resume (commit/abort removed them when bad)
                 raise
-            dl.notify("Download complete")
-            return downloaded
+        finally:
+            if slot:
+                semaphore.release()
+        dl.notify("Download complete")
+        return downloaded
 
 
 @dataclass
@@ -276,20 +281,6 @@ class Puller:
         )
 
         semaphore = asyncio.Semaphore(self.max_concurrent)
-        # config first (small; it tells the diff IDs and must match the platform)
-        cfg_downloaded = await self.downloads.get(
-            ep, ref.repository, manifest.config, creds, lambda *_a: None, semaphore
-        )
-        config_bytes = await asyncio.to_thread(self.store.read, manifest.config.digest, 2 * oci.MAX_MANIFEST_SIZE)
-        config = oci.parse_config(config_bytes, where=f"image config {manifest.config.digest}")
-        if len(config.diff_ids) != len(manifest.layers):
-            raise IntegrityError(
-                f"manifest {manifest_desc.digest}: {len(manifest.layers)} layers but the config lists "
-                f"{len(config.diff_ids)} diff IDs"
-            )
-        if not isinstance(doc, oci.Index) and config.platform.os and not platforms.matches(want, config.platform):
-            log.warning("%s is for %s, not %s", ref, platforms.display(config.platform), platforms.display(want))
-
         for layer in manifest.layers:
             emit(
                 {
@@ -314,16 +305,31 @@ class Puller:
 
             return listen
 
+        # the config (it tells the diff IDs) and the layers download together; a config that
+        # does not fit the manifest cancels the layers
+        cfg_task = asyncio.create_task(
+            self.downloads.get(ep, ref.repository, manifest.config, creds, lambda *_a: None, semaphore)
+        )
         tasks = [
             asyncio.create_task(self.downloads.get(ep, ref.repository, layer, creds, listener_for(layer), semaphore))
             for layer in manifest.layers
         ]
         try:
+            cfg_downloaded = await cfg_task
+            config_bytes = await asyncio.to_thread(self.store.read, manifest.config.digest, 2 * oci.MAX_MANIFEST_SIZE)
+            config = oci.parse_config(config_bytes, where=f"image config {manifest.config.digest}")
+            if len(config.diff_ids) != len(manifest.layers):
+                raise IntegrityError(
+                    f"manifest {manifest_desc.digest}: {len(manifest.layers)} layers but the config lists "
+                    f"{len(config.diff_ids)} diff IDs"
+                )
+            if not isinstance(doc, oci.Index) and config.platform.os and not platforms.matches(want, config.platform):
+                log.warning("%s is for %s, not %s", ref, platforms.display(config.platform), platforms.display(want))
             results = await asyncio.gather(*tasks)
         except BaseException:
-            for t in tasks:
+            for t in [cfg_task, *tasks]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(cfg_task, *tasks, return_exceptions=True)
             raise
 
         # the documents last: a manifest is only stored once everything it names is

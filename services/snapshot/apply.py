@@ -500,6 +500,8 @@ def apply_layer(
         raise Internal(f"{what}: cannot open blob {blob}: {exc.strerror}") from None
     with contextlib.closing(raw):
         reader = layers.open_layer(raw, media_type, digest)
-        entries, warnings = apply_stream(reader, upper, lowers, overlay=overlay, what=what, cancel=cancel)
-        reader.drain()
-        return ApplyResult(reader.diff_id(), reader.uncompressed_size, entries, warnings)
+        with contextlib.closing(reader):
+            reader.start_thread()
+            entries, warnings = apply_stream(reader, upper, lowers, overlay=overlay, what=what, cancel=cancel)
+            reader.drain()
+            return ApplyResult(reader.diff_id(), reader.uncompressed_size, entries, warnings)
