@@ -322,16 +322,24 @@ class _RawTerminal:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
 
 
-def _pump(call: Any, stdin: bool) -> None:
-    """Copy the attach stream to stdout/stderr (and stdin to it) until the output ends."""
+def _pump(call: Any, stdin: bool) -> dict[str, Any]:
+    """Copy the attach stream to stdout/stderr (and stdin to it) until the output ends.
+
+    Returns the last control frame seen (``{"exit_code": n}`` of an exec, ``{"detached": true}``).
+    """
     stdin_fd = sys.stdin.fileno() if stdin else -1
+    last: dict[str, Any] = {}
     while True:
         more, body = call.next_frame(timeout_ms=0)
         if not more:
-            return
+            return last
         if body is not None:
             if "d" in body:
                 output.raw(body["d"], body.get("s", 1))
+            else:
+                last = body
+                if body.get("detached"):
+                    return last
             continue
         watch = [call.client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
         readable, _, _ = select.select(watch, [], [], 1.0)
@@ -345,6 +353,38 @@ def _pump(call: Any, stdin: bool) -> None:
             else:
                 call.send_eof()
                 stdin_fd = -1
+
+
+class _Resizer:
+    """Sends the local terminal size on SIGWINCH (and once at the start) to a TTY container or exec."""
+
+    def __init__(self, enabled: bool, method: str, body: dict[str, Any]) -> None:
+        self.enabled = enabled and sys.stdout.isatty()
+        self.method = method
+        self.body = body
+        self._old: Any = None
+
+    def _send(self, *_args: Any) -> None:
+        size = _console_size()
+        if not size:
+            return
+        c = client("execution", timeout_s=5)
+        try:
+            c.call(self.method, {**self.body, "height": size[0], "width": size[1]})
+        except errors.DockyardError:
+            pass
+        finally:
+            c.close()
+
+    def __enter__(self) -> _Resizer:
+        if self.enabled:
+            self._old = signal.signal(signal.SIGWINCH, self._send)
+            self._send()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGWINCH, self._old)
 
 
 def _start_error(exc: errors.DockyardError) -> int:
@@ -373,8 +413,10 @@ def _run_attached(container_id: str, *, stdin: bool, tty: bool, auto_remove: boo
                 with contextlib.suppress(errors.DockyardError):
                     wait_call.result()
             return _start_error(exc)
-        with _SignalProxy(container_id), _RawTerminal(tty and stdin):
-            _pump(att, stdin)
+        with _SignalProxy(container_id), _RawTerminal(tty and stdin), _Resizer(tty, "execution.resize", {"id": container_id}):
+            last = _pump(att, stdin)
+        if last.get("detached"):
+            return 0
         result = wait_call.result()
         return int(result.get("exit_code", 0))
     finally:
@@ -498,14 +540,23 @@ def create(
 # -- lifecycle verbs ----------------------------------------------------------------------------------------------
 
 
+_NOOP_NOTES = {"already_running": "container {} is already running", "already_stopped": "container {} is not running"}
+
+
 def _each(ids: list[str], method: str, body: dict[str, Any], *, timeout_s: float | None = 60) -> None:
-    """Call ``method`` for every container; print each name/id on success, errors as they come."""
+    """Call ``method`` for every container; print each name/id on success, errors as they come.
+
+    A start of a running container or a stop of a stopped one succeeds (Docker's 304) with a note.
+    """
     ex = client("execution", timeout_s=timeout_s)
     failed = False
     try:
         for ref in ids:
             try:
-                ex.call(method, {"id": ref, **body})
+                reply = ex.call(method, {"id": ref, **body}) or {}
+                for key, note in _NOOP_NOTES.items():
+                    if reply.get(key):
+                        output.warn(note.format(ref) + " (nothing to do)")
                 output.line(ref)
             except errors.DockyardError as exc:
                 failed = True
@@ -753,7 +804,7 @@ def inspect(
     out = []
     try:
         for ref in containers:
-            out.append(ex.call("execution.inspect", {"id": ref}))
+            out.append(docker_inspect(ex.call("execution.inspect", {"id": ref})))
     except errors.DockyardError as exc:
         output.fail(exc)
     finally:
@@ -782,15 +833,343 @@ def attach(
         wait_call = waiter.start("execution.wait", {"id": info["id"], "condition": "next-exit"})
         att = attacher.start("execution.attach", {"id": info["id"], "stdin": stdin})
         att.next_frame()
-        with _SignalProxy(info["id"]), _RawTerminal(bool(info["config"].get("tty")) and stdin):
-            _pump(att, stdin)
-        code = int(wait_call.result().get("exit_code", 0))
+        tty = bool(info["config"].get("tty"))
+        with _SignalProxy(info["id"]), _RawTerminal(tty and stdin), _Resizer(tty, "execution.resize", {"id": info["id"]}):
+            last = _pump(att, stdin)
+        code = 0 if last.get("detached") else int(wait_call.result().get("exit_code", 0))
     except errors.DockyardError as exc:
         output.fail(exc)
     finally:
         waiter.close()
         attacher.close()
     raise typer.Exit(code)
+
+
+# -- exec, top, stats, update -----------------------------------------------------------------------------------------
+
+
+def exec_(
+    container: Annotated[str, typer.Argument(help="container")],
+    cmd: Annotated[list[str], typer.Argument(help="command and arguments")],
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="run in the background")] = False,
+    interactive: Interactive = False,
+    tty: Tty = False,
+    env: Env = [],  # noqa: B006
+    user: User = None,
+    workdir: Workdir = None,
+    privileged: Privileged = False,
+    detach_keys: Annotated[str, typer.Option("--detach-keys", help="e.g. ctrl-p,ctrl-q")] = "",
+) -> None:
+    """Run a command in a running container; exit with its exit code."""
+    body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive}
+    envs = _env_list(env, [])
+    if envs:
+        body["env"] = envs
+    if user:
+        body["user"] = user
+    if workdir:
+        body["working_dir"] = workdir
+    if privileged:
+        body["privileged"] = True
+    if detach_keys:
+        body["detach_keys"] = detach_keys
+    if tty:
+        size = _console_size()
+        if size:
+            body["console_size"] = size
+    ex = client("execution", timeout_s=60)
+    try:
+        exec_id = ex.call("execution.exec_create", body)["id"]
+    except errors.DockyardError as exc:
+        ex.close()
+        output.fail(exc, EXIT_ENGINE if not isinstance(exc, errors.Conflict) else 1)
+    stream = client("execution", timeout_s=None)
+    try:
+        call = stream.start("execution.exec_start", {"exec_id": exec_id, "detach": detach, "stdin": interactive})
+        try:
+            _more, first = call.next_frame()
+        except errors.DockyardError as exc:
+            sys.stderr.write(f"error: {output.error_text(exc)}\n")
+            raise typer.Exit(_start_error(exc)) from None
+        if detach:
+            for _ in call:
+                pass
+            return
+        with _RawTerminal(tty and interactive), _Resizer(tty, "execution.exec_resize", {"exec_id": exec_id}):
+            last = _pump(call, interactive)
+        if last.get("detached"):
+            return
+        code = last.get("exit_code")
+        if code is None:
+            code = ex.call("execution.exec_inspect", {"exec_id": exec_id}).get("exit_code") or 0
+    except errors.DockyardError as exc:
+        output.fail(exc, EXIT_ENGINE)
+    finally:
+        ex.close()
+        stream.close()
+    raise typer.Exit(int(code))
+
+
+def top(
+    container: Annotated[str, typer.Argument(help="container")],
+    ps_args: Annotated[list[str] | None, typer.Argument(help="ps options (default -ef)")] = None,
+) -> None:
+    """Show the processes of a container (the host's ps)."""
+    ex = client("execution", timeout_s=30)
+    try:
+        reply = ex.call("execution.top", {"id": container, "ps_args": " ".join(ps_args or ["-ef"])})
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+    output.table(reply["titles"], reply["processes"])
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.4g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return f"{n}B"
+
+
+def _dsize(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def _stats_row(st: dict[str, Any], no_trunc: bool) -> list[str]:
+    return [
+        st["id"] if no_trunc else st["id"][:12],
+        st["name"],
+        f"{st['cpu_percent']:.2f}%",
+        f"{_size(st['memory_usage'])} / {_size(st['memory_limit'])}",
+        f"{st['memory_percent']:.2f}%",
+        f"{_dsize(st['net_rx'])} / {_dsize(st['net_tx'])}",
+        f"{_dsize(st['block_read'])} / {_dsize(st['block_write'])}",
+        str(st["pids"]),
+    ]
+
+
+_STATS_HEADERS = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"]
+
+
+def stats(
+    containers: Annotated[list[str] | None, typer.Argument(help="containers (default: all running)")] = None,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="print one sample and exit")] = False,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="full ids")] = False,
+) -> None:
+    """Live resource usage of containers (CPU %, memory, network and block I/O, pids)."""
+    ex = client("execution", timeout_s=30)
+    try:
+        if not containers:
+            containers = [c["id"] for c in ex.call("execution.list", {"all": False})["containers"]]
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+    clients = [client("execution", timeout_s=None) for _ in containers]
+    try:
+        calls = [c.start("execution.stats", {"id": ref, "stream": not no_stream}) for c, ref in zip(clients, containers)]
+        latest: dict[int, dict[str, Any]] = {}
+        while True:
+            for i, call in enumerate(calls):
+                if call.done:
+                    continue
+                more, body = call.next_frame()
+                if more and body is not None:
+                    latest[i] = body
+            if not no_stream and sys.stdout.isatty():
+                output.raw(b"\x1b[2J\x1b[H")
+            output.table(_STATS_HEADERS, [_stats_row(latest[i], no_trunc) for i in sorted(latest)])
+            if no_stream or all(c.done for c in calls):
+                return
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    except KeyboardInterrupt:
+        return
+    finally:
+        for c in clients:
+            c.close()
+
+
+def update(
+    containers: Annotated[list[str], typer.Argument(help="containers")],
+    memory: Memory = None,
+    memory_swap: MemorySwap = None,
+    cpus: Cpus = None,
+    cpu_shares: CpuShares = None,
+    pids_limit: PidsLimit = None,
+    restart: Annotated[str | None, typer.Option("--restart", help="new restart policy")] = None,
+) -> None:
+    """Change the resources (and restart policy) of containers, running ones included."""
+    resources: dict[str, Any] = {}
+    if memory:
+        resources["memory"] = _parse_bytes(memory, "memory")
+    if memory_swap:
+        resources["memory_swap"] = _parse_bytes(memory_swap, "memory-swap")
+    if cpus is not None:
+        resources["nano_cpus"] = int(cpus * 1e9)
+    if cpu_shares is not None:
+        resources["cpu_shares"] = cpu_shares
+    if pids_limit is not None:
+        resources["pids_limit"] = pids_limit
+    body: dict[str, Any] = {"resources": resources}
+    if restart:
+        body["restart_policy"] = _restart_policy(restart)
+    _each(containers, "execution.update", body)
+
+
+# -- docker-style inspect --------------------------------------------------------------------------------------------
+
+
+def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
+    """A container in the shape ``docker inspect`` prints (ContainerJSON)."""
+    cfg = c.get("config") or {}
+    st = c["state"]
+    res = cfg.get("resources") or {}
+    policy = cfg.get("restart_policy") or {"name": "no", "maximum_retry_count": 0}
+    return {
+        "Id": c["id"],
+        "Created": c["created_at"],
+        "Path": c.get("path", ""),
+        "Args": c.get("args", []),
+        "State": {
+            "Status": st["status"],
+            "Running": st["running"],
+            "Paused": st["paused"],
+            "Restarting": st["restarting"],
+            "OOMKilled": st["oom_killed"],
+            "Dead": st["dead"],
+            "Pid": st["pid"],
+            "ExitCode": st["exit_code"],
+            "Error": st["error"],
+            "StartedAt": st.get("started_at") or "0001-01-01T00:00:00Z",
+            "FinishedAt": st.get("finished_at") or "0001-01-01T00:00:00Z",
+        },
+        "Image": c.get("image_id", ""),
+        "Name": "/" + c["name"],
+        "RestartCount": c.get("restart_count", 0),
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "LogPath": c.get("log_path", ""),
+        "ExecIDs": c.get("exec_ids") or None,
+        "HostConfig": {
+            "AutoRemove": bool(cfg.get("auto_remove")),
+            "NetworkMode": cfg.get("network_mode") or "none",
+            "RestartPolicy": {"Name": policy.get("name", "no"), "MaximumRetryCount": policy.get("maximum_retry_count", 0)},
+            "ReadonlyRootfs": bool(cfg.get("read_only")),
+            "Privileged": bool(cfg.get("privileged")),
+            "CapAdd": cfg.get("cap_add") or None,
+            "CapDrop": cfg.get("cap_drop") or None,
+            "SecurityOpt": cfg.get("security_opt") or None,
+            "Init": bool(cfg.get("init")),
+            "Memory": res.get("memory") or 0,
+            "MemorySwap": res.get("memory_swap") or 0,
+            "NanoCpus": res.get("nano_cpus") or 0,
+            "CpuShares": res.get("cpu_shares") or 0,
+            "PidsLimit": res.get("pids_limit"),
+            "LogConfig": {"Type": "json-file", "Config": cfg.get("log_opts") or {}},
+            "Runtime": c.get("runtime", "runc"),
+        },
+        "Mounts": [
+            {"Type": m["type"], "Name": m.get("name") or None, "Source": m["source"], "Destination": m["destination"],
+             "RW": m["rw"]}  # fmt: skip
+            for m in c.get("mounts") or []
+        ],
+        "Config": {
+            "Hostname": c.get("hostname", ""),
+            "User": cfg.get("user", ""),
+            "Tty": bool(cfg.get("tty")),
+            "OpenStdin": bool(cfg.get("open_stdin")),
+            "StdinOnce": bool(cfg.get("stdin_once")),
+            "Env": cfg.get("env") or [],
+            "Cmd": cfg.get("cmd"),
+            "Entrypoint": cfg.get("entrypoint"),
+            "Image": c.get("image", ""),
+            "WorkingDir": cfg.get("working_dir", ""),
+            "Labels": c.get("labels") or {},
+            "StopSignal": c.get("stop_signal", "SIGTERM"),
+            "StopTimeout": cfg.get("stop_timeout"),
+        },
+    }
+
+
+# -- volumes -------------------------------------------------------------------------------------------------------------
+
+
+def volume_ls(quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only names")] = False) -> None:
+    """List volumes."""
+    ex = client("execution", timeout_s=30)
+    try:
+        vols = ex.call("execution.volume_list", {})["volumes"]
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+    if quiet:
+        for v in vols:
+            output.line(v["name"])
+        return
+    output.table(["DRIVER", "VOLUME NAME"], [[v["driver"], v["name"]] for v in vols])
+
+
+def volume_rm(
+    names: Annotated[list[str], typer.Argument(help="volumes")],
+    force: Annotated[bool, typer.Option("-f", "--force", help="remove even if in use")] = False,
+) -> None:
+    """Remove volumes (not while a container uses them)."""
+    ex = client("execution", timeout_s=60)
+    failed = False
+    try:
+        for name in names:
+            try:
+                ex.call("execution.volume_remove", {"name": name, "force": force})
+                output.line(name)
+            except errors.DockyardError as exc:
+                failed = True
+                sys.stderr.write(f"error: {output.error_text(exc)}\n")
+    finally:
+        ex.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+def volume_create(name: Annotated[str, typer.Argument(help="volume name")] = "") -> None:
+    """Create a volume (a random name if none is given)."""
+    ex = client("execution", timeout_s=30)
+    try:
+        output.line(ex.call("execution.volume_create", {"name": name})["name"])
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+
+
+def volume_inspect(names: Annotated[list[str], typer.Argument(help="volumes")]) -> None:
+    """Show volumes as JSON."""
+    ex = client("execution", timeout_s=30)
+    try:
+        output.as_json([ex.call("execution.volume_inspect", {"name": n}) for n in names])
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+
+
+def volume_prune() -> None:
+    """Remove every volume no container uses."""
+    ex = client("execution", timeout_s=120)
+    try:
+        for name in ex.call("execution.volume_prune", {})["removed"]:
+            output.line(name)
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
 
 
 # -- wiring ------------------------------------------------------------------------------------------------------------
@@ -814,9 +1193,21 @@ def register(app: typer.Typer) -> None:
         target.command("wait")(wait)
         target.command("logs")(logs)
         target.command("attach")(attach)
+        target.command("exec", context_settings=_RUN_SETTINGS)(exec_)
+        target.command("top", context_settings=_RUN_SETTINGS)(top)
+        target.command("stats")(stats)
+        target.command("update")(update)
     app.command("ps")(ps)
     container_app.command("ls")(ps)
     container_app.command("ps")(ps)
     container_app.command("inspect")(inspect)
     app.command("inspect")(inspect)
     app.add_typer(container_app, name="container")
+    volume_app = typer.Typer(help="Manage volumes.", no_args_is_help=True)
+    volume_app.command("ls")(volume_ls)
+    volume_app.command("list", hidden=True)(volume_ls)
+    volume_app.command("rm")(volume_rm)
+    volume_app.command("create")(volume_create)
+    volume_app.command("inspect")(volume_inspect)
+    volume_app.command("prune")(volume_prune)
+    app.add_typer(volume_app, name="volume")

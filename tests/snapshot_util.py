@@ -13,10 +13,13 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import zstandard
 
 EPOCH = 1704067200
@@ -204,3 +207,86 @@ def outside_snapshot(base: str) -> dict[str, tuple[int, int]]:
             st = os.lstat(p)
             found[p] = (st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0, st.st_size)
     return found
+
+
+class Direct:
+    """A ``SnapshotService`` driven in-process (no sockets), for conformance and layer tests.
+
+    ``call("snapshot.prepare", {...})`` validates the body with the method's request model
+    and returns the reply as plain data, raising Dockyard errors as the RPC client would.
+    Data lives under ``base``; ``close()`` unmounts anything left under it.
+    """
+
+    def __init__(self, base: str, snapshotter: str = "overlayfs", namespace: str = "default") -> None:
+        import asyncio
+        import typing
+
+        from services.snapshot import snapshotters
+        from services.snapshot.service import SnapshotService
+        from services.snapshot.store import Store
+
+        self.base = base
+        self.root = os.path.join(base, "snapshot")
+        os.makedirs(self.root, exist_ok=True)
+        self.blobs = os.path.join(base, "blobs")
+        os.makedirs(self.blobs, exist_ok=True)
+        self.namespace = namespace
+        self.loop = asyncio.new_event_loop()
+        from pathlib import Path
+
+        self.service = SnapshotService(
+            Store(Path(self.root) / "metadata.db"), snapshotters.make(snapshotter, Path(self.root))
+        )
+        self._typing = typing
+
+    def call(self, method: str, body: dict[str, Any] | None = None, namespace: str | None = None) -> Any:
+        from common.rpc.server import Context
+
+        verb = method.split(".", 1)[1]
+        fn = getattr(self.service, verb)
+        hints = self._typing.get_type_hints(fn)
+        first = next(iter(hints))
+        model = hints[first]
+        req = model(**(body or {})) if isinstance(model, type) and hasattr(model, "model_validate") else (body or {})
+        ctx = Context("test", method, namespace or self.namespace, {}, None)
+        reply = self.loop.run_until_complete(fn(req, ctx))
+        return reply.model_dump(mode="python") if hasattr(reply, "model_dump") else reply
+
+    def unpack(self, raws: list[bytes], media_type: str = MT_GZIP, **kw: Any) -> dict[str, Any]:
+        layers = [store_layer(self.blobs, raw, media_type) for raw in raws]
+        return self.call("snapshot.unpack", {"layers": layers, **kw})  # type: ignore[no-any-return]
+
+    def mount_point(self, name: str) -> str:
+        return os.path.join(self.base, "mnt", name)
+
+    @contextlib.contextmanager
+    def container(self, raws: list[bytes], key: str = "c", **kw: Any) -> Iterator[str]:
+        """Unpack ``raws``, prepare ``key`` on the top chain ID and mount it."""
+        chain = self.unpack(raws, **kw)["chain_id"]
+        mounts = self.call("snapshot.prepare", {"key": key, "parent": chain})["mounts"]
+        with mounted(mounts, self.mount_point(key)) as root:
+            yield root
+
+    def close(self) -> None:
+        from tests.harness import mounts_under
+
+        for point in mounts_under(self.base):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        self.loop.run_until_complete(self.service.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=["overlayfs", "native"])
+def direct(request: pytest.FixtureRequest) -> Iterator[Direct]:
+    """An in-process snapshot service on each snapshotter (root needed: mounts, owners)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts, owners, device nodes)")
+    base = tempfile.mkdtemp(prefix="dy-snap-", dir="/tmp")
+    d = Direct(base, request.param)
+    try:
+        yield d
+    finally:
+        d.close()
+        from services.snapshot import fsutil
+
+        fsutil.remove_tree(base)

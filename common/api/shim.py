@@ -104,6 +104,9 @@ class ShimLaunch(Reply):
     console_width: int = 0
     console_height: int = 0
     events_endpoint: str = Field(default="", description="control endpoint of the events service")
+    copy_up: list[dict[str, str]] = Field(
+        default_factory=list, description="volumes to fill from the image: [{target, source (host dir)}]"
+    )
 
 
 class ProcessRequest(Request):

@@ -7,6 +7,7 @@ from common.rpc.aio import AsyncClient
 from common.service import ServiceHost, run
 from services.execution.service import ExecutionService
 from services.execution.store import Store
+from services.execution.volumes import VolumeService
 
 
 async def setup(host: ServiceHost) -> list[object]:
@@ -31,11 +32,12 @@ async def setup(host: ServiceHost) -> list[object]:
         await publisher.close()
         for c in (image, snapshot, events):
             await c.close()
+        service.volumes.close()
         store.close()
 
     host.on_close(close)
     await service.recover()
-    return [service]
+    return [service, service.execs, VolumeService(service.volumes)]
 
 
 if __name__ == "__main__":

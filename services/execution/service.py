@@ -36,18 +36,28 @@ from common.api.execution import (
     ListRequest,
     LogsRequest,
     RemoveRequest,
+    ResizeRequest,
     StartReply,
+    Stats,
+    StatsRequest,
     StopReply,
     StopRequest,
+    TopReply,
+    TopRequest,
+    UpdateRequest,
     WaitReply,
     WaitRequest,
 )
 from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.execution import logs as logs_mod
-from services.execution import shims, spec
+from services.execution import observe, shims, spec
+from services.execution.detach import DetachScanner, parse_keys
+from services.execution.execs import ExecService, _until
+from services.execution.seccomp import default_seccomp
 from services.execution.store import Record, Store
 from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
+from services.execution.volumes import Volumes
 from services.shim import mount
 from services.shim.jsonlog import parse_time, read_entries
 
@@ -55,6 +65,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
+RESTART_BACKOFF_MIN_S = 0.1
+RESTART_BACKOFF_MAX_S = 60.0
+RESTART_RESET_AFTER_S = 10.0
+INIT_PATH = "/sbin/docker-init"
 
 
 class _PendingAttach:
@@ -76,9 +90,18 @@ class ExecutionService:
         events: Any,
         publisher: Any,
         shim_client: Any,
+        volumes: Volumes | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.volumes = volumes or Volumes(
+            settings.service_dir("execution") / "containers.db",
+            settings.service_dir("execution") / "volumes",
+            self.volume_users,
+        )
+        self.execs = ExecService(self)
+        self._backoff: dict[tuple[str, str], float] = {}
+        self._restarts: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.image = image
         self.snapshot = snapshot
         self.events = events
@@ -98,6 +121,16 @@ class ExecutionService:
 
     def _find(self, namespace: str, ref: str) -> Record:
         return self.store.find(namespace, ref)
+
+    def volume_users(self, namespace: str, name: str) -> list[str]:
+        """Names of the containers that mount volume ``name``."""
+        return [r.name for r in self.store.list(namespace) if name in (r.extra.get("volumes") or [])]
+
+    def _live_or_conflict(self, rec: Record, *states: str) -> Live:
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is None or live.done.is_set() or live.status not in states:
+            raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id})
+        return live
 
     def _log_path(self, namespace: str, container_id: str) -> str:
         return str(self.settings.container_dir(namespace, container_id) / f"{container_id}-json.log")
@@ -137,14 +170,9 @@ class ExecutionService:
             name = ids.random_name()
             while self.store.name_taken(ns, name):
                 name = ids.random_name()
-        if req.working_dir and not req.working_dir.startswith("/"):
-            raise errors.InvalidArgument(
-                f"the working directory '{req.working_dir}' is invalid, it needs to be an absolute path"
-            )
+        self._validate(req)
         try:
-            image = await self.image.call(
-                "image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300
-            )
+            image = await self.image.call("image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300)
         except errors.NotFound as exc:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
         image_cfg: dict[str, Any] = dict((image.get("config") or {}).get("config") or {})
@@ -159,7 +187,9 @@ class ExecutionService:
         labels = {**(image_cfg.get("Labels") or {}), **req.labels}
         runtime = req.runtime or self.settings.runtime
         caps = spec.capabilities(req.cap_add, req.cap_drop, req.privileged, self._available_caps)
-        no_new_privs = any(o.replace("=true", "").replace(":true", "") == "no-new-privileges" for o in req.security_opt)
+        no_new_privs = any(o.split("=")[0].split(":")[0] == "no-new-privileges" and not o.endswith("false")
+                           for o in req.security_opt)  # fmt: skip
+        seccomp = None if req.privileged or "seccomp=unconfined" in req.security_opt else default_seccomp(caps)
         resources = spec.linux_resources(req.resources.model_dump(), swap_accounting=_swap_accounting())
         bundle = str(self.settings.bundle_dir(ns, container_id))
         cdir = str(self.settings.container_dir(ns, container_id))
@@ -168,6 +198,11 @@ class ExecutionService:
             "/etc/hosts": os.path.join(cdir, "hosts"),
             "/etc/resolv.conf": os.path.join(cdir, "resolv.conf"),
         }
+        mounts, volume_names, copy_up = await asyncio.to_thread(self._resolve_mounts, ns, req)
+        if req.init:
+            init_binary = spec.find_init()
+            mounts.append({"type": "bind", "source": init_binary, "target": INIT_PATH, "read_only": True})
+            args = [INIT_PATH, "--", *args]
         oci = spec.build_spec(
             container_id=container_id,
             args=args,
@@ -182,20 +217,18 @@ class ExecutionService:
             caps=caps,
             privileged=req.privileged,
             no_new_privileges=no_new_privs,
-            mounts=[],
+            seccomp=seccomp,
+            mounts=mounts,
             etc_files=etc,
             resources=resources,
             console_size=req.console_size,
+            devices=spec.host_devices() if req.privileged else None,
         )
         prepared = False
         try:
             reply = await self.snapshot.call(
                 "snapshot.prepare",
-                {
-                    "key": container_id,
-                    "parent": image.get("chain_id") or "",
-                    "labels": {"dockyard.container": container_id},
-                },
+                {"key": container_id, "parent": image.get("chain_id") or "", "labels": {"dockyard.container": container_id}},
                 namespace=ns,
                 timeout_s=60,
             )
@@ -222,11 +255,19 @@ class ExecutionService:
                     "user": user,
                     "stop_signal": stop_signal,
                     "args": args,
+                    "volumes": volume_names,
+                    "copy_up": copy_up,
+                    "user_mounts": mounts,
                 },
             )
             self.store.insert(rec)
         except BaseException:
             await self._rollback_create(ns, container_id, bundle, cdir, prepared)
+            for vol in volume_names:
+                vinfo = self.volumes.get(ns, vol)
+                if vinfo is not None and vinfo.anonymous:
+                    with contextlib.suppress(errors.DockyardError):
+                        await asyncio.to_thread(self.volumes.remove, ns, vol, True)
             raise
         self._publish(
             topics.CONTAINER_CREATE,
@@ -237,6 +278,63 @@ class ExecutionService:
         )
         log.info("created container %s (%s) from %s", container_id[:12], name, req.image)
         return CreateReply(id=container_id, name=name)
+
+    def _validate(self, req: CreateRequest) -> None:
+        """Refuse contradictory or malformed options before any work (Docker's messages)."""
+        if req.working_dir and not req.working_dir.startswith("/"):
+            raise errors.InvalidArgument(
+                f"the working directory '{req.working_dir}' is invalid, it needs to be an absolute path"
+            )
+        if req.auto_remove and req.restart_policy.name != "no":
+            raise errors.InvalidArgument("conflicting options: --restart and --rm")
+        if req.restart_policy.maximum_retry_count and req.restart_policy.name != "on-failure":
+            raise errors.InvalidArgument(f"maximum retry count cannot be used with restart policy '{req.restart_policy.name}'")
+        for key in req.log_opts:
+            if key not in ("max-size", "max-file", "compress", "labels", "env", "tag"):
+                raise errors.InvalidArgument(f"unknown log opt '{key}' for json-file log driver")
+        if "max-file" in req.log_opts:
+            if not req.log_opts["max-file"].isdigit() or int(req.log_opts["max-file"]) < 1:
+                raise errors.InvalidArgument("max-file must be a positive number")
+            if "max-size" not in req.log_opts and int(req.log_opts["max-file"]) > 1:
+                raise errors.InvalidArgument("max-file cannot be set without max-size")
+        for opt in req.security_opt:
+            key = opt.split("=")[0].split(":")[0]
+            if key not in ("no-new-privileges", "seccomp", "label", "apparmor"):
+                raise errors.InvalidArgument(f"invalid --security-opt {opt!r}")
+            if key == "seccomp" and opt not in ("seccomp=unconfined", "seccomp:unconfined"):
+                raise errors.InvalidArgument("only seccomp=unconfined is supported (custom profiles are not)")
+
+    def _resolve_mounts(
+        self, ns: str, req: CreateRequest
+    ) -> tuple[list[dict[str, Any]], list[str], list[dict[str, str]]]:
+        """Host sources for the request's mounts; creates missing bind dirs (like ``-v``) and volumes."""
+        out: list[dict[str, Any]] = []
+        volume_names: list[str] = []
+        copy_up: list[dict[str, str]] = []
+        seen: set[str] = set()
+        for m in req.mounts:
+            target = os.path.normpath(m.target)
+            if not m.target.startswith("/") or target == "/":
+                raise errors.InvalidArgument(f"invalid mount target {m.target!r}: must be an absolute path other than /")
+            if target in seen:
+                raise errors.InvalidArgument(f"duplicate mount point: {target}")
+            seen.add(target)
+            if m.type == "bind":
+                if not m.source.startswith("/"):
+                    raise errors.InvalidArgument(f"invalid bind source {m.source!r}: must be an absolute host path")
+                if not os.path.exists(m.source):
+                    os.makedirs(m.source, exist_ok=True)
+                out.append({"type": "bind", "source": m.source, "target": target, "read_only": m.read_only})
+            elif m.type == "volume":
+                vol, created = self.volumes.ensure(ns, m.source)
+                volume_names.append(vol.name)
+                out.append({"type": "bind", "source": vol.mountpoint, "target": target, "read_only": m.read_only,
+                            "volume": vol.name})  # fmt: skip
+                if created or not os.listdir(vol.mountpoint):
+                    copy_up.append({"target": target, "source": vol.mountpoint})
+            else:
+                out.append({"type": "tmpfs", "target": target, "read_only": m.read_only, "options": list(m.options)})
+        return out, volume_names, copy_up
 
     async def _rollback_create(self, ns: str, container_id: str, bundle: str, cdir: str, prepared: bool) -> None:
         if prepared:
@@ -252,7 +350,129 @@ class ExecutionService:
     async def start(self, req: IdRequest, ctx: Context) -> StartReply:
         """Start the container's task (see ``common.api.execution``)."""
         rec = self._find(ctx.namespace, req.id)
+        pending = self._restarts.pop((rec.namespace, rec.id), None)
+        if pending is not None:
+            pending.cancel()
         return await self._start(rec)
+
+    @rpc("execution.restart")
+    async def restart(self, req: StopRequest, ctx: Context) -> StartReply:
+        """Stop (as ``execution.stop``) if running, then start."""
+        await self.stop(req, ctx)
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None:
+            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+        return await self._start(self.store.get(rec.namespace, rec.id) or rec)
+
+    @rpc("execution.pause")
+    async def pause(self, req: IdRequest, ctx: Context) -> dict[str, Any]:
+        """Freeze every process of the container (``/tasks/paused``); Conflict unless running."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None and live.status == "paused":
+            raise errors.Conflict(f"container '{rec.name}' is already paused", {"id": rec.id})
+        live = self._live_or_conflict(rec, "running")
+        await live.client.call("shim.pause", {}, timeout_s=30)
+        live.status = "paused"
+        self.store.update(rec.namespace, rec.id, status="paused")
+        return {}
+
+    @rpc("execution.unpause")
+    async def unpause(self, req: IdRequest, ctx: Context) -> dict[str, Any]:
+        """Thaw a paused container (``/tasks/resumed``); Conflict unless paused."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is None or live.status != "paused":
+            raise errors.Conflict(f"container '{rec.name}' is not paused", {"id": rec.id})
+        await live.client.call("shim.resume", {}, timeout_s=30)
+        live.status = "running"
+        self.store.update(rec.namespace, rec.id, status="running")
+        return {}
+
+    @rpc("execution.update")
+    async def update(self, req: UpdateRequest, ctx: Context) -> dict[str, Any]:
+        """Change resources (and the restart policy); applied at once to a running task.
+
+        Returns ``{warnings: [...]}``. The new values are kept for later starts.
+        """
+        rec = self._find(ctx.namespace, req.id)
+        config = dict(rec.config)
+        merged = dict(config.get("resources") or {})
+        merged.update({k: v for k, v in req.resources.model_dump().items() if v is not None})
+        if req.resources.memory and req.resources.memory_swap is None and merged.get("memory_swap") not in (None, -1):
+            merged["memory_swap"] = None  # a new memory limit re-derives swap (Docker: 2 x memory)
+        resources = spec.linux_resources(merged, swap_accounting=_swap_accounting())
+        if req.restart_policy is not None:
+            if config.get("auto_remove") and req.restart_policy.name != "no":
+                raise errors.InvalidArgument("conflicting options: --restart and --rm")
+            config["restart_policy"] = req.restart_policy.model_dump()
+        config["resources"] = merged
+        oci = dict(rec.spec)
+        linux = dict(oci["linux"])
+        linux["resources"] = {"devices": linux.get("resources", {}).get("devices", []), **resources}
+        oci["linux"] = linux
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None and not live.done.is_set() and resources:
+            await live.client.call("shim.update", {"resources": resources}, timeout_s=30)
+        self.store.update(rec.namespace, rec.id, config=config, spec=oci)
+        self._publish(topics.CONTAINER_UPDATE, f"update/{codec.utcnow().timestamp()}", rec.namespace, rec.id,
+                      {"id": rec.id, "name": rec.name})  # fmt: skip
+        return {"warnings": []}
+
+    @rpc("execution.resize")
+    async def resize(self, req: ResizeRequest, ctx: Context) -> dict[str, Any]:
+        """Set the container's terminal size (TTY containers)."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self._live_or_conflict(rec, "running", "paused")
+        if not rec.config.get("tty"):
+            raise errors.FailedPrecondition(f"container '{rec.name}' has no terminal")
+        await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
+        return {}
+
+    @rpc("execution.top")
+    async def top(self, req: TopRequest, ctx: Context) -> TopReply:
+        """The host's ``ps <ps_args>`` rows of the container's processes (as dockerd does)."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self._live_or_conflict(rec, "running", "paused")
+        pids = set((await live.client.call("shim.pids", {}, timeout_s=10))["pids"])
+        import shlex
+
+        args = shlex.split(req.ps_args or "-ef")
+        proc = await asyncio.create_subprocess_exec(
+            "ps", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        out, err = await proc.communicate()
+        if proc.returncode:
+            raise errors.InvalidArgument(f"ps {req.ps_args}: {err.decode(errors='replace').strip()}")
+        titles, rows = observe.parse_ps(out.decode(errors="replace"), pids)
+        return TopReply(titles=titles, processes=rows)
+
+    @rpc("execution.stats", stream=True)
+    async def stats(self, req: StatsRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Resource usage, one ``Stats`` per second (``stream=false``: one, over a 1 s window)."""
+        rec = self._find(ctx.namespace, req.id)
+        cg = str(rec.spec.get("linux", {}).get("cgroupsPath") or "")
+        prev: dict[str, Any] | None = None
+        while True:
+            live = self.tasks.get(rec.namespace, rec.id)
+            running = live is not None and not live.done.is_set() and live.status in ("running", "paused")
+            pid = live.task_pid if running and live is not None else 0
+            if running:
+                cur = await asyncio.to_thread(observe.sample, cg, pid)
+            else:
+                cur = {"read": codec.utcnow(), "cpu_total_ns": 0, "system_cpu_ns": 0, "online_cpus": 1,
+                       "memory_usage": 0, "memory_cache": 0, "memory_limit": 0, "pids": 0, "block_read": 0,
+                       "block_write": 0, "net_rx": 0, "net_tx": 0}  # fmt: skip
+            if prev is None and running:
+                prev = cur
+                await asyncio.sleep(1.0 if not req.stream else 0.5)
+                continue
+            yield Stats(id=rec.id, name=rec.name, **observe.compute(prev, cur)).model_dump()
+            if not req.stream:
+                return
+            prev = cur
+            await asyncio.sleep(1.0)
 
     async def _start(self, rec: Record) -> StartReply:
         async with self.tasks.lock(rec.namespace, rec.id):
@@ -294,7 +514,9 @@ class ExecutionService:
         """Stop signal, then SIGKILL after the timeout; ``already_stopped`` if not running."""
         rec = self._find(ctx.namespace, req.id)
         live = self.tasks.get(rec.namespace, rec.id)
-        if live is None or live.status not in ("running", "paused", "created"):
+        if live is None or live.done.is_set() or live.status not in ("running", "paused", "created"):
+            if self._cancel_restart(rec):
+                return StopReply(already_stopped=False, exit_code=rec.exit_code)
             return StopReply(already_stopped=True, exit_code=rec.exit_code)
         self.store.update(rec.namespace, rec.id, manual_stop=True)
         sig = spec.parse_signal(req.signal or rec.extra.get("stop_signal") or "SIGTERM")
@@ -340,6 +562,10 @@ class ExecutionService:
             await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
         except errors.FailedPrecondition:
             raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
+        if live.status == "paused" and sig == signal_mod.SIGKILL:
+            with contextlib.suppress(errors.DockyardError):  # a frozen process dies once thawed
+                await live.client.call("shim.resume", {}, timeout_s=10)
+                live.status = "running"
         return {}
 
     # -- remove --------------------------------------------------------------------------
@@ -347,6 +573,7 @@ class ExecutionService:
     async def remove(self, req: RemoveRequest, ctx: Context) -> dict[str, Any]:
         """Remove a container; Conflict while it runs unless ``force``."""
         rec = self._find(ctx.namespace, req.id)
+        self._cancel_restart(rec)
         live = self.tasks.get(rec.namespace, rec.id)
         if live is not None and not live.done.is_set():
             if not req.force:
@@ -359,10 +586,11 @@ class ExecutionService:
             await self._signal(live, signal_mod.SIGKILL)
             await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
         rec = self.store.get(rec.namespace, rec.id) or rec
-        await self._remove(rec)
+        await self._remove(rec, volumes=req.volumes)
         return {}
 
-    async def _remove(self, rec: Record) -> None:
+    async def _remove(self, rec: Record, volumes: bool = False) -> None:
+        """Remove a stopped container: snapshot, bundle, logs, record; anonymous volumes with ``volumes``."""
         ns, cid = rec.namespace, rec.id
         async with self.tasks.lock(ns, cid):
             current = self.store.get(ns, cid)
@@ -380,6 +608,13 @@ class ExecutionService:
             cdir = str(self.settings.container_dir(ns, cid))
             await asyncio.to_thread(_remove_dirs, bundle, cdir)
             self.store.delete(ns, cid)
+            self.execs.forget_container(ns, cid)
+            self._backoff.pop((ns, cid), None)
+            if volumes or current.config.get("auto_remove"):
+                for name in current.extra.get("volumes") or []:
+                    vol = self.volumes.get(ns, name)
+                    if vol is not None and vol.anonymous and not vol.in_use_by:
+                        await asyncio.to_thread(self.volumes.remove, ns, name)
             self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name})
             log.info("removed container %s (%s)", cid[:12], rec.name)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
@@ -390,6 +625,60 @@ class ExecutionService:
         self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
         if rec.config.get("auto_remove"):
             await self._auto_remove(rec)
+        elif self._should_restart(rec, ex):
+            self._schedule_restart(rec)
+
+    def _should_restart(self, rec: Record, ex: TaskExit) -> bool:
+        """Docker's restart policies; a container stopped by the user is never restarted."""
+        policy = rec.config.get("restart_policy") or {}
+        name = policy.get("name", "no")
+        if rec.manual_stop or name == "no":
+            return False
+        if name == "on-failure":
+            limit = int(policy.get("maximum_retry_count") or 0)
+            return ex.exit_code != 0 and (limit == 0 or rec.restart_count < limit)
+        return name in ("always", "unless-stopped")
+
+    def _schedule_restart(self, rec: Record) -> None:
+        """Restart after a back-off: 100 ms doubling up to 1 min, reset after 10 s of running."""
+        key = (rec.namespace, rec.id)
+        ran_s = 0.0
+        if rec.started_at is not None and rec.finished_at is not None:
+            ran_s = (rec.finished_at - rec.started_at).total_seconds()
+        delay = RESTART_BACKOFF_MIN_S if ran_s >= RESTART_RESET_AFTER_S else self._backoff.get(key, 0.0)
+        delay = min(max(delay * 2, RESTART_BACKOFF_MIN_S), RESTART_BACKOFF_MAX_S)
+        self._backoff[key] = delay
+        self.store.update(rec.namespace, rec.id, status="restarting", restart_count=rec.restart_count + 1)
+        log.info("restarting container %s in %.1fs (policy %s)", rec.id[:12], delay,
+                 (rec.config.get("restart_policy") or {}).get("name"))  # fmt: skip
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            current = self.store.get(rec.namespace, rec.id)
+            if current is None or current.manual_stop or current.status != "restarting":
+                return
+            try:
+                await self._start(current)
+            except errors.DockyardError as exc:
+                log.warning("restart of %s failed: %s", rec.id[:12], exc)
+                fresh = self.store.get(rec.namespace, rec.id)
+                if fresh is not None and fresh.status == "restarting":
+                    self.store.update(rec.namespace, rec.id, status="exited")
+            finally:
+                self._restarts.pop(key, None)
+
+        self._restarts[key] = asyncio.ensure_future(later())
+
+    def _cancel_restart(self, rec: Record) -> bool:
+        """Stop a pending restart (the user stopped or removed the container); True if one was pending."""
+        task = self._restarts.pop((rec.namespace, rec.id), None)
+        if task is not None:
+            task.cancel()
+        current = self.store.get(rec.namespace, rec.id)
+        if current is not None and current.status == "restarting":
+            self.store.update(rec.namespace, rec.id, status="exited", manual_stop=True)
+            return True
+        return task is not None
 
     async def _auto_remove(self, rec: Record) -> None:
         delay = 0.2
@@ -487,6 +776,17 @@ class ExecutionService:
             bundle=str(self.settings.bundle_dir(rec.namespace, rec.id)),
             runtime=rec.runtime,
             stop_signal=str(rec.extra.get("stop_signal") or "SIGTERM"),
+            exec_ids=self.execs.for_container(rec.namespace, rec.id),
+            mounts=[
+                {
+                    "type": "volume" if m.get("volume") else m["type"],
+                    "name": m.get("volume", ""),
+                    "source": m.get("source", ""),
+                    "destination": m["target"],
+                    "rw": not m.get("read_only"),
+                }
+                for m in rec.extra.get("user_mounts") or []
+            ],
         )
 
     @rpc("execution.inspect", quiet=True)
@@ -564,6 +864,8 @@ class ExecutionService:
             self._pending.setdefault(key, []).append(pending)
         shim_call = None
         stdin_task: asyncio.Task[None] | None = None
+        detached = asyncio.Event()
+        scanner = DetachScanner(req.detach_keys) if tty and req.stdin else None
         try:
             if req.logs:
                 entries = await asyncio.to_thread(lambda: list(read_entries(str(rec.extra.get("log_path") or ""))))
@@ -581,9 +883,11 @@ class ExecutionService:
                 if pending is not None and not pending.connected.done():
                     pending.connected.set_result(None)
             if req.stdin:
-                stdin_task = asyncio.create_task(_relay_stdin(ctx, shim_call))
-            async for frame in shim_call:
+                stdin_task = asyncio.create_task(_relay_stdin(ctx, shim_call, scanner, detached))
+            async for frame in _until(shim_call, detached):
                 yield frame
+            if detached.is_set():
+                yield {"detached": True}
         finally:
             if pending is not None:
                 with contextlib.suppress(ValueError, KeyError):
@@ -596,13 +900,23 @@ class ExecutionService:
                 await shim_call.cancel()
 
 
-async def _relay_stdin(ctx: Context, shim_call: Any) -> None:
+async def _relay_stdin(ctx: Context, shim_call: Any, scanner: DetachScanner | None, detached: asyncio.Event) -> None:
+    """Client stdin -> shim; EOF is passed on; on a TTY the detach keys end the attach instead."""
     while True:
         item = await ctx.recv()
         if item is None:
             await shim_call.send_eof()
             return
-        await shim_call.send(item)
+        data = bytes(item)
+        if scanner is not None:
+            data, hit = scanner.feed(data)
+            if data:
+                await shim_call.send(data)
+            if hit:
+                detached.set()
+                return
+            continue
+        await shim_call.send(data)
 
 
 def _frames(entries: list[Any], timestamps: bool) -> list[dict[str, Any]]:

@@ -336,6 +336,7 @@ def build_spec(
     cgroup_v2: bool = False,
     console_size: tuple[int, int] | None = None,
     annotations: Mapping[str, str] | None = None,
+    devices: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Return the ``config.json`` of a container (OCI runtime-spec v1.0.2).
 
@@ -385,6 +386,8 @@ def build_spec(
     }
     if privileged:
         linux["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+        if devices:
+            linux["devices"] = [dict(d) for d in devices]
     else:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
@@ -434,3 +437,65 @@ def resolv_conf(host_resolv: str | None, network_mode: str) -> str:
             continue
         kept.append(line)
     return "\n".join(kept) + ("\n" if kept else "")
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+    """Every device node of the host (``--privileged`` gets them all, as in Docker)."""
+    import stat as stat_mod
+
+    out: list[dict[str, Any]] = []
+    skip = {"/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/fd", "/dev/console", "/dev/ptmx", "/dev/tty"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if path in skip:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat_mod.S_ISCHR(st.st_mode):
+                kind = "c"
+            elif stat_mod.S_ISBLK(st.st_mode):
+                kind = "b"
+            else:
+                continue
+            out.append({
+                "path": path, "type": kind, "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                "fileMode": stat_mod.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+            })  # fmt: skip
+    return out
+
+
+INIT_CANDIDATES = ("/usr/bin/docker-init", "/usr/bin/tini-static", "/usr/bin/catatonit", "/usr/libexec/podman/catatonit")
+
+
+def is_static_elf(path: str) -> bool:
+    """True for an ELF executable without a PT_INTERP header (it runs in any rootfs)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+                return False
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    for i in range(phnum):
+        (p_type,) = struct.unpack_from("<I", table, i * phentsize)
+        if p_type == 3:  # PT_INTERP
+            return False
+    return True
+
+
+def find_init() -> str:
+    """A static init for ``--init`` (Docker's docker-init is tini); InvalidArgument if none."""
+    for path in INIT_CANDIDATES:
+        if os.path.exists(path) and is_static_elf(path):
+            return path
+    raise InvalidArgument("--init needs a static init binary (apt-get install tini or catatonit)")

@@ -176,6 +176,7 @@ class TaskManager:
             console_width=int((cfg.get("console_size") or [0, 0])[1] or 0),
             console_height=int((cfg.get("console_size") or [0, 0])[0] or 0),
             events_endpoint=self.settings.control_endpoint("events"),
+            copy_up=list(rec.extra.get("copy_up") or []),
         )
         _write_json(os.path.join(bundle, "shim.json"), launch.model_dump(mode="json"))
         return bundle

@@ -80,6 +80,7 @@ class Ingest:
         self.total = total
         self._hasher = hashlib.sha256()
         self.offset = 0
+        self.written = 0  # bytes written through this object (not counting what a resume found)
         self._file = open(self.data_path, "ab")  # noqa: SIM115 - closed in commit/abort/close
         store.active.add(ref)
         existing = self._file.tell()
@@ -92,7 +93,7 @@ class Ingest:
                     self._hasher.update(chunk)
                     self.offset += len(chunk)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append ``data``; raises FailedPrecondition when it would exceed the expected total."""
         if self.total and self.offset + len(data) > self.total:
             raise FailedPrecondition(
@@ -101,6 +102,7 @@ class Ingest:
         self._file.write(data)
         self._hasher.update(data)
         self.offset += len(data)
+        self.written += len(data)
 
     def restart(self) -> None:
         """Throw away what was written (the server ignored our Range request)."""

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from common.errors import DockyardError, FailedPrecondition, InvalidArgument, Unavailable
-from services.image import oci, platforms
+from common.errors import DockyardError, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
+from services.image import blobfetch, oci, platforms
 from services.image.archive import commit_lock
 from services.image.auth import Credentials
-from services.image.content import ContentStore
+from services.image.content import ContentStore, Ingest
 from services.image.oci import Descriptor, Platform
 from services.image.reference import Reference
 from services.image.registry import Endpoint, RegistryClient
@@ -44,7 +42,6 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 
-_PROGRESS_INTERVAL_S = 0.1
 _RETRIES = 3
 
 
@@ -148,42 +145,10 @@ class Downloads:
             ingest = await asyncio.to_thread(
                 self.store.open_ingest, desc.digest, expected=desc.digest, total=desc.size, resume=True
             )
-            downloaded = 0
             try:
-                resumed_from = ingest.offset
-                if resumed_from:
-                    log.info("resuming %s at %d of %d bytes", desc.digest, resumed_from, desc.size)
-                last = 0.0
-                attempt = 0
-                while ingest.offset < desc.size or desc.size == 0:
-                    offset_before = ingest.offset
-                    try:
-                        async with self.client.open_blob(ep, repo, desc, ingest.offset, creds) as (start, resp):
-                            if start == 0 and ingest.offset:
-                                ingest.restart()
-                            dl.current = ingest.offset
-                            dl.notify("Downloading")
-                            async for chunk in resp.aiter_bytes():
-                                ingest.write(chunk)
-                                downloaded += len(chunk)
-                                dl.current = ingest.offset
-                                now = time.monotonic()
-                                if now - last >= _PROGRESS_INTERVAL_S:
-                                    last = now
-                                    dl.notify("Downloading")
-                        break
-                    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
-                        # a connection that made progress before it broke does not count against the limit
-                        attempt = 1 if ingest.offset > offset_before else attempt + 1
-                        if attempt >= _RETRIES:
-                            raise Unavailable(
-                                f"blob {desc.digest}: download failed after {attempt} tries: {exc}"
-                            ) from None
-                        log.warning("blob %s: %s; retrying from byte %d", desc.digest, exc, ingest.offset)
-                        await asyncio.sleep(0.2 * attempt)
-                    except FailedPrecondition as exc:  # more bytes than the descriptor's size
-                        ingest.abort()
-                        raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
+                if ingest.offset:
+                    log.info("resuming %s at %d of %d bytes", desc.digest, ingest.offset, desc.size)
+                await self._fetch(dl, ep, repo, desc, creds, ingest)
                 dl.current = ingest.offset
                 dl.notify("Verifying Checksum")
                 semaphore.release()  # the next download may start while this one is fsynced
@@ -200,7 +165,58 @@ class Downloads:
             if slot:
                 semaphore.release()
         dl.notify("Download complete")
-        return downloaded
+        return ingest.written
+
+    async def _fetch(
+        self, dl: _Download, ep: Endpoint, repo: str, desc: Descriptor, creds: Credentials | None, ingest: Ingest
+    ) -> None:
+        """Fill ``ingest`` from the registry in a worker thread (``blobfetch``); retries a broken
+        connection from where it stopped, renews credentials once on a 401."""
+        loop = asyncio.get_running_loop()
+
+        def progress(offset: int) -> None:
+            def on_loop() -> None:
+                dl.current = offset
+                dl.notify("Downloading")
+
+            loop.call_soon_threadsafe(on_loop)
+
+        request = await self.client.blob_request(ep, repo, desc, creds)
+        renewed = False
+        attempt = 0
+        dl.current = ingest.offset
+        dl.notify("Downloading")
+        while True:
+            offset_before = ingest.offset
+            cancel = blobfetch.Cancel()
+            work = loop.run_in_executor(
+                None, functools.partial(blobfetch.fetch_blob, request, ingest, desc.size, cancel, progress)
+            )
+            try:
+                await asyncio.shield(work)
+                return
+            except asyncio.CancelledError:
+                cancel.set()
+                with contextlib.suppress(BaseException):
+                    await work  # the thread must stop touching the ingest before it is closed
+                raise
+            except blobfetch.BlobAuthError:
+                if renewed:
+                    raise Unauthenticated(
+                        f"registry {ep.domain}: {repo}: access to blob {desc.digest} denied after renewing the token"
+                    ) from None
+                renewed = True
+                request = await self.client.blob_request(ep, repo, desc, creds, renew=True)
+            except blobfetch.BlobTransportError as exc:
+                # a connection that made progress before it broke does not count against the limit
+                attempt = 1 if ingest.offset > offset_before else attempt + 1
+                if attempt >= _RETRIES:
+                    raise Unavailable(f"blob {desc.digest}: download failed after {attempt} tries: {exc}") from None
+                log.warning("blob %s: %s; retrying from byte %d", desc.digest, exc, ingest.offset)
+                await asyncio.sleep(0.2 * attempt)
+            except FailedPrecondition as exc:  # more bytes than the descriptor's size
+                ingest.abort()
+                raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
 
 
 @dataclass

@@ -75,6 +75,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     publisher.start()
     shim = Shim(launch, bundle, reaper, publisher)
     endpoint = settings.shim_endpoint(namespace, container_id)
+    shim.console_base = endpoint[len("ipc://") :]
     server = RpcServer(endpoint, shim, name="shim", heartbeat_s=settings.heartbeat_s)
     await server.start()
     address = Path(bundle, "address")

@@ -276,3 +276,29 @@ def make_workdir(root: str, path: str, uid: int, gid: int) -> None:
         except FileExistsError:
             continue
         os.lchown(d, uid, gid)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy the contents of directory ``src`` into ``dst`` keeping modes, owners and symlinks.
+
+    Used for Docker's volume copy-up (a new volume gets what the image has at its target).
+    Device nodes and sockets are skipped.
+    """
+    import shutil
+
+    st = os.lstat(src)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.lchown(dst, st.st_uid, st.st_gid)
+    for entry in os.scandir(src):
+        s_path = os.path.join(src, entry.name)
+        d_path = os.path.join(dst, entry.name)
+        est = os.lstat(s_path)
+        if stat.S_ISDIR(est.st_mode):
+            os.mkdir(d_path)
+            copy_tree(s_path, d_path)
+        elif stat.S_ISLNK(est.st_mode):
+            os.symlink(os.readlink(s_path), d_path)
+            os.lchown(d_path, est.st_uid, est.st_gid)
+        elif stat.S_ISREG(est.st_mode):
+            shutil.copy2(s_path, d_path, follow_symlinks=False)
+            os.lchown(d_path, est.st_uid, est.st_gid)

@@ -97,6 +97,7 @@ class ProcessIO:
         self._stdin_w: int = -1
         self._stdin_transport: asyncio.WriteTransport | None = None
         self._stdin_lock = asyncio.Lock()
+        self._stdin_ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._pty_master: int = -1
         # the container's ends, handed to the runtime and closed once it has started the process
@@ -130,6 +131,7 @@ class ProcessIO:
             fd = os.dup(self._pty_master)
             await loop.connect_read_pipe(lambda: reader, os.fdopen(fd, "rb", buffering=0))
             self._readers.append(reader)
+            self._stdin_ready.set()
             return
         for stream, fd in self._our_fds.items():
             reader = _Reader(self, stream)
@@ -140,6 +142,7 @@ class ProcessIO:
             fd, self._stdin_w = self._stdin_w, -1
             transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
             self._stdin_transport = transport
+        self._stdin_ready.set()
 
     def set_pty(self, master: int) -> None:
         """Use ``master`` (from the console socket) for output and stdin."""
@@ -218,10 +221,12 @@ class ProcessIO:
     # -- stdin -------------------------------------------------------------------------------------
     @property
     def has_stdin(self) -> bool:
-        return self._stdin_transport is not None or self._pty_master >= 0
+        """The process was created with stdin open (a pipe, or its terminal)."""
+        return self.open_stdin
 
     async def write_stdin(self, data: bytes) -> bool:
-        """Write to the process's stdin; False once it is closed."""
+        """Write to the process's stdin (waiting until it started); False once it is closed."""
+        await self._stdin_ready.wait()
         if self._pty_master >= 0:
             await asyncio.to_thread(_write_all_fd, self._pty_master, data)
             return True
@@ -236,6 +241,7 @@ class ProcessIO:
 
     async def close_stdin(self) -> None:
         """Close the write side of stdin once everything queued was written (EOF reaches the process)."""
+        await self._stdin_ready.wait()
         if self._pty_master >= 0:
             # a pty has no half-close: send the terminal's EOF character
             with contextlib.suppress(OSError):
@@ -249,6 +255,7 @@ class ProcessIO:
 
     def close(self) -> None:
         """Release everything (the process is gone and deleted)."""
+        self._stdin_ready.set()
         self.close_child_ends()
         for fd in self._our_fds.values():
             with contextlib.suppress(OSError):
@@ -282,3 +289,51 @@ def _write_all_fd(fd: int, data: bytes) -> None:
             select.select([], [fd], [], 1.0)
             continue
         view = view[n:]
+
+
+class ConsoleSocket:
+    """The ``--console-socket`` a runtime sends a new pty master to (SCM_RIGHTS)."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(path)
+        self.sock.listen(1)
+        self.sock.setblocking(False)
+
+    async def receive(self, timeout_s: float = 60.0) -> int:
+        """Wait for the runtime to connect and return the pty master fd (close-on-exec)."""
+        import socket
+
+        loop = asyncio.get_running_loop()
+        conn, _ = await asyncio.wait_for(loop.sock_accept(self.sock), timeout_s)
+        try:
+            conn.setblocking(True)
+            conn.settimeout(timeout_s)
+            _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, conn, 4096, 4)
+        finally:
+            conn.close()
+        if not fds:
+            raise OSError("the runtime sent no pty master on the console socket")
+        for extra in fds[1:]:
+            os.close(extra)
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def set_winsize(fd: int, height: int, width: int) -> None:
+    """``TIOCSWINSZ`` on a pty: the terminal's rows and columns."""
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))

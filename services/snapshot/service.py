@@ -33,6 +33,9 @@ from typing import Any, Protocol, TypeVar
 from common import errors, topics
 from common.api.snapshot import (
     CommitRequest,
+    DiffReply,
+    DiffRequest,
+    ExportRequest,
     Info,
     KeyRequest,
     Kind,
@@ -48,7 +51,7 @@ from common.api.snapshot import (
 )
 from common.ids import new_id
 from common.rpc.server import Context, rpc
-from services.snapshot import apply, filters, layers
+from services.snapshot import apply, diff, filters, layers
 from services.snapshot.snapshotters import Snapshotter
 from services.snapshot.store import Row, Store
 
@@ -246,6 +249,42 @@ class SnapshotService:
             return Usage(size=row.size, inodes=row.inodes)
         u = await asyncio.to_thread(self.snapshotter.usage, row.id)
         return Usage(size=u.size, inodes=u.inodes)
+
+    @rpc("snapshot.diff")
+    async def diff(self, req: DiffRequest, ctx: Context) -> DiffReply:
+        """Write the changes of ``key`` against its parents as a layer blob at ``path``.
+
+        OCI image-spec layer.md change sets: added/modified entries, ``.wh.<name>`` for
+        deletions, ``.wh..wh..opq`` for opaque directories; compression from
+        ``media_type``. Returns the blob's descriptor and diff ID. NotFound,
+        InvalidArgument (media type, path). containerd Diff service.
+        """
+        row = await self._db(self.store.get, ctx.namespace, req.key)
+        source = self.snapshotter.diff_source(row.id, row.parent_ids)
+        info = await asyncio.to_thread(diff.write_layer_blob, diff.write_changes, source, req.path, req.media_type)
+        log.info("diff of snapshot %r: %s (%d bytes)", req.key, info.digest, info.size)
+        return DiffReply(**info.__dict__)
+
+    @rpc("snapshot.export")
+    async def export(self, req: ExportRequest, ctx: Context) -> DiffReply:
+        """Write the whole merged tree of ``key`` (any kind) as an uncompressed tar at
+        ``path`` (``docker export``). NotFound, InvalidArgument (path)."""
+        row = await self._db(self.store.get, ctx.namespace, req.key)
+        source = self.snapshotter.merged_source(row.id, row.parent_ids)
+        info = await asyncio.to_thread(
+            diff.write_layer_blob, diff.write_flat, source, req.path, layers.MEDIA_TYPE_FOR[layers.Compression.NONE]
+        )
+        return DiffReply(**info.__dict__)
+
+    @rpc("snapshot.cleanup")
+    async def cleanup(self, _req: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """Delete snapshot directories that no metadata refers to -> ``{removed}``."""
+        known = await self._db(self.store.all_ids)
+        on_disk = await asyncio.to_thread(self.snapshotter.ids_on_disk)
+        orphans = sorted(on_disk - known)
+        for orphan in orphans:
+            await asyncio.to_thread(self.snapshotter.remove, orphan)
+        return {"removed": len(orphans)}
 
     # -- unpack ------------------------------------------------------------------------------
     @rpc("snapshot.unpack")

@@ -70,6 +70,10 @@ class Snapshotter:
         """The directories whose difference is the snapshot's change set (for ``diff``)."""
         raise NotImplementedError
 
+    def merged_source(self, snapshot_id: int, parent_ids: list[int]) -> ApplyTarget:
+        """The directories that, merged, are the snapshot's whole tree (for ``export``)."""
+        return self.apply_target(snapshot_id, parent_ids)
+
     def commit(self, snapshot_id: int) -> None:
         """Storage side of a commit (metadata-only for both; drops the work dir)."""
         fsutil.remove_tree(str(self.dir(snapshot_id) / "work"))

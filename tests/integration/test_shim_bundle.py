@@ -177,3 +177,35 @@ def test_no_engine_fd_leaks_into_the_container(events: Instance) -> None:
         c.call("shim.wait", {}, timeout_s=None)
         c.call("shim.delete", {})
     assert out.split() == [b"0", b"1", b"2", b"3"]  # 3 is ls's own directory fd
+
+
+def test_exec_runs_in_the_task_and_reports_its_exit(events: Instance) -> None:
+    b = make_bundle(events, ["sleep", "30"])
+    assert b.launch()["ok"]
+    process = {"args": ["sh", "-c", "echo in-exec; id -u; exit 4"], "env": ["PATH=/bin"], "cwd": "/"}
+    with b.client() as c, b.client() as a:
+        c.call("shim.start", {})
+        c.call("shim.exec", {"exec_id": "e1", "process": process, "user": "1000"})
+        with pytest.raises(errors.AlreadyExists):
+            c.call("shim.exec", {"exec_id": "e1", "process": process})
+        att = a.start("shim.attach", {"exec_id": "e1"}, timeout_s=None)
+        att.next_frame()
+        assert c.call("shim.start", {"exec_id": "e1"})["pid"] > 0
+        out = b"".join(f["d"] for f in att if f["s"] == 1)
+        assert out == b"in-exec\n1000\n"
+        assert c.call("shim.wait", {"exec_id": "e1"}, timeout_s=None)["exit_status"] == 4
+        c.call("shim.delete", {"exec_id": "e1"})
+        c.call("shim.pause", {})
+        assert c.call("shim.state", {})["status"] == "paused"
+        with pytest.raises(errors.FailedPrecondition, match="cannot pause task in paused state"):
+            c.call("shim.pause", {})
+        c.call("shim.resume", {})
+        c.call("shim.kill", {"signal": signal.SIGKILL})
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 137
+        c.call("shim.delete", {})
+    wait_for(lambda: len(journal(events, b.container_id)) >= 10)
+    topics = [t for t, _ in journal(events, b.container_id)]
+    assert topics == [
+        "/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/delete",
+        "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete",
+    ]  # fmt: skip
