@@ -593,12 +593,25 @@ def stats(sample: Mapping[str, Any], previous: Mapping[str, Any] | None = None) 
     ``usage`` minus ``stats.total_inactive_file``.
     """
 
+    if previous is None and sample.get("cpu_percent"):
+        # one sample over a window: rebuild the counters of the window's start from the measured
+        # percentage, over one second of system time (what the CLI's formula then gives back)
+        online = int(sample.get("online_cpus") or 1)
+        system_delta = online * 1_000_000_000
+        cpu_delta = int(float(sample["cpu_percent"]) / 100.0 * system_delta / online)
+        previous = {
+            "read": None,
+            "cpu_total_ns": max(0, int(sample.get("cpu_total_ns") or 0) - cpu_delta),
+            "system_cpu_ns": max(0, int(sample.get("system_cpu_ns") or 0) - system_delta),
+            "online_cpus": online,
+        }
+
     def cpu(s: Mapping[str, Any] | None) -> dict[str, Any]:
         if not s:
             return {
                 "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
                 "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
-            }  # noqa: E501
+            }
         return {
             "cpu_usage": {
                 "total_usage": int(s.get("cpu_total_ns") or 0),
@@ -612,7 +625,7 @@ def stats(sample: Mapping[str, Any], previous: Mapping[str, Any] | None = None) 
 
     return {
         "read": rfc3339(sample.get("read")),
-        "preread": rfc3339(previous.get("read")) if previous else ZERO_TIME,
+        "preread": rfc3339(previous.get("read")) if previous and previous.get("read") else ZERO_TIME,
         "pids_stats": {"current": int(sample.get("pids") or 0)},
         "blkio_stats": {
             "io_service_bytes_recursive": [
@@ -753,7 +766,7 @@ def image_inspect(img: Mapping[str, Any], api: tuple[int, int] = (1, 45)) -> dic
         "RootFS": {
             "Type": rootfs.get("type", "layers"),
             "Layers": list(rootfs.get("diff_ids") or rootfs.get("layers") or []),
-        },  # noqa: E501
+        },
         "Metadata": {"LastTagTime": rfc3339(meta.get("last_tag_time")) if meta.get("last_tag_time") else ZERO_TIME},
     }
     if api < (1, 44):
@@ -856,10 +869,7 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
         kind = "image"
         name = str(event.get("name") or "")
         actor = familiar(name)
-        if topic == "/images/delete":
-            action = str(event.get("action") or "untag")
-        else:
-            action = str(event.get("action") or "tag")
+        action = str(event.get("action") or ("untag" if topic == "/images/delete" else "tag"))
         attrs["name"] = actor
         for k, v in (event.get("labels") or {}).items():
             attrs[str(k)] = str(v)

@@ -39,6 +39,7 @@ async def setup(host: ServiceHost) -> list[object]:
         address = config.parse_address(gw.tcp)
         ssl_ctx = config.tls_context(gw)  # raises (the service refuses to start) without TLS or the insecure flag
     backends = Backends(host.settings)
+    backends.reset_workdir()
     server = Server(build_app(backends), docker_api.common_headers())  # type: ignore[arg-type]
     await server.listen_unix(host.settings.gateway_socket, mode=0o660, group=_dockyard_gid())
     if gw.tcp:

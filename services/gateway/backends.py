@@ -9,6 +9,7 @@ error class (``common.errors``: NotFound 404, Conflict 409, ...).
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from common import errors
@@ -24,6 +25,8 @@ class Backends:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.namespace = settings.namespace
+        self.workdir = settings.service_dir("gateway") / "tmp"
+        """Scratch space for files a service writes for one request (export, changes); emptied at start."""
         self.clients: dict[str, AsyncClient] = {
             name: AsyncClient(
                 name,
@@ -50,6 +53,11 @@ class Backends:
     @property
     def snapshot(self) -> AsyncClient:
         return self.clients["snapshot"]
+
+    def reset_workdir(self) -> None:
+        """Empty the scratch directory (what a killed gateway left there is of no use)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
         for client in self.clients.values():

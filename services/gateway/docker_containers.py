@@ -15,7 +15,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal as signal_mod
+import tarfile
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -261,7 +264,7 @@ class ContainersAPI:
         await self._container(ref)
         await self._needs(
             "execution.resize", "ResizeRequest {id, height, width} -> {}", {"id": ref, "height": h, "width": w}, ref
-        )  # noqa: E501
+        )
         return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
 
     async def remove(self, request: Request) -> Response:
@@ -378,13 +381,15 @@ class ContainersAPI:
         stdin = request.flag("stdin")
         if stdin and not config.get("open_stdin"):
             stdin = False  # Docker ignores stdin of a container created without OpenStdin
-        keys = streams.parse_detach_keys(request.arg("detachKeys") or "")
+        detach_keys = request.arg("detachKeys") or ""
+        streams.parse_detach_keys(detach_keys)  # 400 for a bad one, before the hijack
         body = {
             "id": c["id"],
             "stdin": stdin,
             "stdout": request.flag("stdout"),
             "stderr": request.flag("stderr"),
             "logs": request.flag("logs"),
+            "detach_keys": detach_keys,
         }
         ctype = streams.content_type(tty, api_version(request))
         if not request.flag("stream"):
@@ -398,9 +403,7 @@ class ContainersAPI:
             raise docker_error(exc, "container", ref) from None
 
         async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
-            await streams.pipe_hijacked(
-                source, reader, writer, trailing, tty=tty, stdin=stdin, detach_keys=keys if stdin else None
-            )
+            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin)
 
         return Response(200, {"Content-Type": ctype}, hijack=hijack)
 
@@ -425,94 +428,101 @@ class ContainersAPI:
             "execution.top",
             "TopRequest {id, ps_args} -> TopReply {titles, processes}",
             {"id": ref, "ps_args": ps_args},
-            ref,  # noqa: E501
+            ref,
         )
         return Response.json(dockerfmt.top(reply))
 
     async def stats(self, request: Request) -> Response:
+        """One sample (``stream=0``: measured over a second) or one per second; see ``dockerfmt.stats``."""
         ref = request.params["id"]
         c = await self._container(ref)
         stream_mode = request.flag("stream", True)
-        one_shot = request.flag("one-shot")
         try:
-            call_ = await self.b.execution.start("execution.stats", {"id": c["id"], "stream": True}, timeout_s=None)
-            first_more, first = await call_.next_frame()
+            sampling = await self.b.execution.start(
+                "execution.stats", {"id": c["id"], "stream": stream_mode}, timeout_s=None
+            )
+            more, first = await sampling.next_frame()
         except errors.DockyardError as exc:
             if is_missing_method(exc):
                 raise missing_method("execution.stats", "StatsRequest {id, stream} -> stream of Stats") from None
             raise docker_error(exc, "container", ref) from None
-
-        async def samples() -> AsyncIterator[dict[str, Any]]:
-            if isinstance(first, dict) and first:
-                yield first
-            more = first_more
-            while more:
-                more, body = await call_.next_frame()
-                if isinstance(body, dict) and body:
-                    yield body
+        if not stream_mode:
+            if not sampling.done:
+                await sampling.cancel()
+            return Response.json(dockerfmt.stats(first) if isinstance(first, dict) and first else {})
 
         async def gen() -> AsyncIterator[bytes]:
             previous: dict[str, Any] | None = None
+            sample, m = first, more
             try:
-                async for sample in samples():
-                    if not stream_mode and not one_shot and previous is None:
+                while True:
+                    if isinstance(sample, dict) and sample:
+                        yield ndjson(dockerfmt.stats(sample, previous))
                         previous = sample
-                        continue
-                    yield ndjson(dockerfmt.stats(sample, previous))
-                    if not stream_mode:
+                    if not m:
                         return
-                    previous = sample
-                if not stream_mode and previous is not None:
-                    yield ndjson(dockerfmt.stats(previous, None))  # the stream ended after one sample
+                    m, sample = await sampling.next_frame()
             except errors.DockyardError as exc:
                 log.info("stats of %s ended: %s", c["id"][:12], exc)
             finally:
-                if not call_.done:
-                    await call_.cancel()
+                if not sampling.done:
+                    await sampling.cancel()
 
-        if stream_mode:
-            return Response(200, {"Content-Type": "application/json"}, stream=gen())
-        chunks = [chunk async for chunk in gen()]
-        return Response(200, {"Content-Type": "application/json"}, b"".join(chunks))
+        return Response(200, {"Content-Type": "application/json"}, stream=gen())
 
     async def changes(self, request: Request) -> Response:
+        """``docker diff``: the container's change set (``snapshot.diff`` as a plain tar) as
+        ``[{Path, Kind}]``, Kind 0 modified, 1 added, 2 deleted (a path also present in the
+        image's layers, read through the snapshot's ``lowerdir`` mounts, is modified)."""
         ref = request.params["id"]
         c = await self._container(ref)
+        key = c["snapshot_key"]
+        path = self.b.workdir / f"changes-{uuid.uuid4().hex}.tar"
         try:
-            reply = await self.b.snapshot.call("snapshot.changes", {"key": c["snapshot_key"]}, timeout_s=120)
-        except errors.DockyardError as exc:
-            if is_missing_method(exc):
-                raise missing_method("snapshot.changes", "{key} -> {changes: [{path, kind}]}") from None
-            raise docker_error(exc, "container", ref) from None
-        kinds = {"modified": 0, "added": 1, "deleted": 2, "M": 0, "A": 1, "D": 2, 0: 0, 1: 1, 2: 2}
-        out = [{"Path": ch["path"], "Kind": kinds.get(ch.get("kind"), 0)} for ch in reply.get("changes") or []]
-        return Response.json(out or None)
+            await call(
+                self.b.snapshot,
+                "snapshot.diff",
+                {"key": key, "path": str(path), "media_type": "application/vnd.oci.image.layer.v1.tar"},
+                "container",
+                ref,
+                timeout_s=300,
+            )
+            mounts = await call(self.b.snapshot, "snapshot.mounts", {"key": key}, "container", ref)
+            lowers = _lowerdirs(mounts.get("mounts") or [])
+            changes = await asyncio.to_thread(_read_changes, str(path), lowers)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return Response.json(changes or None)
 
     async def export(self, request: Request) -> Response:
+        """``docker export``: the merged rootfs as a tar (``snapshot.export`` into scratch, streamed, removed)."""
         ref = request.params["id"]
         c = await self._container(ref)
+        path = self.b.workdir / f"export-{uuid.uuid4().hex}.tar"
         try:
-            export_call = await self.b.snapshot.start("snapshot.export", {"key": c["snapshot_key"]}, timeout_s=None)
-            more, first = await export_call.next_frame()
-        except errors.DockyardError as exc:
-            if is_missing_method(exc):
-                raise missing_method(
-                    "snapshot.export", "{key} -> stream of bytes (a tar of the merged rootfs)"
-                ) from None
-            raise docker_error(exc, "container", ref) from None
+            await call(
+                self.b.snapshot,
+                "snapshot.export",
+                {"key": c["snapshot_key"], "path": str(path)},
+                "container",
+                ref,
+                timeout_s=600,
+            )
+            f = await asyncio.to_thread(open, path, "rb")
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # the open file stays readable
 
         async def gen() -> AsyncIterator[bytes]:
             try:
-                if isinstance(first, bytes | bytearray):
-                    yield bytes(first)
-                m = more
-                while m:
-                    m, chunk = await export_call.next_frame()
-                    if isinstance(chunk, bytes | bytearray):
-                        yield bytes(chunk)
+                while True:
+                    chunk = await asyncio.to_thread(f.read, 1 << 20)
+                    if not chunk:
+                        return
+                    yield chunk
             finally:
-                if not export_call.done:
-                    await export_call.cancel()
+                f.close()
 
         return Response(200, {"Content-Type": "application/x-tar"}, stream=gen())
 
@@ -621,13 +631,12 @@ class ContainersAPI:
             return Response.json({})
         tty = bool(body.get("Tty"))
         stdin = bool(info.get("open_stdin"))
-        keys = streams.parse_detach_keys(str(info.get("detach_keys") or ""))
         try:
             started = await self.b.execution.start(
                 "execution.exec_start", {"exec_id": exec_id, "detach": False, "stdin": stdin}, timeout_s=None
             )
             source = streams.FrameSource(started)
-            await source.prime(until_attached=False, timeout_s=1.0)
+            await source.prime(until_attached=True)
         except errors.DockyardError as exc:
             if is_missing_method(exc):
                 raise missing_method("execution.exec_start", "ExecStartRequest -> stream of {s, d}") from None
@@ -635,9 +644,7 @@ class ContainersAPI:
         ctype = streams.content_type(tty, api_version(request))
 
         async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
-            await streams.pipe_hijacked(
-                source, reader, writer, trailing, tty=tty, stdin=stdin, detach_keys=keys if stdin else None
-            )
+            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin)
 
         return Response(200, {"Content-Type": ctype}, hijack=hijack)
 
@@ -695,3 +702,39 @@ def _labels_match(labels: dict[str, str], filters: dict[str, list[str]]) -> bool
         if k in labels and (not sep or labels[k] == want):
             return False
     return True
+
+
+def _lowerdirs(mounts: list[dict[str, Any]]) -> list[str]:
+    for m in mounts:
+        for opt in m.get("options") or []:
+            if opt.startswith("lowerdir="):
+                return [d for d in opt[len("lowerdir=") :].split(":") if d]
+    return []
+
+
+def _read_changes(path: str, lowers: list[str]) -> list[dict[str, Any]]:
+    """Entries of a change-set tar -> Docker's ``[{Path, Kind}]``, sorted by path."""
+    out: dict[str, int] = {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            name = "/" + member.name.lstrip("./").rstrip("/")
+            if name == "/":
+                continue
+            parent, _, base = name.rpartition("/")
+            if base == ".wh..wh..opq":
+                out.setdefault(parent or "/", 0)
+                continue
+            if base.startswith(".wh."):
+                out[f"{parent}/{base[4:]}"] = 2
+                continue
+            existed = any(os.path.lexists(os.path.join(low, name.lstrip("/"))) for low in lowers)
+            out[name] = 0 if existed else 1
+    # the files Dockyard mounts over (Docker's own mount points) are not the container's changes
+    for mounted in _MOUNTED_FILES:
+        out.pop(mounted, None)
+    if out.get("/etc") == 0 and not any(p.startswith("/etc/") for p in out):
+        out.pop("/etc")
+    return [{"Path": p, "Kind": k} for p, k in sorted(out.items())]
+
+
+_MOUNTED_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")

@@ -6,7 +6,8 @@ which must still become an ordinary JSON error before the 101), then relay the r
 ``pipe_hijacked`` runs the two halves of a hijacked connection: frames to the client
 (multiplexed with an 8-byte header, or raw for a TTY: shared/reference/docker-api.md,
 case C23), and the client's bytes to the container's stdin with EOF passed on at the
-client's half-close (case C22), watching for the detach keys on TTY streams.
+client's half-close (case C22). The detach keys are the execution service's to spot
+(it ends the stream with ``{"detached": true}``); the gateway only checks their syntax.
 """
 
 from __future__ import annotations
@@ -62,32 +63,6 @@ def parse_detach_keys(text: str) -> bytes:
         else:
             raise errors.InvalidArgument(f"invalid detach key {key!r}: expected ctrl-<value> or a single character")
     return bytes(out)
-
-
-class DetachScanner:
-    """Finds the detach sequence in a byte stream split at any point.
-
-    ``feed(data)`` returns ``(bytes to pass on, detached)``; bytes that may start the
-    sequence are held back until the next feed tells whether it completes.
-    """
-
-    def __init__(self, keys: bytes) -> None:
-        self.keys = keys
-        self.held = b""
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        if not self.keys:
-            return data, False
-        buf = self.held + data
-        self.held = b""
-        idx = buf.find(self.keys)
-        if idx >= 0:
-            return buf[:idx], True
-        for n in range(min(len(self.keys) - 1, len(buf)), 0, -1):
-            if buf.endswith(self.keys[:n]):
-                self.held = buf[-n:]
-                return buf[:-n], False
-        return buf, False
 
 
 class FrameSource:
@@ -158,14 +133,13 @@ async def pipe_hijacked(
     *,
     tty: bool,
     stdin: bool,
-    detach_keys: bytes | None,
 ) -> None:
-    """Relay a hijacked connection until the output ends, the client detaches or goes away.
+    """Relay a hijacked connection until the output ends or the client goes away.
 
     Output frames ``{s, d}`` go out raw (``tty``) or multiplexed. With ``stdin``, the client's
     bytes go to the call's own stream and the client's EOF (its half-close) becomes the
-    call's EOF once; without it, what the client sends is ignored. ``detach_keys``
-    (TTY only) closes the connection and leaves the process running.
+    call's EOF, once; without it, what the client sends is read and dropped (the docker CLI
+    half-closes at once when it has no stdin to send: that must not end the attach).
     """
 
     async def output() -> None:
@@ -175,41 +149,24 @@ async def pipe_hijacked(
                 writer.write(encode(tty, int(body.get("s") or 1), bytes(data)))
                 await writer.drain()
 
-    async def input_() -> str:
-        scanner = DetachScanner(detach_keys or b"") if tty else DetachScanner(b"")
+    async def input_() -> None:
         data = trailing
-        eof_sent = False
         while True:
             if data and stdin:
-                passed, detached = scanner.feed(data)
-                if passed:
-                    await source.call.send(passed)
-                if detached:
-                    return "detached"
+                await source.call.send(data)
             data = await reader.read(65536)
             if not data:
-                if stdin and not eof_sent:
-                    if scanner.held:
-                        await source.call.send(scanner.held)
+                if stdin:
                     await source.call.send_eof()
-                    eof_sent = True
-                return "eof"
+                return
 
     out_task = asyncio.ensure_future(output())
     in_task = asyncio.ensure_future(input_())
     try:
-        pending: set[asyncio.Future[Any]] = {out_task, in_task}
-        while out_task in pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if in_task in done:
-                exc = in_task.exception()
-                if exc is not None and not isinstance(exc, ConnectionError | errors.Unavailable):
-                    raise exc
-                if exc is None and in_task.result() == "detached":
-                    return
+        await asyncio.wait({out_task}, return_when=asyncio.FIRST_COMPLETED)
         exc = out_task.exception()
-        if exc is not None and not isinstance(exc, ConnectionError):
-            if isinstance(exc, errors.DockyardError):
+        if exc is not None:
+            if isinstance(exc, errors.DockyardError | ConnectionError):
                 log.info("attached stream ended: %s", exc)
             else:
                 raise exc
