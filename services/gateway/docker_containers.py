@@ -631,19 +631,22 @@ class ContainersAPI:
             return Response.json({})
         tty = bool(body.get("Tty"))
         stdin = bool(info.get("open_stdin"))
-        try:
-            started = await self.b.execution.start(
-                "execution.exec_start", {"exec_id": exec_id, "detach": False, "stdin": stdin}, timeout_s=None
-            )
-            source = streams.FrameSource(started)
-            await source.prime(until_attached=True)
-        except errors.DockyardError as exc:
-            if is_missing_method(exc):
-                raise missing_method("execution.exec_start", "ExecStartRequest -> stream of {s, d}") from None
-            raise docker_error(exc, "exec", exec_id) from None
         ctype = streams.content_type(tty, api_version(request))
 
         async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
+            # as dockerd: the exec starts after the 101 went out (a client that reads the 101 with a
+            # buffered reader would otherwise lose output that follows it in the same read), and a
+            # failure to start is written into the stream
+            try:
+                started = await self.b.execution.start(
+                    "execution.exec_start", {"exec_id": exec_id, "detach": False, "stdin": stdin}, timeout_s=None
+                )
+                source = streams.FrameSource(started)
+                await source.prime(until_attached=True)
+            except errors.DockyardError as exc:
+                writer.write(streams.encode(tty, 1, f"{docker_error(exc, 'exec', exec_id).message}\r\n".encode()))
+                await writer.drain()
+                return
             await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin)
 
         return Response(200, {"Content-Type": ctype}, hijack=hijack)

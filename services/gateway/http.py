@@ -382,8 +382,10 @@ class Server:
                 raise ConnectionResetError("client went away during a streaming response")
             pumping.result()
         finally:
-            watcher.cancel()
-            pumping.cancel()
+            for task in (watcher, pumping):
+                task.cancel()
+            # a cancelled read must be over before the connection reads the next request
+            await asyncio.gather(watcher, pumping, return_exceptions=True)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
