@@ -64,9 +64,7 @@ class Engine:
         binary = cli or self.cli
         if binary is None:
             pytest.skip("no docker CLI installed")
-        return subprocess.run(
-            [binary, *args], env=self.env, input=input, capture_output=True, timeout=timeout, cwd="/"
-        )
+        return subprocess.run([binary, *args], env=self.env, input=input, capture_output=True, timeout=timeout, cwd="/")
 
     def ok(self, *args: str, **kw: Any) -> str:
         """Run docker and return stdout; fail the test with stderr when it exits non-zero."""
@@ -101,7 +99,8 @@ class Engine:
         data = json.dumps(body).encode() if body is not None else b""
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode() + data
+            f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode()
+            + data
         )
         head = b""
         while not head.endswith(b"\r\n\r\n"):

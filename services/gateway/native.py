@@ -15,6 +15,7 @@ Errors are ``{"message", "code"}`` with the status of the ``common.errors`` clas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
@@ -85,7 +86,14 @@ def _time(request: Request, name: str) -> str | None:
         raise HTTPError(400, f"invalid value for {name}: {value!r} is not an RFC 3339 time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
+    if not _EPOCH <= when <= _LAST_NS:
+        raise HTTPError(400, f"invalid value for {name}: {value!r} is out of range (1970 to 2262)")
     return when.isoformat()
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_LAST_NS = dt.datetime(2262, 4, 11, tzinfo=dt.UTC)
+"""Journal times are int64 nanoseconds since the epoch: what lies outside cannot match anything."""
 
 
 def _namespace(request: Request) -> str:
@@ -155,6 +163,7 @@ class NativeAPI:
         return Response.json({"version": ENGINE_VERSION, "api_version": NATIVE_VERSION})
 
     async def namespaces(self, _request: Request) -> Response:
+        """Not in the OpenAPI document until the services can list their namespaces."""
         raise errors.Unimplemented(
             "not implemented yet: listing namespaces needs execution.namespaces, image.namespaces and "
             "snapshot.namespaces ({} -> {namespaces: [str]}); name one in the path: /dockyard/v1/namespaces/{ns}/..."
@@ -191,34 +200,39 @@ class NativeAPI:
             raise HTTPError(400, f"invalid event query: {str(exc).splitlines()[0]}") from None
         timeout_s = _int(request, "timeout_s")
         replay = await self.b.events.start("events.replay", body, timeout_s=None)
-        try:
-            more, first = await replay.next_frame()  # errors before the 200
-        except errors.DockyardError:
+        # an error that comes at once (the events service is down) is a proper status; a follow
+        # with nothing to say yet must not hold back the headers
+        first = asyncio.ensure_future(replay.next_frame())
+        await asyncio.wait({first}, timeout=0.5)
+        if first.done() and first.exception() is not None:
             await replay.cancel()
-            raise
+            first.result()
 
         async def gen() -> AsyncIterator[bytes]:
-            deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-            frame, m = first, more
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout_s is None else loop.time() + timeout_s
+            pending: asyncio.Future[tuple[bool, Any]] | None = first
             try:
                 while True:
+                    if pending is None:
+                        pending = asyncio.ensure_future(replay.next_frame())
+                    left = None if deadline is None else max(0.0, deadline - loop.time())
+                    done, _ = await asyncio.wait({pending}, timeout=left)
+                    if not done:
+                        return  # timeout_s is over
+                    more, frame = pending.result()
+                    pending = None
                     if isinstance(frame, dict) and "seq" in frame:
                         yield json_bytes(frame)
-                    if not m:
+                    if not more:
                         return
-                    if deadline is None:
-                        m, frame = await replay.next_frame()
-                    else:
-                        left = deadline - asyncio.get_running_loop().time()
-                        if left <= 0:
-                            return
-                        try:
-                            m, frame = await asyncio.wait_for(replay.next_frame(), left)
-                        except TimeoutError:
-                            return
             except errors.DockyardError as exc:
                 yield json_bytes({"error": {"message": exc.message, "code": exc.code}})
             finally:
+                if pending is not None:
+                    pending.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pending
                 if not replay.done:
                     await replay.cancel()
 
@@ -388,13 +402,6 @@ def openapi_document() -> dict[str, Any]:
                     },
                     **_errors(400, 503),
                 },
-            }
-        },
-        PREFIX + "/namespaces": {
-            "get": {
-                "operationId": "namespaces",
-                "summary": "List namespaces (needs service methods not built yet: 501)",
-                "responses": {"200": _ok({"type": "object"}), **_errors(501)},
             }
         },
         ns + "/containers": {

@@ -162,7 +162,13 @@ def test_events_are_docker_events() -> None:
         "timestamp": when,
         "namespace": "default",
         "topic": "/tasks/exit",
-        "event": {"container_id": "a" * 64, "id": "a" * 64, "exit_status": 7, "image": "busybox", "container_name": "web"},
+        "event": {
+            "container_id": "a" * 64,
+            "id": "a" * 64,
+            "exit_status": 7,
+            "image": "busybox",
+            "container_name": "web",
+        },
     }
     ev = dockerfmt.docker_event(exit_env)
     assert ev is not None
