@@ -3,6 +3,7 @@ plus the stream rules it depends on (cases C22, C23)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -146,3 +147,40 @@ def test_errors_map_to_docker_py_exceptions(client: Any) -> None:
         )
     finally:
         c.remove(force=True)
+
+
+def test_the_rest_of_the_container_and_image_api(client: Any, eng: Engine) -> None:
+    """restart, update, resize, stats (stream and one-shot), diff, export, history, import, list filters."""
+    c = client.containers.run("busybox", ["sh", "-c", "touch /made; sleep 300"], detach=True, labels={"k": "v"})
+    try:
+        assert [x.id for x in client.containers.list(filters={"label": "k=v"})] == [c.id]  # list encoding
+        assert client.containers.list(filters={"label": "k=other"}) == []
+        status, _h, body = eng.api("GET", "/containers/json?filters=%7B%22label%22%3A%7B%22k%3Dv%22%3Atrue%7D%7D")
+        assert status == 200 and [x["Id"] for x in json.loads(body)] == [c.id]  # the Go CLI's map encoding
+        started = c.attrs["State"]["StartedAt"]
+        c.restart(timeout=1)
+        c.reload()
+        assert c.status == "running" and c.attrs["State"]["StartedAt"] != started
+        c.update(mem_limit="64m", memswap_limit="128m")
+        assert client.api.inspect_container(c.id)["HostConfig"]["Memory"] == 64 << 20
+        with pytest.raises(docker.errors.APIError) as no_tty:
+            c.resize(30, 100)
+        assert no_tty.value.status_code == 409 and "terminal" in str(no_tty.value)
+        one = c.stats(stream=False)
+        assert one["pids_stats"]["current"] >= 1 and one["memory_stats"]["usage"] > 0
+        stream = c.stats(stream=True, decode=True)
+        first, second = next(stream), next(stream)
+        assert second["precpu_stats"]["cpu_usage"]["total_usage"] == first["cpu_stats"]["cpu_usage"]["total_usage"]
+        stream.close()
+        time.sleep(0.3)
+        assert {"Path": "/made", "Kind": 1} in c.diff()
+        tar = b"".join(c.export())
+        assert b"bin/busybox" in tar and tar[257:262] == b"ustar"
+    finally:
+        c.remove(force=True)
+    history = client.api.history("busybox")
+    assert history and history[0]["Id"].startswith("sha256:")
+    imported = client.api.import_image_from_data(tar, repository="imported", tag="1")
+    assert "sha256:" in str(imported)
+    assert client.containers.run("imported:1", ["echo", "from-import"], remove=True) == b"from-import\n"
+    client.images.remove("imported:1")
