@@ -164,8 +164,12 @@ def _ours_rpc(ref: str) -> float:
     try:
         inst.start("image")
         t = time.monotonic()
-        with inst.client("image", timeout_s=None) as c:
-            frames = list(c.stream("image.pull", {"ref": ref, "unpack": False}))
+        try:
+            with inst.client("image", timeout_s=None) as c:
+                frames = list(c.stream("image.pull", {"ref": ref, "unpack": False}))
+        except Exception:
+            sys.stderr.write(f"image service log:\n{inst.log_tail('image', 40)}\n")
+            raise
         elapsed = time.monotonic() - t
         if frames[-1].get("status") != "done":
             raise RuntimeError(f"pull failed: {frames[-1]}")

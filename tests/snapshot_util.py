@@ -197,15 +197,25 @@ def read(root: str, rel: str) -> str:
 
 
 def outside_snapshot(base: str) -> dict[str, tuple[int, int]]:
-    """``{path: (mtime_ns, size)}`` of everything under ``base`` except snapshot dirs:
-    used by hostile-layer tests to show that nothing new exists outside the snapshot."""
+    """``{path: (mtime_ns, size)}`` of everything under ``base`` except the snapshot
+    directories themselves (``snapshots/<id>``), the blobs and mount points of the test,
+    and the metadata database (whose content legitimately changes; only its presence is
+    recorded): hostile-layer tests show with it that nothing new exists outside."""
     found: dict[str, tuple[int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if not (d.isdigit() and dirpath.endswith("snapshots"))]
+        rel = os.path.relpath(dirpath, base)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not (
+                (d.isdigit() and os.path.basename(dirpath) == "snapshots") or (rel == "." and d in ("blobs", "mnt"))
+            )
+        ]
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            found[p] = (st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0, st.st_size)
+            volatile = stat.S_ISDIR(st.st_mode) or name.startswith("metadata.db")
+            found[p] = (0, 0) if volatile else (st.st_mtime_ns, st.st_size)
     return found
 
 
@@ -290,3 +300,46 @@ def direct(request: pytest.FixtureRequest) -> Iterator[Direct]:
         from services.snapshot import fsutil
 
         fsutil.remove_tree(base)
+
+
+class Outside:
+    """Canary watch for hostile-layer tests: a host directory with a canary file (the
+    target hostile links point at), plus everything under the instance's base outside
+    the snapshot directories, plus the host's ``/etc/passwd`` and ``/etc/shadow``.
+    ``check()`` asserts nothing was created, changed, linked or removed there."""
+
+    WATCHED = ("/etc/passwd", "/etc/shadow", "/etc/hostname")
+
+    def __init__(self, base: str, host_dir: str) -> None:
+        self.base = base
+        self.host_dir = host_dir
+        os.makedirs(host_dir, exist_ok=True)
+        self.canary = os.path.join(host_dir, "canary")
+        with open(self.canary, "w") as f:
+            f.write("canary\n")
+        self.before = self._state()
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"base": outside_snapshot(self.base)}
+        for path in (self.host_dir, *self.WATCHED):
+            if os.path.isdir(path):
+                for dirpath, dirnames, filenames in os.walk(path):
+                    for name in dirnames + filenames:
+                        p = os.path.join(dirpath, name)
+                        st = os.lstat(p)
+                        state[p] = (st.st_mode, st.st_uid, st.st_nlink, st.st_size, st.st_mtime_ns)
+            elif os.path.exists(path):
+                st = os.lstat(path)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                state[path] = (st.st_mode, st.st_uid, st.st_nlink, st.st_size, st.st_mtime_ns, digest)
+        return state
+
+    def check(self) -> None:
+        after = self._state()
+        assert after["base"] == self.before["base"], "something changed outside the snapshot directories"
+        assert {k: v for k, v in after.items() if k != "base"} == {
+            k: v for k, v in self.before.items() if k != "base"
+        }, "a host file changed"
+        with open(self.canary) as f:
+            assert f.read() == "canary\n"

@@ -143,6 +143,7 @@ class TaskState(Reply):
 
 class PidReply(Reply):
     pid: int
+    started_at: dt.datetime | None = Field(default=None, description="taken just before the runtime's start")
 
 
 class ExitReply(Reply):

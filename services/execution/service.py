@@ -606,6 +606,7 @@ class ExecutionService:
                 pass
             bundle = str(self.settings.bundle_dir(ns, cid))
             cdir = str(self.settings.container_dir(ns, cid))
+            await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
             await asyncio.to_thread(_remove_dirs, bundle, cdir)
             self.store.delete(ns, cid)
             self.execs.forget_container(ns, cid)
@@ -818,6 +819,8 @@ class ExecutionService:
         streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
         since_ns = _ns(req.since)
         until_ns = _ns(req.until)
+        if until_ns is not None:
+            until_ns += 999  # a datetime keeps microseconds; entries carry nanoseconds
         follower = logs_mod.Follower(path)
         try:
             first = await asyncio.to_thread(follower.read)

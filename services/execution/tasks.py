@@ -237,7 +237,7 @@ class TaskManager:
             rec.id,
             status="running",
             pid=live.task_pid,
-            started_at=codec.utcnow(),
+            started_at=reply.get("started_at") or codec.utcnow(),
             exit_code=0,
             error="",
             oom_killed=False,
@@ -445,6 +445,9 @@ class TaskManager:
                 log.warning("cannot reconnect to the shim of %s (%s); treating it as dead", rec.id[:12], exc)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
+        # a dead shim may have left acknowledged-never events (exit, delete) in its outbox,
+        # even when its exit was already recorded: deliver them before anything removes the bundle
+        await self._drain_leftovers(bundle)
         has_shim_files = os.path.exists(os.path.join(bundle, "shim.pid"))
         if rec.incarnation > rec.handled and (has_shim_files or rec.status in ("running", "paused")):
             ex = await self.clean_dead_shim(rec.namespace, rec.id, rec.incarnation, bundle, rec.runtime)

@@ -98,7 +98,7 @@ class LogWriter:
             start = end
         del buf[:start]
         if out:
-            self._append(b"".join(out))
+            self._append_entries(out)
 
     def flush_partial(self, stream: int | None = None) -> None:
         """Write what is left of a line without newline (the stream ended)."""
@@ -106,17 +106,34 @@ class LogWriter:
         for s in (stream,) if stream else (1, 2):
             buf = self._partial[s]
             if buf:
-                self._append(encode_entry(s, bytes(buf), ns))
+                self._append_entries([encode_entry(s, bytes(buf), ns)])
                 buf.clear()
 
-    def _append(self, data: bytes) -> None:
+    def _append_entries(self, entries: list[bytes]) -> None:
+        """Write entries, rotating before one that would take the file past ``max_size`` (as Docker)."""
+        if not self.max_size:
+            self._write(b"".join(entries))
+            return
+        batch: list[bytes] = []
+        size = self._size
+        for entry in entries:
+            if size and size + len(entry) > self.max_size:
+                if batch:
+                    self._write(b"".join(batch))
+                    batch = []
+                self._rotate()
+                size = 0
+            batch.append(entry)
+            size += len(entry)
+        if batch:
+            self._write(b"".join(batch))
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
         self._size += len(data)
-        if self.max_size and self._size >= self.max_size:
-            self._rotate()
 
     def _rotate(self) -> None:
         os.close(self._fd)

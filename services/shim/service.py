@@ -314,6 +314,7 @@ class Shim:
             return await self._start_exec(proc)
         async with proc.lock:
             proc.check(TaskStatus.RUNNING)
+            started_at = codec.utcnow()  # before the start: the process may exit before it returns
             try:
                 await self.runtime.start(self.id)
             except RuntimeError_ as exc:
@@ -325,12 +326,12 @@ class Shim:
                 proc.start_settled.set()
                 raise errors.InvalidArgument(exc.message, {"exit_status": status}) from None
             self._publish(topics.TASK_START, "start", {"pid": proc.state.pid})
-            fields: dict[str, Any] = {"started_at": codec.utcnow()}
+            fields: dict[str, Any] = {"started_at": started_at}
             if proc.state.exit_status is None:
                 fields["status"] = TaskStatus.RUNNING
             proc.update(**fields)
             proc.start_settled.set()
-            return PidReply(pid=proc.state.pid)
+            return PidReply(pid=proc.state.pid, started_at=started_at)
 
     @rpc("shim.kill")
     async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:

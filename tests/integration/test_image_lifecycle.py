@@ -28,6 +28,8 @@ from tests.image_util import (
     snapshots,
 )
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def inst(instance: Instance) -> Instance:

@@ -18,6 +18,8 @@ from tests.harness import Instance
 from tests.image_util import blobs, busybox_image, call, names, snapshots
 from tests.registry import Proxy, Registry, multiarch_layout, self_signed_certificate, skopeo_copy
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:

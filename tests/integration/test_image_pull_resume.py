@@ -23,6 +23,8 @@ from tests.harness import PROJECT, Instance
 from tests.image_util import blobs, busybox_rootfs, call, ingests, random_layer
 from tests.registry import Proxy, Registry, skopeo_copy
 
+pytestmark = pytest.mark.root
+
 MB = 1024 * 1024
 
 

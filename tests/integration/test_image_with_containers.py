@@ -16,10 +16,13 @@ from tests.conftest import need_root
 from tests.harness import PROJECT, Instance
 from tests.image_util import blobs, busybox_image, names, snapshots
 
-pytestmark = pytest.mark.skipif(
-    not (PROJECT / "services" / "execution").is_dir(),
-    reason="needs the execution service (wip/exec): enabled when it is merged",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        not (PROJECT / "services" / "execution").is_dir(),
+        reason="needs the execution service (wip/exec): enabled when it is merged",
+    ),
+]
 
 
 @pytest.fixture
