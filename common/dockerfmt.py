@@ -900,9 +900,9 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
         image = event.get("image")
         if image:
             attrs["image"] = str(image)
-        name = event.get("container_name") or event.get("name")
-        if name:
-            attrs["name"] = str(name).lstrip("/")
+        container_name = event.get("container_name") or event.get("name")
+        if container_name:
+            attrs["name"] = str(container_name).lstrip("/")
         for k, v in (event.get("labels") or {}).items():
             attrs.setdefault(str(k), str(v))
         if event.get("signal") is not None:

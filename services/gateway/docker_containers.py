@@ -59,7 +59,7 @@ class ContainersAPI:
     def routes(self, router: Router) -> None:
         add = router.add
         add("POST", "/containers/create", self.create)
-        add("GET", "/containers/json", self.list)
+        add("GET", "/containers/json", self.list_containers)
         add("POST", "/containers/prune", self.prune)
         add("GET", "/containers/{id}/json", self.inspect)
         add("POST", "/containers/{id}/start", self.start)
@@ -119,7 +119,7 @@ class ContainersAPI:
             raise docker_error(exc, "container", name or "") from None
         return Response.json({"Id": reply["id"], "Warnings": list(reply.get("warnings") or [])}, 201)
 
-    async def list(self, request: Request) -> Response:
+    async def list_containers(self, request: Request) -> Response:
         filters = filters_of(request, _LIST_FILTERS)
         for status in filters.get("status", []):
             if status not in _STATUSES:

@@ -43,7 +43,7 @@ class ImagesAPI:
 
     def routes(self, router: Router) -> None:
         add = router.add
-        add("GET", "/images/json", self.list)
+        add("GET", "/images/json", self.list_images)
         add("POST", "/images/create", self.create)
         add("POST", "/images/load", self.load)
         add("GET", "/images/get", self.save_many)
@@ -57,7 +57,7 @@ class ImagesAPI:
         add("DELETE", "/images/{name:path}", self.remove)
 
     # -- read ----------------------------------------------------------------------------------------
-    async def list(self, request: Request) -> Response:
+    async def list_images(self, request: Request) -> Response:
         filters = filters_of(request, _LIST_FILTERS)
         if "until" in filters:
             filters.pop("until")

@@ -300,12 +300,17 @@ _MODELS: list[type[BaseModel]] = [
 ]
 _LIST_REPLIES = {"ImageListReply": image_api.ImageSummary}
 
-_NS_PARAM = {
+_NS_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$",
+    "maxLength": 76,
+}
+_NS_PARAM: dict[str, Any] = {
     "name": "namespace",
     "in": "path",
     "required": True,
     "description": "namespace (letters, digits and single . _ -; at most 76)",
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$", "maxLength": 76},
+    "schema": _NS_SCHEMA,
 }
 
 
@@ -390,7 +395,7 @@ def openapi_document() -> dict[str, Any]:
                     _query("timeout_s", {"type": "integer", "minimum": 0, "maximum": 3}, "end a follow after this"),
                     _query("topic", {"type": "string"}, "exact topic, prefix ending in /, or bare verb"),
                     _query("type", {"type": "string"}, "task, container, image, snapshot, content"),
-                    _query("namespace", _NS_PARAM["schema"], "only this namespace"),
+                    _query("namespace", _NS_SCHEMA, "only this namespace"),
                     _query("container", {"type": "string"}, "container id, prefix or name"),
                     _query("image", {"type": "string"}, "image name"),
                     _query("label", {"type": "string"}, "key or key=value"),

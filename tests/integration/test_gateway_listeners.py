@@ -104,9 +104,11 @@ def test_tcp_with_tls_verifies_client_certificates(instance: Instance, tmp_path:
     # the docker CLI speaks it too, with its --tlsverify files
     docker = "/usr/local/bin/docker" if os.access("/usr/local/bin/docker", os.X_OK) else None
     if docker:
+        tls = [f"--tlscacert={pki['ca.crt']}", f"--tlscert={pki['cli.crt']}", f"--tlskey={pki['cli.key']}"]
         r = subprocess.run(
-            [docker, "-H", f"tcp://127.0.0.1:{port}", "--tlsverify", f"--tlscacert={pki['ca.crt']}",
-             f"--tlscert={pki['cli.crt']}", f"--tlskey={pki['cli.key']}", "version", "--format", "{{.Server.APIVersion}}"],
-            capture_output=True, timeout=30, env={**os.environ, "DOCKER_CONFIG": str(tmp_path)},
-        )  # fmt: skip
+            [docker, "-H", f"tcp://127.0.0.1:{port}", "--tlsverify", *tls, "version", "--format", "{{.Server.APIVersion}}"],
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, "DOCKER_CONFIG": str(tmp_path)},
+        )
         assert r.stdout.strip() == b"1.45", r.stderr
