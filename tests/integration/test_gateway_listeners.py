@@ -106,7 +106,7 @@ def test_tcp_with_tls_verifies_client_certificates(instance: Instance, tmp_path:
     if docker:
         tls = [f"--tlscacert={pki['ca.crt']}", f"--tlscert={pki['cli.crt']}", f"--tlskey={pki['cli.key']}"]
         r = subprocess.run(
-            [docker, "-H", f"tcp://127.0.0.1:{port}", "--tlsverify", *tls, "version", "--format", "{{.Server.APIVersion}}"],
+            [docker, "-H", f"tcp://127.0.0.1:{port}", "--tlsverify", *tls, "version", "-f", "{{.Server.APIVersion}}"],
             capture_output=True,
             timeout=30,
             env={**os.environ, "DOCKER_CONFIG": str(tmp_path)},
