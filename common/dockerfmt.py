@@ -977,3 +977,18 @@ def demux(buffer: bytearray) -> list[tuple[int, bytes]]:
         out.append((stream, bytes(buffer[8 : 8 + size])))
         del buffer[: 8 + size]
     return out
+
+
+# -- volumes -------------------------------------------------------------------------------------------
+def volume(vol: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``Volume`` JSON -> Docker's volume object (``docker volume inspect``)."""
+    return {
+        "Name": vol["name"],
+        "Driver": vol.get("driver") or "local",
+        "Mountpoint": vol.get("mountpoint") or "",
+        "CreatedAt": rfc3339(vol.get("created_at")).replace(".000000000Z", "Z"),
+        "Labels": dict(vol.get("labels") or {}) or None,
+        "Scope": "local",
+        "Options": None,
+        "UsageData": {"RefCount": len(vol.get("in_use_by") or []), "Size": -1},
+    }

@@ -378,6 +378,8 @@ class ContainersAPI:
         c = await self._container(ref)
         config = c.get("config") or {}
         tty = bool(config.get("tty"))
+        if c["state"].get("paused"):
+            raise errors.Conflict(f"container {ref} is paused, unpause the container before attach")
         stdin = request.flag("stdin")
         if stdin and not config.get("open_stdin"):
             stdin = False  # Docker ignores stdin of a container created without OpenStdin

@@ -256,10 +256,19 @@ class Server:
             if not isinstance(event, h11.Request):
                 return
             request = self._make_request(event, conn, reader)
+            target = request.path
             try:
                 response = await self.app(request)
             except HTTPError as exc:
                 response = Response.json({"message": exc.message}, exc.status)
+            status = 101 if response.hijack is not None and request.upgrade else response.status
+            log.log(
+                logging.DEBUG if target.endswith("/_ping") else logging.INFO,
+                "%s %s -> %d",
+                request.method,
+                target,
+                status,
+            )
             if response.hijack is not None:
                 async for _ in request.stream_body():  # the body ends before the raw stream starts
                     pass

@@ -261,3 +261,14 @@ def test_debian_docker_20_10_client(eng: Engine) -> None:
         pytest.skip("Debian's docker.io client is not installed")
     r = eng.docker("run", "--rm", "-i", "busybox", "sh", "-c", "cat; exit 4", input=b"old", cli="/usr/bin/docker")
     assert (r.returncode, r.stdout) == (4, b"old"), r.stderr
+
+
+def test_volumes(eng: Engine) -> None:
+    assert eng.ok("volume", "create", "--label", "k=v", "gwvol").strip() == "gwvol"
+    eng.ok("run", "--rm", "-v", "gwvol:/data", "busybox", "sh", "-c", "echo kept > /data/f")
+    assert eng.ok("run", "--rm", "-v", "gwvol:/data", "busybox", "cat", "/data/f") == "kept\n"
+    assert "gwvol" in eng.ok("volume", "ls", "-q", "--filter", "label=k=v").split()
+    assert json.loads(eng.ok("volume", "inspect", "gwvol"))[0]["Labels"] == {"k": "v"}
+    eng.ok("volume", "rm", "gwvol")
+    r = eng.docker("volume", "inspect", "gwvol")
+    assert r.returncode != 0 and b"no such volume" in r.stderr.lower()
