@@ -107,36 +107,46 @@ def test_detached_container_ps_logs_exec_inspect_stop_rm(eng: Engine) -> None:
     assert r.returncode != 0 and b"No such container: web" in r.stderr
 
 
-def test_exec_it_under_a_pty(eng: Engine) -> None:
-    eng.ok("run", "-d", "--name", "tty", "busybox", "sleep", "300")
+def _pty_session(eng: Engine, args: list[str], command: bytes, expect: bytes) -> int:
+    """Run ``docker <args>`` with a pty as its terminal: wait for the prompt, type ``command``,
+    read ``expect``, type ``exit 5``; return docker's exit code."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: docker with the pty as its terminal
+        os.environ.update(eng.env)
+        os.execv(eng.cli or "docker", ["docker", *args])
+    out = b""
+
+    def read_until(marker: bytes, timeout_s: float = 15) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout_s
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    return
+        assert marker in out, out
+
     try:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: docker exec -it with the pty as its terminal
-            os.environ.update(eng.env)
-            os.execv(eng.cli or "docker", ["docker", "exec", "-it", "tty", "sh"])
-        out = b""
-
-        def read_until(marker: bytes, timeout_s: float = 15) -> None:
-            nonlocal out
-            deadline = time.monotonic() + timeout_s
-            while marker not in out and time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.2)
-                if ready:
-                    try:
-                        out += os.read(fd, 4096)
-                    except OSError:
-                        return
-            assert marker in out, out
-
         read_until(b"# ")
-        os.write(fd, b"echo $((6*7))\r")
-        read_until(b"42\r\n")
+        os.write(fd, command + b"\r")
+        read_until(expect)
         os.write(fd, b"exit 5\r")
         _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5
+        return os.waitstatus_to_exitcode(status)
+    finally:
         os.close(fd)
+
+
+def test_exec_it_and_run_it_under_a_pty(eng: Engine) -> None:
+    eng.ok("run", "-d", "--name", "tty", "busybox", "sleep", "300")
+    try:
+        assert _pty_session(eng, ["exec", "-it", "tty", "sh"], b"echo $((6*7))", b"42\r\n") == 5
     finally:
         eng.docker("rm", "-f", "tty")
+    assert _pty_session(eng, ["run", "-it", "--rm", "busybox", "sh"], b"echo $((2*3))x", b"6x\r\n") == 5
+    assert eng.leftovers() == []
 
 
 def test_top_stats_pause_unpause(eng: Engine) -> None:
