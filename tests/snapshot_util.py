@@ -198,7 +198,8 @@ def read(root: str, rel: str) -> str:
 
 def outside_snapshot(base: str) -> dict[str, tuple[int, int]]:
     """``{path: (mtime_ns, size)}`` of everything under ``base`` except the snapshot
-    directories themselves (``snapshots/<id>``), the blobs and mount points of the test,
+    directories themselves (``snapshots/<id>``, and ``rm-<id>``/``new-<id>`` on their way
+    out or in), the blobs and mount points of the test,
     and the metadata database (whose content legitimately changes; only its presence is
     recorded): hostile-layer tests show with it that nothing new exists outside."""
     found: dict[str, tuple[int, int]] = {}
@@ -208,7 +209,8 @@ def outside_snapshot(base: str) -> dict[str, tuple[int, int]]:
             d
             for d in dirnames
             if not (
-                (d.isdigit() and os.path.basename(dirpath) == "snapshots") or (rel == "." and d in ("blobs", "mnt"))
+                (os.path.basename(dirpath) == "snapshots" and (d.isdigit() or d.startswith(("rm-", "new-"))))
+                or (rel == "." and d in ("blobs", "mnt"))
             )
         ]
         for name in dirnames + filenames:
@@ -268,6 +270,11 @@ class Direct:
 
     def mount_point(self, name: str) -> str:
         return os.path.join(self.base, "mnt", name)
+
+    def snapshot_dirs(self) -> list[str]:
+        """The snapshot directories left once background deletions are done."""
+        self.loop.run_until_complete(self.service.drain())
+        return sorted(os.listdir(os.path.join(self.root, "snapshots")))
 
     @contextlib.contextmanager
     def container(self, raws: list[bytes], key: str = "c", **kw: Any) -> Iterator[str]:

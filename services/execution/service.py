@@ -147,10 +147,42 @@ class ExecutionService:
 
     async def recover(self) -> None:
         """Rebuild the live view after a restart (see ``TaskManager.recover``)."""
+        started = codec.utcnow()
         await self.tasks.recover()
         for rec in self.store.list(None):
             if rec.status == "removing":
                 self._spawn(self._remove(rec), f"resume-remove-{rec.id[:12]}")
+        self._spawn(self._remove_orphan_snapshots(started), "orphan-snapshots")
+
+    async def _remove_orphan_snapshots(self, before: dt.datetime) -> None:
+        """Remove container snapshots whose create was cut short by our crash (prepared, never recorded).
+
+        Only snapshots older than this process's start are considered, so a create running
+        now is never touched. Retries while the snapshot service is down.
+        """
+        namespaces = {rec.namespace for rec in self.store.list(None)} | {"default"}
+        tasks_dir = Path(self.settings.state) / "tasks"
+        if tasks_dir.is_dir():
+            namespaces |= {p.name for p in tasks_dir.iterdir() if p.is_dir()}
+        delay = 0.5
+        for ns in sorted(namespaces):
+            while True:
+                try:
+                    reply = await self.snapshot.call(
+                        "snapshot.list", {"filters": ['labels."dockyard.container"']}, namespace=ns, timeout_s=30
+                    )
+                    break
+                except (errors.Unavailable, errors.DeadlineExceeded):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            for info in reply.get("snapshots") or []:
+                key = str(info.get("name") or "")
+                created = info.get("created_at")
+                if self.store.get(ns, key) is not None or (isinstance(created, dt.datetime) and created >= before):
+                    continue
+                with contextlib.suppress(errors.DockyardError):
+                    await self.snapshot.call("snapshot.remove", {"key": key}, namespace=ns, timeout_s=30)
+                    log.info("removed snapshot %s of a container whose create was interrupted", key[:12])
 
     # -- create --------------------------------------------------------------------------
     @rpc("execution.create")

@@ -74,15 +74,15 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _DEVICE_RULES = [
     {"allow": False, "access": "rwm"},
-    {"allow": True, "type": "c", "major": -1, "minor": -1, "access": "m"},
-    {"allow": True, "type": "b", "major": -1, "minor": -1, "access": "m"},
+    {"allow": True, "type": "c", "access": "m"},  # no major/minor = any (crun refuses -1)
+    {"allow": True, "type": "b", "access": "m"},
     {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},  # /dev/null
     {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},  # /dev/random
     {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},  # /dev/full
     {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},  # /dev/tty
     {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},  # /dev/zero
     {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},  # /dev/urandom
-    {"allow": True, "type": "c", "major": 136, "minor": -1, "access": "rwm"},  # /dev/pts/*
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # /dev/pts/*
     {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
 ]
 

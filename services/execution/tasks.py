@@ -188,6 +188,14 @@ class TaskManager:
         Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
         """
         incarnation = rec.incarnation + 1
+        if os.path.isdir(os.path.join(self.runtime_root(rec.runtime), rec.id)):
+            # a previous incarnation whose shim died mid-start left its runtime container behind
+            await shims.clean_dead_task(
+                rec.runtime,
+                self.runtime_root(rec.runtime),
+                rec.id,
+                str(self.settings.bundle_dir(rec.namespace, rec.id)),
+            )
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
@@ -226,9 +234,17 @@ class TaskManager:
                 handled=incarnation,
                 finished_at=codec.utcnow(),
             )
-            with contextlib.suppress(errors.DockyardError):
-                await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
-            live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+            if shims.shim_alive(bundle):
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
+                live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+            else:
+                # the shim died while starting the task: clean up now, under the lock, so that a
+                # retried start never meets this incarnation's leftovers (or has them cleaned under it)
+                await self.clean_dead_shim(rec.namespace, rec.id, incarnation, bundle, rec.runtime)
+                live.status = "stopped"
+                live.done.set()
+                await self._forget(live)
             raise StartFailed(exc.message, status) from None
         live.task_pid = int(reply["pid"])
         live.status = "running"
@@ -304,6 +320,8 @@ class TaskManager:
 
     async def _shim_died(self, live: Live) -> None:
         async with self.lock(live.namespace, live.container_id):
+            if live.done.is_set():
+                return  # already handled (a start that failed because its shim died)
             ex = await self.clean_dead_shim(
                 live.namespace, live.container_id, live.incarnation, live.bundle, live.runtime
             )

@@ -39,7 +39,7 @@ from services.image.metadata import DANGLING_PREFIX, ImageRecord, MetadataStore
 from services.image.oci import Descriptor, Platform
 from services.image.pipe import ChunkPipe
 from services.image.progress import ProgressPump
-from services.image.pull import IntegrityError, Puller
+from services.image.pull import Puller
 from services.image.push import Pusher
 from services.image.registry import RegistryClient, basic_from_auth
 
@@ -342,14 +342,15 @@ class ImageService:
                 result = self._set_name(namespace, name, fetched.root, view.id, fetched.manifest_desc.digest)
                 if result != "unchanged":
                     outcome = result
-        except IntegrityError:
+        except (errors.Unavailable, errors.DeadlineExceeded, asyncio.CancelledError):
+            # transient: the lease keeps what arrived (and the ingests) so the next pull resumes
+            self.active_leases.discard(lease)
+            raise
+        except errors.DockyardError:
+            # bad content (digest or diff ID mismatch), refused credentials, unknown manifest...:
             # leave nothing behind: drop the lease and collect what only it protected
             self._end_lease(lease)
             await self._collect({namespace})
-            raise
-        except errors.DockyardError as exc:
-            if not isinstance(exc, (errors.Unavailable, errors.DeadlineExceeded)):
-                self._end_lease(lease)
             raise
         self._end_lease(lease)
         familiar = ref.familiar()

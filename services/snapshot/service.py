@@ -89,8 +89,10 @@ class SnapshotService:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-db")
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._chain_users: dict[tuple[str, str], int] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     async def close(self) -> None:
+        await self.drain()
         self._db_thread.shutdown(wait=True)
         await asyncio.to_thread(self.store.close)
 
@@ -123,25 +125,50 @@ class SnapshotService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Remove what a crash left behind: ``extract-*`` active snapshots (a layer being
-        applied when the service died) and snapshot directories with no metadata."""
+        """Drop what a crash left behind: ``extract-*`` active snapshots (a layer being
+        applied when the service died), snapshot directories with no metadata, and
+        directories half made or detached for removal. Metadata first; the directories
+        are moved aside at once and deleted in the background."""
         for namespace, key in await self._db(self.store.stale_extractions):
             try:
-                row = await self._db(self.store.remove, namespace, key)
+                await self._db(self.store.remove, namespace, key)
             except errors.DockyardError as exc:
                 log.warning("cannot remove stale extraction %r in %s: %s", key, namespace, exc)
                 continue
             log.info("removed stale extraction %r in namespace %s", key, namespace)
             self._publish(topics.SNAPSHOT_REMOVE, namespace, {"key": key})
-            await asyncio.to_thread(self.snapshotter.remove, row.id)
+        await self._remove_orphans()
+        for path in await asyncio.to_thread(self.snapshotter.trash):
+            self._purge_later(path)
+
+    async def _remove_orphans(self) -> int:
         known = await self._db(self.store.all_ids)
         on_disk = await asyncio.to_thread(self.snapshotter.ids_on_disk)
-        for orphan in sorted(on_disk - known):
+        orphans = sorted(on_disk - known)
+        for orphan in orphans:
             log.info("removing snapshot directory %d: not in the metadata", orphan)
-            await asyncio.to_thread(self.snapshotter.remove, orphan)
-        for entry in await asyncio.to_thread(os.listdir, self.snapshotter.snapshots_dir):
-            if entry.startswith("new-"):
-                await asyncio.to_thread(self.snapshotter.remove_tmp, entry)
+            path = await asyncio.to_thread(self.snapshotter.detach, orphan)
+            if path is not None:
+                self._purge_later(path)
+        return len(orphans)
+
+    def _purge_later(self, path: str) -> None:
+        """Delete a detached directory in a worker thread, in the background."""
+
+        async def purge() -> None:
+            try:
+                await asyncio.to_thread(self.snapshotter.purge, path)
+            except OSError as exc:  # retried at the next start (it is still in trash())
+                log.error("cannot delete %s: %s", path, exc)
+
+        task = asyncio.ensure_future(purge())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait (up to ``timeout_s``) for background deletions; the rest resume at next start."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout_s)
 
     # -- snapshot verbs ----------------------------------------------------------------------
     async def _create(self, namespace: str, kind: Kind, key: str, parent: str, labels: dict[str, str]) -> Row:
@@ -151,7 +178,9 @@ class SnapshotService:
         except BaseException:
             with contextlib.suppress(errors.DockyardError):
                 await self._db(self.store.remove, namespace, key)
-            await asyncio.to_thread(self.snapshotter.remove, row.id)
+            path = await asyncio.to_thread(self.snapshotter.detach, row.id)
+            if path is not None:
+                self._purge_later(path)
             raise
         self._publish(topics.SNAPSHOT_PREPARE, namespace, {"key": key, "parent": parent})
         return row
@@ -213,9 +242,12 @@ class SnapshotService:
         row = await self._db(self.store.remove, namespace, key)
         self._publish(topics.SNAPSHOT_REMOVE, namespace, {"key": key})
         try:
-            await asyncio.to_thread(self.snapshotter.remove, row.id)
-        except OSError as exc:  # metadata is gone; recover() retries the directory at next start
+            path = await asyncio.to_thread(self.snapshotter.detach, row.id)
+        except OSError as exc:  # metadata is gone; recover() removes the orphan at next start
             log.error("snapshot %r removed but its directory %d stays: %s", key, row.id, exc)
+            return
+        if path is not None:
+            self._purge_later(path)
 
     @rpc("snapshot.stat")
     async def stat(self, req: KeyRequest, ctx: Context) -> Info:
@@ -278,13 +310,9 @@ class SnapshotService:
 
     @rpc("snapshot.cleanup")
     async def cleanup(self, _req: dict[str, Any], ctx: Context) -> dict[str, Any]:
-        """Delete snapshot directories that no metadata refers to -> ``{removed}``."""
-        known = await self._db(self.store.all_ids)
-        on_disk = await asyncio.to_thread(self.snapshotter.ids_on_disk)
-        orphans = sorted(on_disk - known)
-        for orphan in orphans:
-            await asyncio.to_thread(self.snapshotter.remove, orphan)
-        return {"removed": len(orphans)}
+        """Delete snapshot directories that no metadata refers to -> ``{removed}`` (their
+        count; the deletion itself finishes in the background). containerd Cleanup."""
+        return {"removed": await self._remove_orphans()}
 
     # -- unpack ------------------------------------------------------------------------------
     @rpc("snapshot.unpack")

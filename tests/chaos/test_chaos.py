@@ -334,7 +334,8 @@ def test_chaos(up: Instance, kill_shims: bool) -> None:
         f"{sum(b.shim_killed for b in boxes)} shims killed, {sum(b.exec_code == 0 for b in boxes)} execs, "
         f"{ok_status} kept containers with their true status, "
         f"create/start/exit/delete exactly once for every task of {len(ids)} containers; "
-        f"left behind: {len(mounts)} mounts, {len(shims)} shims, {len(runc_left)} runc containers, {len(cgroups)} cgroups\n"
+        f"left behind: {len(mounts)} mounts, {len(shims)} shims, {len(runc_left)} runc containers, "
+        f"{len(cgroups)} cgroups\n"
     )
     assert len(chaos.kills) >= min(N_KILLS, 3)
     assert not shims, f"shims left: {shims}"

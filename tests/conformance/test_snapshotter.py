@@ -93,7 +93,7 @@ def test_errors_are_the_same_for_every_snapshotter(direct: Direct) -> None:
     direct.call("snapshot.remove", {"key": "A"})
     with pytest.raises(errors.NotFound, match="snapshot 'A' not found"):
         direct.call("snapshot.remove", {"key": "A"})
-    assert os.listdir(os.path.join(direct.root, "snapshots")) == []
+    assert direct.snapshot_dirs() == []
 
 
 def test_usage_counts_bytes_and_inodes_of_the_snapshot(direct: Direct) -> None:

@@ -115,3 +115,25 @@ def test_every_service_exits_0_on_sigterm(instance: Instance, service: str) -> N
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert not (Path(instance.state) / f"{service}.pid").exists()
+
+
+def test_snapshot_of_a_create_cut_short_by_a_crash_is_removed(engine: Instance) -> None:
+    # the state a SIGKILL of execution between snapshot.prepare and recording the container leaves
+    snap = engine.client("snapshot")
+    chain = engine.client("image").call("image.resolve", {"ref": "busybox"})["chain_id"]
+    orphan = "f" * 64
+    snap.call("snapshot.prepare", {"key": orphan, "parent": chain, "labels": {"dockyard.container": orphan}})
+    engine.cli("run", "-d", "--name", "real", "busybox", "sleep", "60", check=True)
+    engine.kill("execution")
+    engine.start("execution")
+    deadline = time.monotonic() + 20
+    keys: list[str] = []
+    while time.monotonic() < deadline:
+        keys = [
+            s["name"] for s in snap.call("snapshot.list", {"filters": ['labels."dockyard.container"']})["snapshots"]
+        ]
+        if orphan not in keys:
+            break
+        time.sleep(0.2)
+    assert orphan not in keys
+    assert len(keys) == 1  # the real container's snapshot is kept

@@ -44,7 +44,7 @@ def test_stop_with_init_returns_at_once_with_143(engine: Engine) -> None:
     engine.run("-d", "--init", "--name", "withinit", "busybox", "sleep", "1000", check=True)
     t0 = time.monotonic()
     assert engine.cli("stop", "-t", "10", "withinit").returncode == 0
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 5  # well under the 10 s timeout: tini passed SIGTERM on
     assert _state(engine, "withinit")["exit_code"] == 143
     engine.cli("rm", "withinit", check=True)
 

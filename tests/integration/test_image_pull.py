@@ -256,3 +256,22 @@ def test_https_registry_is_verified_against_the_system_cas(instance: Instance, t
             call(instance, "image.resolve", {"ref": f"{reg.host}/busybox:1", "unpack": False})["id"]
             == img.config_digest
         )
+
+
+def test_c10_layer_with_a_wrong_diff_id_fails_the_pull_and_leaves_nothing(
+    inst: Instance, registry: Registry, tmp_path: Path
+) -> None:
+    img = busybox_image("baddiff:1")
+    cfg = json.loads(img.blobs[img.config_digest])
+    cfg["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+    bad = _rebuild_with_config(img, cfg)
+    archive = tmp_path / "bad.tar"
+    mkimage.write_oci_layout([bad], str(archive))
+    skopeo_copy(f"oci-archive:{archive}", f"docker://{registry.host}/baddiff:1")
+    proc = inst.cli("pull", f"{registry.host}/baddiff:1")
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "diff" in err.lower(), err
+    assert names(inst) == []
+    assert blobs(inst) == set()
+    assert snapshots(inst) == []

@@ -85,7 +85,7 @@ def test_wrong_diff_id_fails_and_leaves_no_snapshot(direct: Direct) -> None:
         direct.call("snapshot.unpack", {"layers": [base, wrong]})
     assert wrong["digest"] in str(exc.value) and sha256(CONTENT) in str(exc.value)
     assert [s["name"] for s in direct.call("snapshot.list")["snapshots"]] == [base["diff_id"]]
-    assert len(os.listdir(os.path.join(direct.root, "snapshots"))) == 1
+    assert len(direct.snapshot_dirs()) == 1
 
 
 def test_concatenated_gzip_members_and_trailing_zero_blocks(direct: Direct) -> None:
@@ -114,7 +114,7 @@ def test_damaged_blobs_fail_cleanly(direct: Direct, damage: str) -> None:
     with pytest.raises(errors.InvalidArgument, match=r"truncated|corrupt|after an end-of-archive block"):
         direct.call("snapshot.unpack", {"layers": [layer]})
     assert direct.call("snapshot.list")["snapshots"] == []
-    assert os.listdir(os.path.join(direct.root, "snapshots")) == []
+    assert direct.snapshot_dirs() == []
 
 
 def test_data_after_the_end_of_archive_is_ignored_but_hashed(direct: Direct) -> None:

@@ -35,7 +35,7 @@ def test_dotdot_escaping_the_root_refuses_the_layer(direct: Direct, outside: Out
     with pytest.raises(errors.InvalidArgument, match=f"entry '{name}' refused: .*escapes the root"):
         direct.unpack([layer.raw()])
     assert direct.call("snapshot.list")["snapshots"] == []
-    assert os.listdir(os.path.join(direct.root, "snapshots")) == []
+    assert direct.snapshot_dirs() == []
 
 
 def test_absolute_and_dotted_names_land_inside(direct: Direct, outside: Outside) -> None:
