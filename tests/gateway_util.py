@@ -110,6 +110,10 @@ class Engine:
             head += ch
         return head.decode("latin-1"), sock
 
+    def close(self) -> None:
+        """Remove the docker CLI's config directory (the instance is cleaned up by its owner)."""
+        shutil.rmtree(self.config_dir, ignore_errors=True)
+
     def leftovers(self) -> list[str]:
         """Containers still known to the engine."""
         return [c["Id"] for c in self.json("GET", "/containers/json?all=1")]
@@ -149,5 +153,5 @@ def engine(**settings: str) -> Iterator[Engine]:
         yield eng
     finally:
         if eng is not None:
-            shutil.rmtree(eng.config_dir, ignore_errors=True)
+            eng.close()
         inst.cleanup()

@@ -22,7 +22,11 @@ from tests.registry import free_port
 @pytest.fixture
 def gateway_only(instance: Instance) -> Iterator[Engine]:
     instance.start("gateway")
-    yield Engine(instance)
+    eng = Engine(instance)
+    try:
+        yield eng
+    finally:
+        eng.close()
 
 
 def test_unix_socket_headers_ping_and_versions(gateway_only: Engine) -> None:
