@@ -254,6 +254,7 @@ class SystemAPI:
 
     async def df(self, request: Request) -> Response:
         containers, images = await self._counts()
+        volumes = await call(self.b.execution, "execution.volume_list", {})
         now = dt.datetime.now(dt.UTC)
         summaries = dockerfmt.image_summaries(images, _version(request))
         used: dict[str, int] = {}
@@ -266,7 +267,7 @@ class SystemAPI:
                 "LayersSize": sum(s["Size"] for s in summaries),
                 "Images": summaries,
                 "Containers": [dockerfmt.container_summary(c, now) | {"SizeRw": 0} for c in containers],
-                "Volumes": [],
+                "Volumes": [dockerfmt.volume(v) for v in volumes.get("volumes") or []],
                 "BuildCache": [],
             }
         )
