@@ -89,8 +89,8 @@ def _volume_mounts(volumes: list[str], tmpfs: list[str], mounts: list[str]) -> l
             source = os.path.abspath(source)
         out.append({"type": kind, "source": source, "target": target, "read_only": "ro" in opts})
     for t in tmpfs:
-        target, _, opts = t.partition(":")
-        out.append({"type": "tmpfs", "target": target, "options": [o for o in opts.split(",") if o]})
+        target, _, tmpfs_opts = t.partition(":")
+        out.append({"type": "tmpfs", "target": target, "options": [o for o in tmpfs_opts.split(",") if o]})
     for m in mounts:
         fields: dict[str, str] = {}
         for part in m.split(","):
@@ -413,7 +413,11 @@ def _run_attached(container_id: str, *, stdin: bool, tty: bool, auto_remove: boo
                 with contextlib.suppress(errors.DockyardError):
                     wait_call.result()
             return _start_error(exc)
-        with _SignalProxy(container_id), _RawTerminal(tty and stdin), _Resizer(tty, "execution.resize", {"id": container_id}):
+        with (
+            _SignalProxy(container_id),
+            _RawTerminal(tty and stdin),
+            _Resizer(tty, "execution.resize", {"id": container_id}),
+        ):
             last = _pump(att, stdin)
         if last.get("detached"):
             return 0
@@ -834,7 +838,11 @@ def attach(
         att = attacher.start("execution.attach", {"id": info["id"], "stdin": stdin})
         att.next_frame()
         tty = bool(info["config"].get("tty"))
-        with _SignalProxy(info["id"]), _RawTerminal(tty and stdin), _Resizer(tty, "execution.resize", {"id": info["id"]}):
+        with (
+            _SignalProxy(info["id"]),
+            _RawTerminal(tty and stdin),
+            _Resizer(tty, "execution.resize", {"id": info["id"]}),
+        ):
             last = _pump(att, stdin)
         code = 0 if last.get("detached") else int(wait_call.result().get("exit_code", 0))
     except errors.DockyardError as exc:
@@ -887,7 +895,7 @@ def exec_(
     try:
         call = stream.start("execution.exec_start", {"exec_id": exec_id, "detach": detach, "stdin": interactive})
         try:
-            _more, first = call.next_frame()
+            call.next_frame()  # {"attached": ...}
         except errors.DockyardError as exc:
             sys.stderr.write(f"error: {output.error_text(exc)}\n")
             raise typer.Exit(_start_error(exc)) from None
@@ -973,7 +981,10 @@ def stats(
         ex.close()
     clients = [client("execution", timeout_s=None) for _ in containers]
     try:
-        calls = [c.start("execution.stats", {"id": ref, "stream": not no_stream}) for c, ref in zip(clients, containers)]
+        calls = [
+            c.start("execution.stats", {"id": ref, "stream": not no_stream})
+            for c, ref in zip(clients, containers, strict=True)
+        ]
         latest: dict[int, dict[str, Any]] = {}
         while True:
             for i, call in enumerate(calls):
@@ -1060,7 +1071,10 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
         "HostConfig": {
             "AutoRemove": bool(cfg.get("auto_remove")),
             "NetworkMode": cfg.get("network_mode") or "none",
-            "RestartPolicy": {"Name": policy.get("name", "no"), "MaximumRetryCount": policy.get("maximum_retry_count", 0)},
+            "RestartPolicy": {
+                "Name": policy.get("name", "no"),
+                "MaximumRetryCount": policy.get("maximum_retry_count", 0),
+            },
             "ReadonlyRootfs": bool(cfg.get("read_only")),
             "Privileged": bool(cfg.get("privileged")),
             "CapAdd": cfg.get("cap_add") or None,
@@ -1076,8 +1090,13 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "Runtime": c.get("runtime", "runc"),
         },
         "Mounts": [
-            {"Type": m["type"], "Name": m.get("name") or None, "Source": m["source"], "Destination": m["destination"],
-             "RW": m["rw"]}  # fmt: skip
+            {
+                "Type": m["type"],
+                "Name": m.get("name") or None,
+                "Source": m["source"],
+                "Destination": m["destination"],
+                "RW": m["rw"],
+            }
             for m in c.get("mounts") or []
         ],
         "Config": {
@@ -1098,7 +1117,7 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# -- volumes -------------------------------------------------------------------------------------------------------------
+# -- volumes ---------------------------------------------------------------------------------------------------
 
 
 def volume_ls(quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only names")] = False) -> None:

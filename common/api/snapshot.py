@@ -25,6 +25,8 @@ Methods (service ``snapshot``); every method takes the request's namespace:
 - ``snapshot.unpack`` ``UnpackRequest`` -> ``UnpackReply``: apply an image's layers in
   order into committed snapshots named by chain ID (skipping those already there),
   verifying each layer's diff ID; the same chain ID is never unpacked twice at once.
+  A big image takes a while: callers give the call a long deadline (minutes; heartbeats
+  keep it alive meanwhile).
 """
 
 from __future__ import annotations

@@ -209,7 +209,9 @@ class ExecService:
         live = self.owner.tasks.get(ex.namespace, ex.container_id)
         if live is None:
             raise errors.Conflict(f"container '{ex.container_id[:12]}' is not running")
-        await live.client.call("shim.resize", {"exec_id": ex.id, "width": req.width, "height": req.height}, timeout_s=10)
+        await live.client.call(
+            "shim.resize", {"exec_id": ex.id, "width": req.width, "height": req.height}, timeout_s=10
+        )
         return {}
 
 

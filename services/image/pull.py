@@ -25,9 +25,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from common.errors import DockyardError, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
 from services.image import blobfetch, oci, platforms
@@ -171,7 +175,11 @@ class Downloads:
         self, dl: _Download, ep: Endpoint, repo: str, desc: Descriptor, creds: Credentials | None, ingest: Ingest
     ) -> None:
         """Fill ``ingest`` from the registry in a worker thread (``blobfetch``); retries a broken
-        connection from where it stopped, renews credentials once on a 401."""
+        connection from where it stopped, renews credentials once on a 401. Behind an HTTP
+        proxy (``HTTPS_PROXY`` & co.), the bytes go through httpx, which speaks to proxies."""
+        if _proxied(ep.host):
+            await self._fetch_httpx(dl, ep, repo, desc, creds, ingest)
+            return
         loop = asyncio.get_running_loop()
 
         def progress(offset: int) -> None:
@@ -217,6 +225,43 @@ class Downloads:
             except FailedPrecondition as exc:  # more bytes than the descriptor's size
                 ingest.abort()
                 raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
+
+    async def _fetch_httpx(
+        self, dl: _Download, ep: Endpoint, repo: str, desc: Descriptor, creds: Credentials | None, ingest: Ingest
+    ) -> None:
+        """The same as ``_fetch`` through httpx's async client (used when a proxy is configured)."""
+        attempt = 0
+        last = 0.0
+        while ingest.offset < desc.size or desc.size == 0:
+            offset_before = ingest.offset
+            try:
+                async with self.client.open_blob(ep, repo, desc, ingest.offset, creds) as (start, resp):
+                    if start == 0 and ingest.offset:
+                        ingest.restart()
+                    async for chunk in resp.aiter_bytes():
+                        ingest.write(chunk)
+                        now = time.monotonic()
+                        if now - last >= 0.1:
+                            last = now
+                            dl.current = ingest.offset
+                            dl.notify("Downloading")
+                return
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+                attempt = 1 if ingest.offset > offset_before else attempt + 1
+                if attempt >= _RETRIES:
+                    raise Unavailable(f"blob {desc.digest}: download failed after {attempt} tries: {exc}") from None
+                await asyncio.sleep(0.2 * attempt)
+            except FailedPrecondition as exc:
+                ingest.abort()
+                raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
+
+
+def _proxied(host: str) -> bool:
+    """True when the environment names an HTTP(S) proxy that applies to ``host``."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get("https") or proxies.get("http") or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(host.split(":")[0] if host.count(":") == 1 else host)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import os
 import signal as signal_mod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common import codec, errors, topics
 from common.api.shim import (
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 IO_DRAIN_S = 2.0
 """How long the output may stay open after the init exited (processes that escaped the pid namespace)."""
 
+SHUTDOWN_GRACE_S = 30.0
+"""A deleted task's shim exits this long after the delete if nobody sent ``shim.shutdown``."""
+
 
 class CreateFailed(Exception):
     """The task could not be created; ``exit_status`` is what Docker would record."""
@@ -63,7 +66,7 @@ class CreateFailed(Exception):
         self.exit_status = exit_status
 
 
-class Publisher:
+class Publisher(Protocol):
     """What the shim needs from ``common.events.EventPublisher``."""
 
     def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
@@ -411,7 +414,8 @@ class Shim:
                 "delete",
                 {"id": self.id, "pid": s.pid, "exit_status": exit_status, "exited_at": s.exited_at},
             )
-            self.done.set()
+            # the caller sends shim.shutdown next; exit anyway if it never comes
+            asyncio.get_running_loop().call_later(SHUTDOWN_GRACE_S, self.done.set)
             return ExitReply(
                 pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, oom_killed=s.oom_killed, error=s.error
             )
@@ -691,10 +695,14 @@ class Shim:
 
     @rpc("shim.shutdown")
     async def shutdown(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
-        """Exit if no task is left (the task is deleted or was never created)."""
+        """Exit if no task is left (the task is deleted or was never created).
+
+        The shim exits right after answering; a caller should not count on the reply
+        (watch the shim's pid instead).
+        """
         if self.init is not None and self.init.state.status != TaskStatus.DELETED:
             raise errors.FailedPrecondition(f"cannot shut down the shim: task is {self.init.state.status.value}")
-        self.done.set()
+        asyncio.get_running_loop().call_soon(self.done.set)
         return {}
 
     def bundle_path(self, name: str) -> Path:

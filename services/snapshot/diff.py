@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from common.errors import InvalidArgument
+from common.errors import FailedPrecondition, InvalidArgument
 from services.snapshot import fsutil, tarstream
 from services.snapshot.layers import MEDIA_TYPE_FOR, Compression, compression_of
 from services.snapshot.rootfs import Path, Tree
@@ -140,8 +140,15 @@ def _names(dirfd: int) -> list[bytes]:
         return sorted(os.fsencode(e.name) for e in it)
 
 
+_UNSUPPORTED_OVERLAY_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
+
+
 def _walk_upper(emit: _Emitter, tree: Tree, path: Path) -> None:
-    """Overlay upper directory -> changes (whiteout devices, opaque xattrs)."""
+    """Overlay upper directory -> changes (whiteout devices, opaque xattrs).
+
+    Raises FailedPrecondition for an upper directory written with overlayfs'
+    ``redirect_dir`` or ``metacopy`` features, which it cannot read as a change set.
+    """
     fd = tree.upper_fd(path)
     for name in _names(fd):
         child = (*path, name)
@@ -151,6 +158,13 @@ def _walk_upper(emit: _Emitter, tree: Tree, path: Path) -> None:
         if fsutil.is_whiteout(st):
             emit.whiteout(child, st)
             continue
+        if not stat.S_ISLNK(st.st_mode):
+            unsupported = [k for k in fsutil.list_xattrs(fd, name) if k in _UNSUPPORTED_OVERLAY_XATTRS]
+            if unsupported:
+                raise FailedPrecondition(
+                    f"{'/'.join(p.decode(errors='replace') for p in child)} carries {unsupported[0]}: the host's "
+                    "overlayfs redirect_dir/metacopy features are on, the change set cannot be read from the upper dir"
+                )
         emit.entry(fd, name, child, st)
         if stat.S_ISDIR(st.st_mode):
             if fsutil.is_opaque(tree.upper_fd(child)):

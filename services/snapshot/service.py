@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -51,7 +52,8 @@ from common.api.snapshot import (
 )
 from common.ids import new_id
 from common.rpc.server import Context, rpc
-from services.snapshot import apply, diff, filters, layers
+from services.snapshot import apply, filters, layers
+from services.snapshot import diff as differ
 from services.snapshot.snapshotters import Snapshotter
 from services.snapshot.store import Row, Store
 
@@ -293,7 +295,7 @@ class SnapshotService:
         """
         row = await self._db(self.store.get, ctx.namespace, req.key)
         source = self.snapshotter.diff_source(row.id, row.parent_ids)
-        info = await asyncio.to_thread(diff.write_layer_blob, diff.write_changes, source, req.path, req.media_type)
+        info = await self._write_blob(differ.write_changes, source, req.path, req.media_type, f"diff of {req.key!r}")
         log.info("diff of snapshot %r: %s (%d bytes)", req.key, info.digest, info.size)
         return DiffReply(**info.__dict__)
 
@@ -303,10 +305,19 @@ class SnapshotService:
         ``path`` (``docker export``). NotFound, InvalidArgument (path)."""
         row = await self._db(self.store.get, ctx.namespace, req.key)
         source = self.snapshotter.merged_source(row.id, row.parent_ids)
-        info = await asyncio.to_thread(
-            diff.write_layer_blob, diff.write_flat, source, req.path, layers.MEDIA_TYPE_FOR[layers.Compression.NONE]
-        )
+        media_type = layers.MEDIA_TYPE_FOR[layers.Compression.NONE]
+        info = await self._write_blob(differ.write_flat, source, req.path, media_type, f"export of {req.key!r}")
         return DiffReply(**info.__dict__)
+
+    async def _write_blob(self, writer: Any, source: Any, path: str, media_type: str, what: str) -> differ.BlobInfo:
+        try:
+            return await asyncio.to_thread(differ.write_layer_blob, writer, source, path, media_type)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.ResourceExhausted(f"{what}: no space left on device for {path}") from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise errors.PermissionDenied(f"{what}: cannot write {path}: {exc.strerror}") from None
+            raise
 
     @rpc("snapshot.cleanup")
     async def cleanup(self, _req: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -366,8 +377,8 @@ class SnapshotService:
         try:
             target = self.snapshotter.apply_target(row.id, row.parent_ids)
             cancel = threading.Event()
-            try:
-                result = await asyncio.to_thread(
+            work = asyncio.ensure_future(
+                asyncio.to_thread(
                     apply.apply_layer,
                     layer.path,
                     layer.media_type,
@@ -377,8 +388,18 @@ class SnapshotService:
                     overlay=target.overlay,
                     cancel=cancel,
                 )
-            except BaseException:
+            )
+            try:
+                result = await asyncio.shield(work)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise errors.ResourceExhausted(f"layer {layer.digest}: no space left to unpack it") from None
+                raise
+            except asyncio.CancelledError:
+                # stop the worker between two entries and let it let go of the directory
+                # before the snapshot is removed below
                 cancel.set()
+                await asyncio.wait([work])
                 raise
             if result.diff_id != layer.diff_id:
                 raise errors.InvalidArgument(

@@ -275,3 +275,17 @@ def test_c10_layer_with_a_wrong_diff_id_fails_the_pull_and_leaves_nothing(
     assert names(inst) == []
     assert blobs(inst) == set()
     assert snapshots(inst) == []
+
+
+def test_pull_through_an_http_proxy_from_the_environment(instance: Instance, registry: Registry) -> None:
+    """``HTTP_PROXY`` is honoured for every request, blob bodies included."""
+    img = registry.busybox  # type: ignore[attr-defined]
+    with Proxy(registry.host) as proxy:  # also speaks absolute-form (forward proxy) requests
+        instance.env.update(
+            {"HTTP_PROXY": f"http://{proxy.host}", "http_proxy": f"http://{proxy.host}", "NO_PROXY": "", "no_proxy": ""}
+        )
+        instance.start("image")
+        with instance.client("image", timeout_s=60) as c:
+            frames = list(c.stream("image.pull", {"ref": f"{registry.host}/busybox", "unpack": False}))
+        assert frames[-1]["status"] == "done"
+        assert proxy.blob_bytes(img.layer_digests[0]) == len(img.blobs[img.layer_digests[0]])
