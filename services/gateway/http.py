@@ -345,6 +345,11 @@ class Server:
         request: Request,
         response: Response,
     ) -> None:
+        if response.stream is not None and request.method == "HEAD":
+            aclose = getattr(response.stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            response.stream = None  # HEAD of a streaming GET: its headers, no body
         if response.stream is None:
             no_body = response.status in (204, 304) or request.method == "HEAD"
             extra = {} if response.status in (204, 304) else {"Content-Length": str(len(response.body))}
