@@ -19,11 +19,13 @@ import logging
 import os
 import shutil
 import signal as signal_mod
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from common import codec, errors, ids, topics
+from common.api.base import NamespacesReply
 from common.api.execution import (
     AttachRequest,
     Container,
@@ -36,6 +38,7 @@ from common.api.execution import (
     ListRequest,
     LogsRequest,
     RemoveRequest,
+    RenameRequest,
     ResizeRequest,
     StartReply,
     Stats,
@@ -487,6 +490,39 @@ class ExecutionService:
         if not rec.config.get("tty"):
             raise errors.FailedPrecondition(f"container '{rec.name}' has no terminal")
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
+        return {}
+
+    @rpc("execution.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces that hold at least one container."""
+        return NamespacesReply(namespaces=sorted({rec.namespace for rec in self.store.list(None)}))
+
+    @rpc("execution.rename")
+    async def rename(self, req: RenameRequest, ctx: Context) -> dict[str, Any]:
+        """Rename a container; AlreadyExists when another container has the name."""
+        rec = self._find(ctx.namespace, req.id)
+        new = ids.validate_name(req.name)
+        if new == rec.name:
+            return {}
+        holder = self.store.find(rec.namespace, new) if self.store.name_taken(rec.namespace, new) else None
+        if holder is None:
+            try:
+                self.store.update(rec.namespace, rec.id, name=new)
+            except sqlite3.IntegrityError:  # a create or rename took the name meanwhile
+                holder = self.store.find(rec.namespace, new)
+        if holder is not None:
+            raise errors.AlreadyExists(
+                f'the container name "/{new}" is already in use by container "{holder.id}"; '
+                "remove (or rename) that container to be able to reuse that name",
+                {"name": new, "id": holder.id},
+            )
+        self.publisher.publish(
+            topics.CONTAINER_UPDATE,
+            {"id": rec.id, "name": new, "image": rec.image, "action": "rename", "old_name": rec.name},
+            namespace=rec.namespace,
+            event_id=f"{rec.id}/container/rename/{ids.new_id()[:16]}",
+        )
+        log.info("renamed container %s from %s to %s", rec.id[:12], rec.name, new)
         return {}
 
     @rpc("execution.top")

@@ -29,6 +29,7 @@ from common.api import events as events_api
 from common.api import execution as execution_api
 from common.api import image as image_api
 from common.api import snapshot as snapshot_api
+from common.api.base import NamespacesReply
 from services.gateway.backends import Backends
 from services.gateway.http import HTTPError, Request, Response, Router, json_bytes
 
@@ -163,11 +164,12 @@ class NativeAPI:
         return Response.json({"version": ENGINE_VERSION, "api_version": NATIVE_VERSION})
 
     async def namespaces(self, _request: Request) -> Response:
-        """Not in the OpenAPI document until the services can list their namespaces."""
-        raise errors.Unimplemented(
-            "not implemented yet: listing namespaces needs execution.namespaces, image.namespaces and "
-            "snapshot.namespaces ({} -> {namespaces: [str]}); name one in the path: /dockyard/v1/namespaces/{ns}/..."
-        )
+        """Every namespace that holds a container, an image or a snapshot."""
+        found: set[str] = set()
+        for service in ("execution", "image", "snapshot"):
+            reply = await self._call(service, f"{service}.namespaces", {})
+            found.update(reply.get("namespaces") or [])
+        return Response.json({"namespaces": sorted(found)})
 
     # -- events --------------------------------------------------------------------------------------
     async def events_head(self, _request: Request) -> Response:
@@ -297,6 +299,7 @@ _MODELS: list[type[BaseModel]] = [
     snapshot_api.ListReply,
     snapshot_api.Usage,
     snapshot_api.MountsReply,
+    NamespacesReply,
 ]
 _LIST_REPLIES = {"ImageListReply": image_api.ImageSummary}
 
@@ -371,6 +374,13 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "version",
                 "summary": "Engine version",
                 "responses": {"200": _ok(_ref("VersionReply"))},
+            }
+        },
+        PREFIX + "/namespaces": {
+            "get": {
+                "operationId": "namespaces",
+                "summary": "Namespaces holding containers, images or snapshots",
+                "responses": {"200": _ok(_ref("NamespacesReply")), **_errors(503)},
             }
         },
         PREFIX + "/events/head": {

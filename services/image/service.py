@@ -25,6 +25,7 @@ from typing import IO, Any, cast
 
 from common import errors, ids, topics
 from common.api import image as api
+from common.api.base import NamespacesReply
 from common.api.snapshot import LayerToApply, UnpackRequest
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
@@ -583,6 +584,12 @@ class ImageService:
             self._end_lease(lease)
 
     # -- list / inspect / history ----------------------------------------------------------------------
+    @rpc("image.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces that hold at least one image record."""
+        records = await asyncio.to_thread(self.meta.records, None)
+        return NamespacesReply(namespaces=sorted({r.namespace for r in records}))
+
     @rpc("image.list")
     async def list_(self, req: api.ListRequest, ctx: Context) -> dict[str, Any]:
         """``docker images``: ``{images: [ImageSummary]}``, one per record (name), sorted by name.
