@@ -82,7 +82,6 @@ class Chaos:
         self.rng = random.Random(int(os.environ.get("DOCKYARD_CHAOS_SEED", "0")) or None)
         self.kills: list[str] = []
         self.stop = threading.Event()
-        self.exec_supported = True
         self.lock = threading.Lock()
 
     def client(self, service: str, timeout_s: float | None = 10.0) -> Any:
@@ -116,8 +115,7 @@ class Chaos:
                 ex.call("execution.start", {"id": box.id})
 
         retry(start, f"start {box.name}")
-        if self.exec_supported:
-            self.exec_true(box)
+        self.exec_true(box)
 
         def wait() -> int:
             return int(
@@ -139,14 +137,22 @@ class Chaos:
         ex.close()
 
     def exec_true(self, box: Box) -> None:
+        """``exec true`` in the running container; its exit code must be 0 unless the container died."""
         ex = self.client("execution")
         try:
             exec_id = retry(lambda: ex.call("execution.exec_create", {"id": box.id, "cmd": ["true"]})["id"], "exec")
-            result = retry(lambda: ex.call("execution.exec_start", {"id": exec_id, "detach": True}), "exec start")
-            del result
-            box.exec_code = 0
-        except errors.Unimplemented:
-            self.exec_supported = False
+            try:
+                for _frame in ex.stream("execution.exec_start", {"exec_id": exec_id}):
+                    pass
+            except TRANSIENT:
+                box.notes.append("exec stream cut by a kill")
+            deadline = time.monotonic() + 60
+            while True:
+                info = retry(lambda: ex.call("execution.exec_inspect", {"exec_id": exec_id}), "exec inspect")
+                if not info["running"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            box.exec_code = info["exit_code"]
         except (errors.Conflict, errors.FailedPrecondition, errors.NotFound) as exc:
             box.notes.append(f"exec skipped: {exc}")  # the container already exited
         finally:
@@ -291,6 +297,8 @@ def test_chaos(up: Instance, kill_shims: bool) -> None:
     ex = up.client("execution")
     ok_status = 0
     for box in boxes:
+        if box.exec_code is not None and not box.shim_killed:
+            assert box.exec_code == 0, f"{box.name}: exec true exited {box.exec_code} ({box.notes})"
         expected = {box.exit_code, 255} if box.shim_killed else {box.exit_code}
         assert box.observed_exit in expected, f"{box.name}: waited exit {box.observed_exit}, expected {expected}"
         if not box.remove:
