@@ -85,3 +85,72 @@ def _json_default(obj: Any) -> Any:
     if dump is not None:
         return dump(mode="json")
     raise TypeError(f"cannot show {type(obj).__name__}")
+
+
+class LayerProgress:
+    """Per-layer progress like ``docker pull``: rich bars on a terminal, otherwise one line
+    per state change (``<id>: Pull complete``). Feed it image service ``Progress`` frames.
+    """
+
+    _FINAL = ("Pull complete", "Already exists", "Pushed", "Layer already exists", "Download complete")
+
+    def __init__(self) -> None:
+        self._tty = sys.stdout.isatty()
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._last: dict[str, str] = {}
+
+    def __enter__(self) -> LayerProgress:
+        if self._tty:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("{task.fields[layer]}"),
+                TextColumn("{task.description:<18}"),
+                BarColumn(bar_width=40),
+                DownloadColumn(),
+                transient=False,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def message(self, text: str) -> None:
+        """A line about the whole operation (``Digest: ...``, ``Status: ...``)."""
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False, markup=False)
+        else:
+            line(text)
+
+    def update(self, frame: dict[str, Any]) -> None:
+        """Show one frame: ``{status, id, current, total, message}``."""
+        layer = str(frame.get("id") or "")
+        status = str(frame.get("status") or "")
+        if not layer or len(layer) != 12:
+            text = str(frame.get("message") or status)
+            if status == "warning":
+                warn(text)
+            elif text and status not in ("done",):
+                self.message(text if status != "message" else str(frame.get("message")))
+            return
+        current, total = int(frame.get("current") or 0), int(frame.get("total") or 0)
+        if self._progress is not None:
+            task = self._tasks.get(layer)
+            if task is None:
+                task = self._progress.add_task(status, layer=layer, total=total or None)
+                self._tasks[layer] = task
+            done = status in self._FINAL
+            if done and total:
+                self._progress.update(task, description=status, completed=total, total=total)
+            elif current:
+                self._progress.update(task, description=status, completed=current, total=total or None)
+            else:  # no byte count (Waiting, Extracting): keep the bar where it is
+                self._progress.update(task, description=status)
+            return
+        if self._last.get(layer) != status:
+            self._last[layer] = status
+            line(f"{layer}: {status}")

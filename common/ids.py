@@ -21,7 +21,7 @@ from common.errors import InvalidArgument
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PREFIX_RE = re.compile(r"^[0-9a-f]{1,64}$")
 

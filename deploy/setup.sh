@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   runc crun busybox-static docker-registry skopeo umoci tini catatonit
   iproute2 procps psmisc util-linux curl file attr libcap2-bin python3-venv
+  docker.io  # only its docker CLI: the gateway tests drive it (policy-rc.d keeps dockerd from starting)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -40,12 +40,20 @@ class AsyncCall:
         self._consumed = 0
 
     async def send(self, body: Any) -> None:
-        """Send one item of the client's own stream (e.g. stdin bytes)."""
-        await self.client._send(protocol.control(protocol.DATA, self.request_id, body=body))
+        """Send one item of the client's own stream (e.g. stdin bytes).
+
+        Waits (up to the liveness window) while the socket's send queue is full, so a fast
+        producer is slowed down instead of failing.
+        """
+        await self.client._send(protocol.control(protocol.DATA, self.request_id, body=body), wait_s=self._stream_wait_s)
 
     async def send_eof(self) -> None:
         """Tell the service the client's stream ended."""
-        await self.client._send(protocol.control(protocol.EOF, self.request_id))
+        await self.client._send(protocol.control(protocol.EOF, self.request_id), wait_s=self._stream_wait_s)
+
+    @property
+    def _stream_wait_s(self) -> float:
+        return max(self.client.liveness_s * 10, 30.0)
 
     async def cancel(self) -> None:
         """Give up on the call; the service cancels its handler."""

@@ -150,9 +150,7 @@ class ZmtpDealer:
 
     def _fill(self, deadline: float) -> None:
         assert self._sock is not None
-        wait = deadline - time.monotonic()
-        if wait <= 0:
-            raise TimeoutError
+        wait = max(0.0, deadline - time.monotonic())  # 0: poll once (recv(timeout_ms=0) must still read)
         ready, _, _ = select.select([self._sock], [], [], wait)
         if not ready:
             raise TimeoutError

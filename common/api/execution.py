@@ -1,0 +1,384 @@
+"""Execution service API: containers (metadata) and their tasks, as Docker users see them.
+
+A container is metadata (``Container``: image, config as received, labels, snapshot
+key; containerd's Containers service); its task is the running init process, held
+by a per-container shim (``common.api.shim``). Containers are named by their full
+64-hex id, any unique id prefix, or their name (with or without a leading ``/``);
+an unknown one raises NotFound ``container 'x' not found``.
+
+Methods (service ``execution``; every method acts in the request's namespace):
+
+- ``execution.create`` ``CreateRequest`` -> ``CreateReply``: resolve the image
+  (``image.resolve``; NotFound ``image 'x' not found`` lets the caller pull and retry),
+  prepare the rootfs snapshot, build the OCI spec and bundle. Starts nothing.
+  InvalidArgument for a bad config (e.g. no command: ``no command specified``),
+  AlreadyExists for a name in use. Publishes ``/containers/create``.
+- ``execution.start`` ``IdRequest`` -> ``StartReply``: launch the shim, create and start
+  the task. ``already_running=true`` (Docker's 304) if it runs. A process that cannot
+  start raises InvalidArgument with ``details.exit_status`` 126 or 127 (the container
+  is then exited with that status).
+- ``execution.stop`` ``StopRequest`` -> ``StopReply``: StopSignal (default SIGTERM), then
+  SIGKILL after ``timeout_s`` (default the container's, else 10). ``already_stopped``
+  (304) if it was not running.
+- ``execution.kill`` ``KillRequest`` -> ``{}``: a signal (name or number, default
+  SIGKILL). Conflict ``container 'x' is not running``.
+- ``execution.remove`` ``RemoveRequest`` -> ``{}``: Conflict while running unless
+  ``force`` (kill first). Removes the snapshot, bundle and logs; ``/containers/delete``.
+- ``execution.wait`` ``WaitRequest`` -> ``WaitReply``: block until the condition
+  (``not-running``, ``next-exit``, ``removed``) holds (no deadline).
+- ``execution.list`` ``ListRequest`` -> ``ListReply``; ``execution.inspect``
+  ``IdRequest`` -> ``Container``.
+- ``execution.logs`` ``LogsRequest`` -> stream of ``LogFrame`` ``{s, d, t}``
+  (``follow``: until the container stops).
+- ``execution.attach`` ``AttachRequest`` -> stream: first ``{"attached": true, "tty"}``
+  (the subscription is in place; a not-yet-started container is attached as soon as
+  it starts), then ``{s, d}`` frames until the output ends. With ``stdin`` the
+  client's own stream (bytes, then EOF) goes to the container's stdin.
+- ``execution.restart`` ``StopRequest`` -> ``StartReply``: stop (as ``stop``) then start.
+- ``execution.pause`` / ``execution.unpause`` ``IdRequest`` -> ``{}``: freezer;
+  Conflict ``container 'x' is already paused`` / ``is not paused`` / ``is not running``.
+- ``execution.update`` ``UpdateRequest`` -> ``{warnings: [str]}``: new resources (and
+  restart policy), applied to a running task at once and kept for later starts.
+- ``execution.resize`` ``ResizeRequest`` -> ``{}``: the TTY's rows and columns.
+- ``execution.top`` ``TopRequest`` -> ``TopReply``: the host's ``ps <ps_args>`` rows of
+  the container's processes.
+- ``execution.stats`` ``StatsRequest`` -> stream of ``Stats`` (one per second; one only
+  with ``stream=false``, computed over a 1 s window).
+- ``execution.exec_create`` ``ExecCreateRequest`` -> ``ExecCreateReply``: Conflict when
+  the container does not run. ``execution.exec_start`` ``ExecStartRequest`` -> stream:
+  ``{"attached": true, "tty", "pid"}``, output ``{s, d}``, last ``{"exit_code"}`` (or
+  ``{"detached": true}``); with ``detach`` one frame ``{"attached": false, "pid"}``.
+  ``execution.exec_inspect`` ``ExecIdRequest`` -> ``ExecInfo``;
+  ``execution.exec_resize`` ``ExecResizeRequest`` -> ``{}``.
+- ``execution.volume_create`` ``VolumeCreateRequest`` -> ``Volume``;
+  ``execution.volume_list`` ``{}`` -> ``VolumeListReply``; ``execution.volume_inspect``
+  ``{name}`` -> ``Volume``; ``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}``
+  (Conflict while a container uses it); ``execution.volume_prune`` ``{}`` -> ``{removed}``.
+
+Attach and exec streams on a TTY end with ``{"detached": true}`` when the client types
+the detach keys (default ctrl-p,ctrl-q); the container keeps running.
+
+Events published here: ``/containers/create`` ``{id, name, image, runtime, labels}``,
+``/containers/update`` ``{id, name}``, ``/containers/delete`` ``{id, name}``; and, for a
+shim that died, ``/tasks/exit`` + ``/tasks/delete`` under the shim's own event ids.
+The task events themselves come from the shims (``common.api.shim``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import Field
+
+from common.api.base import Reply, Request
+
+WaitCondition = Literal["not-running", "next-exit", "removed"]
+
+
+class RestartPolicy(Request):
+    name: Literal["no", "always", "on-failure", "unless-stopped"] = "no"
+    maximum_retry_count: int = Field(default=0, ge=0, description="on-failure only; 0 = unlimited")
+
+
+class Resources(Request):
+    """Docker's resource flags; None = not set (unlimited)."""
+
+    memory: int | None = Field(default=None, ge=0, description="bytes (--memory)")
+    memory_swap: int | None = Field(default=None, ge=-1, description="memory+swap bytes; -1 = unlimited")
+    nano_cpus: int | None = Field(default=None, ge=0, description="--cpus x 1e9")
+    cpu_shares: int | None = Field(default=None, ge=0)
+    cpu_period: int | None = Field(default=None, ge=0)
+    cpu_quota: int | None = Field(default=None)
+    cpuset_cpus: str | None = None
+    pids_limit: int | None = Field(default=None, description="<= 0 = unlimited")
+
+
+class Mount(Request):
+    """A mount into the container: ``bind`` (host path), ``volume`` (named volume) or ``tmpfs``."""
+
+    type: Literal["bind", "volume", "tmpfs"]
+    source: str = Field(default="", description="host path (bind) or volume name ('' = anonymous)")
+    target: str = Field(min_length=1, description="absolute path in the container")
+    read_only: bool = False
+    options: list[str] = Field(default_factory=list, description="tmpfs options, e.g. size=64m, mode=1777")
+
+
+class CreateRequest(Request):
+    """A container's configuration as the client sent it (stored and echoed by inspect)."""
+
+    image: str = Field(min_length=1, description="required; reference or image id")
+    name: str | None = Field(default=None, description="optional; Docker name rules; random if absent")
+    cmd: list[str] | None = Field(default=None, description="None = the image's Cmd")
+    entrypoint: list[str] | None = Field(default=None, description="None = the image's; [] or [''] = none")
+    env: list[str] = Field(default_factory=list, description="KEY=VALUE (or KEY to take it from nowhere: dropped)")
+    working_dir: str = ""
+    user: str = ""
+    group_add: list[str] = Field(default_factory=list)
+    hostname: str = ""
+    domainname: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    auto_remove: bool = False
+    network_mode: str = Field(default="none", description="'none' (own netns with lo only) or 'host'")
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+    read_only: bool = False
+    mounts: list[Mount] = Field(default_factory=list)
+    init: bool = False
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    resources: Resources = Field(default_factory=Resources)
+    cap_add: list[str] = Field(default_factory=list)
+    cap_drop: list[str] = Field(default_factory=list)
+    privileged: bool = False
+    security_opt: list[str] = Field(default_factory=list)
+    log_opts: dict[str, str] = Field(default_factory=dict, description="json-file: max-size, max-file")
+    console_size: tuple[int, int] | None = Field(default=None, description="[height, width]")
+    runtime: str | None = Field(default=None, description="runc or crun; default: the service's setting")
+    platform: str | None = None
+
+
+class CreateReply(Reply):
+    id: str
+    name: str
+    warnings: list[str] = Field(default_factory=list)
+
+
+class IdRequest(Request):
+    id: str = Field(min_length=1, description="required; id, id prefix or name")
+
+
+class StartReply(Reply):
+    id: str
+    pid: int = 0
+    already_running: bool = False
+
+
+class StopRequest(Request):
+    id: str = Field(min_length=1)
+    timeout_s: int | None = Field(
+        default=None, description="None = the container's StopTimeout, else 10; -1 = wait forever"
+    )
+    signal: str | None = None
+
+
+class StopReply(Reply):
+    already_stopped: bool = False
+    exit_code: int | None = None
+
+
+class KillRequest(Request):
+    id: str = Field(min_length=1)
+    signal: str = Field(default="SIGKILL", description="name (SIGTERM, TERM) or number")
+
+
+class RemoveRequest(Request):
+    id: str = Field(min_length=1)
+    force: bool = False
+    volumes: bool = Field(default=False, description="also remove anonymous volumes")
+
+
+class WaitRequest(Request):
+    id: str = Field(min_length=1)
+    condition: WaitCondition = "not-running"
+
+
+class WaitReply(Reply):
+    exit_code: int
+    error: str = ""
+
+
+class ListRequest(Request):
+    all: bool = False
+    filters: dict[str, list[str]] = Field(default_factory=dict, description="id, name, label, status, ancestor, exited")
+    limit: int | None = None
+
+
+class ContainerState(Reply):
+    """Docker's ``State`` object."""
+
+    status: Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+    running: bool = False
+    paused: bool = False
+    restarting: bool = False
+    oom_killed: bool = False
+    dead: bool = False
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class Container(Reply):
+    """A container: metadata (immutable unless noted) plus its current state."""
+
+    id: str
+    name: str = Field(description="without leading '/'; mutable (rename)")
+    namespace: str
+    image: str = Field(description="the reference as given at create")
+    image_id: str = Field(description="config digest of the image")
+    image_name: str = Field(default="", description="normalised image name")
+    created_at: dt.datetime
+    labels: dict[str, str] = Field(default_factory=dict)
+    snapshot_key: str
+    config: dict[str, Any] = Field(description="the CreateRequest as received")
+    path: str = Field(default="", description="argv[0] of the init process")
+    args: list[str] = Field(default_factory=list)
+    hostname: str = ""
+    state: ContainerState
+    restart_count: int = 0
+    log_path: str = ""
+    bundle: str = ""
+    runtime: str = ""
+    exec_ids: list[str] = Field(default_factory=list)
+    mounts: list[dict[str, Any]] = Field(default_factory=list)
+    stop_signal: str = "SIGTERM"
+
+
+class ListReply(Reply):
+    containers: list[Container]
+
+
+class LogsRequest(Request):
+    id: str = Field(min_length=1)
+    follow: bool = False
+    stdout: bool = True
+    stderr: bool = True
+    tail: int | None = Field(default=None, description="only the last N lines; None = all")
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    timestamps: bool = False
+
+
+class LogFrame(Reply):
+    s: int = Field(description="1 stdout, 2 stderr")
+    d: bytes
+    t: str = Field(default="", description="RFC 3339 nano timestamp of the entry")
+
+
+class AttachRequest(Request):
+    id: str = Field(min_length=1)
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = True
+    logs: bool = Field(default=False, description="replay the log before live output")
+    detach_keys: str = ""
+
+
+class ResizeRequest(Request):
+    id: str = Field(min_length=1)
+    height: int = Field(ge=0, le=65535)
+    width: int = Field(ge=0, le=65535)
+
+
+class UpdateRequest(Request):
+    id: str = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    restart_policy: RestartPolicy | None = None
+
+
+class ExecCreateRequest(Request):
+    id: str = Field(min_length=1, description="the container")
+    cmd: list[str] = Field(min_length=1)
+    env: list[str] = Field(default_factory=list)
+    user: str = ""
+    working_dir: str = ""
+    tty: bool = False
+    stdin: bool = False
+    privileged: bool = False
+    detach_keys: str = ""
+    console_size: tuple[int, int] | None = None
+
+
+class ExecCreateReply(Reply):
+    id: str
+
+
+class ExecStartRequest(Request):
+    exec_id: str = Field(min_length=1)
+    detach: bool = False
+    stdin: bool = False
+
+
+class ExecIdRequest(Request):
+    exec_id: str = Field(min_length=1)
+
+
+class ExecResizeRequest(Request):
+    exec_id: str = Field(min_length=1)
+    height: int = Field(ge=0, le=65535)
+    width: int = Field(ge=0, le=65535)
+
+
+class ExecInfo(Reply):
+    id: str
+    container_id: str
+    running: bool
+    exit_code: int | None = None
+    pid: int = 0
+    cmd: list[str] = Field(default_factory=list)
+    tty: bool = False
+    user: str = ""
+    open_stdin: bool = False
+
+
+class TopRequest(Request):
+    id: str = Field(min_length=1)
+    ps_args: str = "-ef"
+
+
+class TopReply(Reply):
+    titles: list[str]
+    processes: list[list[str]]
+
+
+class StatsRequest(Request):
+    id: str = Field(min_length=1)
+    stream: bool = True
+
+
+class Stats(Reply):
+    """One sample (Docker's stats shape, simplified names)."""
+
+    id: str
+    name: str
+    read: dt.datetime
+    cpu_total_ns: int = 0
+    system_cpu_ns: int = 0
+    online_cpus: int = 1
+    cpu_percent: float = 0.0
+    memory_usage: int = 0
+    memory_limit: int = 0
+    memory_percent: float = 0.0
+    pids: int = 0
+    block_read: int = 0
+    block_write: int = 0
+    net_rx: int = 0
+    net_tx: int = 0
+
+
+class Volume(Reply):
+    name: str
+    driver: str = "local"
+    mountpoint: str
+    created_at: dt.datetime
+    labels: dict[str, str] = Field(default_factory=dict)
+    anonymous: bool = False
+    in_use_by: list[str] = Field(default_factory=list)
+
+
+class VolumeCreateRequest(Request):
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class VolumeRemoveRequest(Request):
+    name: str = Field(min_length=1)
+    force: bool = False
+
+
+class VolumeListReply(Reply):
+    volumes: list[Volume]

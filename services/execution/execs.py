@@ -1,0 +1,256 @@
+"""``exec``: more processes in a running container, through its shim (``runc exec``).
+
+Like Docker, an exec is created (``execution.exec_create`` -> id; the shim publishes
+``/tasks/exec-added``), then started (``execution.exec_start``, a stream: first
+``{"attached": true, "tty"}``, then output frames ``{s, d}``, and last
+``{"exit_code": n}``; the shim publishes ``/tasks/exec-started`` and ``/tasks/exit``
+with the exec id). ``exec_inspect`` gives Docker's ExecInspect fields. Exec records live
+in memory (as in dockerd): they vanish with the container or a restart of the service.
+The process runs with the container's environment, working directory, capabilities
+and user unless the request overrides them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import errors, ids
+from common.api.execution import (
+    ExecCreateReply,
+    ExecCreateRequest,
+    ExecIdRequest,
+    ExecInfo,
+    ExecResizeRequest,
+    ExecStartRequest,
+)
+from common.rpc.server import Context, rpc
+from services.execution import spec
+from services.execution.detach import DetachScanner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExecRecord:
+    id: str
+    namespace: str
+    container_id: str
+    cmd: list[str]
+    tty: bool
+    stdin: bool
+    user: str
+    detach_keys: str
+    pid: int = 0
+    running: bool = False
+    started: bool = False
+    exit_code: int | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ExecService:
+    """The ``execution.exec_*`` RPC methods; ``owner`` is the ``ExecutionService``."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.execs: dict[str, ExecRecord] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def for_container(self, namespace: str, container_id: str) -> list[str]:
+        return [e.id for e in self.execs.values() if (e.namespace, e.container_id) == (namespace, container_id)]
+
+    def forget_container(self, namespace: str, container_id: str) -> None:
+        for exec_id in self.for_container(namespace, container_id):
+            self.execs.pop(exec_id, None)
+
+    def _get(self, namespace: str, exec_id: str) -> ExecRecord:
+        rec = self.execs.get(exec_id)
+        if rec is None or rec.namespace != namespace:
+            raise errors.NotFound(f"exec '{exec_id}' not found", {"kind": "exec"})
+        return rec
+
+    @rpc("execution.exec_create")
+    async def exec_create(self, req: ExecCreateRequest, ctx: Context) -> ExecCreateReply:
+        """Register an exec in a running container; Conflict if it does not run."""
+        rec = self.owner._find(ctx.namespace, req.id)
+        live = self.owner.tasks.get(rec.namespace, rec.id)
+        if live is None or live.status != "running":
+            what = "paused" if live is not None and live.status == "paused" else "not running"
+            raise errors.Conflict(f"container '{rec.name}' is {what}", {"id": rec.id})
+        process = rec.spec["process"]
+        caps = process["capabilities"]["bounding"]
+        if req.privileged:
+            caps = spec.capabilities([], [], True, self.owner._available_caps)
+        body = {
+            "args": list(req.cmd),
+            "env": spec.merge_env(process.get("env") or [], req.env),
+            "cwd": req.working_dir or process.get("cwd") or "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": bool(process.get("noNewPrivileges")),
+        }
+        if req.working_dir and not req.working_dir.startswith("/"):
+            raise errors.InvalidArgument(f"the working directory '{req.working_dir}' is invalid: not absolute")
+        exec_id = ids.new_id()
+        height, width = req.console_size or (0, 0)
+        await live.client.call(
+            "shim.exec",
+            {
+                "exec_id": exec_id,
+                "process": body,
+                "user": req.user,
+                "tty": req.tty,
+                "stdin": req.stdin,
+                "console_width": width,
+                "console_height": height,
+            },
+            timeout_s=30,
+        )
+        self.execs[exec_id] = ExecRecord(
+            exec_id, rec.namespace, rec.id, list(req.cmd), req.tty, req.stdin, req.user, req.detach_keys
+        )
+        return ExecCreateReply(id=exec_id)
+
+    @rpc("execution.exec_start", stream=True)
+    async def exec_start(self, req: ExecStartRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Start an exec (see module docstring); ``detach`` returns after the start."""
+        ex = self._get(ctx.namespace, req.exec_id)
+        if ex.started:
+            raise errors.Conflict(f"exec '{ex.id}' has already been started")
+        live = self.owner.tasks.get(ex.namespace, ex.container_id)
+        if live is None or live.status != "running":
+            raise errors.Conflict(f"container '{ex.container_id[:12]}' is not running")
+        ex.started = True
+        client = live.client
+        if req.detach:
+            reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+            ex.pid, ex.running = int(reply["pid"]), True
+            self._spawn(self._watch(ex, client))
+            yield {"attached": False, "pid": ex.pid}
+            return
+        stdin = req.stdin and ex.stdin
+        att = await client.start(
+            "shim.attach", {"exec_id": ex.id, "stdin": stdin, "stdout": True, "stderr": True}, timeout_s=None
+        )
+        relay: asyncio.Task[None] | None = None
+        detached = asyncio.Event()
+        try:
+            await att.next_frame()
+            try:
+                reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+            except errors.DockyardError as exc:
+                ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
+                ex.done.set()
+                self._spawn(self._cleanup(ex, client))
+                raise
+            ex.pid, ex.running = int(reply["pid"]), True
+            self._spawn(self._watch(ex, client))
+            yield {"attached": True, "tty": ex.tty, "pid": ex.pid}
+            if stdin:
+                keys = ex.detach_keys if ex.tty else ""
+                relay = asyncio.create_task(_relay(ctx, att, DetachScanner(keys) if ex.tty else None, detached))
+            async for frame in _until(att, detached):
+                yield frame
+            if detached.is_set():
+                yield {"detached": True}
+                return
+            await ex.done.wait()
+            yield {"exit_code": ex.exit_code if ex.exit_code is not None else 255}
+        finally:
+            if relay is not None:
+                relay.cancel()
+            if not att.done:
+                await att.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, ex: ExecRecord, client: Any) -> None:
+        try:
+            reply = await client.call("shim.wait", {"exec_id": ex.id}, timeout_s=None)
+            ex.exit_code = int(reply.get("exit_status", 255))
+        except errors.DockyardError as exc:
+            log.info("exec %s of %s: %s", ex.id[:12], ex.container_id[:12], exc)
+            if ex.exit_code is None:
+                ex.exit_code = 255
+        ex.running = False
+        ex.done.set()
+        await self._cleanup(ex, client)
+
+    async def _cleanup(self, ex: ExecRecord, client: Any) -> None:
+        with contextlib.suppress(errors.DockyardError):
+            await client.call("shim.delete", {"exec_id": ex.id}, timeout_s=10)
+
+    @rpc("execution.exec_inspect", quiet=True)
+    async def exec_inspect(self, req: ExecIdRequest, ctx: Context) -> ExecInfo:
+        """Docker's ExecInspect: running, exit code (None while running), pid."""
+        ex = self._get(ctx.namespace, req.exec_id)
+        return ExecInfo(
+            id=ex.id,
+            container_id=ex.container_id,
+            running=ex.running,
+            exit_code=ex.exit_code,
+            pid=ex.pid,
+            cmd=ex.cmd,
+            tty=ex.tty,
+            user=ex.user,
+            open_stdin=ex.stdin,
+        )
+
+    @rpc("execution.exec_resize")
+    async def exec_resize(self, req: ExecResizeRequest, ctx: Context) -> dict[str, Any]:
+        """Resize the exec's terminal."""
+        ex = self._get(ctx.namespace, req.exec_id)
+        live = self.owner.tasks.get(ex.namespace, ex.container_id)
+        if live is None:
+            raise errors.Conflict(f"container '{ex.container_id[:12]}' is not running")
+        await live.client.call(
+            "shim.resize", {"exec_id": ex.id, "width": req.width, "height": req.height}, timeout_s=10
+        )
+        return {}
+
+
+async def _relay(ctx: Context, call: Any, scanner: DetachScanner | None, detached: asyncio.Event) -> None:
+    """Client stdin -> the process; EOF closes it; the detach keys end the attach instead."""
+    while True:
+        item = await ctx.recv()
+        if item is None:
+            await call.send_eof()
+            return
+        data = bytes(item)
+        if scanner is not None:
+            data, hit = scanner.feed(data)
+            if data:
+                await call.send(data)
+            if hit:
+                detached.set()
+                return
+            continue
+        await call.send(data)
+
+
+async def _until(call: Any, stop: asyncio.Event) -> AsyncIterator[dict[str, Any]]:
+    """Frames of ``call`` until it ends or ``stop`` is set."""
+    it = call.__aiter__()
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            await asyncio.wait([nxt, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if nxt.done():
+                try:
+                    yield nxt.result()
+                except StopAsyncIteration:
+                    return
+                continue
+            nxt.cancel()
+            with contextlib.suppress(BaseException):
+                await nxt
+            return
+    finally:
+        stopper.cancel()

@@ -1,0 +1,1102 @@
+"""The execution service: containers (metadata) and their tasks (through shims).
+
+RPC surface documented in ``common.api.execution``. ``create`` turns an image
+and a request into a container record, an active snapshot and an OCI bundle;
+``start`` hands the bundle to a new shim (``services.execution.tasks``); stop, kill,
+wait, attach and logs act on the task through its shim or on the files it left.
+Exits come back through ``TaskManager`` and end here in ``_on_exit``: waiters,
+``--rm`` and the restart policy.
+
+No zmq here: the wiring in ``__main__`` passes the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import shutil
+import signal as signal_mod
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from common import codec, errors, ids, topics
+from common.api.execution import (
+    AttachRequest,
+    Container,
+    ContainerState,
+    CreateReply,
+    CreateRequest,
+    IdRequest,
+    KillRequest,
+    ListReply,
+    ListRequest,
+    LogsRequest,
+    RemoveRequest,
+    ResizeRequest,
+    StartReply,
+    Stats,
+    StatsRequest,
+    StopReply,
+    StopRequest,
+    TopReply,
+    TopRequest,
+    UpdateRequest,
+    WaitReply,
+    WaitRequest,
+)
+from common.rpc.server import Context, rpc
+from common.settings import Settings
+from services.execution import logs as logs_mod
+from services.execution import observe, shims, spec
+from services.execution.detach import DetachScanner
+from services.execution.execs import ExecService, _until
+from services.execution.seccomp import default_seccomp
+from services.execution.store import Record, Store
+from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
+from services.execution.volumes import Volumes
+from services.shim import mount
+from services.shim.jsonlog import parse_time, read_entries
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_TIMEOUT_S = 10
+ATTACH_CONNECT_S = 10.0
+RESTART_BACKOFF_MIN_S = 0.1
+RESTART_BACKOFF_MAX_S = 60.0
+RESTART_RESET_AFTER_S = 10.0
+INIT_PATH = "/sbin/docker-init"
+
+
+class _PendingAttach:
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.live: asyncio.Future[Live] = loop.create_future()
+        self.connected: asyncio.Future[None] = loop.create_future()
+
+
+class ExecutionService:
+    """See module docstring. ``image``, ``snapshot``, ``events`` are AsyncClients."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        image: Any,
+        snapshot: Any,
+        events: Any,
+        publisher: Any,
+        shim_client: Any,
+        volumes: Volumes | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.volumes = volumes or Volumes(
+            settings.service_dir("execution") / "containers.db",
+            settings.service_dir("execution") / "volumes",
+            self.volume_users,
+        )
+        self.execs = ExecService(self)
+        self._backoff: dict[tuple[str, str], float] = {}
+        self._restarts: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.image = image
+        self.snapshot = snapshot
+        self.events = events
+        self.publisher = publisher
+        self.tasks = TaskManager(settings, store, publisher, events, shim_client, self._on_exit)
+        self._waiters: dict[tuple[str, str], list[tuple[str, asyncio.Future[WaitReply]]]] = {}
+        self._pending: dict[tuple[str, str], list[_PendingAttach]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._available_caps = spec.host_capabilities()
+
+    # -- helpers -------------------------------------------------------------------------
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _find(self, namespace: str, ref: str) -> Record:
+        return self.store.find(namespace, ref)
+
+    def volume_users(self, namespace: str, name: str) -> list[str]:
+        """Names of the containers that mount volume ``name``."""
+        return [r.name for r in self.store.list(namespace) if name in (r.extra.get("volumes") or [])]
+
+    def _live_or_conflict(self, rec: Record, *states: str) -> Live:
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is None or live.done.is_set() or live.status not in states:
+            raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id})
+        return live
+
+    def _log_path(self, namespace: str, container_id: str) -> str:
+        return str(self.settings.container_dir(namespace, container_id) / f"{container_id}-json.log")
+
+    def _publish(self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any]) -> None:
+        self.publisher.publish(topic, event, namespace=namespace, event_id=f"{container_id}/container/{verb}")
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.tasks.close()
+
+    async def recover(self) -> None:
+        """Rebuild the live view after a restart (see ``TaskManager.recover``)."""
+        started = codec.utcnow()
+        await self.tasks.recover()
+        for rec in self.store.list(None):
+            if rec.status == "removing":
+                self._spawn(self._remove(rec), f"resume-remove-{rec.id[:12]}")
+            elif rec.status == "restarting" and self.tasks.get(rec.namespace, rec.id) is None:
+                # its back-off timer died with the previous process
+                self.store.update(rec.namespace, rec.id, restart_count=max(0, rec.restart_count - 1))
+                self._schedule_restart(self.store.get(rec.namespace, rec.id) or rec)
+        self._spawn(self._remove_orphan_snapshots(started), "orphan-snapshots")
+
+    async def _remove_orphan_snapshots(self, before: dt.datetime) -> None:
+        """Remove container snapshots whose create was cut short by our crash (prepared, never recorded).
+
+        Only snapshots older than this process's start are considered, so a create running
+        now is never touched. Retries while the snapshot service is down.
+        """
+        namespaces = {rec.namespace for rec in self.store.list(None)} | {"default"}
+        tasks_dir = Path(self.settings.state) / "tasks"
+        if tasks_dir.is_dir():
+            namespaces |= {p.name for p in tasks_dir.iterdir() if p.is_dir()}
+        delay = 0.5
+        for ns in sorted(namespaces):
+            while True:
+                try:
+                    reply = await self.snapshot.call(
+                        "snapshot.list", {"filters": ['labels."dockyard.container"']}, namespace=ns, timeout_s=30
+                    )
+                    break
+                except (errors.Unavailable, errors.DeadlineExceeded):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            for info in reply.get("snapshots") or []:
+                key = str(info.get("name") or "")
+                created = info.get("created_at")
+                if self.store.get(ns, key) is not None or (isinstance(created, dt.datetime) and created >= before):
+                    continue
+                with contextlib.suppress(errors.DockyardError):
+                    await self.snapshot.call("snapshot.remove", {"key": key}, namespace=ns, timeout_s=30)
+                    log.info("removed snapshot %s of a container whose create was interrupted", key[:12])
+
+    # -- create --------------------------------------------------------------------------
+    @rpc("execution.create")
+    async def create(self, req: CreateRequest, ctx: Context) -> CreateReply:
+        """Create a container (see ``common.api.execution``); starts nothing."""
+        ns = ctx.namespace
+        if req.name:
+            name = ids.validate_name(req.name)
+            if self.store.name_taken(ns, name):
+                existing = self.store.find(ns, name)
+                raise errors.AlreadyExists(
+                    f'the container name "/{name}" is already in use by container "{existing.id}"; '
+                    "remove (or rename) that container to be able to reuse that name",
+                    {"name": name, "id": existing.id},
+                )
+        else:
+            name = ids.random_name()
+            while self.store.name_taken(ns, name):
+                name = ids.random_name()
+        self._validate(req)
+        try:
+            image = await self.image.call(
+                "image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300
+            )
+        except errors.NotFound as exc:
+            raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
+        image_cfg: dict[str, Any] = dict((image.get("config") or {}).get("config") or {})
+        args = spec.process_args(image_cfg, req.entrypoint, req.cmd)
+        env = spec.merge_env(image_cfg.get("Env") or [], req.env)
+        cwd = req.working_dir or image_cfg.get("WorkingDir") or "/"
+        user = req.user if req.user else str(image_cfg.get("User") or "")
+        stop_signal = req.stop_signal or image_cfg.get("StopSignal") or "SIGTERM"
+        spec.parse_signal(stop_signal)
+        container_id = ids.new_id()
+        hostname = req.hostname or container_id[:12]
+        labels = {**(image_cfg.get("Labels") or {}), **req.labels}
+        runtime = req.runtime or self.settings.runtime
+        caps = spec.capabilities(req.cap_add, req.cap_drop, req.privileged, self._available_caps)
+        no_new_privs = any(
+            o.split("=")[0].split(":")[0] == "no-new-privileges" and not o.endswith("false") for o in req.security_opt
+        )
+        seccomp = None if req.privileged or "seccomp=unconfined" in req.security_opt else default_seccomp(caps)
+        resources = spec.linux_resources(req.resources.model_dump(), swap_accounting=_swap_accounting())
+        bundle = str(self.settings.bundle_dir(ns, container_id))
+        cdir = str(self.settings.container_dir(ns, container_id))
+        etc = {
+            "/etc/hostname": os.path.join(cdir, "hostname"),
+            "/etc/hosts": os.path.join(cdir, "hosts"),
+            "/etc/resolv.conf": os.path.join(cdir, "resolv.conf"),
+        }
+        mounts, volume_names, copy_up = await asyncio.to_thread(self._resolve_mounts, ns, req)
+        if req.init:
+            init_binary = spec.find_init()
+            mounts.append({"type": "bind", "source": init_binary, "target": INIT_PATH, "read_only": True})
+            args = [INIT_PATH, "--", *args]
+        oci = spec.build_spec(
+            container_id=container_id,
+            args=args,
+            env=env,
+            cwd=cwd,
+            hostname=hostname,
+            domainname=req.domainname,
+            tty=req.tty,
+            open_stdin=req.open_stdin,
+            network_mode=req.network_mode,
+            read_only=req.read_only,
+            caps=caps,
+            privileged=req.privileged,
+            no_new_privileges=no_new_privs,
+            seccomp=seccomp,
+            mounts=mounts,
+            etc_files=etc,
+            resources=resources,
+            console_size=req.console_size,
+            devices=spec.host_devices() if req.privileged else None,
+        )
+        prepared = False
+        try:
+            reply = await self.snapshot.call(
+                "snapshot.prepare",
+                {
+                    "key": container_id,
+                    "parent": image.get("chain_id") or "",
+                    "labels": {"dockyard.container": container_id},
+                },
+                namespace=ns,
+                timeout_s=60,
+            )
+            prepared = True
+            await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)
+            await asyncio.to_thread(_write_bundle, bundle, oci, list(reply.get("mounts") or []))
+            rec = Record(
+                namespace=ns,
+                id=container_id,
+                name=name,
+                image=req.image,
+                image_id=str(image.get("id") or ""),
+                image_name=str(image.get("name") or ""),
+                config=req.model_dump(mode="json"),
+                spec=oci,
+                snapshot_key=container_id,
+                runtime=runtime,
+                created_at=codec.utcnow(),
+                hostname=hostname,
+                labels=labels,
+                extra={
+                    "mounts": list(reply.get("mounts") or []),
+                    "log_path": self._log_path(ns, container_id),
+                    "user": user,
+                    "stop_signal": stop_signal,
+                    "args": args,
+                    "volumes": volume_names,
+                    "copy_up": copy_up,
+                    "user_mounts": mounts,
+                },
+            )
+            self.store.insert(rec)
+        except BaseException:
+            await self._rollback_create(ns, container_id, bundle, cdir, prepared)
+            for vol in volume_names:
+                vinfo = self.volumes.get(ns, vol)
+                if vinfo is not None and vinfo.anonymous:
+                    with contextlib.suppress(errors.DockyardError):
+                        await asyncio.to_thread(self.volumes.remove, ns, vol, True)
+            raise
+        self._publish(
+            topics.CONTAINER_CREATE,
+            "create",
+            ns,
+            container_id,
+            {"id": container_id, "name": name, "image": req.image, "runtime": {"name": runtime}, "labels": labels},
+        )
+        log.info("created container %s (%s) from %s", container_id[:12], name, req.image)
+        return CreateReply(id=container_id, name=name)
+
+    def _validate(self, req: CreateRequest) -> None:
+        """Refuse contradictory or malformed options before any work (Docker's messages)."""
+        if req.working_dir and not req.working_dir.startswith("/"):
+            raise errors.InvalidArgument(
+                f"the working directory '{req.working_dir}' is invalid, it needs to be an absolute path"
+            )
+        if req.auto_remove and req.restart_policy.name != "no":
+            raise errors.InvalidArgument("conflicting options: --restart and --rm")
+        if req.restart_policy.maximum_retry_count and req.restart_policy.name != "on-failure":
+            raise errors.InvalidArgument(
+                f"maximum retry count cannot be used with restart policy '{req.restart_policy.name}'"
+            )
+        for key in req.log_opts:
+            if key not in ("max-size", "max-file", "compress", "labels", "env", "tag"):
+                raise errors.InvalidArgument(f"unknown log opt '{key}' for json-file log driver")
+        if "max-file" in req.log_opts:
+            if not req.log_opts["max-file"].isdigit() or int(req.log_opts["max-file"]) < 1:
+                raise errors.InvalidArgument("max-file must be a positive number")
+            if "max-size" not in req.log_opts and int(req.log_opts["max-file"]) > 1:
+                raise errors.InvalidArgument("max-file cannot be set without max-size")
+        for opt in req.security_opt:
+            key = opt.split("=")[0].split(":")[0]
+            if key not in ("no-new-privileges", "seccomp", "label", "apparmor"):
+                raise errors.InvalidArgument(f"invalid --security-opt {opt!r}")
+            if key == "seccomp" and opt not in ("seccomp=unconfined", "seccomp:unconfined"):
+                raise errors.InvalidArgument("only seccomp=unconfined is supported (custom profiles are not)")
+
+    def _resolve_mounts(
+        self, ns: str, req: CreateRequest
+    ) -> tuple[list[dict[str, Any]], list[str], list[dict[str, str]]]:
+        """Host sources for the request's mounts; creates missing bind dirs (like ``-v``) and volumes."""
+        out: list[dict[str, Any]] = []
+        volume_names: list[str] = []
+        copy_up: list[dict[str, str]] = []
+        seen: set[str] = set()
+        for m in req.mounts:
+            target = os.path.normpath(m.target)
+            if not m.target.startswith("/") or target == "/":
+                raise errors.InvalidArgument(
+                    f"invalid mount target {m.target!r}: must be an absolute path other than /"
+                )
+            if target in seen:
+                raise errors.InvalidArgument(f"duplicate mount point: {target}")
+            seen.add(target)
+            if m.type == "bind":
+                if not m.source.startswith("/"):
+                    raise errors.InvalidArgument(f"invalid bind source {m.source!r}: must be an absolute host path")
+                if not os.path.exists(m.source):
+                    os.makedirs(m.source, exist_ok=True)
+                out.append({"type": "bind", "source": m.source, "target": target, "read_only": m.read_only})
+            elif m.type == "volume":
+                vol, created = self.volumes.ensure(ns, m.source)
+                volume_names.append(vol.name)
+                out.append(
+                    {
+                        "type": "bind",
+                        "source": vol.mountpoint,
+                        "target": target,
+                        "read_only": m.read_only,
+                        "volume": vol.name,
+                    }
+                )
+                if created or not os.listdir(vol.mountpoint):
+                    copy_up.append({"target": target, "source": vol.mountpoint})
+            else:
+                out.append({"type": "tmpfs", "target": target, "read_only": m.read_only, "options": list(m.options)})
+        return out, volume_names, copy_up
+
+    async def _rollback_create(self, ns: str, container_id: str, bundle: str, cdir: str, prepared: bool) -> None:
+        if prepared:
+            try:
+                await self.snapshot.call("snapshot.remove", {"key": container_id}, namespace=ns, timeout_s=30)
+            except errors.DockyardError as exc:
+                log.error("rollback: cannot remove snapshot %s: %s", container_id, exc)
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+        await asyncio.to_thread(shutil.rmtree, cdir, True)
+
+    # -- start ---------------------------------------------------------------------------
+    @rpc("execution.start")
+    async def start(self, req: IdRequest, ctx: Context) -> StartReply:
+        """Start the container's task (see ``common.api.execution``)."""
+        rec = self._find(ctx.namespace, req.id)
+        pending = self._restarts.pop((rec.namespace, rec.id), None)
+        if pending is not None:
+            pending.cancel()
+        return await self._start(rec)
+
+    @rpc("execution.restart")
+    async def restart(self, req: StopRequest, ctx: Context) -> StartReply:
+        """Stop (as ``execution.stop``) if running, then start."""
+        await self.stop(req, ctx)
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None:
+            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+        return await self._start(self.store.get(rec.namespace, rec.id) or rec)
+
+    @rpc("execution.pause")
+    async def pause(self, req: IdRequest, ctx: Context) -> dict[str, Any]:
+        """Freeze every process of the container (``/tasks/paused``); Conflict unless running."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None and live.status == "paused":
+            raise errors.Conflict(f"container '{rec.name}' is already paused", {"id": rec.id})
+        live = self._live_or_conflict(rec, "running")
+        await live.client.call("shim.pause", {}, timeout_s=30)
+        live.status = "paused"
+        self.store.update(rec.namespace, rec.id, status="paused")
+        return {}
+
+    @rpc("execution.unpause")
+    async def unpause(self, req: IdRequest, ctx: Context) -> dict[str, Any]:
+        """Thaw a paused container (``/tasks/resumed``); Conflict unless paused."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is None or live.status != "paused":
+            raise errors.Conflict(f"container '{rec.name}' is not paused", {"id": rec.id})
+        await live.client.call("shim.resume", {}, timeout_s=30)
+        live.status = "running"
+        self.store.update(rec.namespace, rec.id, status="running")
+        return {}
+
+    @rpc("execution.update")
+    async def update(self, req: UpdateRequest, ctx: Context) -> dict[str, Any]:
+        """Change resources (and the restart policy); applied at once to a running task.
+
+        Returns ``{warnings: [...]}``. The new values are kept for later starts.
+        """
+        rec = self._find(ctx.namespace, req.id)
+        config = dict(rec.config)
+        merged = dict(config.get("resources") or {})
+        merged.update({k: v for k, v in req.resources.model_dump().items() if v is not None})
+        if req.resources.memory and req.resources.memory_swap is None and merged.get("memory_swap") not in (None, -1):
+            merged["memory_swap"] = None  # a new memory limit re-derives swap (Docker: 2 x memory)
+        resources = spec.linux_resources(merged, swap_accounting=_swap_accounting())
+        if req.restart_policy is not None:
+            if config.get("auto_remove") and req.restart_policy.name != "no":
+                raise errors.InvalidArgument("conflicting options: --restart and --rm")
+            config["restart_policy"] = req.restart_policy.model_dump()
+        config["resources"] = merged
+        oci = dict(rec.spec)
+        linux = dict(oci["linux"])
+        linux["resources"] = {"devices": linux.get("resources", {}).get("devices", []), **resources}
+        oci["linux"] = linux
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None and not live.done.is_set() and resources:
+            await live.client.call("shim.update", {"resources": resources}, timeout_s=30)
+        self.store.update(rec.namespace, rec.id, config=config, spec=oci)
+        self._publish(
+            topics.CONTAINER_UPDATE,
+            f"update/{codec.utcnow().timestamp()}",
+            rec.namespace,
+            rec.id,
+            {"id": rec.id, "name": rec.name},
+        )
+        return {"warnings": []}
+
+    @rpc("execution.resize")
+    async def resize(self, req: ResizeRequest, ctx: Context) -> dict[str, Any]:
+        """Set the container's terminal size (TTY containers)."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self._live_or_conflict(rec, "running", "paused")
+        if not rec.config.get("tty"):
+            raise errors.FailedPrecondition(f"container '{rec.name}' has no terminal")
+        await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
+        return {}
+
+    @rpc("execution.top")
+    async def top(self, req: TopRequest, ctx: Context) -> TopReply:
+        """The host's ``ps <ps_args>`` rows of the container's processes (as dockerd does)."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self._live_or_conflict(rec, "running", "paused")
+        pids = set((await live.client.call("shim.pids", {}, timeout_s=10))["pids"])
+        import shlex
+
+        args = shlex.split(req.ps_args or "-ef")
+        proc = await asyncio.create_subprocess_exec(
+            "ps",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode:
+            raise errors.InvalidArgument(f"ps {req.ps_args}: {err.decode(errors='replace').strip()}")
+        titles, rows = observe.parse_ps(out.decode(errors="replace"), pids)
+        return TopReply(titles=titles, processes=rows)
+
+    @rpc("execution.stats", stream=True)
+    async def stats(self, req: StatsRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Resource usage, one ``Stats`` per second (``stream=false``: one, over a 1 s window)."""
+        rec = self._find(ctx.namespace, req.id)
+        cg = str(rec.spec.get("linux", {}).get("cgroupsPath") or "")
+        prev: dict[str, Any] | None = None
+        while True:
+            live = self.tasks.get(rec.namespace, rec.id)
+            running = live is not None and not live.done.is_set() and live.status in ("running", "paused")
+            pid = live.task_pid if running and live is not None else 0
+            if running:
+                cur = await asyncio.to_thread(observe.sample, cg, pid)
+            else:
+                cur = {
+                    "read": codec.utcnow(),
+                    "cpu_total_ns": 0,
+                    "system_cpu_ns": 0,
+                    "online_cpus": 1,
+                    "memory_usage": 0,
+                    "memory_cache": 0,
+                    "memory_limit": 0,
+                    "pids": 0,
+                    "block_read": 0,
+                    "block_write": 0,
+                    "net_rx": 0,
+                    "net_tx": 0,
+                }
+            if prev is None and running:
+                prev = cur
+                await asyncio.sleep(1.0 if not req.stream else 0.5)
+                continue
+            yield Stats(id=rec.id, name=rec.name, **observe.compute(prev, cur)).model_dump()
+            if not req.stream:
+                return
+            prev = cur
+            await asyncio.sleep(1.0)
+
+    async def _start(self, rec: Record) -> StartReply:
+        previous = self.tasks.get(rec.namespace, rec.id)
+        if previous is not None and previous.status == "stopped" and not previous.done.is_set():
+            # the last incarnation is still being cleaned up (its runtime container shares our id)
+            try:
+                await asyncio.wait_for(asyncio.shield(previous.done.wait()), 30)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    f"the previous task of container '{rec.name}' is still being cleaned up"
+                ) from None
+        async with self.tasks.lock(rec.namespace, rec.id):
+            rec = self.store.get(rec.namespace, rec.id) or rec
+            live = self.tasks.get(rec.namespace, rec.id)
+            if live is not None and live.status == "paused":
+                raise errors.Conflict(f"cannot start a paused container '{rec.name}', try unpause instead")
+            if live is not None and live.status in ("running", "created"):
+                return StartReply(id=rec.id, pid=live.task_pid, already_running=True)
+            if rec.status == "removing":
+                raise errors.Conflict(f"container '{rec.name}' is being removed")
+            try:
+                live = await self.tasks.start(rec, self._connect_pending)
+            except StartFailed as exc:
+                self._fail_pending(rec, exc.message)
+                self._notify(rec.namespace, rec.id, exc.exit_status, exc.message, removed=False)
+                if rec.config.get("auto_remove"):
+                    self._spawn(self._remove(rec), f"auto-remove-{rec.id[:12]}")
+                cls = errors.InvalidArgument if exc.exit_status in (126, 127) else errors.Internal
+                raise cls(exc.message, {"exit_status": exc.exit_status}) from None
+            return StartReply(id=rec.id, pid=live.task_pid)
+
+    async def _connect_pending(self, live: Live) -> None:
+        pending = self._pending.pop(live.key, [])
+        for p in pending:
+            if not p.live.done():
+                p.live.set_result(live)
+        if pending:
+            await asyncio.wait([p.connected for p in pending], timeout=ATTACH_CONNECT_S)
+
+    def _fail_pending(self, rec: Record, message: str) -> None:
+        for p in self._pending.pop((rec.namespace, rec.id), []):
+            if not p.live.done():
+                p.live.set_exception(errors.FailedPrecondition(message))
+
+    # -- stop, kill ----------------------------------------------------------------------
+    @rpc("execution.stop")
+    async def stop(self, req: StopRequest, ctx: Context) -> StopReply:
+        """Stop signal, then SIGKILL after the timeout; ``already_stopped`` if not running."""
+        rec = self._find(ctx.namespace, req.id)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is None or live.done.is_set() or live.status not in ("running", "paused", "created"):
+            if self._cancel_restart(rec):
+                return StopReply(already_stopped=False, exit_code=rec.exit_code)
+            return StopReply(already_stopped=True, exit_code=rec.exit_code)
+        self.store.update(rec.namespace, rec.id, manual_stop=True)
+        sig = spec.parse_signal(req.signal or rec.extra.get("stop_signal") or "SIGTERM")
+        timeout: float | None
+        if req.timeout_s is not None:
+            timeout = None if req.timeout_s < 0 else float(req.timeout_s)
+        else:
+            configured = rec.config.get("stop_timeout")
+            timeout = float(configured) if configured is not None else float(DEFAULT_STOP_TIMEOUT_S)
+        await self._signal(live, sig)
+        if live.status == "paused":
+            with contextlib.suppress(errors.DockyardError):
+                await live.client.call("shim.resume", {}, timeout_s=10)
+        try:
+            await asyncio.wait_for(asyncio.shield(live.done.wait()), timeout)
+        except TimeoutError:
+            log.info("container %s did not stop within %ss; killing it", rec.id[:12], timeout)
+            await self._signal(live, signal_mod.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+        code = live.exit.exit_code if live.exit else None
+        return StopReply(already_stopped=False, exit_code=code)
+
+    async def _signal(self, live: Live, sig: int) -> None:
+        try:
+            await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
+        except errors.FailedPrecondition:
+            pass  # it exited meanwhile
+        except errors.Unavailable:
+            if not live.done.is_set():
+                raise
+
+    @rpc("execution.kill")
+    async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:
+        """Send a signal to the running task; Conflict when it is not running."""
+        rec = self._find(ctx.namespace, req.id)
+        sig = spec.parse_signal(req.signal, signal_mod.SIGKILL)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is None or live.status not in ("running", "paused"):
+            raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id})
+        if sig in (signal_mod.SIGKILL, signal_mod.SIGTERM, signal_mod.SIGINT):
+            self.store.update(rec.namespace, rec.id, manual_stop=True)
+        try:
+            await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
+        except errors.FailedPrecondition:
+            raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
+        if live.status == "paused" and sig == signal_mod.SIGKILL:
+            with contextlib.suppress(errors.DockyardError):  # a frozen process dies once thawed
+                await live.client.call("shim.resume", {}, timeout_s=10)
+                live.status = "running"
+        return {}
+
+    # -- remove --------------------------------------------------------------------------
+    @rpc("execution.remove")
+    async def remove(self, req: RemoveRequest, ctx: Context) -> dict[str, Any]:
+        """Remove a container; Conflict while it runs unless ``force``."""
+        rec = self._find(ctx.namespace, req.id)
+        self._cancel_restart(rec)
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None and not live.done.is_set():
+            if not req.force:
+                raise errors.Conflict(
+                    f"you cannot remove a running container {rec.id}. "
+                    "Stop the container before attempting removal or force remove",
+                    {"id": rec.id},
+                )
+            self.store.update(rec.namespace, rec.id, manual_stop=True)
+            await self._signal(live, signal_mod.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+        rec = self.store.get(rec.namespace, rec.id) or rec
+        await self._remove(rec, volumes=req.volumes)
+        return {}
+
+    async def _remove(self, rec: Record, volumes: bool = False) -> None:
+        """Remove a stopped container: snapshot, bundle, logs, record; anonymous volumes with ``volumes``."""
+        ns, cid = rec.namespace, rec.id
+        async with self.tasks.lock(ns, cid):
+            current = self.store.get(ns, cid)
+            if current is None:
+                return
+            live = self.tasks.get(ns, cid)
+            if live is not None and not live.done.is_set():
+                raise errors.Conflict(f"container '{rec.name}' is running")
+            self.store.update(ns, cid, status="removing")
+            try:
+                await self.snapshot.call("snapshot.remove", {"key": rec.snapshot_key}, namespace=ns, timeout_s=60)
+            except errors.NotFound:
+                pass
+            bundle = str(self.settings.bundle_dir(ns, cid))
+            cdir = str(self.settings.container_dir(ns, cid))
+            await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
+            await asyncio.to_thread(_remove_dirs, bundle, cdir)
+            self.store.delete(ns, cid)
+            self.execs.forget_container(ns, cid)
+            self._backoff.pop((ns, cid), None)
+            if volumes or current.config.get("auto_remove"):
+                for name in current.extra.get("volumes") or []:
+                    vol = self.volumes.get(ns, name)
+                    if vol is not None and vol.anonymous and not vol.in_use_by:
+                        await asyncio.to_thread(self.volumes.remove, ns, name)
+            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name})
+            log.info("removed container %s (%s)", cid[:12], rec.name)
+        self._notify(ns, cid, current.exit_code, current.error, removed=True)
+
+    # -- exits ---------------------------------------------------------------------------
+    async def _on_exit(self, rec: Record, ex: TaskExit) -> None:
+        """A task ended (called once per incarnation by the TaskManager)."""
+        self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
+        if rec.config.get("auto_remove"):
+            await self._auto_remove(rec)
+        elif self._should_restart(rec, ex):
+            self._schedule_restart(rec)
+
+    def _should_restart(self, rec: Record, ex: TaskExit) -> bool:
+        """Docker's restart policies; a container stopped by the user is never restarted."""
+        policy = rec.config.get("restart_policy") or {}
+        name = policy.get("name", "no")
+        if rec.manual_stop or name == "no":
+            return False
+        if name == "on-failure":
+            limit = int(policy.get("maximum_retry_count") or 0)
+            return ex.exit_code != 0 and (limit == 0 or rec.restart_count < limit)
+        return name in ("always", "unless-stopped")
+
+    def _schedule_restart(self, rec: Record) -> None:
+        """Restart after a back-off: 100 ms doubling up to 1 min, reset after 10 s of running."""
+        key = (rec.namespace, rec.id)
+        ran_s = 0.0
+        if rec.started_at is not None and rec.finished_at is not None:
+            ran_s = (rec.finished_at - rec.started_at).total_seconds()
+        delay = RESTART_BACKOFF_MIN_S if ran_s >= RESTART_RESET_AFTER_S else self._backoff.get(key, 0.0)
+        delay = min(max(delay * 2, RESTART_BACKOFF_MIN_S), RESTART_BACKOFF_MAX_S)
+        self._backoff[key] = delay
+        self.store.update(rec.namespace, rec.id, status="restarting", restart_count=rec.restart_count + 1)
+        log.info(
+            "restarting container %s in %.1fs (policy %s)",
+            rec.id[:12],
+            delay,
+            (rec.config.get("restart_policy") or {}).get("name"),
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            current = self.store.get(rec.namespace, rec.id)
+            if current is None or current.manual_stop or current.status != "restarting":
+                return
+            try:
+                await self._start(current)
+            except errors.DockyardError as exc:
+                log.warning("restart of %s failed: %s", rec.id[:12], exc)
+                fresh = self.store.get(rec.namespace, rec.id)
+                if fresh is not None and fresh.status == "restarting":
+                    self.store.update(rec.namespace, rec.id, status="exited")
+            finally:
+                self._restarts.pop(key, None)
+
+        self._restarts[key] = asyncio.ensure_future(later())
+
+    def _cancel_restart(self, rec: Record) -> bool:
+        """Stop a pending restart (the user stopped or removed the container); True if one was pending."""
+        task = self._restarts.pop((rec.namespace, rec.id), None)
+        if task is not None:
+            task.cancel()
+        current = self.store.get(rec.namespace, rec.id)
+        if current is not None and current.status == "restarting":
+            self.store.update(rec.namespace, rec.id, status="exited", manual_stop=True)
+            return True
+        return task is not None
+
+    async def _auto_remove(self, rec: Record) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._remove(rec)
+                return
+            except (errors.Unavailable, errors.DeadlineExceeded) as exc:
+                log.warning("auto-remove of %s waits: %s", rec.id[:12], exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except errors.Conflict:
+                return  # started again meanwhile
+
+    def _notify(self, ns: str, cid: str, code: int, error: str, *, removed: bool) -> None:
+        key = (ns, cid)
+        waiters = self._waiters.get(key, [])
+        keep = []
+        for condition, fut in waiters:
+            if fut.done():
+                continue
+            if removed or condition in ("not-running", "next-exit"):
+                fut.set_result(WaitReply(exit_code=code, error=error))
+            else:
+                keep.append((condition, fut))
+        if keep:
+            self._waiters[key] = keep
+        else:
+            self._waiters.pop(key, None)
+
+    @rpc("execution.wait")
+    async def wait(self, req: WaitRequest, ctx: Context) -> WaitReply:
+        """Block until ``condition`` holds; ``{exit_code, error}``."""
+        rec = self._find(ctx.namespace, req.id)
+        key = (rec.namespace, rec.id)
+        live = self.tasks.get(*key)
+        running = live is not None and not live.done.is_set()
+        if req.condition == "not-running" and not running:
+            return WaitReply(exit_code=rec.exit_code, error=rec.error)
+        fut: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append((req.condition, fut))
+        try:
+            return await fut
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                self._waiters[key] = [w for w in waiters if w[1] is not fut]
+                if not self._waiters[key]:
+                    del self._waiters[key]
+
+    # -- list, inspect -------------------------------------------------------------------
+    def _state(self, rec: Record) -> ContainerState:
+        live = self.tasks.get(rec.namespace, rec.id)
+        status = rec.status
+        if live is not None and not live.done.is_set() and live.status in ("running", "paused"):
+            status = live.status
+        elif status in ("running", "paused"):
+            status = "exited"
+        if status == "exited" and rec.incarnation == 0:
+            status = "created"
+        running = status in ("running", "paused")
+        return ContainerState(
+            status=status,  # type: ignore[arg-type]
+            running=running,
+            paused=status == "paused",
+            restarting=status == "restarting",
+            oom_killed=rec.oom_killed,
+            dead=status == "dead",
+            pid=(live.task_pid if live is not None and running else 0),
+            exit_code=rec.exit_code,
+            error=rec.error,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+        )
+
+    def _container(self, rec: Record) -> Container:
+        args = list(rec.extra.get("args") or rec.spec.get("process", {}).get("args", []))
+        return Container(
+            id=rec.id,
+            name=rec.name,
+            namespace=rec.namespace,
+            image=rec.image,
+            image_id=rec.image_id,
+            image_name=rec.image_name,
+            created_at=rec.created_at,
+            labels=rec.labels,
+            snapshot_key=rec.snapshot_key,
+            config=rec.config,
+            path=args[0] if args else "",
+            args=args[1:],
+            hostname=rec.hostname,
+            state=self._state(rec),
+            restart_count=rec.restart_count,
+            log_path=str(rec.extra.get("log_path", "")),
+            bundle=str(self.settings.bundle_dir(rec.namespace, rec.id)),
+            runtime=rec.runtime,
+            stop_signal=str(rec.extra.get("stop_signal") or "SIGTERM"),
+            exec_ids=self.execs.for_container(rec.namespace, rec.id),
+            mounts=[
+                {
+                    "type": "volume" if m.get("volume") else m["type"],
+                    "name": m.get("volume", ""),
+                    "source": m.get("source", ""),
+                    "destination": m["target"],
+                    "rw": not m.get("read_only"),
+                }
+                for m in rec.extra.get("user_mounts") or []
+            ],
+        )
+
+    @rpc("execution.inspect", quiet=True)
+    async def inspect(self, req: IdRequest, ctx: Context) -> Container:
+        """The container with its Docker-like state."""
+        return self._container(self._find(ctx.namespace, req.id))
+
+    @rpc("execution.list", quiet=True)
+    async def list(self, req: ListRequest, ctx: Context) -> ListReply:
+        """Containers of the namespace, newest first (running only unless ``all``)."""
+        out = []
+        for rec in self.store.list(ctx.namespace):
+            c = self._container(rec)
+            if not req.all and not c.state.running:
+                continue
+            if not _matches(c, req.filters):
+                continue
+            out.append(c)
+            if req.limit and len(out) >= req.limit:
+                break
+        return ListReply(containers=out)
+
+    # -- logs, attach --------------------------------------------------------------------
+    @rpc("execution.logs", stream=True)
+    async def logs(self, req: LogsRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """The container's json-file log as ``{s, d, t}`` frames (``follow``: until it stops)."""
+        rec = self._find(ctx.namespace, req.id)
+        path = str(rec.extra.get("log_path") or self._log_path(rec.namespace, rec.id))
+        streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
+        since_ns = _ns(req.since)
+        until_ns = _ns(req.until)
+        if until_ns is not None:
+            until_ns += 999  # a datetime keeps microseconds; entries carry nanoseconds
+        follower = logs_mod.Follower(path)
+        try:
+            first = await asyncio.to_thread(follower.read)
+            for frame in _frames(
+                logs_mod.select(first, streams=streams, since_ns=since_ns, until_ns=until_ns, tail=req.tail),
+                req.timestamps,
+            ):
+                yield frame
+            if not req.follow:
+                return
+            delay = 0.02
+            while True:
+                live = self.tasks.get(rec.namespace, rec.id)
+                ended = live is None or live.done.is_set()
+                new = await asyncio.to_thread(follower.read)
+                if new:
+                    for frame in _frames(
+                        logs_mod.select(new, streams=streams, since_ns=since_ns, until_ns=until_ns), req.timestamps
+                    ):
+                        yield frame
+                    delay = 0.02
+                    continue
+                if ended or (until_ns is not None and dt.datetime.now(dt.UTC).timestamp() * 1e9 > until_ns):
+                    return
+                if live is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(live.done.wait()), delay)
+                else:
+                    await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        finally:
+            follower.close()
+
+    @rpc("execution.attach", stream=True)
+    async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Live output of the task (see ``common.api.execution``)."""
+        rec = self._find(ctx.namespace, req.id)
+        key = (rec.namespace, rec.id)
+        live = self.tasks.get(*key)
+        pending: _PendingAttach | None = None
+        tty = bool(rec.config.get("tty"))
+        if live is None or live.done.is_set() or live.status not in ("running", "paused"):
+            pending = _PendingAttach()
+            self._pending.setdefault(key, []).append(pending)
+        shim_call = None
+        stdin_task: asyncio.Task[None] | None = None
+        detached = asyncio.Event()
+        scanner = DetachScanner(req.detach_keys) if tty and req.stdin else None
+        try:
+            if req.logs:
+                entries = await asyncio.to_thread(lambda: list(read_entries(str(rec.extra.get("log_path") or ""))))
+                for frame in _frames(logs_mod.select(entries, streams={1, 2}), False):
+                    yield frame
+            yield {"attached": True, "tty": tty}
+            if pending is not None:
+                live = await pending.live
+            assert live is not None
+            body = {"stdin": req.stdin, "stdout": req.stdout, "stderr": req.stderr}
+            shim_call = await live.client.start("shim.attach", body, timeout_s=None)
+            try:
+                await shim_call.next_frame()
+            finally:
+                if pending is not None and not pending.connected.done():
+                    pending.connected.set_result(None)
+            if req.stdin:
+                stdin_task = asyncio.create_task(_relay_stdin(ctx, shim_call, scanner, detached))
+            async for frame in _until(shim_call, detached):
+                yield frame
+            if detached.is_set():
+                yield {"detached": True}
+        finally:
+            if pending is not None:
+                with contextlib.suppress(ValueError, KeyError):
+                    self._pending[key].remove(pending)
+                if not pending.connected.done():
+                    pending.connected.set_result(None)
+            if stdin_task is not None:
+                stdin_task.cancel()
+            if shim_call is not None and not shim_call.done:
+                await shim_call.cancel()
+
+
+async def _relay_stdin(ctx: Context, shim_call: Any, scanner: DetachScanner | None, detached: asyncio.Event) -> None:
+    """Client stdin -> shim; EOF is passed on; on a TTY the detach keys end the attach instead."""
+    while True:
+        item = await ctx.recv()
+        if item is None:
+            await shim_call.send_eof()
+            return
+        data = bytes(item)
+        if scanner is not None:
+            data, hit = scanner.feed(data)
+            if data:
+                await shim_call.send(data)
+            if hit:
+                detached.set()
+                return
+            continue
+        await shim_call.send(data)
+
+
+def _frames(entries: list[Any], timestamps: bool) -> list[dict[str, Any]]:
+    """Log entries as frames; without timestamps, runs of one stream are joined (fewer frames)."""
+    frames: list[dict[str, Any]] = []
+    for e in entries:
+        if not timestamps and frames and frames[-1]["s"] == e.stream and len(frames[-1]["d"]) < 256 * 1024:
+            frames[-1]["d"] += e.data
+            continue
+        frames.append({"s": e.stream, "d": e.data, "t": e.time})
+    return frames
+
+
+def _ns(value: dt.datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return parse_time(value.isoformat())
+
+
+def _matches(c: Container, filters: dict[str, list[str]]) -> bool:
+    """Docker's ``ps`` filters: id, name, label, status, ancestor, exited (OR within, AND across)."""
+    for key, values in filters.items():
+        if not values:
+            continue
+        if key == "id" and not any(c.id.startswith(v) for v in values):
+            return False
+        if key == "name" and not any(v.lstrip("/") in c.name for v in values):
+            return False
+        if key == "status" and c.state.status not in values:
+            return False
+        if key == "exited" and not (c.state.status == "exited" and str(c.state.exit_code) in values):
+            return False
+        if key == "ancestor" and not any(
+            v in (c.image, c.image_id, c.image_name) or c.image_id.startswith(v) for v in values
+        ):
+            return False
+        if key == "label":
+            for v in values:
+                k, sep, want = v.partition("=")
+                if k not in c.labels or (sep and c.labels[k] != want):
+                    return False
+    return True
+
+
+def _write_etc_files(cdir: str, hostname: str, network_mode: str) -> None:
+    os.makedirs(cdir, exist_ok=True)
+    host_hosts = host_resolv = None
+    with contextlib.suppress(OSError):
+        host_hosts = Path("/etc/hosts").read_text()
+    with contextlib.suppress(OSError):
+        host_resolv = Path("/etc/resolv.conf").read_text()
+    files = {
+        "hostname": hostname + "\n",
+        "hosts": spec.hosts_file(hostname, network_mode, host_hosts),
+        "resolv.conf": spec.resolv_conf(host_resolv, network_mode),
+    }
+    for name, text in files.items():
+        tmp = os.path.join(cdir, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(cdir, name))
+
+
+def _write_bundle(bundle: str, oci: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
+    """The OCI bundle: ``config.json``, the ``rootfs/`` mount point and ``mounts.json`` (the snapshot's)."""
+    import json
+
+    os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
+    for name, obj in (("config.json", oci), ("mounts.json", mounts)):
+        tmp = os.path.join(bundle, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f)
+        os.replace(tmp, os.path.join(bundle, name))
+
+
+def _remove_dirs(bundle: str, cdir: str) -> None:
+    rootfs = os.path.join(bundle, "rootfs")
+    if os.path.isdir(rootfs):
+        with contextlib.suppress(OSError):
+            mount.unmount(rootfs, detach=True)
+    shutil.rmtree(bundle, ignore_errors=True)
+    shutil.rmtree(cdir, ignore_errors=True)
+
+
+def _swap_accounting() -> bool:
+    return os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes") or os.path.exists(
+        "/sys/fs/cgroup/cgroup.controllers"
+    )
+
+
+__all__ = ["ExecutionService", "shims"]

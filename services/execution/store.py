@@ -1,0 +1,227 @@
+"""Container metadata in SQLite (WAL), owned by the execution service alone.
+
+One row per container: the immutable metadata (id, image, config as received, the
+OCI spec, snapshot key, created_at), the mutable name and labels, and the execution
+service's record of its last task (incarnation, status, pid, exit code, times). The
+shim's ``state.json`` is the authority on a live task; this record is what survives
+the task and what ``ps``/``inspect`` show.
+
+Names are unique per namespace (a UNIQUE index, so two racing creates cannot both
+win). Every write is one transaction; WAL with ``synchronous=NORMAL`` survives a
+SIGKILL of the process at any point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import errors, ids
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS containers (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    image TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    image_name TEXT NOT NULL DEFAULT '',
+    config TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    snapshot_key TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    hostname TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'created',
+    incarnation INTEGER NOT NULL DEFAULT 0,
+    handled INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    started_at TEXT,
+    finished_at TEXT,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    manual_stop INTEGER NOT NULL DEFAULT 0,
+    extra TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (namespace, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS containers_name ON containers (namespace, name);
+"""
+
+_JSON_FIELDS = ("config", "spec", "labels", "extra")
+_TIME_FIELDS = ("created_at", "started_at", "finished_at")
+_BOOL_FIELDS = ("oom_killed", "manual_stop")
+
+
+@dataclass
+class Record:
+    """One container row (see module docstring). ``handled`` = last incarnation whose exit was recorded."""
+
+    namespace: str
+    id: str
+    name: str
+    image: str
+    image_id: str
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    snapshot_key: str
+    runtime: str
+    created_at: dt.datetime
+    image_name: str = ""
+    hostname: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    status: str = "created"
+    incarnation: int = 0
+    handled: int = 0
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    oom_killed: bool = False
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    restart_count: int = 0
+    manual_stop: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_row(rec: Record) -> dict[str, Any]:
+    row = asdict(rec)
+    for key in _JSON_FIELDS:
+        row[key] = json.dumps(row[key])
+    for key in _TIME_FIELDS:
+        row[key] = row[key].isoformat() if row[key] is not None else None
+    for key in _BOOL_FIELDS:
+        row[key] = int(bool(row[key]))
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> Record:
+    data = dict(row)
+    for key in _JSON_FIELDS:
+        data[key] = json.loads(data[key])
+    for key in _TIME_FIELDS:
+        data[key] = dt.datetime.fromisoformat(data[key]) if data[key] else None
+    for key in _BOOL_FIELDS:
+        data[key] = bool(data[key])
+    return Record(**data)
+
+
+class Store:
+    """The container table (see module docstring). Calls are short; safe from one event loop."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def insert(self, rec: Record) -> None:
+        """Add a container; AlreadyExists when the name (or id) is taken in its namespace."""
+        row = _to_row(rec)
+        cols = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self._lock:
+            try:
+                self._db.execute(f"INSERT INTO containers ({cols}) VALUES ({marks})", row)
+            except sqlite3.IntegrityError:
+                raise errors.AlreadyExists(
+                    f'the container name "/{rec.name}" is already in use; remove or rename that container first',
+                    {"name": rec.name},
+                ) from None
+
+    def update(self, namespace: str, container_id: str, **fields: Any) -> None:
+        """Set some fields of one container (no-op if it is gone)."""
+        if not fields:
+            return
+        rec_fields = {k: v for k, v in fields.items()}
+        for key in _JSON_FIELDS:
+            if key in rec_fields:
+                rec_fields[key] = json.dumps(rec_fields[key])
+        for key in _TIME_FIELDS:
+            if key in rec_fields and rec_fields[key] is not None:
+                rec_fields[key] = rec_fields[key].isoformat()
+        for key in _BOOL_FIELDS:
+            if key in rec_fields:
+                rec_fields[key] = int(bool(rec_fields[key]))
+        sets = ", ".join(f"{k} = :{k}" for k in rec_fields)
+        with self._lock:
+            try:
+                self._db.execute(
+                    f"UPDATE containers SET {sets} WHERE namespace = :_ns AND id = :_id",
+                    {**rec_fields, "_ns": namespace, "_id": container_id},
+                )
+            except sqlite3.IntegrityError:
+                raise errors.AlreadyExists(f"the container name {fields.get('name')!r} is already in use") from None
+
+    def delete(self, namespace: str, container_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", (namespace, container_id))
+
+    def get(self, namespace: str, container_id: str) -> Record | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM containers WHERE namespace = ? AND id = ?", (namespace, container_id)
+            ).fetchone()
+        return _from_row(row) if row else None
+
+    def name_taken(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM containers WHERE namespace = ? AND name = ?", (namespace, name)
+            ).fetchone()
+        return row is not None
+
+    def find(self, namespace: str, ref: str) -> Record:
+        """Look a container up by full id, name (``/`` optional) or unique id prefix.
+
+        NotFound ``container 'x' not found``; InvalidArgument when a prefix is ambiguous.
+        """
+        ref = ref.strip()
+        with self._lock:
+            if ids.is_full_id(ref):
+                row = self._db.execute(
+                    "SELECT * FROM containers WHERE namespace = ? AND id = ?", (namespace, ref)
+                ).fetchone()
+                if row:
+                    return _from_row(row)
+            name = ref[1:] if ref.startswith("/") else ref
+            row = self._db.execute(
+                "SELECT * FROM containers WHERE namespace = ? AND name = ?", (namespace, name)
+            ).fetchone()
+            if row:
+                return _from_row(row)
+            if ids.is_id_prefix(ref):
+                rows = self._db.execute(
+                    "SELECT * FROM containers WHERE namespace = ? AND id >= ? AND id < ? LIMIT 2",
+                    (namespace, ref, ref + "g"),
+                ).fetchall()
+                if len(rows) == 1:
+                    return _from_row(rows[0])
+                if len(rows) > 1:
+                    raise errors.InvalidArgument(f"container id prefix '{ref}' is ambiguous")
+        raise errors.NotFound(f"container '{ref}' not found", {"kind": "container", "ref": ref})
+
+    def list(self, namespace: str | None = None) -> list[Record]:
+        """Containers of ``namespace`` (all namespaces when None), newest first."""
+        with self._lock:
+            if namespace is None:
+                rows = self._db.execute("SELECT * FROM containers ORDER BY created_at DESC").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM containers WHERE namespace = ? ORDER BY created_at DESC", (namespace,)
+                ).fetchall()
+        return [_from_row(r) for r in rows]

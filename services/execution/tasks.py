@@ -1,0 +1,579 @@
+"""Live tasks: one shim per started container, watched until its task is deleted.
+
+``TaskManager`` launches a shim for a start, keeps a ``Live`` handle per running task
+(an RPC client of the shim, a pidfd watch on the shim process, a monitor task), and
+handles the end of every task exactly once per incarnation:
+
+- normal exit: the shim's ``shim.wait`` returns -> record the exit in the store, ask
+  the shim to delete the task (it publishes ``/tasks/delete`` and exits), then hand the
+  exit to the service (``--rm``, restart policy, waiters);
+- the shim died (pidfd readable): take the exit status from its ``state.json`` (255 if
+  it never wrote one), drain its outbox, ``<runtime> delete --force``, unmount, and
+  publish ``/tasks/exit`` + ``/tasks/delete`` under the ids the shim would have used.
+
+``recover()`` rebuilds all of this after the execution service restarts (it may have
+been SIGKILLed anywhere): it reconnects to every live shim and cleans up after dead ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import codec, errors, topics
+from common.api.shim import ShimLaunch, TaskStatus, event_id
+from common.events import drain_outbox
+from common.settings import Settings
+from services.execution import shims
+from services.execution.store import Record, Store
+from services.shim.task import read_state_file
+
+log = logging.getLogger(__name__)
+
+ShimClientFactory = Callable[[str, str], Any]
+"""``factory(endpoint, namespace)`` -> an ``AsyncClient``-like object of a shim."""
+
+
+@dataclass
+class TaskExit:
+    """How a task ended, as recorded for its container."""
+
+    exit_code: int
+    exited_at: dt.datetime
+    oom_killed: bool = False
+    error: str = ""
+    incarnation: int = 0
+
+
+@dataclass
+class Live:
+    """A task held by a live shim."""
+
+    namespace: str
+    container_id: str
+    incarnation: int
+    bundle: str
+    runtime: str
+    client: Any
+    shim_pid: int
+    task_pid: int = 0
+    status: str = "created"
+    watch: shims.ShimWatch | None = None
+    monitor: asyncio.Task[None] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    exit: TaskExit | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.container_id)
+
+
+class StartFailed(Exception):
+    """The task could not be created or started; ``exit_status`` is Docker's (126/127/128)."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_status = exit_status
+
+
+class TaskManager:
+    """See module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        publisher: Any,
+        events_client: Any,
+        shim_client: ShimClientFactory,
+        on_exit: Callable[[Record, TaskExit], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.events_client = events_client
+        self.shim_client = shim_client
+        self.on_exit = on_exit
+        self.live: dict[tuple[str, str], Live] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.launcher = shims.Launcher(str(settings.state / "shim-template.sock"), settings.env())
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def lock(self, namespace: str, container_id: str) -> asyncio.Lock:
+        """The lock serialising start, exit handling and removal of one container."""
+        return self._locks.setdefault((namespace, container_id), asyncio.Lock())
+
+    def runtime_root(self, runtime: str) -> str:
+        from common import endpoints
+
+        return endpoints.runtime_root(runtime, self.settings.env())
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def get(self, namespace: str, container_id: str) -> Live | None:
+        return self.live.get((namespace, container_id))
+
+    async def close(self) -> None:
+        """Stop watching (shims and containers keep running)."""
+        await self.launcher.close()
+        for live in list(self.live.values()):
+            if live.monitor is not None:
+                live.monitor.cancel()
+            if live.watch is not None:
+                live.watch.close()
+        for task in list(self._background):
+            task.cancel()
+        tasks = [t for t in (*[lv.monitor for lv in self.live.values()], *self._background) if t is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for live in list(self.live.values()):
+            with contextlib.suppress(Exception):
+                await live.client.close()
+        self.live.clear()
+
+    # -- start ------------------------------------------------------------------------------------
+    def write_bundle_files(self, rec: Record, incarnation: int) -> str:
+        """(Re)write ``config.json``, ``mounts.json`` and ``shim.json`` for a new incarnation."""
+        bundle = str(self.settings.bundle_dir(rec.namespace, rec.id))
+        os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
+        shims.clear_shim_files(bundle)
+        _write_json(os.path.join(bundle, "config.json"), rec.spec)
+        _write_json(os.path.join(bundle, "mounts.json"), rec.extra.get("mounts", []))
+        cfg = rec.config
+        log_opts = cfg.get("log_opts") or {}
+        launch = ShimLaunch(
+            namespace=rec.namespace,
+            container_id=rec.id,
+            container_name=rec.name,
+            image=rec.image,
+            incarnation=incarnation,
+            runtime=rec.runtime,
+            runtime_root=self.runtime_root(rec.runtime),
+            log_path=rec.extra.get("log_path", ""),
+            log_max_size=_parse_size(log_opts.get("max-size", "")),
+            log_max_files=int(log_opts.get("max-file", "1") or 1),
+            tty=bool(cfg.get("tty")),
+            open_stdin=bool(cfg.get("open_stdin")),
+            stdin_once=bool(cfg.get("stdin_once")),
+            user=rec.extra.get("user", ""),
+            group_add=list(cfg.get("group_add") or []),
+            console_width=int((cfg.get("console_size") or [0, 0])[1] or 0),
+            console_height=int((cfg.get("console_size") or [0, 0])[0] or 0),
+            events_endpoint=self.settings.control_endpoint("events"),
+            copy_up=list(rec.extra.get("copy_up") or []),
+        )
+        _write_json(os.path.join(bundle, "shim.json"), launch.model_dump(mode="json"))
+        return bundle
+
+    async def start(self, rec: Record, before_start: Callable[[Live], Awaitable[None]]) -> Live:
+        """Launch a shim, create and start the task (call with the container's lock held).
+
+        ``before_start(live)`` runs between create and start (attach pending clients).
+        Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
+        """
+        incarnation = rec.incarnation + 1
+        if os.path.isdir(os.path.join(self.runtime_root(rec.runtime), rec.id)):
+            # a previous incarnation whose shim died mid-start left its runtime container behind
+            await shims.clean_dead_task(
+                rec.runtime,
+                self.runtime_root(rec.runtime),
+                rec.id,
+                str(self.settings.bundle_dir(rec.namespace, rec.id)),
+            )
+        bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
+        self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
+        rec.incarnation = incarnation
+        report = await self.launcher.launch(rec.namespace, rec.id, bundle)
+        if not report.get("ok"):
+            message = str(report.get("error") or "shim failed")
+            status = int(report.get("exit_status") or 128)
+            self.store.update(
+                rec.namespace, rec.id, exit_code=status, error=message, handled=incarnation, finished_at=codec.utcnow()
+            )
+            await self._drain_leftovers(bundle)
+            raise StartFailed(message, status)
+        live = Live(
+            rec.namespace,
+            rec.id,
+            incarnation,
+            bundle,
+            rec.runtime,
+            self.shim_client(str(report["address"]), rec.namespace),
+            int(report["shim_pid"]),
+            task_pid=int(report["pid"]),
+        )
+        live.watch = shims.ShimWatch(live.shim_pid)
+        self.live[live.key] = live
+        try:
+            await before_start(live)
+            reply = await live.client.call("shim.start", {}, timeout_s=60)
+        except errors.DockyardError as exc:
+            # the shim stopped the task; the monitor deletes it once our caller releases the lock
+            status = int(exc.details.get("exit_status") or 128) if isinstance(exc.details, dict) else 128
+            self.store.update(
+                rec.namespace,
+                rec.id,
+                exit_code=status,
+                error=exc.message,
+                handled=incarnation,
+                finished_at=codec.utcnow(),
+            )
+            if shims.shim_alive(bundle):
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
+                live.status = "stopped"  # a retried start waits for the monitor to delete this task
+                live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+            else:
+                # the shim died while starting the task: clean up now, under the lock, so that a
+                # retried start never meets this incarnation's leftovers (or has them cleaned under it)
+                await self.clean_dead_shim(rec.namespace, rec.id, incarnation, bundle, rec.runtime)
+                live.status = "stopped"
+                live.done.set()
+                await self._forget(live)
+            raise StartFailed(exc.message, status) from None
+        live.task_pid = int(reply["pid"])
+        live.status = "running"
+        self.store.update(
+            rec.namespace,
+            rec.id,
+            status="running",
+            pid=live.task_pid,
+            started_at=reply.get("started_at") or codec.utcnow(),
+            exit_code=0,
+            error="",
+            oom_killed=False,
+        )
+        live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+        return live
+
+    # -- watching ------------------------------------------------------------------------------------
+    async def _monitor(self, live: Live) -> None:
+        try:
+            while True:
+                waiter = asyncio.ensure_future(live.client.call("shim.wait", {}, timeout_s=None))
+                assert live.watch is not None
+                await asyncio.wait([waiter, live.watch.died], return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done() and waiter.exception() is None:
+                    reply = waiter.result()
+                    await self._task_exited(live, reply)
+                    return
+                if live.watch.died.done():
+                    waiter.cancel()
+                    with contextlib.suppress(BaseException):
+                        await waiter
+                    await self._shim_died(live)
+                    return
+                exc = waiter.exception()
+                if isinstance(exc, errors.FailedPrecondition):
+                    await asyncio.sleep(0.2)  # the shim is still creating the task
+                else:
+                    log.warning("shim of %s not answering (%s); still watching it", live.container_id[:12], exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("monitor of container %s failed", live.container_id)
+            live.done.set()
+
+    async def _task_exited(self, live: Live, reply: dict[str, Any]) -> None:
+        exited_at = reply.get("exited_at") or codec.utcnow()
+        ex = TaskExit(
+            int(reply.get("exit_status", 255)),
+            exited_at,
+            bool(reply.get("oom_killed")),
+            str(reply.get("error") or ""),
+            live.incarnation,
+        )
+        async with self.lock(live.namespace, live.container_id):
+            live.status = "stopped"
+            live.exit = ex
+            rec = self.store.get(live.namespace, live.container_id)
+            if rec is not None and rec.handled < live.incarnation:
+                self._record_exit(live, ex)
+            try:
+                await live.client.call("shim.delete", {}, timeout_s=30)
+            except errors.DockyardError as exc:
+                log.warning("shim delete of %s failed: %s; cleaning up after it", live.container_id[:12], exc)
+                await shims.clean_dead_task(
+                    live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
+                )
+            await self._shutdown(live)
+            await self._drain_leftovers(live.bundle)
+            await self._forget(live)
+        await self._after_exit(live, ex)
+
+    async def _shim_died(self, live: Live) -> None:
+        async with self.lock(live.namespace, live.container_id):
+            if live.done.is_set():
+                return  # already handled (a start that failed because its shim died)
+            ex = await self.clean_dead_shim(
+                live.namespace, live.container_id, live.incarnation, live.bundle, live.runtime
+            )
+            live.status = "stopped"
+            live.exit = ex
+            await self._forget(live)
+        await self._after_exit(live, ex)
+
+    async def clean_dead_shim(
+        self, namespace: str, container_id: str, incarnation: int, bundle: str, runtime: str
+    ) -> TaskExit:
+        """Clean up after a shim that died (see module docstring); returns the recorded exit."""
+        state = read_state_file(os.path.join(bundle, "state.json"))
+        code = 255
+        exited_at = codec.utcnow()
+        deleted = False
+        oom = False
+        error = ""
+        pid = 0
+        if state is not None and state.incarnation in (0, incarnation):
+            pid = state.pid
+            if state.exit_status is not None:
+                code = state.exit_status
+                exited_at = state.exited_at or exited_at
+            deleted = state.status == TaskStatus.DELETED
+            oom = state.oom_killed
+            error = state.error
+        log.warning(
+            "shim of container %s is gone; task exit status %d%s",
+            container_id[:12],
+            code,
+            " (from its state file)" if code != 255 else "",
+        )
+        await self._drain_leftovers(bundle)
+        await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
+        if not deleted or (state is not None and state.pid):
+            body = {
+                "container_id": container_id,
+                "id": container_id,
+                "pid": pid,
+                "exit_status": code,
+                "exited_at": exited_at,
+            }
+            if not deleted:
+                self.publisher.publish(
+                    topics.TASK_EXIT, body, namespace=namespace, event_id=event_id(container_id, incarnation, "exit")
+                )
+            self.publisher.publish(
+                topics.TASK_DELETE, body, namespace=namespace, event_id=event_id(container_id, incarnation, "delete")
+            )
+        ex = TaskExit(code, exited_at, oom, error, incarnation)
+        rec = self.store.get(namespace, container_id)
+        if rec is not None and rec.handled < incarnation:
+            self.store.update(
+                namespace,
+                container_id,
+                status="exited",
+                exit_code=code,
+                finished_at=exited_at,
+                oom_killed=oom,
+                pid=0,
+                handled=incarnation,
+                **({"error": error} if error else {}),
+            )
+        return ex
+
+    async def _shutdown(self, live: Live) -> None:
+        """Tell the shim to exit and wait for its pid to go (its reply may be lost as it exits)."""
+        call = None
+        with contextlib.suppress(errors.DockyardError):
+            call = await live.client.start("shim.shutdown", {}, timeout_s=5)
+        assert live.watch is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.cancel()
+
+    def _record_exit(self, live: Live, ex: TaskExit) -> None:
+        fields: dict[str, Any] = {
+            "status": "exited",
+            "exit_code": ex.exit_code,
+            "finished_at": ex.exited_at,
+            "oom_killed": ex.oom_killed,
+            "pid": 0,
+            "handled": live.incarnation,
+        }
+        if ex.error:
+            fields["error"] = ex.error
+        self.store.update(live.namespace, live.container_id, **fields)
+
+    async def _forget(self, live: Live) -> None:
+        if self.live.get(live.key) is live:
+            del self.live[live.key]
+        if live.watch is not None:
+            live.watch.close()
+        with contextlib.suppress(Exception):
+            await live.client.close()
+
+    async def _after_exit(self, live: Live, ex: TaskExit) -> None:
+        live.done.set()
+        rec = self.store.get(live.namespace, live.container_id)
+        if rec is not None:
+            try:
+                await self.on_exit(rec, ex)
+            except Exception:
+                log.exception("exit handling of container %s failed", live.container_id)
+
+    async def _drain_leftovers(self, bundle: str) -> None:
+        """Deliver what a shim left in its outbox; hand it to our own outbox if events is down."""
+        outbox = Path(bundle) / "outbox"
+        if not outbox.is_dir() or not any(p.suffix == ".ev" for p in outbox.iterdir()):
+            return
+        try:
+            if await drain_outbox(self.events_client, outbox, 1.0):
+                return
+        except Exception as exc:
+            log.warning("draining %s: %s", outbox, exc)
+        for path in sorted(outbox.glob("*.ev")):
+            try:
+                item = codec.decode(path.read_bytes())
+                self.publisher.publish(item["topic"], item["event"], namespace=item["namespace"], event_id=item["id"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("dropping unreadable outbox file %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+
+    # -- recovery -----------------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Reconnect to live shims, clean up after dead ones and after interrupted creates."""
+        self.launcher.start_background()
+        records = self.store.list(None)
+        known = {(r.namespace, r.id) for r in records}
+        await asyncio.gather(*(self._recover_one(r) for r in records), return_exceptions=False)
+        tasks_dir = Path(self.settings.state) / "tasks"
+        if tasks_dir.is_dir():
+            for ns_dir in tasks_dir.iterdir():
+                if not ns_dir.is_dir():
+                    continue
+                for bundle in ns_dir.iterdir():
+                    if bundle.is_dir() and (ns_dir.name, bundle.name) not in known:
+                        self._spawn(self._remove_orphan_bundle(ns_dir.name, bundle.name, str(bundle)), "orphan")
+
+    async def _recover_one(self, rec: Record) -> None:
+        bundle = str(self.settings.bundle_dir(rec.namespace, rec.id))
+        pid = shims.shim_alive(bundle)
+        if pid:
+            try:
+                await self._adopt(rec, bundle, pid)
+                return
+            except errors.DockyardError as exc:
+                log.warning("cannot reconnect to the shim of %s (%s); treating it as dead", rec.id[:12], exc)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+        # a dead shim may have left acknowledged-never events (exit, delete) in its outbox,
+        # even when its exit was already recorded: deliver them before anything removes the bundle
+        await self._drain_leftovers(bundle)
+        has_shim_files = os.path.exists(os.path.join(bundle, "shim.pid"))
+        if rec.incarnation > rec.handled and (has_shim_files or rec.status in ("running", "paused")):
+            ex = await self.clean_dead_shim(rec.namespace, rec.id, rec.incarnation, bundle, rec.runtime)
+            fake = Live(rec.namespace, rec.id, rec.incarnation, bundle, rec.runtime, None, 0)
+            fake.exit = ex
+            fresh = self.store.get(rec.namespace, rec.id)
+            if fresh is not None:
+                self._spawn(self.on_exit(fresh, ex), f"recover-exit-{rec.id[:12]}")
+        elif rec.status in ("running", "paused"):
+            self.store.update(rec.namespace, rec.id, status="exited", pid=0)
+
+    async def _adopt(self, rec: Record, bundle: str, pid: int) -> None:
+        address = Path(bundle, "address").read_text().strip()
+        client = self.shim_client(address, rec.namespace)
+        try:
+            info: dict[str, Any] = {}
+            for _ in range(50):
+                info = await client.call("shim.connect", {}, timeout_s=3)
+                if info.get("task_pid"):
+                    break
+                await asyncio.sleep(0.2)
+            if info.get("container_id") != rec.id:
+                raise errors.Unavailable(f"shim at {address} serves another container")
+            state = await client.call("shim.state", {}, timeout_s=3)
+        except BaseException:
+            await client.close()
+            raise
+        incarnation = int(info.get("incarnation") or rec.incarnation)
+        live = Live(rec.namespace, rec.id, incarnation, bundle, rec.runtime, client, pid, int(state.get("pid") or 0))
+        live.status = str(state.get("status"))
+        live.watch = shims.ShimWatch(pid)
+        self.live[live.key] = live
+        if incarnation != rec.incarnation:
+            self.store.update(rec.namespace, rec.id, incarnation=incarnation)
+        if live.status in ("running", "paused") and rec.handled < incarnation:
+            self.store.update(rec.namespace, rec.id, status=live.status, pid=live.task_pid)
+        elif live.status == "stopped" and rec.handled < incarnation and state.get("exit_status") is not None:
+            # it exited while we were down: record it before we serve (the monitor deletes the task)
+            self._record_exit(
+                live,
+                TaskExit(
+                    int(state["exit_status"]),
+                    state.get("exited_at") or codec.utcnow(),
+                    bool(state.get("oom_killed")),
+                    str(state.get("error") or ""),
+                    incarnation,
+                ),
+            )
+        elif live.status == "deleted":
+            # we crashed between its delete and its shutdown
+            self.live[live.key] = live
+            await self._shutdown(live)
+            await self._forget(live)
+            await self._drain_leftovers(bundle)
+            return
+        elif live.status == "created":
+            # the start was interrupted by our crash: the task never ran
+            with contextlib.suppress(errors.DockyardError):
+                await client.call("shim.delete", {}, timeout_s=30)
+            live.status = "stopped"  # a new start must wait for the monitor to finish this one
+        log.info("reconnected to the shim of %s (pid %d, task %s)", rec.id[:12], pid, live.status)
+        live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+
+    async def _remove_orphan_bundle(self, namespace: str, container_id: str, bundle: str) -> None:
+        """A bundle without a container record: a create or remove that was interrupted."""
+        pid = shims.shim_alive(bundle)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        runtime = self.settings.runtime
+        with contextlib.suppress(Exception):
+            launch = json.loads(Path(bundle, "shim.json").read_text())
+            runtime = launch.get("runtime") or runtime
+        await self._drain_leftovers(bundle)
+        await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+        log.info("removed the orphan bundle of %s/%s", namespace, container_id[:12])
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _parse_size(value: str) -> int:
+    """Docker's size strings: ``10m``, ``1g``, ``512k``, ``100`` (bytes)."""
+    value = (value or "").strip().lower()
+    if not value:
+        return 0
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
+    if value.endswith("b") and len(value) > 1 and value[-2] in units:
+        value = value[:-1]
+    mult = units.get(value[-1], 0)
+    number = value[:-1] if mult else value
+    try:
+        return int(float(number) * (mult or 1))
+    except ValueError:
+        raise errors.InvalidArgument(f"invalid size {value!r}") from None

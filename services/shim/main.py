@@ -1,0 +1,104 @@
+"""A shim's life: become a subreaper, serve the ``shim.*`` RPCs, create the task, exit after delete.
+
+``serve(namespace, container_id, bundle, settings, ready_fd)`` is a plain function so
+it can run in a fresh interpreter (``python -m services.shim``, which daemonizes
+first) or in a child forked from a pre-imported template process. It reports
+readiness as one JSON line on ``ready_fd``: ``{"ok": true, "pid", "shim_pid",
+"address"}`` once the task is created, or ``{"ok": false, "error", "exit_status"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from common.api.shim import ShimLaunch
+from common.events import EventPublisher
+from common.rpc.aio import AsyncClient
+from common.rpc.server import RpcServer
+from common.settings import Settings
+from services.shim.reaper import Reaper
+from services.shim.service import CreateFailed, Shim
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper() -> None:
+    """``prctl(PR_SET_CHILD_SUBREAPER, 1)``: orphans of our children are re-parented to us."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _report(ready_fd: int, payload: dict[str, Any]) -> None:
+    if ready_fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.write(ready_fd, json.dumps(payload).encode() + b"\n")
+    with contextlib.suppress(OSError):
+        os.close(ready_fd)
+
+
+def serve(namespace: str, container_id: str, bundle: str, settings: Settings, ready_fd: int = -1) -> int:
+    """Run the shim of ``container_id`` on ``bundle`` until its task is deleted; return an exit code."""
+    set_subreaper()
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    pid_tmp = os.path.join(bundle, "shim.pid.tmp")
+    with open(pid_tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(pid_tmp, os.path.join(bundle, "shim.pid"))
+    try:
+        return asyncio.run(_serve(namespace, container_id, bundle, settings, ready_fd))
+    except BaseException as exc:
+        log.exception("shim failed")
+        _report(ready_fd, {"ok": False, "error": f"shim failed: {exc}", "exit_status": 128})
+        return 1
+
+
+async def _serve(namespace: str, container_id: str, bundle: str, settings: Settings, ready_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    reaper = Reaper()
+    reaper.install(loop)
+    launch = ShimLaunch.model_validate_json(Path(bundle, "shim.json").read_text())
+    events = AsyncClient("events", launch.events_endpoint or settings.control_endpoint("events"), namespace=namespace)
+    publisher = EventPublisher(events, Path(bundle) / "outbox")
+    publisher.start()
+    shim = Shim(launch, bundle, reaper, publisher)
+    endpoint = settings.shim_endpoint(namespace, container_id)
+    shim.console_base = endpoint[len("ipc://") :]
+    server = RpcServer(endpoint, shim, name="shim", heartbeat_s=settings.heartbeat_s)
+    await server.start()
+    address = Path(bundle, "address")
+    tmp = Path(bundle, "address.tmp")
+    tmp.write_text(endpoint)
+    os.replace(tmp, address)
+    code = 0
+    try:
+        state = await shim.create()
+    except CreateFailed as exc:
+        _report(ready_fd, {"ok": False, "error": exc.message, "exit_status": exc.exit_status})
+        code = 1
+    except Exception as exc:
+        log.exception("create failed")
+        _report(ready_fd, {"ok": False, "error": f"shim: {exc}", "exit_status": 128})
+        code = 1
+    else:
+        _report(ready_fd, {"ok": True, "pid": state.pid, "shim_pid": os.getpid(), "address": endpoint})
+        await shim.done.wait()
+    await publisher.flush(1.0)
+    await server.close(grace_s=2.0)
+    await publisher.close()
+    await events.close()
+    with contextlib.suppress(FileNotFoundError):
+        address.unlink()
+    return code

@@ -1,0 +1,174 @@
+"""Mounting a container's rootfs from snapshot mounts, and taking it down again.
+
+The snapshot service describes a rootfs as a list of mounts (``common.api.snapshot.Mount``:
+``type``, ``source``, ``target``, ``options``), like containerd's ``mount.Mount``. The
+shim applies them on ``<bundle>/rootfs`` before ``runc create`` and unmounts on delete;
+the execution service unmounts too when it cleans up after a dead shim. ``mount(2)``
+and ``umount2(2)`` are called directly (no ``mount`` binary): the shim's children are
+reaped by its own reaper and a fork per mount would cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 0x2
+
+_FLAGS = {
+    "ro": (MS_RDONLY, True),
+    "rw": (MS_RDONLY, False),
+    "nosuid": (MS_NOSUID, True),
+    "suid": (MS_NOSUID, False),
+    "nodev": (MS_NODEV, True),
+    "dev": (MS_NODEV, False),
+    "noexec": (MS_NOEXEC, True),
+    "exec": (MS_NOEXEC, False),
+    "noatime": (MS_NOATIME, True),
+    "nodiratime": (MS_NODIRATIME, True),
+    "relatime": (MS_RELATIME, True),
+    "strictatime": (MS_STRICTATIME, True),
+    "bind": (MS_BIND, True),
+    "rbind": (MS_BIND | MS_REC, True),
+}
+
+_libc: Any = None
+_CWD_LOCK = threading.Lock()
+
+
+def _lib() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return _libc
+
+
+def parse_options(options: Iterable[str]) -> tuple[int, str]:
+    """Split mount options into ``(flags, data)`` the way ``mount(8)`` does."""
+    flags = 0
+    data: list[str] = []
+    for opt in options:
+        known = _FLAGS.get(opt)
+        if known is None:
+            data.append(opt)
+        elif known[1]:
+            flags |= known[0]
+        else:
+            flags &= ~known[0]
+    return flags, ",".join(data)
+
+
+def mount(source: str, target: str, fstype: str, options: Iterable[str] = ()) -> None:
+    """``mount -t fstype -o options source target``; raises ``OSError`` naming the target."""
+    flags, data = parse_options(options)
+    if fstype == "bind":
+        flags |= MS_BIND
+    libc = _lib()
+    ro_bind = flags & MS_BIND and flags & MS_RDONLY
+    first = flags & ~MS_RDONLY if ro_bind else flags
+    if libc.mount(source.encode(), target.encode(), fstype.encode(), first, data.encode() or None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} {source} on {target} ({','.join(options)}): {os.strerror(err)}")
+    # a bind mount only becomes read-only on a remount
+    remount = MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & ~MS_REC)
+    if ro_bind and libc.mount(None, target.encode(), None, remount, None) != 0:
+        err = ctypes.get_errno()
+        unmount(target)
+        raise OSError(err, f"remount {target} read-only: {os.strerror(err)}")
+
+
+def unmount(target: str, *, detach: bool = False) -> bool:
+    """Unmount ``target`` (every mount stacked on it); False if nothing was mounted.
+
+    Raises ``OSError`` when it stays busy (``detach=True`` falls back to a lazy unmount).
+    """
+    libc = _lib()
+    unmounted = False
+    for _ in range(64):
+        if libc.umount2(target.encode(), 0) == 0:
+            unmounted = True
+            continue
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return unmounted
+        if err == errno.EBUSY and detach:
+            if libc.umount2(target.encode(), MNT_DETACH) == 0:
+                unmounted = True
+                continue
+            err = ctypes.get_errno()
+        raise OSError(err, f"unmount {target}: {os.strerror(err)}")
+    return unmounted
+
+
+def is_mountpoint(path: str) -> bool:
+    """True if something is mounted exactly at ``path`` (per /proc/self/mountinfo)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                point = line.split(" ", 5)[4]
+                if point == real or _unescape(point) == real:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _unescape(path: str) -> str:
+    return path.encode().decode("unicode_escape") if "\\" in path else path
+
+
+def mount_all(mounts: Iterable[Mapping[str, Any]], rootfs: str) -> None:
+    """Apply snapshot ``mounts`` (dicts of ``common.api.snapshot.Mount``) under ``rootfs``.
+
+    All or nothing: on failure every mount made so far is taken down again. An overlay
+    whose options exceed a page is mounted from the layers' common parent with relative
+    paths (``common.mount.compact_options``, containerd's ``compactLowerdirOption``).
+    """
+    from common.mount import compact_options
+
+    done: list[str] = []
+    try:
+        for m in mounts:
+            target = os.path.join(rootfs, str(m.get("target") or "").lstrip("/"))
+            cwd, options = compact_options(list(m.get("options") or ()))
+            if cwd is None:
+                mount(str(m["source"]), target, str(m["type"]), options)
+            else:
+                with _CWD_LOCK:
+                    old = os.getcwd()
+                    os.chdir(cwd)
+                    try:
+                        mount(str(m["source"]), target, str(m["type"]), options)
+                    finally:
+                        os.chdir(old)
+            done.append(target)
+    except BaseException:
+        for target in reversed(done):
+            try:
+                unmount(target, detach=True)
+            except OSError as exc:
+                log.warning("rollback: %s", exc)
+        raise

@@ -1,0 +1,188 @@
+"""The OCI runtime CLI (runc or crun) as the shim drives it (containerd-model.md section 10).
+
+Every invocation goes through the shim's ``Reaper`` (never ``subprocess``), with
+``--root <runtime root> --log <bundle>/log.json --log-format json`` so the runtime's
+own errors are read from the log, not from stderr (which, for ``create`` and ``exec``,
+is the container's pipe).
+
+Start errors are classified as Docker does (moby ``translateContainerdStartErr``,
+CASES.md C20): not found -> 127; permission denied, operation not permitted, is a
+directory, exec format error -> 126; anything else -> 128 (the CLI reports 125).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from services.shim.reaper import Reaper
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = re.compile(r"executable file not found|no such file or directory|not found in \$PATH", re.I)
+_NOT_EXECUTABLE = re.compile(r"permission denied|operation not permitted|is a directory|exec format error", re.I)
+
+
+def start_error_status(message: str) -> int:
+    """Exit status Docker records for a process that could not be started (see module doc)."""
+    if _NOT_FOUND.search(message):
+        return 127
+    if _NOT_EXECUTABLE.search(message):
+        return 126
+    return 128
+
+
+class RuntimeError_(Exception):  # noqa: N801 - the builtin name is taken
+    """The runtime binary failed; ``message`` is its own error text."""
+
+    def __init__(self, command: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.command = command
+        self.status = status
+        self.message = message
+
+
+class Runtime:
+    """One runtime binary, one ``--root``, one bundle's log file."""
+
+    def __init__(self, binary: str, root: str, bundle: str, reaper: Reaper) -> None:
+        self.binary = binary
+        self.root = root
+        self.bundle = bundle
+        self.reaper = reaper
+        self.log_path = os.path.join(bundle, "log.json")
+        os.makedirs(root, exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.binary)
+
+    def _argv(self, *args: str) -> list[str]:
+        return [self.binary, "--root", self.root, "--log", self.log_path, "--log-format", "json", *args]
+
+    def _log_offset(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def _errors_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                data = f.read(256 * 1024)
+        except OSError:
+            return ""
+        messages = []
+        for line in data.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    messages.append(text)
+                continue
+            if rec.get("level") in ("error", "fatal", "panic"):
+                messages.append(str(rec.get("msg", "")).strip())
+        return messages[-1] if messages else ""
+
+    async def _call(
+        self,
+        command: str,
+        args: Sequence[str],
+        *,
+        stdio: dict[int, int] | None = None,
+        capture: bool = False,
+        input_data: bytes | None = None,
+    ) -> bytes:
+        offset = self._log_offset()
+        stdio = stdio or {}
+        status, out = await self.reaper.run(
+            self._argv(*args),
+            stdin=stdio.get(0),
+            stdout=stdio.get(1),
+            stderr=stdio.get(2),
+            capture=capture,
+            input_data=input_data,
+        )
+        if status != 0:
+            message = self._errors_since(offset)
+            if not message and capture:
+                lines = out.decode(errors="replace").strip().splitlines()
+                message = lines[-1] if lines else ""
+            raise RuntimeError_(command, status, message or f"{self.name} {command} exited with status {status}")
+        return out
+
+    async def create(
+        self, container_id: str, pid_file: str, stdio: dict[int, int], console_socket: str | None = None
+    ) -> None:
+        """``create --bundle <bundle> --pid-file <pid_file> [--console-socket S] <id>``."""
+        args = ["create", "--bundle", self.bundle, "--pid-file", pid_file]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        await self._call("create", [*args, container_id], stdio=stdio)
+
+    async def start(self, container_id: str) -> None:
+        """``start <id>``: run the process (its exec fifo opens)."""
+        await self._call("start", ["start", container_id])
+
+    async def kill(self, container_id: str, signal: int, all_processes: bool = False) -> None:
+        """``kill [--all] <id> <signal>``."""
+        args = ["kill", *(["--all"] if all_processes else []), container_id, str(signal)]
+        await self._call("kill", args)
+
+    async def delete(self, container_id: str, force: bool = False) -> None:
+        """``delete [--force] <id>``; a container the runtime does not know is not an error."""
+        try:
+            await self._call("delete", ["delete", *(["--force"] if force else []), container_id])
+        except RuntimeError_ as exc:
+            if "does not exist" in exc.message or "not found" in exc.message.lower():
+                return
+            raise
+
+    async def state(self, container_id: str) -> dict[str, Any]:
+        """``state <id>`` as a dict."""
+        out = await self._call("state", ["state", container_id], capture=True)
+        return dict(json.loads(out))
+
+    async def exec(
+        self,
+        container_id: str,
+        process_file: str,
+        pid_file: str,
+        stdio: dict[int, int],
+        console_socket: str | None = None,
+    ) -> None:
+        """``exec --process <file> --detach --pid-file <f> [--console-socket S] <id>``."""
+        args = ["exec", "--process", process_file, "--detach", "--pid-file", pid_file]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        await self._call("exec", [*args, container_id], stdio=stdio)
+
+    async def pause(self, container_id: str) -> None:
+        await self._call("pause", ["pause", container_id])
+
+    async def resume(self, container_id: str) -> None:
+        await self._call("resume", ["resume", container_id])
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """``update --resources - <id>`` with LinuxResources JSON on stdin."""
+        await self._call(
+            "update", ["update", "--resources", "-", container_id], input_data=json.dumps(resources).encode()
+        )
+
+    async def ps(self, container_id: str) -> list[int]:
+        """Host pids of every process of the container."""
+        out = await self._call("ps", ["ps", "--format", "json", container_id], capture=True)
+        data = json.loads(out or b"[]")
+        return [int(p) for p in (data or [])]
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """``events --stats <id>``: one snapshot of the cgroup metrics (its ``data``)."""
+        out = await self._call("events", ["events", "--stats", container_id], capture=True)
+        rec = json.loads(out.splitlines()[0] if out else b"{}")
+        return dict(rec.get("data") or {})

@@ -1,0 +1,709 @@
+"""The shim's work: one task (a container's init process and its execs) driven through the OCI runtime.
+
+``Shim.create()`` runs once at boot: mount the rootfs from ``<bundle>/mounts.json``,
+resolve the user and working directory inside it, create the stdio pipes and run
+``<runtime> create``; the task is then ``created`` and ``/tasks/create`` is published.
+The ``shim.*`` RPC methods (``common.api.shim``) do the rest. The shim is the
+container's subreaper: the init's exit arrives through the ``Reaper``, is recorded in
+memory and in ``state.json`` at once, and is published as ``/tasks/exit`` after the
+output was drained and ``/tasks/start`` was published. ``shim.delete`` tears the task
+down and ends the shim.
+
+No zmq here: ``services.shim.main`` wires this object to an ``RpcServer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal as signal_mod
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from common import codec, errors, topics
+from common.api.shim import (
+    AttachRequest,
+    ConnectReply,
+    ExecRequest,
+    ExitReply,
+    KillRequest,
+    PidReply,
+    ProcessRequest,
+    ResizeRequest,
+    ShimLaunch,
+    TaskState,
+    TaskStatus,
+    UpdateRequest,
+    event_id,
+)
+from common.rpc.server import Context, rpc
+from services.shim import cgroups, mount, rootfs
+from services.shim.jsonlog import LogWriter
+from services.shim.reaper import Reaper
+from services.shim.runtime import Runtime, RuntimeError_, start_error_status
+from services.shim.stdio import ConsoleSocket, ProcessIO, set_winsize
+from services.shim.task import Process
+
+log = logging.getLogger(__name__)
+
+IO_DRAIN_S = 2.0
+"""How long the output may stay open after the init exited (processes that escaped the pid namespace)."""
+
+SHUTDOWN_GRACE_S = 30.0
+"""A deleted task's shim exits this long after the delete if nobody sent ``shim.shutdown``."""
+
+
+class CreateFailed(Exception):
+    """The task could not be created; ``exit_status`` is what Docker would record."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_status = exit_status
+
+
+class Publisher(Protocol):
+    """What the shim needs from ``common.events.EventPublisher``."""
+
+    def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
+
+
+def proc_start_time(pid: int) -> int:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Shim:
+    """One task and its processes (see module docstring)."""
+
+    def __init__(self, launch: ShimLaunch, bundle: str, reaper: Reaper, publisher: Publisher) -> None:
+        self.launch = launch
+        self.bundle = bundle
+        self.reaper = reaper
+        self.publisher = publisher
+        self.id = launch.container_id
+        self.runtime = Runtime(launch.runtime, launch.runtime_root, bundle, reaper)
+        self.rootfs = os.path.join(bundle, "rootfs")
+        self.done = asyncio.Event()
+        self.init: Process | None = None
+        self.execs: dict[str, Process] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._mounted = False
+        self._counter = 0
+        self._oom_seen = 0
+        self._oom_watch: int = -1
+        self.cgroups_path = ""
+        self.console_base = ""
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _publish(self, topic: str, verb: str, event: dict[str, Any], exec_id: str = "") -> None:
+        body = {"container_id": self.id, **event}
+        if self.launch.container_name:
+            body.setdefault("container_name", self.launch.container_name)
+        if self.launch.image:
+            body.setdefault("image", self.launch.image)
+        try:
+            self.publisher.publish(
+                topic,
+                body,
+                namespace=self.launch.namespace,
+                event_id=event_id(self.id, self.launch.incarnation, verb, exec_id),
+            )
+        except OSError as exc:
+            log.error("cannot queue event %s: %s", topic, exc)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _process(self, exec_id: str) -> Process:
+        if self.init is None:
+            raise errors.FailedPrecondition("task not created")
+        if exec_id:
+            proc = self.execs.get(exec_id)
+            if proc is None:
+                raise errors.NotFound(f"exec '{exec_id}' not found in container '{self.id}'")
+            return proc
+        return self.init
+
+    def _next(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def _console_path(self, exec_id: str = "") -> str:
+        return f"{self.console_base}.{'e' + str(self._next()) if exec_id else 'c'}"
+
+    # -- create (at boot) -----------------------------------------------------------------------
+    async def create(self) -> TaskState:
+        """Mount, prepare and ``runtime create`` the task; raises ``CreateFailed``."""
+        state_file = os.path.join(self.bundle, "state.json")
+        pid_file = os.path.join(self.bundle, "init.pid")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+        state = TaskState(
+            container_id=self.id,
+            incarnation=self.launch.incarnation,
+            bundle=self.bundle,
+            status=TaskStatus.CREATED,
+            shim_pid=os.getpid(),
+            shim_start_time=proc_start_time(os.getpid()),
+            tty=self.launch.tty,
+        )
+        io: ProcessIO | None = None
+        try:
+            try:
+                await asyncio.to_thread(self._prepare_rootfs)
+            except (OSError, rootfs.RootfsError) as exc:
+                raise CreateFailed(str(exc), 128) from None
+            log_writer = LogWriter(
+                self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
+            )
+            io = ProcessIO(
+                log_writer, open_stdin=self.launch.open_stdin, stdin_once=self.launch.stdin_once, tty=self.launch.tty
+            )
+            console: ConsoleSocket | None = None
+            receiving: asyncio.Task[int] | None = None
+            if self.launch.tty:
+                console = ConsoleSocket(self._console_path())
+                receiving = asyncio.create_task(console.receive())
+            else:
+                io.make_pipes()
+            try:
+                await self.runtime.create(
+                    self.id, pid_file, io.child_fds, console_socket=console.path if console else None
+                )
+                if receiving is not None:
+                    io.set_pty(await receiving)
+            except RuntimeError_ as exc:
+                raise CreateFailed(exc.message, start_error_status(exc.message)) from None
+            except (OSError, TimeoutError) as exc:
+                with contextlib.suppress(RuntimeError_):
+                    await self.runtime.delete(self.id, force=True)
+                raise CreateFailed(f"console: {exc}", 128) from None
+            finally:
+                io.close_child_ends()
+                if receiving is not None and not receiving.done():
+                    receiving.cancel()
+                if console is not None:
+                    console.close()
+            with open(pid_file, encoding="utf-8") as f:
+                pid = int(f.read().strip())
+        except CreateFailed as exc:
+            if io is not None:
+                io.close()
+            await self._teardown_rootfs()
+            state.status = TaskStatus.DELETED
+            state.exit_status = exc.exit_status
+            state.exited_at = codec.utcnow()
+            state.error = exc.message
+            with contextlib.suppress(OSError):
+                Process(state, ProcessIO(None, open_stdin=False, stdin_once=False, tty=False), state_file).persist()
+            raise
+        state.pid = pid
+        state.created_at = codec.utcnow()
+        proc = Process(state, io, state_file)
+        self.init = proc
+        proc.persist()
+        await io.start_pumps()
+        self.reaper.watch(pid, lambda status: self._on_exit(proc, status))
+        self._publish(topics.TASK_CREATE, "create", {"bundle": self.bundle, "pid": pid})
+        self._watch_oom()
+        return state
+
+    def _prepare_rootfs(self) -> None:
+        """Mount the snapshot, resolve the user and the working directory (blocking)."""
+        mounts_file = os.path.join(self.bundle, "mounts.json")
+        with open(mounts_file, encoding="utf-8") as f:
+            mounts = json.load(f)
+        os.makedirs(self.rootfs, exist_ok=True)
+        if mounts and not mount.is_mountpoint(self.rootfs):
+            mount.mount_all(mounts, self.rootfs)
+        self._mounted = bool(mounts)
+        config_path = os.path.join(self.bundle, "config.json")
+        with open(config_path, encoding="utf-8") as f:
+            spec = json.load(f)
+        process = spec["process"]
+        self.cgroups_path = str(spec.get("linux", {}).get("cgroupsPath") or "")
+        self._prepare_volumes()
+        user = rootfs.resolve_user(self.rootfs, self.launch.user, self.launch.group_add)
+        process["user"] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            process["user"]["additionalGids"] = user.additional_gids
+        env = process.setdefault("env", [])
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
+        cwd = process.get("cwd") or "/"
+        if self.launch.create_workdir and cwd != "/":
+            rootfs.make_workdir(self.rootfs, cwd, user.uid, user.gid)
+        tmp = config_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+        os.replace(tmp, config_path)
+
+    async def _teardown_rootfs(self) -> None:
+        if not self._mounted:
+            return
+        try:
+            await asyncio.to_thread(mount.unmount, self.rootfs, detach=True)
+            self._mounted = False
+        except OSError as exc:
+            log.error("cannot unmount the rootfs: %s", exc)
+
+    # -- exits --------------------------------------------------------------------------------------
+    def _on_exit(self, proc: Process, status: int) -> None:
+        proc.record_exit(status)
+        self._spawn(self._finish_exit(proc), f"exit-{proc.state.exec_id or 'init'}")
+
+    async def _finish_exit(self, proc: Process) -> None:
+        if proc is self.init:
+            # read the container's own cgroup before the runtime deletes it (C17)
+            kills = await asyncio.to_thread(cgroups.oom_kills, self.cgroups_path) if self.cgroups_path else 0
+            if kills > self._oom_seen:
+                self._publish_oom(kills)
+            if self._oom_seen and proc.state.exit_status == 137:
+                proc.update(oom_killed=True)
+            self._stop_oom_watch()
+        await proc.io.wait_output_closed(IO_DRAIN_S)
+        await proc.start_settled.wait()
+        state = proc.state
+        self._publish(
+            topics.TASK_EXIT,
+            "exit",
+            {
+                "id": state.exec_id or self.id,
+                "pid": state.pid,
+                "exit_status": state.exit_status,
+                "exited_at": state.exited_at,
+            },
+            state.exec_id,
+        )
+        proc.exited.set()
+
+    # -- RPC ------------------------------------------------------------------------------------------
+    @rpc("shim.connect", quiet=True)
+    async def connect(self, req: ProcessRequest, ctx: Context) -> ConnectReply:
+        """Who this shim is: ``{shim_pid, task_pid, container_id, incarnation, version}``."""
+        return ConnectReply(
+            shim_pid=os.getpid(),
+            task_pid=self.init.state.pid if self.init else 0,
+            container_id=self.id,
+            incarnation=self.launch.incarnation,
+        )
+
+    @rpc("shim.state", quiet=True)
+    async def state(self, req: ProcessRequest, ctx: Context) -> TaskState:
+        """The process's ``TaskState``; NotFound for an unknown exec."""
+        return self._process(req.exec_id).state
+
+    @rpc("shim.start")
+    async def start(self, req: ProcessRequest, ctx: Context) -> PidReply:
+        """Start the task (``runtime start``): created -> running; publishes ``/tasks/start``.
+
+        FailedPrecondition from any other state (``cannot start task in running state``).
+        A start that fails leaves the task stopped with Docker's exit status (126/127/128)
+        and raises InvalidArgument with ``details.exit_status``.
+        """
+        proc = self._process(req.exec_id)
+        if req.exec_id:
+            return await self._start_exec(proc)
+        async with proc.lock:
+            proc.check(TaskStatus.RUNNING)
+            started_at = codec.utcnow()  # before the start: the process may exit before it returns
+            try:
+                await self.runtime.start(self.id)
+            except RuntimeError_ as exc:
+                status = start_error_status(exc.message)
+                proc.update(error=exc.message)
+                if proc.state.exit_status is None:
+                    with contextlib.suppress(RuntimeError_):
+                        await self.runtime.kill(self.id, signal_mod.SIGKILL)
+                proc.start_settled.set()
+                raise errors.InvalidArgument(exc.message, {"exit_status": status}) from None
+            self._publish(topics.TASK_START, "start", {"pid": proc.state.pid})
+            fields: dict[str, Any] = {"started_at": started_at}
+            if proc.state.exit_status is None:
+                fields["status"] = TaskStatus.RUNNING
+            proc.update(**fields)
+            proc.start_settled.set()
+            return PidReply(pid=proc.state.pid, started_at=started_at)
+
+    @rpc("shim.kill")
+    async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:
+        """Send ``signal`` to the process (``all``: every process of the container).
+
+        FailedPrecondition when the process is not created, running or paused.
+        """
+        proc = self._process(req.exec_id)
+        if proc.state.status not in (TaskStatus.CREATED, TaskStatus.RUNNING, TaskStatus.PAUSED):
+            raise errors.FailedPrecondition(f"cannot kill {proc.what} in {proc.state.status.value} state")
+        if req.all and not req.exec_id:
+            try:
+                await self.runtime.kill(self.id, req.signal, all_processes=True)
+            except RuntimeError_ as exc:
+                raise errors.FailedPrecondition(exc.message) from None
+            return {}
+        try:
+            os.kill(proc.state.pid, req.signal)
+        except ProcessLookupError:
+            raise errors.FailedPrecondition(f"cannot kill {proc.what}: process {proc.state.pid} is gone") from None
+        return {}
+
+    @rpc("shim.wait")
+    async def wait(self, req: ProcessRequest, ctx: Context) -> ExitReply:
+        """Block until the process exited and its output is drained; its exit status."""
+        proc = self._process(req.exec_id)
+        await proc.exited.wait()
+        s = proc.state
+        return ExitReply(
+            pid=s.pid,
+            exit_status=s.exit_status if s.exit_status is not None else 255,
+            exited_at=s.exited_at,
+            oom_killed=s.oom_killed,
+            error=s.error,
+        )
+
+    @rpc("shim.delete")
+    async def delete(self, req: ProcessRequest, ctx: Context) -> ExitReply:
+        """Delete the stopped (or never started) task: ``runtime delete``, unmount, ``/tasks/delete``.
+
+        FailedPrecondition while it runs. The shim exits once the reply is sent.
+        """
+        proc = self._process(req.exec_id)
+        if req.exec_id:
+            return await self._delete_exec(proc)
+        async with proc.lock:
+            proc.check(TaskStatus.DELETED)
+            if proc.state.status == TaskStatus.CREATED:
+                # never started: kill the waiting init, its exit is recorded as usual
+                proc.start_settled.set()
+                with contextlib.suppress(RuntimeError_):
+                    await self.runtime.delete(self.id, force=True)
+            try:
+                await asyncio.wait_for(proc.exited.wait(), 10.0)
+            except TimeoutError:
+                raise errors.Internal(f"task of container '{self.id}' did not exit") from None
+            try:
+                await self.runtime.delete(self.id)
+            except RuntimeError_:
+                try:
+                    await self.runtime.delete(self.id, force=True)
+                except RuntimeError_ as exc:
+                    raise errors.Internal(f"{self.runtime.name} delete failed: {exc.message}") from None
+            self._stop_oom_watch()
+            for ex in list(self.execs.values()):
+                ex.io.close()
+            self.execs.clear()
+            await self._teardown_rootfs()
+            proc.io.close()
+            if proc.io.log is not None:
+                proc.io.log.close()
+            proc.move(TaskStatus.DELETED)
+            s = proc.state
+            exit_status = s.exit_status if s.exit_status is not None else 255
+            self._publish(
+                topics.TASK_DELETE,
+                "delete",
+                {"id": self.id, "pid": s.pid, "exit_status": exit_status, "exited_at": s.exited_at},
+            )
+            # the caller sends shim.shutdown next; exit anyway if it never comes
+            asyncio.get_running_loop().call_later(SHUTDOWN_GRACE_S, self.done.set)
+            return ExitReply(
+                pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, oom_killed=s.oom_killed, error=s.error
+            )
+
+    @rpc("shim.attach", stream=True)
+    async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """Stream the process's output from now on (see ``common.api.shim``)."""
+        proc = self._process(req.exec_id)
+        streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
+        sub = proc.io.subscribe(streams)
+        stdin_task: asyncio.Task[None] | None = None
+        if req.stdin and proc.io.has_stdin:
+            stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx))
+        try:
+            yield {"attached": True, "tty": proc.io.tty}
+            while True:
+                item = await sub.get()
+                if item is None:
+                    return
+                stream, data = item
+                # coalesce what is already queued for the same stream (fewer frames)
+                while not sub.queue.empty() and len(data) < 256 * 1024:
+                    nxt = sub.queue.get_nowait()
+                    if nxt is None:
+                        sub.queue.put_nowait(None)
+                        break
+                    sub.pending -= len(nxt[1])
+                    if nxt[0] != stream:
+                        yield {"s": stream, "d": data}
+                        stream, data = nxt
+                        continue
+                    data += nxt[1]
+                yield {"s": stream, "d": data}
+        finally:
+            proc.io.unsubscribe(sub)
+            if stdin_task is not None:
+                stdin_task.cancel()
+
+    async def _pump_stdin(self, proc: Process, ctx: Context) -> None:
+        while True:
+            item = await ctx.recv()
+            if item is None:
+                if proc.io.stdin_once:
+                    await proc.io.close_stdin()
+                return
+            if isinstance(item, (bytes, bytearray)) and item and not await proc.io.write_stdin(bytes(item)):
+                return
+
+    # -- volumes, OOM ---------------------------------------------------------------------------------
+    def _prepare_volumes(self) -> None:
+        """Docker's volume copy-up: a new, empty volume gets the image's content at its target."""
+        for item in self.launch.copy_up:
+            target = rootfs.secure_join(self.rootfs, item["target"])
+            source = item["source"]
+            try:
+                if os.path.isdir(target) and not os.listdir(source) and os.listdir(target):
+                    rootfs.copy_tree(target, source)
+            except OSError as exc:
+                log.warning("volume copy-up of %s: %s", item["target"], exc)
+
+    def _watch_oom(self) -> None:
+        """cgroup v1: an eventfd on ``memory.oom_control`` (``/tasks/oom`` as it happens)."""
+        path = cgroups.oom_control_path(self.cgroups_path) if self.cgroups_path else None
+        if not path:
+            return
+        efd = cfd = -1
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            cfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with open(os.path.join(os.path.dirname(path), "cgroup.event_control"), "w") as f:
+                f.write(f"{efd} {cfd}")
+        except OSError as exc:
+            log.warning("cannot watch OOM events: %s", exc)
+            for fd in (efd, cfd):
+                if fd >= 0:
+                    os.close(fd)
+            return
+        os.close(cfd)
+        self._oom_watch = efd
+        asyncio.get_running_loop().add_reader(efd, self._on_oom_event)
+
+    def _on_oom_event(self) -> None:
+        try:
+            os.eventfd_read(self._oom_watch)
+        except OSError:
+            return
+        kills = cgroups.oom_kills(self.cgroups_path)
+        if kills > self._oom_seen:
+            self._publish_oom(kills)
+
+    def _publish_oom(self, kills: int) -> None:
+        self._oom_seen = kills
+        self._publish(topics.TASK_OOM, f"oom/{kills}", {})
+        if self.init is not None:
+            self.init.update(oom_killed=True)
+
+    def _stop_oom_watch(self) -> None:
+        if self._oom_watch >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._oom_watch)
+            os.close(self._oom_watch)
+            self._oom_watch = -1
+
+    # -- exec ---------------------------------------------------------------------------------------------
+    @rpc("shim.exec")
+    async def exec_(self, req: ExecRequest, ctx: Context) -> dict[str, Any]:
+        """Register an exec in the running task (``/tasks/exec-added``); start it with ``shim.start``.
+
+        FailedPrecondition unless the task runs; AlreadyExists for a used exec id; the
+        user is resolved inside the rootfs like the container's.
+        """
+        init = self._process("")
+        if init.state.status != TaskStatus.RUNNING:
+            raise errors.FailedPrecondition(f"cannot exec in task in {init.state.status.value} state")
+        if req.exec_id in self.execs:
+            raise errors.AlreadyExists(f"exec '{req.exec_id}' already exists")
+        process = dict(req.process)
+        try:
+            user = await asyncio.to_thread(
+                rootfs.resolve_user, self.rootfs, req.user or self.launch.user, self.launch.group_add
+            )
+        except rootfs.RootfsError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        process["user"] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            process["user"]["additionalGids"] = user.additional_gids
+        env = list(process.get("env") or [])
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
+        process["env"] = env
+        process["terminal"] = req.tty
+        if req.tty and req.console_width and req.console_height:
+            process["consoleSize"] = {"height": req.console_height, "width": req.console_width}
+        state = TaskState(
+            container_id=self.id,
+            exec_id=req.exec_id,
+            incarnation=self.launch.incarnation,
+            bundle=self.bundle,
+            status=TaskStatus.CREATED,
+            created_at=codec.utcnow(),
+            tty=req.tty,
+        )
+        proc = Process(state, ProcessIO(None, open_stdin=req.stdin, stdin_once=True, tty=req.tty))
+        proc.exec_spec = process
+        self.execs[req.exec_id] = proc
+        self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id}, req.exec_id)
+        return {}
+
+    async def _start_exec(self, proc: Process) -> PidReply:
+        exec_id = proc.state.exec_id
+        async with proc.lock:
+            proc.check(TaskStatus.RUNNING)
+            process_file = os.path.join(self.bundle, f"exec-{self._next()}.json")
+            pid_file = process_file[: -len(".json")] + ".pid"
+            with open(process_file, "w", encoding="utf-8") as f:
+                json.dump(proc.exec_spec, f)
+            console: ConsoleSocket | None = None
+            receiving: asyncio.Task[int] | None = None
+            if proc.io.tty:
+                console = ConsoleSocket(self._console_path(exec_id))
+                receiving = asyncio.create_task(console.receive())
+            else:
+                proc.io.make_pipes()
+            try:
+                await self.runtime.exec(
+                    self.id, process_file, pid_file, proc.io.child_fds, console_socket=console.path if console else None
+                )
+                if receiving is not None:
+                    proc.io.set_pty(await receiving)
+                with open(pid_file, encoding="utf-8") as f:
+                    pid = int(f.read().strip())
+            except (RuntimeError_, OSError, TimeoutError) as exc:
+                message = exc.message if isinstance(exc, RuntimeError_) else str(exc)
+                status = start_error_status(message)
+                proc.record_exit(status)
+                proc.update(error=message)
+                proc.io.close()
+                proc.start_settled.set()
+                proc.exited.set()
+                raise errors.InvalidArgument(message, {"exit_status": status}) from None
+            finally:
+                proc.io.close_child_ends()
+                if receiving is not None and not receiving.done():
+                    receiving.cancel()
+                if console is not None:
+                    console.close()
+                for path in (process_file, pid_file):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            proc.update(pid=pid, status=TaskStatus.RUNNING, started_at=codec.utcnow())
+            await proc.io.start_pumps()  # before the watch: an exit already reaped is handled at once
+            self.reaper.watch(pid, lambda status: self._on_exit(proc, status))
+            self._publish(topics.TASK_EXEC_STARTED, "exec-started", {"exec_id": exec_id, "pid": pid}, exec_id)
+            proc.start_settled.set()
+            return PidReply(pid=pid)
+
+    async def _delete_exec(self, proc: Process) -> ExitReply:
+        if proc.state.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):
+            raise errors.FailedPrecondition(f"cannot delete {proc.what} in {proc.state.status.value} state")
+        proc.start_settled.set()
+        proc.io.close()
+        self.execs.pop(proc.state.exec_id, None)
+        s = proc.state
+        exit_status = s.exit_status if s.exit_status is not None else 255
+        if s.pid:
+            self._publish(
+                topics.TASK_DELETE,
+                "delete",
+                {"id": s.exec_id, "pid": s.pid, "exit_status": exit_status, "exited_at": s.exited_at},
+                s.exec_id,
+            )
+        return ExitReply(pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, error=s.error)
+
+    # -- pause, resize, update, pids ---------------------------------------------------------------------
+    @rpc("shim.pause")
+    async def pause(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
+        """Freeze every process (``runtime pause``): running -> paused; ``/tasks/paused``."""
+        proc = self._process("")
+        async with proc.lock:
+            proc.check(TaskStatus.PAUSED)
+            try:
+                await self.runtime.pause(self.id)
+            except RuntimeError_ as exc:
+                raise errors.FailedPrecondition(exc.message) from None
+            proc.move(TaskStatus.PAUSED)
+            self._publish(topics.TASK_PAUSED, f"paused/{self._next()}", {})
+        return {}
+
+    @rpc("shim.resume")
+    async def resume(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
+        """Thaw the task (``runtime resume``): paused -> running; ``/tasks/resumed``."""
+        proc = self._process("")
+        async with proc.lock:
+            if proc.state.status != TaskStatus.PAUSED:
+                raise errors.FailedPrecondition(f"cannot resume task in {proc.state.status.value} state")
+            try:
+                await self.runtime.resume(self.id)
+            except RuntimeError_ as exc:
+                raise errors.FailedPrecondition(exc.message) from None
+            if proc.state.exit_status is None:
+                proc.move(TaskStatus.RUNNING)
+            self._publish(topics.TASK_RESUMED, f"resumed/{self._next()}", {})
+        return {}
+
+    @rpc("shim.resize")
+    async def resize(self, req: ResizeRequest, ctx: Context) -> dict[str, Any]:
+        """Set the pty size of the process (FailedPrecondition without a terminal)."""
+        proc = self._process(req.exec_id)
+        if proc.io.pty_master < 0:
+            raise errors.FailedPrecondition(f"{proc.what} of container '{self.id}' has no terminal")
+        set_winsize(proc.io.pty_master, req.height, req.width)
+        return {}
+
+    @rpc("shim.update")
+    async def update(self, req: UpdateRequest, ctx: Context) -> dict[str, Any]:
+        """Change the running task's resources (``runtime update``)."""
+        proc = self._process("")
+        if proc.state.status not in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.CREATED):
+            raise errors.FailedPrecondition(f"cannot update task in {proc.state.status.value} state")
+        try:
+            await self.runtime.update(self.id, req.resources)
+        except RuntimeError_ as exc:
+            raise errors.InvalidArgument(exc.message) from None
+        return {}
+
+    @rpc("shim.pids", quiet=True)
+    async def pids(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
+        """Host pids of the container's processes (from its cgroup)."""
+        self._process("")
+        return {"pids": await asyncio.to_thread(cgroups.pids, self.cgroups_path)}
+
+    @rpc("shim.close_io")
+    async def close_io(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
+        """Close the process's stdin (EOF reaches it after what was already written)."""
+        await self._process(req.exec_id).io.close_stdin()
+        return {}
+
+    @rpc("shim.shutdown")
+    async def shutdown(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
+        """Exit if no task is left (the task is deleted or was never created).
+
+        The shim exits right after answering; a caller should not count on the reply
+        (watch the shim's pid instead).
+        """
+        if self.init is not None and self.init.state.status != TaskStatus.DELETED:
+            raise errors.FailedPrecondition(f"cannot shut down the shim: task is {self.init.state.status.value}")
+        asyncio.get_running_loop().call_soon(self.done.set)
+        return {}
+
+    def bundle_path(self, name: str) -> Path:
+        return Path(self.bundle) / name

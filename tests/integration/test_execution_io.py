@@ -1,0 +1,171 @@
+"""I/O (issue 5; CASES.md C22, C23): json-file logs with rotation and the logs options, output
+kept byte for byte, stdin EOF reaching the container (run -i, attach, exec -i), TTYs (raw
+stream, resize, detach keys), and exec."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import need_root
+from tests.engine import Engine
+from tests.harness import Instance
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    need_root()
+    inst = Instance()
+    try:
+        yield Engine(inst)
+    finally:
+        inst.cleanup()
+
+
+def test_one_mib_line_binary_and_no_final_newline_survive_logs(engine: Engine) -> None:
+    engine.run("--name", "big", "busybox", "sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' a; echo", check=True)
+    assert engine.cli("logs", "big").stdout == b"a" * 1048576 + b"\n"
+    engine.run(
+        "--name", "bin", "busybox", "sh", "-c", "printf 'x\\000y\\377\\200z'; printf 'e' >&2; printf 'tail'", check=True
+    )
+    p = engine.cli("logs", "bin")
+    assert p.stdout == b"x\x00y\xff\x80ztail" and p.stderr == b"e"
+    engine.cli("rm", "big", "bin", check=True)
+
+
+def test_log_rotation_keeps_max_files(engine: Engine) -> None:
+    engine.run(
+        "--name",
+        "rot",
+        "--log-opt",
+        "max-size=10k",
+        "--log-opt",
+        "max-file=3",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done",
+        check=True,
+    )
+    info = engine.inspect("rot")
+    path = info["log_path"]
+    files = sorted(f for f in os.listdir(os.path.dirname(path)) if f.startswith(os.path.basename(path)))
+    assert len(files) == 3 and all(os.path.getsize(os.path.join(os.path.dirname(path), f)) < 12 * 1024 for f in files)
+    out = engine.cli("logs", "rot").stdout.decode().splitlines()
+    assert out[-1] == "line-1999" and "line-0" not in out
+    assert [int(x.split("-")[1]) for x in out] == list(range(2000 - len(out), 2000))  # contiguous tail
+    engine.cli("rm", "rot", check=True)
+
+
+def test_logs_tail_since_timestamps_and_follow(engine: Engine) -> None:
+    engine.run(
+        "-d", "--name", "lg", "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.3; done", check=True
+    )
+    t0 = time.monotonic()
+    p = engine.cli("logs", "-f", "lg")
+    assert p.stdout == b"1\n2\n3\n4\n5\n" and time.monotonic() - t0 > 0.5  # followed until the exit
+    assert engine.cli("logs", "--tail", "2", "lg").stdout == b"4\n5\n"
+    assert engine.cli("logs", "-n", "0", "lg").stdout == b""
+    lines = engine.cli("logs", "-t", "lg").stdout.decode().splitlines()
+    assert len(lines) == 5 and lines[0].endswith("Z 1") and lines[0][:4].isdigit()
+    assert engine.cli("logs", "--since", "1h", "lg").stdout == b"1\n2\n3\n4\n5\n"
+    stamp = lines[2].split(" ")[0]
+    assert engine.cli("logs", "--since", stamp, "lg").stdout == b"3\n4\n5\n"
+    assert engine.cli("logs", "--until", stamp, "lg").stdout == b"1\n2\n3\n"
+    with open(engine.inspect("lg")["log_path"]) as f:
+        json_lines = [json.loads(x) for x in f]
+    assert json_lines[0] == {"log": "1\n", "stream": "stdout", "time": lines[0].split(" ")[0]}
+    engine.cli("rm", "lg", check=True)
+
+
+def test_run_i_delivers_64_mib_and_eof(engine: Engine) -> None:
+    data = os.urandom(64 << 20)
+    t0 = time.monotonic()
+    p = engine.run("--rm", "-i", "busybox", "wc", "-c", input=data)
+    assert p.returncode == 0 and p.stdout.strip() == b"67108864"
+    assert time.monotonic() - t0 < 60
+    p = engine.run("--rm", "-i", "busybox", "true", input=b"")
+    assert p.returncode == 0
+
+
+def test_attach_with_stdin_eof_reaches_cat(engine: Engine) -> None:
+    cid = engine.cli("create", "-i", "busybox", "cat", check=True).stdout.decode().strip()
+    p = engine.cli("start", "-a", "-i", cid, input=b"abc")
+    assert p.returncode == 0 and p.stdout == b"abc"
+    assert engine.inspect(cid)["state"]["exit_code"] == 0
+    engine.cli("rm", cid, check=True)
+
+
+def test_tty_output_is_raw_with_crlf(engine: Engine) -> None:
+    p = engine.run("--name", "tty", "-t", "busybox", "printf", "Hello this is a bug\\n")
+    assert p.stdout == b"Hello this is a bug\r\n"
+    assert engine.cli("logs", "tty").stdout == b"Hello this is a bug\r\n"
+    engine.cli("rm", "tty", check=True)
+
+
+def test_tty_size_and_resize(engine: Engine) -> None:
+    with engine.inst.client("execution") as c:
+        cid = c.call(
+            "execution.create",
+            {
+                "image": "busybox",
+                "tty": True,
+                "console_size": [30, 90],
+                "cmd": ["sh", "-c", "stty size; sleep 1; stty size"],
+            },
+        )["id"]
+        c.call("execution.start", {"id": cid})
+        time.sleep(0.4)
+        c.call("execution.resize", {"id": cid, "height": 40, "width": 100})
+        assert c.call("execution.wait", {"id": cid}, timeout_s=30)["exit_code"] == 0
+    assert engine.cli("logs", cid).stdout == b"30 90\r\n40 100\r\n"
+    engine.cli("rm", cid, check=True)
+
+
+def test_detach_keys_leave_the_container_running(engine: Engine) -> None:
+    cid = engine.run("-d", "-i", "-t", "busybox", "sh", check=True).stdout.decode().strip()
+    with engine.inst.client("execution", timeout_s=None) as c:
+        call = c.start("execution.attach", {"id": cid, "stdin": True})
+        assert call.next_frame()[1]["attached"] is True
+        call.send(b"echo marker-$((40+2))\n")
+        seen = b""
+        while b"marker-42" not in seen:
+            seen += call.next_frame()[1].get("d", b"")
+        call.send(b"\x10\x11")
+        frames = list(call)
+    assert frames[-1] == {"detached": True}
+    assert engine.inspect(cid)["state"]["running"]
+    engine.cli("rm", "-f", cid, check=True)
+
+
+def test_exec_exit_codes_stdin_tty_and_events(engine: Engine) -> None:
+    cid = engine.run("-d", "--name", "ex", "busybox", "sleep", "300", check=True).stdout.decode().strip()
+    assert engine.cli("exec", "ex", "sh", "-c", "exit 5").returncode == 5
+    assert engine.cli("exec", "ex", "nosuchcmd").returncode == 127
+    p = engine.cli("exec", "-i", "ex", "cat", input=b"hello\n")
+    assert (p.returncode, p.stdout) == (0, b"hello\n")
+    p = engine.cli("exec", "-u", "1000", "-w", "/tmp", "-e", "V=x=y", "ex", "sh", "-c", "id -u; pwd; echo $V")
+    assert p.stdout == b"1000\n/tmp\nx=y\n"
+    assert engine.cli("exec", "-t", "ex", "printf", "a\\n").stdout == b"a\r\n"
+    assert engine.cli("exec", "-d", "ex", "sh", "-c", "echo bg > /tmp/bg").returncode == 0
+    engine.wait_until(lambda: engine.cli("exec", "ex", "cat", "/tmp/bg").stdout == b"bg\n")
+    assert engine.inspect("ex")["exec_ids"]
+    engine.wait_until(lambda: "/tasks/exec-started" in engine.topics(cid))
+    evs = [e for e in engine.events(cid) if e["topic"].startswith("/tasks/exec") or e["event"].get("id", cid) != cid]
+    first = evs[0]["event"]["exec_id"]
+    mine = [e["topic"] for e in evs if first in (e["event"].get("exec_id"), e["event"].get("id"))]
+    assert mine == ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/delete"]
+    exit_ev = next(e for e in evs if e["topic"] == "/tasks/exit" and e["event"]["id"] == first)
+    assert exit_ev["event"]["exit_status"] == 5
+    p = engine.cli("exec", "nosuch", "true")
+    assert p.returncode != 0 and b"not found" in p.stderr
+    engine.cli("stop", "-t", "0", "ex", check=True)
+    p = engine.cli("exec", "ex", "true")
+    assert p.returncode != 0 and b"not running" in p.stderr
+    engine.cli("rm", "ex", check=True)

@@ -1,0 +1,98 @@
+"""Crash safety (CASES.md C19): the execution service SIGKILLed at any time; shims SIGKILLed.
+
+Containers keep running with the same pid, exits that happen while the service is down
+show their real status afterwards (one exit event), ``--rm`` containers are removed, and
+a dead shim is noticed within seconds and cleaned up with exit status 255.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_root
+from tests.engine import Engine, ps_names
+from tests.harness import Instance
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def engine(instance: Instance) -> Iterator[Engine]:
+    need_root()
+    yield Engine(instance)
+
+
+def test_running_container_survives_sigkill_of_execution(engine: Engine) -> None:
+    assert engine.run("-d", "--name", "s", "busybox", "sleep", "60").returncode == 0
+    pid = engine.inspect("s")["state"]["pid"]
+    assert pid > 0
+    engine.inst.kill("execution")
+    assert os.path.exists(f"/proc/{pid}")
+    engine.inst.start("execution")
+    ps = engine.cli("ps").stdout.decode()
+    assert " s\n" in ps + "\n" and "Up " in ps
+    assert engine.inspect("s")["state"]["pid"] == pid
+    t0 = time.monotonic()
+    assert engine.cli("stop", "-t", "1", "s").returncode == 0
+    assert time.monotonic() - t0 < 8
+    state = engine.inspect("s")["state"]
+    assert state["status"] == "exited" and state["exit_code"] in (137, 143)
+    assert engine.cli("rm", "s").returncode == 0
+    engine.assert_clean()
+
+
+def test_exit_while_execution_is_down_shows_real_status(engine: Engine) -> None:
+    assert engine.run("-d", "--name", "b", "busybox", "sh", "-c", "sleep 2; echo bye; exit 3").returncode == 0
+    assert engine.run("-d", "--rm", "--name", "r", "busybox", "sh", "-c", "sleep 2; exit 4").returncode == 0
+    cid = engine.inspect("b")["id"]
+    engine.inst.kill("execution")
+    time.sleep(4)
+    engine.inst.start("execution")
+    info = engine.inspect("b")
+    assert info["state"]["status"] == "exited" and info["state"]["exit_code"] == 3
+    assert engine.cli("logs", "b").stdout == b"bye\n"
+    engine.wait_until(lambda: "r" not in ps_names(engine), what="--rm container removed")
+    engine.wait_until(lambda: "/tasks/delete" in engine.topics(cid), what="delete event")
+    exits = [e for e in engine.events(cid) if e["topic"] == "/tasks/exit"]
+    assert len(exits) == 1 and exits[0]["event"]["exit_status"] == 3
+    assert engine.topics(cid)[-2:] == ["/tasks/exit", "/tasks/delete"]
+    assert engine.cli("rm", "b").returncode == 0
+    engine.assert_clean()
+
+
+def test_sigkilled_shim_is_noticed_and_cleaned_up(engine: Engine) -> None:
+    assert engine.run("-d", "--name", "k", "busybox", "sleep", "60").returncode == 0
+    info = engine.inspect("k")
+    shim_pid = int(Path(info["bundle"], "shim.pid").read_text())
+    os.kill(shim_pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    engine.wait_until(lambda: not engine.inspect("k")["state"]["running"], 10, "dead shim noticed")
+    assert time.monotonic() - t0 < 5
+    state = engine.inspect("k")["state"]
+    assert state["exit_code"] == 255
+    engine.wait_until(lambda: "/tasks/delete" in engine.topics(info["id"]), what="delete event")
+    topics = engine.topics(info["id"])
+    assert topics.count("/tasks/exit") == 1 and topics.count("/tasks/delete") == 1
+    assert engine.cli("rm", "k").returncode == 0
+    engine.assert_clean()
+
+
+def test_shim_dies_while_execution_is_down(engine: Engine) -> None:
+    assert engine.run("-d", "--name", "d", "busybox", "sh", "-c", "exit 5").returncode == 0
+    engine.wait_until(lambda: engine.inspect("d")["state"]["status"] == "exited")
+    assert engine.run("-d", "--name", "e", "busybox", "sleep", "60").returncode == 0
+    info = engine.inspect("e")
+    engine.inst.kill("execution")
+    os.kill(int(Path(info["bundle"], "shim.pid").read_text()), signal.SIGKILL)
+    engine.inst.start("execution")
+    state = engine.inspect("e")["state"]
+    assert state["status"] == "exited" and state["exit_code"] == 255
+    assert engine.inspect("d")["state"]["exit_code"] == 5
+    assert engine.cli("rm", "d", "e").returncode == 0
+    engine.assert_clean()

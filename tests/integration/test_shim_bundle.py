@@ -1,0 +1,229 @@
+"""The shim on its own, on a bundle whose rootfs is a plain directory (no image or snapshot
+service): output and log, exit statuses, start errors, events in order, the state file,
+and a SIGKILLed shim leaving a state the execution service can read."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from common import endpoints, errors, ids
+from common.api.shim import ShimLaunch
+from common.rpc.client import Client
+from deploy.mkimage import busybox_rootfs_tar
+from services.execution import spec
+from tests.conftest import need_root
+from tests.harness import PROJECT, Instance
+
+pytestmark = pytest.mark.root
+
+_ROOTFS: bytes | None = None
+
+
+@dataclass
+class Bundle:
+    inst: Instance
+    container_id: str
+    path: str
+    log_path: str
+
+    def launch(self) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.shim", "default", self.container_id, self.path],
+            env=self.inst.env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def client(self) -> Client:
+        return Client("shim", Path(self.path, "address").read_text(), timeout_s=30)
+
+    def state_file(self) -> dict:
+        return json.loads(Path(self.path, "state.json").read_text())
+
+
+def make_bundle(inst: Instance, args: list[str], **launch: object) -> Bundle:
+    global _ROOTFS
+    if _ROOTFS is None:
+        _ROOTFS = busybox_rootfs_tar()
+    cid = ids.new_id()
+    path = endpoints.bundle_dir("default", cid, inst.env)
+    os.makedirs(path + "/rootfs")
+    with tarfile.open(fileobj=io.BytesIO(_ROOTFS)) as tar:
+        tar.extractall(path + "/rootfs")
+    oci = spec.build_spec(container_id=cid, args=args, env=spec.merge_env([], []), cwd="/", hostname=cid[:12])
+    Path(path, "config.json").write_text(json.dumps(oci))
+    Path(path, "mounts.json").write_text("[]")
+    log_path = endpoints.container_dir("default", cid, inst.env) + f"/{cid}-json.log"
+    shim = ShimLaunch(
+        namespace="default",
+        container_id=cid,
+        incarnation=1,
+        runtime=os.environ.get("DOCKYARD_RUNTIME", "runc"),
+        runtime_root=endpoints.runtime_root(os.environ.get("DOCKYARD_RUNTIME", "runc"), inst.env),
+        log_path=log_path,
+        events_endpoint=endpoints.control_endpoint("events", inst.env),
+        **launch,  # type: ignore[arg-type]
+    )
+    Path(path, "shim.json").write_text(shim.model_dump_json())
+    return Bundle(inst, cid, path, log_path)
+
+
+@pytest.fixture
+def events(instance: Instance) -> Iterator[Instance]:
+    need_root()
+    instance.start("events")
+    yield instance
+
+
+def journal(inst: Instance, container_id: str) -> list[tuple[str, str]]:
+    with inst.client("events") as c:
+        return [
+            (e["topic"], e["id"])
+            for e in c.stream("events.replay", {})
+            if e["event"].get("container_id") == container_id
+        ]
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_output_log_exit_status_and_events_in_order(events: Instance) -> None:
+    b = make_bundle(events, ["sh", "-c", "echo out; echo err >&2; printf 'no newline'; exit 3"])
+    report = b.launch()
+    assert report["ok"] and report["pid"] > 0
+    with b.client() as c, b.client() as a:
+        att = a.start("shim.attach", {}, timeout_s=None)
+        assert att.next_frame()[1]["attached"] is True
+        c.call("shim.start", {})
+        frames = list(att)
+        assert b"".join(f["d"] for f in frames if f["s"] == 1) == b"out\nno newline"
+        assert b"".join(f["d"] for f in frames if f["s"] == 2) == b"err\n"
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 3
+        with pytest.raises(errors.FailedPrecondition, match="cannot start task in stopped state"):
+            c.call("shim.start", {})
+        assert c.call("shim.delete", {})["exit_status"] == 3
+        c.start("shim.shutdown", {})  # the shim exits; its reply may not make it
+    wait_for(lambda: not os.path.exists(os.path.join(b.path, "address")))
+    lines = [json.loads(x) for x in Path(b.log_path).read_text().splitlines()]
+    assert [(x["log"], x["stream"]) for x in lines if x["stream"] == "stdout"] == [
+        ("out\n", "stdout"),
+        ("no newline", "stdout"),
+    ]
+    wait_for(lambda: len(journal(events, b.container_id)) == 4)
+    topics = journal(events, b.container_id)
+    assert [t for t, _ in topics] == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    assert [i for _, i in topics] == [f"{b.container_id}/1/{v}" for v in ("create", "start", "exit", "delete")]
+    assert b.state_file()["status"] == "deleted"
+
+
+@pytest.mark.parametrize(("args", "status"), [(["nosuchcmd"], 127), (["/etc"], 126), (["/nonexistent"], 127)])
+def test_start_errors_report_docker_exit_codes(events: Instance, args: list[str], status: int) -> None:
+    b = make_bundle(events, args)
+    report = b.launch()
+    assert report["ok"] is False and report["exit_status"] == status
+    assert report["error"]
+    state = b.state_file()
+    assert state["exit_status"] == status and state["error"] and state["status"] == "deleted"
+
+
+def test_signal_exit_is_128_plus_signal(events: Instance) -> None:
+    b = make_bundle(events, ["sh", "-c", "trap 'exit 0' USR1; kill -TERM $$; sleep 5"])
+    assert b.launch()["ok"]
+    with b.client() as c:
+        c.call("shim.start", {})
+        # sh as PID 1 ignores its own SIGTERM (no handler): ends with sleep's exit
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] in (0, 143)
+        c.call("shim.delete", {})
+    b2 = make_bundle(events, ["sleep", "30"])
+    assert b2.launch()["ok"]
+    with b2.client() as c:
+        c.call("shim.start", {})
+        c.call("shim.kill", {"signal": signal.SIGKILL})
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 137
+        c.call("shim.delete", {})
+
+
+def test_sigkilled_shim_leaves_its_exit_status_in_the_state_file(events: Instance) -> None:
+    b = make_bundle(events, ["sh", "-c", "exit 7"])
+    assert b.launch()["ok"]
+    with b.client() as c:
+        c.call("shim.start", {})
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 7
+    shim_pid = int(Path(b.path, "shim.pid").read_text())
+    os.kill(shim_pid, signal.SIGKILL)
+    state = b.state_file()
+    assert state["status"] == "stopped" and state["exit_status"] == 7 and state["shim_pid"] == shim_pid
+
+
+def test_no_engine_fd_leaks_into_the_container(events: Instance) -> None:
+    b = make_bundle(events, ["ls", "/proc/self/fd"])
+    assert b.launch()["ok"]
+    with b.client() as c, b.client() as a:
+        att = a.start("shim.attach", {}, timeout_s=None)
+        att.next_frame()
+        c.call("shim.start", {})
+        out = b"".join(f["d"] for f in att if f["s"] == 1)
+        c.call("shim.wait", {}, timeout_s=None)
+        c.call("shim.delete", {})
+    assert out.split() == [b"0", b"1", b"2", b"3"]  # 3 is ls's own directory fd
+
+
+def test_exec_runs_in_the_task_and_reports_its_exit(events: Instance) -> None:
+    b = make_bundle(events, ["sleep", "30"])
+    assert b.launch()["ok"]
+    process = {"args": ["sh", "-c", "echo in-exec; id -u; exit 4"], "env": ["PATH=/bin"], "cwd": "/"}
+    with b.client() as c, b.client() as a:
+        c.call("shim.start", {})
+        c.call("shim.exec", {"exec_id": "e1", "process": process, "user": "1000"})
+        with pytest.raises(errors.AlreadyExists):
+            c.call("shim.exec", {"exec_id": "e1", "process": process})
+        att = a.start("shim.attach", {"exec_id": "e1"}, timeout_s=None)
+        att.next_frame()
+        assert c.call("shim.start", {"exec_id": "e1"})["pid"] > 0
+        out = b"".join(f["d"] for f in att if f["s"] == 1)
+        assert out == b"in-exec\n1000\n"
+        assert c.call("shim.wait", {"exec_id": "e1"}, timeout_s=None)["exit_status"] == 4
+        c.call("shim.delete", {"exec_id": "e1"})
+        c.call("shim.pause", {})
+        assert c.call("shim.state", {})["status"] == "paused"
+        with pytest.raises(errors.FailedPrecondition, match="cannot pause task in paused state"):
+            c.call("shim.pause", {})
+        c.call("shim.resume", {})
+        c.call("shim.kill", {"signal": signal.SIGKILL})
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 137
+        c.call("shim.delete", {})
+    wait_for(lambda: len(journal(events, b.container_id)) >= 10)
+    topics = [t for t, _ in journal(events, b.container_id)]
+    assert topics == [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]
