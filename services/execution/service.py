@@ -735,7 +735,7 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
-            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name})
+            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image})
             log.info("removed container %s (%s)", cid[:12], rec.name)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 
