@@ -342,7 +342,11 @@ def attach(
         att = attacher.start("execution.attach", {"id": info["id"], "stdin": stdin})
         att.next_frame()
         tty = bool(info["config"].get("tty"))
-        with _SignalProxy(info["id"]), _RawTerminal(tty and stdin), _Resizer(tty, "execution.resize", {"id": info["id"]}):
+        with (
+            _SignalProxy(info["id"]),
+            _RawTerminal(tty and stdin),
+            _Resizer(tty, "execution.resize", {"id": info["id"]}),
+        ):
             last = _pump(att, stdin)
         code = 0 if last.get("detached") else int(wait_call.result().get("exit_code", 0))
     except errors.DockyardError as exc:
@@ -438,7 +442,10 @@ def stats(
         ex.close()
     clients = [client("execution", timeout_s=None) for _ in containers]
     try:
-        calls = [c.start("execution.stats", {"id": ref, "stream": not no_stream}) for c, ref in zip(clients, containers)]
+        calls = [
+            c.start("execution.stats", {"id": ref, "stream": not no_stream})
+            for c, ref in zip(clients, containers, strict=True)
+        ]
         latest: dict[int, dict[str, Any]] = {}
         while True:
             for i, call in enumerate(calls):
@@ -525,7 +532,10 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
         "HostConfig": {
             "AutoRemove": bool(cfg.get("auto_remove")),
             "NetworkMode": cfg.get("network_mode") or "none",
-            "RestartPolicy": {"Name": policy.get("name", "no"), "MaximumRetryCount": policy.get("maximum_retry_count", 0)},
+            "RestartPolicy": {
+                "Name": policy.get("name", "no"),
+                "MaximumRetryCount": policy.get("maximum_retry_count", 0),
+            },
             "ReadonlyRootfs": bool(cfg.get("read_only")),
             "Privileged": bool(cfg.get("privileged")),
             "CapAdd": cfg.get("cap_add") or None,
@@ -541,8 +551,13 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "Runtime": c.get("runtime", "runc"),
         },
         "Mounts": [
-            {"Type": m["type"], "Name": m.get("name") or None, "Source": m["source"], "Destination": m["destination"],
-             "RW": m["rw"]}  # fmt: skip
+            {
+                "Type": m["type"],
+                "Name": m.get("name") or None,
+                "Source": m["source"],
+                "Destination": m["destination"],
+                "RW": m["rw"],
+            }
             for m in c.get("mounts") or []
         ],
         "Config": {
@@ -563,7 +578,7 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# -- volumes -------------------------------------------------------------------------------------------------------------
+# -- volumes ---------------------------------------------------------------------------------------------------
 
 
 def volume_ls(quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only names")] = False) -> None:

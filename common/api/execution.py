@@ -42,11 +42,37 @@ Methods (service ``execution``; every method acts in the request's namespace):
   (the subscription is in place; a not-yet-started container is attached as soon as
   it starts), then ``{s, d}`` frames until the output ends. With ``stdin`` the
   client's own stream (bytes, then EOF) goes to the container's stdin.
-- ``execution.restart``, ``execution.pause``, ``execution.unpause``,
-  ``execution.update``, ``execution.top``, ``execution.stats``, ``execution.resize``,
-  ``execution.exec_create``/``exec_start``/``exec_inspect``/``exec_resize``,
-  ``execution.exec`` (``ExecRunRequest``: create and start in one call, ``{"id"}`` first),
-  ``execution.volume_list``/``volume_remove``/``volume_create``: see their models below.
+- ``execution.restart`` ``StopRequest`` -> ``StartReply``: stop (as ``stop``) then start.
+- ``execution.pause`` / ``execution.unpause`` ``IdRequest`` -> ``{}``: freezer;
+  Conflict ``container 'x' is already paused`` / ``is not paused`` / ``is not running``.
+- ``execution.update`` ``UpdateRequest`` -> ``{warnings: [str]}``: new resources (and
+  restart policy), applied to a running task at once and kept for later starts.
+- ``execution.resize`` ``ResizeRequest`` -> ``{}``: the TTY's rows and columns.
+- ``execution.top`` ``TopRequest`` -> ``TopReply``: the host's ``ps <ps_args>`` rows of
+  the container's processes.
+- ``execution.stats`` ``StatsRequest`` -> stream of ``Stats`` (one per second; one only
+  with ``stream=false``, computed over a 1 s window).
+- ``execution.exec_create`` ``ExecCreateRequest`` -> ``ExecCreateReply``: Conflict when
+  the container does not run. ``execution.exec_start`` ``ExecStartRequest`` -> stream:
+  ``{"attached": true, "tty", "pid"}``, output ``{s, d}``, last ``{"exit_code"}`` (or
+  ``{"detached": true}``); with ``detach`` one frame ``{"attached": false, "pid"}``.
+  ``execution.exec_inspect`` ``ExecIdRequest`` -> ``ExecInfo``;
+  ``execution.exec_resize`` ``ExecResizeRequest`` -> ``{}``.
+- ``execution.exec`` ``ExecRunRequest`` -> stream: ``exec_create`` and ``exec_start`` in
+  one call (what ``dockyard exec`` uses): ``{"id"}`` first (errors before it are
+  ``exec_create``'s), then ``exec_start``'s frames.
+- ``execution.volume_create`` ``VolumeCreateRequest`` -> ``Volume``;
+  ``execution.volume_list`` ``{}`` -> ``VolumeListReply``; ``execution.volume_inspect``
+  ``{name}`` -> ``Volume``; ``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}``
+  (Conflict while a container uses it); ``execution.volume_prune`` ``{}`` -> ``{removed}``.
+
+Attach and exec streams on a TTY end with ``{"detached": true}`` when the client types
+the detach keys (default ctrl-p,ctrl-q); the container keeps running.
+
+Events published here: ``/containers/create`` ``{id, name, image, runtime, labels}``,
+``/containers/update`` ``{id, name}``, ``/containers/delete`` ``{id, name}``; and, for a
+shim that died, ``/tasks/exit`` + ``/tasks/delete`` under the shim's own event ids.
+The task events themselves come from the shims (``common.api.shim``).
 """
 
 from __future__ import annotations
@@ -144,6 +170,11 @@ class CreateReply(Reply):
 
 class IdRequest(Request):
     id: str = Field(min_length=1, description="required; id, id prefix or name")
+
+
+class RenameRequest(Request):
+    id: str = Field(min_length=1, description="required; id, id prefix or current name")
+    name: str = Field(min_length=1, description="required; the new name (Docker name rules)")
 
 
 class StartReply(Reply):

@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from common import errors, ids
 from common.api.execution import (
@@ -141,7 +141,13 @@ class ExecService:
         ex.started = True
         client = live.client
         if req.detach:
-            reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+            try:
+                reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+            except errors.DockyardError as exc:
+                ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
+                ex.done.set()
+                self._spawn(self._cleanup(ex, client))
+                await _raise_for_exec_start(exc, client, ex)
             ex.pid, ex.running = int(reply["pid"]), True
             self._spawn(self._watch(ex, client))
             yield {"attached": False, "pid": ex.pid}
@@ -160,7 +166,7 @@ class ExecService:
                 ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
                 ex.done.set()
                 self._spawn(self._cleanup(ex, client))
-                raise
+                await _raise_for_exec_start(exc, client, ex)
             ex.pid, ex.running = int(reply["pid"]), True
             self._spawn(self._watch(ex, client))
             yield {"attached": True, "tty": ex.tty, "pid": ex.pid}
@@ -269,3 +275,19 @@ async def _until(call: Any, stop: asyncio.Event) -> AsyncIterator[dict[str, Any]
             return
     finally:
         stopper.cancel()
+
+
+async def _raise_for_exec_start(exc: errors.DockyardError, client: Any, ex: ExecRecord) -> NoReturn:
+    """Re-raise a failed exec start; Conflict when the container's init exited meanwhile.
+
+    ``runc exec`` into a container whose init is exiting fails with a setns error; the user
+    asked to exec into a container that is no longer running, which is Docker's 409.
+    """
+    try:
+        state = await client.call("shim.state", {}, timeout_s=5)
+        running = state.get("status") == "running"
+    except errors.DockyardError:
+        running = False
+    if not running:
+        raise errors.Conflict(f"container '{ex.container_id[:12]}' is not running") from None
+    raise exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from services.shim.jsonlog import Entry, decode_line, log_files
 
@@ -44,7 +45,7 @@ class Follower:
     def __init__(self, path: str) -> None:
         self.path = path
         self._files = log_files(path)
-        self._f = None  # type: ignore[var-annotated]
+        self._f: BinaryIO | None = None
         self._ino = 0
         self._buf = b""
 

@@ -5,7 +5,7 @@
 - ``stats``: a sample of the container's cgroup counters (``services.shim.cgroups``),
   the host's total CPU time (``/proc/stat``) and the network counters of its network
   namespace (``/proc/<pid>/net/dev``); CPU % is Docker's formula over two samples:
-  ``(Δcontainer / Δsystem) × online CPUs × 100``.
+  ``(Δcontainer / Δsystem) * online CPUs * 100``.
 """
 
 from __future__ import annotations

@@ -20,9 +20,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "x86", "s390x": "s390x", "ppc64le": "ppc64le"}
-_SCMP_ARCH = {"amd64": "SCMP_ARCH_X86_64", "arm64": "SCMP_ARCH_AARCH64", "arm": "SCMP_ARCH_ARM", "x86": "SCMP_ARCH_X86",
-              "s390x": "SCMP_ARCH_S390X", "ppc64le": "SCMP_ARCH_PPC64LE"}  # fmt: skip
+_ARCH_NAMES = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "i686": "x86",
+    "s390x": "s390x",
+    "ppc64le": "ppc64le",
+}
+_SCMP_ARCH = {
+    "amd64": "SCMP_ARCH_X86_64",
+    "arm64": "SCMP_ARCH_AARCH64",
+    "arm": "SCMP_ARCH_ARM",
+    "x86": "SCMP_ARCH_X86",
+    "s390x": "SCMP_ARCH_S390X",
+    "ppc64le": "SCMP_ARCH_PPC64LE",
+}
 
 
 @functools.cache
@@ -69,7 +82,11 @@ def default_seccomp(caps: Sequence[str], arch: str | None = None) -> dict[str, A
         if rule.get("errnoRet") is not None:
             out["errnoRet"] = rule["errnoRet"]
         syscalls.append(out)
-    seccomp: dict[str, Any] = {"defaultAction": prof["defaultAction"], "architectures": architectures, "syscalls": syscalls}
+    seccomp: dict[str, Any] = {
+        "defaultAction": prof["defaultAction"],
+        "architectures": architectures,
+        "syscalls": syscalls,
+    }
     if prof.get("defaultErrnoRet") is not None:
         seccomp["defaultErrnoRet"] = prof["defaultErrnoRet"]
     return seccomp

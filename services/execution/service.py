@@ -19,11 +19,13 @@ import logging
 import os
 import shutil
 import signal as signal_mod
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from common import codec, errors, ids, topics, trace
+from common.api.base import NamespacesReply
 from common.api.execution import (
     AttachRequest,
     Container,
@@ -36,6 +38,7 @@ from common.api.execution import (
     ListRequest,
     LogsRequest,
     RemoveRequest,
+    RenameRequest,
     ResizeRequest,
     RunRequest,
     StartReply,
@@ -53,7 +56,7 @@ from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.execution import logs as logs_mod
 from services.execution import observe, shims, spec
-from services.execution.detach import DetachScanner, parse_keys
+from services.execution.detach import DetachScanner
 from services.execution.execs import ExecService, _until
 from services.execution.seccomp import default_seccomp
 from services.execution.store import Record, Store
@@ -157,6 +160,10 @@ class ExecutionService:
         for rec in self.store.list(None):
             if rec.status == "removing":
                 self._spawn(self._remove(rec), f"resume-remove-{rec.id[:12]}")
+            elif rec.status == "restarting" and self.tasks.get(rec.namespace, rec.id) is None:
+                # its back-off timer died with the previous process
+                self.store.update(rec.namespace, rec.id, restart_count=max(0, rec.restart_count - 1))
+                self._schedule_restart(self.store.get(rec.namespace, rec.id) or rec)
         self._spawn(self._remove_orphan_snapshots(started), "orphan-snapshots")
 
     async def _remove_orphan_snapshots(self, before: dt.datetime) -> None:
@@ -211,7 +218,9 @@ class ExecutionService:
                 name = ids.random_name()
         self._validate(req)
         try:
-            image = await self.image.call("image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300)
+            image = await self.image.call(
+                "image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300
+            )
         except errors.NotFound as exc:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
         trace.mark("image resolved")
@@ -227,8 +236,9 @@ class ExecutionService:
         labels = {**(image_cfg.get("Labels") or {}), **req.labels}
         runtime = req.runtime or self.settings.runtime
         caps = spec.capabilities(req.cap_add, req.cap_drop, req.privileged, self._available_caps)
-        no_new_privs = any(o.split("=")[0].split(":")[0] == "no-new-privileges" and not o.endswith("false")
-                           for o in req.security_opt)  # fmt: skip
+        no_new_privs = any(
+            o.split("=")[0].split(":")[0] == "no-new-privileges" and not o.endswith("false") for o in req.security_opt
+        )
         seccomp = None if req.privileged or "seccomp=unconfined" in req.security_opt else default_seccomp(caps)
         resources = spec.linux_resources(req.resources.model_dump(), swap_accounting=_swap_accounting())
         bundle = str(self.settings.bundle_dir(ns, container_id))
@@ -268,14 +278,18 @@ class ExecutionService:
         try:
             reply = await self.snapshot.call(
                 "snapshot.prepare",
-                {"key": container_id, "parent": image.get("chain_id") or "", "labels": {"dockyard.container": container_id}},
+                {
+                    "key": container_id,
+                    "parent": image.get("chain_id") or "",
+                    "labels": {"dockyard.container": container_id},
+                },
                 namespace=ns,
                 timeout_s=60,
             )
             prepared = True
             trace.mark("snapshot prepared")
             await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)
-            await asyncio.to_thread(os.makedirs, os.path.join(bundle, "rootfs"), exist_ok=True)
+            await asyncio.to_thread(_write_bundle, bundle, oci, list(reply.get("mounts") or []))
             rec = Record(
                 namespace=ns,
                 id=container_id,
@@ -329,7 +343,9 @@ class ExecutionService:
         if req.auto_remove and req.restart_policy.name != "no":
             raise errors.InvalidArgument("conflicting options: --restart and --rm")
         if req.restart_policy.maximum_retry_count and req.restart_policy.name != "on-failure":
-            raise errors.InvalidArgument(f"maximum retry count cannot be used with restart policy '{req.restart_policy.name}'")
+            raise errors.InvalidArgument(
+                f"maximum retry count cannot be used with restart policy '{req.restart_policy.name}'"
+            )
         for key in req.log_opts:
             if key not in ("max-size", "max-file", "compress", "labels", "env", "tag"):
                 raise errors.InvalidArgument(f"unknown log opt '{key}' for json-file log driver")
@@ -356,7 +372,9 @@ class ExecutionService:
         for m in req.mounts:
             target = os.path.normpath(m.target)
             if not m.target.startswith("/") or target == "/":
-                raise errors.InvalidArgument(f"invalid mount target {m.target!r}: must be an absolute path other than /")
+                raise errors.InvalidArgument(
+                    f"invalid mount target {m.target!r}: must be an absolute path other than /"
+                )
             if target in seen:
                 raise errors.InvalidArgument(f"duplicate mount point: {target}")
             seen.add(target)
@@ -369,8 +387,15 @@ class ExecutionService:
             elif m.type == "volume":
                 vol, created = self.volumes.ensure(ns, m.source)
                 volume_names.append(vol.name)
-                out.append({"type": "bind", "source": vol.mountpoint, "target": target, "read_only": m.read_only,
-                            "volume": vol.name})  # fmt: skip
+                out.append(
+                    {
+                        "type": "bind",
+                        "source": vol.mountpoint,
+                        "target": target,
+                        "read_only": m.read_only,
+                        "volume": vol.name,
+                    }
+                )
                 if created or not os.listdir(vol.mountpoint):
                     copy_up.append({"target": target, "source": vol.mountpoint})
             else:
@@ -457,8 +482,13 @@ class ExecutionService:
         if live is not None and not live.done.is_set() and resources:
             await live.client.call("shim.update", {"resources": resources}, timeout_s=30)
         self.store.update(rec.namespace, rec.id, config=config, spec=oci)
-        self._publish(topics.CONTAINER_UPDATE, f"update/{codec.utcnow().timestamp()}", rec.namespace, rec.id,
-                      {"id": rec.id, "name": rec.name})  # fmt: skip
+        self._publish(
+            topics.CONTAINER_UPDATE,
+            f"update/{codec.utcnow().timestamp()}",
+            rec.namespace,
+            rec.id,
+            {"id": rec.id, "name": rec.name},
+        )
         return {"warnings": []}
 
     @rpc("execution.resize")
@@ -471,6 +501,39 @@ class ExecutionService:
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
         return {}
 
+    @rpc("execution.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces that hold at least one container."""
+        return NamespacesReply(namespaces=sorted({rec.namespace for rec in self.store.list(None)}))
+
+    @rpc("execution.rename")
+    async def rename(self, req: RenameRequest, ctx: Context) -> dict[str, Any]:
+        """Rename a container; AlreadyExists when another container has the name."""
+        rec = self._find(ctx.namespace, req.id)
+        new = ids.validate_name(req.name)
+        if new == rec.name:
+            return {}
+        holder = self.store.find(rec.namespace, new) if self.store.name_taken(rec.namespace, new) else None
+        if holder is None:
+            try:
+                self.store.update(rec.namespace, rec.id, name=new)
+            except sqlite3.IntegrityError:  # a create or rename took the name meanwhile
+                holder = self.store.find(rec.namespace, new)
+        if holder is not None:
+            raise errors.AlreadyExists(
+                f'the container name "/{new}" is already in use by container "{holder.id}"; '
+                "remove (or rename) that container to be able to reuse that name",
+                {"name": new, "id": holder.id},
+            )
+        self.publisher.publish(
+            topics.CONTAINER_UPDATE,
+            {"id": rec.id, "name": new, "image": rec.image, "action": "rename", "old_name": rec.name},
+            namespace=rec.namespace,
+            event_id=f"{rec.id}/container/rename/{ids.new_id()[:16]}",
+        )
+        log.info("renamed container %s from %s to %s", rec.id[:12], rec.name, new)
+        return {}
+
     @rpc("execution.top")
     async def top(self, req: TopRequest, ctx: Context) -> TopReply:
         """The host's ``ps <ps_args>`` rows of the container's processes (as dockerd does)."""
@@ -481,7 +544,11 @@ class ExecutionService:
 
         args = shlex.split(req.ps_args or "-ef")
         proc = await asyncio.create_subprocess_exec(
-            "ps", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+            "ps",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
         )
         out, err = await proc.communicate()
         if proc.returncode:
@@ -502,9 +569,20 @@ class ExecutionService:
             if running:
                 cur = await asyncio.to_thread(observe.sample, cg, pid)
             else:
-                cur = {"read": codec.utcnow(), "cpu_total_ns": 0, "system_cpu_ns": 0, "online_cpus": 1,
-                       "memory_usage": 0, "memory_cache": 0, "memory_limit": 0, "pids": 0, "block_read": 0,
-                       "block_write": 0, "net_rx": 0, "net_tx": 0}  # fmt: skip
+                cur = {
+                    "read": codec.utcnow(),
+                    "cpu_total_ns": 0,
+                    "system_cpu_ns": 0,
+                    "online_cpus": 1,
+                    "memory_usage": 0,
+                    "memory_cache": 0,
+                    "memory_limit": 0,
+                    "pids": 0,
+                    "block_read": 0,
+                    "block_write": 0,
+                    "net_rx": 0,
+                    "net_tx": 0,
+                }
             if prev is None and running:
                 prev = cur
                 await asyncio.sleep(1.0 if not req.stream else 0.5)
@@ -516,6 +594,15 @@ class ExecutionService:
             await asyncio.sleep(1.0)
 
     async def _start(self, rec: Record) -> StartReply:
+        previous = self.tasks.get(rec.namespace, rec.id)
+        if previous is not None and previous.status == "stopped" and not previous.done.is_set():
+            # the last incarnation is still being cleaned up (its runtime container shares our id)
+            try:
+                await asyncio.wait_for(asyncio.shield(previous.done.wait()), 30)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    f"the previous task of container '{rec.name}' is still being cleaned up"
+                ) from None
         async with self.tasks.lock(rec.namespace, rec.id):
             rec = self.store.get(rec.namespace, rec.id) or rec
             live = self.tasks.get(rec.namespace, rec.id)
@@ -715,7 +802,7 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
-            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name})
+            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image})
             log.info("removed container %s (%s)", cid[:12], rec.name)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 
@@ -749,8 +836,12 @@ class ExecutionService:
         delay = min(max(delay * 2, RESTART_BACKOFF_MIN_S), RESTART_BACKOFF_MAX_S)
         self._backoff[key] = delay
         self.store.update(rec.namespace, rec.id, status="restarting", restart_count=rec.restart_count + 1)
-        log.info("restarting container %s in %.1fs (policy %s)", rec.id[:12], delay,
-                 (rec.config.get("restart_policy") or {}).get("name"))  # fmt: skip
+        log.info(
+            "restarting container %s in %.1fs (policy %s)",
+            rec.id[:12],
+            delay,
+            (rec.config.get("restart_policy") or {}).get("name"),
+        )
 
         async def later() -> None:
             await asyncio.sleep(delay)
@@ -1082,6 +1173,18 @@ def _write_etc_files(cdir: str, hostname: str, network_mode: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, os.path.join(cdir, name))
+
+
+def _write_bundle(bundle: str, oci: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
+    """The OCI bundle: ``config.json``, the ``rootfs/`` mount point and ``mounts.json`` (the snapshot's)."""
+    import json
+
+    os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
+    for name, obj in (("config.json", oci), ("mounts.json", mounts)):
+        tmp = os.path.join(bundle, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj))  # the C encoder (json.dump streams in Python)
+        os.replace(tmp, os.path.join(bundle, name))
 
 
 def _trash_dirs(settings: Settings) -> tuple[str, str]:

@@ -45,14 +45,48 @@ DEFAULT_CAPS = (
 """Docker's default capability set (moby ``oci/caps/defaults.go``)."""
 
 ALL_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
-    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)  # fmt: skip
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
 """Every capability, in kernel bit order (bit n = ALL_CAPS[n])."""
 
 MASKED_PATHS = (
@@ -243,7 +277,7 @@ def user_mounts(mounts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Bind and volume sources must already be host paths. Sorted by target depth so a
     parent is mounted before what is mounted inside it.
     """
-    out = []
+    out: list[dict[str, Any]] = []
     for m in mounts:
         target = str(m["target"])
         if not target.startswith("/"):
@@ -260,7 +294,7 @@ def user_mounts(mounts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         else:
             opts = ["rbind", "ro" if m.get("read_only") else "rw", "rprivate"]
             out.append({"destination": target, "type": "bind", "source": str(m["source"]), "options": opts})
-    out.sort(key=lambda x: os.path.normpath(x["destination"]).count("/"))
+    out.sort(key=lambda x: os.path.normpath(str(x["destination"])).count("/"))
     return out
 
 
@@ -461,14 +495,26 @@ def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
                 kind = "b"
             else:
                 continue
-            out.append({
-                "path": path, "type": kind, "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
-                "fileMode": stat_mod.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-            })  # fmt: skip
+            out.append(
+                {
+                    "path": path,
+                    "type": kind,
+                    "major": os.major(st.st_rdev),
+                    "minor": os.minor(st.st_rdev),
+                    "fileMode": stat_mod.S_IMODE(st.st_mode),
+                    "uid": st.st_uid,
+                    "gid": st.st_gid,
+                }
+            )
     return out
 
 
-INIT_CANDIDATES = ("/usr/bin/docker-init", "/usr/bin/tini-static", "/usr/bin/catatonit", "/usr/libexec/podman/catatonit")
+INIT_CANDIDATES = (
+    "/usr/bin/docker-init",
+    "/usr/bin/tini-static",
+    "/usr/bin/catatonit",
+    "/usr/libexec/podman/catatonit",
+)
 
 
 def is_static_elf(path: str) -> bool:
@@ -480,7 +526,7 @@ def is_static_elf(path: str) -> bool:
             head = f.read(64)
             if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
                 return False
-            phoff, = struct.unpack_from("<Q", head, 32)
+            (phoff,) = struct.unpack_from("<Q", head, 32)
             phentsize, phnum = struct.unpack_from("<HH", head, 54)
             f.seek(phoff)
             table = f.read(phentsize * phnum)

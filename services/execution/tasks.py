@@ -239,6 +239,7 @@ class TaskManager:
             if shims.shim_alive(bundle):
                 with contextlib.suppress(errors.DockyardError):
                     await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
+                live.status = "stopped"  # a retried start waits for the monitor to delete this task
                 live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
             else:
                 # the shim died while starting the task: clean up now, under the lock, so that a
@@ -408,6 +409,18 @@ class TaskManager:
             )
         return ex
 
+    async def _shutdown(self, live: Live) -> None:
+        """Tell the shim to exit and wait for its pid to go (its reply may be lost as it exits)."""
+        call = None
+        with contextlib.suppress(errors.DockyardError):
+            call = await live.client.start("shim.shutdown", {}, timeout_s=5)
+        assert live.watch is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.cancel()
+
     def _record_exit(self, live: Live, ex: TaskExit) -> None:
         fields: dict[str, Any] = {
             "status": "exited",
@@ -534,10 +547,18 @@ class TaskManager:
                     incarnation,
                 ),
             )
+        elif live.status == "deleted":
+            # we crashed between its delete and its shutdown
+            self.live[live.key] = live
+            await self._shutdown(live)
+            await self._forget(live)
+            await self._drain_leftovers(bundle)
+            return
         elif live.status == "created":
             # the start was interrupted by our crash: the task never ran
             with contextlib.suppress(errors.DockyardError):
                 await client.call("shim.delete", {}, timeout_s=30)
+            live.status = "stopped"  # a new start must wait for the monitor to finish this one
         log.info("reconnected to the shim of %s (pid %d, task %s)", rec.id[:12], pid, live.status)
         live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
 

@@ -77,12 +77,12 @@ class Volumes:
 
     def get(self, namespace: str, name: str) -> Volume | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM volumes WHERE namespace = ? AND name = ?", (namespace, name)).fetchone()
+            row = self._db.execute(
+                "SELECT * FROM volumes WHERE namespace = ? AND name = ?", (namespace, name)
+            ).fetchone()
         return self._volume(row) if row else None
 
-    def ensure(
-        self, namespace: str, name: str = "", labels: dict[str, str] | None = None
-    ) -> tuple[Volume, bool]:
+    def ensure(self, namespace: str, name: str = "", labels: dict[str, str] | None = None) -> tuple[Volume, bool]:
         """Return ``(volume, created)``; ``name=""`` makes an anonymous volume."""
         anonymous = not name
         if anonymous:

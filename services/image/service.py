@@ -25,6 +25,7 @@ from typing import IO, Any, cast
 
 from common import errors, ids, topics
 from common.api import image as api
+from common.api.base import NamespacesReply
 from common.api.snapshot import LayerToApply, UnpackRequest
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
@@ -107,8 +108,13 @@ class ImageService:
         image_id: str,
         manifest_digest: str,
         labels: dict[str, str] | None = None,
+        *,
+        action: str,
     ) -> str:
         """Point ``name`` at ``target``; return ``created``, ``updated`` or ``unchanged``.
+
+        ``action`` (``pull``, ``load``, ``import``, ``tag``) goes into the event, so event
+        consumers (Docker's ``pull``/``load``/``import``/``tag`` actions) can tell them apart.
 
         The image the name pointed at before becomes dangling if nothing else names it.
         A dangling record of the same target is dropped (the image has a name again).
@@ -128,9 +134,9 @@ class ImageService:
             if dangling is not None:
                 self.meta.delete(namespace, dangling.name)
         if previous is None:
-            self._publish(topics.IMAGE_CREATE, {"name": name, "labels": record.labels}, namespace)
+            self._publish(topics.IMAGE_CREATE, {"name": name, "labels": record.labels, "action": action}, namespace)
             return "created"
-        self._publish(topics.IMAGE_UPDATE, {"name": name, "labels": record.labels}, namespace)
+        self._publish(topics.IMAGE_UPDATE, {"name": name, "labels": record.labels, "action": action}, namespace)
         self._keep_dangling(previous)
         return "updated"
 
@@ -339,7 +345,9 @@ class ImageService:
                 names = [str(ref.with_digest(ref.digest)), str(ref.with_tag(ref.tag))]
             outcome = "unchanged"
             for name in names:
-                result = self._set_name(namespace, name, fetched.root, view.id, fetched.manifest_desc.digest)
+                result = self._set_name(
+                    namespace, name, fetched.root, view.id, fetched.manifest_desc.digest, action="pull"
+                )
                 if result != "unchanged":
                     outcome = result
         except (errors.Unavailable, errors.DeadlineExceeded, asyncio.CancelledError):
@@ -454,7 +462,7 @@ class ImageService:
                     await self._unpack_after_write(namespace, view, lease, lambda _f: None)
                 names = img.names or [_dangling_name(img.target)]
                 for name in names:
-                    self._set_name(namespace, name, img.target, image_id, manifest_digest)
+                    self._set_name(namespace, name, img.target, image_id, manifest_digest, action="load")
                     if not name.startswith(DANGLING_PREFIX):
                         pump.emit({"status": "message", "message": f"Loaded image: {refs.familiar(name)}"})
                         loaded.append(api.LoadedImage(name=name, id=image_id, digest=img.target.digest))
@@ -521,7 +529,7 @@ class ImageService:
             view = await asyncio.to_thread(view_of, self.content, target, None)
             if platform is None or platforms.matches(platforms.host(), platform):
                 await self._unpack_after_write(namespace, view, lease, lambda _f: None)
-            self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest)
+            self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest, action="import")
             return api.LoadedImage(name=name, id=view.id, digest=target.digest).model_dump()
         finally:
             self._end_lease(lease)
@@ -583,6 +591,12 @@ class ImageService:
             self._end_lease(lease)
 
     # -- list / inspect / history ----------------------------------------------------------------------
+    @rpc("image.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces that hold at least one image record."""
+        records = await asyncio.to_thread(self.meta.records, None)
+        return NamespacesReply(namespaces=sorted({r.namespace for r in records}))
+
     @rpc("image.list")
     async def list_(self, req: api.ListRequest, ctx: Context) -> dict[str, Any]:
         """``docker images``: ``{images: [ImageSummary]}``, one per record (name), sorted by name.
@@ -638,7 +652,7 @@ class ImageService:
                 f"invalid tag {req.target!r}: refusing to create a tag with a digest reference"
             )
         view = await self._view_async(rec, None, strict=False)
-        self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest)
+        self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest, action="tag")
         new = self.meta.get(ctx.namespace, str(target_ref))
         assert new is not None
         return listing.summary(new, view, self.meta.records(ctx.namespace))

@@ -55,6 +55,11 @@ def _openat2(dirfd: int, path: str, flags: int) -> int:
     return int(fd)
 
 
+def _openat2_available() -> bool:
+    """False once openat2 turned out to be missing (old kernel, seccomp)."""
+    return _openat2_ok is not False
+
+
 def secure_join(root: str, unsafe: str) -> str:
     """Return the host path of ``unsafe`` resolved inside ``root`` (symlinks stay inside).
 
@@ -98,10 +103,9 @@ def open_in_root(root: str, path: str, flags: int = os.O_RDONLY) -> int:
         rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             return _openat2(rootfd, path, flags)
-        except OSError as exc:
-            if _openat2_ok is not False:
+        except OSError:
+            if _openat2_available():
                 raise
-            del exc
         finally:
             os.close(rootfd)
     host = secure_join(root, path)

@@ -22,7 +22,7 @@ import os
 import signal as signal_mod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common import codec, errors, topics, trace
 from common.api.shim import (
@@ -69,7 +69,7 @@ class CreateFailed(Exception):
         self.exit_status = exit_status
 
 
-class Publisher:
+class Publisher(Protocol):
     """What the shim needs from ``common.events.EventPublisher``."""
 
     def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
@@ -717,10 +717,14 @@ class Shim:
 
     @rpc("shim.shutdown")
     async def shutdown(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
-        """Exit if no task is left (the task is deleted or was never created)."""
+        """Exit if no task is left (the task is deleted or was never created).
+
+        The shim exits right after answering; a caller should not count on the reply
+        (watch the shim's pid instead).
+        """
         if self.init is not None and self.init.state.status != TaskStatus.DELETED:
             raise errors.FailedPrecondition(f"cannot shut down the shim: task is {self.init.state.status.value}")
-        self.done.set()
+        asyncio.get_running_loop().call_soon(self.done.set)
         return {}
 
     def bundle_path(self, name: str) -> Path:

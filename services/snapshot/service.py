@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from common import errors, topics
+from common.api.base import NamespacesReply
 from common.api.snapshot import (
     CommitRequest,
     DiffReply,
@@ -273,6 +274,11 @@ class SnapshotService:
             if match(fields):
                 out.append(_info(row))
         return ListReply(snapshots=out)
+
+    @rpc("snapshot.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces holding at least one snapshot."""
+        return NamespacesReply(namespaces=await self._db(self.store.namespaces))
 
     @rpc("snapshot.usage")
     async def usage(self, req: KeyRequest, ctx: Context) -> Usage:

@@ -248,6 +248,10 @@ class Store:
         ]
         return rows
 
+    def namespaces(self) -> builtins.list[str]:
+        """Namespaces holding at least one snapshot."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT namespace FROM snapshots ORDER BY namespace")]
+
     def all_ids(self) -> set[int]:
         """Ids of every snapshot of every namespace."""
         return {r[0] for r in self._db.execute("SELECT id FROM snapshots")}

@@ -57,6 +57,7 @@ class Box:
     id: str = ""
     shim_killed: bool = False
     exec_code: int | None = None
+    exec_id: str = ""
     observed_exit: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -82,7 +83,6 @@ class Chaos:
         self.rng = random.Random(int(os.environ.get("DOCKYARD_CHAOS_SEED", "0")) or None)
         self.kills: list[str] = []
         self.stop = threading.Event()
-        self.exec_supported = True
         self.lock = threading.Lock()
 
     def client(self, service: str, timeout_s: float | None = 10.0) -> Any:
@@ -116,8 +116,7 @@ class Chaos:
                 ex.call("execution.start", {"id": box.id})
 
         retry(start, f"start {box.name}")
-        if self.exec_supported:
-            self.exec_true(box)
+        self.exec_true(box)
 
         def wait() -> int:
             return int(
@@ -139,14 +138,23 @@ class Chaos:
         ex.close()
 
     def exec_true(self, box: Box) -> None:
+        """``exec true`` in the running container; its exit code must be 0 unless the container died."""
         ex = self.client("execution")
         try:
             exec_id = retry(lambda: ex.call("execution.exec_create", {"id": box.id, "cmd": ["true"]})["id"], "exec")
-            result = retry(lambda: ex.call("execution.exec_start", {"id": exec_id, "detach": True}), "exec start")
-            del result
-            box.exec_code = 0
-        except errors.Unimplemented:
-            self.exec_supported = False
+            box.exec_id = exec_id
+            try:
+                for _frame in ex.stream("execution.exec_start", {"exec_id": exec_id}):
+                    pass
+            except TRANSIENT:
+                box.notes.append("exec stream cut by a kill")
+            deadline = time.monotonic() + 60
+            while True:
+                info = retry(lambda: ex.call("execution.exec_inspect", {"exec_id": exec_id}), "exec inspect")
+                if not info["running"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            box.exec_code = info["exit_code"]
         except (errors.Conflict, errors.FailedPrecondition, errors.NotFound) as exc:
             box.notes.append(f"exec skipped: {exc}")  # the container already exited
         finally:
@@ -216,6 +224,14 @@ def _cgroups_of(container_ids: set[str]) -> list[str]:
         if base.is_dir():
             left += [str(p) for p in base.iterdir() if p.name in container_ids]
     return left
+
+
+def _exit_times(inst: Instance) -> dict[str, Any]:
+    """``exited_at`` of every /tasks/exit in the journal, by process id (container id or exec id)."""
+    return {
+        env["event"].get("id"): env["event"].get("exited_at")
+        for env in inst.client("events").stream("events.replay", {"since": 0, "filters": {"topic": ["/tasks/exit"]}})
+    }
 
 
 def _journal_problems(inst: Instance, ids: set[str]) -> dict[str, Any]:
@@ -290,7 +306,14 @@ def test_chaos(up: Instance, kill_shims: bool) -> None:
 
     ex = up.client("execution")
     ok_status = 0
+    exits = _exit_times(up)
     for box in boxes:
+        if box.exec_code is not None and not box.shim_killed:
+            # an exec still running when the container's init exits is killed with it (SIGKILL: 137)
+            init_exit, exec_exit = exits.get(box.id), exits.get(box.exec_id)
+            died_with_init = box.exec_code == 137 and init_exit is not None and exec_exit is not None
+            died_with_init = died_with_init and init_exit <= exec_exit
+            assert box.exec_code == 0 or died_with_init, f"{box.name}: exec true exited {box.exec_code} ({box.notes})"
         expected = {box.exit_code, 255} if box.shim_killed else {box.exit_code}
         assert box.observed_exit in expected, f"{box.name}: waited exit {box.observed_exit}, expected {expected}"
         if not box.remove:

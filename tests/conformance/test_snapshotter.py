@@ -181,6 +181,8 @@ BASE_LAYERS = [
     ],
 )
 def test_diff_of_a_container_applied_elsewhere_gives_the_same_tree(direct: Direct, media_type: str) -> None:
+    if direct.service.snapshotter.name == "native" and not media_type.endswith("gzip"):
+        pytest.skip("compression is independent of the snapshotter: checked once, on overlayfs")
     with direct.container(BASE_LAYERS, key="c") as root:
         _change_a_container(root)
         expected = describe(root)
@@ -240,7 +242,7 @@ def test_export_is_the_whole_merged_tree(direct: Direct) -> None:
 
 
 def test_view_of_a_deep_chain(direct: Direct) -> None:
-    raws = [BUSYBOX] + [Layer().file(f"l{i:02d}", str(i)).whiteout(f"l{i - 1:02d}").raw() for i in range(1, 30)]
+    raws = [BUSYBOX] + [Layer().file(f"l{i:02d}", str(i)).whiteout(f"l{i - 1:02d}").raw() for i in range(1, 16)]
     chain = direct.unpack(raws)["chain_id"]
     with mounted(direct.call("snapshot.view", {"key": "v", "parent": chain})["mounts"], direct.mount_point("v")) as v:
-        assert [p for p in os.listdir(v) if p.startswith("l")] == ["l29"]
+        assert [p for p in os.listdir(v) if p.startswith("l")] == ["l15"]

@@ -20,8 +20,13 @@ from tests.harness import Instance
 pytestmark = pytest.mark.root
 
 
-def layer(files: dict[str, bytes] | None = None, symlinks: dict[str, str] | None = None,
-          whiteouts: list[str] | None = None, fifos: list[str] | None = None, dirs: list[str] | None = None) -> bytes:  # fmt: skip
+def layer(
+    files: dict[str, bytes] | None = None,
+    symlinks: dict[str, str] | None = None,
+    whiteouts: list[str] | None = None,
+    fifos: list[str] | None = None,
+    dirs: list[str] | None = None,
+) -> bytes:
     """An uncompressed layer tar with regular files, symlinks, whiteouts and FIFOs."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -58,14 +63,28 @@ def engine() -> Iterator[Engine]:
         e.load(
             "app:latest",
             config={"User": "app"},
-            layers=[layer({"etc/passwd": b"root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n",
-                           "etc/group": b"root:x:0:\napp:x:1002:\nextra:x:2000:app\n"})],
-        )  # fmt: skip
-        e.load("zero:latest", config={"User": "app"},
-               layers=[layer(whiteouts=["etc/passwd"]), layer(symlinks={"etc/passwd": "/dev/zero"})])  # fmt: skip
-        e.load("zerorel:latest", config={"User": "app"},
-               layers=[layer(whiteouts=["etc/passwd"]), layer(symlinks={"etc/passwd": "../../../../dev/zero"})])  # fmt: skip
-        e.load("fifo:latest", config={"User": "app"}, layers=[layer(whiteouts=["etc/passwd"]), layer(fifos=["etc/passwd"])])
+            layers=[
+                layer(
+                    {
+                        "etc/passwd": b"root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n",
+                        "etc/group": b"root:x:0:\napp:x:1002:\nextra:x:2000:app\n",
+                    }
+                )
+            ],
+        )
+        e.load(
+            "zero:latest",
+            config={"User": "app"},
+            layers=[layer(whiteouts=["etc/passwd"]), layer(symlinks={"etc/passwd": "/dev/zero"})],
+        )
+        e.load(
+            "zerorel:latest",
+            config={"User": "app"},
+            layers=[layer(whiteouts=["etc/passwd"]), layer(symlinks={"etc/passwd": "../../../../dev/zero"})],
+        )
+        e.load(
+            "fifo:latest", config={"User": "app"}, layers=[layer(whiteouts=["etc/passwd"]), layer(fifos=["etc/passwd"])]
+        )
         e.load("withdata:latest", layers=[layer({"data/seed.txt": b"from the image\n"}, dirs=["data"])])
         yield e
     finally:
@@ -121,8 +140,16 @@ def test_hostname_and_labels(engine: Engine) -> None:
 
 
 def test_read_only_rootfs_with_tmpfs(engine: Engine) -> None:
-    p = engine.run("--rm", "--read-only", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
-                   "touch /x 2>/dev/null && echo wrote; touch /scratch/y && echo tmpfs; grep ' /scratch ' /proc/mounts")  # fmt: skip
+    p = engine.run(
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch:size=1m",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null && echo wrote; touch /scratch/y && echo tmpfs; grep ' /scratch ' /proc/mounts",
+    )
     out = p.stdout.decode()
     assert "wrote" not in out and "tmpfs\n" in out and "size=1024k" in out
 

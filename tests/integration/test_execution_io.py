@@ -31,16 +31,28 @@ def engine() -> Iterator[Engine]:
 def test_one_mib_line_binary_and_no_final_newline_survive_logs(engine: Engine) -> None:
     engine.run("--name", "big", "busybox", "sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' a; echo", check=True)
     assert engine.cli("logs", "big").stdout == b"a" * 1048576 + b"\n"
-    engine.run("--name", "bin", "busybox", "sh", "-c", "printf 'x\\000y\\377\\200z'; printf 'e' >&2; printf 'tail'",
-               check=True)  # fmt: skip
+    engine.run(
+        "--name", "bin", "busybox", "sh", "-c", "printf 'x\\000y\\377\\200z'; printf 'e' >&2; printf 'tail'", check=True
+    )
     p = engine.cli("logs", "bin")
     assert p.stdout == b"x\x00y\xff\x80ztail" and p.stderr == b"e"
     engine.cli("rm", "big", "bin", check=True)
 
 
 def test_log_rotation_keeps_max_files(engine: Engine) -> None:
-    engine.run("--name", "rot", "--log-opt", "max-size=10k", "--log-opt", "max-file=3", "busybox", "sh", "-c",
-               "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done", check=True)  # fmt: skip
+    engine.run(
+        "--name",
+        "rot",
+        "--log-opt",
+        "max-size=10k",
+        "--log-opt",
+        "max-file=3",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done",
+        check=True,
+    )
     info = engine.inspect("rot")
     path = info["log_path"]
     files = sorted(f for f in os.listdir(os.path.dirname(path)) if f.startswith(os.path.basename(path)))
@@ -52,7 +64,9 @@ def test_log_rotation_keeps_max_files(engine: Engine) -> None:
 
 
 def test_logs_tail_since_timestamps_and_follow(engine: Engine) -> None:
-    engine.run("-d", "--name", "lg", "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.3; done", check=True)
+    engine.run(
+        "-d", "--name", "lg", "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo $i; sleep 0.3; done", check=True
+    )
     t0 = time.monotonic()
     p = engine.cli("logs", "-f", "lg")
     assert p.stdout == b"1\n2\n3\n4\n5\n" and time.monotonic() - t0 > 0.5  # followed until the exit
@@ -64,7 +78,8 @@ def test_logs_tail_since_timestamps_and_follow(engine: Engine) -> None:
     stamp = lines[2].split(" ")[0]
     assert engine.cli("logs", "--since", stamp, "lg").stdout == b"3\n4\n5\n"
     assert engine.cli("logs", "--until", stamp, "lg").stdout == b"1\n2\n3\n"
-    json_lines = [json.loads(x) for x in open(engine.inspect("lg")["log_path"])]
+    with open(engine.inspect("lg")["log_path"]) as f:
+        json_lines = [json.loads(x) for x in f]
     assert json_lines[0] == {"log": "1\n", "stream": "stdout", "time": lines[0].split(" ")[0]}
     engine.cli("rm", "lg", check=True)
 
@@ -96,8 +111,15 @@ def test_tty_output_is_raw_with_crlf(engine: Engine) -> None:
 
 def test_tty_size_and_resize(engine: Engine) -> None:
     with engine.inst.client("execution") as c:
-        cid = c.call("execution.create", {"image": "busybox", "tty": True, "console_size": [30, 90],
-                                          "cmd": ["sh", "-c", "stty size; sleep 1; stty size"]})["id"]  # fmt: skip
+        cid = c.call(
+            "execution.create",
+            {
+                "image": "busybox",
+                "tty": True,
+                "console_size": [30, 90],
+                "cmd": ["sh", "-c", "stty size; sleep 1; stty size"],
+            },
+        )["id"]
         c.call("execution.start", {"id": cid})
         time.sleep(0.4)
         c.call("execution.resize", {"id": cid, "height": 40, "width": 100})

@@ -51,7 +51,9 @@ def test_stop_with_init_returns_at_once_with_143(engine: Engine) -> None:
 
 def test_image_stop_signal_is_used(engine: Engine) -> None:
     engine.load("usr1:latest", config={"StopSignal": "SIGUSR1"})
-    engine.run("-d", "--name", "usr1", "usr1", "sh", "-c", "trap 'exit 0' USR1; while true; do sleep 0.1; done", check=True)
+    engine.run(
+        "-d", "--name", "usr1", "usr1", "sh", "-c", "trap 'exit 0' USR1; while true; do sleep 0.1; done", check=True
+    )
     time.sleep(0.3)
     t0 = time.monotonic()
     assert engine.cli("stop", "usr1").returncode == 0
@@ -61,7 +63,9 @@ def test_image_stop_signal_is_used(engine: Engine) -> None:
 
 
 def test_kill_with_a_signal_and_kill_of_a_stopped_container(engine: Engine) -> None:
-    engine.run("-d", "--name", "k", "busybox", "sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.1; done", check=True)
+    engine.run(
+        "-d", "--name", "k", "busybox", "sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.1; done", check=True
+    )
     time.sleep(0.3)
     assert engine.cli("kill", "-s", "TERM", "k").returncode == 0
     engine.wait_until(lambda: not _state(engine, "k")["running"])
@@ -119,8 +123,9 @@ def test_restart_and_wait(engine: Engine) -> None:
 
 
 def test_pause_and_unpause(engine: Engine) -> None:
-    engine.run("-d", "--name", "pz", "busybox", "sh", "-c", "while true; do date +%s%N >> /tmp/t; sleep 0.05; done",
-               check=True)  # fmt: skip
+    engine.run(
+        "-d", "--name", "pz", "busybox", "sh", "-c", "while true; do date +%s%N >> /tmp/t; sleep 0.05; done", check=True
+    )
     time.sleep(0.3)
     assert engine.cli("pause", "pz").returncode == 0
     st = _state(engine, "pz")
@@ -136,7 +141,13 @@ def test_pause_and_unpause(engine: Engine) -> None:
     assert p.returncode != 0 and b"not paused" in p.stderr
     cid = engine.inspect("pz")["id"]
     engine.wait_until(lambda: "/tasks/resumed" in engine.topics(cid))
-    assert [t for t in engine.topics(cid) if t in ("/tasks/paused", "/tasks/resumed")] == ["/tasks/paused", "/tasks/resumed"]
+    assert [t for t in engine.topics(cid) if t in ("/tasks/paused", "/tasks/resumed")] == [
+        "/tasks/paused",
+        "/tasks/resumed",
+    ]
+    engine.cli("pause", "pz", check=True)
+    assert engine.cli("stop", "-t", "1", "pz").returncode == 0  # a paused container can be stopped
+    assert _state(engine, "pz")["status"] == "exited"
     engine.cli("rm", "-f", "pz", check=True)
 
 

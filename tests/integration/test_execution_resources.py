@@ -35,17 +35,45 @@ def _read(cid: str, controller: str, v1: str, v2: str) -> str:
 
 
 def test_limits_land_in_the_cgroup_and_update_changes_them(engine: Engine) -> None:
-    cid = engine.run("-d", "--name", "lim", "-m", "64m", "--memory-swap", "128m", "--cpus", "0.5", "--cpu-shares", "512",
-                     "--pids-limit", "40", "busybox", "sleep", "300", check=True).stdout.decode().strip()  # fmt: skip
+    cid = (
+        engine.run(
+            "-d",
+            "--name",
+            "lim",
+            "-m",
+            "64m",
+            "--memory-swap",
+            "128m",
+            "--cpus",
+            "0.5",
+            "--cpu-shares",
+            "512",
+            "--pids-limit",
+            "40",
+            "busybox",
+            "sleep",
+            "300",
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
     assert _read(cid, "memory", "memory.limit_in_bytes", "memory.max") == str(64 << 20)
     if not cgroups.is_v2():
         assert _read(cid, "memory", "memory.memsw.limit_in_bytes", "") == str(128 << 20)
         assert _read(cid, "cpu", "cpu.shares", "") == "512"
     assert _read(cid, "cpu", "cpu.cfs_quota_us", "cpu.max").split()[0] == "50000"
     assert _read(cid, "pids", "pids.max", "pids.max") == "40"
-    p = engine.run("--rm", "--pids-limit", "5", "busybox", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait")
+    p = engine.run(
+        "--rm", "--pids-limit", "5", "busybox", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"
+    )
     assert b"can't fork" in p.stderr or p.returncode != 0
-    assert engine.cli("update", "-m", "96m", "--memory-swap", "192m", "--pids-limit", "60", "--cpus", "1", "lim").returncode == 0
+    assert (
+        engine.cli(
+            "update", "-m", "96m", "--memory-swap", "192m", "--pids-limit", "60", "--cpus", "1", "lim"
+        ).returncode
+        == 0
+    )
     assert _read(cid, "memory", "memory.limit_in_bytes", "memory.max") == str(96 << 20)
     assert _read(cid, "pids", "pids.max", "pids.max") == "60"
     assert _read(cid, "cpu", "cpu.cfs_quota_us", "cpu.max").split()[0] == "100000"
@@ -91,7 +119,7 @@ def test_top_lists_the_container_processes(engine: Engine) -> None:
 def test_ps_filters_and_inspect_state(engine: Engine) -> None:
     engine.run("-d", "--name", "up1", "-l", "role=web", "busybox", "sleep", "300", check=True)
     engine.run("--name", "ex3", "busybox", "sh", "-c", "exit 3")
-    names = lambda *f: engine.cli("ps", "-a", "--format", "json", *sum((["-f", x] for x in f), [])).stdout  # noqa: E731
+    names = lambda *f: engine.cli("ps", "-a", "--format", "json", *[a for x in f for a in ("-f", x)]).stdout  # noqa: E731
     parsed = lambda out: sorted(json.loads(line)["name"] for line in out.decode().splitlines())  # noqa: E731
     assert parsed(names("status=running")) == ["up1"]
     assert parsed(names("status=exited")) == ["ex3"]

@@ -46,7 +46,9 @@ def test_commands_that_cannot_start(engine: Engine, cmd: str, code: int) -> None
     p = engine.run("--rm", "busybox", cmd)
     assert p.returncode == code
     err = p.stderr.lower()
-    assert err.startswith(b"error: ") and any(w in err for w in (b"not found", b"no such file", b"permission denied", b"not permitted"))
+    assert err.startswith(b"error: ") and any(
+        w in err for w in (b"not found", b"no such file", b"permission denied", b"not permitted")
+    )
     assert not [c for c in engine.containers() if c["path"] == cmd]  # --rm removes it even though it never ran
     p = engine.run("--name", "failed", "busybox", cmd)
     assert p.returncode == code
@@ -68,8 +70,13 @@ def test_events_for_run_rm_in_order(engine: Engine) -> None:
     assert p.returncode == 0
     evs = [e for e in engine.events() if e["event"].get("container_name") == "evt" or e["event"].get("name") == "evt"]
     assert [e["topic"] for e in evs] == [
-        "/containers/create", "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete",
-    ]  # fmt: skip
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/containers/delete",
+    ]
     exit_ev = next(e for e in evs if e["topic"] == "/tasks/exit")
     assert exit_ev["event"]["exit_status"] == 0
 

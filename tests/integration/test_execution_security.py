@@ -76,8 +76,9 @@ def test_privileged_can_mount_and_sees_devices(engine: Engine) -> None:
     assert p.returncode == 0 and b"tmpfs" in p.stdout
     st = _status(engine, "--privileged")
     assert st["Seccomp"].strip() == "0"
-    assert int(st["CapEff"], 16) == int("".join("1" if c in spec.host_capabilities() else "0"
-                                                for c in reversed(spec.ALL_CAPS)), 2)  # fmt: skip
+    assert int(st["CapEff"], 16) == int(
+        "".join("1" if c in spec.host_capabilities() else "0" for c in reversed(spec.ALL_CAPS)), 2
+    )
 
 
 def test_no_new_privileges(engine: Engine) -> None:

@@ -363,7 +363,7 @@ def _many_files_layer(count: int) -> bytes:
 
 
 def test_sigkill_during_unpack_leaves_nothing_half_applied(snap: Snap) -> None:
-    big = _many_files_layer(5000)
+    big = _many_files_layer(3000)
     layers = snap.layers([BUSYBOX, big])
     chain_ids: list[str] = []
     errors_seen: list[BaseException] = []
@@ -396,4 +396,4 @@ def test_sigkill_during_unpack_leaves_nothing_half_applied(snap: Snap) -> None:
     assert reply["unpacked"] == 1
     mounts = snap.call("snapshot.prepare", {"key": "c", "parent": reply["chain_id"]})["mounts"]
     with mounted(mounts, snap.mount_point("c")) as root:
-        assert len(os.listdir(os.path.join(root, "many"))) == 5000
+        assert len(os.listdir(os.path.join(root, "many"))) == 3000

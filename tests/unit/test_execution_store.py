@@ -11,8 +11,18 @@ from services.execution.store import Record, Store
 
 
 def _rec(cid: str, name: str, ns: str = "default") -> Record:
-    return Record(namespace=ns, id=cid, name=name, image="busybox", image_id="sha256:x", config={}, spec={},
-                  snapshot_key=cid, runtime="runc", created_at=codec.utcnow())  # fmt: skip
+    return Record(
+        namespace=ns,
+        id=cid,
+        name=name,
+        image="busybox",
+        image_id="sha256:x",
+        config={},
+        spec={},
+        snapshot_key=cid,
+        runtime="runc",
+        created_at=codec.utcnow(),
+    )
 
 
 def test_find_by_id_prefix_and_name(tmp_path: Path) -> None:

@@ -14,9 +14,17 @@ S = TaskStatus
 
 @pytest.mark.parametrize(
     ("current", "to"),
-    [(S.CREATED, S.RUNNING), (S.RUNNING, S.PAUSED), (S.PAUSED, S.RUNNING), (S.RUNNING, S.STOPPED),
-     (S.PAUSED, S.STOPPED), (S.STOPPED, S.DELETED), (S.CREATED, S.DELETED), (S.CREATED, S.STOPPED)],
-)  # fmt: skip
+    [
+        (S.CREATED, S.RUNNING),
+        (S.RUNNING, S.PAUSED),
+        (S.PAUSED, S.RUNNING),
+        (S.RUNNING, S.STOPPED),
+        (S.PAUSED, S.STOPPED),
+        (S.STOPPED, S.DELETED),
+        (S.CREATED, S.DELETED),
+        (S.CREATED, S.STOPPED),
+    ],
+)
 def test_legal_moves(current: TaskStatus, to: TaskStatus) -> None:
     check_move(current, to)
 
