@@ -58,7 +58,7 @@ from services.execution.seccomp import default_seccomp
 from services.execution.store import Record, Store
 from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
 from services.execution.volumes import Volumes
-from services.shim import mount
+from services.shim import cgroups, mount
 from services.shim.jsonlog import parse_time, read_entries
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class ExecutionService:
         )
         self.execs = ExecService(self)
         self._backoff: dict[tuple[str, str], float] = {}
+        self._creating: set[str] = set()
         self._restarts: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.image = image
         self.snapshot = snapshot
@@ -155,6 +156,29 @@ class ExecutionService:
                 # its back-off timer died with the previous process
                 self.store.update(rec.namespace, rec.id, restart_count=max(0, rec.restart_count - 1))
                 self._schedule_restart(self.store.get(rec.namespace, rec.id) or rec)
+        self._spawn(self._remove_orphan_snapshots(), "orphan-snapshots")
+
+    async def _remove_orphan_snapshots(self) -> None:
+        """Remove container snapshots whose container record never made it (a create we crashed in)."""
+        namespaces = {"default", *(r.namespace for r in self.store.list(None))}
+        tasks_dir = self.settings.state / "tasks"
+        if tasks_dir.is_dir():
+            namespaces |= {p.name for p in tasks_dir.iterdir() if p.is_dir()}
+        for ns in sorted(namespaces):
+            try:
+                reply = await self.snapshot.call(
+                    "snapshot.list", {"filters": ['labels."dockyard.container"']}, namespace=ns, timeout_s=30
+                )
+            except errors.DockyardError as exc:
+                log.info("cannot list snapshots of %s yet: %s", ns, exc)
+                continue
+            for info in reply.get("snapshots") or []:
+                cid = str((info.get("labels") or {}).get("dockyard.container") or "")
+                orphan = cid not in self._creating and self.store.get(ns, cid) is None
+                if cid and orphan and info.get("kind") == "active":
+                    with contextlib.suppress(errors.DockyardError):
+                        await self.snapshot.call("snapshot.remove", {"key": info["name"]}, namespace=ns, timeout_s=30)
+                        log.info("removed the orphan snapshot of %s/%s", ns, cid[:12])
 
     # -- create --------------------------------------------------------------------------
     @rpc("execution.create")
@@ -230,8 +254,10 @@ class ExecutionService:
             resources=resources,
             console_size=req.console_size,
             devices=spec.host_devices() if req.privileged else None,
+            cgroup_v2=cgroups.is_v2(),
         )
         prepared = False
+        self._creating.add(container_id)
         try:
             reply = await self.snapshot.call(
                 "snapshot.prepare",
@@ -273,6 +299,7 @@ class ExecutionService:
             )
             self.store.insert(rec)
         except BaseException:
+            self._creating.discard(container_id)
             await self._rollback_create(ns, container_id, bundle, cdir, prepared)
             for vol in volume_names:
                 vinfo = self.volumes.get(ns, vol)
@@ -280,6 +307,7 @@ class ExecutionService:
                     with contextlib.suppress(errors.DockyardError):
                         await asyncio.to_thread(self.volumes.remove, ns, vol, True)
             raise
+        self._creating.discard(container_id)
         self._publish(
             topics.CONTAINER_CREATE,
             "create",

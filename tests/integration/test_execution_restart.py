@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common import endpoints, errors, ids
 from tests.conftest import need_root
 from tests.engine import Engine, ps_names
 from tests.harness import Instance
@@ -96,3 +97,25 @@ def test_shim_dies_while_execution_is_down(engine: Engine) -> None:
     assert engine.inspect("d")["state"]["exit_code"] == 5
     assert engine.cli("rm", "d", "e").returncode == 0
     engine.assert_clean()
+
+
+def test_create_interrupted_by_a_crash_is_rolled_back(engine: Engine) -> None:
+    """A SIGKILL between ``snapshot.prepare`` and the container record leaves a labelled
+    snapshot and a bundle with no container: the restarted service removes both."""
+    cid = ids.new_id()
+    with engine.inst.client("snapshot") as s:
+        s.call("snapshot.prepare", {"key": cid, "parent": "", "labels": {"dockyard.container": cid}})
+    bundle = endpoints.bundle_dir("default", cid, engine.inst.env)
+    os.makedirs(os.path.join(bundle, "rootfs"))
+    engine.inst.kill("execution")
+    engine.inst.start("execution")
+
+    def gone() -> bool:
+        with engine.inst.client("snapshot") as s:
+            try:
+                s.call("snapshot.stat", {"key": cid})
+                return False
+            except errors.NotFound:
+                return not os.path.exists(bundle)
+
+    engine.wait_until(gone, 15, "orphan snapshot and bundle removed")
