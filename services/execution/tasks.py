@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,10 +189,13 @@ class TaskManager:
         Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
         """
         incarnation = rec.incarnation + 1
+        t0 = time.perf_counter()
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
+        t1 = time.perf_counter()
         report = await self.launcher.launch(rec.namespace, rec.id, bundle)
+        t2 = time.perf_counter()
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
@@ -230,6 +234,14 @@ class TaskManager:
                 await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
             live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
             raise StartFailed(exc.message, status) from None
+        t3 = time.perf_counter()
+        log.debug(
+            "start of %s: bundle %.1f ms, shim up and task created %.1f ms, attach + start %.1f ms",
+            rec.id[:12],
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+        )
         live.task_pid = int(reply["pid"])
         live.status = "running"
         self.store.update(
@@ -282,6 +294,7 @@ class TaskManager:
             str(reply.get("error") or ""),
             live.incarnation,
         )
+        t0 = time.perf_counter()
         async with self.lock(live.namespace, live.container_id):
             live.status = "stopped"
             live.exit = ex
@@ -295,9 +308,17 @@ class TaskManager:
                 await shims.clean_dead_task(
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
+            t1 = time.perf_counter()
             await self._shutdown(live)
+            t2 = time.perf_counter()
             await self._drain_leftovers(live.bundle)
             await self._forget(live)
+        log.debug(
+            "exit of %s: recorded and deleted %.1f ms, shim gone %.1f ms",
+            live.container_id[:12],
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+        )
         await self._after_exit(live, ex)
 
     async def _shim_died(self, live: Live) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal as signal_mod
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,7 +162,9 @@ class Shim:
         io: ProcessIO | None = None
         try:
             try:
+                t0 = time.perf_counter()
                 await asyncio.to_thread(self._prepare_rootfs)
+                t1 = time.perf_counter()
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
             log_writer = LogWriter(
@@ -180,6 +183,12 @@ class Shim:
             try:
                 await self.runtime.create(
                     self.id, pid_file, io.child_fds, console_socket=console.path if console else None
+                )
+                log.debug(
+                    "rootfs ready in %.1f ms, %s create in %.1f ms",
+                    (t1 - t0) * 1000,
+                    self.runtime.name,
+                    (time.perf_counter() - t1) * 1000,
                 )
                 if receiving is not None:
                     io.set_pty(await receiving)

@@ -29,11 +29,13 @@ def engine(instance: Instance) -> Iterator[Engine]:
     yield Engine(instance)
 
 
-def test_running_container_survives_sigkill_of_execution(engine: Engine) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_running_container_survives_a_restart_of_execution(engine: Engine, sig: int) -> None:
+    """SIGKILL (a crash) or SIGTERM (a graceful stop, like ``dockyard down``): the container runs on."""
     assert engine.run("-d", "--name", "s", "busybox", "sleep", "60").returncode == 0
     pid = engine.inspect("s")["state"]["pid"]
     assert pid > 0
-    engine.inst.kill("execution")
+    engine.inst.kill("execution", sig)
     assert os.path.exists(f"/proc/{pid}")
     engine.inst.start("execution")
     ps = engine.cli("ps").stdout.decode()
