@@ -654,6 +654,9 @@ class ExecutionService:
                 )
             self.store.update(rec.namespace, rec.id, manual_stop=True)
             await self._signal(live, signal_mod.SIGKILL)
+            if live.status == "paused":  # a frozen process dies once thawed
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.resume", {}, timeout_s=10)
             await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
         rec = self.store.get(rec.namespace, rec.id) or rec
         await self._remove(rec, volumes=req.volumes)
