@@ -26,16 +26,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from cli import system
+    from cli import containers, images, snapshots, system
 
-    system.register(app)
-    for module_name in ("cli.images", "cli.containers", "cli.snapshots", "cli.events"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+    for module in (system, images, containers, snapshots):
         module.register(app)
 
 

@@ -119,10 +119,7 @@ def pull(
 ) -> None:
     """Pull an image from a registry."""
     result = pull_image(ref, platform, quiet)
-    if quiet:
-        output.line(_familiar(result.get("name", ref)))
-    else:
-        output.line(_familiar(result.get("name", ref)))
+    output.line(str(result.get("name", ref)))  # the canonical name, as docker prints it last
 
 
 def push(
@@ -143,13 +140,6 @@ def push(
         c.close()
     if result:
         output.line(f"{result.get('tag', '')}: digest: {result.get('digest', '')} size: {result.get('size', 0)}")
-
-
-def _familiar(name: str) -> str:
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if name.startswith(prefix) and (prefix != "docker.io/" or name.count("/") > 1):
-            return name[len(prefix) :]
-    return name
 
 
 # -- list / inspect / history -------------------------------------------------------------------------

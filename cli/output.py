@@ -144,9 +144,12 @@ class LayerProgress:
                 task = self._progress.add_task(status, layer=layer, total=total or None)
                 self._tasks[layer] = task
             done = status in self._FINAL
-            self._progress.update(
-                task, description=status, completed=(total if done and total else current), total=total or None
-            )
+            if done and total:
+                self._progress.update(task, description=status, completed=total, total=total)
+            elif current:
+                self._progress.update(task, description=status, completed=current, total=total or None)
+            else:  # no byte count (Waiting, Extracting): keep the bar where it is
+                self._progress.update(task, description=status)
             return
         if self._last.get(layer) != status:
             self._last[layer] = status

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   runc crun busybox-static docker-registry skopeo umoci tini catatonit
   iproute2 procps psmisc util-linux curl file attr libcap2-bin python3-venv
+  docker.io containerd  # the docker CLI (gateway tests); dockerd + containerd, started privately by the interop test
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -60,3 +60,20 @@ def snapshot_dirs(inst: Instance) -> list[str]:
         if d.is_dir():
             found += sorted(os.listdir(d))
     return found
+
+
+def random_layer(size: int, name: str = "data.bin", seed: int = 0) -> bytes:
+    """An uncompressed layer tar holding one file of ``size`` pseudo-random (incompressible) bytes."""
+    import io
+    import random
+    import tarfile
+
+    rnd = random.Random(seed)
+    payload = rnd.randbytes(size)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mtime = 1704067200
+        tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()

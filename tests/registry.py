@@ -177,16 +177,24 @@ class TokenServer:
 
 
 class Registry:
-    """``docker-registry`` on a free 127.0.0.1 port with its own config (see module docstring)."""
+    """``docker-registry`` on a free port of ``ip`` (127.0.0.1) with its own config (see module docstring)."""
 
     def __init__(
-        self, workdir: Path | None = None, *, htpasswd: dict[str, str] | None = None, token: TokenServer | None = None
+        self,
+        workdir: Path | None = None,
+        *,
+        htpasswd: dict[str, str] | None = None,
+        token: TokenServer | None = None,
+        ip: str = "127.0.0.1",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dyreg-"))
         self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.ip = ip
+        self.host = f"{ip}:{self.port}"
         self.htpasswd = htpasswd
         self.token = token
+        self.tls = tls  # (certificate, key)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Registry:
@@ -206,6 +214,8 @@ class Registry:
             "http:",
             f"  addr: {self.host}",
         ]
+        if self.tls is not None:
+            lines += ["  tls:", f"    certificate: {self.tls[0]}", f"    key: {self.tls[1]}"]
         if self.htpasswd is not None:
             path = self.workdir / "htpasswd"
             path.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in self.htpasswd.items()))
@@ -231,7 +241,14 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited: {(self.workdir / 'registry.log').read_text()[-2000:]}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                if self.tls is not None:
+                    import ssl
+
+                    conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                        self.ip, self.port, timeout=1, context=ssl._create_unverified_context()
+                    )
+                else:
+                    conn = http.client.HTTPConnection(self.ip, self.port, timeout=1)
                 conn.request("GET", "/v2/")
                 status = conn.getresponse().status
                 conn.close()
@@ -257,6 +274,34 @@ class Registry:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def self_signed_certificate(workdir: Path, ip: str) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for ``ip``: ``(certificate, key)``."""
+    cert, key = workdir / "reg.crt", workdir / "reg.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=test-registry",
+            "-days",
+            "2",
+            "-addext",
+            f"subjectAltName=IP:{ip}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def skopeo_copy(src: str, dest: str, *, creds: str | None = None, all_images: bool = False) -> None:

@@ -13,10 +13,13 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import zstandard
 
 EPOCH = 1704067200
@@ -194,13 +197,156 @@ def read(root: str, rel: str) -> str:
 
 
 def outside_snapshot(base: str) -> dict[str, tuple[int, int]]:
-    """``{path: (mtime_ns, size)}`` of everything under ``base`` except snapshot dirs:
-    used by hostile-layer tests to show that nothing new exists outside the snapshot."""
+    """``{path: (mtime_ns, size)}`` of everything under ``base`` except the snapshot
+    directories themselves (``snapshots/<id>``, and ``rm-<id>``/``new-<id>`` on their way
+    out or in), the blobs and mount points of the test,
+    and the metadata database (whose content legitimately changes; only its presence is
+    recorded): hostile-layer tests show with it that nothing new exists outside."""
     found: dict[str, tuple[int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if not (d.isdigit() and dirpath.endswith("snapshots"))]
+        rel = os.path.relpath(dirpath, base)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not (
+                (os.path.basename(dirpath) == "snapshots" and (d.isdigit() or d.startswith(("rm-", "new-"))))
+                or (rel == "." and d in ("blobs", "mnt"))
+            )
+        ]
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            found[p] = (st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0, st.st_size)
+            volatile = stat.S_ISDIR(st.st_mode) or name.startswith("metadata.db")
+            found[p] = (0, 0) if volatile else (st.st_mtime_ns, st.st_size)
     return found
+
+
+class Direct:
+    """A ``SnapshotService`` driven in-process (no sockets), for conformance and layer tests.
+
+    ``call("snapshot.prepare", {...})`` validates the body with the method's request model
+    and returns the reply as plain data, raising Dockyard errors as the RPC client would.
+    Data lives under ``base``; ``close()`` unmounts anything left under it.
+    """
+
+    def __init__(self, base: str, snapshotter: str = "overlayfs", namespace: str = "default") -> None:
+        import asyncio
+        import typing
+
+        from services.snapshot import snapshotters
+        from services.snapshot.service import SnapshotService
+        from services.snapshot.store import Store
+
+        self.base = base
+        self.root = os.path.join(base, "snapshot")
+        os.makedirs(self.root, exist_ok=True)
+        self.blobs = os.path.join(base, "blobs")
+        os.makedirs(self.blobs, exist_ok=True)
+        self.namespace = namespace
+        self.loop = asyncio.new_event_loop()
+        from pathlib import Path
+
+        self.service = SnapshotService(
+            Store(Path(self.root) / "metadata.db"), snapshotters.make(snapshotter, Path(self.root))
+        )
+        self._typing = typing
+
+    def call(self, method: str, body: dict[str, Any] | None = None, namespace: str | None = None) -> Any:
+        from common.rpc.server import Context
+
+        verb = method.split(".", 1)[1]
+        fn = getattr(self.service, verb)
+        hints = self._typing.get_type_hints(fn)
+        first = next(iter(hints))
+        model = hints[first]
+        req = model(**(body or {})) if isinstance(model, type) and hasattr(model, "model_validate") else (body or {})
+        ctx = Context("test", method, namespace or self.namespace, {}, None)
+        reply = self.loop.run_until_complete(fn(req, ctx))
+        return reply.model_dump(mode="python") if hasattr(reply, "model_dump") else reply
+
+    def unpack(self, raws: list[bytes], media_type: str = MT_GZIP, **kw: Any) -> dict[str, Any]:
+        layers = [store_layer(self.blobs, raw, media_type) for raw in raws]
+        return self.call("snapshot.unpack", {"layers": layers, **kw})  # type: ignore[no-any-return]
+
+    def mount_point(self, name: str) -> str:
+        return os.path.join(self.base, "mnt", name)
+
+    def snapshot_dirs(self) -> list[str]:
+        """The snapshot directories left once background deletions are done."""
+        self.loop.run_until_complete(self.service.drain())
+        return sorted(os.listdir(os.path.join(self.root, "snapshots")))
+
+    @contextlib.contextmanager
+    def container(self, raws: list[bytes], key: str = "c", **kw: Any) -> Iterator[str]:
+        """Unpack ``raws``, prepare ``key`` on the top chain ID and mount it."""
+        chain = self.unpack(raws, **kw)["chain_id"]
+        mounts = self.call("snapshot.prepare", {"key": key, "parent": chain})["mounts"]
+        with mounted(mounts, self.mount_point(key)) as root:
+            yield root
+
+    def close(self) -> None:
+        from tests.harness import mounts_under
+
+        for point in mounts_under(self.base):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        self.loop.run_until_complete(self.service.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=["overlayfs", "native"])
+def direct(request: pytest.FixtureRequest) -> Iterator[Direct]:
+    """An in-process snapshot service on each snapshotter (root needed: mounts, owners)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts, owners, device nodes)")
+    base = tempfile.mkdtemp(prefix="dy-snap-", dir="/tmp")
+    d = Direct(base, request.param)
+    try:
+        yield d
+    finally:
+        d.close()
+        from services.snapshot import fsutil
+
+        fsutil.remove_tree(base)
+
+
+class Outside:
+    """Canary watch for hostile-layer tests: a host directory with a canary file (the
+    target hostile links point at), plus everything under the instance's base outside
+    the snapshot directories, plus the host's ``/etc/passwd`` and ``/etc/shadow``.
+    ``check()`` asserts nothing was created, changed, linked or removed there."""
+
+    WATCHED = ("/etc/passwd", "/etc/shadow", "/etc/hostname")
+
+    def __init__(self, base: str, host_dir: str) -> None:
+        self.base = base
+        self.host_dir = host_dir
+        os.makedirs(host_dir, exist_ok=True)
+        self.canary = os.path.join(host_dir, "canary")
+        with open(self.canary, "w") as f:
+            f.write("canary\n")
+        self.before = self._state()
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"base": outside_snapshot(self.base)}
+        for path in (self.host_dir, *self.WATCHED):
+            if os.path.isdir(path):
+                for dirpath, dirnames, filenames in os.walk(path):
+                    for name in dirnames + filenames:
+                        p = os.path.join(dirpath, name)
+                        st = os.lstat(p)
+                        state[p] = (st.st_mode, st.st_uid, st.st_nlink, st.st_size, st.st_mtime_ns)
+            elif os.path.exists(path):
+                st = os.lstat(path)
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                state[path] = (st.st_mode, st.st_uid, st.st_nlink, st.st_size, st.st_mtime_ns, digest)
+        return state
+
+    def check(self) -> None:
+        after = self._state()
+        assert after["base"] == self.before["base"], "something changed outside the snapshot directories"
+        assert {k: v for k, v in after.items() if k != "base"} == {
+            k: v for k, v in self.before.items() if k != "base"
+        }, "a host file changed"
+        with open(self.canary) as f:
+            assert f.read() == "canary\n"

@@ -15,3 +15,9 @@ class Reply(BaseModel):
     """A reply body or stored object: unknown fields are ignored (newer peers add fields)."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+class NamespacesReply(Reply):
+    """``<service>.namespaces``: the namespaces holding at least one of the service's objects."""
+
+    namespaces: list[str]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.api.base import Reply, Request
 
@@ -76,6 +76,22 @@ class ReplayRequest(Request):
     )
     follow: bool = Field(default=False, description="after the journal, keep streaming live events")
     filters: EventFilters = Field(default_factory=EventFilters)
+
+    @field_validator("since_time", "until")
+    @classmethod
+    def _in_journal_range(cls, value: dt.datetime | None) -> dt.datetime | None:
+        """Journal times are int64 nanoseconds since 1970: refuse what cannot be one."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        if not _EPOCH <= value <= _NS_MAX:
+            raise ValueError("time must be between 1970-01-01 and 2262-04-11")
+        return value
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NS_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.UTC)
 
 
 class HeadReply(Reply):

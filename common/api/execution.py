@@ -150,6 +150,11 @@ class IdRequest(Request):
     id: str = Field(min_length=1, description="required; id, id prefix or name")
 
 
+class RenameRequest(Request):
+    id: str = Field(min_length=1, description="required; id, id prefix or current name")
+    name: str = Field(min_length=1, description="required; the new name (Docker name rules)")
+
+
 class StartReply(Reply):
     id: str
     pid: int = 0

@@ -16,22 +16,30 @@ Methods (service ``snapshot``); every method takes the request's namespace:
 - ``snapshot.stat`` ``KeyRequest`` -> ``Info``; ``snapshot.list`` ``ListRequest`` ->
   ``ListReply`` ``{snapshots: [Info]}``; ``snapshot.usage`` ``KeyRequest`` -> ``Usage``.
 - ``snapshot.update`` ``UpdateRequest`` -> ``Info``: change labels (the only mutable field).
+- ``snapshot.diff`` ``DiffRequest`` -> ``DiffReply``: the changes of snapshot ``key`` against
+  its parents, written as a layer blob (``.wh.`` whiteouts, opaque markers) to ``path``
+  (for ``dockyard commit``).
+- ``snapshot.export`` ``ExportRequest`` -> ``DiffReply``: the whole merged tree of ``key``
+  as one uncompressed tar at ``path`` (for ``dockyard export``).
+- ``snapshot.cleanup`` -> ``{removed: int}``: delete snapshot directories no metadata refers to.
 - ``snapshot.unpack`` ``UnpackRequest`` -> ``UnpackReply``: apply an image's layers in
   order into committed snapshots named by chain ID (skipping those already there),
   verifying each layer's diff ID; the same chain ID is never unpacked twice at once.
+  A big image takes a while: callers give the call a long deadline (minutes; heartbeats
+  keep it alive meanwhile).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import Field
 
 from common.api.base import Reply, Request
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     VIEW = "view"
     ACTIVE = "active"
     COMMITTED = "committed"
@@ -118,3 +126,27 @@ class UpdateRequest(Request):
     key: str = Field(min_length=1, max_length=512, description="required; the snapshot to change")
     labels: dict[str, str] = Field(default_factory=dict, description="labels to set ('' deletes the label)")
     replace: bool = Field(default=False, description="replace all labels instead of merging")
+
+
+class DiffRequest(Request):
+    key: str = Field(min_length=1, max_length=512, description="required; snapshot whose changes are wanted")
+    path: str = Field(min_length=1, description="required; absolute path where the blob is written (atomically)")
+    media_type: str = Field(
+        default="application/vnd.oci.image.layer.v1.tar+gzip",
+        description="layer media type, which picks the compression (OCI or Docker tar, tar+gzip, tar+zstd)",
+    )
+
+
+class ExportRequest(Request):
+    key: str = Field(min_length=1, max_length=512, description="required; snapshot to flatten")
+    path: str = Field(min_length=1, description="required; absolute path of the tar to write (atomically)")
+
+
+class DiffReply(Reply):
+    """A written blob: a descriptor (``media_type``, ``digest``, ``size``) plus ``diff_id``."""
+
+    media_type: str
+    digest: str = Field(description="sha256 of the blob as written")
+    size: int = Field(description="bytes of the blob as written")
+    diff_id: str = Field(description="sha256 of the uncompressed tar (the image config's rootfs.diff_ids)")
+    uncompressed_size: int = Field(description="bytes of the uncompressed tar")

@@ -19,11 +19,13 @@ import logging
 import os
 import shutil
 import signal as signal_mod
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from common import codec, errors, ids, topics
+from common.api.base import NamespacesReply
 from common.api.execution import (
     AttachRequest,
     Container,
@@ -36,6 +38,7 @@ from common.api.execution import (
     ListRequest,
     LogsRequest,
     RemoveRequest,
+    RenameRequest,
     ResizeRequest,
     StartReply,
     Stats,
@@ -101,7 +104,6 @@ class ExecutionService:
         )
         self.execs = ExecService(self)
         self._backoff: dict[tuple[str, str], float] = {}
-        self._creating: set[str] = set()
         self._restarts: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.image = image
         self.snapshot = snapshot
@@ -148,6 +150,7 @@ class ExecutionService:
 
     async def recover(self) -> None:
         """Rebuild the live view after a restart (see ``TaskManager.recover``)."""
+        started = codec.utcnow()
         await self.tasks.recover()
         for rec in self.store.list(None):
             if rec.status == "removing":
@@ -156,29 +159,37 @@ class ExecutionService:
                 # its back-off timer died with the previous process
                 self.store.update(rec.namespace, rec.id, restart_count=max(0, rec.restart_count - 1))
                 self._schedule_restart(self.store.get(rec.namespace, rec.id) or rec)
-        self._spawn(self._remove_orphan_snapshots(), "orphan-snapshots")
+        self._spawn(self._remove_orphan_snapshots(started), "orphan-snapshots")
 
-    async def _remove_orphan_snapshots(self) -> None:
-        """Remove container snapshots whose container record never made it (a create we crashed in)."""
-        namespaces = {"default", *(r.namespace for r in self.store.list(None))}
-        tasks_dir = self.settings.state / "tasks"
+    async def _remove_orphan_snapshots(self, before: dt.datetime) -> None:
+        """Remove container snapshots whose create was cut short by our crash (prepared, never recorded).
+
+        Only snapshots older than this process's start are considered, so a create running
+        now is never touched. Retries while the snapshot service is down.
+        """
+        namespaces = {rec.namespace for rec in self.store.list(None)} | {"default"}
+        tasks_dir = Path(self.settings.state) / "tasks"
         if tasks_dir.is_dir():
             namespaces |= {p.name for p in tasks_dir.iterdir() if p.is_dir()}
+        delay = 0.5
         for ns in sorted(namespaces):
-            try:
-                reply = await self.snapshot.call(
-                    "snapshot.list", {"filters": ['labels."dockyard.container"']}, namespace=ns, timeout_s=30
-                )
-            except errors.DockyardError as exc:
-                log.info("cannot list snapshots of %s yet: %s", ns, exc)
-                continue
+            while True:
+                try:
+                    reply = await self.snapshot.call(
+                        "snapshot.list", {"filters": ['labels."dockyard.container"']}, namespace=ns, timeout_s=30
+                    )
+                    break
+                except (errors.Unavailable, errors.DeadlineExceeded):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
             for info in reply.get("snapshots") or []:
-                cid = str((info.get("labels") or {}).get("dockyard.container") or "")
-                orphan = cid not in self._creating and self.store.get(ns, cid) is None
-                if cid and orphan and info.get("kind") == "active":
-                    with contextlib.suppress(errors.DockyardError):
-                        await self.snapshot.call("snapshot.remove", {"key": info["name"]}, namespace=ns, timeout_s=30)
-                        log.info("removed the orphan snapshot of %s/%s", ns, cid[:12])
+                key = str(info.get("name") or "")
+                created = info.get("created_at")
+                if self.store.get(ns, key) is not None or (isinstance(created, dt.datetime) and created >= before):
+                    continue
+                with contextlib.suppress(errors.DockyardError):
+                    await self.snapshot.call("snapshot.remove", {"key": key}, namespace=ns, timeout_s=30)
+                    log.info("removed snapshot %s of a container whose create was interrupted", key[:12])
 
     # -- create --------------------------------------------------------------------------
     @rpc("execution.create")
@@ -257,7 +268,6 @@ class ExecutionService:
             cgroup_v2=cgroups.is_v2(),
         )
         prepared = False
-        self._creating.add(container_id)
         try:
             reply = await self.snapshot.call(
                 "snapshot.prepare",
@@ -299,7 +309,6 @@ class ExecutionService:
             )
             self.store.insert(rec)
         except BaseException:
-            self._creating.discard(container_id)
             await self._rollback_create(ns, container_id, bundle, cdir, prepared)
             for vol in volume_names:
                 vinfo = self.volumes.get(ns, vol)
@@ -307,7 +316,6 @@ class ExecutionService:
                     with contextlib.suppress(errors.DockyardError):
                         await asyncio.to_thread(self.volumes.remove, ns, vol, True)
             raise
-        self._creating.discard(container_id)
         self._publish(
             topics.CONTAINER_CREATE,
             "create",
@@ -485,6 +493,39 @@ class ExecutionService:
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
         return {}
 
+    @rpc("execution.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces that hold at least one container."""
+        return NamespacesReply(namespaces=sorted({rec.namespace for rec in self.store.list(None)}))
+
+    @rpc("execution.rename")
+    async def rename(self, req: RenameRequest, ctx: Context) -> dict[str, Any]:
+        """Rename a container; AlreadyExists when another container has the name."""
+        rec = self._find(ctx.namespace, req.id)
+        new = ids.validate_name(req.name)
+        if new == rec.name:
+            return {}
+        holder = self.store.find(rec.namespace, new) if self.store.name_taken(rec.namespace, new) else None
+        if holder is None:
+            try:
+                self.store.update(rec.namespace, rec.id, name=new)
+            except sqlite3.IntegrityError:  # a create or rename took the name meanwhile
+                holder = self.store.find(rec.namespace, new)
+        if holder is not None:
+            raise errors.AlreadyExists(
+                f'the container name "/{new}" is already in use by container "{holder.id}"; '
+                "remove (or rename) that container to be able to reuse that name",
+                {"name": new, "id": holder.id},
+            )
+        self.publisher.publish(
+            topics.CONTAINER_UPDATE,
+            {"id": rec.id, "name": new, "image": rec.image, "action": "rename", "old_name": rec.name},
+            namespace=rec.namespace,
+            event_id=f"{rec.id}/container/rename/{ids.new_id()[:16]}",
+        )
+        log.info("renamed container %s from %s to %s", rec.id[:12], rec.name, new)
+        return {}
+
     @rpc("execution.top")
     async def top(self, req: TopRequest, ctx: Context) -> TopReply:
         """The host's ``ps <ps_args>`` rows of the container's processes (as dockerd does)."""
@@ -545,6 +586,15 @@ class ExecutionService:
             await asyncio.sleep(1.0)
 
     async def _start(self, rec: Record) -> StartReply:
+        previous = self.tasks.get(rec.namespace, rec.id)
+        if previous is not None and previous.status == "stopped" and not previous.done.is_set():
+            # the last incarnation is still being cleaned up (its runtime container shares our id)
+            try:
+                await asyncio.wait_for(asyncio.shield(previous.done.wait()), 30)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    f"the previous task of container '{rec.name}' is still being cleaned up"
+                ) from None
         async with self.tasks.lock(rec.namespace, rec.id):
             rec = self.store.get(rec.namespace, rec.id) or rec
             live = self.tasks.get(rec.namespace, rec.id)
@@ -679,6 +729,7 @@ class ExecutionService:
                 pass
             bundle = str(self.settings.bundle_dir(ns, cid))
             cdir = str(self.settings.container_dir(ns, cid))
+            await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
             await asyncio.to_thread(_remove_dirs, bundle, cdir)
             self.store.delete(ns, cid)
             self.execs.forget_container(ns, cid)
@@ -688,7 +739,7 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
-            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name})
+            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image})
             log.info("removed container %s (%s)", cid[:12], rec.name)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 

@@ -189,6 +189,14 @@ class TaskManager:
         Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
         """
         incarnation = rec.incarnation + 1
+        if os.path.isdir(os.path.join(self.runtime_root(rec.runtime), rec.id)):
+            # a previous incarnation whose shim died mid-start left its runtime container behind
+            await shims.clean_dead_task(
+                rec.runtime,
+                self.runtime_root(rec.runtime),
+                rec.id,
+                str(self.settings.bundle_dir(rec.namespace, rec.id)),
+            )
         t0 = time.perf_counter()
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
@@ -230,9 +238,18 @@ class TaskManager:
                 handled=incarnation,
                 finished_at=codec.utcnow(),
             )
-            with contextlib.suppress(errors.DockyardError):
-                await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
-            live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+            if shims.shim_alive(bundle):
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.kill", {"signal": 9}, timeout_s=5)
+                live.status = "stopped"  # a retried start waits for the monitor to delete this task
+                live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
+            else:
+                # the shim died while starting the task: clean up now, under the lock, so that a
+                # retried start never meets this incarnation's leftovers (or has them cleaned under it)
+                await self.clean_dead_shim(rec.namespace, rec.id, incarnation, bundle, rec.runtime)
+                live.status = "stopped"
+                live.done.set()
+                await self._forget(live)
             raise StartFailed(exc.message, status) from None
         t3 = time.perf_counter()
         log.debug(
@@ -323,6 +340,8 @@ class TaskManager:
 
     async def _shim_died(self, live: Live) -> None:
         async with self.lock(live.namespace, live.container_id):
+            if live.done.is_set():
+                return  # already handled (a start that failed because its shim died)
             ex = await self.clean_dead_shim(
                 live.namespace, live.container_id, live.incarnation, live.bundle, live.runtime
             )
@@ -476,6 +495,9 @@ class TaskManager:
                 log.warning("cannot reconnect to the shim of %s (%s); treating it as dead", rec.id[:12], exc)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
+        # a dead shim may have left acknowledged-never events (exit, delete) in its outbox,
+        # even when its exit was already recorded: deliver them before anything removes the bundle
+        await self._drain_leftovers(bundle)
         has_shim_files = os.path.exists(os.path.join(bundle, "shim.pid"))
         if rec.incarnation > rec.handled and (has_shim_files or rec.status in ("running", "paused")):
             ex = await self.clean_dead_shim(rec.namespace, rec.id, rec.incarnation, bundle, rec.runtime)
@@ -535,6 +557,7 @@ class TaskManager:
             # the start was interrupted by our crash: the task never ran
             with contextlib.suppress(errors.DockyardError):
                 await client.call("shim.delete", {}, timeout_s=30)
+            live.status = "stopped"  # a new start must wait for the monitor to finish this one
         log.info("reconnected to the shim of %s (pid %d, task %s)", rec.id[:12], pid, live.status)
         live.monitor = self._spawn(self._monitor(live), f"monitor-{rec.id[:12]}")
 

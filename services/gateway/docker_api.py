@@ -1,21 +1,34 @@
-"""The Docker Engine API routes (shared/reference/docker-api.md).
+"""The Docker Engine API: versioned paths, headers, errors, and the system routes
+(shared/reference/docker-api.md).
 
 Paths are accepted unprefixed and as ``/v{major}.{minor}/...`` for every version
-from ``MIN_API_VERSION`` to ``MAX_ACCEPTED_VERSION``; every response carries
+from ``MIN_API_VERSION`` up to ``MAX_ACCEPTED_VERSION``; every response carries
 ``Api-Version``, ``Ostype`` and ``Server``. Errors are Docker's JSON
 ``{"message": ...}`` with Docker's status codes (``common.errors`` classes map to
-their ``http_status``).
+their ``http_status``). System routes: ``/_ping``, ``/version``, ``/info``,
+``/system/df``, ``/events``, ``/auth``. Containers, exec and images live in
+``docker_containers`` and ``docker_images``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime as dt
+import json
+import logging
 import os
 import platform
 import re
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
-from common import errors
+from common import dockerfmt, errors
+from services.gateway.backends import Backends, call
 from services.gateway.http import HTTPError, Request, Response, Router
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "1.45"
 MIN_API_VERSION = "1.24"
@@ -54,45 +67,284 @@ def split_version(path: str) -> tuple[tuple[int, int] | None, str]:
     return version, match.group(3)
 
 
-async def ping(_req: Request) -> Response:
-    resp = Response.text("OK")
-    resp.headers.update(
-        {
-            "Docker-Experimental": "false",
-            "Builder-Version": "",
-            "Swarm": "inactive",
-            "Cache-Control": "no-cache, no-store, must-revalidate",
-            "Pragma": "no-cache",
-        }
-    )
-    return resp
+def api_version(request: Request) -> tuple[int, int]:
+    """The version a request speaks (the prefix, else what we advertise)."""
+    if request.api_version is not None:
+        return request.api_version
+    major, minor = API_VERSION.split(".")
+    return int(major), int(minor)
 
 
-async def version(_req: Request) -> Response:
-    uname = os.uname()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(uname.machine, uname.machine)
-    return Response.json(
-        {
-            "Platform": {"Name": "Dockyard Engine"},
-            "Components": [{"Name": "Engine", "Version": ENGINE_VERSION, "Details": {"ApiVersion": API_VERSION}}],
-            "Version": ENGINE_VERSION,
-            "ApiVersion": API_VERSION,
-            "MinAPIVersion": MIN_API_VERSION,
-            "GitCommit": "",
-            "GoVersion": f"python{platform.python_version()}",
-            "Os": "linux",
-            "Arch": arch,
-            "KernelVersion": uname.release,
-            "Experimental": False,
-            "BuildTime": "",
-        }
-    )
+def ndjson(obj: Any) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
 
 
-def routes(router: Router) -> None:
-    """Register the Docker API routes on ``router``."""
-    router.add("GET", "/_ping", ping)
-    router.add("GET", "/version", version)
+def filters_of(request: Request, allowed: set[str] | None = None) -> dict[str, list[str]]:
+    """The ``filters`` query parameter (both encodings); 400 for a bad one or an unknown key."""
+    try:
+        filters = dockerfmt.parse_filters(request.arg("filters"))
+    except dockerfmt.FormatError as exc:
+        raise HTTPError(400, str(exc)) from None
+    if allowed is not None:
+        for key in filters:
+            if key not in allowed:
+                raise HTTPError(400, f"invalid filter '{key}'")
+    return filters
+
+
+def int_arg(request: Request, name: str, default: int | None = None) -> int | None:
+    """An integer query parameter; 400 naming it when it is not one."""
+    value = request.arg(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise HTTPError(400, f"invalid value for {name}: {value!r} is not an integer") from None
+
+
+async def registry_auth(request: Request) -> dict[str, str] | None:
+    """``X-Registry-Auth`` (base64url JSON) -> ``{username, password}`` / ``{identitytoken}`` or None."""
+    header = request.headers.get("x-registry-auth")
+    if not header:
+        return None
+    try:
+        padded = header + "=" * (-len(header) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError):
+        raise HTTPError(400, "invalid X-Registry-Auth header: not base64-encoded JSON") from None
+    if not isinstance(data, dict):
+        return None
+    if data.get("identitytoken"):
+        return {"identitytoken": str(data["identitytoken"])}
+    if data.get("username") or data.get("password"):
+        return {"username": str(data.get("username") or ""), "password": str(data.get("password") or "")}
+    return None
+
+
+class SystemAPI:
+    """``/_ping``, ``/version``, ``/info``, ``/system/df``, ``/events``, ``/auth``."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.b = backends
+
+    def routes(self, router: Router) -> None:
+        router.add("GET", "/_ping", self.ping)
+        router.add("GET", "/version", self.version)
+        router.add("GET", "/info", self.info)
+        router.add("GET", "/system/df", self.df)
+        router.add("GET", "/events", self.events)
+        router.add("POST", "/auth", self.auth)
+
+    async def ping(self, _req: Request) -> Response:
+        resp = Response.text("OK")
+        resp.headers.update(
+            {
+                "Docker-Experimental": "false",
+                "Builder-Version": "1",
+                "Swarm": "inactive",
+                "Cache-Control": "no-cache, no-store, must-revalidate",
+                "Pragma": "no-cache",
+            }
+        )
+        return resp
+
+    async def version(self, _req: Request) -> Response:
+        uname = os.uname()
+        return Response.json(
+            {
+                "Platform": {"Name": "Dockyard Engine"},
+                "Components": [
+                    {
+                        "Name": "Engine",
+                        "Version": ENGINE_VERSION,
+                        "Details": {
+                            "ApiVersion": API_VERSION,
+                            "MinAPIVersion": MIN_API_VERSION,
+                            "Os": "linux",
+                            "Arch": _arch(),
+                            "KernelVersion": uname.release,
+                        },
+                    }
+                ],
+                "Version": ENGINE_VERSION,
+                "ApiVersion": API_VERSION,
+                "MinAPIVersion": MIN_API_VERSION,
+                "GitCommit": "",
+                "GoVersion": f"python{platform.python_version()}",
+                "Os": "linux",
+                "Arch": _arch(),
+                "KernelVersion": uname.release,
+                "Experimental": False,
+                "BuildTime": "",
+            }
+        )
+
+    async def _counts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        containers, images = await asyncio.gather(
+            call(self.b.execution, "execution.list", {"all": True}),
+            call(self.b.image, "image.list", {}),
+        )
+        return list(containers.get("containers") or []), list(images.get("images") or [])
+
+    async def info(self, _req: Request) -> Response:
+        containers, images = await self._counts()
+        states = [c["state"]["status"] for c in containers]
+        uname = os.uname()
+        mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        return Response.json(
+            {
+                "ID": _machine_id(),
+                "Name": socket.gethostname(),
+                "Containers": len(containers),
+                "ContainersRunning": states.count("running"),
+                "ContainersPaused": states.count("paused"),
+                "ContainersStopped": len(states) - states.count("running") - states.count("paused"),
+                "Images": len({i["id"] for i in images}),
+                "Driver": "overlay2" if self.b.settings.snapshotter == "overlayfs" else "vfs",
+                "DriverStatus": [["Snapshotter", self.b.settings.snapshotter]],
+                "Plugins": {"Volume": ["local"], "Network": ["host", "null"], "Log": ["json-file"]},
+                "MemoryLimit": True,
+                "SwapLimit": True,
+                "CpuCfsPeriod": True,
+                "CpuCfsQuota": True,
+                "CPUShares": True,
+                "CPUSet": True,
+                "PidsLimit": True,
+                "IPv4Forwarding": False,
+                "Debug": self.b.settings.log_level == "debug",
+                "NFd": len(os.listdir("/proc/self/fd")),
+                "NGoroutines": len(asyncio.all_tasks()),
+                "SystemTime": dockerfmt.rfc3339(dt.datetime.now(dt.UTC)),
+                "LoggingDriver": "json-file",
+                "CgroupDriver": "cgroupfs",
+                "CgroupVersion": "2" if cgroup_v2 else "1",
+                "NEventsListener": 0,
+                "KernelVersion": uname.release,
+                "OperatingSystem": _os_name(),
+                "OSVersion": "",
+                "OSType": "linux",
+                "Architecture": uname.machine,
+                "IndexServerAddress": "https://index.docker.io/v1/",
+                "RegistryConfig": {
+                    "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+                    "IndexConfigs": {},
+                    "Mirrors": [],
+                },
+                "NCPU": os.cpu_count() or 1,
+                "MemTotal": mem_total,
+                "DockerRootDir": str(self.b.settings.root),
+                "HttpProxy": "",
+                "HttpsProxy": "",
+                "NoProxy": "",
+                "Labels": [],
+                "ExperimentalBuild": False,
+                "ServerVersion": ENGINE_VERSION,
+                "Runtimes": {"runc": {"path": "runc"}, "crun": {"path": "crun"}},
+                "DefaultRuntime": self.b.settings.runtime,
+                "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False},
+                "LiveRestoreEnabled": True,
+                "Isolation": "",
+                "InitBinary": "tini",
+                "SecurityOptions": [],
+                "Warnings": [],
+            }
+        )
+
+    async def df(self, request: Request) -> Response:
+        containers, images = await self._counts()
+        volumes = await call(self.b.execution, "execution.volume_list", {})
+        now = dt.datetime.now(dt.UTC)
+        summaries = dockerfmt.image_summaries(images, _version(request))
+        used: dict[str, int] = {}
+        for c in containers:
+            used[c.get("image_id", "")] = used.get(c.get("image_id", ""), 0) + 1
+        for s in summaries:
+            s["Containers"] = used.get(s["Id"], 0)
+        return Response.json(
+            {
+                "LayersSize": sum(s["Size"] for s in summaries),
+                "Images": summaries,
+                "Containers": [dockerfmt.container_summary(c, now) | {"SizeRw": 0} for c in containers],
+                "Volumes": [dockerfmt.volume(v) for v in volumes.get("volumes") or []],
+                "BuildCache": [],
+            }
+        )
+
+    async def auth(self, request: Request) -> Response:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HTTPError(400, "invalid auth config: expected a JSON object")
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+            raise HTTPError(400, "username and password are required")
+        registry = str(body.get("serveraddress") or "docker.io")
+        await call(self.b.image, "image.login", {"registry": registry, "username": username, "password": password})
+        return Response.json({"Status": "Login Succeeded", "IdentityToken": ""})
+
+    async def events(self, request: Request) -> Response:
+        """``GET /events?since&until&filters``: journal replay from ``since`` (else from now), live
+        events until ``until`` (else forever), converted and filtered as Docker's."""
+        filters = filters_of(
+            request, {"type", "event", "container", "image", "label", "scope", "daemon", "network", "volume", "plugin"}
+        )
+        now = dt.datetime.now(dt.UTC)
+        try:
+            since = dockerfmt.parse_docker_time(request.arg("since") or "", now) if request.arg("since") else None
+            until = dockerfmt.parse_docker_time(request.arg("until") or "", now) if request.arg("until") else None
+        except dockerfmt.FormatError as exc:
+            raise HTTPError(400, str(exc)) from None
+        body: dict[str, Any] = {"filters": {"namespace": [self.b.namespace]}}
+        if since is not None:
+            body["since_time"] = since.isoformat()
+        else:
+            head = await call(self.b.events, "events.head", {})
+            body["since"] = int(head.get("seq") or 0)
+        if until is not None:
+            body["until"] = until.isoformat()
+        body["follow"] = until is None or until > now
+        stream = self.b.events.stream("events.replay", body)
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                async for env in stream:
+                    ev = dockerfmt.docker_event(env)
+                    if ev is None or not dockerfmt.event_matches(ev, filters):
+                        continue
+                    yield ndjson(ev)
+            except errors.DockyardError as exc:
+                log.info("events stream ended: %s", exc)
+
+        return Response(200, {"Content-Type": "application/json"}, stream=gen())
+
+
+def _version(request: Request) -> tuple[int, int]:
+    return api_version(request)
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _machine_id() -> str:
+    try:
+        with open("/etc/machine-id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
 
 
 def error_response(exc: errors.DockyardError) -> Response:
@@ -101,15 +353,25 @@ def error_response(exc: errors.DockyardError) -> Response:
 
 
 def make_app(router: Router) -> Any:
-    """The request entry point: strip the version prefix, route, map errors."""
+    """The request entry point: strip the version prefix, route, map errors.
+
+    Every error leaves as ``{"message"}`` JSON: HTTPError with its status, Dockyard errors
+    with their class's status, anything else as 500 (logged with its traceback here, never
+    sent to the client).
+    """
 
     async def app(request: Request) -> Response:
-        _version, request.path = split_version(request.path)
-        handler, params = router.route(request.method, request.path)
-        request.params = params
         try:
+            request.api_version, request.path = split_version(request.path)
+            handler, params = router.route(request.method, request.path)
+            request.params = params
             return await handler(request)
+        except HTTPError as exc:
+            return Response.json({"message": exc.message}, exc.status)
         except errors.DockyardError as exc:
             return error_response(exc)
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.path)
+            return Response.json({"message": f"internal error: {type(exc).__name__}"}, 500)
 
     return app

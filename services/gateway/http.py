@@ -13,7 +13,9 @@ reader/writer after the 101 is written).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime as dt
 import http
 import json
 import logging
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
 """Largest request body read into memory; bigger uploads must use ``stream_body``."""
+MAX_JSON_BODY = 4 * 1024 * 1024
+"""Largest JSON request body (container configs, exec configs): past it, 413."""
+MAX_DRAIN = 64 * 1024 * 1024
+"""An unread request body longer than this is not drained after the response: the connection closes."""
 
 
 def _reason(status: int) -> bytes:
@@ -58,6 +64,8 @@ class Request:
     _body_iter: AsyncIterator[bytes] | None = None
     _body: bytes | None = None
     upgrade: bool = False
+    api_version: tuple[int, int] | None = None
+    """The ``/vX.Y`` prefix of the path (None when unprefixed)."""
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         """The last value of query parameter ``name``."""
@@ -84,15 +92,15 @@ class Request:
             self._body = b"".join(chunks)
         return self._body
 
-    async def json(self) -> Any:
-        """The body parsed as JSON ({} when empty); HTTPError 400 when it is not JSON."""
-        raw = await self.body()
+    async def json(self, limit: int = MAX_JSON_BODY) -> Any:
+        """The body parsed as JSON ({} when empty); HTTPError 400 when it is not JSON, 413 past ``limit``."""
+        raw = await self.body(limit)
         if not raw.strip():
             return {}
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise HTTPError(400, f"invalid JSON body: {exc}") from None
+            raise HTTPError(400, f"invalid JSON in request body: {exc}") from None
 
     async def stream_body(self) -> AsyncIterator[bytes]:
         """Iterate the request body as it arrives."""
@@ -100,6 +108,21 @@ class Request:
             async for chunk in self._body_iter:
                 yield chunk
             self._body_iter = None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, dt.datetime):
+        return obj.isoformat().replace("+00:00", "Z")
+    if isinstance(obj, (bytes, bytearray)):
+        return base64.b64encode(bytes(obj)).decode()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as one line of JSON (datetimes as RFC 3339, bytes as base64), newline-terminated."""
+    return (json.dumps(obj, default=_json_default) + "\n").encode()
 
 
 Hijack = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
@@ -115,7 +138,7 @@ class Response:
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> Response:
-        return cls(status, {"Content-Type": "application/json"}, (json.dumps(obj) + "\n").encode())
+        return cls(status, {"Content-Type": "application/json"}, json_bytes(obj))
 
     @classmethod
     def text(cls, text: str, status: int = 200) -> Response:
@@ -126,14 +149,23 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Router:
-    """Routes ``(METHOD, /path/{param})`` to handlers; paths may carry ``/v1.NN`` prefixes."""
+    """Routes ``(METHOD, /path/{param})`` to handlers, first match wins.
+
+    ``{name}`` matches one path segment, ``{name:path}`` one or more (image names
+    such as ``127.0.0.1:5000/library/busybox``). Parameters are percent-decoded.
+    """
 
     def __init__(self) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
-        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$"
+        regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", pattern)
+        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex) + "$"
         self._routes.append((method, re.compile(regex), handler))
+
+    def routes(self) -> list[tuple[str, str]]:
+        """``(method, regex)`` of every route, in matching order."""
+        return [(m, r.pattern) for m, r, _h in self._routes]
 
     def route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """Return the handler and path params; HTTPError 404/405 otherwise."""
@@ -224,19 +256,32 @@ class Server:
             if not isinstance(event, h11.Request):
                 return
             request = self._make_request(event, conn, reader)
+            target = request.path
             try:
                 response = await self.app(request)
             except HTTPError as exc:
                 response = Response.json({"message": exc.message}, exc.status)
+            status = 101 if response.hijack is not None and request.upgrade else response.status
+            log.log(
+                logging.DEBUG if target.endswith("/_ping") else logging.INFO,
+                "%s %s -> %d",
+                request.method,
+                target,
+                status,
+            )
             if response.hijack is not None:
                 async for _ in request.stream_body():  # the body ends before the raw stream starts
                     pass
                 await self._hijack(conn, reader, writer, request, response)
                 return
-            # drain an unread body so the connection can be reused
-            async for _ in request.stream_body():
-                pass
-            await self._send_response(conn, writer, request, response)
+            await self._send_response(conn, reader, writer, request, response)
+            # drain an unread body (a handler may answer before reading it) so the connection
+            # can be reused; a huge one is not worth it: close instead
+            drained = 0
+            async for chunk in request.stream_body():
+                drained += len(chunk)
+                if drained > MAX_DRAIN:
+                    return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -260,12 +305,18 @@ class Server:
                 else:
                     return
 
+        body: AsyncIterator[bytes] | None = body_iter()
+        if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+            # no body: take the end of the message now, so the request counts as complete
+            if conn.next_event() is h11.NEED_DATA:  # pragma: no cover - h11 ends an empty body at once
+                raise h11.RemoteProtocolError("incomplete empty body")
+            body = None
         return Request(
             method=event.method.decode("ascii"),
             path=parts.path or "/",
             query=parse_qs(parts.query, keep_blank_values=True),
             headers=headers,
-            _body_iter=body_iter(),
+            _body_iter=body,
             upgrade=upgrade,
         )
 
@@ -287,8 +338,18 @@ class Server:
             await writer.drain()
 
     async def _send_response(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: Request, response: Response
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: Request,
+        response: Response,
     ) -> None:
+        if response.stream is not None and request.method == "HEAD":
+            aclose = getattr(response.stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            response.stream = None  # HEAD of a streaming GET: its headers, no body
         if response.stream is None:
             no_body = response.status in (204, 304) or request.method == "HEAD"
             extra = {} if response.status in (204, 304) else {"Content-Length": str(len(response.body))}
@@ -315,18 +376,49 @@ class Server:
         )
         await writer.drain()
         stream = response.stream
-        try:
+
+        async def pump() -> None:
             async for chunk in stream:
                 if chunk:
                     writer.write(conn.send(h11.Data(data=chunk)))
                     await writer.drain()
+
+        pumping = asyncio.ensure_future(pump())
+        # a client that goes away mid-stream (ctrl-C on `docker logs -f`) ends the stream; only
+        # watched once the request body is in (a load or import reads it while streaming)
+        watcher = asyncio.ensure_future(self._watch_disconnect(conn, reader))
+        try:
+            done, _ = await asyncio.wait({pumping, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if pumping not in done:
+                pumping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pumping
+                raise ConnectionResetError("client went away during a streaming response")
+            pumping.result()
         finally:
+            for task in (watcher, pumping):
+                task.cancel()
+            # a cancelled read must be over before the connection reads the next request
+            await asyncio.gather(watcher, pumping, return_exceptions=True)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
+
+    async def _watch_disconnect(self, conn: h11.Connection, reader: asyncio.StreamReader) -> None:
+        """Return when the client closes its side while a response streams (not before the body is in)."""
+        while conn.their_state is not h11.DONE:
+            await asyncio.sleep(0.2)
+        received = 0
+        while received < (1 << 20):
+            data = await reader.read(65536)
+            if not data:
+                return
+            received += len(data)
+            conn.receive_data(data)  # a pipelined request: kept for the next cycle
+        await asyncio.Event().wait()
 
     async def _hijack(
         self,

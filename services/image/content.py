@@ -80,7 +80,9 @@ class Ingest:
         self.total = total
         self._hasher = hashlib.sha256()
         self.offset = 0
+        self.written = 0  # bytes written through this object (not counting what a resume found)
         self._file = open(self.data_path, "ab")  # noqa: SIM115 - closed in commit/abort/close
+        store.active.add(ref)
         existing = self._file.tell()
         if existing:
             with open(self.data_path, "rb") as f:
@@ -91,7 +93,7 @@ class Ingest:
                     self._hasher.update(chunk)
                     self.offset += len(chunk)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append ``data``; raises FailedPrecondition when it would exceed the expected total."""
         if self.total and self.offset + len(data) > self.total:
             raise FailedPrecondition(
@@ -100,6 +102,7 @@ class Ingest:
         self._file.write(data)
         self._hasher.update(data)
         self.offset += len(data)
+        self.written += len(data)
 
     def restart(self) -> None:
         """Throw away what was written (the server ignored our Range request)."""
@@ -131,6 +134,7 @@ class Ingest:
             self.abort()
             raise
         self._file.close()
+        self.store.active.discard(self.ref)
         target = self.store.path(actual)
         if target.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -142,6 +146,7 @@ class Ingest:
 
     def close(self) -> None:
         """Stop writing but keep the ingest for a later resume."""
+        self.store.active.discard(self.ref)
         if self._file.closed:
             return
         with contextlib.suppress(OSError, ValueError):
@@ -164,6 +169,8 @@ class ContentStore:
         self.ingests = root / "ingest"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.ingests.mkdir(parents=True, exist_ok=True)
+        self.active: set[str] = set()
+        """Refs of the ingests open in this process (the garbage collector leaves them alone)."""
 
     # -- reading -------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:

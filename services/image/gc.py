@@ -77,7 +77,7 @@ def mark_content(meta: MetadataStore, store: ContentStore) -> set[str]:
     return marked
 
 
-def sweep_content(meta: MetadataStore, store: ContentStore, active_ingests: set[str]) -> ContentSweep:
+def sweep_content(meta: MetadataStore, store: ContentStore) -> ContentSweep:
     """Remove unreferenced blobs and abandoned ingests (blocking; run in a thread)."""
     out = ContentSweep(removed=[])
     with commit_lock():
@@ -93,7 +93,7 @@ def sweep_content(meta: MetadataStore, store: ContentStore, active_ingests: set[
                 out.removed.append(blob.digest)
         leased_ingests = {ref for kind, ref in meta.leased_resources() if kind == "ingest"}
         for ing in store.ingest_statuses():
-            if ing.ref in active_ingests or ing.ref in leased_ingests:
+            if ing.ref in store.active or ing.ref in leased_ingests:
                 continue
             store.remove_ingest_dir(ing.path)
             out.ingests_removed += 1

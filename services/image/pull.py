@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from common.errors import DockyardError, FailedPrecondition, InvalidArgument, Unavailable
-from services.image import oci, platforms
+from common.errors import DockyardError, FailedPrecondition, InvalidArgument, Unauthenticated, Unavailable
+from services.image import blobfetch, oci, platforms
 from services.image.archive import commit_lock
 from services.image.auth import Credentials
-from services.image.content import ContentStore
+from services.image.content import ContentStore, Ingest
 from services.image.oci import Descriptor, Platform
 from services.image.reference import Reference
 from services.image.registry import Endpoint, RegistryClient
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 
-_PROGRESS_INTERVAL_S = 0.1
 _RETRIES = 3
 
 
@@ -142,60 +143,125 @@ class Downloads:
             dl.current = desc.size
             dl.notify("Already exists")
             return 0
-        async with semaphore:
+        await semaphore.acquire()
+        slot = True
+        try:
             ingest = await asyncio.to_thread(
                 self.store.open_ingest, desc.digest, expected=desc.digest, total=desc.size, resume=True
             )
-            downloaded = 0
             try:
-                resumed_from = ingest.offset
-                if resumed_from:
-                    log.info("resuming %s at %d of %d bytes", desc.digest, resumed_from, desc.size)
-                last = 0.0
-                attempt = 0
-                while ingest.offset < desc.size or desc.size == 0:
-                    try:
-                        async with self.client.open_blob(ep, repo, desc, ingest.offset, creds) as (start, resp):
-                            if start == 0 and ingest.offset:
-                                ingest.restart()
-                            dl.current = ingest.offset
-                            dl.notify("Downloading")
-                            async for chunk in resp.aiter_bytes():
-                                ingest.write(chunk)
-                                downloaded += len(chunk)
-                                dl.current = ingest.offset
-                                now = time.monotonic()
-                                if now - last >= _PROGRESS_INTERVAL_S:
-                                    last = now
-                                    dl.notify("Downloading")
-                        break
-                    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
-                        attempt += 1
-                        if attempt >= _RETRIES:
-                            raise Unavailable(
-                                f"blob {desc.digest}: download failed after {attempt} tries: {exc}"
-                            ) from None
-                        log.warning("blob %s: %s; retrying from byte %d", desc.digest, exc, ingest.offset)
-                        await asyncio.sleep(0.2 * attempt)
-                    except FailedPrecondition as exc:  # more bytes than the descriptor's size
-                        ingest.abort()
-                        raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
+                if ingest.offset:
+                    log.info("resuming %s at %d of %d bytes", desc.digest, ingest.offset, desc.size)
+                await self._fetch(dl, ep, repo, desc, creds, ingest)
                 dl.current = ingest.offset
                 dl.notify("Verifying Checksum")
-
-                def commit() -> None:
-                    with commit_lock():
-                        ingest.commit()
-
+                semaphore.release()  # the next download may start while this one is fsynced
+                slot = False
                 try:
-                    await asyncio.to_thread(commit)
+                    # no commit lock needed: the pull's lease named this digest before the download
+                    await asyncio.to_thread(ingest.commit)
                 except FailedPrecondition as exc:
                     raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
             except BaseException:
                 ingest.close()  # keep the bytes for a resume (commit/abort removed them when bad)
                 raise
-            dl.notify("Download complete")
-            return downloaded
+        finally:
+            if slot:
+                semaphore.release()
+        dl.notify("Download complete")
+        return ingest.written
+
+    async def _fetch(
+        self, dl: _Download, ep: Endpoint, repo: str, desc: Descriptor, creds: Credentials | None, ingest: Ingest
+    ) -> None:
+        """Fill ``ingest`` from the registry in a worker thread (``blobfetch``); retries a broken
+        connection from where it stopped, renews credentials once on a 401. Behind an HTTP
+        proxy (``HTTPS_PROXY`` & co.), the bytes go through httpx, which speaks to proxies."""
+        if _proxied(ep.host):
+            await self._fetch_httpx(dl, ep, repo, desc, creds, ingest)
+            return
+        loop = asyncio.get_running_loop()
+
+        def progress(offset: int) -> None:
+            def on_loop() -> None:
+                dl.current = offset
+                dl.notify("Downloading")
+
+            loop.call_soon_threadsafe(on_loop)
+
+        request = await self.client.blob_request(ep, repo, desc, creds)
+        renewed = False
+        attempt = 0
+        dl.current = ingest.offset
+        dl.notify("Downloading")
+        while True:
+            offset_before = ingest.offset
+            cancel = blobfetch.Cancel()
+            work = loop.run_in_executor(
+                None, functools.partial(blobfetch.fetch_blob, request, ingest, desc.size, cancel, progress)
+            )
+            try:
+                await asyncio.shield(work)
+                return
+            except asyncio.CancelledError:
+                cancel.set()
+                with contextlib.suppress(BaseException):
+                    await work  # the thread must stop touching the ingest before it is closed
+                raise
+            except blobfetch.BlobAuthError:
+                if renewed:
+                    raise Unauthenticated(
+                        f"registry {ep.domain}: {repo}: access to blob {desc.digest} denied after renewing the token"
+                    ) from None
+                renewed = True
+                request = await self.client.blob_request(ep, repo, desc, creds, renew=True)
+            except blobfetch.BlobTransportError as exc:
+                # a connection that made progress before it broke does not count against the limit
+                attempt = 1 if ingest.offset > offset_before else attempt + 1
+                if attempt >= _RETRIES:
+                    raise Unavailable(f"blob {desc.digest}: download failed after {attempt} tries: {exc}") from None
+                log.warning("blob %s: %s; retrying from byte %d", desc.digest, exc, ingest.offset)
+                await asyncio.sleep(0.2 * attempt)
+            except FailedPrecondition as exc:  # more bytes than the descriptor's size
+                ingest.abort()
+                raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
+
+    async def _fetch_httpx(
+        self, dl: _Download, ep: Endpoint, repo: str, desc: Descriptor, creds: Credentials | None, ingest: Ingest
+    ) -> None:
+        """The same as ``_fetch`` through httpx's async client (used when a proxy is configured)."""
+        attempt = 0
+        last = 0.0
+        while ingest.offset < desc.size or desc.size == 0:
+            offset_before = ingest.offset
+            try:
+                async with self.client.open_blob(ep, repo, desc, ingest.offset, creds) as (start, resp):
+                    if start == 0 and ingest.offset:
+                        ingest.restart()
+                    async for chunk in resp.aiter_bytes():
+                        ingest.write(chunk)
+                        now = time.monotonic()
+                        if now - last >= 0.1:
+                            last = now
+                            dl.current = ingest.offset
+                            dl.notify("Downloading")
+                return
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+                attempt = 1 if ingest.offset > offset_before else attempt + 1
+                if attempt >= _RETRIES:
+                    raise Unavailable(f"blob {desc.digest}: download failed after {attempt} tries: {exc}") from None
+                await asyncio.sleep(0.2 * attempt)
+            except FailedPrecondition as exc:
+                ingest.abort()
+                raise IntegrityError(f"blob {desc.digest} of {repo}: {exc.message}") from None
+
+
+def _proxied(host: str) -> bool:
+    """True when the environment names an HTTP(S) proxy that applies to ``host``."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get("https") or proxies.get("http") or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(host.split(":")[0] if host.count(":") == 1 else host)
 
 
 @dataclass
@@ -276,20 +342,6 @@ class Puller:
         )
 
         semaphore = asyncio.Semaphore(self.max_concurrent)
-        # config first (small; it tells the diff IDs and must match the platform)
-        cfg_downloaded = await self.downloads.get(
-            ep, ref.repository, manifest.config, creds, lambda *_a: None, semaphore
-        )
-        config_bytes = await asyncio.to_thread(self.store.read, manifest.config.digest, 2 * oci.MAX_MANIFEST_SIZE)
-        config = oci.parse_config(config_bytes, where=f"image config {manifest.config.digest}")
-        if len(config.diff_ids) != len(manifest.layers):
-            raise IntegrityError(
-                f"manifest {manifest_desc.digest}: {len(manifest.layers)} layers but the config lists "
-                f"{len(config.diff_ids)} diff IDs"
-            )
-        if not isinstance(doc, oci.Index) and config.platform.os and not platforms.matches(want, config.platform):
-            log.warning("%s is for %s, not %s", ref, platforms.display(config.platform), platforms.display(want))
-
         for layer in manifest.layers:
             emit(
                 {
@@ -314,16 +366,31 @@ class Puller:
 
             return listen
 
+        # the config (it tells the diff IDs) and the layers download together; a config that
+        # does not fit the manifest cancels the layers
+        cfg_task = asyncio.create_task(
+            self.downloads.get(ep, ref.repository, manifest.config, creds, lambda *_a: None, semaphore)
+        )
         tasks = [
             asyncio.create_task(self.downloads.get(ep, ref.repository, layer, creds, listener_for(layer), semaphore))
             for layer in manifest.layers
         ]
         try:
+            cfg_downloaded = await cfg_task
+            config_bytes = await asyncio.to_thread(self.store.read, manifest.config.digest, 2 * oci.MAX_MANIFEST_SIZE)
+            config = oci.parse_config(config_bytes, where=f"image config {manifest.config.digest}")
+            if len(config.diff_ids) != len(manifest.layers):
+                raise IntegrityError(
+                    f"manifest {manifest_desc.digest}: {len(manifest.layers)} layers but the config lists "
+                    f"{len(config.diff_ids)} diff IDs"
+                )
+            if not isinstance(doc, oci.Index) and config.platform.os and not platforms.matches(want, config.platform):
+                log.warning("%s is for %s, not %s", ref, platforms.display(config.platform), platforms.display(want))
             results = await asyncio.gather(*tasks)
         except BaseException:
-            for t in tasks:
+            for t in [cfg_task, *tasks]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(cfg_task, *tasks, return_exceptions=True)
             raise
 
         # the documents last: a manifest is only stored once everything it names is

@@ -54,6 +54,7 @@ from common.errors import (
 )
 from services.image import oci
 from services.image.auth import Challenge, Credentials, CredentialStore, TokenCache, parse_challenges
+from services.image.blobfetch import BlobRequest
 from services.image.reference import Reference, registry_endpoint_host
 
 log = logging.getLogger(__name__)
@@ -625,6 +626,36 @@ class RegistryClient:
             yield start, resp
         finally:
             await resp.aclose()
+
+    async def blob_request(
+        self, ep: Endpoint, repo: str, desc: oci.Descriptor, creds: Credentials | None = None, *, renew: bool = False
+    ) -> BlobRequest:
+        """What a worker thread needs to GET a blob (``blobfetch.fetch_blob``): URL, scheme, and
+        the Authorization header for this repository (a token is fetched if needed).
+
+        ``renew=True`` after a 401: runs the challenge dance again (a HEAD of the blob) first;
+        raises Unauthenticated when the registry still refuses.
+        """
+        path = f"/v2/{repo}/blobs/{desc.digest}"
+        scopes = [f"repository:{repo}:pull"]
+        what = f"blob {desc.digest} of {repo}"
+        if renew:
+            self.tokens.drop(ep.host)
+            resp = await self.request(ep, "HEAD", path, scopes=scopes, creds=creds, what=what)
+            if resp.status_code == 404:
+                raise NotFound(f"{what} not found: blob unknown")
+        state = self._auth.setdefault(ep.host, _Auth())
+        user_creds = await self._creds(ep, creds)
+        authorization = await self._auth_header(ep, state, scopes, user_creds, fetch=True)
+        scheme = ep.schemes[0]
+        return BlobRequest(
+            url=ep.url(scheme, path),
+            authorization=authorization,
+            verify_tls=scheme == "https",
+            user_agent=USER_AGENT,
+            what=what,
+            insecure_host=lambda host: host_is_insecure(host, self.insecure),
+        )
 
     # -- push ----------------------------------------------------------------------------------------
     async def blob_exists(self, ep: Endpoint, repo: str, desc: oci.Descriptor, creds: Credentials | None) -> bool:

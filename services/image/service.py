@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import fnmatch
 import io
 import logging
 import re
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
 from common import errors, ids, topics
 from common.api import image as api
+from common.api.base import NamespacesReply
 from common.api.snapshot import LayerToApply, UnpackRequest
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
 from common.rpc.server import Context, rpc
 from common.settings import Settings
-from services.image import archive, export, gc, platforms
+from services.image import archive, export, gc, listing, platforms
 from services.image import reference as refs
 from services.image.auth import Credentials, CredentialStore, write_config_entry
 from services.image.content import ContentStore
@@ -41,7 +39,8 @@ from services.image.images import Catalog, ImageView, record_names, view_of
 from services.image.metadata import DANGLING_PREFIX, ImageRecord, MetadataStore
 from services.image.oci import Descriptor, Platform
 from services.image.pipe import ChunkPipe
-from services.image.pull import IntegrityError, Puller
+from services.image.progress import ProgressPump
+from services.image.pull import Puller
 from services.image.push import Pusher
 from services.image.registry import RegistryClient, basic_from_auth
 
@@ -53,75 +52,8 @@ OP_LEASE_S = 3600.0
 _CHUNK = 1024 * 1024
 
 
-def _ts(value: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(value, dt.UTC)
-
-
-def _parse_created(text: str) -> dt.datetime | None:
-    if not text:
-        return None
-    t = text.strip().replace("Z", "+00:00")
-    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(.*)$", t)
-    if not m:
-        return None
-    frac = (m.group(2) or "")[:7]
-    try:
-        value = dt.datetime.fromisoformat(m.group(1) + frac + (m.group(3) or "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _dangling_name(target: Descriptor) -> str:
     return DANGLING_PREFIX + target.digest
-
-
-def _desc_api(desc: Descriptor) -> api.Descriptor:
-    return api.Descriptor.model_validate(desc.to_json())
-
-
-class _ProgressPump:
-    """Frames from worker tasks/threads to the streaming handler, in order."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.loop = asyncio.get_running_loop()
-        self._last: dict[str, float] = {}
-
-    def emit(self, frame: dict[str, Any]) -> None:
-        self.queue.put_nowait(frame)
-
-    def emit_threadsafe(self, frame: dict[str, Any]) -> None:
-        key = f"{frame.get('status')}/{frame.get('id')}"
-        now = time.monotonic()
-        if frame.get("status") in ("Loading layer", "Importing") and now - self._last.get(key, 0) < 0.1:
-            return
-        self._last[key] = now
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, frame)
-
-    async def run(self, work: Awaitable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-        """Yield frames until ``work`` finishes, then the final ``done`` frame (or raise its error)."""
-        task = asyncio.ensure_future(work)
-        try:
-            while True:
-                getter = asyncio.ensure_future(self.queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await getter
-                break
-            while not self.queue.empty():
-                yield self.queue.get_nowait()
-            result = task.result()
-            yield {"status": "done", "result": result}
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
 
 
 class ImageService:
@@ -152,7 +84,7 @@ class ImageService:
         self.snapshot = snapshot
         self.execution = execution
         self.publisher = publisher
-        self.active_ingests: set[str] = set()
+        self.active_leases: set[str] = set()  # leases of operations running in this process
         self._gc_lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -176,8 +108,13 @@ class ImageService:
         image_id: str,
         manifest_digest: str,
         labels: dict[str, str] | None = None,
+        *,
+        action: str,
     ) -> str:
         """Point ``name`` at ``target``; return ``created``, ``updated`` or ``unchanged``.
+
+        ``action`` (``pull``, ``load``, ``import``, ``tag``) goes into the event, so event
+        consumers (Docker's ``pull``/``load``/``import``/``tag`` actions) can tell them apart.
 
         The image the name pointed at before becomes dangling if nothing else names it.
         A dangling record of the same target is dropped (the image has a name again).
@@ -197,9 +134,9 @@ class ImageService:
             if dangling is not None:
                 self.meta.delete(namespace, dangling.name)
         if previous is None:
-            self._publish(topics.IMAGE_CREATE, {"name": name, "labels": record.labels}, namespace)
+            self._publish(topics.IMAGE_CREATE, {"name": name, "labels": record.labels, "action": action}, namespace)
             return "created"
-        self._publish(topics.IMAGE_UPDATE, {"name": name, "labels": record.labels}, namespace)
+        self._publish(topics.IMAGE_UPDATE, {"name": name, "labels": record.labels, "action": action}, namespace)
         self._keep_dangling(previous)
         return "updated"
 
@@ -225,7 +162,13 @@ class ImageService:
         return await asyncio.to_thread(self._view, rec, platform, strict=strict)
 
     def _lease(self, namespace: str, expires_s: float, purpose: str) -> str:
-        return self.meta.create_lease(namespace, expires_s, {"purpose": purpose})
+        lease = self.meta.create_lease(namespace, expires_s, {"purpose": purpose})
+        self.active_leases.add(lease)
+        return lease
+
+    def _end_lease(self, lease: str) -> None:
+        self.meta.delete_lease(lease)
+        self.active_leases.discard(lease)
 
     # -- unpack -------------------------------------------------------------------------------------
     async def _snapshot_call(self, method: str, body: dict[str, Any], namespace: str) -> Any:
@@ -306,7 +249,7 @@ class ImageService:
         """Remove unreferenced blobs, abandoned ingests and (per namespace) snapshots."""
         async with self._gc_lock:
             self.meta.delete_expired_leases()
-            sweep = await asyncio.to_thread(gc.sweep_content, self.meta, self.content, set(self.active_ingests))
+            sweep = await asyncio.to_thread(gc.sweep_content, self.meta, self.content)
             removed_snapshots = 0
             if self.snapshot is not None:
                 for ns in sorted(namespaces or set()):
@@ -347,7 +290,7 @@ class ImageService:
         return api.ResolvedImage(
             name="" if how == "id" or rec.dangling else rec.name,
             id=view.id,
-            target=_desc_api(rec.target),
+            target=listing.desc_api(rec.target),
             manifest_digest=view.manifest_desc.digest,
             config=view.config.raw,
             layers=[
@@ -371,7 +314,7 @@ class ImageService:
         ref = refs.parse(req.ref)
         platform = platforms.parse(req.platform) if req.platform else None
         creds = basic_from_auth(req.auth)
-        pump = _ProgressPump()
+        pump = ProgressPump()
         async for frame in pump.run(self._pull(ctx.namespace, ref, platform, creds, req.unpack, pump.emit)):
             yield frame
 
@@ -402,19 +345,22 @@ class ImageService:
                 names = [str(ref.with_digest(ref.digest)), str(ref.with_tag(ref.tag))]
             outcome = "unchanged"
             for name in names:
-                result = self._set_name(namespace, name, fetched.root, view.id, fetched.manifest_desc.digest)
+                result = self._set_name(
+                    namespace, name, fetched.root, view.id, fetched.manifest_desc.digest, action="pull"
+                )
                 if result != "unchanged":
                     outcome = result
-        except IntegrityError:
+        except (errors.Unavailable, errors.DeadlineExceeded, asyncio.CancelledError):
+            # transient: the lease keeps what arrived (and the ingests) so the next pull resumes
+            self.active_leases.discard(lease)
+            raise
+        except errors.DockyardError:
+            # bad content (digest or diff ID mismatch), refused credentials, unknown manifest...:
             # leave nothing behind: drop the lease and collect what only it protected
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
             await self._collect({namespace})
             raise
-        except errors.DockyardError as exc:
-            if not isinstance(exc, (errors.Unavailable, errors.DeadlineExceeded)):
-                self.meta.delete_lease(lease)
-            raise
-        self.meta.delete_lease(lease)
+        self._end_lease(lease)
         familiar = ref.familiar()
         status = ("Image is up to date for " if outcome == "unchanged" else "Downloaded newer image for ") + familiar
         emit({"status": f"Digest: {fetched.root.digest}"})
@@ -443,7 +389,7 @@ class ImageService:
         creds = basic_from_auth(req.auth)
         lease = self._lease(ctx.namespace, OP_LEASE_S, f"push {ref}")
         self.meta.add_lease_resource(lease, "content", rec.target.digest)
-        pump = _ProgressPump()
+        pump = ProgressPump()
 
         async def work() -> dict[str, Any]:
             outcome = await self.pusher.push(ref, rec.target, creds, pump.emit)
@@ -453,7 +399,7 @@ class ImageService:
             async for frame in pump.run(work()):
                 yield frame
         finally:
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     # -- load / import -------------------------------------------------------------------------------
     async def _feed(self, ctx: Context, pipe: ChunkPipe, worker: asyncio.Future[Any]) -> None:
@@ -480,11 +426,11 @@ class ImageService:
         ``Loaded image ID: <id>`` messages; the last has ``result`` = ``LoadReply``.
         Raises InvalidArgument for a malformed archive (nothing is recorded).
         """
-        pump = _ProgressPump()
+        pump = ProgressPump()
         async for frame in pump.run(self._load(ctx, req, pump)):
             yield frame
 
-    async def _load(self, ctx: Context, req: api.LoadRequest, pump: _ProgressPump) -> dict[str, Any]:
+    async def _load(self, ctx: Context, req: api.LoadRequest, pump: ProgressPump) -> dict[str, Any]:
         namespace = ctx.namespace
         lease = self._lease(namespace, OP_LEASE_S, "load")
         pipe = ChunkPipe()
@@ -516,7 +462,7 @@ class ImageService:
                     await self._unpack_after_write(namespace, view, lease, lambda _f: None)
                 names = img.names or [_dangling_name(img.target)]
                 for name in names:
-                    self._set_name(namespace, name, img.target, image_id, manifest_digest)
+                    self._set_name(namespace, name, img.target, image_id, manifest_digest, action="load")
                     if not name.startswith(DANGLING_PREFIX):
                         pump.emit({"status": "message", "message": f"Loaded image: {refs.familiar(name)}"})
                         loaded.append(api.LoadedImage(name=name, id=image_id, digest=img.target.digest))
@@ -525,7 +471,7 @@ class ImageService:
                     loaded.append(api.LoadedImage(name="", id=image_id, digest=img.target.digest))
             return api.LoadReply(images=loaded).model_dump()
         finally:
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     async def _host_view(self, target: Descriptor) -> ImageView | None:
         try:
@@ -549,12 +495,12 @@ class ImageService:
         from services.image.changes import apply_changes
 
         apply_changes({}, req.changes)
-        pump = _ProgressPump()
+        pump = ProgressPump()
         async for frame in pump.run(self._import(ctx, req, name, platform, pump)):
             yield frame
 
     async def _import(
-        self, ctx: Context, req: api.ImportRequest, name: str, platform: Platform | None, pump: _ProgressPump
+        self, ctx: Context, req: api.ImportRequest, name: str, platform: Platform | None, pump: ProgressPump
     ) -> dict[str, Any]:
         namespace = ctx.namespace
         lease = self._lease(namespace, OP_LEASE_S, "import")
@@ -583,10 +529,10 @@ class ImageService:
             view = await asyncio.to_thread(view_of, self.content, target, None)
             if platform is None or platforms.matches(platforms.host(), platform):
                 await self._unpack_after_write(namespace, view, lease, lambda _f: None)
-            self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest)
+            self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest, action="import")
             return api.LoadedImage(name=name, id=view.id, digest=target.digest).model_dump()
         finally:
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     # -- save ----------------------------------------------------------------------------------------
     @rpc("image.save", stream=True)
@@ -642,88 +588,14 @@ class ImageService:
             if not worker.done():
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(worker), 5)
-            self.meta.delete_lease(lease)
+            self._end_lease(lease)
 
     # -- list / inspect / history ----------------------------------------------------------------------
-    def _summary(self, rec: ImageRecord, view: ImageView | None, all_records: list[ImageRecord]) -> api.ImageSummary:
-        same = [
-            r
-            for r in all_records
-            if (r.image_id and r.image_id == rec.image_id) or r.target.digest == rec.target.digest
-        ]
-        _tags, digests = record_names(same)
-        ref = refs.try_parse(rec.name) if not rec.dangling else None
-        repo_tags = [ref.familiar_name() + ":" + ref.tag] if ref is not None and ref.tag else []
-        repo_digests = [d for d in digests if ref is None or d.startswith(ref.familiar_name() + "@")] or digests
-        cfg_labels = {}
-        created = None
-        if view is not None:
-            cfg_labels = {str(k): str(v) for k, v in (view.config.config.get("Labels") or {}).items()}
-            created = _parse_created(view.config.created)
-        return api.ImageSummary(
-            name=rec.name,
-            id=view.id if view is not None else (rec.image_id or rec.target.digest),
-            target=_desc_api(rec.target),
-            repo_tags=repo_tags,
-            repo_digests=repo_digests if ref is not None else digests,
-            labels=rec.labels,
-            config_labels=cfg_labels,
-            created=created,
-            created_at=_ts(rec.created_at),
-            updated_at=_ts(rec.updated_at),
-            size=view.size if view is not None else 0,
-            dangling=rec.dangling,
-        )
-
-    def _list_sync(self, namespace: str, filters: dict[str, list[str]]) -> list[api.ImageSummary]:
-        records = self.meta.records(namespace)
-        views: dict[str, ImageView | None] = {}
-        for rec in records:
-            if rec.target.digest not in views:
-                try:
-                    views[rec.target.digest] = self._view(rec, None, strict=False)
-                except errors.DockyardError:
-                    views[rec.target.digest] = None
-        summaries = [self._summary(r, views[r.target.digest], records) for r in records]
-        return [s for s in summaries if self._matches(s, filters, namespace)]
-
-    def _matches(self, s: api.ImageSummary, filters: dict[str, list[str]], namespace: str) -> bool:
-        for key, values in filters.items():
-            if not values:
-                continue
-            if key == "dangling":
-                want = values[-1].lower() in ("true", "1")
-                if values[-1].lower() not in ("true", "false", "1", "0"):
-                    raise errors.InvalidArgument(f"invalid filter 'dangling={values[-1]}': use true or false")
-                if s.dangling != want:
-                    return False
-            elif key == "reference":
-                names = []
-                for tag in s.repo_tags:
-                    names += [tag, tag.rsplit(":", 1)[0]]
-                names += s.repo_digests
-                if not any(_ref_match(pattern, n) for pattern in values for n in names):
-                    return False
-            elif key == "label":
-                labels = s.config_labels | s.labels
-                for cond in values:
-                    k, sep, v = cond.partition("=")
-                    if k not in labels or (sep and labels[k] != v):
-                        return False
-            elif key in ("before", "since"):
-                other, _ = self._find(namespace, values[-1])
-                created = other.created_at
-                if key == "before" and not s.created_at.timestamp() < created:
-                    return False
-                if key == "since" and not s.created_at.timestamp() > created:
-                    return False
-            elif key == "until":
-                limit = _parse_until(values[-1])
-                if not s.created_at.timestamp() < limit:
-                    return False
-            else:
-                raise errors.InvalidArgument(f"invalid filter {key!r}: use reference, dangling, label, before, since")
-        return True
+    @rpc("image.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces that hold at least one image record."""
+        records = await asyncio.to_thread(self.meta.records, None)
+        return NamespacesReply(namespaces=sorted({r.namespace for r in records}))
 
     @rpc("image.list")
     async def list_(self, req: api.ListRequest, ctx: Context) -> dict[str, Any]:
@@ -733,7 +605,13 @@ class ImageService:
         ``*`` not crossing ``/``), ``dangling``, ``label`` (``k`` or ``k=v`` on the config
         labels), ``before``/``since`` (another image). InvalidArgument for an unknown filter.
         """
-        images = await asyncio.to_thread(self._list_sync, ctx.namespace, req.filters)
+
+        def created_of(ref: str) -> float:
+            return self._find(ctx.namespace, ref)[0].created_at
+
+        images = await asyncio.to_thread(
+            listing.list_images, self.meta, self.content, ctx.namespace, req.filters, created_of
+        )
         return {"images": [i.model_dump() for i in images]}
 
     @rpc("image.get")
@@ -745,40 +623,12 @@ class ImageService:
         records = [
             r for r in self.meta.records(ctx.namespace) if r.image_id == view.id or r.target.digest == rec.target.digest
         ]
-        tags, digests = record_names(records)
-        raw = view.config.raw
         unpacked: bool | None
         try:
             unpacked = await self._is_unpacked(ctx.namespace, view.chain_id)
         except errors.DockyardError:
             unpacked = None
-        return api.ImageInspect(
-            id=view.id,
-            repo_tags=tags,
-            repo_digests=digests,
-            parent=str(raw.get("parent") or ""),
-            comment=str(raw.get("comment") or ""),
-            created=str(raw.get("created") or ""),
-            author=str(raw.get("author") or ""),
-            architecture=str(raw.get("architecture") or ""),
-            variant=str(raw.get("variant") or ""),
-            os=str(raw.get("os") or ""),
-            size=view.size,
-            config=view.config.config,
-            rootfs={"type": "layers", "layers": list(view.config.diff_ids)},
-            layers=[
-                api.LayerRef(digest=d.digest, media_type=d.media_type, size=d.size, diff_id=i) for d, i in view.layers()
-            ],
-            chain_id=view.chain_id,
-            manifest_digest=view.manifest_desc.digest,
-            target=_desc_api(rec.target),
-            name="" if rec.dangling else rec.name,
-            names=sorted(r.name for r in records if not r.dangling),
-            labels=rec.labels,
-            image_config=raw,
-            unpacked=unpacked,
-            metadata={"last_tag_time": _ts(max(r.updated_at for r in records)).isoformat() if records else ""},
-        )
+        return listing.inspect(rec, view, records, unpacked)
 
     @rpc("image.history")
     async def history(self, req: api.GetRequest, ctx: Context) -> dict[str, Any]:
@@ -787,34 +637,7 @@ class ImageService:
         platform = platforms.parse(req.platform) if req.platform else None
         view = await self._view_async(rec, platform, strict=platform is not None)
         tags, _digests = record_names([r for r in self.meta.records(ctx.namespace) if r.image_id == view.id])
-        entries = view.config.raw.get("history") or []
-        layers = list(view.manifest.layers)
-        out: list[api.HistoryEntry] = []
-        layer_index = 0
-        for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            empty = bool(entry.get("empty_layer"))
-            size = 0
-            if not empty and layer_index < len(layers):
-                size = layers[layer_index].size
-                layer_index += 1
-            out.append(
-                api.HistoryEntry(
-                    id="<missing>",
-                    created=_parse_created(str(entry.get("created") or "")),
-                    created_by=str(entry.get("created_by") or ""),
-                    size=size,
-                    comment=str(entry.get("comment") or ""),
-                    empty_layer=empty,
-                )
-            )
-        if not out:
-            out = [api.HistoryEntry(id="<missing>", size=layer.size) for layer in layers]
-        out.reverse()
-        out[0].id = view.id
-        out[0].tags = tags
-        return {"history": [e.model_dump() for e in out]}
+        return {"history": [e.model_dump() for e in listing.history(view, tags)]}
 
     # -- tag / remove / prune / gc ---------------------------------------------------------------------
     @rpc("image.tag")
@@ -829,10 +652,10 @@ class ImageService:
                 f"invalid tag {req.target!r}: refusing to create a tag with a digest reference"
             )
         view = await self._view_async(rec, None, strict=False)
-        self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest)
+        self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest, action="tag")
         new = self.meta.get(ctx.namespace, str(target_ref))
         assert new is not None
-        return self._summary(new, view, self.meta.records(ctx.namespace))
+        return listing.summary(new, view, self.meta.records(ctx.namespace))
 
     async def _containers_using(self, namespace: str) -> dict[str, list[tuple[str, bool]]] | None:
         """``{image id: [(container name, running)]}`` from the execution service, None if unknown."""
@@ -926,13 +749,14 @@ class ImageService:
     @rpc("image.prune")
     async def prune(self, req: api.PruneRequest, ctx: Context) -> api.PruneReply:
         """``docker image prune [-a]``: remove dangling images (``all``: every image no container
-        uses), then collect unreferenced content and snapshots. Returns what went and the bytes freed."""
+        uses), drop what interrupted pulls kept for a resume, then collect unreferenced content
+        and snapshots. Returns what went and the bytes freed."""
         ns = ctx.namespace
         usage = await self._containers_using(ns) or {}
         in_use = {k for k, v in usage.items() if v}
         reply = api.PruneReply()
         label_filters = req.filters.get("label", [])
-        until = _parse_until(req.filters["until"][-1]) if req.filters.get("until") else None
+        until = listing.parse_until(req.filters["until"][-1]) if req.filters.get("until") else None
         deleted_ids: set[str] = set()
         for rec in self.meta.records(ns):
             image_id = rec.image_id or rec.target.digest
@@ -942,7 +766,7 @@ class ImageService:
                 continue
             if until is not None and not rec.created_at < until:
                 continue
-            if label_filters and not all(_label_matches(rec.labels, f) for f in label_filters):
+            if label_filters and not all(listing.label_matches(rec.labels, f) for f in label_filters):
                 continue
             self.meta.delete(ns, rec.name)
             self._publish(topics.IMAGE_DELETE, {"name": rec.name}, ns)
@@ -950,6 +774,11 @@ class ImageService:
                 reply.untagged.append(refs.familiar(rec.name))
             if not any((r.image_id or r.target.digest) == image_id for r in self.meta.records(ns)):
                 deleted_ids.add(image_id)
+        # what interrupted pulls kept for a resume is unused too: prune drops their leases
+        # (a plain GC keeps them until they expire)
+        for lease in self.meta.list_leases():
+            if lease["id"] not in self.active_leases:
+                self.meta.delete_lease(lease["id"])
         namespaces = {ns} | {r.namespace for r in self.meta.records(None)}
         collected = await self._collect(namespaces)
         reply.deleted = sorted(deleted_ids)
@@ -995,29 +824,3 @@ def _registry_domain(text: str) -> str:
     if not re.match(r"^[a-z0-9.\-]+(:[0-9]+)?$|^\[[0-9a-f:]+\](:[0-9]+)?$", value):
         raise errors.InvalidArgument(f"invalid registry {text!r}: expected host[:port]")
     return value
-
-
-def _label_matches(labels: dict[str, str], condition: str) -> bool:
-    key, sep, value = condition.partition("=")
-    return key in labels and (not sep or labels[key] == value)
-
-
-def _ref_match(pattern: str, name: str) -> bool:
-    regex = fnmatch.translate(pattern).replace(".*", "[^/]*")
-    return re.match(regex, name) is not None
-
-
-def _parse_until(value: str) -> float:
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    m = re.match(r"^(\d+)(s|m|h)$", text)
-    if m:
-        mult = {"s": 1, "m": 60, "h": 3600}[m.group(2)]
-        return time.time() - int(m.group(1)) * mult
-    parsed = _parse_created(text)
-    if parsed is None:
-        raise errors.InvalidArgument(f"invalid 'until' value {value!r}: use a unix time, a duration (10m) or RFC 3339")
-    return parsed.timestamp()

@@ -18,6 +18,7 @@ from services.snapshot.store import Store
 async def setup(host: ServiceHost) -> list[object]:
     store = Store(host.data_dir / "metadata.db")
     snapshotter = snapshotters.make(host.settings.snapshotter, host.data_dir)
+    store.claim(snapshotter.name)
     events = AsyncClient("events", host.settings.control_endpoint("events"), liveness_s=host.settings.liveness_s)
     publisher = EventPublisher(events, host.data_dir / "outbox")
     publisher.start()

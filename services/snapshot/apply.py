@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
+WHITEOUT_META_PREFIX = b".wh..wh."
 _CHUNK = 1 << 20
 _ALLOWED_XATTR_PREFIXES = ("user.", "security.", "system.posix_acl_access", "system.posix_acl_default")
 
@@ -135,6 +136,20 @@ class Applier:
             except OSError as exc:
                 self._warn(f"entry {entry.display_name!r}: cannot set xattr {key}: {exc.strerror}")
 
+    def _chown(self, entry: Entry, target: int | bytes, dirfd: int | None = None) -> None:
+        """Give the new node the entry's owner (an open fd, or a name in ``dirfd``)."""
+        try:
+            if isinstance(target, int):
+                os.fchown(target, entry.uid, entry.gid)
+            else:
+                os.chown(target, entry.uid, entry.gid, dir_fd=dirfd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # an id outside this user namespace's map
+                raise self._refuse(
+                    entry, f"owner {entry.uid}:{entry.gid} is not mapped in this user namespace"
+                ) from None
+            raise
+
     def _prepare(self, path: Path, new_is_dir: bool) -> bool:
         """Make room for a new entry at ``path`` in the upper layer.
 
@@ -168,17 +183,19 @@ class Applier:
         if not comps:
             return  # the root itself: skipped, as containerd does
         base = comps[-1]
+        if any(c.startswith(WHITEOUT_META_PREFIX) for c in comps) and base != OPAQUE_MARKER:
+            return  # AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): skipped, as Docker and containerd do
         try:
             if base.startswith(WHITEOUT_PREFIX):
                 if base == OPAQUE_MARKER:
                     self._opaque(comps[:-1], entry)
                 else:
                     name = base[len(WHITEOUT_PREFIX) :]
-                    if name in (b"", b".", b"..") or name.startswith(WHITEOUT_PREFIX):
+                    if name in (b"", b".", b".."):
                         raise self._refuse(entry, "invalid whiteout name")
                     self._whiteout((*comps[:-1], name), entry)
                 return
-            parent = self.tree.resolve(comps[:-1], create=True, what=f"entry {entry.display_name!r}")
+            parent = self.tree.resolve(comps[:-1], create=True, what="parent directory")
             self.tree.ensure_upper_dir(parent)
             path = (*parent, base)
             kind = entry.type
@@ -228,7 +245,7 @@ class Applier:
                 os.ftruncate(fd, entry.size)
             else:
                 self._copy(fd, tar, entry.size)
-            os.fchown(fd, entry.uid, entry.gid)
+            self._chown(entry, fd)
             os.fchmod(fd, entry.mode)
             self._set_xattrs_fd(fd, entry)
             os.utime(fd, ns=self._times(entry))
@@ -257,7 +274,7 @@ class Applier:
         self.tree.upper_dirs_created.pop(path, None)
         fd = os.open(path[-1], fsutil.O_DIR, dir_fd=parent)
         try:
-            os.fchown(fd, entry.uid, entry.gid)
+            self._chown(entry, fd)
             os.fchmod(fd, entry.mode)
             self._set_xattrs_fd(fd, entry)
         finally:
@@ -271,7 +288,7 @@ class Applier:
         self._prepare(path, new_is_dir=False)
         os.symlink(entry.linkname, path[-1], dir_fd=parent)
         self.tree.forget(path)
-        os.chown(path[-1], entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        self._chown(entry, path[-1], parent)
         self._set_xattrs_at(parent, path[-1], entry)
         os.utime(path[-1], ns=self._times(entry), dir_fd=parent, follow_symlinks=False)
 
@@ -327,7 +344,7 @@ class Applier:
                 self._warn(f"entry {entry.display_name!r}: device node skipped (no permission to create it)")
                 return
         self.tree.forget(path)
-        os.chown(path[-1], entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        self._chown(entry, path[-1], parent)
         os.chmod(path[-1], entry.mode, dir_fd=parent)
         self._set_xattrs_at(parent, path[-1], entry)
         os.utime(path[-1], ns=self._times(entry), dir_fd=parent, follow_symlinks=False)
@@ -335,7 +352,7 @@ class Applier:
     # -- whiteouts ---------------------------------------------------------------------------
     def _resolve_existing(self, comps: Path, entry: Entry) -> Path | None:
         try:
-            return self.tree.resolve(comps, what=f"entry {entry.display_name!r}")
+            return self.tree.resolve(comps, what="parent directory")
         except PathError:
             return None  # nothing there: nothing to hide
 
@@ -368,7 +385,7 @@ class Applier:
                 return
         upper = self.tree.ensure_upper_dir(path[:-1])
         os.mknod(path[-1], stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=upper)
-        os.chown(path[-1], entry.uid, entry.gid, dir_fd=upper, follow_symlinks=False)
+        self._chown(entry, path[-1], upper)
         self.tree.invalidate(path)
         self.whited_out.add(path)
 
@@ -384,7 +401,7 @@ class Applier:
 
     def _opaque(self, comps: Path, entry: Entry) -> None:
         if self.overlay:
-            path = self.tree.resolve(comps, create=True, what=f"entry {entry.display_name!r}")
+            path = self.tree.resolve(comps, create=True, what="directory")
             self.tree.ensure_upper_dir(path)
             self.tree.set_opaque(path)
             for copied in [p for p in self.copied_up if p[:-1] == path and p not in self.written]:
@@ -465,9 +482,9 @@ def apply_stream(
             if cancel is not None and i % 64 == 0 and cancel.is_set():
                 raise CancelledError(what)
             applier.apply(entry, tar)
-        junk = tar.drain()
-        if junk:
-            raise InvalidArgument(f"{what}: data after the end of the tar archive (corrupt archive?)")
+        if tar.drain():
+            # Go's archive/tar (Docker, containerd) stops reading there too; the diff ID covers it
+            applier._warn("data after the end of the tar archive ignored")
         applier.finish()
         if sync:
             fsutil.syncfs(fsutil.proc_path(tree.upper_fd(())))
@@ -500,6 +517,8 @@ def apply_layer(
         raise Internal(f"{what}: cannot open blob {blob}: {exc.strerror}") from None
     with contextlib.closing(raw):
         reader = layers.open_layer(raw, media_type, digest)
-        entries, warnings = apply_stream(reader, upper, lowers, overlay=overlay, what=what, cancel=cancel)
-        reader.drain()
-        return ApplyResult(reader.diff_id(), reader.uncompressed_size, entries, warnings)
+        with contextlib.closing(reader):
+            reader.start_thread()
+            entries, warnings = apply_stream(reader, upper, lowers, overlay=overlay, what=what, cancel=cancel)
+            reader.drain()
+            return ApplyResult(reader.diff_id(), reader.uncompressed_size, entries, warnings)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import io
+import queue
 import re
+import threading
 import zlib
 from typing import BinaryIO
 
@@ -150,6 +152,9 @@ class LayerReader(io.RawIOBase):
         self._pos = 0
         self._eof = False
         self._compression = compression
+        self._queue: queue.Queue[bytes | BaseException] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._gz: zlib._Decompress | None = None
         self._zst: zstandard.ZstdDecompressionReader | None = None
         if compression is Compression.GZIP:
@@ -173,8 +178,12 @@ class LayerReader(io.RawIOBase):
         except zlib.error as exc:
             raise InvalidArgument(f"{self._what}: corrupt gzip stream: {exc}") from None
 
+    _gz_done = False
+
     def _more_gzip(self, want: int) -> bytes:
         assert self._gz is not None
+        if self._gz_done:
+            return b""
         while True:
             if self._gz.unconsumed_tail:
                 out = self._gz.decompress(self._gz.unconsumed_tail, want)
@@ -191,12 +200,13 @@ class LayerReader(io.RawIOBase):
                     elif rest.strip(b"\0"):
                         raise InvalidArgument(f"{self._what}: garbage after the last gzip member")
                     else:
-                        self._gz = zlib.decompressobj(wbits=31)
-                        self._gz.decompress(b"")
                         # swallow zero padding until the end of the blob
                         while chunk := self._raw.read(READ_SIZE):
                             if chunk.strip(b"\0"):
                                 raise InvalidArgument(f"{self._what}: garbage after the last gzip member")
+                        self._gz = zlib.decompressobj(wbits=31)
+                        self._gz.decompress(bytes(0))
+                        self._gz_done = True
                         return b""
                 else:
                     chunk = self._raw.read(READ_SIZE)
@@ -214,16 +224,62 @@ class LayerReader(io.RawIOBase):
             return b"".join(parts)
         return self._take(size)
 
+    def _produce(self, want: int) -> bytes:
+        data = self._more(want)
+        if data:
+            self._hash.update(data)
+            self.uncompressed_size += len(data)
+        return data
+
+    def start_thread(self) -> None:
+        """Decompress and hash in a background thread, ahead of the reader (zlib, zstd
+        and sha256 release the GIL, so this overlaps them with applying the entries)."""
+        if self._queue is not None:
+            return
+        self._queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._producer, name="layer-decompress", daemon=True)
+        self._thread.start()
+
+    def _producer(self) -> None:
+        assert self._queue is not None
+        while not self._stop.is_set():
+            try:
+                item: bytes | BaseException = self._produce(READ_SIZE)
+            except BaseException as exc:  # handed to the reading thread
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        super().close()
+
+    def _next_chunk(self, size: int) -> bytes:
+        if self._queue is None:
+            return self._produce(max(size, 1 << 16))
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # every later read fails the same way
+            raise item
+        return item
+
     def _take(self, size: int) -> bytes:
         if self._pos >= len(self._buf):
             if self._eof:
                 return b""
-            data = self._more(max(size, 1 << 16))
+            data = self._next_chunk(size)
             if not data:
                 self._eof = True
                 return b""
-            self._hash.update(data)
-            self.uncompressed_size += len(data)
             self._buf, self._pos = data, 0
         if self._pos == 0 and len(self._buf) <= size:
             self._pos = len(self._buf)
@@ -243,7 +299,7 @@ class LayerReader(io.RawIOBase):
             pass
 
     def diff_id(self) -> str:
-        """Return ``sha256:<hex>`` of the uncompressed bytes read so far."""
+        """Return ``sha256:<hex>`` of the uncompressed bytes read so far (after ``drain``)."""
         return "sha256:" + self._hash.hexdigest()
 
 

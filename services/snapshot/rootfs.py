@@ -196,7 +196,7 @@ class Tree:
             found = self.lookup(path)
             if found is None:
                 if not create:
-                    raise PathError(f"{what}: {show(path)} does not exist")
+                    raise PathError(f"{what} {show(comps)}: {show(path)} does not exist")
                 self._make_dir(path)
                 cur = path
                 continue
@@ -204,13 +204,13 @@ class Tree:
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > MAX_SYMLINKS:
-                    raise PathError(f"{what}: too many levels of symbolic links at {show(path)}")
+                    raise PathError(f"{what} {show(comps)}: too many levels of symbolic links at {show(path)}")
                 target = os.readlink(part, dir_fd=self.dirfd(layer, cur))
                 if target.startswith(b"/"):
                     cur = ()
                 todo.extend(reversed([p for p in target.split(b"/") if p]))
                 continue
-            raise PathError(f"{what}: {show(path)} is not a directory")
+            raise PathError(f"{what} {show(comps)}: {show(path)} is not a directory")
         self._resolved[comps] = cur
         return cur
 

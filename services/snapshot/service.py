@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -31,8 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from common import errors, topics
+from common.api.base import NamespacesReply
 from common.api.snapshot import (
     CommitRequest,
+    DiffReply,
+    DiffRequest,
+    ExportRequest,
     Info,
     KeyRequest,
     Kind,
@@ -49,6 +54,7 @@ from common.api.snapshot import (
 from common.ids import new_id
 from common.rpc.server import Context, rpc
 from services.snapshot import apply, filters, layers
+from services.snapshot import diff as differ
 from services.snapshot.snapshotters import Snapshotter
 from services.snapshot.store import Row, Store
 
@@ -86,8 +92,10 @@ class SnapshotService:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-db")
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._chain_users: dict[tuple[str, str], int] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     async def close(self) -> None:
+        await self.drain()
         self._db_thread.shutdown(wait=True)
         await asyncio.to_thread(self.store.close)
 
@@ -120,25 +128,50 @@ class SnapshotService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Remove what a crash left behind: ``extract-*`` active snapshots (a layer being
-        applied when the service died) and snapshot directories with no metadata."""
+        """Drop what a crash left behind: ``extract-*`` active snapshots (a layer being
+        applied when the service died), snapshot directories with no metadata, and
+        directories half made or detached for removal. Metadata first; the directories
+        are moved aside at once and deleted in the background."""
         for namespace, key in await self._db(self.store.stale_extractions):
             try:
-                row = await self._db(self.store.remove, namespace, key)
+                await self._db(self.store.remove, namespace, key)
             except errors.DockyardError as exc:
                 log.warning("cannot remove stale extraction %r in %s: %s", key, namespace, exc)
                 continue
             log.info("removed stale extraction %r in namespace %s", key, namespace)
             self._publish(topics.SNAPSHOT_REMOVE, namespace, {"key": key})
-            await asyncio.to_thread(self.snapshotter.remove, row.id)
+        await self._remove_orphans()
+        for path in await asyncio.to_thread(self.snapshotter.trash):
+            self._purge_later(path)
+
+    async def _remove_orphans(self) -> int:
         known = await self._db(self.store.all_ids)
         on_disk = await asyncio.to_thread(self.snapshotter.ids_on_disk)
-        for orphan in sorted(on_disk - known):
+        orphans = sorted(on_disk - known)
+        for orphan in orphans:
             log.info("removing snapshot directory %d: not in the metadata", orphan)
-            await asyncio.to_thread(self.snapshotter.remove, orphan)
-        for entry in await asyncio.to_thread(os.listdir, self.snapshotter.snapshots_dir):
-            if entry.startswith("new-"):
-                await asyncio.to_thread(self.snapshotter.remove_tmp, entry)
+            path = await asyncio.to_thread(self.snapshotter.detach, orphan)
+            if path is not None:
+                self._purge_later(path)
+        return len(orphans)
+
+    def _purge_later(self, path: str) -> None:
+        """Delete a detached directory in a worker thread, in the background."""
+
+        async def purge() -> None:
+            try:
+                await asyncio.to_thread(self.snapshotter.purge, path)
+            except OSError as exc:  # retried at the next start (it is still in trash())
+                log.error("cannot delete %s: %s", path, exc)
+
+        task = asyncio.ensure_future(purge())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait (up to ``timeout_s``) for background deletions; the rest resume at next start."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout_s)
 
     # -- snapshot verbs ----------------------------------------------------------------------
     async def _create(self, namespace: str, kind: Kind, key: str, parent: str, labels: dict[str, str]) -> Row:
@@ -148,7 +181,9 @@ class SnapshotService:
         except BaseException:
             with contextlib.suppress(errors.DockyardError):
                 await self._db(self.store.remove, namespace, key)
-            await asyncio.to_thread(self.snapshotter.remove, row.id)
+            path = await asyncio.to_thread(self.snapshotter.detach, row.id)
+            if path is not None:
+                self._purge_later(path)
             raise
         self._publish(topics.SNAPSHOT_PREPARE, namespace, {"key": key, "parent": parent})
         return row
@@ -210,9 +245,12 @@ class SnapshotService:
         row = await self._db(self.store.remove, namespace, key)
         self._publish(topics.SNAPSHOT_REMOVE, namespace, {"key": key})
         try:
-            await asyncio.to_thread(self.snapshotter.remove, row.id)
-        except OSError as exc:  # metadata is gone; recover() retries the directory at next start
+            path = await asyncio.to_thread(self.snapshotter.detach, row.id)
+        except OSError as exc:  # metadata is gone; recover() removes the orphan at next start
             log.error("snapshot %r removed but its directory %d stays: %s", key, row.id, exc)
+            return
+        if path is not None:
+            self._purge_later(path)
 
     @rpc("snapshot.stat")
     async def stat(self, req: KeyRequest, ctx: Context) -> Info:
@@ -237,6 +275,11 @@ class SnapshotService:
                 out.append(_info(row))
         return ListReply(snapshots=out)
 
+    @rpc("snapshot.namespaces", quiet=True)
+    async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
+        """``{}`` -> ``{namespaces}``: namespaces holding at least one snapshot."""
+        return NamespacesReply(namespaces=await self._db(self.store.namespaces))
+
     @rpc("snapshot.usage")
     async def usage(self, req: KeyRequest, ctx: Context) -> Usage:
         """Bytes (allocated blocks) and inodes of ``key``'s own directory, excluding its
@@ -246,6 +289,47 @@ class SnapshotService:
             return Usage(size=row.size, inodes=row.inodes)
         u = await asyncio.to_thread(self.snapshotter.usage, row.id)
         return Usage(size=u.size, inodes=u.inodes)
+
+    @rpc("snapshot.diff")
+    async def diff(self, req: DiffRequest, ctx: Context) -> DiffReply:
+        """Write the changes of ``key`` against its parents as a layer blob at ``path``.
+
+        OCI image-spec layer.md change sets: added/modified entries, ``.wh.<name>`` for
+        deletions, ``.wh..wh..opq`` for opaque directories; compression from
+        ``media_type``. Returns the blob's descriptor and diff ID. NotFound,
+        InvalidArgument (media type, path). containerd Diff service.
+        """
+        row = await self._db(self.store.get, ctx.namespace, req.key)
+        source = self.snapshotter.diff_source(row.id, row.parent_ids)
+        info = await self._write_blob(differ.write_changes, source, req.path, req.media_type, f"diff of {req.key!r}")
+        log.info("diff of snapshot %r: %s (%d bytes)", req.key, info.digest, info.size)
+        return DiffReply(**info.__dict__)
+
+    @rpc("snapshot.export")
+    async def export(self, req: ExportRequest, ctx: Context) -> DiffReply:
+        """Write the whole merged tree of ``key`` (any kind) as an uncompressed tar at
+        ``path`` (``docker export``). NotFound, InvalidArgument (path)."""
+        row = await self._db(self.store.get, ctx.namespace, req.key)
+        source = self.snapshotter.merged_source(row.id, row.parent_ids)
+        media_type = layers.MEDIA_TYPE_FOR[layers.Compression.NONE]
+        info = await self._write_blob(differ.write_flat, source, req.path, media_type, f"export of {req.key!r}")
+        return DiffReply(**info.__dict__)
+
+    async def _write_blob(self, writer: Any, source: Any, path: str, media_type: str, what: str) -> differ.BlobInfo:
+        try:
+            return await asyncio.to_thread(differ.write_layer_blob, writer, source, path, media_type)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.ResourceExhausted(f"{what}: no space left on device for {path}") from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise errors.PermissionDenied(f"{what}: cannot write {path}: {exc.strerror}") from None
+            raise
+
+    @rpc("snapshot.cleanup")
+    async def cleanup(self, _req: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        """Delete snapshot directories that no metadata refers to -> ``{removed}`` (their
+        count; the deletion itself finishes in the background). containerd Cleanup."""
+        return {"removed": await self._remove_orphans()}
 
     # -- unpack ------------------------------------------------------------------------------
     @rpc("snapshot.unpack")
@@ -299,8 +383,8 @@ class SnapshotService:
         try:
             target = self.snapshotter.apply_target(row.id, row.parent_ids)
             cancel = threading.Event()
-            try:
-                result = await asyncio.to_thread(
+            work = asyncio.ensure_future(
+                asyncio.to_thread(
                     apply.apply_layer,
                     layer.path,
                     layer.media_type,
@@ -310,8 +394,18 @@ class SnapshotService:
                     overlay=target.overlay,
                     cancel=cancel,
                 )
-            except BaseException:
+            )
+            try:
+                result = await asyncio.shield(work)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise errors.ResourceExhausted(f"layer {layer.digest}: no space left to unpack it") from None
+                raise
+            except asyncio.CancelledError:
+                # stop the worker between two entries and let it let go of the directory
+                # before the snapshot is removed below
                 cancel.set()
+                await asyncio.wait([work])
                 raise
             if result.diff_id != layer.diff_id:
                 raise errors.InvalidArgument(

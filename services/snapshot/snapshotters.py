@@ -70,18 +70,40 @@ class Snapshotter:
         """The directories whose difference is the snapshot's change set (for ``diff``)."""
         raise NotImplementedError
 
+    def merged_source(self, snapshot_id: int, parent_ids: list[int]) -> ApplyTarget:
+        """The directories that, merged, are the snapshot's whole tree (for ``export``)."""
+        return self.apply_target(snapshot_id, parent_ids)
+
     def commit(self, snapshot_id: int) -> None:
         """Storage side of a commit (metadata-only for both; drops the work dir)."""
         fsutil.remove_tree(str(self.dir(snapshot_id) / "work"))
 
     def remove(self, snapshot_id: int) -> None:
-        """Delete the snapshot's directory (missing is fine)."""
+        """Delete the snapshot's directory now (missing is fine)."""
         fsutil.remove_tree(str(self.dir(snapshot_id)))
 
-    def remove_tmp(self, name: str) -> None:
-        """Delete a half-made ``new-<id>`` directory left by a crash."""
-        if name.startswith("new-"):
-            fsutil.remove_tree(str(self.snapshots_dir / name))
+    def detach(self, snapshot_id: int) -> str | None:
+        """Move the snapshot's directory aside to ``rm-<id>`` (atomic, instant) and return
+        the new path for ``purge``; None if there is no directory."""
+        target = self.snapshots_dir / f"rm-{snapshot_id}"
+        try:
+            os.rename(self.dir(snapshot_id), target)
+        except FileNotFoundError:
+            return None
+        return str(target)
+
+    def trash(self) -> list[str]:
+        """Directories left to delete: ``rm-<id>`` (detached) and ``new-<id>`` (half made)."""
+        return [
+            str(self.snapshots_dir / name)
+            for name in sorted(os.listdir(self.snapshots_dir))
+            if name.startswith(("rm-", "new-"))
+        ]
+
+    @staticmethod
+    def purge(path: str) -> None:
+        """Delete a detached directory (slow for big layers: run it in the background)."""
+        fsutil.remove_tree(path)
 
     def usage(self, snapshot_id: int) -> fsutil.Usage:
         """Bytes and inodes of this snapshot alone (its ``fs`` dir)."""

@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     UNIQUE (namespace, key)
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -80,6 +84,22 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def claim(self, snapshotter: str) -> None:
+        """Record which snapshotter owns these snapshots, or check it is the same one.
+
+        Raises FailedPrecondition when the data was made by another snapshotter (their
+        directories are not interchangeable).
+        """
+        with self._tx():
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'snapshotter'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta (name, value) VALUES ('snapshotter', ?)", (snapshotter,))
+            elif row[0] != snapshotter:
+                raise errors.FailedPrecondition(
+                    f"snapshots in {self.path.parent} were made by the {row[0]} snapshotter, not {snapshotter}: "
+                    f"set DOCKYARD_SNAPSHOTTER={row[0]} or use another DOCKYARD_ROOT"
+                )
 
     _SELECT = (
         "SELECT s.id, s.namespace, s.key, s.kind, s.parent_id, COALESCE(p.key, ''), s.labels, s.created_at,"
@@ -227,6 +247,10 @@ class Store:
             self._row(r) for r in self._db.execute(self._SELECT + " WHERE s.namespace = ? ORDER BY s.key", (namespace,))
         ]
         return rows
+
+    def namespaces(self) -> builtins.list[str]:
+        """Namespaces holding at least one snapshot."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT namespace FROM snapshots ORDER BY namespace")]
 
     def all_ids(self) -> set[int]:
         """Ids of every snapshot of every namespace."""

@@ -209,6 +209,17 @@ class TarReader:
                     return None
                 raise
             if header == bytes(BLOCK):
+                second = self._stream.read(BLOCK)
+                while second and len(second) < BLOCK:
+                    more = self._stream.read(BLOCK - len(second))
+                    if not more:
+                        break
+                    second += more
+                self.pos += len(second)
+                if second and second != bytes(len(second)):
+                    raise InvalidArgument(
+                        f"invalid tar header at offset {offset + BLOCK}: data after an end-of-archive block"
+                    )
                 self.ended_cleanly = True
                 return None
             self._check_sum(header, offset)
@@ -234,6 +245,8 @@ class TarReader:
             if long_link is not None:
                 entry.linkname = long_link
             archive_size = self._apply_pax(entry, self._global + pax, size)
+            if typeflag == b"\0" and entry.name.endswith(b"/"):
+                entry.type = DIRECTORY  # pre-POSIX archives mark directories by a trailing slash
             if typeflag == b"S":
                 archive_size = self._gnu_sparse(entry, header, archive_size)
             if typeflag in (HARDLINK, SYMLINK, CHAR, BLOCKDEV, FIFO):
@@ -262,7 +275,7 @@ class TarReader:
             if prefix:
                 name = prefix + b"/" + name
         if typeflag in _REGULAR_ALIASES:
-            typeflag = REGULAR if not name.endswith(b"/") or typeflag == b"7" else DIRECTORY
+            typeflag = REGULAR
         entry = Entry(
             name=name,
             type=typeflag,
@@ -299,7 +312,11 @@ class TarReader:
         major = minor = None
         for key, value in records:
             if key.startswith(b"SCHILY.xattr."):
-                entry.xattrs[key[len(b"SCHILY.xattr.") :].decode("utf-8", "surrogateescape")] = value
+                xattr = key[len(b"SCHILY.xattr.") :].decode("utf-8", "surrogateescape")
+                if value:
+                    entry.xattrs[xattr] = value
+                else:  # POSIX: a zero-length value deletes the record (as umoci reads it)
+                    entry.xattrs.pop(xattr, None)
                 continue
             if key.startswith(b"LIBARCHIVE.xattr."):
                 name = urllib.parse.unquote_to_bytes(key[len(b"LIBARCHIVE.xattr.") :])

@@ -135,7 +135,7 @@ class Supervisor:
 
     def _watch(self, svc: _Service, proc: asyncio.subprocess.Process | None = None) -> None:
         old = self._watchers.pop(svc.name, None)
-        if old is not None:
+        if old is not None and old is not asyncio.current_task():  # a watcher restarting its own service
             old.cancel()
         self._watchers[svc.name] = asyncio.create_task(self._watch_one(svc, proc), name=f"watch-{svc.name}")
 

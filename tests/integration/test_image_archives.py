@@ -28,6 +28,8 @@ from tests.image_util import (
     snapshots,
 )
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def inst(instance: Instance) -> Instance:
@@ -222,3 +224,22 @@ def test_image_events_reach_the_journal_even_when_events_starts_late(instance: I
         ("/images/create", "docker.io/library/busybox:2"),
         ("/images/delete", "docker.io/library/busybox:2"),
     ]
+
+
+def test_resolve_unpacks_what_a_load_could_not(instance: Instance, tmp_path: Path) -> None:
+    """The snapshot service is down during the load: the image is recorded; resolve unpacks it later."""
+    need_root()
+    instance.start("image")
+    img = busybox_image()
+    archive = tmp_path / "busybox.tar"
+    mkimage.write_oci_layout([img], str(archive))
+    proc = instance.cli("load", "-i", str(archive), check=True)
+    assert "Loaded image: busybox:latest" in proc.stdout.decode()
+    instance.start("snapshot")
+    assert snapshots(instance) == []
+    resolved = call(instance, "image.resolve", {"ref": "busybox"})
+    assert resolved["chain_id"] == img.diff_ids[0]
+    assert [s["name"] for s in snapshots(instance)] == [img.diff_ids[0]]
+    # a second resolve is a cheap stat
+    call(instance, "image.resolve", {"ref": "busybox"})
+    assert len(snapshots(instance)) == 1

@@ -6,7 +6,9 @@ Images are pushed with ``skopeo copy`` from OCI archives built by ``deploy/mkima
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,9 @@ from deploy import mkimage
 from tests.conftest import need_root
 from tests.harness import Instance
 from tests.image_util import blobs, busybox_image, call, names, snapshots
-from tests.registry import Proxy, Registry, multiarch_layout, skopeo_copy
+from tests.registry import Proxy, Registry, multiarch_layout, self_signed_certificate, skopeo_copy
+
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +157,135 @@ def test_corrupt_blob_fails_the_pull_and_leaves_nothing(inst: Instance, registry
         proxy.corrupt.clear()
         inst.cli("pull", ref, check=True)
         assert names(inst) == [ref]
+
+
+def _host_ip() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+            ip = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_c29_plain_http_only_for_loopback_and_configured_insecure_registries(
+    instance: Instance, tmp_path: Path
+) -> None:
+    need_root()
+    ip = _host_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address on this host")
+    img = busybox_image()
+    archive = tmp_path / "bb.tar"
+    mkimage.write_oci_layout([img], str(archive))
+    with Registry(tmp_path / "reg", ip=ip) as reg:
+        skopeo_copy(f"oci-archive:{archive}", f"docker://{reg.host}/busybox:1")
+        # not listed: HTTPS only, which a plain-HTTP registry cannot speak
+        instance.start("image")
+        proc = instance.cli("pull", f"{reg.host}/busybox:1")
+        assert proc.returncode == 1
+        err = proc.stderr.decode()
+        assert reg.host in err and "insecure_registries" in err and err.count("\n") == 1, err
+        instance.kill("image")
+        # listed as host:port: HTTPS is tried, then plain HTTP
+        instance.env["DOCKYARD_INSECURE_REGISTRIES"] = json.dumps([reg.host])
+        instance.start("image")
+        instance.cli("pull", f"{reg.host}/busybox:1", check=True)
+        instance.kill("image")
+        # listed without the port: any port of that host
+        instance.env["DOCKYARD_INSECURE_REGISTRIES"] = json.dumps([ip])
+        instance.start("image")
+        instance.cli("rmi", f"{reg.host}/busybox:1", check=True)
+        instance.cli("pull", f"{reg.host}/busybox:1", check=True)
+
+
+def test_registry_mirror_serves_docker_hub_names(instance: Instance, registry: Registry) -> None:
+    """``busybox`` means docker.io/library/busybox: with a mirror configured it comes from there."""
+    img = registry.busybox  # type: ignore[attr-defined]
+    with Proxy(registry.host) as mirror:
+        # the mirror holds library/busybox, as a Docker Hub pull-through cache does
+        skopeo_copy(f"docker://{registry.host}/busybox:latest", f"docker://{registry.host}/library/busybox:latest")
+        instance.env["DOCKYARD_REGISTRY_MIRRORS"] = json.dumps({"docker.io": [f"http://{mirror.host}"]})
+        instance.start("snapshot", "image")
+        out = instance.cli("pull", "busybox", check=True).stdout.decode()
+        assert "Status: Downloaded newer image for busybox:latest" in out
+        assert names(instance) == ["docker.io/library/busybox:latest"]
+        assert call(instance, "image.resolve", {"ref": "busybox"})["target"]["digest"] == img.manifest_digest
+        assert any(p.startswith("/v2/library/busybox/manifests/") for _m, p, _r, _n in mirror.log)
+
+
+def test_https_registry_is_verified_against_the_system_cas(instance: Instance, tmp_path: Path) -> None:
+    """A self-signed HTTPS registry: refused with a clear TLS error; trusted once its CA is
+    in the CA bundle the service uses (``SSL_CERT_FILE``, as the system store would be)."""
+    need_root()
+    ip = _host_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address on this host")
+    cert, key = self_signed_certificate(tmp_path, ip)
+    img = busybox_image()
+    archive = tmp_path / "bb.tar"
+    mkimage.write_oci_layout([img], str(archive))
+    with Registry(tmp_path / "reg", ip=ip, tls=(cert, key)) as reg:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-cert-dir",
+                str(tmp_path / "none"),
+                "--dest-tls-verify=false",
+                f"oci-archive:{archive}",
+                f"docker://{reg.host}/busybox:1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        instance.start("image")
+        proc = instance.cli("pull", f"{reg.host}/busybox:1")
+        assert proc.returncode == 1
+        err = proc.stderr.decode()
+        assert "TLS handshake failed" in err and "CERTIFICATE_VERIFY_FAILED" in err and reg.host in err, err
+        instance.kill("image")
+        instance.env["SSL_CERT_FILE"] = str(cert)
+        instance.start("image")
+        instance.cli("pull", f"{reg.host}/busybox:1", check=True)
+        assert (
+            call(instance, "image.resolve", {"ref": f"{reg.host}/busybox:1", "unpack": False})["id"]
+            == img.config_digest
+        )
+
+
+def test_c10_layer_with_a_wrong_diff_id_fails_the_pull_and_leaves_nothing(
+    inst: Instance, registry: Registry, tmp_path: Path
+) -> None:
+    img = busybox_image("baddiff:1")
+    cfg = json.loads(img.blobs[img.config_digest])
+    cfg["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+    bad = _rebuild_with_config(img, cfg)
+    archive = tmp_path / "bad.tar"
+    mkimage.write_oci_layout([bad], str(archive))
+    skopeo_copy(f"oci-archive:{archive}", f"docker://{registry.host}/baddiff:1")
+    proc = inst.cli("pull", f"{registry.host}/baddiff:1")
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "diff" in err.lower(), err
+    assert names(inst) == []
+    assert blobs(inst) == set()
+    assert snapshots(inst) == []
+
+
+def test_pull_through_an_http_proxy_from_the_environment(instance: Instance, registry: Registry) -> None:
+    """``HTTP_PROXY`` is honoured for every request, blob bodies included."""
+    img = registry.busybox  # type: ignore[attr-defined]
+    with Proxy(registry.host) as proxy:  # also speaks absolute-form (forward proxy) requests
+        instance.env.update(
+            {"HTTP_PROXY": f"http://{proxy.host}", "http_proxy": f"http://{proxy.host}", "NO_PROXY": "", "no_proxy": ""}
+        )
+        instance.start("image")
+        with instance.client("image", timeout_s=60) as c:
+            frames = list(c.stream("image.pull", {"ref": f"{registry.host}/busybox", "unpack": False}))
+        assert frames[-1]["status"] == "done"
+        assert proxy.blob_bytes(img.layer_digests[0]) == len(img.blobs[img.layer_digests[0]])

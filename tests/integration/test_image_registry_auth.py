@@ -20,6 +20,8 @@ from tests.harness import Instance
 from tests.image_util import busybox_image, call, names
 from tests.registry import Registry, TokenServer, skopeo_copy
 
+pytestmark = pytest.mark.root
+
 USERS = {"alice": "s3cret pass"}
 
 

@@ -385,3 +385,37 @@ def test_c13_foreign_layer_urls_are_never_fetched_and_get_no_credentials(tmp_pat
     finally:
         inst.cleanup()
         storage.stop()
+
+
+def test_blob_fetch_thread_follows_redirects_without_the_authorization_header(tmp_path: Path, stub: Stub) -> None:
+    """The pull's fast path (``blobfetch``, a worker thread) obeys the same redirect rule."""
+    from services.image import blobfetch
+    from services.image.content import ContentStore
+
+    storage = Storage({sha(stub.layer): stub.layer})
+    try:
+        stub.redirect_blobs_to = storage.host
+        stub.basic_user = ("u", "p")
+        store = ContentStore(tmp_path / "content")
+
+        async def run() -> None:
+            client = _client(tmp_path, {stub.host: Credentials("u", "p")})
+            try:
+                ep = client.endpoint(stub.host)
+                await client.ping(ep)
+                desc = oci.Descriptor(oci.OCI_LAYER_GZIP, sha(stub.layer), len(stub.layer))
+                req = await client.blob_request(ep, "x", desc, renew=True)
+                ingest = store.open_ingest(desc.digest, expected=desc.digest, total=desc.size)
+                await asyncio.to_thread(
+                    blobfetch.fetch_blob, req, ingest, desc.size, blobfetch.Cancel(), lambda _n: None
+                )
+                ingest.commit()
+            finally:
+                await client.close()
+
+        asyncio.run(run())
+        assert store.read(sha(stub.layer)) == stub.layer
+        assert storage.requests and all(r["authorization"] == "" for r in storage.requests)
+        assert [r for r in stub.requests if "/blobs/" in r["path"] and r["authorization"].startswith("Basic ")]
+    finally:
+        storage.stop()

@@ -58,6 +58,16 @@ def snap(instance: Instance) -> Any:
 BUSYBOX = mkimage.busybox_rootfs_tar()
 
 
+def _wait_empty_trash(root: str, snapshots: int) -> None:
+    """Removed snapshot directories are deleted in the background: wait until only
+    ``snapshots`` directories are left."""
+    path = os.path.join(root, "snapshot", "snapshots")
+    deadline = time.monotonic() + 30
+    while len(os.listdir(path)) != snapshots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(os.listdir(path)) == snapshots, os.listdir(path)
+
+
 def _whiteout_layers() -> list[bytes]:
     """shared/peers/make-images.py's whiteout image, above busybox."""
     l2 = (
@@ -129,7 +139,7 @@ def test_busybox_unpacks_once_and_runs_in_a_mounted_container_snapshot(snap: Sna
     snap.call("snapshot.remove", {"key": "web"})
     snap.call("snapshot.remove", {"key": reply["chain_id"]})
     assert snap.call("snapshot.list", {})["snapshots"] == []
-    assert os.listdir(os.path.join(snap.instance.root, "snapshot", "snapshots")) == []
+    _wait_empty_trash(snap.instance.root, 0)
 
 
 def test_whiteouts_of_files_and_directories_across_layers(snap: Snap) -> None:
@@ -205,7 +215,7 @@ def test_wrong_diff_id_fails_cleanly_with_nothing_committed(snap: Snap) -> None:
     assert mkimage._sha(bad_raw) in message  # the actual diff ID
     names = [s["name"] for s in snap.call("snapshot.list", {})["snapshots"]]
     assert names == [good[0]["diff_id"]]  # the good lower layer stays; nothing half-applied
-    assert len(os.listdir(os.path.join(snap.instance.root, "snapshot", "snapshots"))) == 1
+    _wait_empty_trash(snap.instance.root, 1)
 
 
 def test_media_type_that_does_not_match_the_blob_is_refused(snap: Snap) -> None:
@@ -254,7 +264,7 @@ def test_restart_removes_leftover_extractions_and_orphan_directories(snap: Snap)
     names = sorted(s["name"] for s in snap.call("snapshot.list", {})["snapshots"])
     assert names == ["container", chain]
     assert not os.path.exists(orphan)
-    assert len(os.listdir(os.path.join(snap.instance.root, "snapshot", "snapshots"))) == 2
+    _wait_empty_trash(snap.instance.root, 2)
 
 
 def test_120_layer_chain_mounts(snap: Snap) -> None:
@@ -317,3 +327,73 @@ def test_c01_entry_escaping_the_root_fails_the_layer_naming_it(snap: Snap, name:
         snap.unpack([layer.raw()])
     assert snap.call("snapshot.list", {})["snapshots"] == []
     assert not os.path.exists(os.path.join(snap.instance.root, "escape1"))
+
+
+def test_events_reach_the_events_service_even_if_it_starts_later(snap: Snap) -> None:
+    reply = snap.unpack([BUSYBOX])  # the events service is not up yet: events wait in the outbox
+    snap.call("snapshot.prepare", {"key": "c", "parent": reply["chain_id"]})
+    snap.call("snapshot.remove", {"key": "c"})
+    snap.instance.start("events")
+    expected = [
+        ("/snapshots/prepare", "extract-"),
+        ("/snapshots/commit", reply["chain_id"]),
+        ("/snapshots/prepare", "c"),
+        ("/snapshots/remove", "c"),
+    ]
+    deadline = time.monotonic() + 20
+    with snap.instance.client("events") as events:
+        while True:
+            got = list(events.stream("events.replay", {"since": 0, "filters": {"type": ["snapshot"]}}))
+            if len(got) >= len(expected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert [e["topic"] for e in got] == [t for t, _ in expected]
+    assert got[0]["event"]["key"].startswith("extract-") and got[0]["event"]["parent"] == ""
+    assert got[1]["event"]["name"] == reply["chain_id"] and got[1]["event"]["key"] == got[0]["event"]["key"]
+    assert got[2]["event"] == {"key": "c", "parent": reply["chain_id"], "snapshotter": "overlayfs"}
+    assert got[3]["event"] == {"key": "c", "snapshotter": "overlayfs"}
+    assert all(e["namespace"] == "default" for e in got)
+
+
+def _many_files_layer(count: int) -> bytes:
+    layer = Layer().dir("many")
+    for i in range(count):
+        layer.file(f"many/f{i:06d}", f"file {i}\n" * 20)
+    return layer.raw()
+
+
+def test_sigkill_during_unpack_leaves_nothing_half_applied(snap: Snap) -> None:
+    big = _many_files_layer(3000)
+    layers = snap.layers([BUSYBOX, big])
+    chain_ids: list[str] = []
+    errors_seen: list[BaseException] = []
+
+    def unpack() -> None:
+        try:
+            with snap.instance.client("snapshot", timeout_s=120) as c:
+                chain_ids.extend(c.call("snapshot.unpack", {"layers": layers})["chain_ids"])
+        except BaseException as exc:  # the service dies under the call: Unavailable
+            errors_seen.append(exc)
+
+    worker = threading.Thread(target=unpack)
+    worker.start()
+    snapshots_dir = os.path.join(snap.instance.root, "snapshot", "snapshots")
+    in_progress = os.path.join(snapshots_dir, "2", "fs", "many")  # 1: the base layer, 2: the extraction
+    deadline = time.monotonic() + 60
+    while not os.path.exists(in_progress):  # wait until the big layer is being applied
+        assert time.monotonic() < deadline and worker.is_alive(), "the big layer never started being applied"
+        time.sleep(0.005)
+    snap.instance.kill("snapshot")
+    worker.join(60)
+    assert errors_seen and isinstance(errors_seen[0], errors.Unavailable)
+    snap.client.close()
+    snap.instance.start("snapshot")
+    snap.client = snap.instance.client("snapshot", timeout_s=120)
+    names = [s["name"] for s in snap.call("snapshot.list", {})["snapshots"]]
+    assert len(names) == 1 and not names[0].startswith("extract-")  # only the committed base layer
+    _wait_empty_trash(snap.instance.root, 1)
+    reply = snap.call("snapshot.unpack", {"layers": layers})
+    assert reply["unpacked"] == 1
+    mounts = snap.call("snapshot.prepare", {"key": "c", "parent": reply["chain_id"]})["mounts"]
+    with mounted(mounts, snap.mount_point("c")) as root:
+        assert len(os.listdir(os.path.join(root, "many"))) == 3000

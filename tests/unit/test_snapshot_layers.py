@@ -76,8 +76,12 @@ def test_media_type_must_agree_with_content() -> None:
     assert layers.check_media_type("application/vnd.oci.image.layer.v1.tar+zstd", zst) is Compression.ZSTD
 
 
-def _read_all(blob: bytes, media_type: str, chunk: int = 1000) -> tuple[bytes, layers.LayerReader]:
+def _read_all(
+    blob: bytes, media_type: str, chunk: int = 1000, threaded: bool = False
+) -> tuple[bytes, layers.LayerReader]:
     reader = layers.open_layer(io.BytesIO(blob), media_type)
+    if threaded:
+        reader.start_thread()
     parts = []
     while data := reader.read(chunk):
         parts.append(data)
@@ -85,14 +89,15 @@ def _read_all(blob: bytes, media_type: str, chunk: int = 1000) -> tuple[bytes, l
     return b"".join(parts), reader
 
 
-def test_reader_hashes_the_uncompressed_stream_of_each_compression() -> None:
+@pytest.mark.parametrize("threaded", [False, True])
+def test_reader_hashes_the_uncompressed_stream_of_each_compression(threaded: bool) -> None:
     raw = TAR + bytes(range(256)) * 4000
     for media_type, blob in [
         ("application/vnd.oci.image.layer.v1.tar", raw),
         ("application/vnd.oci.image.layer.v1.tar+gzip", gzip.compress(raw)),
         ("application/vnd.oci.image.layer.v1.tar+zstd", zstandard.ZstdCompressor().compress(raw)),
     ]:
-        data, reader = _read_all(blob, media_type)
+        data, reader = _read_all(blob, media_type, threaded=threaded)
         assert data == raw
         assert reader.diff_id() == "sha256:" + hashlib.sha256(raw).hexdigest()
         assert reader.uncompressed_size == len(raw)
@@ -114,10 +119,11 @@ def test_reader_accepts_zero_padding_after_gzip_but_not_garbage() -> None:
         _read_all(gzip.compress(TAR) + b"junk", "application/vnd.oci.image.layer.v1.tar+gzip")
 
 
-def test_reader_reports_truncated_and_corrupt_streams() -> None:
+@pytest.mark.parametrize("threaded", [False, True])
+def test_reader_reports_truncated_and_corrupt_streams(threaded: bool) -> None:
     blob = gzip.compress(TAR * 50)
     with pytest.raises(InvalidArgument, match="truncated gzip"):
-        _read_all(blob[: len(blob) // 2], "application/vnd.oci.image.layer.v1.tar+gzip")
+        _read_all(blob[: len(blob) // 2], "application/vnd.oci.image.layer.v1.tar+gzip", threaded=threaded)
     corrupt = blob[:20] + bytes(50) + blob[70:]
     with pytest.raises(InvalidArgument, match="corrupt gzip"):
         _read_all(corrupt, "application/vnd.oci.image.layer.v1.tar+gzip")

@@ -102,3 +102,10 @@ def test_filters(exprs: list[str], expected: bool) -> None:
 def test_bad_filters_are_invalid_arguments(expr: str) -> None:
     with pytest.raises(errors.InvalidArgument, match="invalid filter"):
         filters.compile_filters([expr])
+
+
+def test_a_root_belongs_to_one_snapshotter(store: Store) -> None:
+    store.claim("overlayfs")
+    store.claim("overlayfs")
+    with pytest.raises(errors.FailedPrecondition, match="made by the overlayfs snapshotter, not native"):
+        store.claim("native")

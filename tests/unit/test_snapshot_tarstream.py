@@ -156,6 +156,9 @@ def test_truncated_archive_and_trailing_garbage() -> None:
     reader = TarReader(io.BytesIO(raw + b"garbage"))
     list(reader)
     assert reader.drain() == b"garbage"
+    one_block = raw[: 512 + 3072] + bytes(512) + b"x" * 512  # header, data, ONE zero block, data
+    with pytest.raises(InvalidArgument, match="data after an end-of-archive block"):
+        _entries(one_block)
 
 
 def test_empty_stream_and_zero_blocks_are_empty_archives() -> None:
@@ -191,3 +194,16 @@ def test_writer_round_trip_through_tarfile_and_our_reader() -> None:
     assert (e1.name, c1, e1.mode, e1.uid, e1.gid) == (long, b"abc", 0o4755, 5, 6)
     assert e1.xattrs == {"security.capability": cap, "user.a": b"b"}
     assert e2.linkname == b"/" + b"t" * 300
+
+
+def test_gnu_tar_long_file_name_is_a_file_not_a_directory(tmp_path: Path) -> None:
+    """Regression: GNU tar's pax header for a 300-byte name leaves a truncated ustar name
+    ending in '/', which was taken for a directory."""
+    long_dir = "/".join(["d" * 99, "e" * 99, "f" * 60])
+    (tmp_path / long_dir).mkdir(parents=True)
+    (tmp_path / long_dir / ("g" * 40)).write_text("long")
+    raw = subprocess.run(
+        ["tar", "--format=pax", "-C", str(tmp_path), "-cf", "-", "d" * 99], capture_output=True, check=True
+    ).stdout
+    entries = {e.name.decode(): e for e, _ in _entries(raw)}
+    assert entries[f"{long_dir}/{'g' * 40}"].type == tarstream.REGULAR

@@ -1,0 +1,745 @@
+"""Docker's container and exec endpoints, answered by the execution service.
+
+Lifecycle (create, start, stop, restart, kill, pause/unpause, rename, update, resize,
+delete, prune, wait), observation (list, inspect, logs, top, stats, changes, export) and
+the hijacked attach / exec start (``services.gateway.streams``). Status codes follow
+Docker: 201 create, 204 on success, 304 for a double start or stop (case C25), 404
+``No such container: x``, 409 conflicts; a wait flushes its headers at once and
+answers when the condition holds (the docker CLI waits for those headers before it
+starts the container).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal as signal_mod
+import tarfile
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from common import dockerfmt, errors
+from services.gateway import streams
+from services.gateway.backends import Backends, call, docker_error, is_missing_method, missing_method
+from services.gateway.docker_api import api_version, filters_of, int_arg, ndjson
+from services.gateway.http import HTTPError, Request, Response, Router, json_bytes
+
+log = logging.getLogger(__name__)
+
+_LIST_FILTERS = {
+    "id",
+    "name",
+    "label",
+    "status",
+    "ancestor",
+    "exited",
+    "before",
+    "since",
+    "volume",
+    "network",
+    "health",
+    "is-task",
+    "publish",
+    "expose",
+}
+_STATUSES = {"created", "restarting", "running", "removing", "paused", "exited", "dead"}
+_WAIT_CONDITIONS = {"not-running", "next-exit", "removed"}
+
+
+class ContainersAPI:
+    """Container and exec routes (see module docstring)."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.b = backends
+
+    def routes(self, router: Router) -> None:
+        add = router.add
+        add("POST", "/containers/create", self.create)
+        add("GET", "/containers/json", self.list_containers)
+        add("POST", "/containers/prune", self.prune)
+        add("GET", "/containers/{id}/json", self.inspect)
+        add("POST", "/containers/{id}/start", self.start)
+        add("POST", "/containers/{id}/stop", self.stop)
+        add("POST", "/containers/{id}/restart", self.restart)
+        add("POST", "/containers/{id}/kill", self.kill)
+        add("POST", "/containers/{id}/pause", self.pause)
+        add("POST", "/containers/{id}/unpause", self.unpause)
+        add("POST", "/containers/{id}/rename", self.rename)
+        add("POST", "/containers/{id}/update", self.update)
+        add("POST", "/containers/{id}/resize", self.resize)
+        add("POST", "/containers/{id}/wait", self.wait)
+        add("DELETE", "/containers/{id}", self.remove)
+        add("GET", "/containers/{id}/logs", self.logs)
+        add("POST", "/containers/{id}/attach", self.attach)
+        add("GET", "/containers/{id}/top", self.top)
+        add("GET", "/containers/{id}/stats", self.stats)
+        add("GET", "/containers/{id}/changes", self.changes)
+        add("GET", "/containers/{id}/export", self.export)
+        add("GET", "/containers/{id}/archive", self.archive)
+        add("PUT", "/containers/{id}/archive", self.archive)
+        add("POST", "/containers/{id}/exec", self.exec_create)
+        add("POST", "/exec/{id}/start", self.exec_start)
+        add("POST", "/exec/{id}/resize", self.exec_resize)
+        add("GET", "/exec/{id}/json", self.exec_inspect)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    async def _container(self, ref: str) -> dict[str, Any]:
+        return await call(self.b.execution, "execution.inspect", {"id": ref}, "container", ref)  # type: ignore[no-any-return]
+
+    async def _needs(self, method: str, shape: str, body: Any, ref: str, kind: str = "container", **kw: Any) -> Any:
+        """A call to a method that another branch may not have yet: 501 naming it while missing."""
+        try:
+            return await self.b.execution.call(method, body, **kw)
+        except errors.DockyardError as exc:
+            if is_missing_method(exc):
+                raise missing_method(method, shape) from None
+            raise docker_error(exc, kind, ref) from None
+
+    # -- create, list, inspect -----------------------------------------------------------------------
+    async def create(self, request: Request) -> Response:
+        body = await request.json()
+        name = request.arg("name") or None
+        try:
+            req = dockerfmt.create_request(body, name)
+        except dockerfmt.FormatError as exc:
+            raise HTTPError(400, str(exc)) from None
+        if request.arg("platform"):
+            req["platform"] = request.arg("platform")
+        try:
+            reply = await self.b.execution.call("execution.create", req, timeout_s=300)
+        except errors.NotFound as exc:
+            if exc.details.get("kind") == "image" or "image" in exc.message:
+                raise errors.NotFound(f"No such image: {_familiar_ref(req['image'])}", exc.details) from None
+            raise
+        except errors.DockyardError as exc:
+            raise docker_error(exc, "container", name or "") from None
+        return Response.json({"Id": reply["id"], "Warnings": list(reply.get("warnings") or [])}, 201)
+
+    async def list_containers(self, request: Request) -> Response:
+        filters = filters_of(request, _LIST_FILTERS)
+        for status in filters.get("status", []):
+            if status not in _STATUSES:
+                raise HTTPError(400, f"invalid filter 'status={status}'")
+        limit = int_arg(request, "limit")
+        show_all = request.flag("all") or (limit is not None and limit > 0)
+        passed = {k: v for k, v in filters.items() if k in ("id", "name", "label", "status", "ancestor", "exited")}
+        if "status" in passed or "exited" in passed:
+            show_all = True
+        reply = await call(self.b.execution, "execution.list", {"all": show_all, "filters": passed})
+        containers = list(reply.get("containers") or [])
+        containers = await self._filter_more(containers, filters)
+        if limit is not None and limit > 0:
+            containers = containers[:limit]
+        now = dt.datetime.now(dt.UTC)
+        return Response.json([dockerfmt.container_summary(c, now) for c in containers])
+
+    async def _filter_more(
+        self, containers: list[dict[str, Any]], filters: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        """The filters the execution service does not know: before, since, network, volume, health."""
+        for key in ("before", "since"):
+            for ref in filters.get(key, []):
+                pivot = await self._container(ref)
+                created = dockerfmt.to_datetime(pivot["created_at"])
+                assert created is not None
+                containers = [
+                    c
+                    for c in containers
+                    if c["id"] != pivot["id"]
+                    and (
+                        (dockerfmt.to_datetime(c["created_at"]) or created) < created
+                        if key == "before"
+                        else (dockerfmt.to_datetime(c["created_at"]) or created) > created
+                    )
+                ]
+        if filters.get("network"):
+            containers = [
+                c for c in containers if (c.get("config") or {}).get("network_mode", "none") in filters["network"]
+            ]
+        if filters.get("volume"):
+            wanted = set(filters["volume"])
+            containers = [
+                c
+                for c in containers
+                if any(
+                    m.get("source") in wanted or m.get("target") in wanted
+                    for m in (c.get("config") or {}).get("mounts") or []
+                )
+            ]
+        if filters.get("health"):
+            containers = [c for c in containers if "none" in filters["health"]]
+        return containers
+
+    async def inspect(self, request: Request) -> Response:
+        c = await self._container(request.params["id"])
+        return Response.json(dockerfmt.container_inspect(c))
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self, request: Request) -> Response:
+        ref = request.params["id"]
+        reply = await call(self.b.execution, "execution.start", {"id": ref}, "container", ref, timeout_s=120)
+        if reply.get("already_running"):
+            return Response(304)
+        return Response(204)
+
+    async def stop(self, request: Request) -> Response:
+        ref = request.params["id"]
+        t = int_arg(request, "t", int_arg(request, "timeout"))
+        body: dict[str, Any] = {"id": ref}
+        if t is not None:
+            body["timeout_s"] = t
+        if request.arg("signal"):
+            body["signal"] = _signal_arg(request.arg("signal") or "")
+        timeout = None if t is not None and t < 0 else (t if t is not None else 10) + 90
+        reply = await call(self.b.execution, "execution.stop", body, "container", ref, timeout_s=timeout)
+        return Response(304 if reply.get("already_stopped") else 204)
+
+    async def restart(self, request: Request) -> Response:
+        ref = request.params["id"]
+        t = int_arg(request, "t", int_arg(request, "timeout"))
+        body: dict[str, Any] = {"id": ref}
+        if t is not None:
+            body["timeout_s"] = t
+        if request.arg("signal"):
+            body["signal"] = _signal_arg(request.arg("signal") or "")
+        timeout = None if t is not None and t < 0 else (t if t is not None else 10) + 120
+        try:
+            await self.b.execution.call("execution.restart", body, timeout_s=timeout)
+        except errors.DockyardError as exc:
+            if not is_missing_method(exc):
+                raise docker_error(exc, "container", ref) from None
+            # Docker's restart is stop then start; without execution.restart, compose the two
+            await call(self.b.execution, "execution.stop", body, "container", ref, timeout_s=timeout)
+            await call(self.b.execution, "execution.start", {"id": ref}, "container", ref, timeout_s=120)
+        return Response(204)
+
+    async def kill(self, request: Request) -> Response:
+        ref = request.params["id"]
+        sig = _signal_arg(request.arg("signal") or "SIGKILL")
+        await call(self.b.execution, "execution.kill", {"id": ref, "signal": sig}, "container", ref)
+        return Response(204)
+
+    async def pause(self, request: Request) -> Response:
+        ref = request.params["id"]
+        await self._needs("execution.pause", "IdRequest {id} -> {}", {"id": ref}, ref)
+        return Response(204)
+
+    async def unpause(self, request: Request) -> Response:
+        ref = request.params["id"]
+        await self._needs("execution.unpause", "IdRequest {id} -> {}", {"id": ref}, ref)
+        return Response(204)
+
+    async def rename(self, request: Request) -> Response:
+        ref = request.params["id"]
+        name = request.arg("name")
+        if not name:
+            raise HTTPError(400, "new name is required")
+        await self._container(ref)
+        await self._needs("execution.rename", "{id, name} -> {}", {"id": ref, "name": name.lstrip("/")}, ref)
+        return Response(204)
+
+    async def update(self, request: Request) -> Response:
+        ref = request.params["id"]
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HTTPError(400, "invalid update config: expected a JSON object")
+        try:
+            converted = dockerfmt.create_request({"Image": "-", "HostConfig": body})
+        except dockerfmt.FormatError as exc:
+            raise HTTPError(400, str(exc)) from None
+        req: dict[str, Any] = {"id": ref, "resources": converted.get("resources") or {}}
+        if "restart_policy" in converted:
+            req["restart_policy"] = converted["restart_policy"]
+        await self._container(ref)
+        await self._needs("execution.update", "UpdateRequest {id, resources, restart_policy} -> {}", req, ref)
+        return Response.json({"Warnings": []})
+
+    async def resize(self, request: Request) -> Response:
+        ref = request.params["id"]
+        h, w = _size_args(request)
+        await self._container(ref)
+        await self._needs(
+            "execution.resize", "ResizeRequest {id, height, width} -> {}", {"id": ref, "height": h, "width": w}, ref
+        )
+        return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
+
+    async def remove(self, request: Request) -> Response:
+        ref = request.params["id"]
+        body = {"id": ref, "force": request.flag("force"), "volumes": request.flag("v")}
+        await call(self.b.execution, "execution.remove", body, "container", ref, timeout_s=120)
+        return Response(204)
+
+    async def prune(self, request: Request) -> Response:
+        filters = filters_of(request, {"until", "label", "label!"})
+        reply = await call(self.b.execution, "execution.list", {"all": True, "filters": {}})
+        now = dt.datetime.now(dt.UTC)
+        until = None
+        if filters.get("until"):
+            try:
+                until = dockerfmt.parse_docker_time(filters["until"][-1], now)
+            except dockerfmt.FormatError as exc:
+                raise HTTPError(400, str(exc)) from None
+        deleted = []
+        for c in reply.get("containers") or []:
+            if c["state"]["status"] not in ("exited", "created", "dead"):
+                continue
+            created = dockerfmt.to_datetime(c["created_at"])
+            if until is not None and created is not None and created >= until:
+                continue
+            if not _labels_match(c.get("labels") or {}, filters):
+                continue
+            try:
+                await self.b.execution.call("execution.remove", {"id": c["id"]}, timeout_s=120)
+            except (errors.NotFound, errors.Conflict):
+                continue
+            deleted.append(c["id"])
+        return Response.json({"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
+
+    async def wait(self, request: Request) -> Response:
+        ref = request.params["id"]
+        condition = request.arg("condition") or "not-running"
+        if condition not in _WAIT_CONDITIONS:
+            raise HTTPError(400, f"invalid condition: {condition!r} (expected not-running, next-exit or removed)")
+        await self._container(ref)
+        # the waiter is registered (the request is on the wire, ahead of any later start on the
+        # same socket) before the headers go out
+        waiting = await self.b.execution.start("execution.wait", {"id": ref, "condition": condition}, timeout_s=None)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                reply = await waiting.result()
+                err = reply.get("error") or ""
+                yield json_bytes(
+                    {"StatusCode": int(reply.get("exit_code", 0)), "Error": {"Message": err} if err else None}
+                )
+            except errors.NotFound:
+                # removed before the wait could look at it (e.g. --rm with an instant exit)
+                yield json_bytes({"StatusCode": 0, "Error": None})
+            except errors.DockyardError as exc:
+                yield json_bytes({"StatusCode": -1, "Error": {"Message": exc.message}})
+            finally:
+                if not waiting.done:
+                    await waiting.cancel()
+
+        return Response(200, {"Content-Type": "application/json"}, stream=body())
+
+    # -- output --------------------------------------------------------------------------------------
+    async def logs(self, request: Request) -> Response:
+        ref = request.params["id"]
+        stdout, stderr = request.flag("stdout"), request.flag("stderr")
+        if not stdout and not stderr:
+            raise HTTPError(400, "Bad parameters: you must choose at least one stream")
+        c = await self._container(ref)
+        tty = bool((c.get("config") or {}).get("tty"))
+        body: dict[str, Any] = {
+            "id": c["id"],
+            "follow": request.flag("follow"),
+            "stdout": stdout,
+            "stderr": stderr,
+            "timestamps": request.flag("timestamps"),
+        }
+        tail = request.arg("tail")
+        if tail not in (None, "", "all"):
+            try:
+                body["tail"] = max(0, int(tail or 0))
+            except ValueError:
+                raise HTTPError(400, f"invalid value for tail: {tail!r}") from None
+        now = dt.datetime.now(dt.UTC)
+        for key in ("since", "until"):
+            value = request.arg(key)
+            if value and value != "0":
+                try:
+                    body[key] = dockerfmt.parse_docker_time(value, now).isoformat()
+                except dockerfmt.FormatError as exc:
+                    raise HTTPError(400, str(exc)) from None
+        timestamps = body["timestamps"]
+        stream = self.b.execution.stream("execution.logs", body)
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                async for frame in stream:
+                    data = bytes(frame.get("d") or b"")
+                    if timestamps and frame.get("t"):
+                        data = str(frame["t"]).encode() + b" " + data
+                    if data:
+                        yield streams.encode(tty, int(frame.get("s") or 1), data)
+            except errors.DockyardError as exc:
+                log.info("logs of %s ended: %s", c["id"][:12], exc)
+
+        ctype = streams.content_type(tty, api_version(request))
+        return Response(200, {"Content-Type": ctype}, stream=gen())
+
+    async def attach(self, request: Request) -> Response:
+        ref = request.params["id"]
+        c = await self._container(ref)
+        config = c.get("config") or {}
+        tty = bool(config.get("tty"))
+        if c["state"].get("paused"):
+            raise errors.Conflict(f"container {ref} is paused, unpause the container before attach")
+        stdin = request.flag("stdin")
+        if stdin and not config.get("open_stdin"):
+            stdin = False  # Docker ignores stdin of a container created without OpenStdin
+        detach_keys = request.arg("detachKeys") or ""
+        streams.parse_detach_keys(detach_keys)  # 400 for a bad one, before the hijack
+        body = {
+            "id": c["id"],
+            "stdin": stdin,
+            "stdout": request.flag("stdout"),
+            "stderr": request.flag("stderr"),
+            "logs": request.flag("logs"),
+            "detach_keys": detach_keys,
+        }
+        ctype = streams.content_type(tty, api_version(request))
+        if not request.flag("stream"):
+            return self._attach_logs_only(request, c["id"], tty, ctype)
+        att = await self.b.execution.start("execution.attach", body, timeout_s=None)
+        source = streams.FrameSource(att)
+        try:
+            await source.prime(until_attached=True)
+        except errors.DockyardError as exc:
+            await source.close()
+            raise docker_error(exc, "container", ref) from None
+
+        async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
+            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin)
+
+        return Response(200, {"Content-Type": ctype}, hijack=hijack)
+
+    def _attach_logs_only(self, request: Request, cid: str, tty: bool, ctype: str) -> Response:
+        body = {"id": cid, "stdout": request.flag("stdout"), "stderr": request.flag("stderr")}
+        if not body["stdout"] and not body["stderr"]:
+            body = {"id": cid, "stdout": True, "stderr": True}
+
+        async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
+            if request.flag("logs"):
+                with contextlib.suppress(errors.DockyardError):
+                    async for frame in self.b.execution.stream("execution.logs", body):
+                        writer.write(streams.encode(tty, int(frame.get("s") or 1), bytes(frame.get("d") or b"")))
+                        await writer.drain()
+
+        return Response(200, {"Content-Type": ctype}, hijack=hijack)
+
+    async def top(self, request: Request) -> Response:
+        ref = request.params["id"]
+        ps_args = request.arg("ps_args") or "-ef"
+        reply = await self._needs(
+            "execution.top",
+            "TopRequest {id, ps_args} -> TopReply {titles, processes}",
+            {"id": ref, "ps_args": ps_args},
+            ref,
+        )
+        return Response.json(dockerfmt.top(reply))
+
+    async def stats(self, request: Request) -> Response:
+        """One sample (``stream=0``: measured over a second) or one per second; see ``dockerfmt.stats``."""
+        ref = request.params["id"]
+        c = await self._container(ref)
+        stream_mode = request.flag("stream", True)
+        try:
+            sampling = await self.b.execution.start(
+                "execution.stats", {"id": c["id"], "stream": stream_mode}, timeout_s=None
+            )
+            more, first = await sampling.next_frame()
+        except errors.DockyardError as exc:
+            if is_missing_method(exc):
+                raise missing_method("execution.stats", "StatsRequest {id, stream} -> stream of Stats") from None
+            raise docker_error(exc, "container", ref) from None
+        if not stream_mode:
+            if not sampling.done:
+                await sampling.cancel()
+            return Response.json(dockerfmt.stats(first) if isinstance(first, dict) and first else {})
+
+        async def gen() -> AsyncIterator[bytes]:
+            previous: dict[str, Any] | None = None
+            sample, m = first, more
+            try:
+                while True:
+                    if isinstance(sample, dict) and sample:
+                        yield ndjson(dockerfmt.stats(sample, previous))
+                        previous = sample
+                    if not m:
+                        return
+                    m, sample = await sampling.next_frame()
+            except errors.DockyardError as exc:
+                log.info("stats of %s ended: %s", c["id"][:12], exc)
+            finally:
+                if not sampling.done:
+                    await sampling.cancel()
+
+        return Response(200, {"Content-Type": "application/json"}, stream=gen())
+
+    async def changes(self, request: Request) -> Response:
+        """``docker diff``: the container's change set (``snapshot.diff`` as a plain tar) as
+        ``[{Path, Kind}]``, Kind 0 modified, 1 added, 2 deleted (a path also present in the
+        image's layers, read through the snapshot's ``lowerdir`` mounts, is modified)."""
+        ref = request.params["id"]
+        c = await self._container(ref)
+        key = c["snapshot_key"]
+        path = self.b.workdir / f"changes-{uuid.uuid4().hex}.tar"
+        try:
+            await call(
+                self.b.snapshot,
+                "snapshot.diff",
+                {"key": key, "path": str(path), "media_type": "application/vnd.oci.image.layer.v1.tar"},
+                "container",
+                ref,
+                timeout_s=300,
+            )
+            mounts = await call(self.b.snapshot, "snapshot.mounts", {"key": key}, "container", ref)
+            lowers = _lowerdirs(mounts.get("mounts") or [])
+            changes = await asyncio.to_thread(_read_changes, str(path), lowers)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return Response.json(changes or None)
+
+    async def export(self, request: Request) -> Response:
+        """``docker export``: the merged rootfs as a tar (``snapshot.export`` into scratch, streamed, removed)."""
+        ref = request.params["id"]
+        c = await self._container(ref)
+        path = self.b.workdir / f"export-{uuid.uuid4().hex}.tar"
+        try:
+            await call(
+                self.b.snapshot,
+                "snapshot.export",
+                {"key": c["snapshot_key"], "path": str(path)},
+                "container",
+                ref,
+                timeout_s=600,
+            )
+            f = await asyncio.to_thread(open, path, "rb")
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # the open file stays readable
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    chunk = await asyncio.to_thread(f.read, 1 << 20)
+                    if not chunk:
+                        return
+                    yield chunk
+            finally:
+                f.close()
+
+        return Response(200, {"Content-Type": "application/x-tar"}, stream=gen())
+
+    async def archive(self, request: Request) -> Response:
+        await self._container(request.params["id"])
+        raise missing_method("execution.archive_get / execution.archive_put", "{id, path} -> tar stream (docker cp)")
+
+    # -- exec ----------------------------------------------------------------------------------------
+    async def exec_create(self, request: Request) -> Response:
+        ref = request.params["id"]
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HTTPError(400, "invalid exec config: expected a JSON object")
+        cmd = body.get("Cmd")
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(x, str) for x in cmd):
+            raise HTTPError(400, "No exec command specified")
+        env = body.get("Env") or []
+        if not isinstance(env, list) or not all(isinstance(x, str) for x in env):
+            raise HTTPError(400, "invalid Env: expected a list of strings")
+        for key in ("User", "WorkingDir", "DetachKeys"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise HTTPError(400, f"invalid {key}: expected a string")
+        for key in ("Tty", "AttachStdin", "Privileged"):
+            if body.get(key) is not None and not isinstance(body[key], bool):
+                raise HTTPError(400, f"invalid {key}: expected a boolean")
+        if body.get("DetachKeys"):
+            streams.parse_detach_keys(body["DetachKeys"])
+        req: dict[str, Any] = {
+            "id": ref,
+            "cmd": cmd,
+            "env": env,
+            "user": body.get("User") or "",
+            "working_dir": body.get("WorkingDir") or "",
+            "tty": bool(body.get("Tty")),
+            "stdin": bool(body.get("AttachStdin")),
+            "privileged": bool(body.get("Privileged")),
+            "detach_keys": body.get("DetachKeys") or "",
+        }
+        console = body.get("ConsoleSize")
+        if (
+            isinstance(console, list)
+            and len(console) == 2
+            and all(isinstance(x, int) for x in console)
+            and any(console)
+        ):
+            req["console_size"] = console
+        c = await self._container(ref)
+        if not c["state"].get("running"):
+            raise errors.Conflict(f"Container {c['id']} is not running")
+        if c["state"].get("paused"):
+            raise errors.Conflict(f"Container {c['id']} is paused, unpause the container before exec")
+        reply = await self._needs("execution.exec_create", "ExecCreateRequest -> ExecCreateReply {id}", req, ref)
+        return Response.json({"Id": reply["id"]}, 201)
+
+    async def _exec(self, exec_id: str) -> dict[str, Any]:
+        return await self._needs(  # type: ignore[no-any-return]
+            "execution.exec_inspect", "ExecIdRequest {exec_id} -> ExecInfo", {"exec_id": exec_id}, exec_id, "exec"
+        )
+
+    async def exec_inspect(self, request: Request) -> Response:
+        info = await self._exec(request.params["id"])
+        cmd = list(info.get("cmd") or [])
+        return Response.json(
+            {
+                "ID": info["id"],
+                "Running": bool(info.get("running")),
+                "ExitCode": info.get("exit_code"),
+                "ProcessConfig": {
+                    "tty": bool(info.get("tty")),
+                    "entrypoint": cmd[0] if cmd else "",
+                    "arguments": cmd[1:],
+                    "privileged": bool(info.get("privileged")),
+                    "user": info.get("user") or "",
+                },
+                "OpenStdin": bool(info.get("open_stdin")),
+                "OpenStderr": True,
+                "OpenStdout": True,
+                "CanRemove": False,
+                "ContainerID": info.get("container_id", ""),
+                "DetachKeys": info.get("detach_keys") or "",
+                "Pid": int(info.get("pid") or 0),
+            }
+        )
+
+    async def exec_start(self, request: Request) -> Response:
+        exec_id = request.params["id"]
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HTTPError(400, "invalid exec start config: expected a JSON object")
+        for key in ("Detach", "Tty"):
+            if body.get(key) is not None and not isinstance(body[key], bool):
+                raise HTTPError(400, f"invalid {key}: expected a boolean")
+        info = await self._exec(exec_id)
+        if info.get("running") or info.get("exit_code") is not None:
+            raise errors.Conflict(f"exec {exec_id} has already been started")
+        if body.get("Detach"):
+            await self._needs(
+                "execution.exec_start",
+                "ExecStartRequest {exec_id, detach, stdin}",
+                {"exec_id": exec_id, "detach": True, "stdin": False},
+                exec_id,
+                "exec",
+            )
+            return Response.json({})
+        tty = bool(body.get("Tty"))
+        stdin = bool(info.get("open_stdin"))
+        ctype = streams.content_type(tty, api_version(request))
+
+        async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
+            # as dockerd: the exec starts after the 101 went out (a client that reads the 101 with a
+            # buffered reader would otherwise lose output that follows it in the same read), and a
+            # failure to start is written into the stream
+            try:
+                started = await self.b.execution.start(
+                    "execution.exec_start", {"exec_id": exec_id, "detach": False, "stdin": stdin}, timeout_s=None
+                )
+                source = streams.FrameSource(started)
+                await source.prime(until_attached=True)
+            except errors.DockyardError as exc:
+                writer.write(streams.encode(tty, 1, f"{docker_error(exc, 'exec', exec_id).message}\r\n".encode()))
+                await writer.drain()
+                return
+            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin)
+
+        return Response(200, {"Content-Type": ctype}, hijack=hijack)
+
+    async def exec_resize(self, request: Request) -> Response:
+        exec_id = request.params["id"]
+        h, w = _size_args(request)
+        await self._needs(
+            "execution.exec_resize",
+            "ExecResizeRequest {exec_id, height, width} -> {}",
+            {"exec_id": exec_id, "height": h, "width": w},
+            exec_id,
+            "exec",
+        )
+        return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
+
+
+def _familiar_ref(ref: str) -> str:
+    name = dockerfmt.familiar(ref)
+    last = name.rsplit("/", 1)[-1]
+    if "@" not in name and ":" not in last:
+        name += ":latest"
+    return name
+
+
+def _signal_arg(value: str) -> str:
+    """A signal as name (``SIGINT``, ``INT``) or number; 400 for an unknown one."""
+    text = value.strip()
+    if text.isdigit():
+        if not 0 < int(text) < 65:
+            raise HTTPError(400, f"Invalid signal: {value}")
+        return text
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if name not in signal_mod.Signals.__members__ and not name.startswith("SIGRTM"):
+        raise HTTPError(400, f"Invalid signal: {value}")
+    return name
+
+
+def _size_args(request: Request) -> tuple[int, int]:
+    h = int_arg(request, "h", 0) or 0
+    w = int_arg(request, "w", 0) or 0
+    if not (0 <= h <= 65535 and 0 <= w <= 65535):
+        raise HTTPError(400, "invalid size: h and w must be between 0 and 65535")
+    return h, w
+
+
+def _labels_match(labels: dict[str, str], filters: dict[str, list[str]]) -> bool:
+    for v in filters.get("label", []):
+        k, sep, want = v.partition("=")
+        if k not in labels or (sep and labels[k] != want):
+            return False
+    for v in filters.get("label!", []):
+        k, sep, want = v.partition("=")
+        if k in labels and (not sep or labels[k] == want):
+            return False
+    return True
+
+
+def _lowerdirs(mounts: list[dict[str, Any]]) -> list[str]:
+    for m in mounts:
+        for opt in m.get("options") or []:
+            if opt.startswith("lowerdir="):
+                return [d for d in opt[len("lowerdir=") :].split(":") if d]
+    return []
+
+
+def _read_changes(path: str, lowers: list[str]) -> list[dict[str, Any]]:
+    """Entries of a change-set tar -> Docker's ``[{Path, Kind}]``, sorted by path."""
+    out: dict[str, int] = {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            name = "/" + member.name.lstrip("./").rstrip("/")
+            if name == "/":
+                continue
+            parent, _, base = name.rpartition("/")
+            if base == ".wh..wh..opq":
+                out.setdefault(parent or "/", 0)
+                continue
+            if base.startswith(".wh."):
+                out[f"{parent}/{base[4:]}"] = 2
+                continue
+            existed = any(os.path.lexists(os.path.join(low, name.lstrip("/"))) for low in lowers)
+            out[name] = 0 if existed else 1
+    # the files Dockyard mounts over (Docker's own mount points) are not the container's changes
+    for mounted in _MOUNTED_FILES:
+        out.pop(mounted, None)
+    if out.get("/etc") == 0 and not any(p.startswith("/etc/") for p in out):
+        out.pop("/etc")
+    return [{"Path": p, "Kind": k} for p, k in sorted(out.items())]
+
+
+_MOUNTED_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")

@@ -1,0 +1,269 @@
+"""Docker's image endpoints, answered by the image service.
+
+List, inspect, history, tag, delete, prune, pull (``POST /images/create?fromImage``) and
+import (``fromSrc=-``) with chunked progress JSON, push, save (``/images/{name}/get``,
+``/images/get?names=``) and load. A streaming call's first frame is awaited before the
+200 goes out, so an image that does not exist is a plain 404; errors after that arrive
+in-band as ``{"errorDetail": {"message"}, "error"}`` as Docker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from common import dockerfmt, errors
+from common.rpc.aio import AsyncCall
+from services.gateway.backends import Backends, call, docker_error
+from services.gateway.docker_api import api_version, filters_of, ndjson, registry_auth
+from services.gateway.http import HTTPError, Request, Response, Router
+
+log = logging.getLogger(__name__)
+
+_LIST_FILTERS = {"reference", "dangling", "label", "before", "since", "until"}
+
+
+def _ref(name: str, tag: str | None) -> str:
+    """``fromImage`` + ``tag`` -> one reference (``tag`` may be a digest)."""
+    if not tag:
+        return name
+    if tag.startswith("sha256:"):
+        return f"{name}@{tag}"
+    return f"{name}:{tag}"
+
+
+class ImagesAPI:
+    """Image routes (see module docstring)."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.b = backends
+
+    def routes(self, router: Router) -> None:
+        add = router.add
+        add("GET", "/images/json", self.list_images)
+        add("POST", "/images/create", self.create)
+        add("POST", "/images/load", self.load)
+        add("GET", "/images/get", self.save_many)
+        add("POST", "/images/prune", self.prune)
+        add("GET", "/images/search", self.search)
+        add("GET", "/images/{name:path}/json", self.inspect)
+        add("GET", "/images/{name:path}/history", self.history)
+        add("GET", "/images/{name:path}/get", self.save_one)
+        add("POST", "/images/{name:path}/tag", self.tag)
+        add("POST", "/images/{name:path}/push", self.push)
+        add("DELETE", "/images/{name:path}", self.remove)
+
+    # -- read ----------------------------------------------------------------------------------------
+    async def list_images(self, request: Request) -> Response:
+        filters = filters_of(request, _LIST_FILTERS)
+        if "until" in filters:
+            filters.pop("until")
+        reply = await call(self.b.image, "image.list", {"filters": filters, "all": request.flag("all")})
+        return Response.json(dockerfmt.image_summaries(reply.get("images") or [], api_version(request)))
+
+    async def inspect(self, request: Request) -> Response:
+        name = request.params["name"]
+        img = await call(self.b.image, "image.get", {"ref": name}, "image", name)
+        return Response.json(dockerfmt.image_inspect(img, api_version(request)))
+
+    async def history(self, request: Request) -> Response:
+        name = request.params["name"]
+        reply = await call(self.b.image, "image.history", {"ref": name}, "image", name)
+        return Response.json(dockerfmt.image_history(reply.get("history") or []))
+
+    async def search(self, _request: Request) -> Response:
+        raise errors.Unimplemented("image search is not supported: Dockyard has no registry index to search")
+
+    # -- names ---------------------------------------------------------------------------------------
+    async def tag(self, request: Request) -> Response:
+        name = request.params["name"]
+        repo = request.arg("repo")
+        if not repo:
+            raise HTTPError(400, "repository name must have at least one component")
+        target = _ref(repo, request.arg("tag") or "latest")
+        await call(self.b.image, "image.tag", {"source": name, "target": target}, "image", name)
+        return Response(201)
+
+    async def remove(self, request: Request) -> Response:
+        name = request.params["name"]
+        body = {"ref": name, "force": request.flag("force"), "prune": not request.flag("noprune")}
+        reply = await call(self.b.image, "image.remove", body, "image", name, timeout_s=120)
+        out: list[dict[str, str]] = [{"Untagged": u} for u in reply.get("untagged") or []]
+        out += [{"Deleted": d} for d in reply.get("deleted") or []]
+        return Response.json(out)
+
+    async def prune(self, request: Request) -> Response:
+        filters = filters_of(request, {"dangling", "until", "label", "label!"})
+        dangling = filters.pop("dangling", ["true"])
+        body = {"all": dangling[-1].lower() in ("false", "0"), "filters": filters}
+        reply = await call(self.b.image, "image.prune", body, timeout_s=300)
+        out = [{"Untagged": u} for u in reply.get("untagged") or []] + [
+            {"Deleted": d} for d in reply.get("deleted") or []
+        ]
+        return Response.json({"ImagesDeleted": out or None, "SpaceReclaimed": int(reply.get("space_reclaimed") or 0)})
+
+    # -- pull, import, push --------------------------------------------------------------------------
+    async def create(self, request: Request) -> Response:
+        from_image = request.arg("fromImage")
+        from_src = request.arg("fromSrc")
+        if from_image:
+            ref = _ref(from_image, request.arg("tag"))
+            body: dict[str, Any] = {"ref": ref}
+            if request.arg("platform"):
+                body["platform"] = request.arg("platform")
+            auth = await registry_auth(request)
+            if auth:
+                body["auth"] = auth
+            pull = await self.b.image.start("image.pull", body, timeout_s=None)
+            return await self._progress(pull, ref, final=_pull_final)
+        if from_src == "-":
+            repo = request.arg("repo") or ""
+            ref = _ref(repo, request.arg("tag")) if repo else ""
+            changes = request.query.get("changes", [])
+            body = {"ref": ref, "changes": changes, "message": request.arg("message") or ""}
+            if request.arg("platform"):
+                body["platform"] = request.arg("platform")
+            imported = await self.b.image.start("image.import", body, timeout_s=None)
+            feeder = asyncio.ensure_future(_feed(request, imported))
+            return await self._progress(imported, ref, final=_import_final, feeder=feeder)
+        if from_src:
+            raise HTTPError(400, "importing from a URL is not supported: send the tar as the body with fromSrc=-")
+        raise HTTPError(400, "fromImage or fromSrc is required")
+
+    async def push(self, request: Request) -> Response:
+        name = request.params["name"]
+        ref = _ref(name, request.arg("tag"))
+        body: dict[str, Any] = {"ref": ref}
+        auth = await registry_auth(request)
+        if auth:
+            body["auth"] = auth
+        pushing = await self.b.image.start("image.push", body, timeout_s=None)
+        return await self._progress(pushing, ref, final=_push_final)
+
+    async def load(self, request: Request) -> Response:
+        quiet = request.flag("quiet")
+        loading = await self.b.image.start("image.load", {"quiet": quiet}, timeout_s=None)
+        feeder = asyncio.ensure_future(_feed(request, loading))
+
+        def convert(frame: dict[str, Any]) -> dict[str, Any] | None:
+            message = str(frame.get("message") or "")
+            if message.startswith("Loaded image"):
+                return {"stream": message + "\n"}
+            if quiet:
+                return None
+            return dockerfmt.pull_progress(frame)
+
+        return await self._progress(loading, "", final=lambda _r: [], feeder=feeder, convert=convert)
+
+    async def _progress(
+        self,
+        running: AsyncCall,
+        ref: str,
+        *,
+        final: Any,
+        feeder: asyncio.Future[None] | None = None,
+        convert: Any = dockerfmt.pull_progress,
+    ) -> Response:
+        """Stream a progress call as Docker's JSON lines; the first frame decides 200 vs an error."""
+        try:
+            more, first = await running.next_frame()
+        except errors.DockyardError as exc:
+            if feeder is not None:
+                feeder.cancel()
+            raise docker_error(exc, "image", ref) from None
+
+        async def gen() -> AsyncIterator[bytes]:
+            frame, m = first, more
+            try:
+                while True:
+                    if isinstance(frame, dict):
+                        if frame.get("status") == "done" or not m:
+                            for line in final(frame.get("result") or {}):
+                                yield ndjson(line)
+                        else:
+                            out = convert(frame)
+                            if out is not None:
+                                yield ndjson(out)
+                    if not m:
+                        return
+                    m, frame = await running.next_frame()
+            except errors.DockyardError as exc:
+                yield ndjson(dockerfmt.progress_error(docker_error(exc, "image", ref).message))
+            finally:
+                if feeder is not None:
+                    feeder.cancel()
+                    with contextlib.suppress(BaseException):
+                        await feeder
+                if not running.done:
+                    await running.cancel()
+
+        return Response(200, {"Content-Type": "application/json"}, stream=gen())
+
+    # -- save ----------------------------------------------------------------------------------------
+    async def save_one(self, request: Request) -> Response:
+        return await self._save([request.params["name"]])
+
+    async def save_many(self, request: Request) -> Response:
+        names = request.query.get("names", [])
+        if not names:
+            raise HTTPError(400, "names is required: the images to save")
+        return await self._save(names)
+
+    async def _save(self, names: list[str]) -> Response:
+        for name in names:  # a missing one is a 404 before the 200
+            await call(self.b.image, "image.get", {"ref": name}, "image", name)
+        saving = await self.b.image.start("image.save", {"refs": names}, timeout_s=None)
+        try:
+            more, first = await saving.next_frame()
+        except errors.DockyardError as exc:
+            raise docker_error(exc, "image", names[0]) from None
+
+        async def gen() -> AsyncIterator[bytes]:
+            chunk, m = first, more
+            try:
+                while True:
+                    if isinstance(chunk, bytes | bytearray):
+                        yield bytes(chunk)
+                    if not m:
+                        return
+                    m, chunk = await saving.next_frame()
+            finally:
+                if not saving.done:
+                    await saving.cancel()
+
+        return Response(200, {"Content-Type": "application/x-tar"}, stream=gen())
+
+
+async def _feed(request: Request, target: AsyncCall) -> None:
+    """The request body to the call's own stream, then EOF."""
+    try:
+        async for chunk in request.stream_body():
+            for i in range(0, len(chunk), 256 * 1024):
+                await target.send(chunk[i : i + 256 * 1024])
+        await target.send_eof()
+    except errors.DockyardError as exc:
+        log.info("upload ended: %s", exc)
+
+
+def _pull_final(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"status": f"Status: {result.get('status', '')}"}] if result.get("status") else []
+
+
+def _import_final(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"status": str(result.get("id") or "")}]
+
+
+def _push_final(result: dict[str, Any]) -> list[dict[str, Any]]:
+    if not result:
+        return []
+    tag = result.get("tag") or "latest"
+    return [
+        {"status": f"{tag}: digest: {result.get('digest', '')} size: {result.get('size', 0)}"},
+        {
+            "progressDetail": {},
+            "aux": {"Tag": tag, "Digest": result.get("digest", ""), "Size": result.get("size", 0)},
+        },
+    ]

@@ -1,0 +1,5 @@
+"""Fixtures of the crafted-layer tests: ``direct`` runs each test on every snapshotter."""
+
+from tests.snapshot_util import direct
+
+__all__ = ["direct"]
