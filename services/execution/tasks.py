@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,11 +197,14 @@ class TaskManager:
                 rec.id,
                 str(self.settings.bundle_dir(rec.namespace, rec.id)),
             )
+        t0 = time.perf_counter()
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
         trace.mark("bundle written")
+        t1 = time.perf_counter()
         report = await self.launcher.launch(rec.namespace, rec.id, bundle)
+        t2 = time.perf_counter()
         trace.mark("shim launched")
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
@@ -250,6 +254,14 @@ class TaskManager:
                 await self._forget(live)
             raise StartFailed(exc.message, status) from None
         trace.mark("task started")
+        t3 = time.perf_counter()
+        log.debug(
+            "start of %s: bundle %.1f ms, shim up and task created %.1f ms, attach + start %.1f ms",
+            rec.id[:12],
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+        )
         live.task_pid = int(reply["pid"])
         live.status = "running"
         self.store.update(
@@ -303,6 +315,7 @@ class TaskManager:
             str(reply.get("error") or ""),
             live.incarnation,
         )
+        t0 = time.perf_counter()
         async with self.lock(live.namespace, live.container_id):
             live.status = "stopped"
             live.exit = ex
@@ -323,6 +336,7 @@ class TaskManager:
                 if self.live.get(live.key) is live:
                     del self.live[live.key]
                 self._spawn(self._shim_gone(live), f"shim-exit-{live.container_id[:12]}")
+        log.debug("exit of %s: recorded and deleted %.1f ms", live.container_id[:12], (time.perf_counter() - t0) * 1000)
         await self._after_exit(live, ex)
 
     async def _shim_gone(self, live: Live) -> None:

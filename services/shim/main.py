@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def serve(namespace: str, container_id: str, bundle: str, settings: Settings, re
 
 
 async def _serve(namespace: str, container_id: str, bundle: str, settings: Settings, ready_fd: int) -> int:
+    t0 = time.perf_counter()
     loop = asyncio.get_running_loop()
     reaper = Reaper()
     reaper.install(loop)
@@ -94,6 +96,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     tmp.write_text(endpoint)
     os.replace(tmp, address)
     code = 0
+    log.debug("shim serving after %.1f ms", (time.perf_counter() - t0) * 1000)
     try:
         state = await shim.create()
     except CreateFailed as exc:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal as signal_mod
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,7 +172,9 @@ class Shim:
             try:
                 # in the loop, not a thread: a few local syscalls, nobody is connected yet, and an
                 # idle shim without an executor thread is smaller (no thread stack, no pool)
+                t0 = time.perf_counter()
                 self._prepare_rootfs()
+                t1 = time.perf_counter()
                 trace.mark("rootfs ready")
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
@@ -191,6 +194,12 @@ class Shim:
             try:
                 await self.runtime.create(
                     self.id, pid_file, io.child_fds, console_socket=console.path if console else None
+                )
+                log.debug(
+                    "rootfs ready in %.1f ms, %s create in %.1f ms",
+                    (t1 - t0) * 1000,
+                    self.runtime.name,
+                    (time.perf_counter() - t1) * 1000,
                 )
                 if receiving is not None:
                     io.set_pty(await receiving)
