@@ -565,9 +565,9 @@ class Shim:
             raise errors.AlreadyExists(f"exec '{req.exec_id}' already exists")
         process = dict(req.process)
         try:
-            user = await asyncio.to_thread(
-                rootfs.resolve_user, self.rootfs, req.user or self.launch.user, self.launch.group_add
-            )
+            # two small reads capped at MAX_FILE_BYTES, opened non-blocking (rootfs.py): in the loop,
+            # as a first thread of the shim would cost more than the lookup
+            user = rootfs.resolve_user(self.rootfs, req.user or self.launch.user, self.launch.group_add)
         except rootfs.RootfsError as exc:
             raise errors.InvalidArgument(str(exc)) from None
         process["user"] = {"uid": user.uid, "gid": user.gid}
