@@ -306,9 +306,13 @@ class Suite:
             if self.have[rt]:
                 root = str(self.runtime_root / rt)
                 quiet([rt, "--root", root, "delete", "-f", name])
-                subprocess.run([rt, "--root", root, "run", "-d", "-b", str(self.sleep_bundle), name],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               timeout=60)  # fmt: skip  (the container keeps its stdio: no pipes)
+                subprocess.run(
+                    [rt, "--root", root, "run", "-d", "-b", str(self.sleep_bundle), name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=60,
+                )  # the container keeps its stdio: no pipes
                 steps[f"{rt} exec"] = lambda i, rt=rt, root=root, name=name: [("", [rt, "--root", root, "exec", name,
                                                                                     "true"])]  # fmt: skip
         steps["dockyard"] = lambda i: [("", self.dockyard("exec", "dyb-e", "true"))]
