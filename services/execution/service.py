@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
+REMOVE_EVENT_WAIT_S = 1.0
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 60.0
 RESTART_RESET_AFTER_S = 10.0
@@ -140,8 +141,9 @@ class ExecutionService:
     def _log_path(self, namespace: str, container_id: str) -> str:
         return str(self.settings.container_dir(namespace, container_id) / f"{container_id}-json.log")
 
-    def _publish(self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any]) -> None:
-        self.publisher.publish(topic, event, namespace=namespace, event_id=f"{container_id}/container/{verb}")
+    def _publish(self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any]) -> int:
+        event_id = f"{container_id}/container/{verb}"
+        return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id))
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -806,8 +808,13 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
-            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image})
+            number = self._publish(
+                topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image}
+            )
             log.info("removed container %s (%s)", cid[:12], rec.name)
+        # whoever waits for the removal (rm, run --rm) finds /containers/delete in the journal
+        # (bounded: with the events service down the event waits in the outbox, the removal does not)
+        await self.publisher.delivered(number, REMOVE_EVENT_WAIT_S)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 
     # -- exits ---------------------------------------------------------------------------
