@@ -163,10 +163,12 @@ class Shim:
         try:
             try:
                 t0 = time.perf_counter()
-                await asyncio.to_thread(self._prepare_rootfs)
+                not_executable = await asyncio.to_thread(self._prepare_rootfs)
                 t1 = time.perf_counter()
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
+            if not_executable:
+                raise CreateFailed(not_executable, 126)
             log_writer = LogWriter(
                 self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
             )
@@ -228,8 +230,11 @@ class Shim:
         self._watch_oom()
         return state
 
-    def _prepare_rootfs(self) -> None:
-        """Mount the snapshot, resolve the user and the working directory (blocking)."""
+    def _prepare_rootfs(self) -> str | None:
+        """Mount the snapshot, resolve the user and the working directory (blocking).
+
+        Returns why the command cannot be executed (a missing interpreter), or None.
+        """
         mounts_file = os.path.join(self.bundle, "mounts.json")
         with open(mounts_file, encoding="utf-8") as f:
             mounts = json.load(f)
@@ -257,6 +262,7 @@ class Shim:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(spec, f)
         os.replace(tmp, config_path)
+        return rootfs.missing_interpreter(self.rootfs, list(process.get("args") or []), env, cwd)
 
     async def _teardown_rootfs(self) -> None:
         if not self._mounted:
