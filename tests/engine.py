@@ -31,11 +31,26 @@ def busybox_layer() -> bytes:
     return _ROOTFS
 
 
+def prepare_runtime(runtime: str) -> None:
+    """crun 1.8 refuses this host's hybrid cgroup layout until hugetlb has a v1 hierarchy
+    (shared/peers/RESULTS.md): mount it once, if it is not mounted yet."""
+    if os.path.basename(runtime) != "crun":
+        return
+    point = "/sys/fs/cgroup/hugetlb"
+    unified = "/sys/fs/cgroup/unified/cgroup.controllers"
+    if not os.path.exists(unified) or "hugetlb" not in Path(unified).read_text().split():
+        return
+    os.makedirs(point, exist_ok=True)
+    if subprocess.run(["mountpoint", "-q", point]).returncode != 0:
+        subprocess.run(["mount", "-t", "cgroup", "-o", "hugetlb", "cgroup", point], check=True)
+
+
 class Engine:
-    """A running Dockyard instance for execution tests."""
+    """A running Dockyard instance for execution tests (``DOCKYARD_RUNTIME`` picks runc or crun)."""
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
+        prepare_runtime(inst.env.get("DOCKYARD_RUNTIME", "runc"))
         inst.start(*SERVICES)
         self.load("busybox:latest")
 

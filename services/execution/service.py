@@ -61,7 +61,7 @@ from services.execution.seccomp import default_seccomp
 from services.execution.store import Record, Store
 from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
 from services.execution.volumes import Volumes
-from services.shim import mount
+from services.shim import cgroups, mount
 from services.shim.jsonlog import parse_time, read_entries
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,7 @@ class ExecutionService:
             resources=resources,
             console_size=req.console_size,
             devices=spec.host_devices() if req.privileged else None,
+            cgroup_v2=cgroups.is_v2(),
         )
         prepared = False
         try:
@@ -703,6 +704,9 @@ class ExecutionService:
                 )
             self.store.update(rec.namespace, rec.id, manual_stop=True)
             await self._signal(live, signal_mod.SIGKILL)
+            if live.status == "paused":  # a frozen process dies once thawed
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.resume", {}, timeout_s=10)
             await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
         rec = self.store.get(rec.namespace, rec.id) or rec
         await self._remove(rec, volumes=req.volumes)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,10 +197,13 @@ class TaskManager:
                 rec.id,
                 str(self.settings.bundle_dir(rec.namespace, rec.id)),
             )
+        t0 = time.perf_counter()
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
+        t1 = time.perf_counter()
         report = await self.launcher.launch(rec.namespace, rec.id, bundle)
+        t2 = time.perf_counter()
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
@@ -247,6 +251,14 @@ class TaskManager:
                 live.done.set()
                 await self._forget(live)
             raise StartFailed(exc.message, status) from None
+        t3 = time.perf_counter()
+        log.debug(
+            "start of %s: bundle %.1f ms, shim up and task created %.1f ms, attach + start %.1f ms",
+            rec.id[:12],
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+        )
         live.task_pid = int(reply["pid"])
         live.status = "running"
         self.store.update(
@@ -299,6 +311,7 @@ class TaskManager:
             str(reply.get("error") or ""),
             live.incarnation,
         )
+        t0 = time.perf_counter()
         async with self.lock(live.namespace, live.container_id):
             live.status = "stopped"
             live.exit = ex
@@ -312,9 +325,17 @@ class TaskManager:
                 await shims.clean_dead_task(
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
+            t1 = time.perf_counter()
             await self._shutdown(live)
+            t2 = time.perf_counter()
             await self._drain_leftovers(live.bundle)
             await self._forget(live)
+        log.debug(
+            "exit of %s: recorded and deleted %.1f ms, shim gone %.1f ms",
+            live.container_id[:12],
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+        )
         await self._after_exit(live, ex)
 
     async def _shim_died(self, live: Live) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal as signal_mod
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,9 +162,13 @@ class Shim:
         io: ProcessIO | None = None
         try:
             try:
-                await asyncio.to_thread(self._prepare_rootfs)
+                t0 = time.perf_counter()
+                not_executable = await asyncio.to_thread(self._prepare_rootfs)
+                t1 = time.perf_counter()
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
+            if not_executable:
+                raise CreateFailed(not_executable, 126)
             log_writer = LogWriter(
                 self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
             )
@@ -180,6 +185,12 @@ class Shim:
             try:
                 await self.runtime.create(
                     self.id, pid_file, io.child_fds, console_socket=console.path if console else None
+                )
+                log.debug(
+                    "rootfs ready in %.1f ms, %s create in %.1f ms",
+                    (t1 - t0) * 1000,
+                    self.runtime.name,
+                    (time.perf_counter() - t1) * 1000,
                 )
                 if receiving is not None:
                     io.set_pty(await receiving)
@@ -219,8 +230,11 @@ class Shim:
         self._watch_oom()
         return state
 
-    def _prepare_rootfs(self) -> None:
-        """Mount the snapshot, resolve the user and the working directory (blocking)."""
+    def _prepare_rootfs(self) -> str | None:
+        """Mount the snapshot, resolve the user and the working directory (blocking).
+
+        Returns why the command cannot be executed (a missing interpreter), or None.
+        """
         mounts_file = os.path.join(self.bundle, "mounts.json")
         with open(mounts_file, encoding="utf-8") as f:
             mounts = json.load(f)
@@ -248,6 +262,7 @@ class Shim:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(spec, f)
         os.replace(tmp, config_path)
+        return rootfs.missing_interpreter(self.rootfs, list(process.get("args") or []), env, cwd)
 
     async def _teardown_rootfs(self) -> None:
         if not self._mounted:

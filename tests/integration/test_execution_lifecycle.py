@@ -148,7 +148,11 @@ def test_pause_and_unpause(engine: Engine) -> None:
     engine.cli("pause", "pz", check=True)
     assert engine.cli("stop", "-t", "1", "pz").returncode == 0  # a paused container can be stopped
     assert _state(engine, "pz")["status"] == "exited"
-    engine.cli("rm", "-f", "pz", check=True)
+    engine.cli("start", "pz", check=True)
+    engine.cli("pause", "pz", check=True)
+    t0 = time.monotonic()
+    engine.cli("rm", "-f", "pz", check=True)  # and force-removed
+    assert time.monotonic() - t0 < 10
 
 
 def test_on_failure_restarts_exactly_n_times(engine: Engine) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common import endpoints, errors, ids
 from tests.conftest import need_root
 from tests.engine import Engine, ps_names
 from tests.harness import Instance
@@ -28,11 +29,13 @@ def engine(instance: Instance) -> Iterator[Engine]:
     yield Engine(instance)
 
 
-def test_running_container_survives_sigkill_of_execution(engine: Engine) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_running_container_survives_a_restart_of_execution(engine: Engine, sig: int) -> None:
+    """SIGKILL (a crash) or SIGTERM (a graceful stop, like ``dockyard down``): the container runs on."""
     assert engine.run("-d", "--name", "s", "busybox", "sleep", "60").returncode == 0
     pid = engine.inspect("s")["state"]["pid"]
     assert pid > 0
-    engine.inst.kill("execution")
+    engine.inst.kill("execution", sig)
     assert os.path.exists(f"/proc/{pid}")
     engine.inst.start("execution")
     ps = engine.cli("ps").stdout.decode()
@@ -96,3 +99,25 @@ def test_shim_dies_while_execution_is_down(engine: Engine) -> None:
     assert engine.inspect("d")["state"]["exit_code"] == 5
     assert engine.cli("rm", "d", "e").returncode == 0
     engine.assert_clean()
+
+
+def test_create_interrupted_by_a_crash_is_rolled_back(engine: Engine) -> None:
+    """A SIGKILL between ``snapshot.prepare`` and the container record leaves a labelled
+    snapshot and a bundle with no container: the restarted service removes both."""
+    cid = ids.new_id()
+    with engine.inst.client("snapshot") as s:
+        s.call("snapshot.prepare", {"key": cid, "parent": "", "labels": {"dockyard.container": cid}})
+    bundle = endpoints.bundle_dir("default", cid, engine.inst.env)
+    os.makedirs(os.path.join(bundle, "rootfs"))
+    engine.inst.kill("execution")
+    engine.inst.start("execution")
+
+    def gone() -> bool:
+        with engine.inst.client("snapshot") as s:
+            try:
+                s.call("snapshot.stat", {"key": cid})
+                return False
+            except errors.NotFound:
+                return not os.path.exists(bundle)
+
+    engine.wait_until(gone, 15, "orphan snapshot and bundle removed")

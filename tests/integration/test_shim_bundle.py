@@ -24,6 +24,7 @@ from common.rpc.client import Client
 from deploy.mkimage import busybox_rootfs_tar
 from services.execution import spec
 from tests.conftest import need_root
+from tests.engine import prepare_runtime
 from tests.harness import PROJECT, Instance
 
 pytestmark = pytest.mark.root
@@ -86,6 +87,7 @@ def make_bundle(inst: Instance, args: list[str], **launch: object) -> Bundle:
 @pytest.fixture
 def events(instance: Instance) -> Iterator[Instance]:
     need_root()
+    prepare_runtime(os.environ.get("DOCKYARD_RUNTIME", "runc"))
     instance.start("events")
     yield instance
 
