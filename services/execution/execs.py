@@ -1,5 +1,6 @@
 """``exec``: more processes in a running container, through its shim (``runc exec``).
 
+``execution.exec`` does both steps in one call (what ``dockyard exec`` uses).
 Like Docker, an exec is created (``execution.exec_create`` -> id; the shim publishes
 ``/tasks/exec-added``), then started (``execution.exec_start``, a stream: first
 ``{"attached": true, "tty"}``, then output frames ``{s, d}``, and last
@@ -26,6 +27,7 @@ from common.api.execution import (
     ExecIdRequest,
     ExecInfo,
     ExecResizeRequest,
+    ExecRunRequest,
     ExecStartRequest,
 )
 from common.rpc.server import Context, rpc
@@ -113,6 +115,19 @@ class ExecService:
             exec_id, rec.namespace, rec.id, list(req.cmd), req.tty, req.stdin, req.user, req.detach_keys
         )
         return ExecCreateReply(id=exec_id)
+
+    @rpc("execution.exec", stream=True)
+    async def exec(self, req: ExecRunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """``docker exec`` in one call: ``exec_create``, then ``{"id"}``, then ``exec_start``'s frames.
+
+        Errors before ``{"id"}`` are ``exec_create``'s (Conflict: not running), after it
+        ``exec_start``'s (InvalidArgument with ``details.exit_status`` 126/127).
+        """
+        created = await self.exec_create(req.create_request(), ctx)
+        yield {"id": created.id}
+        start = ExecStartRequest(exec_id=created.id, detach=req.detach, stdin=req.stdin)
+        async for frame in self.exec_start(start, ctx):
+            yield frame
 
     @rpc("execution.exec_start", stream=True)
     async def exec_start(self, req: ExecStartRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
