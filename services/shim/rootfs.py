@@ -306,3 +306,68 @@ def copy_tree(src: str, dst: str) -> None:
         elif stat.S_ISREG(est.st_mode):
             shutil.copy2(s_path, d_path, follow_symlinks=False)
             os.lchown(d_path, est.st_uid, est.st_gid)
+
+
+def _elf_interpreter(head: bytes, fd: int) -> str | None:
+    """The PT_INTERP path of a 64-bit little-endian ELF (None when static or not ELF64)."""
+    import struct
+
+    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    (phoff,) = struct.unpack_from("<Q", head, 32)
+    phentsize, phnum = struct.unpack_from("<HH", head, 54)
+    table = os.pread(fd, phentsize * phnum, phoff)
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        if p_type == 3:
+            return os.pread(fd, min(p_filesz, 4096), p_offset).split(b"\0", 1)[0].decode(errors="replace")
+    return None
+
+
+def missing_interpreter(root: str, args: list[str], env: list[str], cwd: str = "/") -> str | None:
+    """Why the command cannot be executed although it exists, or None (CASES.md C20).
+
+    A script whose ``#!`` interpreter, or a dynamic ELF whose loader, is not in the rootfs
+    fails inside the runtime *after* the start (exit 1 and a message), so the shim checks
+    first and reports it as "found but not executable" (126), as the cases require.
+    Commands that do not exist are left to the runtime (127).
+    """
+    if not args:
+        return None
+    prog = args[0]
+    candidates: list[str]
+    if "/" in prog:
+        candidates = [prog if prog.startswith("/") else os.path.join(cwd, prog)]
+    else:
+        path = next(
+            (e[5:] for e in env if e.startswith("PATH=")),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        candidates = [os.path.join(d or ".", prog) for d in path.split(":")]
+    for candidate in candidates:
+        try:
+            fd = open_in_root(root, candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+                return None  # the runtime reports these itself (126)
+            head = os.pread(fd, 256, 0)
+            if head.startswith(b"#!"):
+                line = head[2:].split(b"\n", 1)[0].strip().split()
+                interp = line[0].decode(errors="replace") if line else ""
+            else:
+                interp = _elf_interpreter(head, fd) or ""
+        finally:
+            os.close(fd)
+        if not interp:
+            return None
+        try:
+            ifd = open_in_root(root, interp, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            os.close(ifd)
+            return None
+        except OSError:
+            kind = "interpreter" if head.startswith(b"#!") else "dynamic loader"
+            return f'exec: "{candidate}": {kind} {interp} not found in the container (no such file or directory)'
+    return None

@@ -173,11 +173,13 @@ class Shim:
                 # in the loop, not a thread: a few local syscalls, nobody is connected yet, and an
                 # idle shim without an executor thread is smaller (no thread stack, no pool)
                 t0 = time.perf_counter()
-                self._prepare_rootfs()
+                not_executable = self._prepare_rootfs()
                 t1 = time.perf_counter()
                 trace.mark("rootfs ready")
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
+            if not_executable:
+                raise CreateFailed(not_executable, 126)
             log_writer = LogWriter(
                 self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
             )
@@ -239,8 +241,11 @@ class Shim:
         self._watch_oom()
         return state
 
-    def _prepare_rootfs(self) -> None:
-        """Mount the snapshot, resolve the user and the working directory (blocking)."""
+    def _prepare_rootfs(self) -> str | None:
+        """Mount the snapshot, resolve the user and the working directory (blocking).
+
+        Returns why the command cannot be executed (a missing interpreter), or None.
+        """
         mounts_file = os.path.join(self.bundle, "mounts.json")
         with open(mounts_file, encoding="utf-8") as f:
             mounts = json.load(f)
@@ -268,6 +273,7 @@ class Shim:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(spec))  # the C encoder: json.dump streams in Python, ~10 ms for a spec
         os.replace(tmp, config_path)
+        return rootfs.missing_interpreter(self.rootfs, list(process.get("args") or []), env, cwd)
 
     async def _teardown_rootfs(self) -> None:
         if not self._mounted:

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.root
 
 def layer(
     files: dict[str, bytes] | None = None,
+    executables: dict[str, bytes] | None = None,
     symlinks: dict[str, str] | None = None,
     whiteouts: list[str] | None = None,
     fifos: list[str] | None = None,
@@ -37,6 +38,10 @@ def layer(
         for name, data in (files or {}).items():
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for name, data in (executables or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
             tar.addfile(info, io.BytesIO(data))
         for name, target in (symlinks or {}).items():
             info = tarfile.TarInfo(name)
@@ -200,3 +205,15 @@ def test_init_is_pid1_and_reaps_zombies(engine: Engine) -> None:
     out = p.stdout.decode()
     assert "docker-init" in out.splitlines()[1] or "init" in out
     assert not [line for line in out.splitlines()[1:] if line.split()[1].startswith("Z")]
+
+
+def test_non_executable_script_and_missing_interpreter_are_126(engine: Engine) -> None:
+    """CASES.md C20: found but not executable (mode 0644, or its interpreter is missing) -> 126."""
+    engine.load(
+        "scripts:latest",
+        layers=[layer({"noexec.sh": b"#!/bin/sh\necho hi\n"}, executables={"nointerp.sh": b"#!/nointerp\necho hi\n"})],
+    )
+    p = engine.run("--rm", "scripts", "/noexec.sh")
+    assert p.returncode == 126
+    p = engine.run("--rm", "scripts", "/nointerp.sh")
+    assert p.returncode == 126 and b"/nointerp" in p.stderr

@@ -101,3 +101,25 @@ def test_make_workdir_creates_missing_dirs_only(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(RootfsError, match="not a directory"):
         rootfs.make_workdir(str(tmp_path), "/file/sub", 0, 0)
+
+
+def test_missing_interpreter_is_found_before_the_runtime_runs(tmp_path: Path) -> None:
+    import shutil
+
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/nointerp -x\necho hi\n")
+    script.chmod(0o755)
+    good = tmp_path / "good.sh"
+    good.write_text("#!/bin/sh\necho hi\n")
+    good.chmod(0o755)
+    shutil.copy("/bin/busybox", tmp_path / "bin/sh")  # static: needs no loader
+    shutil.copy("/usr/bin/env", tmp_path / "bin/dyn")  # dynamic: its loader is missing here
+    root = str(tmp_path)
+    msg = rootfs.missing_interpreter(root, ["/bad.sh"], ["PATH=/bin"])
+    assert msg is not None and "/nointerp" in msg
+    assert rootfs.missing_interpreter(root, ["/good.sh"], []) is None
+    assert rootfs.missing_interpreter(root, ["sh", "-c", "x"], ["PATH=/bin"]) is None
+    dyn = rootfs.missing_interpreter(root, ["dyn"], ["PATH=/usr/bin:/bin"])
+    assert dyn is not None and "dynamic loader" in dyn
+    assert rootfs.missing_interpreter(root, ["nosuch"], ["PATH=/bin"]) is None  # left to the runtime (127)
