@@ -229,6 +229,8 @@ class EventsService:
                 self._followers.discard(follower)
 
     async def _next_live(self, follower: _Follower, until: dt.datetime | None) -> Record | None:
+        if not follower.overflowed and not follower.queue.empty():
+            return follower.queue.get_nowait()  # the common case under load: no futures, no wait
         get = asyncio.ensure_future(follower.queue.get())
         wake = asyncio.ensure_future(follower.wakeup.wait())
         timeout = None
