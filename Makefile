@@ -22,6 +22,7 @@ lint: setup
 	.venv/bin/mypy
 
 bench: setup
+	.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
 	.venv/bin/python -m bench
 
 down:

@@ -1,10 +1,42 @@
-"""Entry point of the ``dockyard`` command (console script and ``python -m cli``)."""
+"""Entry point of the ``dockyard`` command (console script and ``python -m cli``).
+
+The hot verbs (``run``, ``ps``, ``rm``, ``stop``, ``start`` ...) go through ``cli.hot``,
+which imports only what they need, and end with ``os._exit`` once stdout and stderr
+are flushed (tearing down the interpreter would cost more than the command did);
+everything else, and anything the hot parser leaves alone (``--help``, errors), goes
+to the typer app in ``cli.app``.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+
+
+def _exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main() -> None:
     """Run the CLI; see ``cli.app`` for the command tree."""
+    from common import trace
+
+    trace.set_process("cli")
+    trace.mark("main")
+    from cli import hot
+
+    try:
+        code = hot.main(sys.argv[1:])
+    except SystemExit as exc:  # output.fail: the message is printed already
+        code = exc.code if isinstance(exc.code, int) else 1
+    if code is not None:
+        trace.mark("exit")
+        _exit(code)
     from cli.app import run
 
     run()

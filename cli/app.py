@@ -35,6 +35,9 @@ def _register_all() -> None:
 def run() -> None:
     """Parse ``sys.argv`` and run the command; DockyardErrors end as one line."""
     _register_all()
+    from common import trace
+
+    trace.mark("parsing")
     try:
         app(standalone_mode=True)
     except errors.DockyardError as exc:

@@ -1,137 +1,38 @@
 """Container commands: ``run``, ``create``, ``start``, ``ps``, ``logs``, ``stop``, ``kill``,
 ``rm``, ``wait``, ``inspect`` ... as Docker-style short verbs and under ``container``.
 
-``run`` follows ``docker run`` (docker-api.md section 4): create (pulling the image
-first if it is missing), register the wait, attach, start, stream the output byte for
-byte, exit with the container's exit code; 125 when the engine failed, 126/127 when
-the command could not be run. Signals the CLI receives are forwarded to the container.
-
-No ``from __future__ import annotations`` here: typer reads every command's signature
-at each invocation, and real annotation objects save it ~70 ms of string evaluation.
+This module declares the commands (typer: names, options, help); what they do lives
+in ``cli.runner``, which the hot path (``cli.hot``) shares, so ``dockyard run ...``
+behaves the same whichever parser read it. ``run`` follows ``docker run``
+(docker-api.md section 4); see ``cli.runner``.
 """
 
-import contextlib
+from __future__ import annotations
+
 import datetime as dt
-import json
-import os
-import select
-import signal
 import sys
 from typing import Annotated, Any
 
 import typer
 
-from cli import output
+from cli import output, runner
 from cli.connect import client
 from common import errors
 
+# the shared helpers under the names this module always used
+_env_list = runner.env_list
+_console_size = runner.console_size
+_create_request = runner.create_request
+_pump = runner.pump
+_start_error = runner.start_error
+_SignalProxy = runner.SignalProxy
+_RawTerminal = runner.RawTerminal
+_Resizer = runner.Resizer
+_parse_bytes = runner.parse_bytes
+_restart_policy = runner.restart_policy
+status_text = runner.status_text
+
 EXIT_ENGINE = output.EXIT_ENGINE_ERROR
-
-# -- request building ---------------------------------------------------------------------------
-
-
-def _parse_bytes(value: str | None, what: str) -> int | None:
-    if value is None or value == "":
-        return None
-    v = value.strip().lower()
-    if v == "-1":
-        return -1
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    if v.endswith("b") and len(v) > 1 and v[-2] in units:
-        v = v[:-1]
-    mult = units.get(v[-1], 0)
-    try:
-        return int(float(v[:-1] if mult else v) * (mult or 1))
-    except ValueError:
-        output.fail(f"invalid {what} {value!r}", EXIT_ENGINE)
-
-
-def _env_list(env: list[str], env_file: list[str]) -> list[str]:
-    out = []
-    for path in env_file:
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        out.append(line)
-        except OSError as exc:
-            output.fail(f"cannot read env file {path}: {exc.strerror}", EXIT_ENGINE)
-    out += env
-    resolved = []
-    for entry in out:
-        if "=" not in entry:
-            if entry in os.environ:  # docker run -e NAME takes the value from the client
-                resolved.append(f"{entry}={os.environ[entry]}")
-            continue
-        resolved.append(entry)
-    return resolved
-
-
-def _labels(values: list[str]) -> dict[str, str]:
-    out = {}
-    for v in values:
-        k, _, val = v.partition("=")
-        out[k] = val
-    return out
-
-
-def _volume_mounts(volumes: list[str], tmpfs: list[str], mounts: list[str]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for v in volumes:
-        parts = v.split(":")
-        if len(parts) == 1:
-            out.append({"type": "volume", "source": "", "target": parts[0]})
-            continue
-        source, target = parts[0], parts[1]
-        opts = parts[2].split(",") if len(parts) > 2 else []
-        kind = "bind" if source.startswith("/") or source.startswith(".") else "volume"
-        if kind == "bind":
-            source = os.path.abspath(source)
-        out.append({"type": kind, "source": source, "target": target, "read_only": "ro" in opts})
-    for t in tmpfs:
-        target, _, tmpfs_opts = t.partition(":")
-        out.append({"type": "tmpfs", "target": target, "options": [o for o in tmpfs_opts.split(",") if o]})
-    for m in mounts:
-        fields: dict[str, str] = {}
-        for part in m.split(","):
-            k, sep, val = part.partition("=")
-            fields[k.strip()] = val.strip() if sep else "true"
-        kind = fields.get("type", "volume")
-        target = fields.get("target") or fields.get("destination") or fields.get("dst") or ""
-        source = fields.get("source") or fields.get("src") or ""
-        ro = fields.get("readonly", fields.get("ro", "false")) in ("true", "1")
-        entry: dict[str, Any] = {"type": kind, "source": source, "target": target, "read_only": ro}
-        if kind == "tmpfs":
-            opts = []
-            if "tmpfs-size" in fields:
-                opts.append(f"size={fields['tmpfs-size']}")
-            if "tmpfs-mode" in fields:
-                opts.append(f"mode={fields['tmpfs-mode']}")
-            entry["options"] = opts
-        out.append(entry)
-    return out
-
-
-def _restart_policy(value: str) -> dict[str, Any]:
-    name, _, count = value.partition(":")
-    if name not in ("no", "always", "on-failure", "unless-stopped"):
-        output.fail(f"invalid restart policy {value!r}", EXIT_ENGINE)
-    policy: dict[str, Any] = {"name": name}
-    if count:
-        if name != "on-failure" or not count.isdigit():
-            output.fail(f"invalid restart policy {value!r}: only on-failure takes a retry count", EXIT_ENGINE)
-        policy["maximum_retry_count"] = int(count)
-    return policy
-
-
-def _console_size() -> list[int] | None:
-    try:
-        size = os.get_terminal_size(sys.stdout.fileno())
-        return [size.lines, size.columns]
-    except OSError:
-        return None
-
 
 # -- options shared by run and create ---------------------------------------------------------------
 
@@ -167,267 +68,6 @@ StopTimeout = Annotated[int | None, typer.Option("--stop-timeout", help="seconds
 LogOpt = Annotated[list[str], typer.Option("--log-opt", help="json-file: max-size=10m, max-file=3")]
 Runtime = Annotated[str | None, typer.Option("--runtime", help="OCI runtime: runc or crun")]
 GroupAdd = Annotated[list[str], typer.Option("--group-add", help="additional group")]
-
-
-def _create_request(image: str, cmd: list[str] | None, **o: Any) -> dict[str, Any]:
-    req: dict[str, Any] = {"image": image}
-    if cmd:
-        req["cmd"] = list(cmd)
-    if o.get("name"):
-        req["name"] = o["name"]
-    if o.get("entrypoint") is not None:
-        req["entrypoint"] = [o["entrypoint"]] if o["entrypoint"] else []
-    env = _env_list(o.get("env") or [], o.get("env_file") or [])
-    if env:
-        req["env"] = env
-    for key in ("workdir", "user", "hostname"):
-        if o.get(key):
-            req[{"workdir": "working_dir"}.get(key, key)] = o[key]
-    if o.get("label"):
-        req["labels"] = _labels(o["label"])
-    if o.get("rm"):
-        req["auto_remove"] = True
-    if o.get("tty"):
-        req["tty"] = True
-        size = _console_size()
-        if size:
-            req["console_size"] = size
-    if o.get("interactive"):
-        req["open_stdin"] = True
-        req["stdin_once"] = True
-    if o.get("network") and o["network"] != "none":
-        req["network_mode"] = o["network"]
-    if o.get("read_only"):
-        req["read_only"] = True
-    mounts = _volume_mounts(o.get("volume") or [], o.get("tmpfs") or [], o.get("mount") or [])
-    if mounts:
-        req["mounts"] = mounts
-    if o.get("init"):
-        req["init"] = True
-    if o.get("restart") and o["restart"] != "no":
-        req["restart_policy"] = _restart_policy(o["restart"])
-    resources: dict[str, Any] = {}
-    if o.get("memory"):
-        resources["memory"] = _parse_bytes(o["memory"], "memory")
-    if o.get("memory_swap"):
-        resources["memory_swap"] = _parse_bytes(o["memory_swap"], "memory-swap")
-    if o.get("cpus"):
-        resources["nano_cpus"] = int(o["cpus"] * 1e9)
-    if o.get("cpu_shares"):
-        resources["cpu_shares"] = o["cpu_shares"]
-    if o.get("pids_limit") is not None:
-        resources["pids_limit"] = o["pids_limit"]
-    if resources:
-        req["resources"] = resources
-    for key in ("cap_add", "cap_drop", "security_opt", "group_add"):
-        if o.get(key):
-            req[key] = list(o[key])
-    if o.get("privileged"):
-        req["privileged"] = True
-    if o.get("stop_signal"):
-        req["stop_signal"] = o["stop_signal"]
-    if o.get("stop_timeout") is not None:
-        req["stop_timeout"] = o["stop_timeout"]
-    if o.get("log_opt"):
-        req["log_opts"] = _labels(o["log_opt"])
-    if o.get("runtime"):
-        req["runtime"] = o["runtime"]
-    return req
-
-
-def _pull(ref: str) -> None:
-    c = client("image", timeout_s=None)
-    try:
-        for frame in c.stream("image.pull", {"ref": ref}):
-            status = frame.get("status", "")
-            if status == "done":
-                break
-            if not frame.get("id") and frame.get("message"):
-                sys.stderr.write(frame["message"] + "\n")
-            elif frame.get("id") and status in ("Pull complete", "Already exists"):
-                sys.stderr.write(f"{frame['id']}: {status}\n")
-        sys.stderr.flush()
-    finally:
-        c.close()
-
-
-def _create(req: dict[str, Any]) -> dict[str, Any]:
-    ex = client("execution", timeout_s=300)
-    try:
-        try:
-            return ex.call("execution.create", req)  # type: ignore[no-any-return]
-        except errors.NotFound as exc:
-            if (exc.details or {}).get("kind") != "image":
-                raise
-        image = req["image"]
-        shown = image if (":" in image.rsplit("/", 1)[-1] or "@" in image) else f"{image}:latest"
-        sys.stderr.write(f"Unable to find image '{shown}' locally\n")
-        sys.stderr.flush()
-        _pull(image)
-        return ex.call("execution.create", req)  # type: ignore[no-any-return]
-    finally:
-        ex.close()
-
-
-# -- run ----------------------------------------------------------------------------------------------------
-
-
-class _SignalProxy:
-    """Forwards SIGINT/SIGTERM/SIGHUP/... to the container while ``run`` is attached (``--sig-proxy``)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self, container_id: str) -> None:
-        self.container_id = container_id
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_SignalProxy":
-        for sig in self.SIGNALS:
-            self._old[sig] = signal.signal(sig, self._forward)
-        return self
-
-    def _forward(self, signum: int, _frame: Any) -> None:
-        c = client("execution", timeout_s=5)
-        try:
-            c.call("execution.kill", {"id": self.container_id, "signal": str(signum)})
-        except errors.DockyardError:
-            pass
-        finally:
-            c.close()
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class _RawTerminal:
-    """Puts the local terminal in raw mode while a TTY container is attached."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stdin.isatty()
-        self._saved: Any = None
-
-    def __enter__(self) -> "_RawTerminal":
-        if self.enabled:
-            import termios
-            import tty
-
-            self._saved = termios.tcgetattr(sys.stdin.fileno())
-            tty.setraw(sys.stdin.fileno())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._saved is not None:
-            import termios
-
-            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
-
-
-def _pump(call: Any, stdin: bool) -> dict[str, Any]:
-    """Copy the attach stream to stdout/stderr (and stdin to it) until the output ends.
-
-    Returns the last control frame seen (``{"exit_code": n}`` of an exec, ``{"detached": true}``).
-    """
-    stdin_fd = sys.stdin.fileno() if stdin else -1
-    last: dict[str, Any] = {}
-    while True:
-        more, body = call.next_frame(timeout_ms=0)
-        if not more:
-            return last
-        if body is not None:
-            if "d" in body:
-                output.raw(body["d"], body.get("s", 1))
-            else:
-                last = body
-                if body.get("detached"):
-                    return last
-            continue
-        watch = [call.client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
-        readable, _, _ = select.select(watch, [], [], 1.0)
-        if stdin_fd >= 0 and stdin_fd in readable:
-            try:
-                data = os.read(stdin_fd, 65536)
-            except OSError:
-                data = b""
-            if data:
-                call.send(data)
-            else:
-                call.send_eof()
-                stdin_fd = -1
-
-
-class _Resizer:
-    """Sends the local terminal size on SIGWINCH (and once at the start) to a TTY container or exec."""
-
-    def __init__(self, enabled: bool, method: str, body: dict[str, Any]) -> None:
-        self.enabled = enabled and sys.stdout.isatty()
-        self.method = method
-        self.body = body
-        self._old: Any = None
-
-    def _send(self, *_args: Any) -> None:
-        size = _console_size()
-        if not size:
-            return
-        c = client("execution", timeout_s=5)
-        try:
-            c.call(self.method, {**self.body, "height": size[0], "width": size[1]})
-        except errors.DockyardError:
-            pass
-        finally:
-            c.close()
-
-    def __enter__(self) -> "_Resizer":
-        if self.enabled:
-            self._old = signal.signal(signal.SIGWINCH, self._send)
-            self._send()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGWINCH, self._old)
-
-
-def _start_error(exc: errors.DockyardError) -> int:
-    status = (exc.details or {}).get("exit_status")
-    if isinstance(status, int) and status in (126, 127):
-        return status
-    return EXIT_ENGINE
-
-
-def _run_attached(container_id: str, *, stdin: bool, tty: bool, auto_remove: bool) -> int:
-    waiter = client("execution", timeout_s=None)
-    attacher = client("execution", timeout_s=None)
-    ex = client("execution", timeout_s=60)
-    try:
-        wait_call = waiter.start(
-            "execution.wait", {"id": container_id, "condition": "removed" if auto_remove else "next-exit"}
-        )
-        att = attacher.start("execution.attach", {"id": container_id, "stdin": stdin, "stdout": True, "stderr": True})
-        att.next_frame()  # {"attached": true}: nothing written from now on is missed
-        try:
-            ex.call("execution.start", {"id": container_id})
-        except errors.DockyardError as exc:
-            att.cancel()
-            sys.stderr.write(f"error: {output.error_text(exc)}\n")
-            if auto_remove:
-                with contextlib.suppress(errors.DockyardError):
-                    wait_call.result()
-            return _start_error(exc)
-        with (
-            _SignalProxy(container_id),
-            _RawTerminal(tty and stdin),
-            _Resizer(tty, "execution.resize", {"id": container_id}),
-        ):
-            last = _pump(att, stdin)
-        if last.get("detached"):
-            return 0
-        result = wait_call.result()
-        return int(result.get("exit_code", 0))
-    finally:
-        waiter.close()
-        attacher.close()
-        ex.close()
 
 
 def run(
@@ -472,27 +112,7 @@ def run(
     opts.pop("image")
     opts.pop("cmd")
     opts.pop("detach")
-    try:
-        req = _create_request(image, cmd, **opts)
-        created = _create(req)
-    except errors.DockyardError as exc:
-        output.fail(exc, EXIT_ENGINE)
-    cid = created["id"]
-    if detach:
-        ex = client("execution", timeout_s=60)
-        try:
-            ex.call("execution.start", {"id": cid})
-        except errors.DockyardError as exc:
-            output.fail(exc, _start_error(exc))
-        finally:
-            ex.close()
-        output.line(cid)
-        return
-    try:
-        code = _run_attached(cid, stdin=interactive, tty=tty, auto_remove=rm)
-    except errors.DockyardError as exc:
-        output.fail(exc, EXIT_ENGINE)
-    raise typer.Exit(code)
+    raise typer.Exit(runner.run(image, cmd, detach=detach, **opts))
 
 
 def create(
@@ -536,7 +156,7 @@ def create(
     opts.pop("image")
     opts.pop("cmd")
     try:
-        created = _create(_create_request(image, cmd, **opts))
+        created = runner.create(_create_request(image, cmd, **opts))
     except errors.DockyardError as exc:
         output.fail(exc, EXIT_ENGINE)
     output.line(created["id"])
@@ -545,31 +165,11 @@ def create(
 # -- lifecycle verbs ----------------------------------------------------------------------------------------------
 
 
-_NOOP_NOTES = {"already_running": "container {} is already running", "already_stopped": "container {} is not running"}
-
-
 def _each(ids: list[str], method: str, body: dict[str, Any], *, timeout_s: float | None = 60) -> None:
-    """Call ``method`` for every container; print each name/id on success, errors as they come.
-
-    A start of a running container or a stop of a stopped one succeeds (Docker's 304) with a note.
-    """
-    ex = client("execution", timeout_s=timeout_s)
-    failed = False
-    try:
-        for ref in ids:
-            try:
-                reply = ex.call(method, {"id": ref, **body}) or {}
-                for key, note in _NOOP_NOTES.items():
-                    if reply.get(key):
-                        output.warn(note.format(ref) + " (nothing to do)")
-                output.line(ref)
-            except errors.DockyardError as exc:
-                failed = True
-                sys.stderr.write(f"error: {output.error_text(exc)}\n")
-    finally:
-        ex.close()
-    if failed:
-        raise typer.Exit(1)
+    """Call ``method`` for every container (see ``runner.each``); exit 1 if any failed."""
+    code = runner.each(ids, method, body, timeout_s=timeout_s)
+    if code:
+        raise typer.Exit(code)
 
 
 def start(
@@ -581,20 +181,7 @@ def start(
     if attach:
         if len(containers) != 1:
             output.fail("you cannot start and attach multiple containers at once")
-        ex = client("execution", timeout_s=30)
-        try:
-            info = ex.call("execution.inspect", {"id": containers[0]})
-            code = _run_attached(
-                info["id"],
-                stdin=interactive,
-                tty=bool(info["config"].get("tty")),
-                auto_remove=bool(info["config"].get("auto_remove")),
-            )
-        except errors.DockyardError as exc:
-            output.fail(exc)
-        finally:
-            ex.close()
-        raise typer.Exit(code)
+        raise typer.Exit(runner.start_attached(containers[0], interactive=interactive))
     _each(containers, "execution.start", {})
 
 
@@ -604,12 +191,7 @@ def stop(
     sig: Annotated[str | None, typer.Option("-s", "--signal", help="signal to send first")] = None,
 ) -> None:
     """Stop running containers (stop signal, then SIGKILL after the timeout)."""
-    body: dict[str, Any] = {}
-    if time_s is not None:
-        body["timeout_s"] = time_s
-    if sig:
-        body["signal"] = sig
-    _each(containers, "execution.stop", body, timeout_s=None)
+    _each(containers, "execution.stop", runner.stop_body(time_s, sig), timeout_s=None)
 
 
 def restart(
@@ -664,48 +246,6 @@ def wait(containers: Annotated[list[str], typer.Argument(help="containers")]) ->
 # -- observation -----------------------------------------------------------------------------------------------------
 
 
-def _ago(when: Any) -> str:
-    if not when:
-        return ""
-    if isinstance(when, str):
-        when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
-    secs = max(0, int((dt.datetime.now(dt.UTC) - when).total_seconds()))
-    if secs < 1:
-        return "Less than a second"
-    if secs < 60:
-        return f"{secs} second{'s' if secs != 1 else ''}"
-    mins = secs // 60
-    if mins < 60:
-        return "About a minute" if mins == 1 else f"{mins} minutes"
-    hours = mins // 60
-    if hours < 48:
-        return "About an hour" if hours == 1 else f"{hours} hours"
-    days = hours // 24
-    return f"{days} days"
-
-
-def status_text(c: dict[str, Any]) -> str:
-    """Docker's STATUS column: ``Up 3 seconds``, ``Exited (0) 2 seconds ago``, ``Created``."""
-    st = c["state"]
-    if st["status"] in ("running", "paused"):
-        text = f"Up {_ago(st.get('started_at'))}"
-        return text + " (Paused)" if st["status"] == "paused" else text
-    if st["status"] == "restarting":
-        return f"Restarting ({st['exit_code']}) {_ago(st.get('finished_at'))} ago"
-    if st["status"] == "exited":
-        return f"Exited ({st['exit_code']}) {_ago(st.get('finished_at'))} ago"
-    if st["status"] == "removing":
-        return "Removal In Progress"
-    if st["status"] == "dead":
-        return "Dead"
-    return "Created"
-
-
-def _command(c: dict[str, Any]) -> str:
-    text = " ".join([c.get("path", ""), *c.get("args", [])]).strip()
-    return f'"{text[:20]}…"' if len(text) > 20 else f'"{text}"'
-
-
 def ps(
     all_: Annotated[bool, typer.Option("-a", "--all", help="show all containers (default: running)")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only ids")] = False,
@@ -717,44 +257,7 @@ def ps(
     fmt: Annotated[str | None, typer.Option("--format", help="'json' for one JSON object per line")] = None,
 ) -> None:
     """List containers."""
-    filters: dict[str, list[str]] = {}
-    for f in filter_:
-        k, sep, v = f.partition("=")
-        if not sep:
-            output.fail(f"bad filter {f!r}: expected key=value")
-        filters.setdefault(k, []).append(v)
-    ex = client("execution", timeout_s=30)
-    try:
-        body: dict[str, Any] = {"all": all_ or last is not None, "filters": filters}
-        if last is not None:
-            body["limit"] = last
-        reply = ex.call("execution.list", body)
-    except errors.DockyardError as exc:
-        output.fail(exc)
-    finally:
-        ex.close()
-    containers = reply["containers"]
-    if quiet:
-        for c in containers:
-            output.line(c["id"] if no_trunc else c["id"][:12])
-        return
-    if fmt == "json":
-        for c in containers:
-            output.line(json.dumps(c, default=str))
-        return
-    rows = []
-    for c in containers:
-        rows.append(
-            [
-                c["id"] if no_trunc else c["id"][:12],
-                c["image"],
-                _command(c) if not no_trunc else '"' + " ".join([c.get("path", ""), *c.get("args", [])]) + '"',
-                f"{_ago(c['created_at'])} ago",
-                status_text(c),
-                c["name"],
-            ]
-        )
-    output.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
+    runner.ps(all_=all_, quiet=quiet, no_trunc=no_trunc, filter_=filter_, last=last, fmt=fmt)
 
 
 def _parse_since(value: str | None) -> str | None:
@@ -870,53 +373,10 @@ def exec_(
     detach_keys: Annotated[str, typer.Option("--detach-keys", help="e.g. ctrl-p,ctrl-q")] = "",
 ) -> None:
     """Run a command in a running container; exit with its exit code."""
-    body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive}
-    envs = _env_list(env, [])
-    if envs:
-        body["env"] = envs
-    if user:
-        body["user"] = user
-    if workdir:
-        body["working_dir"] = workdir
-    if privileged:
-        body["privileged"] = True
-    if detach_keys:
-        body["detach_keys"] = detach_keys
-    if tty:
-        size = _console_size()
-        if size:
-            body["console_size"] = size
-    ex = client("execution", timeout_s=60)
-    try:
-        exec_id = ex.call("execution.exec_create", body)["id"]
-    except errors.DockyardError as exc:
-        ex.close()
-        output.fail(exc, EXIT_ENGINE if not isinstance(exc, errors.Conflict) else 1)
-    stream = client("execution", timeout_s=None)
-    try:
-        call = stream.start("execution.exec_start", {"exec_id": exec_id, "detach": detach, "stdin": interactive})
-        try:
-            call.next_frame()  # {"attached": ...}
-        except errors.DockyardError as exc:
-            sys.stderr.write(f"error: {output.error_text(exc)}\n")
-            raise typer.Exit(_start_error(exc)) from None
-        if detach:
-            for _ in call:
-                pass
-            return
-        with _RawTerminal(tty and interactive), _Resizer(tty, "execution.exec_resize", {"exec_id": exec_id}):
-            last = _pump(call, interactive)
-        if last.get("detached"):
-            return
-        code = last.get("exit_code")
-        if code is None:
-            code = ex.call("execution.exec_inspect", {"exec_id": exec_id}).get("exit_code") or 0
-    except errors.DockyardError as exc:
-        output.fail(exc, EXIT_ENGINE)
-    finally:
-        ex.close()
-        stream.close()
-    raise typer.Exit(int(code))
+    opts = dict(locals())
+    opts.pop("container")
+    opts.pop("cmd")
+    raise typer.Exit(runner.exec_(container, list(cmd), **opts))
 
 
 def top(

@@ -8,12 +8,14 @@ the process exits non-zero. No traceback reaches the user.
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
 
 from common import errors
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any, NoReturn
 
 _CODE_SHOWN = ("Unavailable", "DeadlineExceeded", "Internal")
 
@@ -25,6 +27,14 @@ def line(text: str = "") -> None:
     """Print one line on stdout."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def lines(texts: Iterable[str]) -> None:
+    """Print several lines on stdout with one write."""
+    text = "".join(t + "\n" for t in texts)
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 def raw(data: bytes, stream: int = 1) -> None:
@@ -65,13 +75,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         for i, value in enumerate(row):
             widths[i] = max(widths[i], len(value))
     fmt = "   ".join(f"{{:<{w}}}" for w in widths)
-    line(fmt.format(*headers).rstrip())
-    for row in rows:
-        line(fmt.format(*row).rstrip())
+    lines([fmt.format(*headers).rstrip(), *(fmt.format(*row).rstrip() for row in rows)])
 
 
 def as_json(obj: Any) -> None:
     """Print ``obj`` as indented JSON (datetimes as RFC 3339)."""
+    import json
+
     line(json.dumps(obj, indent=4, default=_json_default))
 
 

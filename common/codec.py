@@ -9,11 +9,13 @@ else is accepted, so an unexpected object fails loudly at the sender.
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import os
-from typing import Any
 
 import msgpack
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 _UTC = _dt.UTC
 
@@ -22,6 +24,8 @@ def _default(obj: Any) -> Any:
     dump = getattr(obj, "model_dump", None)
     if dump is not None:  # a pydantic model; duck-typed so the codec never imports pydantic
         return dump(mode="python", exclude_none=False)
+    import enum  # (loaded already wherever an Enum exists)
+
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, os.PathLike):

@@ -11,9 +11,11 @@ can compute addresses without paying for it; ``common.settings`` builds on it.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 DEFAULT_ROOT = "/var/lib/dockyard"
 DEFAULT_STATE = "/run/dockyard"
@@ -84,6 +86,8 @@ def shim_endpoint(namespace: str, container_id: str, env: Mapping[str, str] | No
     does not depend on the container id (unix socket paths are short); the shim also
     writes it to its bundle's ``address`` file.
     """
+    import hashlib
+
     digest = hashlib.sha256(f"{namespace}/{container_id}".encode()).hexdigest()[:24]
     return _ipc(os.path.join(state_dir(env), "s", digest))
 

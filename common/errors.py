@@ -28,7 +28,9 @@ Messages name the object they are about, e.g. ``container 'web' not found``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 
 class DockyardError(Exception):

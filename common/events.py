@@ -58,6 +58,8 @@ class EventPublisher:
         self._sender: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._acked = -1
+        self._progress = asyncio.Condition()
 
     def start(self) -> None:
         """Load leftovers from the outbox and start the sender task."""
@@ -82,6 +84,10 @@ class EventPublisher:
         ``"<container_id>/<task incarnation>/exit"``); the journal stores each id once.
         Raises ``OSError`` if the outbox cannot be written.
         """
+        self.publish_numbered(topic, event, namespace=namespace, event_id=event_id)
+
+    def publish_numbered(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> int:
+        """``publish``, returning the event's number in this outbox (for ``delivered``)."""
         item = {
             "id": event_id,
             "topic": topic,
@@ -89,13 +95,29 @@ class EventPublisher:
             "timestamp": codec.utcnow(),
             "event": event,
         }
-        path = self.outbox / f"{self._next:012d}.ev"
+        number = self._next
+        path = self.outbox / f"{number:012d}.ev"
         self._next += 1
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(codec.encode(item))
         os.replace(tmp, path)
         self._idle.clear()
         self._queue.put_nowait((path, item))
+        return number
+
+    async def delivered(self, number: int, timeout_s: float | None = None) -> bool:
+        """Wait until event ``number`` (and so every one published before it) was acknowledged.
+
+        False on timeout (the event stays queued). Events go out in order, so a caller that
+        waits here before answering its client makes "my events are in the journal" part
+        of the answer (``rm`` and ``run --rm`` do).
+        """
+        try:
+            async with asyncio.timeout(timeout_s), self._progress:
+                await self._progress.wait_for(lambda: self._acked >= number)
+            return True
+        except TimeoutError:
+            return False
 
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every queued event is acknowledged; False on timeout."""
@@ -136,6 +158,9 @@ class EventPublisher:
                     log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
                     break
             path.unlink(missing_ok=True)
+            async with self._progress:
+                self._acked = max(self._acked, int(path.stem))
+                self._progress.notify_all()
 
 
 async def drain_outbox(client: AsyncClient, outbox: Path, timeout_s: float) -> bool:

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from common import codec, logsetup
+from common import codec, logsetup, trace
 from common.rpc.server import RpcServer
 from common.settings import Settings
 
@@ -131,13 +131,14 @@ async def _main(name: str, setup: Callable[[ServiceHost], Awaitable[list[object]
 
 def run(name: str, setup: Callable[[ServiceHost], Awaitable[list[object]]]) -> None:
     """Run service ``name`` until SIGTERM/SIGINT, then exit 0 (see the module docstring)."""
+    trace.set_process(name)
     settings = Settings()
     logsetup.configure(name, settings.log_level)
     settings.state.mkdir(parents=True, exist_ok=True)
     settings.service_dir(name).mkdir(parents=True, exist_ok=True)
     lock_fd = _lock(settings, name)
     try:
-        asyncio.run(_main(name, setup, settings))
+        trace.profiled(asyncio.run, _main(name, setup, settings))
     except SystemExit:
         raise
     except Exception as exc:

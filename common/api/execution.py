@@ -13,6 +13,14 @@ Methods (service ``execution``; every method acts in the request's namespace):
   prepare the rootfs snapshot, build the OCI spec and bundle. Starts nothing.
   InvalidArgument for a bad config (e.g. no command: ``no command specified``),
   AlreadyExists for a name in use. Publishes ``/containers/create``.
+- ``execution.run`` ``RunRequest`` -> stream: ``docker run`` in one call. Creates the
+  container (errors as ``create``: NotFound with ``details.kind == "image"`` lets the
+  caller pull and call again), then sends ``{"id", "name"}``. With ``detach`` it starts
+  the task and ends. Otherwise it attaches (``{"attached": true, "tty"}``; nothing the
+  task writes is missed), starts, streams ``{s, d}`` output frames (the call's own stream
+  goes to stdin when ``stdin``), waits for the exit (and for the removal with
+  ``auto_remove``) and sends ``{"exit_code", "error"}`` last. A process that cannot start
+  raises as ``start`` does (after the removal with ``auto_remove``).
 - ``execution.start`` ``IdRequest`` -> ``StartReply``: launch the shim, create and start
   the task. ``already_running=true`` (Docker's 304) if it runs. A process that cannot
   start raises InvalidArgument with ``details.exit_status`` 126 or 127 (the container
@@ -50,6 +58,9 @@ Methods (service ``execution``; every method acts in the request's namespace):
   ``{"detached": true}``); with ``detach`` one frame ``{"attached": false, "pid"}``.
   ``execution.exec_inspect`` ``ExecIdRequest`` -> ``ExecInfo``;
   ``execution.exec_resize`` ``ExecResizeRequest`` -> ``{}``.
+- ``execution.exec`` ``ExecRunRequest`` -> stream: ``exec_create`` and ``exec_start`` in
+  one call (what ``dockyard exec`` uses): ``{"id"}`` first (errors before it are
+  ``exec_create``'s), then ``exec_start``'s frames.
 - ``execution.volume_create`` ``VolumeCreateRequest`` -> ``Volume``;
   ``execution.volume_list`` ``{}`` -> ``VolumeListReply``; ``execution.volume_inspect``
   ``{name}`` -> ``Volume``; ``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}``
@@ -138,6 +149,17 @@ class CreateRequest(Request):
     console_size: tuple[int, int] | None = Field(default=None, description="[height, width]")
     runtime: str | None = Field(default=None, description="runc or crun; default: the service's setting")
     platform: str | None = None
+
+
+class RunRequest(CreateRequest):
+    """``execution.run``: a ``CreateRequest`` plus how the client runs it (``docker run``)."""
+
+    detach: bool = Field(default=False, description="start and reply; no output, no waiting")
+    stdin: bool = Field(default=False, description="the call's own stream goes to the container's stdin")
+
+    def create_request(self) -> CreateRequest:
+        """The ``CreateRequest`` part (what the container record keeps as its config)."""
+        return CreateRequest.model_validate(self.model_dump(exclude={"detach", "stdin"}))
 
 
 class CreateReply(Reply):
@@ -296,6 +318,16 @@ class ExecCreateRequest(Request):
     privileged: bool = False
     detach_keys: str = ""
     console_size: tuple[int, int] | None = None
+
+
+class ExecRunRequest(ExecCreateRequest):
+    """``execution.exec``: an ``ExecCreateRequest`` started at once (``docker exec``)."""
+
+    detach: bool = Field(default=False, description="start it and reply; no output, no waiting")
+
+    def create_request(self) -> ExecCreateRequest:
+        """The ``ExecCreateRequest`` part."""
+        return ExecCreateRequest.model_validate(self.model_dump(exclude={"detach"}))
 
 
 class ExecCreateReply(Reply):

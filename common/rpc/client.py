@@ -19,11 +19,29 @@ service's ROUTER and carry the same envelope.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol
 
 from common import codec, endpoints, errors
 from common.rpc import protocol
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Protocol
+
+    class Transport(Protocol):
+        """A DEALER connection: ``send`` one frame, ``recv`` one frame or None on timeout.
+
+        Both raise ``ConnectionError`` when the service cannot be reached or went away.
+        """
+
+        def send(self, payload: bytes, connect_wait_s: float) -> None: ...
+
+        def recv(self, timeout_ms: int) -> bytes | None: ...
+
+        def fileno(self) -> int: ...
+
+        def close(self) -> None: ...
+
 
 _GRACE_S = 0.5
 
@@ -33,21 +51,6 @@ class _Unset:
 
 
 UNSET = _Unset()
-
-
-class Transport(Protocol):
-    """A DEALER connection: ``send`` one frame, ``recv`` one frame or None on timeout.
-
-    Both raise ``ConnectionError`` when the service cannot be reached or went away.
-    """
-
-    def send(self, payload: bytes, connect_wait_s: float) -> None: ...
-
-    def recv(self, timeout_ms: int) -> bytes | None: ...
-
-    def fileno(self) -> int: ...
-
-    def close(self) -> None: ...
 
 
 class ZmtpTransport:

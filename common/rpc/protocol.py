@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from common import codec
 from common.errors import DockyardError
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 DEFAULT_WINDOW = 64

@@ -30,7 +30,7 @@ import pydantic
 import zmq
 import zmq.asyncio
 
-from common import codec, errors, ids
+from common import codec, errors, ids, trace
 from common.rpc import protocol
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,42 @@ class _Call:
     task: asyncio.Task[None] | None = None
 
 
-def _request_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel] | None:
-    params = list(inspect.signature(fn).parameters.values())
-    if not params:
-        return None
-    hints = typing.get_type_hints(fn)
-    hint = hints.get(params[0].name)
-    if isinstance(hint, type) and issubclass(hint, pydantic.BaseModel):
-        return hint
-    return None
+_MODELS: dict[Any, type[pydantic.BaseModel] | None] = {}
+_RPC_NAMES: dict[type, list[str]] = {}
+# Both caches are filled once per function / class: a process forked from a template that
+# warmed them (``warm_handlers``) pays neither ``get_type_hints`` nor ``getmembers`` again.
+
+
+def _request_model(fn: Callable[..., Any], *, method: bool = False) -> type[pydantic.BaseModel] | None:
+    """The pydantic type of ``fn``'s first parameter (after ``self`` for a method), or None."""
+    key = getattr(fn, "__func__", fn)
+    if key in _MODELS:
+        return _MODELS[key]
+    model: type[pydantic.BaseModel] | None = None
+    params = list(inspect.signature(key).parameters.values())
+    if method or key is not fn:
+        params = params[1:]
+    if params:
+        hint = typing.get_type_hints(fn).get(params[0].name)
+        if isinstance(hint, type) and issubclass(hint, pydantic.BaseModel):
+            model = hint
+    _MODELS[key] = model
+    return model
+
+
+def _rpc_names(cls: type) -> list[str]:
+    names = _RPC_NAMES.get(cls)
+    if names is None:
+        names = [n for n, fn in inspect.getmembers(cls, predicate=callable) if hasattr(fn, "__rpc_spec__")]
+        _RPC_NAMES[cls] = names
+    return names
+
+
+def warm_handlers(*classes: type) -> None:
+    """Work out the ``@rpc`` methods and request models of ``classes`` now (before forking)."""
+    for cls in classes:
+        for name in _rpc_names(cls):
+            _request_model(getattr(cls, name), method=True)
 
 
 def collect_handlers(*services: object) -> dict[str, _Handler]:
@@ -127,10 +154,9 @@ def collect_handlers(*services: object) -> dict[str, _Handler]:
     """
     table: dict[str, _Handler] = {}
     for service in services:
-        for _name, fn in inspect.getmembers(service, predicate=callable):
-            spec = getattr(fn, "__rpc_spec__", None)
-            if spec is None:
-                continue
+        for name in _rpc_names(type(service)):
+            fn = getattr(service, name)
+            spec = fn.__rpc_spec__
             if spec.method in table:
                 raise ValueError(f"two handlers for {spec.method}")
             table[spec.method] = _Handler(fn, spec, _request_model(fn))
@@ -209,7 +235,11 @@ class RpcServer:
         ]
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop taking requests, let unary calls finish within ``grace_s``, cancel the rest."""
+        """Stop taking requests, let unary calls finish within ``grace_s``, cancel the rest.
+
+        A reply sent just before may be lost (ZeroMQ drops what a closing ROUTER has not
+        written yet): end with a call whose reply nobody needs (``shim.shutdown``).
+        """
         self._closing = True
         for task in self._tasks[:1]:
             task.cancel()
@@ -278,6 +308,7 @@ class RpcServer:
         window = max(1, int(msg.get("window") or protocol.DEFAULT_WINDOW))
         call = _Call(identity, request_id, ctx, bool(handler and handler.spec.stream), window, window)
         self._calls[(identity, request_id)] = call
+        trace.mark(f"recv {method}")
         call.task = asyncio.create_task(self._run(call, handler, msg.get("body")), name=f"{self.name}:{method}")
 
     # -- running ---------------------------------------------------------------------------
@@ -333,6 +364,7 @@ class RpcServer:
             log.exception("%s failed", ctx.method, extra={"request_id": call.request_id, "namespace": ctx.namespace})
             await self._send_error(call, errors.wrap_unexpected(exc, ctx.method))
         finally:
+            trace.mark(f"done {ctx.method} {outcome}")
             self._calls.pop((call.identity, call.request_id), None)
             level = logging.DEBUG if (handler and handler.spec.quiet and outcome == "ok") else logging.INFO
             log.log(

@@ -19,9 +19,9 @@ A DEALER sends our one-frame envelopes as they are (no empty delimiter frame).
 
 from __future__ import annotations
 
+import _socket  # the C module: ``socket`` would build its enums at import (~5 ms of a CLI's budget)
 import errno
 import select
-import socket
 import struct
 import time
 
@@ -69,7 +69,7 @@ class ZmtpDealer:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buf = bytearray()
 
     def fileno(self) -> int:
@@ -79,7 +79,7 @@ class ZmtpDealer:
     def connect(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
             try:
                 sock.settimeout(max(0.05, deadline - time.monotonic()))
                 sock.connect(self.path)

@@ -1,5 +1,6 @@
 """``exec``: more processes in a running container, through its shim (``runc exec``).
 
+``execution.exec`` does both steps in one call (what ``dockyard exec`` uses).
 Like Docker, an exec is created (``execution.exec_create`` -> id; the shim publishes
 ``/tasks/exec-added``), then started (``execution.exec_start``, a stream: first
 ``{"attached": true, "tty"}``, then output frames ``{s, d}``, and last
@@ -17,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from common import errors, ids
 from common.api.execution import (
@@ -26,6 +27,7 @@ from common.api.execution import (
     ExecIdRequest,
     ExecInfo,
     ExecResizeRequest,
+    ExecRunRequest,
     ExecStartRequest,
 )
 from common.rpc.server import Context, rpc
@@ -114,6 +116,19 @@ class ExecService:
         )
         return ExecCreateReply(id=exec_id)
 
+    @rpc("execution.exec", stream=True)
+    async def exec(self, req: ExecRunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """``docker exec`` in one call: ``exec_create``, then ``{"id"}``, then ``exec_start``'s frames.
+
+        Errors before ``{"id"}`` are ``exec_create``'s (Conflict: not running), after it
+        ``exec_start``'s (InvalidArgument with ``details.exit_status`` 126/127).
+        """
+        created = await self.exec_create(req.create_request(), ctx)
+        yield {"id": created.id}
+        start = ExecStartRequest(exec_id=created.id, detach=req.detach, stdin=req.stdin)
+        async for frame in self.exec_start(start, ctx):
+            yield frame
+
     @rpc("execution.exec_start", stream=True)
     async def exec_start(self, req: ExecStartRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """Start an exec (see module docstring); ``detach`` returns after the start."""
@@ -126,7 +141,13 @@ class ExecService:
         ex.started = True
         client = live.client
         if req.detach:
-            reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+            try:
+                reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+            except errors.DockyardError as exc:
+                ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
+                ex.done.set()
+                self._spawn(self._cleanup(ex, client))
+                await _raise_for_exec_start(exc, client, ex)
             ex.pid, ex.running = int(reply["pid"]), True
             self._spawn(self._watch(ex, client))
             yield {"attached": False, "pid": ex.pid}
@@ -145,7 +166,7 @@ class ExecService:
                 ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
                 ex.done.set()
                 self._spawn(self._cleanup(ex, client))
-                raise
+                await _raise_for_exec_start(exc, client, ex)
             ex.pid, ex.running = int(reply["pid"]), True
             self._spawn(self._watch(ex, client))
             yield {"attached": True, "tty": ex.tty, "pid": ex.pid}
@@ -254,3 +275,19 @@ async def _until(call: Any, stop: asyncio.Event) -> AsyncIterator[dict[str, Any]
             return
     finally:
         stopper.cancel()
+
+
+async def _raise_for_exec_start(exc: errors.DockyardError, client: Any, ex: ExecRecord) -> NoReturn:
+    """Re-raise a failed exec start; Conflict when the container's init exited meanwhile.
+
+    ``runc exec`` into a container whose init is exiting fails with a setns error; the user
+    asked to exec into a container that is no longer running, which is Docker's 409.
+    """
+    try:
+        state = await client.call("shim.state", {}, timeout_s=5)
+        running = state.get("status") == "running"
+    except errors.DockyardError:
+        running = False
+    if not running:
+        raise errors.Conflict(f"container '{ex.container_id[:12]}' is not running") from None
+    raise exc

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from common import codec, errors, ids, topics
+from common import codec, errors, ids, topics, trace
 from common.api.base import NamespacesReply
 from common.api.execution import (
     AttachRequest,
@@ -40,6 +40,7 @@ from common.api.execution import (
     RemoveRequest,
     RenameRequest,
     ResizeRequest,
+    RunRequest,
     StartReply,
     Stats,
     StatsRequest,
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
+REMOVE_EVENT_WAIT_S = 1.0
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 60.0
 RESTART_RESET_AFTER_S = 10.0
@@ -116,11 +118,12 @@ class ExecutionService:
         self._available_caps = spec.host_capabilities()
 
     # -- helpers -------------------------------------------------------------------------
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _find(self, namespace: str, ref: str) -> Record:
         return self.store.find(namespace, ref)
@@ -138,8 +141,9 @@ class ExecutionService:
     def _log_path(self, namespace: str, container_id: str) -> str:
         return str(self.settings.container_dir(namespace, container_id) / f"{container_id}-json.log")
 
-    def _publish(self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any]) -> None:
-        self.publisher.publish(topic, event, namespace=namespace, event_id=f"{container_id}/container/{verb}")
+    def _publish(self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any]) -> int:
+        event_id = f"{container_id}/container/{verb}"
+        return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id))
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -151,6 +155,9 @@ class ExecutionService:
     async def recover(self) -> None:
         """Rebuild the live view after a restart (see ``TaskManager.recover``)."""
         started = codec.utcnow()
+        trash = [d for d in _trash_dirs(self.settings) if os.path.isdir(d)]
+        if trash:  # what a crash left between a removal's rename and its delete
+            self._spawn(asyncio.to_thread(_empty_trash, trash), "empty-trash")
         await self.tasks.recover()
         for rec in self.store.list(None):
             if rec.status == "removing":
@@ -195,7 +202,9 @@ class ExecutionService:
     @rpc("execution.create")
     async def create(self, req: CreateRequest, ctx: Context) -> CreateReply:
         """Create a container (see ``common.api.execution``); starts nothing."""
-        ns = ctx.namespace
+        return await self._create(req, ctx.namespace)
+
+    async def _create(self, req: CreateRequest, ns: str) -> CreateReply:
         if req.name:
             name = ids.validate_name(req.name)
             if self.store.name_taken(ns, name):
@@ -216,6 +225,7 @@ class ExecutionService:
             )
         except errors.NotFound as exc:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
+        trace.mark("image resolved")
         image_cfg: dict[str, Any] = dict((image.get("config") or {}).get("config") or {})
         args = spec.process_args(image_cfg, req.entrypoint, req.cmd)
         env = spec.merge_env(image_cfg.get("Env") or [], req.env)
@@ -280,6 +290,7 @@ class ExecutionService:
                 timeout_s=60,
             )
             prepared = True
+            trace.mark("snapshot prepared")
             await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)
             await asyncio.to_thread(_write_bundle, bundle, oci, list(reply.get("mounts") or []))
             rec = Record(
@@ -628,6 +639,59 @@ class ExecutionService:
             if not p.live.done():
                 p.live.set_exception(errors.FailedPrecondition(message))
 
+    # -- run -----------------------------------------------------------------------------
+    @rpc("execution.run", stream=True)
+    async def run(self, req: RunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """``docker run`` in one call: create, attach, start, stream, wait (see ``common.api.execution``)."""
+        created = await self._create(req.create_request(), ctx.namespace)
+        trace.mark("created")
+        yield {"id": created.id, "name": created.name}
+        rec = self.store.get(ctx.namespace, created.id)
+        if rec is None:
+            raise errors.NotFound(f"container '{created.id}' not found")
+        if req.detach:
+            await self._start(rec)
+            return
+        key = (rec.namespace, rec.id)
+        waiter: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(("removed" if req.auto_remove else "next-exit", waiter))
+        attach = self.attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
+        try:
+            yield await attach.__anext__()  # {"attached": true}: the subscription waits for the task
+            start = self._spawn(self._start_attached(rec), f"run-{rec.id[:12]}")
+            try:
+                async for frame in attach:
+                    yield frame
+                    if frame.get("detached"):
+                        return  # the detach keys: the container goes on running
+            except errors.FailedPrecondition:
+                if not start.done():
+                    raise
+            try:
+                await asyncio.shield(start)
+            except errors.DockyardError:
+                if req.auto_remove:
+                    await asyncio.shield(waiter)  # the failed container is removed first
+                raise
+            result = await asyncio.shield(waiter)
+            trace.mark("run exit")
+            yield {"exit_code": result.exit_code, "error": result.error}
+        finally:
+            await attach.aclose()
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                self._waiters[key] = [w for w in waiters if w[1] is not waiter]
+                if not self._waiters[key]:
+                    del self._waiters[key]
+
+    async def _start_attached(self, rec: Record) -> StartReply:
+        """``_start`` for ``run``: any failure also ends the attach waiting for the task."""
+        try:
+            return await self._start(rec)
+        except BaseException as exc:
+            self._fail_pending(rec, str(exc))
+            raise
+
     # -- stop, kill ----------------------------------------------------------------------
     @rpc("execution.stop")
     async def stop(self, req: StopRequest, ctx: Context) -> StopReply:
@@ -730,7 +794,12 @@ class ExecutionService:
             bundle = str(self.settings.bundle_dir(ns, cid))
             cdir = str(self.settings.container_dir(ns, cid))
             await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
-            await asyncio.to_thread(_remove_dirs, bundle, cdir)
+            trace.mark("outbox drained")
+            trash = _trash_dirs(self.settings)
+            left = _discard_dirs(bundle, cdir, trash)  # renames; the deleting happens off the critical path
+            if left:
+                self._spawn(asyncio.to_thread(_empty_trash, left), f"trash-{cid[:12]}")
+            trace.mark("directories removed")
             self.store.delete(ns, cid)
             self.execs.forget_container(ns, cid)
             self._backoff.pop((ns, cid), None)
@@ -739,8 +808,13 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
-            self._publish(topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image})
+            number = self._publish(
+                topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image}
+            )
             log.info("removed container %s (%s)", cid[:12], rec.name)
+        # whoever waits for the removal (rm, run --rm) finds /containers/delete in the journal
+        # (bounded: with the events service down the event waits in the outbox, the removal does not)
+        await self.publisher.delivered(number, REMOVE_EVENT_WAIT_S)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 
     # -- exits ---------------------------------------------------------------------------
@@ -1120,17 +1194,45 @@ def _write_bundle(bundle: str, oci: dict[str, Any], mounts: list[dict[str, Any]]
     for name, obj in (("config.json", oci), ("mounts.json", mounts)):
         tmp = os.path.join(bundle, name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
+            f.write(json.dumps(obj))  # the C encoder (json.dump streams in Python)
         os.replace(tmp, os.path.join(bundle, name))
 
 
-def _remove_dirs(bundle: str, cdir: str) -> None:
+def _trash_dirs(settings: Settings) -> tuple[str, str]:
+    """``(<state>/trash, <root>/trash)``: where removed bundles and container directories wait to be deleted."""
+    return os.path.join(str(settings.state), "trash"), os.path.join(str(settings.root), "trash")
+
+
+def _discard_dirs(bundle: str, cdir: str, trash: tuple[str, str]) -> list[str]:
+    """Unmount the bundle's rootfs, then move the bundle and the container directory into the trash.
+
+    A rename is one metadata operation where deleting a bundle is a dozen, so ``rm`` and
+    ``run --rm`` return sooner; ``_empty_trash`` deletes them afterwards (and at start-up,
+    whatever a crash left there). Falls back to deleting in place (another file system,
+    no trash directory). Returns the trash entries to delete.
+    """
     rootfs = os.path.join(bundle, "rootfs")
-    if os.path.isdir(rootfs):
+    if os.path.isdir(rootfs) and mount.is_mountpoint(rootfs):
         with contextlib.suppress(OSError):
             mount.unmount(rootfs, detach=True)
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(cdir, ignore_errors=True)
+    moved = []
+    for path, where in ((bundle, trash[0]), (cdir, trash[1])):
+        if not os.path.lexists(path):
+            continue
+        target = os.path.join(where, f"{os.path.basename(path)}.{os.urandom(4).hex()}")
+        try:
+            os.makedirs(where, exist_ok=True)
+            os.rename(path, target)
+            moved.append(target)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+    return moved
+
+
+def _empty_trash(entries: list[str]) -> None:
+    """Delete trash entries (``_discard_dirs``); a whole trash directory when given one."""
+    for path in entries:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _swap_accounting() -> bool:

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,9 @@ class Record:
 
 
 def _to_row(rec: Record) -> dict[str, Any]:
-    row = asdict(rec)
+    # a shallow copy: ``asdict`` would deep-copy the OCI spec (seccomp profile and all) only for
+    # json.dumps to read it once
+    row = {f.name: getattr(rec, f.name) for f in fields(rec)}
     for key in _JSON_FIELDS:
         row[key] = json.dumps(row[key])
     for key in _TIME_FIELDS:

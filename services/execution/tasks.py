@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import codec, errors, topics
+from common import codec, errors, topics, trace
 from common.api.shim import ShimLaunch, TaskStatus, event_id
 from common.events import drain_outbox
 from common.settings import Settings
@@ -201,9 +201,11 @@ class TaskManager:
         bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
+        trace.mark("bundle written")
         t1 = time.perf_counter()
         report = await self.launcher.launch(rec.namespace, rec.id, bundle)
         t2 = time.perf_counter()
+        trace.mark("shim launched")
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
@@ -251,6 +253,7 @@ class TaskManager:
                 live.done.set()
                 await self._forget(live)
             raise StartFailed(exc.message, status) from None
+        trace.mark("task started")
         t3 = time.perf_counter()
         log.debug(
             "start of %s: bundle %.1f ms, shim up and task created %.1f ms, attach + start %.1f ms",
@@ -303,6 +306,7 @@ class TaskManager:
             live.done.set()
 
     async def _task_exited(self, live: Live, reply: dict[str, Any]) -> None:
+        trace.mark("task exited")
         exited_at = reply.get("exited_at") or codec.utcnow()
         ex = TaskExit(
             int(reply.get("exit_status", 255)),
@@ -325,18 +329,29 @@ class TaskManager:
                 await shims.clean_dead_task(
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
-            t1 = time.perf_counter()
-            await self._shutdown(live)
-            t2 = time.perf_counter()
-            await self._drain_leftovers(live.bundle)
-            await self._forget(live)
-        log.debug(
-            "exit of %s: recorded and deleted %.1f ms, shim gone %.1f ms",
-            live.container_id[:12],
-            (t1 - t0) * 1000,
-            (t2 - t1) * 1000,
-        )
+                await self._shim_gone(live)
+            else:
+                # the shim handed its events over and leaves the bundle alone: no need to wait for its exit
+                trace.mark("task deleted")
+                if self.live.get(live.key) is live:
+                    del self.live[live.key]
+                self._spawn(self._shim_gone(live), f"shim-exit-{live.container_id[:12]}")
+        log.debug("exit of %s: recorded and deleted %.1f ms", live.container_id[:12], (time.perf_counter() - t0) * 1000)
         await self._after_exit(live, ex)
+
+    async def _shim_gone(self, live: Live) -> None:
+        """Tell the shim of a deleted task to exit, wait (up to 5 s) until it did, deliver what it left."""
+        assert live.watch is not None
+        call = None
+        if not live.watch.died.done():
+            with contextlib.suppress(errors.DockyardError):
+                call = await live.client.start("shim.shutdown", {}, timeout_s=5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
+        if call is not None:
+            await call.cancel()
+        await self._drain_leftovers(live.bundle)
+        await self._forget(live)
 
     async def _shim_died(self, live: Live) -> None:
         async with self.lock(live.namespace, live.container_id):
@@ -580,7 +595,7 @@ class TaskManager:
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
+        f.write(json.dumps(obj))  # the C encoder (json.dump streams in Python)
     os.replace(tmp, path)
 
 

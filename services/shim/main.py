@@ -21,17 +21,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import trace
 from common.api.shim import ShimLaunch
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
 from common.rpc.server import RpcServer
 from common.settings import Settings
 from services.shim.reaper import Reaper
-from services.shim.service import CreateFailed, Shim
+from services.shim.service import SHUTDOWN_WAIT_S, CreateFailed, Shim
 
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
+
+TRIM_AFTER_S = 2.0
+"""When the shim hands its free heap back (its task has started by then; it stays idle)."""
+
+
+def _trim_heap() -> None:
+    """Once the task runs the shim mostly waits: drop garbage (the template's objects are frozen,
+    so only the shim's own are visited) and ``malloc_trim(0)`` the freed C heap back to the system."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def set_subreaper() -> None:
@@ -39,13 +51,6 @@ def set_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def _trim_memory() -> None:
-    """Once the task runs the shim mostly waits: drop garbage and hand freed heap back to the OS."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _report(ready_fd: int, payload: dict[str, Any]) -> None:
@@ -88,6 +93,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     shim.console_base = endpoint[len("ipc://") :]
     server = RpcServer(endpoint, shim, name="shim", heartbeat_s=settings.heartbeat_s)
     await server.start()
+    trace.mark("serving")
     address = Path(bundle, "address")
     tmp = Path(bundle, "address.tmp")
     tmp.write_text(endpoint)
@@ -105,12 +111,20 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
         code = 1
     else:
         _report(ready_fd, {"ok": True, "pid": state.pid, "shim_pid": os.getpid(), "address": endpoint})
-        loop.call_later(1.0, _trim_memory)
-        await shim.done.wait()
+        trace.mark("reported")
+        loop.call_later(TRIM_AFTER_S, _trim_heap)
+        deleted = asyncio.ensure_future(shim.deleted.wait())
+        await asyncio.wait([deleted, asyncio.ensure_future(shim.done.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if not shim.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shim.done.wait(), SHUTDOWN_WAIT_S)
+        deleted.cancel()
     await publisher.flush(1.0)
     await server.close(grace_s=2.0)
     await publisher.close()
     await events.close()
-    with contextlib.suppress(FileNotFoundError):
-        address.unlink()
+    if code != 0:  # a deleted task's shim removed it already (a new shim may own the bundle now)
+        with contextlib.suppress(FileNotFoundError):
+            address.unlink()
+    trace.mark_cpu("exiting")
     return code

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from common import trace
 from services.shim.reaper import Reaper
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Runtime:
     ) -> bytes:
         offset = self._log_offset()
         stdio = stdio or {}
+        trace.mark(f"{self.name} {command}")
         status, out = await self.reaper.run(
             self._argv(*args),
             stdin=stdio.get(0),
@@ -109,6 +111,7 @@ class Runtime:
             capture=capture,
             input_data=input_data,
         )
+        trace.mark(f"{self.name} {command} exited {status}")
         if status != 0:
             message = self._errors_since(offset)
             if not message and capture:

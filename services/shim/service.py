@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from common import codec, errors, topics
+from common import codec, errors, topics, trace
 from common.api.shim import (
     AttachRequest,
     ConnectReply,
@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 IO_DRAIN_S = 2.0
 """How long the output may stay open after the init exited (processes that escaped the pid namespace)."""
 
-SHUTDOWN_GRACE_S = 30.0
-"""A deleted task's shim exits this long after the delete if nobody sent ``shim.shutdown``."""
+SHUTDOWN_WAIT_S = 10.0
+"""How long a shim whose task is deleted waits for ``shim.shutdown`` before it exits anyway."""
+
+DELETE_FLUSH_S = 1.0
+"""How long ``shim.delete`` waits for the events service to acknowledge the task's events."""
 
 
 class CreateFailed(Exception):
@@ -71,6 +74,8 @@ class Publisher(Protocol):
     """What the shim needs from ``common.events.EventPublisher``."""
 
     def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
+
+    async def flush(self, timeout_s: float | None = None) -> bool: ...
 
 
 def proc_start_time(pid: int) -> int:
@@ -94,6 +99,9 @@ class Shim:
         self.runtime = Runtime(launch.runtime, launch.runtime_root, bundle, reaper)
         self.rootfs = os.path.join(bundle, "rootfs")
         self.done = asyncio.Event()
+        """Set by ``shim.shutdown``: the shim may exit."""
+        self.deleted = asyncio.Event()
+        """Set by ``shim.delete``: the task is gone; the shim exits on ``shim.shutdown`` (or soon anyway)."""
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -162,9 +170,12 @@ class Shim:
         io: ProcessIO | None = None
         try:
             try:
+                # in the loop, not a thread: a few local syscalls, nobody is connected yet, and an
+                # idle shim without an executor thread is smaller (no thread stack, no pool)
                 t0 = time.perf_counter()
-                not_executable = await asyncio.to_thread(self._prepare_rootfs)
+                not_executable = self._prepare_rootfs()
                 t1 = time.perf_counter()
+                trace.mark("rootfs ready")
             except (OSError, rootfs.RootfsError) as exc:
                 raise CreateFailed(str(exc), 128) from None
             if not_executable:
@@ -260,7 +271,7 @@ class Shim:
             rootfs.make_workdir(self.rootfs, cwd, user.uid, user.gid)
         tmp = config_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(spec, f)
+            f.write(json.dumps(spec))  # the C encoder: json.dump streams in Python, ~10 ms for a spec
         os.replace(tmp, config_path)
         return rootfs.missing_interpreter(self.rootfs, list(process.get("args") or []), env, cwd)
 
@@ -268,20 +279,22 @@ class Shim:
         if not self._mounted:
             return
         try:
-            await asyncio.to_thread(mount.unmount, self.rootfs, detach=True)
+            mount.unmount(self.rootfs, detach=True)  # a lazy detach returns at once: no thread needed
             self._mounted = False
         except OSError as exc:
             log.error("cannot unmount the rootfs: %s", exc)
 
     # -- exits --------------------------------------------------------------------------------------
     def _on_exit(self, proc: Process, status: int) -> None:
+        trace.mark(f"reaped {proc.state.exec_id or 'init'}")
         proc.record_exit(status)
         self._spawn(self._finish_exit(proc), f"exit-{proc.state.exec_id or 'init'}")
 
     async def _finish_exit(self, proc: Process) -> None:
         if proc is self.init:
             # read the container's own cgroup before the runtime deletes it (C17)
-            kills = await asyncio.to_thread(cgroups.oom_kills, self.cgroups_path) if self.cgroups_path else 0
+            # one small read from cgroupfs, in the loop: a thread would cost more on the exit path
+            kills = cgroups.oom_kills(self.cgroups_path) if self.cgroups_path else 0
             if kills > self._oom_seen:
                 self._publish_oom(kills)
             if self._oom_seen and proc.state.exit_status == 137:
@@ -301,6 +314,7 @@ class Shim:
             },
             state.exec_id,
         )
+        trace.mark(f"exit published {state.exec_id or 'init'}")
         proc.exited.set()
 
     # -- RPC ------------------------------------------------------------------------------------------
@@ -390,7 +404,10 @@ class Shim:
     async def delete(self, req: ProcessRequest, ctx: Context) -> ExitReply:
         """Delete the stopped (or never started) task: ``runtime delete``, unmount, ``/tasks/delete``.
 
-        FailedPrecondition while it runs. The shim exits once the reply is sent.
+        FailedPrecondition while it runs. The task's events are acknowledged by the events
+        service before the reply. The shim then waits for ``shim.shutdown`` (at most
+        ``SHUTDOWN_WAIT_S``) before it exits: closing its socket right after the reply could
+        drop the reply (ZeroMQ discards what a closed ROUTER has not sent yet).
         """
         proc = self._process(req.exec_id)
         if req.exec_id:
@@ -429,8 +446,13 @@ class Shim:
                 "delete",
                 {"id": self.id, "pid": s.pid, "exit_status": exit_status, "exited_at": s.exited_at},
             )
-            # the caller sends shim.shutdown next; exit anyway if it never comes
-            asyncio.get_running_loop().call_later(SHUTDOWN_GRACE_S, self.done.set)
+            # The task's events reach the journal before the caller goes on (its own events, such as
+            # /containers/delete, come after them), and the shim leaves the bundle alone from now on,
+            # so the caller need not wait for this process to exit.
+            await self.publisher.flush(DELETE_FLUSH_S)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.bundle, "address"))
+            self.deleted.set()
             return ExitReply(
                 pid=s.pid, exit_status=exit_status, exited_at=s.exited_at, oom_killed=s.oom_killed, error=s.error
             )
@@ -549,9 +571,9 @@ class Shim:
             raise errors.AlreadyExists(f"exec '{req.exec_id}' already exists")
         process = dict(req.process)
         try:
-            user = await asyncio.to_thread(
-                rootfs.resolve_user, self.rootfs, req.user or self.launch.user, self.launch.group_add
-            )
+            # two small reads capped at MAX_FILE_BYTES, opened non-blocking (rootfs.py): in the loop,
+            # as a first thread of the shim would cost more than the lookup
+            user = rootfs.resolve_user(self.rootfs, req.user or self.launch.user, self.launch.group_add)
         except rootfs.RootfsError as exc:
             raise errors.InvalidArgument(str(exc)) from None
         process["user"] = {"uid": user.uid, "gid": user.gid}
@@ -586,7 +608,7 @@ class Shim:
             process_file = os.path.join(self.bundle, f"exec-{self._next()}.json")
             pid_file = process_file[: -len(".json")] + ".pid"
             with open(process_file, "w", encoding="utf-8") as f:
-                json.dump(proc.exec_spec, f)
+                f.write(json.dumps(proc.exec_spec))
             console: ConsoleSocket | None = None
             receiving: asyncio.Task[int] | None = None
             if proc.io.tty:

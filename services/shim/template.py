@@ -25,9 +25,13 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+
+_settings: Any = None
+"""The ``Settings`` every shim uses, read once by the template (``main``)."""
 
 
 def _prctl(option: int, arg: int | bytes) -> None:
@@ -41,6 +45,10 @@ def _become_shim(conn: socket.socket, listener: socket.socket, request: dict[str
     os.setsid()
     if os.fork() != 0:
         os._exit(0)
+    from common import trace
+
+    trace.set_process("shim")
+    trace.mark("forked")
     bundle = request["bundle"]
     _prctl(PR_SET_PDEATHSIG, 0)
     _prctl(PR_SET_NAME, b"dockyard-shim")
@@ -55,17 +63,21 @@ def _become_shim(conn: socket.socket, listener: socket.socket, request: dict[str
         signal.signal(sig, signal.SIG_DFL)
     code = 1
     try:
-        from common import logsetup
-        from common.settings import Settings
         from services.shim.main import serve
 
-        settings = Settings()
-        logsetup.configure("shim", settings.log_level)
         ready = os.dup(conn.fileno())
         conn.close()
-        code = serve(request["namespace"], request["container_id"], bundle, settings, ready)
+        code = trace.profiled(serve, request["namespace"], request["container_id"], bundle, _settings, ready)
     finally:
         os._exit(code)
+
+
+def _warm_lazy_imports() -> None:
+    """Load now what a shim would otherwise load after the fork, at each start."""
+    import common.mount  # noqa: F401 - imported inside services.shim.mount
+    from services.shim import mount
+
+    mount._lib()  # ctypes.util.find_library runs `ldconfig -p` in a child process
 
 
 def _handle(conn: socket.socket, listener: socket.socket) -> None:
@@ -100,10 +112,17 @@ def main(argv: list[str]) -> int:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         return 0  # our parent is already gone
+    global _settings
     import services.shim.main  # noqa: F401 - the point: import everything once
-    from common import logsetup  # noqa: F401
-    from common.settings import Settings  # noqa: F401
+    from common import logsetup
+    from common.rpc.server import warm_handlers
+    from common.settings import Settings
+    from services.shim.service import Shim
 
+    _settings = Settings()  # the shims' environment is ours
+    logsetup.configure("shim", _settings.log_level)
+    warm_handlers(Shim)
+    _warm_lazy_imports()
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

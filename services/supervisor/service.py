@@ -5,7 +5,8 @@ The supervisor is what ``dockyard up`` leaves running. It starts each service
 ``<state>/logs/<name>.log``, waits for its ``<name>.health`` answer before
 starting the next, and watches every service through a pidfd: a service that
 dies (SIGKILL, OOM, a bug) is started again after a back-off that doubles from
-0.5 s to 30 s and resets once it has stayed up for a minute. A supervisor that
+0.5 s to 30 s while it keeps dying within 10 s of its start (a crash loop), and
+goes back to 0.5 s once it has stayed up longer than that. A supervisor that
 was itself killed and started again adopts the services still running (found
 by their pid files and health answers) instead of starting second copies.
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30.0
-_STABLE_S = 60.0
+_STABLE_S = 10.0
+"""A service that ran this long before dying was not crash-looping: restart it after the minimum back-off."""
 
 
 @dataclass

@@ -1,0 +1,679 @@
+"""What the container commands do, free of typer so the CLI's hot path can use it.
+
+``cli.containers`` (the typer commands) and ``cli.hot`` (the hand-written parser of
+the hot verbs: ``run``, ``exec``, ``ps``, ``rm``, ``stop``, ``start``) both end here,
+so both paths build the same requests and behave the same. Importing this module
+costs no typer, pydantic or pyzmq: on ``ipc://`` endpoints the client speaks ZMTP
+itself (``common.rpc.zmtp``).
+
+``run`` follows ``docker run`` (docker-api.md section 4) in one ``execution.run``
+call: create (pulling the image first if it is missing), attach, start, stream the
+output byte for byte, and end with the exit status (after the removal with
+``--rm``). Exit codes: the container's; 125 when the engine failed; 126/127 when the
+command could not be run. Signals the CLI receives are forwarded to the container.
+"""
+
+from __future__ import annotations
+
+import _signal  # the C module: ``signal`` would import enum and build its enums (a few ms)
+import os
+import select
+import sys
+
+from cli import output
+from cli.connect import client
+from common import errors, trace
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from typing import Any
+
+EXIT_ENGINE = output.EXIT_ENGINE_ERROR
+
+# -- request building ---------------------------------------------------------------------------
+
+
+def parse_bytes(value: str | None, what: str) -> int | None:
+    if value is None or value == "":
+        return None
+    v = value.strip().lower()
+    if v == "-1":
+        return -1
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    if v.endswith("b") and len(v) > 1 and v[-2] in units:
+        v = v[:-1]
+    mult = units.get(v[-1], 0)
+    try:
+        return int(float(v[:-1] if mult else v) * (mult or 1))
+    except ValueError:
+        output.fail(f"invalid {what} {value!r}", EXIT_ENGINE)
+
+
+def env_list(env: list[str], env_file: list[str]) -> list[str]:
+    out = []
+    for path in env_file:
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        out.append(line)
+        except OSError as exc:
+            output.fail(f"cannot read env file {path}: {exc.strerror}", EXIT_ENGINE)
+    out += env
+    resolved = []
+    for entry in out:
+        if "=" not in entry:
+            if entry in os.environ:  # docker run -e NAME takes the value from the client
+                resolved.append(f"{entry}={os.environ[entry]}")
+            continue
+        resolved.append(entry)
+    return resolved
+
+
+def labels(values: list[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        k, _, val = v.partition("=")
+        out[k] = val
+    return out
+
+
+def volume_mounts(volumes: list[str], tmpfs: list[str], mounts: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for v in volumes:
+        parts = v.split(":")
+        if len(parts) == 1:
+            out.append({"type": "volume", "source": "", "target": parts[0]})
+            continue
+        source, target = parts[0], parts[1]
+        opts = parts[2].split(",") if len(parts) > 2 else []
+        kind = "bind" if source.startswith("/") or source.startswith(".") else "volume"
+        if kind == "bind":
+            source = os.path.abspath(source)
+        out.append({"type": kind, "source": source, "target": target, "read_only": "ro" in opts})
+    for t in tmpfs:
+        target, _, tmpfs_opts = t.partition(":")
+        out.append({"type": "tmpfs", "target": target, "options": [o for o in tmpfs_opts.split(",") if o]})
+    for m in mounts:
+        fields: dict[str, str] = {}
+        for part in m.split(","):
+            k, sep, val = part.partition("=")
+            fields[k.strip()] = val.strip() if sep else "true"
+        kind = fields.get("type", "volume")
+        target = fields.get("target") or fields.get("destination") or fields.get("dst") or ""
+        source = fields.get("source") or fields.get("src") or ""
+        ro = fields.get("readonly", fields.get("ro", "false")) in ("true", "1")
+        entry: dict[str, Any] = {"type": kind, "source": source, "target": target, "read_only": ro}
+        if kind == "tmpfs":
+            opts = []
+            if "tmpfs-size" in fields:
+                opts.append(f"size={fields['tmpfs-size']}")
+            if "tmpfs-mode" in fields:
+                opts.append(f"mode={fields['tmpfs-mode']}")
+            entry["options"] = opts
+        out.append(entry)
+    return out
+
+
+def restart_policy(value: str) -> dict[str, Any]:
+    name, _, count = value.partition(":")
+    if name not in ("no", "always", "on-failure", "unless-stopped"):
+        output.fail(f"invalid restart policy {value!r}", EXIT_ENGINE)
+    policy: dict[str, Any] = {"name": name}
+    if count:
+        if name != "on-failure" or not count.isdigit():
+            output.fail(f"invalid restart policy {value!r}: only on-failure takes a retry count", EXIT_ENGINE)
+        policy["maximum_retry_count"] = int(count)
+    return policy
+
+
+def console_size() -> list[int] | None:
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+        return [size.lines, size.columns]
+    except OSError:
+        return None
+
+
+def create_request(image: str, cmd: list[str] | None, **o: Any) -> dict[str, Any]:
+    req: dict[str, Any] = {"image": image}
+    if cmd:
+        req["cmd"] = list(cmd)
+    if o.get("name"):
+        req["name"] = o["name"]
+    if o.get("entrypoint") is not None:
+        req["entrypoint"] = [o["entrypoint"]] if o["entrypoint"] else []
+    env = env_list(o.get("env") or [], o.get("env_file") or [])
+    if env:
+        req["env"] = env
+    for key in ("workdir", "user", "hostname"):
+        if o.get(key):
+            req[{"workdir": "working_dir"}.get(key, key)] = o[key]
+    if o.get("label"):
+        req["labels"] = labels(o["label"])
+    if o.get("rm"):
+        req["auto_remove"] = True
+    if o.get("tty"):
+        req["tty"] = True
+        size = console_size()
+        if size:
+            req["console_size"] = size
+    if o.get("interactive"):
+        req["open_stdin"] = True
+        req["stdin_once"] = True
+    if o.get("network") and o["network"] != "none":
+        req["network_mode"] = o["network"]
+    if o.get("read_only"):
+        req["read_only"] = True
+    mounts = volume_mounts(o.get("volume") or [], o.get("tmpfs") or [], o.get("mount") or [])
+    if mounts:
+        req["mounts"] = mounts
+    if o.get("init"):
+        req["init"] = True
+    if o.get("restart") and o["restart"] != "no":
+        req["restart_policy"] = restart_policy(o["restart"])
+    resources: dict[str, Any] = {}
+    if o.get("memory"):
+        resources["memory"] = parse_bytes(o["memory"], "memory")
+    if o.get("memory_swap"):
+        resources["memory_swap"] = parse_bytes(o["memory_swap"], "memory-swap")
+    if o.get("cpus"):
+        resources["nano_cpus"] = int(o["cpus"] * 1e9)
+    if o.get("cpu_shares"):
+        resources["cpu_shares"] = o["cpu_shares"]
+    if o.get("pids_limit") is not None:
+        resources["pids_limit"] = o["pids_limit"]
+    if resources:
+        req["resources"] = resources
+    for key in ("cap_add", "cap_drop", "security_opt", "group_add"):
+        if o.get(key):
+            req[key] = list(o[key])
+    if o.get("privileged"):
+        req["privileged"] = True
+    if o.get("stop_signal"):
+        req["stop_signal"] = o["stop_signal"]
+    if o.get("stop_timeout") is not None:
+        req["stop_timeout"] = o["stop_timeout"]
+    if o.get("log_opt"):
+        req["log_opts"] = labels(o["log_opt"])
+    if o.get("runtime"):
+        req["runtime"] = o["runtime"]
+    return req
+
+
+# -- pulling ------------------------------------------------------------------------------------------------
+
+
+def pull(ref: str) -> None:
+    """Pull ``ref`` with one line per finished layer on stderr (what ``run`` shows)."""
+    c = client("image", timeout_s=None)
+    try:
+        for frame in c.stream("image.pull", {"ref": ref}):
+            status = frame.get("status", "")
+            if status == "done":
+                break
+            if not frame.get("id") and frame.get("message"):
+                sys.stderr.write(frame["message"] + "\n")
+            elif frame.get("id") and status in ("Pull complete", "Already exists"):
+                sys.stderr.write(f"{frame['id']}: {status}\n")
+        sys.stderr.flush()
+    finally:
+        c.close()
+
+
+def _missing_image(exc: errors.NotFound) -> bool:
+    return (exc.details or {}).get("kind") == "image"
+
+
+def _unable_to_find(image: str) -> None:
+    shown = image if (":" in image.rsplit("/", 1)[-1] or "@" in image) else f"{image}:latest"
+    sys.stderr.write(f"Unable to find image '{shown}' locally\n")
+    sys.stderr.flush()
+
+
+def create(req: dict[str, Any]) -> dict[str, Any]:
+    """``execution.create``; pull the image first when the service says it is missing."""
+    ex = client("execution", timeout_s=300)
+    try:
+        try:
+            return ex.call("execution.create", req)  # type: ignore[no-any-return]
+        except errors.NotFound as exc:
+            if not _missing_image(exc):
+                raise
+        _unable_to_find(req["image"])
+        pull(req["image"])
+        return ex.call("execution.create", req)  # type: ignore[no-any-return]
+    finally:
+        ex.close()
+
+
+# -- attached I/O -------------------------------------------------------------------------------------------
+
+
+class SignalProxy:
+    """Forwards SIGINT/SIGTERM/SIGHUP/... to the container while ``run`` is attached (``--sig-proxy``)."""
+
+    SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalProxy:
+        for sig in self.SIGNALS:
+            self._old[sig] = _signal.signal(sig, self._forward)
+        return self
+
+    def _forward(self, signum: int, _frame: Any) -> None:
+        c = client("execution", timeout_s=5)
+        try:
+            c.call("execution.kill", {"id": self.container_id, "signal": str(signum)})
+        except errors.DockyardError:
+            pass
+        finally:
+            c.close()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            _signal.signal(sig, old)
+
+
+class RawTerminal:
+    """Puts the local terminal in raw mode while a TTY container is attached."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stdin.isatty()
+        self._saved: Any = None
+
+    def __enter__(self) -> RawTerminal:
+        if self.enabled:
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(sys.stdin.fileno())
+            tty.setraw(sys.stdin.fileno())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
+
+
+class Resizer:
+    """Sends the local terminal size on SIGWINCH (and once at the start) to a TTY container or exec."""
+
+    def __init__(self, enabled: bool, method: str, body: dict[str, Any]) -> None:
+        self.enabled = enabled and sys.stdout.isatty()
+        self.method = method
+        self.body = body
+        self._old: Any = None
+
+    def _send(self, *_args: Any) -> None:
+        size = console_size()
+        if not size:
+            return
+        c = client("execution", timeout_s=5)
+        try:
+            c.call(self.method, {**self.body, "height": size[0], "width": size[1]})
+        except errors.DockyardError:
+            pass
+        finally:
+            c.close()
+
+    def __enter__(self) -> Resizer:
+        if self.enabled:
+            self._old = _signal.signal(_signal.SIGWINCH, self._send)
+            self._send()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            _signal.signal(_signal.SIGWINCH, self._old)
+
+
+def pump(call: Any, stdin: bool) -> dict[str, Any]:
+    """Copy the stream's output to stdout/stderr (and stdin to it) until the output ends.
+
+    Returns the last control frame seen (a frame without ``d``: ``{"exit_code": n}``
+    at the end of a run or an exec, ``{"detached": true}`` after the detach keys).
+    """
+    stdin_fd = sys.stdin.fileno() if stdin else -1
+    last: dict[str, Any] = {}
+    first = True
+    while True:
+        more, body = call.next_frame(timeout_ms=0)
+        if not more:
+            return last
+        if body is not None:
+            if "d" in body:
+                if first:
+                    trace.mark("first output")
+                    first = False
+                output.raw(body["d"], body.get("s", 1))
+            else:
+                last = body
+                if body.get("detached"):
+                    return last
+            continue
+        watch = [call.client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
+        readable, _, _ = select.select(watch, [], [], 1.0)
+        if stdin_fd >= 0 and stdin_fd in readable:
+            try:
+                data = os.read(stdin_fd, 65536)
+            except OSError:
+                data = b""
+            if data:
+                call.send(data)
+            else:
+                call.send_eof()
+                stdin_fd = -1
+
+
+def start_error(exc: errors.DockyardError) -> int:
+    """Exit code of ``run`` when the process could not be started: 126/127 as Docker, else 125."""
+    status = (exc.details or {}).get("exit_status")
+    if isinstance(status, int) and status in (126, 127):
+        return status
+    return EXIT_ENGINE
+
+
+# -- run, start ---------------------------------------------------------------------------------------------
+
+
+def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any) -> int:
+    """``docker run``: one ``execution.run`` call; returns the exit code (see module docstring).
+
+    ``opts`` are the option values of the ``run`` command (``name``, ``rm``, ``env`` ...),
+    by their typer parameter names.
+    """
+    req = create_request(image, cmd, **opts)
+    stdin = bool(opts.get("interactive"))
+    body = {**req, "detach": detach, "stdin": stdin}
+    ex = client("execution", timeout_s=None)
+    try:
+        trace.mark("run call")
+        try:
+            call = ex.start("execution.run", body)
+            try:
+                _more, created = call.next_frame()
+            except errors.NotFound as exc:
+                if not _missing_image(exc):
+                    raise
+                _unable_to_find(image)
+                pull(image)
+                call = ex.start("execution.run", body)
+                _more, created = call.next_frame()
+        except errors.DockyardError as exc:
+            output.fail(exc, EXIT_ENGINE)
+        cid = str(created["id"])
+        try:
+            if detach:
+                call.result()
+                output.line(cid)
+                return 0
+            tty = bool(opts.get("tty"))
+            with SignalProxy(cid), RawTerminal(tty and stdin), Resizer(tty, "execution.resize", {"id": cid}):
+                last = pump(call, stdin)
+        except errors.DockyardError as exc:
+            sys.stderr.write(f"error: {output.error_text(exc)}\n")
+            sys.stderr.flush()
+            return start_error(exc)
+        trace.mark("run done")
+        if last.get("detached"):
+            return 0
+        return int(last.get("exit_code", 0))
+    finally:
+        ex.close()
+
+
+def start_attached(container: str, *, interactive: bool) -> int:
+    """``docker start -a``: attach, start, stream the output; return the exit code."""
+    ex = client("execution", timeout_s=30)
+    waiter = client("execution", timeout_s=None)
+    attacher = client("execution", timeout_s=None)
+    try:
+        info = ex.call("execution.inspect", {"id": container})
+        container_id = info["id"]
+        stdin = interactive
+        auto_remove = bool(info["config"].get("auto_remove"))
+        wait_call = waiter.start(
+            "execution.wait", {"id": container_id, "condition": "removed" if auto_remove else "next-exit"}
+        )
+        att = attacher.start("execution.attach", {"id": container_id, "stdin": stdin, "stdout": True, "stderr": True})
+        att.next_frame()  # {"attached": true}: nothing written from now on is missed
+        try:
+            ex.call("execution.start", {"id": container_id})
+        except errors.DockyardError as exc:
+            att.cancel()
+            sys.stderr.write(f"error: {output.error_text(exc)}\n")
+            if auto_remove:
+                try:
+                    wait_call.result()
+                except errors.DockyardError:
+                    pass
+            return start_error(exc)
+        tty = bool(info["config"].get("tty"))
+        with (
+            SignalProxy(container_id),
+            RawTerminal(tty and stdin),
+            Resizer(tty, "execution.resize", {"id": container_id}),
+        ):
+            last = pump(att, stdin)
+        if last.get("detached"):
+            return 0
+        result = wait_call.result()
+        return int(result.get("exit_code", 0))
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        waiter.close()
+        attacher.close()
+        ex.close()
+
+
+# -- exec ---------------------------------------------------------------------------------------------------
+
+
+def exec_(
+    container: str,
+    cmd: list[str],
+    *,
+    detach: bool = False,
+    interactive: bool = False,
+    tty: bool = False,
+    env: list[str] | None = None,
+    user: str | None = None,
+    workdir: str | None = None,
+    privileged: bool = False,
+    detach_keys: str = "",
+) -> int:
+    """``docker exec`` in one ``execution.exec`` call; returns the exit code.
+
+    Exit codes: the command's; 1 when the container does not run; 126/127 when the
+    command could not be started; 125 when the engine failed.
+    """
+    body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive, "detach": detach}
+    envs = env_list(env or [], [])
+    if envs:
+        body["env"] = envs
+    if user:
+        body["user"] = user
+    if workdir:
+        body["working_dir"] = workdir
+    if privileged:
+        body["privileged"] = True
+    if detach_keys:
+        body["detach_keys"] = detach_keys
+    if tty:
+        size = console_size()
+        if size:
+            body["console_size"] = size
+    ex = client("execution", timeout_s=None)
+    try:
+        call = ex.start("execution.exec", body)
+        try:
+            _more, created = call.next_frame()
+        except errors.DockyardError as exc:
+            output.fail(exc, 1 if isinstance(exc, errors.Conflict) else EXIT_ENGINE)
+        exec_id = str(created["id"])
+        try:
+            call.next_frame()  # started ({"attached": ..., "pid"})
+        except errors.DockyardError as exc:
+            sys.stderr.write(f"error: {output.error_text(exc)}\n")
+            return start_error(exc)
+        if detach:
+            call.result()
+            return 0
+        with RawTerminal(tty and interactive), Resizer(tty, "execution.exec_resize", {"exec_id": exec_id}):
+            last = pump(call, interactive)
+        if last.get("detached"):
+            return 0
+        code = last.get("exit_code")
+        if code is None:
+            code = ex.call("execution.exec_inspect", {"exec_id": exec_id}, timeout_s=30).get("exit_code") or 0
+        return int(code)
+    except errors.DockyardError as exc:
+        output.fail(exc, EXIT_ENGINE)
+    finally:
+        ex.close()
+
+
+# -- lifecycle verbs ----------------------------------------------------------------------------------------
+
+
+_NOOP_NOTES = {"already_running": "container {} is already running", "already_stopped": "container {} is not running"}
+
+
+def each(ids: list[str], method: str, body: dict[str, Any], *, timeout_s: float | None = 60) -> int:
+    """Call ``method`` for every container; print each name/id on success, errors as they come.
+
+    A start of a running container or a stop of a stopped one succeeds (Docker's 304) with
+    a note. Returns 0, or 1 if any call failed.
+    """
+    ex = client("execution", timeout_s=timeout_s)
+    failed = False
+    try:
+        for ref in ids:
+            try:
+                reply = ex.call(method, {"id": ref, **body}) or {}
+                for key, note in _NOOP_NOTES.items():
+                    if reply.get(key):
+                        output.warn(note.format(ref) + " (nothing to do)")
+                output.line(ref)
+            except errors.DockyardError as exc:
+                failed = True
+                sys.stderr.write(f"error: {output.error_text(exc)}\n")
+    finally:
+        ex.close()
+    return 1 if failed else 0
+
+
+def stop_body(time_s: int | None, sig: str | None) -> dict[str, Any]:
+    """The ``execution.stop`` body of ``stop -t T -s SIG``."""
+    body: dict[str, Any] = {}
+    if time_s is not None:
+        body["timeout_s"] = time_s
+    if sig:
+        body["signal"] = sig
+    return body
+
+
+# -- ps -----------------------------------------------------------------------------------------------------
+
+
+def _ago(when: Any) -> str:
+    import datetime as dt
+
+    if not when:
+        return ""
+    if isinstance(when, str):
+        when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    secs = max(0, int((dt.datetime.now(dt.UTC) - when).total_seconds()))
+    if secs < 1:
+        return "Less than a second"
+    if secs < 60:
+        return f"{secs} second{'s' if secs != 1 else ''}"
+    mins = secs // 60
+    if mins < 60:
+        return "About a minute" if mins == 1 else f"{mins} minutes"
+    hours = mins // 60
+    if hours < 48:
+        return "About an hour" if hours == 1 else f"{hours} hours"
+    days = hours // 24
+    return f"{days} days"
+
+
+def status_text(c: dict[str, Any]) -> str:
+    """Docker's STATUS column: ``Up 3 seconds``, ``Exited (0) 2 seconds ago``, ``Created``."""
+    st = c["state"]
+    if st["status"] in ("running", "paused"):
+        text = f"Up {_ago(st.get('started_at'))}"
+        return text + " (Paused)" if st["status"] == "paused" else text
+    if st["status"] == "restarting":
+        return f"Restarting ({st['exit_code']}) {_ago(st.get('finished_at'))} ago"
+    if st["status"] == "exited":
+        return f"Exited ({st['exit_code']}) {_ago(st.get('finished_at'))} ago"
+    if st["status"] == "removing":
+        return "Removal In Progress"
+    if st["status"] == "dead":
+        return "Dead"
+    return "Created"
+
+
+def _command(c: dict[str, Any]) -> str:
+    text = " ".join([c.get("path", ""), *c.get("args", [])]).strip()
+    return f'"{text[:20]}…"' if len(text) > 20 else f'"{text}"'
+
+
+def ps(
+    *,
+    all_: bool = False,
+    quiet: bool = False,
+    no_trunc: bool = False,
+    filter_: list[str] | None = None,
+    last: int | None = None,
+    fmt: str | None = None,
+) -> int:
+    """``docker ps``: list containers as a table, ids (``quiet``) or JSON lines (``fmt='json'``)."""
+    filters: dict[str, list[str]] = {}
+    for f in filter_ or []:
+        k, sep, v = f.partition("=")
+        if not sep:
+            output.fail(f"bad filter {f!r}: expected key=value")
+        filters.setdefault(k, []).append(v)
+    ex = client("execution", timeout_s=30)
+    try:
+        body: dict[str, Any] = {"all": all_ or last is not None, "filters": filters}
+        if last is not None:
+            body["limit"] = last
+        reply = ex.call("execution.list", body)
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+    containers = reply["containers"]
+    if quiet:
+        output.lines(c["id"] if no_trunc else c["id"][:12] for c in containers)
+        return 0
+    if fmt == "json":
+        import json
+
+        output.lines(json.dumps(c, default=str) for c in containers)
+        return 0
+    rows = []
+    for c in containers:
+        rows.append(
+            [
+                c["id"] if no_trunc else c["id"][:12],
+                c["image"],
+                _command(c) if not no_trunc else '"' + " ".join([c.get("path", ""), *c.get("args", [])]) + '"',
+                f"{_ago(c['created_at'])} ago",
+                status_text(c),
+                c["name"],
+            ]
+        )
+    output.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
+    return 0
