@@ -7,8 +7,8 @@ setup:
 demo:
 	deploy/demo.sh
 
-test: setup
-	.venv/bin/python -m pytest -q -ra tests
+test: setup lint
+	.venv/bin/python -m pytest -q -ra --durations=15 tests
 
 test-unit: setup
 	.venv/bin/python -m pytest -q tests/unit
