@@ -9,7 +9,9 @@ behaves the same whichever parser read it. ``run`` follows ``docker run``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import sys
 from typing import Annotated, Any
 
@@ -657,6 +659,64 @@ def volume_prune() -> None:
 _RUN_SETTINGS = {"allow_interspersed_args": False}
 
 
+def commit(
+    container: Annotated[str, typer.Argument(help="container")],
+    repository: Annotated[
+        str | None, typer.Argument(metavar="[REPOSITORY[:TAG]]", help="name of the new image")
+    ] = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="commit message")] = "",
+    author: Annotated[str, typer.Option("--author", "-a", help="author")] = "",
+    change: Annotated[list[str] | None, typer.Option("--change", "-c", help="Dockerfile instruction")] = None,
+    pause: Annotated[bool, typer.Option("--pause/--no-pause", "-p", help="pause the container meanwhile")] = True,
+) -> None:
+    """Create a new image from a container's changes; print its id."""
+    ex = client("execution", timeout_s=600)
+    try:
+        reply = ex.call(
+            "execution.commit",
+            {
+                "id": container,
+                "ref": repository or "",
+                "comment": message,
+                "author": author,
+                "changes": change or [],
+                "pause": pause,
+            },
+        )
+    except errors.DockyardError as exc:
+        output.fail(exc)
+    finally:
+        ex.close()
+    output.line(str(reply["id"]))
+
+
+def export(
+    container: Annotated[str, typer.Argument(help="container")],
+    out: Annotated[str | None, typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
+) -> None:
+    """Write a container's root file system as a tar archive (to stdout or -o FILE)."""
+    if out is None and sys.stdout.isatty():
+        output.fail("refusing to write a tar to a terminal: redirect stdout or use -o FILE")
+    ex = client("execution", timeout_s=None)
+    tmp = f"{out}.part" if out else None
+    try:
+        if tmp and out:
+            with open(tmp, "wb") as f:
+                for chunk in ex.stream("execution.export", {"id": container}):
+                    f.write(chunk)
+            os.replace(tmp, out)
+        else:
+            for chunk in ex.stream("execution.export", {"id": container}):
+                output.raw(chunk)
+    except (errors.DockyardError, OSError) as exc:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        output.fail(exc)
+    finally:
+        ex.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add the container commands to ``app``: short verbs and the ``container`` sub-app."""
     container_app = typer.Typer(help="Manage containers.", no_args_is_help=True)
@@ -677,6 +737,8 @@ def register(app: typer.Typer) -> None:
         target.command("top", context_settings=_RUN_SETTINGS)(top)
         target.command("stats")(stats)
         target.command("update")(update)
+        target.command("commit")(commit)
+        target.command("export")(export)
     app.command("ps")(ps)
     container_app.command("ls")(ps)
     container_app.command("ps")(ps)

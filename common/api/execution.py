@@ -177,6 +177,26 @@ class RenameRequest(Request):
     name: str = Field(min_length=1, description="required; the new name (Docker name rules)")
 
 
+class CommitRequest(Request):
+    """``execution.commit`` (``docker commit``)."""
+
+    id: str = Field(min_length=1, description="required; the container")
+    ref: str = Field(default="", max_length=1024, description="optional; REPO[:TAG] of the new image")
+    comment: str = Field(default="", max_length=4096)
+    author: str = Field(default="", max_length=1024)
+    changes: list[str] = Field(default_factory=list, description="Dockerfile instructions (CMD, ENV, ...)")
+    pause: bool = Field(default=True, description="freeze a running container while its changes are read")
+
+
+class CommitReply(Reply):
+    id: str = Field(description="the new image's id")
+    name: str = ""
+
+
+class ExportRequest(Request):
+    id: str = Field(min_length=1, description="required; the container")
+
+
 class StartReply(Reply):
     id: str
     pid: int = 0

@@ -133,6 +133,30 @@ class ImportRequest(Request):
     platform: str | None = Field(default=None, description="os/arch[/variant] recorded in the config; default host")
 
 
+class CommitRequest(Request):
+    """``image.commit``: a container's snapshot as a new layer on its image (``docker commit``)."""
+
+    snapshot_key: str = Field(min_length=1, max_length=512, description="required; the container's snapshot")
+    parent: str = Field(min_length=1, description="required; id of the container's image")
+    ref: str = Field(default="", max_length=1024, description="optional; name of the new image ('' = dangling)")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the new image's config section (OCI config.md: Cmd, Entrypoint, Env, WorkingDir, User, "
+        "Labels, ExposedPorts, Volumes, StopSignal); empty = the parent's",
+    )
+    changes: list[str] = Field(default_factory=list, description="Dockerfile instructions applied on top")
+    comment: str = Field(default="", max_length=4096)
+    author: str = Field(default="", max_length=1024)
+    container_id: str = Field(default="", description="recorded as the config's 'container'")
+    created_by: str = Field(default="", max_length=4096, description="history entry, e.g. the container's command")
+
+
+class CommitReply(Reply):
+    id: str = Field(description="the new image's id (config digest)")
+    name: str = Field(description="its name ('' when dangling)")
+    digest: str = Field(description="manifest digest")
+
+
 class LoadRequest(Request):
     quiet: bool = False
 

@@ -28,10 +28,13 @@ from common import codec, errors, ids, topics, trace
 from common.api.base import NamespacesReply
 from common.api.execution import (
     AttachRequest,
+    CommitReply,
+    CommitRequest,
     Container,
     ContainerState,
     CreateReply,
     CreateRequest,
+    ExportRequest,
     IdRequest,
     KillRequest,
     ListReply,
@@ -503,6 +506,75 @@ class ExecutionService:
             raise errors.FailedPrecondition(f"container '{rec.name}' has no terminal")
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
         return {}
+
+    @rpc("execution.commit")
+    async def commit(self, req: CommitRequest, ctx: Context) -> CommitReply:
+        """``docker commit``: the container's changes as a new image (see ``common.api.execution``).
+
+        The new image's config section is the container's effective one (its image's,
+        overridden by the container's command, entrypoint, env, working dir, user, labels
+        and stop signal), then ``changes``. NotFound for an unknown container.
+        """
+        rec = self._find(ctx.namespace, req.id)
+        image = await self.image.call(
+            "image.resolve", {"ref": rec.image_id, "unpack": False}, namespace=rec.namespace, timeout_s=60
+        )
+        section = _committed_config(dict((image.get("config") or {}).get("config") or {}), rec)
+        live = self.tasks.get(rec.namespace, rec.id)
+        paused = False
+        if req.pause and live is not None and live.status == "running":
+            await live.client.call("shim.pause", {}, timeout_s=30)
+            paused = True
+        try:
+            reply = await self.image.call(
+                "image.commit",
+                {
+                    "snapshot_key": rec.snapshot_key,
+                    "parent": rec.image_id,
+                    "ref": req.ref,
+                    "config": section,
+                    "changes": req.changes,
+                    "comment": req.comment,
+                    "author": req.author,
+                    "container_id": rec.id,
+                    "created_by": " ".join(rec.extra.get("args") or []),
+                },
+                namespace=rec.namespace,
+                timeout_s=600,
+            )
+        finally:
+            if paused and live is not None:
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.resume", {}, timeout_s=30)
+        self.publisher.publish(
+            topics.CONTAINER_UPDATE,
+            {"id": rec.id, "name": rec.name, "image": rec.image, "action": "commit"},
+            namespace=rec.namespace,
+            event_id=f"{rec.id}/container/commit/{ids.new_id()[:16]}",
+        )
+        return CommitReply(id=str(reply["id"]), name=str(reply.get("name") or ""))
+
+    @rpc("execution.export", stream=True)
+    async def export(self, req: ExportRequest, ctx: Context) -> AsyncIterator[bytes]:
+        """``docker export``: stream the container's merged rootfs as a tar (1 MiB frames)."""
+        rec = self._find(ctx.namespace, req.id)
+        scratch = Path(self.settings.service_dir("execution")) / "export-tmp" / f"{ids.new_id()}.tar"
+        await asyncio.to_thread(scratch.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            await self.snapshot.call(
+                "snapshot.export",
+                {"key": rec.snapshot_key, "path": str(scratch)},
+                namespace=rec.namespace,
+                timeout_s=600,
+            )
+            f = await asyncio.to_thread(open, scratch, "rb")
+        finally:
+            await asyncio.to_thread(scratch.unlink, True)  # the open file stays readable
+        try:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                yield chunk
+        finally:
+            f.close()
 
     @rpc("execution.namespaces", quiet=True)
     async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
@@ -1242,3 +1314,25 @@ def _swap_accounting() -> bool:
 
 
 __all__ = ["ExecutionService", "shims"]
+
+
+def _committed_config(image_config: dict[str, Any], rec: Record) -> dict[str, Any]:
+    """The config section ``docker commit`` records: the image's, with the container's overrides."""
+    cfg = dict(rec.config)
+    out = dict(image_config)
+    if cfg.get("entrypoint") is not None:
+        entrypoint = list(cfg["entrypoint"])
+        out["Entrypoint"] = None if entrypoint in ([], [""]) else entrypoint
+        out["Cmd"] = list(cfg["cmd"]) if cfg.get("cmd") else None  # Docker: a new entrypoint drops the image's Cmd
+    elif cfg.get("cmd"):
+        out["Cmd"] = list(cfg["cmd"])
+    out["Env"] = spec.merge_env(image_config.get("Env") or [], cfg.get("env") or [])
+    if cfg.get("working_dir"):
+        out["WorkingDir"] = cfg["working_dir"]
+    if cfg.get("user"):
+        out["User"] = cfg["user"]
+    labels = {**(image_config.get("Labels") or {}), **(cfg.get("labels") or {})}
+    out["Labels"] = labels or None
+    if cfg.get("stop_signal"):
+        out["StopSignal"] = cfg["stop_signal"]
+    return {k: v for k, v in out.items() if v is not None}

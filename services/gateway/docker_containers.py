@@ -69,6 +69,7 @@ class ContainersAPI:
         add("POST", "/containers/{id}/pause", self.pause)
         add("POST", "/containers/{id}/unpause", self.unpause)
         add("POST", "/containers/{id}/rename", self.rename)
+        add("POST", "/commit", self.commit)
         add("POST", "/containers/{id}/update", self.update)
         add("POST", "/containers/{id}/resize", self.resize)
         add("POST", "/containers/{id}/wait", self.wait)
@@ -241,6 +242,27 @@ class ContainersAPI:
         await self._container(ref)
         await self._needs("execution.rename", "{id, name} -> {}", {"id": ref, "name": name.lstrip("/")}, ref)
         return Response(204)
+
+    async def commit(self, request: Request) -> Response:
+        """``POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes=`` -> 201 ``{Id}``."""
+        ref = request.arg("container") or ""
+        if not ref:
+            raise HTTPError(400, "container is required")
+        repo, tag = request.arg("repo") or "", request.arg("tag") or ""
+        if tag and not repo:
+            raise HTTPError(400, "tag given without a repository")
+        name = f"{repo}:{tag}" if repo and tag else repo
+        changes = [c for value in request.query.get("changes", []) for c in value.splitlines() if c.strip()]
+        body = {
+            "id": ref,
+            "ref": name,
+            "comment": request.arg("comment") or "",
+            "author": request.arg("author") or "",
+            "changes": changes,
+            "pause": request.flag("pause", default=True),
+        }
+        reply = await call(self.b.execution, "execution.commit", body, "container", ref, timeout_s=600)
+        return Response.json({"Id": reply["id"]}, 201)
 
     async def update(self, request: Request) -> Response:
         ref = request.params["id"]

@@ -32,6 +32,7 @@ from common.rpc.aio import AsyncClient
 from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.image import archive, export, gc, listing, platforms
+from services.image import commit as commit_mod
 from services.image import reference as refs
 from services.image.auth import Credentials, CredentialStore, write_config_entry
 from services.image.content import ContentStore
@@ -532,6 +533,54 @@ class ImageService:
             self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest, action="import")
             return api.LoadedImage(name=name, id=view.id, digest=target.digest).model_dump()
         finally:
+            self._end_lease(lease)
+
+    # -- commit --------------------------------------------------------------------------------------
+    @rpc("image.commit")
+    async def commit(self, req: api.CommitRequest, ctx: Context) -> api.CommitReply:
+        """``docker commit``: the container's snapshot becomes a layer on top of ``parent``.
+
+        ``snapshot.diff`` writes the layer (whiteouts and opaque directories included) into
+        a scratch file of this service; the blob, the config and the manifest are committed
+        under a lease, the new layer is unpacked, and ``ref`` (or a dangling name) points at
+        it. NotFound for an unknown parent or snapshot, InvalidArgument for a bad ref or
+        change; nothing is left behind on failure.
+        """
+        namespace = ctx.namespace
+        name = str(refs.parse(req.ref)) if req.ref else ""
+        record, _text = self._find(namespace, req.parent)
+        parent = await asyncio.to_thread(view_of, self.content, record.target, None)
+        from services.image.changes import apply_changes
+
+        base = dict(req.config) if req.config else dict(parent.config.config)
+        section = apply_changes(base, req.changes)
+        lease = self._lease(namespace, OP_LEASE_S, "commit")
+        scratch = self.data_dir / "commit-tmp" / f"{ids.new_id()}.layer"
+        try:
+            await asyncio.to_thread(scratch.parent.mkdir, parents=True, exist_ok=True)
+            media_type = commit_mod.layer_media_type(parent)
+            layer = await self._snapshot_call(
+                "snapshot.diff", {"key": req.snapshot_key, "path": str(scratch), "media_type": media_type}, namespace
+            )
+            target = await asyncio.to_thread(
+                commit_mod.build_commit,
+                self.content,
+                lambda d: self.meta.add_lease_resource(lease, "content", d),
+                parent,
+                scratch,
+                layer,
+                section,
+                comment=req.comment,
+                author=req.author,
+                container_id=req.container_id,
+                created_by=req.created_by,
+            )
+            view = await asyncio.to_thread(view_of, self.content, target, None)
+            await self._unpack_after_write(namespace, view, lease, lambda _f: None)
+            self._set_name(namespace, name or _dangling_name(target), target, view.id, target.digest, action="commit")
+            return api.CommitReply(id=view.id, name=name, digest=target.digest)
+        finally:
+            await asyncio.to_thread(scratch.unlink, True)
             self._end_lease(lease)
 
     # -- save ----------------------------------------------------------------------------------------

@@ -67,3 +67,15 @@ def test_native_api_lists_every_namespace_in_use(eng: Engine) -> None:
     subprocess.run(
         [sys.executable, "-m", "cli", "rm", "-f", "a1"], env=other, cwd=PROJECT, check=True, capture_output=True
     )
+
+
+def test_docker_commit_through_the_api(eng: Engine) -> None:
+    eng.ok("run", "--name", "tocommit", "busybox", "sh", "-c", "echo committed > /marker")
+    image_id = eng.ok("commit", "-m", "via docker", "-c", "ENV VIA=docker", "tocommit", "viadocker:1").strip()
+    assert image_id.startswith("sha256:")
+    assert eng.ok("run", "--rm", "viadocker:1", "cat", "/marker") == "committed\n"
+    info = json.loads(eng.ok("image", "inspect", "viadocker:1"))[0]
+    assert "VIA=docker" in info["Config"]["Env"] and len(info["RootFS"]["Layers"]) == 2
+    assert eng.docker("commit", "nosuch", "x:1").returncode != 0
+    eng.ok("rm", "tocommit")
+    eng.ok("rmi", "viadocker:1")
