@@ -292,7 +292,9 @@ class RawTerminal:
             import tty
 
             self._saved = termios.tcgetattr(sys.stdin.fileno())
-            tty.setraw(sys.stdin.fileno())
+            # TCSANOW, not setraw's default TCSAFLUSH: that discards what was typed (or piped
+            # into the terminal) before the container was attached
+            tty.setraw(sys.stdin.fileno(), termios.TCSANOW)
         return self
 
     def __exit__(self, *exc: object) -> None:

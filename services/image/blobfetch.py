@@ -167,7 +167,9 @@ def fetch_blob(req: BlobRequest, ingest: Ingest, size: int, cancel: Cancel, prog
                 resp.read()
                 raise BlobAuthError(f"{req.what}: 401 Unauthorized")
             if status == 416 and ingest.offset:
-                resp.read()
+                # Not read: Go's http.ServeContent (docker-registry) answers 416 with the blob's
+                # Content-Length and a short body, so reading it raises IncompleteRead. The
+                # connection is closed below; the next hop starts from byte 0.
                 ingest.restart()
                 continue
             if status not in (200, 206):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import sys
 import time
 from collections.abc import Iterator
 
@@ -13,7 +16,7 @@ import pytest
 
 from tests.conftest import need_root
 from tests.engine import Engine
-from tests.harness import Instance
+from tests.harness import PROJECT, Instance
 
 pytestmark = pytest.mark.root
 
@@ -107,6 +110,36 @@ def test_tty_output_is_raw_with_crlf(engine: Engine) -> None:
     assert p.stdout == b"Hello this is a bug\r\n"
     assert engine.cli("logs", "tty").stdout == b"Hello this is a bug\r\n"
     engine.cli("rm", "tty", check=True)
+
+
+def test_run_it_keeps_input_typed_before_the_container_is_attached(engine: Engine) -> None:
+    """``dockyard run -it`` under a terminal: what was typed ahead (``echo cmd | script -c ...``)
+    reaches the shell; switching the terminal to raw mode must not flush it."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its terminal
+        os.chdir(PROJECT)
+        os.execve(sys.executable, [sys.executable, "-m", "cli", "run", "--rm", "-it", "busybox", "sh"], engine.inst.env)
+    os.write(fd, b"echo typed-$((6*7))\rexit 3\r")  # before the CLI even started
+    out = b""
+    deadline = time.monotonic() + 30
+    status = None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                pass
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+    if status is None:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    os.close(fd)
+    assert status is not None, out
+    assert b"typed-42" in out and os.waitstatus_to_exitcode(status) == 3, out
 
 
 def test_tty_size_and_resize(engine: Engine) -> None:

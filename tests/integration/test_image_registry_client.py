@@ -62,6 +62,7 @@ class Stub:
         self.tokens_issued = 0
         self.basic_user: tuple[str, str] | None = None
         self.redirect_blobs_to: str | None = None
+        self.ranges_refused = 0
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -141,6 +142,19 @@ class Stub:
                         return
                     if stub.redirect_blobs_to and digest == sha(stub.layer):
                         self.reply(307, b"", {"Location": f"http://{stub.redirect_blobs_to}/storage/{digest}"})
+                        return
+                    rng = self.headers.get("Range", "")
+                    if rng and int(rng.split("=", 1)[1].split("-", 1)[0]) >= len(blobs[digest]):
+                        # what docker-registry (Go's http.ServeContent) sends: 416 with the blob's
+                        # Content-Length, and a short body
+                        stub.ranges_refused += 1
+                        body = b"invalid range: failed to overlap"
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(blobs[digest])}")
+                        self.send_header("Content-Length", str(len(blobs[digest])))
+                        self.end_headers()
+                        self.wfile.write(body)
+                        self.close_connection = True
                         return
                     self.reply(200, blobs[digest], {"Content-Type": "application/octet-stream"})
                 else:
@@ -419,3 +433,34 @@ def test_blob_fetch_thread_follows_redirects_without_the_authorization_header(tm
         assert [r for r in stub.requests if "/blobs/" in r["path"] and r["authorization"].startswith("Basic ")]
     finally:
         storage.stop()
+
+
+def test_blob_fetch_resuming_a_complete_ingest_survives_a_go_style_416(tmp_path: Path, stub: Stub) -> None:
+    """An image service killed after the last byte of a layer but before its commit leaves a complete
+    ingest; the next pull asks ``Range: bytes=<size>-`` and docker-registry answers 416 with the blob's
+    Content-Length and a short body. The fetch starts over instead of failing on that body forever."""
+    from services.image import blobfetch
+    from services.image.content import ContentStore
+
+    store = ContentStore(tmp_path / "content")
+    desc = oci.Descriptor(oci.OCI_LAYER_GZIP, sha(stub.layer), len(stub.layer))
+    left = store.open_ingest(desc.digest, expected=desc.digest, total=desc.size)
+    left.write(stub.layer)  # all there, never committed (the service died here)
+    del left
+
+    async def run() -> None:
+        client = _client(tmp_path)
+        try:
+            ep = client.endpoint(stub.host)
+            await client.ping(ep)
+            req = await client.blob_request(ep, "x", desc, renew=True)
+            ingest = store.open_ingest(desc.digest, expected=desc.digest, total=desc.size)
+            assert ingest.offset == desc.size
+            await asyncio.to_thread(blobfetch.fetch_blob, req, ingest, desc.size, blobfetch.Cancel(), lambda _n: None)
+            ingest.commit()
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    assert stub.ranges_refused == 1
+    assert store.read(sha(stub.layer)) == stub.layer
