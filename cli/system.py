@@ -193,7 +193,7 @@ def events(
     ] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="one JSON envelope per line")] = False,
 ) -> None:
-    """Print events: replay from the journal (``--since``), then follow live ones."""
+    """Print live events; with --since, replay the journal from that point first (like docker events)."""
     body: dict[str, Any] = _parse_since(since)
     if until is not None:
         if until.isdigit():
@@ -206,6 +206,11 @@ def events(
         filters["namespace"] = [namespace()]
     body["filters"] = filters
     c = client("events", timeout_s=None)
+    if since is None:  # live only: start at the journal's head
+        try:
+            body["since"] = int(c.call("events.head", {}, timeout_s=10)["seq"])
+        except errors.DockyardError as exc:
+            output.fail(exc)
     try:
         for env in c.stream("events.replay", body):
             if as_json:

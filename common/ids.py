@@ -62,7 +62,9 @@ def validate_name(name: str) -> str:
     if not isinstance(name, str):
         raise InvalidArgument(f"invalid container name {name!r}")
     bare = name[1:] if name.startswith("/") else name
-    if len(bare) > 128 or not _NAME_RE.match(bare):
+    if len(bare) > 128:
+        raise InvalidArgument(f"invalid container name {name[:40]!r}...: longer than 128 characters")
+    if not _NAME_RE.match(bare):
         raise InvalidArgument(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     return bare
 

@@ -694,7 +694,8 @@ class ExecutionService:
                 self._notify(rec.namespace, rec.id, exc.exit_status, exc.message, removed=False)
                 if rec.config.get("auto_remove"):
                     self._spawn(self._remove(rec), f"auto-remove-{rec.id[:12]}")
-                cls = errors.InvalidArgument if exc.exit_status in (126, 127) else errors.Internal
+                user_error = exc.exit_status in (126, 127) or exc.user_error
+                cls = errors.InvalidArgument if user_error else errors.Internal
                 raise cls(exc.message, {"exit_status": exc.exit_status}) from None
             return StartReply(id=rec.id, pid=live.task_pid)
 

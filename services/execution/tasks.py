@@ -81,10 +81,11 @@ class Live:
 class StartFailed(Exception):
     """The task could not be created or started; ``exit_status`` is Docker's (126/127/128)."""
 
-    def __init__(self, message: str, exit_status: int) -> None:
+    def __init__(self, message: str, exit_status: int, *, user_error: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.exit_status = exit_status
+        self.user_error = user_error
 
 
 class TaskManager:
@@ -213,7 +214,7 @@ class TaskManager:
                 rec.namespace, rec.id, exit_code=status, error=message, handled=incarnation, finished_at=codec.utcnow()
             )
             await self._drain_leftovers(bundle)
-            raise StartFailed(message, status)
+            raise StartFailed(message, status, user_error=bool(report.get("user_error")))
         live = Live(
             rec.namespace,
             rec.id,

@@ -103,7 +103,10 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     try:
         state = await shim.create()
     except CreateFailed as exc:
-        _report(ready_fd, {"ok": False, "error": exc.message, "exit_status": exc.exit_status})
+        _report(
+            ready_fd,
+            {"ok": False, "error": exc.message, "exit_status": exc.exit_status, "user_error": exc.user_error},
+        )
         code = 1
     except Exception as exc:
         log.exception("create failed")

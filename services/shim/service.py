@@ -62,12 +62,17 @@ DELETE_FLUSH_S = 1.0
 
 
 class CreateFailed(Exception):
-    """The task could not be created; ``exit_status`` is what Docker would record."""
+    """The task could not be created; ``exit_status`` is what Docker would record.
 
-    def __init__(self, message: str, exit_status: int) -> None:
+    ``user_error``: the container's own configuration or image is at fault (unknown user,
+    a working directory that is a file...), not the engine: callers answer InvalidArgument.
+    """
+
+    def __init__(self, message: str, exit_status: int, *, user_error: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.exit_status = exit_status
+        self.user_error = user_error
 
 
 class Publisher(Protocol):
@@ -176,7 +181,9 @@ class Shim:
                 not_executable = self._prepare_rootfs()
                 t1 = time.perf_counter()
                 trace.mark("rootfs ready")
-            except (OSError, rootfs.RootfsError) as exc:
+            except rootfs.RootfsError as exc:
+                raise CreateFailed(str(exc), 128, user_error=True) from None
+            except OSError as exc:
                 raise CreateFailed(str(exc), 128) from None
             if not_executable:
                 raise CreateFailed(not_executable, 126)
