@@ -77,24 +77,32 @@ class EventPublisher:
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_loop(), name="event-publisher")
 
-    def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None:
+    def publish(
+        self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str, after: str | None = None
+    ) -> None:
         """Queue one event for delivery; durable once this returns.
 
         ``event_id`` must be unique per event and stable across retries (e.g.
         ``"<container_id>/<task incarnation>/exit"``); the journal stores each id once.
+        ``after`` names an event of another publisher that must be journaled first (the
+        events service holds this one back for a while until it is; see ``events.publish``).
         Raises ``OSError`` if the outbox cannot be written.
         """
-        self.publish_numbered(topic, event, namespace=namespace, event_id=event_id)
+        self.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after)
 
-    def publish_numbered(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> int:
+    def publish_numbered(
+        self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str, after: str | None = None
+    ) -> int:
         """``publish``, returning the event's number in this outbox (for ``delivered``)."""
-        item = {
+        item: dict[str, Any] = {
             "id": event_id,
             "topic": topic,
             "namespace": namespace,
             "timestamp": codec.utcnow(),
             "event": event,
         }
+        if after:
+            item["after"] = after
         number = self._next
         path = self.outbox / f"{number:012d}.ev"
         self._next += 1

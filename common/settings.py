@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     journal_max_age_s: float = Field(default=7 * 24 * 3600.0, description="events older than this are compacted")
     journal_max_events: int = Field(default=1_000_000, description="the journal keeps at most this many events")
+    events_after_wait_s: float = Field(
+        default=30.0, ge=0, description="how long an event may wait for the event it must follow"
+    )
     journal_compact_interval_s: float = Field(default=60.0, gt=0, description="how often the journal compacts")
 
     def env(self) -> dict[str, str]:

@@ -5,6 +5,10 @@ Methods (service ``events``):
 - ``events.publish`` ``PublishRequest`` -> ``PublishReply``: journal one event, then fan it
   out on the XPUB socket. Idempotent: an ``id`` already journaled is acknowledged
   again with its original ``seq`` and ``duplicate=True`` (at-least-once senders retry).
+  With ``after``, the event is held back (the call answers Unavailable, so its sender
+  retries) until the named event is journaled, for at most ``events_after_wait_s`` from
+  the first attempt: a container's events keep their causal order even when several
+  publishers' outboxes drain at once after the events service was down.
 - ``events.replay`` ``ReplayRequest`` -> stream of ``Envelope``: journaled events with
   ``seq > since`` (and ``<= until_seq`` / ``timestamp <= until``), in ``seq`` order, then
   (``follow=True``) live events with no gap and no duplicate at the seam. A subscriber
@@ -34,6 +38,11 @@ class PublishRequest(Request):
     namespace: str = Field(default="default", description="namespace the event belongs to")
     timestamp: dt.datetime | None = Field(default=None, description="when it happened (UTC); default: now")
     event: dict[str, Any] = Field(default_factory=dict, description="topic-specific payload")
+    after: str | None = Field(
+        default=None,
+        max_length=200,
+        description="optional; id of an event (from another publisher) that must be journaled before this one",
+    )
 
 
 class PublishReply(Reply):

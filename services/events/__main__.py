@@ -73,7 +73,7 @@ async def setup(host: ServiceHost) -> list[object]:
 
     host.on_close(_close_sockets)
 
-    service = EventsService(journal, fanout)
+    service = EventsService(journal, fanout, after_wait_s=settings.events_after_wait_s)
     host.spawn(service.writer_loop(), "journal-writer")
     host.spawn(_intake(xsub, service), "xsub-intake")
     host.spawn(_drain_xpub(xpub), "xpub-subscriptions")

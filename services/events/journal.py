@@ -150,6 +150,10 @@ class Journal:
             )
         return [self._record(r) for r in rows]
 
+    def has(self, event_id: str) -> bool:
+        """True when the event ``event_id`` is in the journal."""
+        return self._reader().execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is not None
+
     def head(self) -> int:
         """The newest sequence number ever assigned (0 for an empty journal)."""
         row = self._reader().execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()

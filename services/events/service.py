@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -100,9 +101,14 @@ class EventsService:
     ``fanout(record)`` is called for every newly journaled record (the XPUB socket).
     """
 
-    def __init__(self, journal: Journal, fanout: Callable[[Record], None] | None = None) -> None:
+    def __init__(
+        self, journal: Journal, fanout: Callable[[Record], None] | None = None, *, after_wait_s: float = 30.0
+    ) -> None:
         self.journal = journal
         self.fanout = fanout
+        self.after_wait_s = after_wait_s
+        self._journaled: dict[str, asyncio.Event] = {}  # event ids someone waits for
+        self._held_since: dict[str, float] = {}  # dependent event id -> first attempt (monotonic)
         self._pending: asyncio.Queue[tuple[NewEvent, asyncio.Future[tuple[Record, bool]]]] = asyncio.Queue()
         self._followers: set[_Follower] = set()
 
@@ -125,6 +131,9 @@ class EventsService:
             for (_, fut), (record, duplicate) in zip(batch, results, strict=True):
                 if not duplicate:
                     self._deliver(record)
+                waiting = self._journaled.pop(record.id, None)
+                if waiting is not None:
+                    waiting.set()
                 if not fut.done():
                     fut.set_result((record, duplicate))
 
@@ -157,10 +166,37 @@ class EventsService:
         ``duplicate=True`` and is not fanned out again. Raises Internal if the journal
         cannot be written (the sender keeps the event and retries).
         """
+        if req.after:
+            await self._wait_for(req.after, req.id, ctx)
         record, duplicate = await self.append(
             NewEvent(req.id, req.timestamp or codec.utcnow(), req.namespace or ctx.namespace, req.topic, req.event)
         )
+        self._held_since.pop(req.id, None)
         return PublishReply(seq=record.seq, duplicate=duplicate)
+
+    async def _wait_for(self, after: str, event_id: str, ctx: Context) -> None:
+        """Hold ``event_id`` back until ``after`` is journaled (bounded, see ``events.publish``).
+
+        Waits within this call's deadline, then answers Unavailable so the sender retries
+        (its outbox keeps the event); after ``after_wait_s`` since the first attempt the
+        event goes in regardless, so a dependency that never comes cannot block a publisher.
+        """
+        first = self._held_since.setdefault(event_id, time.monotonic())
+        left = self.after_wait_s - (time.monotonic() - first)
+        if left <= 0:
+            log.warning("event %s journaled without %s, which it should follow", event_id, after)
+            return
+        waiting = self._journaled.setdefault(after, asyncio.Event())
+        if await asyncio.to_thread(self.journal.has, after):
+            self._journaled.pop(after, None)
+            return
+        budget = left if ctx.time_left() is None else min(left, max(0.0, (ctx.time_left() or 0) - 0.5))
+        try:
+            await asyncio.wait_for(waiting.wait(), budget)
+        except TimeoutError:
+            if time.monotonic() - first >= self.after_wait_s:
+                return
+            raise errors.Unavailable(f"event {event_id} waits for event {after}") from None
 
     @rpc("events.head", quiet=True)
     async def head(self, _req: Any, _ctx: Context) -> HeadReply:

@@ -55,6 +55,7 @@ from common.api.execution import (
     WaitReply,
     WaitRequest,
 )
+from common.api.shim import event_id as task_event_id
 from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.execution import logs as logs_mod
@@ -144,9 +145,11 @@ class ExecutionService:
     def _log_path(self, namespace: str, container_id: str) -> str:
         return str(self.settings.container_dir(namespace, container_id) / f"{container_id}-json.log")
 
-    def _publish(self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any]) -> int:
+    def _publish(
+        self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any], after: str | None = None
+    ) -> int:
         event_id = f"{container_id}/container/{verb}"
-        return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id))
+        return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after))
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -881,8 +884,15 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
+            # its last task's /tasks/delete (the shim's outbox, or ours) comes first in the journal
+            last_task = task_event_id(cid, current.incarnation, "delete") if current.incarnation > 0 else None
             number = self._publish(
-                topics.CONTAINER_DELETE, "delete", ns, cid, {"id": cid, "name": rec.name, "image": rec.image}
+                topics.CONTAINER_DELETE,
+                "delete",
+                ns,
+                cid,
+                {"id": cid, "name": rec.name, "image": rec.image},
+                after=last_task,
             )
             log.info("removed container %s (%s)", cid[:12], rec.name)
         # whoever waits for the removal (rm, run --rm) finds /containers/delete in the journal

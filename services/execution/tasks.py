@@ -479,7 +479,13 @@ class TaskManager:
         for path in sorted(outbox.glob("*.ev")):
             try:
                 item = codec.decode(path.read_bytes())
-                self.publisher.publish(item["topic"], item["event"], namespace=item["namespace"], event_id=item["id"])
+                self.publisher.publish(
+                    item["topic"],
+                    item["event"],
+                    namespace=item["namespace"],
+                    event_id=item["id"],
+                    after=item.get("after"),
+                )
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("dropping unreadable outbox file %s: %s", path, exc)
             path.unlink(missing_ok=True)

@@ -78,7 +78,9 @@ class CreateFailed(Exception):
 class Publisher(Protocol):
     """What the shim needs from ``common.events.EventPublisher``."""
 
-    def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
+    def publish(
+        self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str, after: str | None = None
+    ) -> None: ...
 
     async def flush(self, timeout_s: float | None = None) -> bool: ...
 
@@ -118,7 +120,9 @@ class Shim:
         self.console_base = ""
 
     # -- helpers ---------------------------------------------------------------------------
-    def _publish(self, topic: str, verb: str, event: dict[str, Any], exec_id: str = "") -> None:
+    def _publish(
+        self, topic: str, verb: str, event: dict[str, Any], exec_id: str = "", after: str | None = None
+    ) -> None:
         body = {"container_id": self.id, **event}
         if self.launch.container_name:
             body.setdefault("container_name", self.launch.container_name)
@@ -130,6 +134,7 @@ class Shim:
                 body,
                 namespace=self.launch.namespace,
                 event_id=event_id(self.id, self.launch.incarnation, verb, exec_id),
+                after=after,
             )
         except OSError as exc:
             log.error("cannot queue event %s: %s", topic, exc)
@@ -244,7 +249,10 @@ class Shim:
         proc.persist()
         await io.start_pumps()
         self.reaper.watch(pid, lambda status: self._on_exit(proc, status))
-        self._publish(topics.TASK_CREATE, "create", {"bundle": self.bundle, "pid": pid})
+        # the task's events follow its container's (another publisher's outbox): /containers/create first
+        self._publish(
+            topics.TASK_CREATE, "create", {"bundle": self.bundle, "pid": pid}, after=f"{self.id}/container/create"
+        )
         self._watch_oom()
         return state
 

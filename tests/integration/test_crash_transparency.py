@@ -137,3 +137,31 @@ def test_snapshot_of_a_create_cut_short_by_a_crash_is_removed(engine: Instance) 
         time.sleep(0.2)
     assert orphan not in keys
     assert len(keys) == 1  # the real container's snapshot is kept
+
+
+def test_a_containers_events_keep_their_order_across_publishers_after_events_was_down(engine: Instance) -> None:
+    """/containers/create, then the task's create/start/exit/delete, then /containers/delete.
+
+    The execution service and the shim publish through separate outboxes; when both drain
+    at once after the events service comes back, ``after`` dependencies keep the order.
+    """
+    head = engine.client("events").call("events.head", {})["seq"]
+    engine.kill("events")
+    for i in range(3):
+        assert engine.cli("run", "--rm", "--name", f"ord{i}", "busybox", "true").returncode == 0
+    engine.start("events")
+    want = ["/containers/create", *topics.LIFECYCLE, "/containers/delete"]
+    deadline = time.monotonic() + 40
+    while True:
+        seen: dict[str, list[str]] = {}
+        for e in engine.client("events").stream("events.replay", {"since": head}):
+            ev = e["event"]
+            cid = ev.get("container_id") or (ev.get("id") if e["topic"].startswith("/containers/") else None)
+            if cid and e["topic"] in want:
+                seen.setdefault(cid, []).append(e["topic"])
+        if (len(seen) == 3 and all(len(v) == len(want) for v in seen.values())) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(seen) == 3
+    for cid, topics_seen in seen.items():
+        assert topics_seen == want, f"{cid[:12]}: {topics_seen}"

@@ -113,7 +113,8 @@ def test_named_user_with_supplementary_groups_and_home(engine: Engine) -> None:
 
 def test_unknown_user_fails_to_start(engine: Engine) -> None:
     p = engine.run("--rm", "-u", "ghost", "busybox", "true")
-    assert p.returncode == 125 and p.stderr.startswith(b"error: unable to find user ghost")  # a user error, not Internal
+    # a user error, not Internal
+    assert p.returncode == 125 and p.stderr.startswith(b"error: unable to find user ghost")
 
 
 @pytest.mark.parametrize("image", ["zero", "zerorel", "fifo"])

@@ -72,3 +72,9 @@ def _rec(topic: str, **event: object):  # type: ignore[no-untyped-def]
     from services.events.journal import Record
 
     return Record(1, "x", T0, "default", topic, dict(event))
+
+
+def test_has_tells_whether_an_event_is_journaled(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db")
+    j.append([_ev("present")])
+    assert j.has("present") and not j.has("absent")
