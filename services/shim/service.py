@@ -251,7 +251,10 @@ class Shim:
         self.reaper.watch(pid, lambda status: self._on_exit(proc, status))
         # the task's events follow its container's (another publisher's outbox): /containers/create first
         self._publish(
-            topics.TASK_CREATE, "create", {"bundle": self.bundle, "pid": pid}, after=f"{self.id}/container/create"
+            topics.TASK_CREATE,
+            "create",
+            {"bundle": self.bundle, "pid": pid},
+            after=f"{self.id}/container/create" if self.launch.incarnation == 1 else None,
         )
         self._watch_oom()
         return state
