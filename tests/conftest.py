@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.engine import Engine
 from tests.harness import Instance
 
 
@@ -15,6 +16,17 @@ def need_root() -> None:
     """Skip unless running as root with runc on PATH (integration tests need both)."""
     if os.geteuid() != 0 or shutil.which("runc") is None:
         pytest.skip("needs root and runc")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    """One private instance per test module, driven through ``tests.engine.Engine``."""
+    need_root()
+    inst = Instance()
+    try:
+        yield Engine(inst)
+    finally:
+        inst.cleanup()
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def engine(**settings: str) -> Iterator[Engine]:
     try:
         r = inst.cli("up", timeout=90)
         assert r.returncode == 0, r.stderr.decode() + inst.log_tail("supervisor")
-        inst.cli("load", "-i", str(busybox_archive(Path(inst.base) / "busybox.tar")), check=True)
+        inst.load_busybox()
         eng = Engine(inst)
         deadline = time.monotonic() + 20
         while not os.path.exists(eng.sock) and time.monotonic() < deadline:

@@ -163,6 +163,17 @@ class Instance:
         except OSError:
             return ""
 
+    def load_busybox(self) -> None:
+        """Build the busybox image from the host's busybox-static and ``dockyard load`` it."""
+        archive = Path(self.base) / "busybox.tar"
+        if not archive.exists():
+            subprocess.run(
+                [sys.executable, str(PROJECT / "deploy" / "mkimage.py"), "--format", "docker", "-o", str(archive)],
+                check=True,
+                capture_output=True,
+            )
+        self.cli("load", "-i", str(archive), check=True)
+
     def cli(
         self, *args: str, input: bytes | None = None, timeout: float = 120, check: bool = False
     ) -> subprocess.CompletedProcess[bytes]:

@@ -36,7 +36,7 @@ import pytest
 
 from common import errors, topics
 from tests.conftest import need_root
-from tests.harness import PROJECT, Instance, _alive, mounts_under, pids_of_instance
+from tests.harness import Instance, _alive, mounts_under, pids_of_instance
 
 FULL = os.environ.get("DOCKYARD_CHAOS_FULL") == "1"
 N_CONTAINERS = 50 if FULL else int(os.environ.get("DOCKYARD_CHAOS_CONTAINERS", "12"))
@@ -204,13 +204,7 @@ def up() -> Iterator[Instance]:
     inst = Instance()
     try:
         assert inst.cli("up", timeout=120).returncode == 0, inst.log_tail("supervisor")
-        image = Path(inst.base) / "busybox.tar"
-        subprocess.run(
-            [sys.executable, str(PROJECT / "deploy" / "mkimage.py"), "--format", "docker", "-o", str(image)],
-            check=True,
-            capture_output=True,
-        )
-        inst.cli("load", "-i", str(image), check=True)
+        inst.load_busybox()
         yield inst
     finally:
         if os.environ.get("DOCKYARD_CHAOS_KEEP") != "1":  # keep the instance to investigate a failure

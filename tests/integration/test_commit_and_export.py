@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_root
-from tests.gateway_util import busybox_archive
 from tests.harness import Instance
 
 CHANGES = (
@@ -35,7 +34,7 @@ def dy() -> Iterator[Instance]:
     inst = Instance()
     try:
         inst.start("events", "snapshot", "image", "execution")
-        inst.cli("load", "-i", str(busybox_archive(Path(inst.base) / "busybox.tar")), check=True)
+        inst.load_busybox()
         yield inst
     finally:
         inst.cleanup()

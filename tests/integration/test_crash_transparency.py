@@ -27,19 +27,13 @@ ALL = ("events", "snapshot", "image", "execution")
 
 
 @pytest.fixture
-def engine() -> Iterator[Instance]:
+def svc() -> Iterator[Instance]:
     """Services started one by one (no supervisor: the tests decide who is down)."""
     need_root()
     inst = Instance()
     try:
         inst.start(*ALL)
-        image = Path(inst.base) / "busybox.tar"
-        subprocess.run(
-            [sys.executable, str(PROJECT / "deploy" / "mkimage.py"), "--format", "docker", "-o", str(image)],
-            check=True,
-            capture_output=True,
-        )
-        inst.cli("load", "-i", str(image), check=True)
+        inst.load_busybox()
         yield inst
     finally:
         inst.cleanup()
@@ -53,17 +47,17 @@ def _task_events(inst: Instance, since: int = 0) -> list[dict]:  # type: ignore[
     ]
 
 
-def test_lifecycle_events_made_while_events_is_down_arrive_exactly_once(engine: Instance) -> None:
-    head = engine.client("events").call("events.head", {})["seq"]
-    engine.kill("events")
+def test_lifecycle_events_made_while_events_is_down_arrive_exactly_once(svc: Instance) -> None:
+    head = svc.client("events").call("events.head", {})["seq"]
+    svc.kill("events")
     names = [f"down{i}" for i in range(10)]
     for name in names:
-        r = engine.cli("run", "--rm", "--name", name, "busybox", "sh", "-c", "exit 3")
+        r = svc.cli("run", "--rm", "--name", name, "busybox", "sh", "-c", "exit 3")
         assert r.returncode == 3, r.stderr
-    engine.start("events")
+    svc.start("events")
     deadline = time.monotonic() + 30
     while True:
-        events = _task_events(engine, head)
+        events = _task_events(svc, head)
         if len(events) >= 40 or time.monotonic() > deadline:
             break
         time.sleep(0.3)
@@ -78,11 +72,11 @@ def test_lifecycle_events_made_while_events_is_down_arrive_exactly_once(engine: 
     assert len({e["id"] for e in events}) == 40
 
 
-def test_a_subscriber_resuming_from_its_last_seq_misses_nothing(engine: Instance) -> None:
+def test_a_subscriber_resuming_from_its_last_seq_misses_nothing(svc: Instance) -> None:
     def follow(since: int, count: int) -> list[dict]:  # type: ignore[type-arg]
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "events", "--since", str(since), "--json", "--filter", "type=task"],
-            env=engine.env,
+            env=svc.env,
             cwd=PROJECT,
             stdout=subprocess.PIPE,
         )
@@ -96,11 +90,11 @@ def test_a_subscriber_resuming_from_its_last_seq_misses_nothing(engine: Instance
             proc.wait()
         return got
 
-    engine.cli("run", "--rm", "busybox", "true", check=True)
+    svc.cli("run", "--rm", "busybox", "true", check=True)
     first = follow(0, 4)
     last = first[-1]["seq"]
     for _ in range(3):  # published while no subscriber runs
-        engine.cli("run", "--rm", "busybox", "true", check=True)
+        svc.cli("run", "--rm", "busybox", "true", check=True)
     rest = follow(last, 12)
     seqs = [e["seq"] for e in first + rest]
     assert seqs == sorted(set(seqs))
@@ -117,15 +111,15 @@ def test_every_service_exits_0_on_sigterm(instance: Instance, service: str) -> N
     assert not (Path(instance.state) / f"{service}.pid").exists()
 
 
-def test_snapshot_of_a_create_cut_short_by_a_crash_is_removed(engine: Instance) -> None:
+def test_snapshot_of_a_create_cut_short_by_a_crash_is_removed(svc: Instance) -> None:
     # the state a SIGKILL of execution between snapshot.prepare and recording the container leaves
-    snap = engine.client("snapshot")
-    chain = engine.client("image").call("image.resolve", {"ref": "busybox"})["chain_id"]
+    snap = svc.client("snapshot")
+    chain = svc.client("image").call("image.resolve", {"ref": "busybox"})["chain_id"]
     orphan = "f" * 64
     snap.call("snapshot.prepare", {"key": orphan, "parent": chain, "labels": {"dockyard.container": orphan}})
-    engine.cli("run", "-d", "--name", "real", "busybox", "sleep", "60", check=True)
-    engine.kill("execution")
-    engine.start("execution")
+    svc.cli("run", "-d", "--name", "real", "busybox", "sleep", "60", check=True)
+    svc.kill("execution")
+    svc.start("execution")
     deadline = time.monotonic() + 20
     keys: list[str] = []
     while time.monotonic() < deadline:
@@ -139,22 +133,22 @@ def test_snapshot_of_a_create_cut_short_by_a_crash_is_removed(engine: Instance) 
     assert len(keys) == 1  # the real container's snapshot is kept
 
 
-def test_a_containers_events_keep_their_order_across_publishers_after_events_was_down(engine: Instance) -> None:
+def test_a_containers_events_keep_their_order_across_publishers_after_events_was_down(svc: Instance) -> None:
     """/containers/create, then the task's create/start/exit/delete, then /containers/delete.
 
     The execution service and the shim publish through separate outboxes; when both drain
     at once after the events service comes back, ``after`` dependencies keep the order.
     """
-    head = engine.client("events").call("events.head", {})["seq"]
-    engine.kill("events")
+    head = svc.client("events").call("events.head", {})["seq"]
+    svc.kill("events")
     for i in range(3):
-        assert engine.cli("run", "--rm", "--name", f"ord{i}", "busybox", "true").returncode == 0
-    engine.start("events")
+        assert svc.cli("run", "--rm", "--name", f"ord{i}", "busybox", "true").returncode == 0
+    svc.start("events")
     want = ["/containers/create", *topics.LIFECYCLE, "/containers/delete"]
     deadline = time.monotonic() + 40
     while True:
         seen: dict[str, list[str]] = {}
-        for e in engine.client("events").stream("events.replay", {"since": head}):
+        for e in svc.client("events").stream("events.replay", {"since": head}):
             ev = e["event"]
             cid = ev.get("container_id") or (ev.get("id") if e["topic"].startswith("/containers/") else None)
             if cid and e["topic"] in want:

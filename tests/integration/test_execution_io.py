@@ -10,25 +10,13 @@ import pty
 import select
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need_root
 from tests.engine import Engine
-from tests.harness import PROJECT, Instance
+from tests.harness import PROJECT
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    need_root()
-    inst = Instance()
-    try:
-        yield Engine(inst)
-    finally:
-        inst.cleanup()
 
 
 def test_one_mib_line_binary_and_no_final_newline_survive_logs(engine: Engine) -> None:

@@ -5,25 +5,12 @@ restart policies with back-off, OOM kills."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need_root
 from tests.engine import Engine
-from tests.harness import Instance
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    need_root()
-    inst = Instance()
-    try:
-        yield Engine(inst)
-    finally:
-        inst.cleanup()
 
 
 def _state(engine: Engine, ref: str) -> dict:

@@ -6,26 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from services.shim import cgroups
-from tests.conftest import need_root
 from tests.engine import Engine
-from tests.harness import Instance
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    need_root()
-    inst = Instance()
-    try:
-        yield Engine(inst)
-    finally:
-        inst.cleanup()
 
 
 def _read(cid: str, controller: str, v1: str, v2: str) -> str:

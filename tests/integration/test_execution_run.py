@@ -3,29 +3,15 @@ Docker's Entrypoint/Cmd/Env rules (C14), events in order, nothing left behind.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy import mkimage
-from tests.conftest import need_root
 from tests.engine import Engine, busybox_layer, ps_names
-from tests.harness import Instance
 from tests.registry import Registry, skopeo_copy
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    """One instance for the module (these tests do not kill services)."""
-    need_root()
-    inst = Instance()
-    try:
-        yield Engine(inst)
-    finally:
-        inst.cleanup()
 
 
 def test_run_rm_prints_output_and_leaves_nothing(engine: Engine) -> None:

@@ -4,29 +4,15 @@ Docker's capability set, no engine fd, seccomp; and --cap-add/--cap-drop, --priv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from services.execution import spec
-from tests.conftest import need_root
 from tests.engine import Engine
-from tests.harness import Instance
 
 pytestmark = pytest.mark.root
 
 DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
 """CapEff of a default Docker container (the 14 capabilities of moby's defaults)."""
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    need_root()
-    inst = Instance()
-    try:
-        yield Engine(inst)
-    finally:
-        inst.cleanup()
 
 
 def _status(engine: Engine, *flags: str) -> dict[str, str]:

@@ -137,7 +137,7 @@ def dy() -> Iterator[Instance]:
     inst = Instance()
     try:
         inst.start("events", "snapshot", "image", "execution")
-        inst.cli("load", "-i", str(busybox_archive(Path(inst.base) / "busybox.tar")), check=True)
+        inst.load_busybox()
         yield inst
     finally:
         inst.cleanup()

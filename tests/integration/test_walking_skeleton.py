@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -33,13 +32,7 @@ def up() -> Iterator[Instance]:
     try:
         r = inst.cli("up", timeout=90)
         assert r.returncode == 0, r.stderr.decode() + inst.log_tail("supervisor")
-        image = Path(inst.base) / "busybox.tar"
-        subprocess.run(
-            [sys.executable, str(PROJECT / "deploy" / "mkimage.py"), "--format", "docker", "-o", str(image)],
-            check=True,
-            capture_output=True,
-        )
-        inst.cli("load", "-i", str(image), check=True)
+        inst.load_busybox()
         yield inst
     finally:
         inst.cleanup()
