@@ -79,6 +79,11 @@ def event_id(container_id: str, incarnation: int, verb: str, exec_id: str = "") 
     return f"{container_id}/{incarnation}/{verb}"
 
 
+def container_event_id(container_id: str, verb: str) -> str:
+    """Return the stable id of one container event (execution service): ``<cid>/container/<verb>``."""
+    return f"{container_id}/container/{verb}"
+
+
 class ShimLaunch(Reply):
     """What the execution service writes to ``<bundle>/shim.json`` before launching a shim.
 
@@ -104,6 +109,11 @@ class ShimLaunch(Reply):
     console_width: int = 0
     console_height: int = 0
     events_endpoint: str = Field(default="", description="control endpoint of the events service")
+    after_event: str = Field(
+        default="",
+        description="journal id of another publisher's event the task's first event must follow "
+        "(the container's /containers/create on its first start); '' = none",
+    )
     copy_up: list[dict[str, str]] = Field(
         default_factory=list, description="volumes to fill from the image: [{target, source (host dir)}]"
     )

@@ -55,6 +55,7 @@ from common.api.execution import (
     WaitReply,
     WaitRequest,
 )
+from common.api.shim import container_event_id
 from common.api.shim import event_id as task_event_id
 from common.rpc.server import Context, rpc
 from common.settings import Settings
@@ -148,7 +149,7 @@ class ExecutionService:
     def _publish(
         self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any], after: str | None = None
     ) -> int:
-        event_id = f"{container_id}/container/{verb}"
+        event_id = container_event_id(container_id, verb)
         return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after))
 
     async def close(self) -> None:
@@ -884,8 +885,9 @@ class ExecutionService:
                     vol = self.volumes.get(ns, name)
                     if vol is not None and vol.anonymous and not vol.in_use_by:
                         await asyncio.to_thread(self.volumes.remove, ns, name)
-            # its last task's /tasks/delete (the shim's outbox, or ours) comes first in the journal
-            last_task = task_event_id(cid, current.incarnation, "delete") if current.incarnation > 0 else None
+            # its last task's /tasks/delete (the shim's outbox, or ours) comes first in the journal;
+            # a start that never created its task (the runtime refused it) owes no event to wait for
+            last_task = task_event_id(cid, current.tasked, "delete") if current.tasked > 0 else None
             number = self._publish(
                 topics.CONTAINER_DELETE,
                 "delete",

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS containers (
     status TEXT NOT NULL DEFAULT 'created',
     incarnation INTEGER NOT NULL DEFAULT 0,
     handled INTEGER NOT NULL DEFAULT 0,
+    tasked INTEGER NOT NULL DEFAULT 0,
     pid INTEGER NOT NULL DEFAULT 0,
     exit_code INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
@@ -80,6 +81,8 @@ class Record:
     status: str = "created"
     incarnation: int = 0
     handled: int = 0
+    tasked: int = 0
+    """last incarnation whose task was created: its /tasks/delete is owed to the journal"""
     pid: int = 0
     exit_code: int = 0
     error: str = ""
@@ -126,6 +129,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(containers)")}
+        if "tasked" not in columns:  # a store written before the column existed
+            self._db.execute("ALTER TABLE containers ADD COLUMN tasked INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:

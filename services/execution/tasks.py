@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from common import codec, errors, topics, trace
-from common.api.shim import ShimLaunch, TaskStatus, event_id
+from common.api.shim import ShimLaunch, TaskStatus, container_event_id, event_id
 from common.events import drain_outbox
 from common.settings import Settings
 from services.execution import shims
@@ -179,6 +179,8 @@ class TaskManager:
             console_height=int((cfg.get("console_size") or [0, 0])[0] or 0),
             events_endpoint=self.settings.control_endpoint("events"),
             copy_up=list(rec.extra.get("copy_up") or []),
+            # a later start may follow a compacted /containers/create: only the first one waits
+            after_event=container_event_id(rec.id, "create") if incarnation == 1 else "",
         )
         _write_json(os.path.join(bundle, "shim.json"), launch.model_dump(mode="json"))
         return bundle
@@ -239,6 +241,7 @@ class TaskManager:
                 exit_code=status,
                 error=exc.message,
                 handled=incarnation,
+                tasked=incarnation,
                 finished_at=codec.utcnow(),
             )
             if shims.shim_alive(bundle):
@@ -269,6 +272,7 @@ class TaskManager:
             rec.namespace,
             rec.id,
             status="running",
+            tasked=incarnation,
             pid=live.task_pid,
             started_at=reply.get("started_at") or codec.utcnow(),
             exit_code=0,
@@ -552,8 +556,9 @@ class TaskManager:
         live.status = str(state.get("status"))
         live.watch = shims.ShimWatch(pid)
         self.live[live.key] = live
-        if incarnation != rec.incarnation:
-            self.store.update(rec.namespace, rec.id, incarnation=incarnation)
+        if incarnation != rec.incarnation or rec.tasked < incarnation:
+            # a live shim created its task: its /tasks/delete is owed
+            self.store.update(rec.namespace, rec.id, incarnation=incarnation, tasked=incarnation)
         if live.status in ("running", "paused") and rec.handled < incarnation:
             self.store.update(rec.namespace, rec.id, status=live.status, pid=live.task_pid)
         elif live.status == "stopped" and rec.handled < incarnation and state.get("exit_status") is not None:

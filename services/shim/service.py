@@ -254,7 +254,7 @@ class Shim:
             topics.TASK_CREATE,
             "create",
             {"bundle": self.bundle, "pid": pid},
-            after=f"{self.id}/container/create" if self.launch.incarnation == 1 else None,
+            after=self.launch.after_event or None,
         )
         self._watch_oom()
         return state

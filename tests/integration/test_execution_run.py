@@ -40,7 +40,11 @@ def test_commands_that_cannot_start(engine: Engine, cmd: str, code: int) -> None
     assert p.returncode == code
     state = ps_names(engine)["failed"]["state"]
     assert state["exit_code"] == code and state["error"]
+    cid = engine.inspect("failed")["id"]
     assert engine.cli("rm", "failed").returncode == 0
+    # no task was ever created, so no /tasks/delete is owed: /containers/delete is journaled
+    # by the time rm returns, and holds up no later event of the execution service
+    assert engine.topics(cid) == ["/containers/create", "/containers/delete"]
     engine.assert_clean()
 
 
