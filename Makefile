@@ -21,8 +21,8 @@ lint: setup
 	.venv/bin/ruff format --check common services cli tests bench deploy
 	.venv/bin/mypy
 
-bench: setup
-	.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+bench:
+	DOCKYARD_EXTRAS=test,dev,bench deploy/setup.sh
 	.venv/bin/python -m bench
 
 down:

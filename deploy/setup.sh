@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Dockyard needs on a Debian 12 host (idempotent), and create the venv.
 #   apt: runc crun busybox-static docker-registry skopeo umoci tini catatonit ...
-#   venv: .venv with Dockyard installed in editable mode (+ test and dev extras)
+#   venv: .venv with Dockyard installed in editable mode (+ the extras in DOCKYARD_EXTRAS,
+#         default test,dev; `make bench` adds bench)
 # Set DOCKYARD_SKIP_APT=1 to skip the apt step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,5 +48,15 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+# compat mode: the editable install is one path in a .pth file; the default (an import hook)
+# makes every interpreter start-up import pathlib, re, urllib... (~25 ms per `dockyard` call)
+.venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
+  -e ".[${DOCKYARD_EXTRAS:-test,dev}]"
+# the console script pip writes imports `re` before main(); the hot path needs none of it
+cat > .venv/bin/dockyard <<EOF
+#!$PWD/.venv/bin/python
+import sys
+from cli.__main__ import main
+sys.exit(main())
+EOF
 echo "setup done: .venv ready ($(.venv/bin/python --version))"
