@@ -1085,7 +1085,7 @@ class ExecutionService:
     async def list(self, req: ListRequest, ctx: Context) -> ListReply:
         """Containers of the namespace, newest first (running only unless ``all``)."""
         out = []
-        for rec in self.store.list(ctx.namespace):
+        for rec in self.store.list(ctx.namespace, with_spec=False):  # a Container shows no spec
             c = self._container(rec)
             if not req.all and not c.state.running:
                 continue

@@ -94,6 +94,9 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_COLUMNS_BUT_SPEC = ", ".join("'{}' AS spec" if f.name == "spec" else f.name for f in fields(Record))
+
+
 def _to_row(rec: Record) -> dict[str, Any]:
     # a shallow copy: ``asdict`` would deep-copy the OCI spec (seccomp profile and all) only for
     # json.dumps to read it once
@@ -223,13 +226,17 @@ class Store:
                     raise errors.InvalidArgument(f"container id prefix '{ref}' is ambiguous")
         raise errors.NotFound(f"container '{ref}' not found", {"kind": "container", "ref": ref})
 
-    def list(self, namespace: str | None = None) -> list[Record]:
-        """Containers of ``namespace`` (all namespaces when None), newest first."""
+    def list(self, namespace: str | None = None, *, with_spec: bool = True) -> list[Record]:
+        """Containers of ``namespace`` (all namespaces when None), newest first.
+
+        ``with_spec=False`` leaves each record's OCI spec out (``spec`` is ``{}``): a listing
+        that shows no spec field need not parse a few KiB of JSON per container.
+        """
+        cols = "*" if with_spec else _COLUMNS_BUT_SPEC
+        where = "" if namespace is None else "WHERE namespace = ?"
+        params = () if namespace is None else (namespace,)
         with self._lock:
-            if namespace is None:
-                rows = self._db.execute("SELECT * FROM containers ORDER BY created_at DESC").fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT * FROM containers WHERE namespace = ? ORDER BY created_at DESC", (namespace,)
-                ).fetchall()
+            rows = self._db.execute(
+                f"SELECT {cols} FROM containers {where} ORDER BY created_at DESC", params
+            ).fetchall()
         return [_from_row(r) for r in rows]

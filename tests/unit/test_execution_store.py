@@ -64,3 +64,47 @@ def test_update_round_trips_fields(tmp_path: Path) -> None:
     )
     s.close()
     assert Store(tmp_path / "c.db").get("default", "1" * 64) is not None
+
+
+def test_listing_without_specs_keeps_every_other_field(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    rec = _rec("1" * 64, "web")
+    rec.spec = {"process": {"args": ["sleep", "9"]}}
+    rec.extra = {"args": ["sleep", "9"]}
+    s.insert(rec)
+    s.insert(_rec("2" * 64, "db", ns="other"))
+    s.update("default", "1" * 64, status="running", tasked=2, incarnation=2, pid=42)
+    [full] = s.list("default")
+    [light] = s.list("default", with_spec=False)
+    assert full.spec == rec.spec and light.spec == {}
+    light.spec = full.spec
+    assert light == full
+    assert sorted(r.name for r in s.list(None, with_spec=False)) == ["db", "web"]
+
+
+def test_a_store_written_before_the_tasked_column_opens(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "c.db"))
+    db.execute(
+        "CREATE TABLE containers (namespace TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, "
+        "image TEXT NOT NULL, image_id TEXT NOT NULL, image_name TEXT NOT NULL DEFAULT '', config TEXT NOT NULL, "
+        "spec TEXT NOT NULL, snapshot_key TEXT NOT NULL, runtime TEXT NOT NULL, hostname TEXT NOT NULL DEFAULT '', "
+        "labels TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'created', "
+        "incarnation INTEGER NOT NULL DEFAULT 0, handled INTEGER NOT NULL DEFAULT 0, pid INTEGER NOT NULL DEFAULT 0, "
+        "exit_code INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '', oom_killed INTEGER NOT NULL DEFAULT 0, "
+        "started_at TEXT, finished_at TEXT, restart_count INTEGER NOT NULL DEFAULT 0, "
+        "manual_stop INTEGER NOT NULL DEFAULT 0, extra TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (namespace, id))"
+    )
+    db.execute(
+        "INSERT INTO containers (namespace, id, name, image, image_id, config, spec, snapshot_key, runtime, "
+        "created_at, incarnation) VALUES ('default', ?, 'old', 'busybox', 'sha256:x', '{}', '{}', 'k', 'runc', ?, 3)",
+        ("1" * 64, codec.utcnow().isoformat()),
+    )
+    db.commit()
+    db.close()
+    s = Store(tmp_path / "c.db")
+    old = s.get("default", "1" * 64)
+    assert old is not None and (old.incarnation, old.tasked) == (3, 0)
+    s.update("default", "1" * 64, tasked=4)
+    assert s.list("default", with_spec=False)[0].tasked == 4
