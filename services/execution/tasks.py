@@ -335,6 +335,9 @@ class TaskManager:
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
                 await self._shim_gone(live)
+                # a shim killed during its delete may not have queued /tasks/delete: the journal
+                # keeps one of the two (same event id), after what the shim's outbox held
+                self._publish_task_delete(live.namespace, live.container_id, live.incarnation, live.task_pid, ex)
             else:
                 # the shim handed its events over and leaves the bundle alone: no need to wait for its exit
                 trace.mark("task deleted")
@@ -409,9 +412,7 @@ class TaskManager:
                 self.publisher.publish(
                     topics.TASK_EXIT, body, namespace=namespace, event_id=event_id(container_id, incarnation, "exit")
                 )
-            self.publisher.publish(
-                topics.TASK_DELETE, body, namespace=namespace, event_id=event_id(container_id, incarnation, "delete")
-            )
+            self._publish_task_delete(namespace, container_id, incarnation, pid, TaskExit(code, exited_at))
         ex = TaskExit(code, exited_at, oom, error, incarnation)
         rec = self.store.get(namespace, container_id)
         if rec is not None and rec.handled < incarnation:
@@ -427,6 +428,19 @@ class TaskManager:
                 **({"error": error} if error else {}),
             )
         return ex
+
+    def _publish_task_delete(self, namespace: str, container_id: str, incarnation: int, pid: int, ex: TaskExit) -> None:
+        """Queue ``/tasks/delete`` of a task whose shim could not (or may not have): same id as the shim's."""
+        body = {
+            "container_id": container_id,
+            "id": container_id,
+            "pid": pid,
+            "exit_status": ex.exit_code,
+            "exited_at": ex.exited_at,
+        }
+        self.publisher.publish(
+            topics.TASK_DELETE, body, namespace=namespace, event_id=event_id(container_id, incarnation, "delete")
+        )
 
     async def _shutdown(self, live: Live) -> None:
         """Tell the shim to exit and wait for its pid to go (its reply may be lost as it exits)."""

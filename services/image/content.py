@@ -10,7 +10,9 @@ checks the size and digest against what the caller expected, fsyncs the data, re
 to ``blobs/sha256/<hex>`` and fsyncs the directory. A mismatch removes the ingest and
 raises ``FailedPrecondition``; the blob path then simply does not exist. An ingest left by
 a killed process stays for the next writer of the same ref, which re-hashes what is there
-and continues from its offset (resumable downloads).
+and continues from its offset (resumable downloads). An ingest directory without its
+``data`` (a kill between a commit's rename and its clean-up, or before the first byte)
+holds nothing to resume: the store drops those when it opens.
 
 Everything here is blocking file I/O: callers in the event loop use ``asyncio.to_thread``
 for anything but small appends.
@@ -171,6 +173,14 @@ class ContentStore:
         self.ingests.mkdir(parents=True, exist_ok=True)
         self.active: set[str] = set()
         """Refs of the ingests open in this process (the garbage collector leaves them alone)."""
+        self._drop_empty_ingests()
+
+    def _drop_empty_ingests(self) -> None:
+        """Remove ingest directories without ``data``: what a killed writer left with nothing to resume."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.ingests) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False) and not os.path.exists(os.path.join(entry.path, "data")):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- reading -------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:

@@ -7,7 +7,9 @@ a dead shim is noticed within seconds and cleaned up with exit status 255.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -83,6 +85,39 @@ def test_sigkilled_shim_is_noticed_and_cleaned_up(engine: Engine) -> None:
     topics = engine.topics(info["id"])
     assert topics.count("/tasks/exit") == 1 and topics.count("/tasks/delete") == 1
     assert engine.cli("rm", "k").returncode == 0
+    engine.assert_clean()
+
+
+@pytest.mark.parametrize("moment", ["during runc delete", "after runc delete"])
+def test_shim_killed_during_its_delete_still_journals_the_delete(engine: Engine, tmp_path: Path, moment: str) -> None:
+    """A shim SIGKILLed while it deletes its task (before it queued /tasks/delete): the execution
+    service cleans up and the journal still gets exactly one /tasks/delete, after the exit."""
+    runtime = os.environ.get("DOCKYARD_RUNTIME", "runc")
+    real = shutil.which(runtime) or runtime
+    mark = tmp_path / "deleting"
+    wrapper = tmp_path / runtime  # the same basename: the same runtime root
+    if moment == "during runc delete":  # the shim is killed before the runtime deleted anything
+        on_delete = f'echo $$ > {mark}; sleep 5; exec {real} "$@"'
+    else:  # ... or after the runtime deleted the container, before the shim went on
+        on_delete = f'{real} "$@"; rc=$?; echo $$ > {mark}; sleep 5; exit $rc'
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for a in "$@"; do [ "$a" = delete ] && [ ! -e {mark} ] && {{ {on_delete}; }}; done\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    assert engine.run("-d", "--runtime", str(wrapper), "--name", "kd", "busybox", "true").returncode == 0
+    info = engine.inspect("kd")
+    engine.wait_until(lambda: mark.exists() and mark.read_text().strip() != "", what="the shim in runc delete")
+    os.kill(int(Path(info["bundle"], "shim.pid").read_text()), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(mark.read_text()), signal.SIGKILL)  # the wrapper would go on after its shim
+    engine.wait_until(lambda: "/tasks/delete" in engine.topics(info["id"]), 30, "delete event")
+    topics = engine.topics(info["id"])
+    assert topics == ["/containers/create", "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    assert engine.inspect("kd")["state"]["exit_code"] == 0
+    assert engine.cli("rm", "kd").returncode == 0
+    assert engine.topics(info["id"])[-1] == "/containers/delete"
     engine.assert_clean()
 
 

@@ -75,3 +75,20 @@ def test_write_blob_and_delete(tmp_path: Path) -> None:
         store.read(info.digest)
     with pytest.raises(FailedPrecondition):
         store.write_blob(b"x", expected=_digest(b"y"))
+
+
+def test_opening_drops_ingests_a_killed_commit_left_without_data(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    data = b"layer" * 1000
+    done = store.open_ingest("committed", expected=_digest(data), total=len(data))
+    done.write(data)
+    done.close()
+    # a kill between the commit's rename and its clean-up: the blob is there, the ingest dir too
+    (done.directory / "data").rename(store.path(_digest(data)))
+    half = store.open_ingest("half", total=len(data))
+    half.write(data[:100])
+    half.close()
+    store = ContentStore(tmp_path)
+    assert [i.ref for i in store.ingest_statuses()] == ["half"]  # the resumable one stays
+    assert store.read(_digest(data)) == data
+    assert store.open_ingest("half", total=len(data)).offset == 100
