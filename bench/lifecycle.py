@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.peers import pids_by_exe, rss_pss_kib
 from deploy import mkimage
 from tests.harness import Instance
 
@@ -62,30 +63,6 @@ def _check(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return proc
 
 
-def _mem_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of a process in KiB."""
-    rss = pss = 0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    return rss, pss
-
-
-def _pids_by_exe(name: str) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.path.basename(os.readlink(f"/proc/{entry}/exe")) == name:
-                    out.append(int(entry))
-    return out
-
-
 class Bench:
     def __init__(self, runs: int, warmup: int) -> None:
         self.runs = runs
@@ -98,9 +75,9 @@ class Bench:
         self.image = mkimage.build_image("busybox:latest", [self.rootfs_tar])
 
     def _record_memory(self, name: str, pids: list[int]) -> None:
-        rss, pss = _mem_kb(pids[0])
+        rss, pss = rss_pss_kib(pids[0])
         self.memory[f"{name} (1st of {len(pids)} idle)"] = {"rss_kb": rss, "pss_kb": pss}
-        samples = [_mem_kb(p) for p in pids]
+        samples = [rss_pss_kib(p) for p in pids]
         self.memory[f"{name} (mean of {len(pids)} idle)"] = {
             "rss_kb": sum(s[0] for s in samples) // len(samples),
             "pss_kb": sum(s[1] for s in samples) // len(samples),
@@ -240,7 +217,7 @@ class Bench:
             for name in names:
                 _check([*ctr, "run", "-d", ref, name, "sleep", "600"], stdin=subprocess.DEVNULL)
             time.sleep(1.0)
-            shims = [p for p in _pids_by_exe("containerd-shim-runc-v2") if _is_child_of_ns(p, "dybench")]
+            shims = [p for p in pids_by_exe("containerd-shim-runc-v2") if _is_child_of_ns(p, "dybench")]
             if shims:
                 self._record_memory("containerd-shim-runc-v2", shims)
             for name in names:

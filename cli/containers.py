@@ -21,19 +21,6 @@ from cli import output, runner
 from cli.connect import client
 from common import errors
 
-# the shared helpers under the names this module always used
-_env_list = runner.env_list
-_console_size = runner.console_size
-_create_request = runner.create_request
-_pump = runner.pump
-_start_error = runner.start_error
-_SignalProxy = runner.SignalProxy
-_RawTerminal = runner.RawTerminal
-_Resizer = runner.Resizer
-_parse_bytes = runner.parse_bytes
-_restart_policy = runner.restart_policy
-status_text = runner.status_text
-
 EXIT_ENGINE = output.EXIT_ENGINE_ERROR
 
 # -- options shared by run and create ---------------------------------------------------------------
@@ -158,7 +145,7 @@ def create(
     opts.pop("image")
     opts.pop("cmd")
     try:
-        created = runner.create(_create_request(image, cmd, **opts))
+        created = runner.create(runner.create_request(image, cmd, **opts))
     except errors.DockyardError as exc:
         output.fail(exc, EXIT_ENGINE)
     output.line(created["id"])
@@ -345,11 +332,11 @@ def attach(
         att.next_frame()
         tty = bool(info["config"].get("tty"))
         with (
-            _SignalProxy(info["id"]),
-            _RawTerminal(tty and stdin),
-            _Resizer(tty, "execution.resize", {"id": info["id"]}),
+            runner.SignalProxy(info["id"]),
+            runner.RawTerminal(tty and stdin),
+            runner.Resizer(tty, "execution.resize", {"id": info["id"]}),
         ):
-            last = _pump(att, stdin)
+            last = runner.pump(att, stdin)
         code = 0 if last.get("detached") else int(wait_call.result().get("exit_code", 0))
     except errors.DockyardError as exc:
         output.fail(exc)
@@ -482,9 +469,9 @@ def update(
     """Change the resources (and restart policy) of containers, running ones included."""
     resources: dict[str, Any] = {}
     if memory:
-        resources["memory"] = _parse_bytes(memory, "memory")
+        resources["memory"] = runner.parse_bytes(memory, "memory")
     if memory_swap:
-        resources["memory_swap"] = _parse_bytes(memory_swap, "memory-swap")
+        resources["memory_swap"] = runner.parse_bytes(memory_swap, "memory-swap")
     if cpus is not None:
         resources["nano_cpus"] = int(cpus * 1e9)
     if cpu_shares is not None:
@@ -493,7 +480,7 @@ def update(
         resources["pids_limit"] = pids_limit
     body: dict[str, Any] = {"resources": resources}
     if restart:
-        body["restart_policy"] = _restart_policy(restart)
+        body["restart_policy"] = runner.restart_policy(restart)
     _each(containers, "execution.update", body)
 
 

@@ -37,3 +37,16 @@ def instance() -> Iterator[Instance]:
         yield inst
     finally:
         inst.cleanup()
+
+
+@pytest.fixture
+def dy() -> Iterator[Instance]:
+    """A fresh instance running the services a container needs, with the busybox image loaded."""
+    need_root()
+    inst = Instance()
+    try:
+        inst.start("events", "snapshot", "image", "execution")
+        inst.load_busybox()
+        yield inst
+    finally:
+        inst.cleanup()

@@ -141,15 +141,7 @@ class ExecService:
         ex.started = True
         client = live.client
         if req.detach:
-            try:
-                reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
-            except errors.DockyardError as exc:
-                ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
-                ex.done.set()
-                self._spawn(self._cleanup(ex, client))
-                await _raise_for_exec_start(exc, client, ex)
-            ex.pid, ex.running = int(reply["pid"]), True
-            self._spawn(self._watch(ex, client))
+            await self._start_process(ex, client)
             yield {"attached": False, "pid": ex.pid}
             return
         stdin = req.stdin and ex.stdin
@@ -160,15 +152,7 @@ class ExecService:
         detached = asyncio.Event()
         try:
             await att.next_frame()
-            try:
-                reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
-            except errors.DockyardError as exc:
-                ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
-                ex.done.set()
-                self._spawn(self._cleanup(ex, client))
-                await _raise_for_exec_start(exc, client, ex)
-            ex.pid, ex.running = int(reply["pid"]), True
-            self._spawn(self._watch(ex, client))
+            await self._start_process(ex, client)
             yield {"attached": True, "tty": ex.tty, "pid": ex.pid}
             if stdin:
                 keys = ex.detach_keys if ex.tty else ""
@@ -185,6 +169,18 @@ class ExecService:
                 relay.cancel()
             if not att.done:
                 await att.cancel()
+
+    async def _start_process(self, ex: ExecRecord, client: Any) -> None:
+        """``shim.start`` the exec and watch it; a failed start records its exit and re-raises."""
+        try:
+            reply = await client.call("shim.start", {"exec_id": ex.id}, timeout_s=60)
+        except errors.DockyardError as exc:
+            ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
+            ex.done.set()
+            self._spawn(self._cleanup(ex, client))
+            await _raise_for_exec_start(exc, client, ex)
+        ex.pid, ex.running = int(reply["pid"]), True
+        self._spawn(self._watch(ex, client))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

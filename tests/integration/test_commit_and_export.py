@@ -10,12 +10,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import need_root
 from tests.harness import Instance
 
 CHANGES = (
@@ -26,18 +22,6 @@ LISTING = (
     "ls -a /home /srv /srv/data; test -e /bin/vi && echo vi-present || echo vi-gone; "
     "cat /etc/added /etc/group /srv/link; readlink /srv/link"
 )
-
-
-@pytest.fixture
-def dy() -> Iterator[Instance]:
-    need_root()
-    inst = Instance()
-    try:
-        inst.start("events", "snapshot", "image", "execution")
-        inst.load_busybox()
-        yield inst
-    finally:
-        inst.cleanup()
 
 
 def test_commit_save_rmi_load_run_sees_exactly_the_changed_tree(dy: Instance) -> None:

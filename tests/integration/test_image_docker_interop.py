@@ -132,17 +132,6 @@ def dockerd() -> Iterator[Dockerd]:
         d.stop()
 
 
-@pytest.fixture
-def dy() -> Iterator[Instance]:
-    inst = Instance()
-    try:
-        inst.start("events", "snapshot", "image", "execution")
-        inst.load_busybox()
-        yield inst
-    finally:
-        inst.cleanup()
-
-
 def test_docker_loads_and_runs_what_dockyard_saves(dockerd: Dockerd, dy: Instance) -> None:
     archive = Path(dy.base) / "saved.tar"
     dy.cli("tag", "busybox", "interop/saved:v1", check=True)
