@@ -9,7 +9,8 @@ every tool). A sample whose command failed is recorded as an error, not as a tim
 Cases (``Suite.run_all``):
 
 - ``run --rm true``: runc and crun on a prepared bundle of the same rootfs (the bare
-  runtimes), Dockyard (runc and ``--runtime crun``), ``ctr run --rm`` (runc and
+  runtimes), Dockyard (runc and ``--runtime crun``), ``ctr run --rm`` (runc, runc with
+  ``--seccomp`` as Dockyard, docker and podman apply a default profile, and
   ``--runc-binary crun``), ``docker run --rm --network none``, ``podman run --rm
   --network none``;
 - ``run -d`` and ``rm -f`` of a ``sleep`` container, timed apart;
@@ -261,6 +262,9 @@ class Suite:
                                                                              "true"))]  # fmt: skip
         if self.have["ctr"]:
             steps["ctr"] = lambda i: [("", [peers.CTR, "run", "--rm", img, "dyb-ctr", "true"])]
+            # ctr applies no seccomp profile unless asked; Dockyard (like docker and podman) applies
+            # the default one: this row compares like with like
+            steps["ctr --seccomp"] = lambda i: [("", [peers.CTR, "run", "--rm", "--seccomp", img, "dyb-ctr", "true"])]
             if self.have["crun"]:
                 ctr_crun = [peers.CTR, "run", "--rm", "--runc-binary", "/usr/bin/crun", img, "dyb-ctr", "true"]
                 steps["ctr --runc-binary crun"] = lambda i: [("", ctr_crun)]

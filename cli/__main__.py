@@ -28,6 +28,9 @@ def main() -> None:
 
     trace.set_process("cli")
     trace.mark("main")
+    from common import codec
+
+    codec.use_pure()  # a command's few small messages: importing msgpack would cost more
     from cli import hot
 
     try:
@@ -37,6 +40,11 @@ def main() -> None:
     if code is not None:
         trace.mark("exit")
         _exit(code)
+    if sys.flags.no_site:  # the console script skipped `site`: the full CLI gets its .pth files
+        import site
+        import sysconfig
+
+        site.addsitedir(sysconfig.get_path("purelib"))
     from cli.app import run
 
     run()

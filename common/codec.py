@@ -4,20 +4,46 @@ Shapes: maps with string keys, lists, str, bytes, int, float, bool, None and
 timezone-aware ``datetime`` (msgpack Timestamp extension, type -1). Pydantic
 models, enums and paths are lowered to those shapes on the way out; nothing
 else is accepted, so an unexpected object fails loudly at the sender.
+
+The services use the msgpack package (its C extension). The CLI calls ``use_pure()``
+first: ``common.msgpack_pure`` writes and reads the same bytes without importing the
+msgpack package, whose import costs more than a command's few messages.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 
-import msgpack
+try:  # the C module: ``datetime`` would first build its pure-Python classes (~4 ms)
+    from _datetime import UTC as _UTC
+    from _datetime import datetime as _datetime_type
+except ImportError:  # pragma: no cover - CPython always has it
+    from datetime import UTC as _UTC
+    from datetime import datetime as _datetime_type
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-_UTC = _dt.UTC
+_msgpack: Any = None
+_pure: Any = None
+
+
+def use_pure() -> None:
+    """Encode and decode with ``common.msgpack_pure`` from now on (same bytes, no msgpack import)."""
+    global _pure
+    from common import msgpack_pure
+
+    _pure = msgpack_pure
+
+
+def _lib() -> Any:
+    global _msgpack
+    if _msgpack is None:
+        import msgpack
+
+        _msgpack = msgpack
+    return _msgpack
 
 
 def _default(obj: Any) -> Any:
@@ -32,7 +58,7 @@ def _default(obj: Any) -> Any:
         return os.fspath(obj)
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
-    if isinstance(obj, _dt.datetime) and obj.tzinfo is None:
+    if isinstance(obj, _datetime_type) and obj.tzinfo is None:
         raise TypeError(f"naive datetime {obj!r} cannot be encoded; use timezone-aware UTC")
     raise TypeError(f"cannot encode {type(obj).__name__} on the wire")
 
@@ -42,7 +68,9 @@ def encode(obj: Any) -> bytes:
 
     Raises ``TypeError`` for an object outside the shapes listed in the module docstring.
     """
-    data: bytes = msgpack.packb(obj, default=_default, use_bin_type=True, datetime=True)
+    if _pure is not None:
+        return bytes(_pure.packb(obj, default=_default))
+    data: bytes = _lib().packb(obj, default=_default, use_bin_type=True, datetime=True)
     return data
 
 
@@ -52,6 +80,12 @@ def decode(data: bytes) -> Any:
     Raises ``ValueError`` (msgpack's ``ExtraData``/``FormatError`` derive from it)
     for malformed input.
     """
+    if _pure is not None:
+        try:
+            return _pure.unpackb(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed msgpack document: {exc}") from exc
+    msgpack = _lib()
     try:
         return msgpack.unpackb(data, raw=False, timestamp=3, strict_map_key=True)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
@@ -60,6 +94,6 @@ def decode(data: bytes) -> Any:
         raise ValueError(f"malformed msgpack document: {exc}") from exc
 
 
-def utcnow() -> _dt.datetime:
+def utcnow() -> _datetime_type:
     """Return the current time as a timezone-aware UTC datetime."""
-    return _dt.datetime.now(_UTC)
+    return _datetime_type.now(_UTC)

@@ -91,8 +91,17 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     shim = Shim(launch, bundle, reaper, publisher)
     endpoint = settings.shim_endpoint(namespace, container_id)
     shim.console_base = endpoint[len("ipc://") :]
+    # the runtime's create (tens of ms, in other processes) starts first: the rootfs is mounted
+    # and the runtime spawned before the task yields, and the RPC server binds meanwhile; nobody
+    # calls the shim before it reports, which follows the create
+    creating = asyncio.ensure_future(shim.create())
+    await asyncio.sleep(0)
     server = RpcServer(endpoint, shim, name="shim", heartbeat_s=settings.heartbeat_s)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await shim.abandon(creating)
+        raise
     trace.mark("serving")
     address = Path(bundle, "address")
     tmp = Path(bundle, "address.tmp")
@@ -101,7 +110,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     code = 0
     log.debug("shim serving after %.1f ms", (time.perf_counter() - t0) * 1000)
     try:
-        state = await shim.create()
+        state = await creating
     except CreateFailed as exc:
         _report(
             ready_fd,

@@ -117,6 +117,8 @@ class Shim:
         self._oom_seen = 0
         self._oom_watch: int = -1
         self.cgroups_path = ""
+        self.own_pid_ns = False
+        """The task has a PID namespace of its own: its processes all die with its init."""
         self.console_base = ""
 
     # -- helpers ---------------------------------------------------------------------------
@@ -259,6 +261,22 @@ class Shim:
         self._watch_oom()
         return state
 
+    async def abandon(self, creating: asyncio.Future[TaskState]) -> None:
+        """Undo ``create`` (running as ``creating``) when the shim cannot serve its task.
+
+        Waits for the create to end; a task it created is deleted (``runtime delete --force``)
+        and the rootfs unmounted, so a shim that fails to bind leaves nothing running.
+        """
+        try:
+            await creating
+        except BaseException:
+            return
+        with contextlib.suppress(RuntimeError_):
+            await self.runtime.delete(self.id, force=True)
+        if self.init is not None:
+            self.init.io.close()
+        await self._teardown_rootfs()
+
     def _prepare_rootfs(self) -> str | None:
         """Mount the snapshot, resolve the user and the working directory (blocking).
 
@@ -276,6 +294,9 @@ class Shim:
             spec = json.load(f)
         process = spec["process"]
         self.cgroups_path = str(spec.get("linux", {}).get("cgroupsPath") or "")
+        self.own_pid_ns = any(
+            ns.get("type") == "pid" and not ns.get("path") for ns in spec.get("linux", {}).get("namespaces") or []
+        )
         self._prepare_volumes()
         user = rootfs.resolve_user(self.rootfs, self.launch.user, self.launch.group_add)
         process["user"] = {"uid": user.uid, "gid": user.gid}
@@ -441,13 +462,15 @@ class Shim:
                 await asyncio.wait_for(proc.exited.wait(), 10.0)
             except TimeoutError:
                 raise errors.Internal(f"task of container '{self.id}' did not exit") from None
-            try:
-                await self.runtime.delete(self.id)
-            except RuntimeError_:
-                try:
-                    await self.runtime.delete(self.id, force=True)
-                except RuntimeError_ as exc:
-                    raise errors.Internal(f"{self.runtime.name} delete failed: {exc.message}") from None
+            # the runtime's delete (its state and cgroup, ~10 ms in another process) runs while
+            # the rootfs is unmounted here when the task had its own PID namespace: with init gone,
+            # every process of the container is gone, and the runtime does not touch the rootfs of a
+            # stopped one. Without one, the runtime first kills what is left in the cgroup.
+            deleting = asyncio.ensure_future(self.runtime.delete(self.id))
+            if self.own_pid_ns:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([deleting])
             self._stop_oom_watch()
             for ex in list(self.execs.values()):
                 ex.io.close()
@@ -456,6 +479,13 @@ class Shim:
             proc.io.close()
             if proc.io.log is not None:
                 proc.io.log.close()
+            try:
+                await deleting
+            except RuntimeError_:
+                try:
+                    await self.runtime.delete(self.id, force=True)
+                except RuntimeError_ as exc:
+                    raise errors.Internal(f"{self.runtime.name} delete failed: {exc.message}") from None
             proc.move(TaskStatus.DELETED)
             s = proc.state
             exit_status = s.exit_status if s.exit_status is not None else 255

@@ -131,3 +131,28 @@ def test_seccomp_follows_the_capabilities() -> None:
 def test_static_init_detection() -> None:
     assert spec.is_static_elf("/usr/bin/env") is False
     assert spec.is_static_elf("/nonexistent") is False
+
+
+def test_seccomp_filters_x32_only_where_the_kernel_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.execution import seccomp
+
+    monkeypatch.setattr(seccomp.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(seccomp, "host_has_x32_abi", lambda: True)
+    assert default_seccomp(spec.DEFAULT_CAPS)["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    monkeypatch.setattr(seccomp, "host_has_x32_abi", lambda: False)
+    assert default_seccomp(spec.DEFAULT_CAPS)["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    # another architecture's profile is not this kernel's to judge
+    assert default_seccomp(spec.DEFAULT_CAPS, "arm64")["architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+
+
+def test_x32_probe_agrees_with_the_kernel_config() -> None:
+    import gzip
+    import platform
+
+    from services.execution.seccomp import host_has_x32_abi
+
+    config = Path("/proc/config.gz")
+    if platform.machine() != "x86_64" or not config.exists():
+        pytest.skip("needs an x86_64 kernel exposing /proc/config.gz")
+    text = gzip.decompress(config.read_bytes()).decode()
+    assert host_has_x32_abi() == ("CONFIG_X86_X32_ABI=y" in text)
