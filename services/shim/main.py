@@ -62,8 +62,19 @@ def _report(ready_fd: int, payload: dict[str, Any]) -> None:
         os.close(ready_fd)
 
 
-def serve(namespace: str, container_id: str, bundle: str, settings: Settings, ready_fd: int = -1) -> int:
-    """Run the shim of ``container_id`` on ``bundle`` until its task is deleted; return an exit code."""
+def serve(
+    namespace: str,
+    container_id: str,
+    bundle: str,
+    settings: Settings,
+    ready_fd: int = -1,
+    *,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> int:
+    """Run the shim of ``container_id`` on ``bundle`` until its task is deleted; return an exit code.
+
+    ``loop``: an event loop made beforehand in this process (a spare's), else a new one.
+    """
     set_subreaper()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
@@ -72,7 +83,10 @@ def serve(namespace: str, container_id: str, bundle: str, settings: Settings, re
         f.write(f"{os.getpid()}\n")
     os.replace(pid_tmp, os.path.join(bundle, "shim.pid"))
     try:
-        return asyncio.run(_serve(namespace, container_id, bundle, settings, ready_fd))
+        if loop is not None:
+            asyncio.set_event_loop(loop)
+        with asyncio.Runner(loop_factory=None if loop is None else lambda: loop) as runner:
+            return runner.run(_serve(namespace, container_id, bundle, settings, ready_fd))
     except BaseException as exc:
         log.exception("shim failed")
         _report(ready_fd, {"ok": False, "error": f"shim failed: {exc}", "exit_status": 128})
