@@ -473,6 +473,10 @@ class Suite:
             if "services.shim.template" in cmdline and _env_of(pid).get("DOCKYARD_STATE") == self.dy.state:
                 rss, pss = peers.rss_pss_kib(pid)
                 out["dockyard shim template"] = {"rss_kib": rss, "pss_kib": pss}
+        for pid in peers.pids_by_comm("dockyard-spare"):  # the template's shim forked ahead of a start
+            if _env_of(pid).get("DOCKYARD_STATE") == self.dy.state:
+                rss, pss = peers.rss_pss_kib(pid)
+                out["dockyard spare shim"] = {"rss_kib": rss, "pss_kib": pss}
         for d in self.daemons:
             pid = d.pid or (peers.pids_by_exe(d.name)[:1] or [0])[0]
             rss, pss = peers.rss_pss_kib(pid)

@@ -37,6 +37,12 @@ def use_pure() -> None:
     _pure = msgpack_pure
 
 
+def load() -> None:
+    """Import msgpack now rather than at the first ``encode``/``decode`` (a process that
+    forks workers, such as the shim template, does it once for all of them)."""
+    _lib()
+
+
 def _lib() -> Any:
     global _msgpack
     if _msgpack is None:

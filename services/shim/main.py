@@ -33,6 +33,7 @@ from services.shim.service import SHUTDOWN_WAIT_S, CreateFailed, Shim
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)  # once, in the template: each CDLL() builds a class
 
 TRIM_AFTER_S = 2.0
 """When the shim hands its free heap back (its task has started by then; it stays idle)."""
@@ -43,12 +44,12 @@ def _trim_heap() -> None:
     so only the shim's own are visited) and ``malloc_trim(0)`` the freed C heap back to the system."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _libc.malloc_trim(0)
 
 
 def set_subreaper() -> None:
     """``prctl(PR_SET_CHILD_SUBREAPER, 1)``: orphans of our children are re-parented to us."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
@@ -68,7 +69,6 @@ def serve(
     bundle: str,
     settings: Settings,
     ready_fd: int = -1,
-    *,
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> int:
     """Run the shim of ``container_id`` on ``bundle`` until its task is deleted; return an exit code.

@@ -46,9 +46,11 @@ SPARE_AFTER_S = 0.05
 """Idle time after which the template forks its next spare (not while a start is on its way)."""
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _prctl(option: int, arg: int | bytes) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(option, arg, 0, 0, 0)
+    _libc.prctl(option, arg, 0, 0, 0)
 
 
 def _detach(*inherited: socket.socket) -> None:
@@ -87,9 +89,11 @@ def _become_shim(conn: socket.socket, request: dict[str, str], loop: Any = None)
 
         ready = os.dup(conn.fileno())
         conn.close()
-        code = trace.profiled(
-            serve, request["namespace"], request["container_id"], bundle, _settings, ready, loop=loop
-        )
+        code = trace.profiled(serve, request["namespace"], request["container_id"], bundle, _settings, ready, loop)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # to the bundle's shim.log; serve() reports its own failures
     finally:
         os._exit(code)
 
@@ -160,9 +164,11 @@ def _hand_to_spare(spare: socket.socket, conn: socket.socket, data: bytes) -> bo
 def _warm_lazy_imports() -> None:
     """Load now what a shim would otherwise load after the fork, at each start."""
     import common.mount  # noqa: F401 - imported inside services.shim.mount
+    from common import codec
     from services.shim import mount
 
     mount._lib()  # ctypes.util.find_library runs `ldconfig -p` in a child process
+    codec.load()  # msgpack, which the codec imports on first use
 
 
 def _handle(conn: socket.socket, listener: socket.socket, spare: socket.socket | None) -> bool:
