@@ -14,7 +14,8 @@ Cases (``Suite.run_all``):
   ``--runc-binary crun``), ``docker run --rm --network none``, ``podman run --rm
   --network none``;
 - ``run -d`` and ``rm -f`` of a ``sleep`` container, timed apart;
-- ``exec true`` in a running container (runc/crun exec as the bare runtimes);
+- ``exec true`` in a running container (runc/crun exec as the bare runtimes; ctr's in a
+  container with and without ``--seccomp``);
 - 20 and 100 detached starts at once: wall time until every CLI returned, then all
   verified running, then removed (timed too); per-shim RSS/PSS while 20 run;
 - ``ps`` with 100 containers running;
@@ -323,6 +324,10 @@ class Suite:
         if self.have["ctr"]:
             quiet([peers.CTR, "run", "-d", img, "dyb-e", "sleep", "3600"])
             steps["ctr"] = lambda i: [("", [peers.CTR, "t", "exec", "--exec-id", f"x{i + 100}", "dyb-e", "true"])]
+            # the runtime applies the container's seccomp profile to each exec too (see case_run_rm)
+            quiet([peers.CTR, "run", "-d", "--seccomp", img, "dyb-es", "sleep", "3600"])
+            steps["ctr --seccomp"] = lambda i: [("", [peers.CTR, "t", "exec", "--exec-id", f"x{i + 100}", "dyb-es",
+                                                      "true"])]  # fmt: skip
         if self.have["docker"]:
             quiet([peers.DOCKER, "run", "-d", "--network", "none", "--name", "dyb-e", img, "sleep", "3600"])
             steps["docker"] = lambda i: [("", [peers.DOCKER, "exec", "dyb-e", "true"])]
