@@ -27,14 +27,33 @@ if TYPE_CHECKING:
 
 _msgpack: Any = None
 _pure: Any = None
+_pure_left = 0
+
+PURE_MESSAGES = 256
+"""How many documents ``use_pure`` covers before msgpack takes over (a long stream: logs -f)."""
 
 
-def use_pure() -> None:
-    """Encode and decode with ``common.msgpack_pure`` from now on (same bytes, no msgpack import)."""
-    global _pure
+def use_pure(messages: int = PURE_MESSAGES) -> None:
+    """Encode and decode the next ``messages`` documents with ``common.msgpack_pure``.
+
+    The same bytes without importing msgpack: a command's few messages cost less than the
+    import. Past ``messages`` (a long output or log stream) the C extension is imported and
+    used, being faster per document.
+    """
+    global _pure, _pure_left
     from common import msgpack_pure
 
     _pure = msgpack_pure
+    _pure_left = messages
+
+
+def _pure_codec() -> Any:
+    global _pure, _pure_left
+    if _pure is not None:
+        _pure_left -= 1
+        if _pure_left < 0:
+            _pure = None
+    return _pure
 
 
 def load() -> None:
@@ -74,8 +93,9 @@ def encode(obj: Any) -> bytes:
 
     Raises ``TypeError`` for an object outside the shapes listed in the module docstring.
     """
-    if _pure is not None:
-        return bytes(_pure.packb(obj, default=_default))
+    pure = _pure_codec()
+    if pure is not None:
+        return bytes(pure.packb(obj, default=_default))
     data: bytes = _lib().packb(obj, default=_default, use_bin_type=True, datetime=True)
     return data
 
@@ -86,9 +106,10 @@ def decode(data: bytes) -> Any:
     Raises ``ValueError`` (msgpack's ``ExtraData``/``FormatError`` derive from it)
     for malformed input.
     """
-    if _pure is not None:
+    pure = _pure_codec()
+    if pure is not None:
         try:
-            return _pure.unpackb(data)
+            return pure.unpackb(data)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed msgpack document: {exc}") from exc
     msgpack = _lib()

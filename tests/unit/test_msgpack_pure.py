@@ -149,12 +149,16 @@ def test_codec_use_pure_switches_both_directions() -> None:
 
     doc = {"id": "c1", "created": dt.datetime(2026, 11, 29, tzinfo=UTC), "data": b"\x00\x01", "n": [1, 2.5, None]}
     wire = codec.encode(doc)
-    saved = codec._pure
+    saved = codec._pure, codec._pure_left
     try:
-        codec.use_pure()
+        codec.use_pure(messages=4)
         assert codec.encode(doc) == wire
         assert codec.decode(wire) == doc
         with pytest.raises(ValueError, match="malformed msgpack document"):
             codec.decode(b"\xc1")
+        assert codec._pure is not None
+        assert codec.decode(codec.encode(doc)) == doc  # the 4th and 5th documents: msgpack's turn
+        assert codec._pure is None
+        assert codec.encode(doc) == wire
     finally:
-        codec._pure = saved
+        codec._pure, codec._pure_left = saved
