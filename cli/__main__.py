@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
+EXIT_SIGPIPE = 128 + 13
+"""The status a shell shows for a CLI killed by SIGPIPE, as the docker CLI is (the typer
+commands exit through click, which ends a broken pipe with 1)."""
+
 
 def _exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
@@ -37,6 +41,10 @@ def main() -> None:
         code = hot.main(sys.argv[1:])
     except SystemExit as exc:  # output.fail: the message is printed already
         code = exc.code if isinstance(exc.code, int) else 1
+    except BrokenPipeError:  # stdout's reader went away (`| head`); sockets raise ZmtpError instead
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
+        code = EXIT_SIGPIPE
     if code is not None:
         trace.mark("exit")
         _exit(code)

@@ -195,6 +195,8 @@ class RpcServer:
         self._handlers = collect_handlers(*services)
         self._zctx = zmq_context or zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
+        self._ipc_file: tuple[str, int] | None = None
+        """The ipc socket file this server bound, and its inode (removed again by ``close``)."""
         self._calls: dict[tuple[bytes, str], _Call] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -210,20 +212,22 @@ class RpcServer:
         return sorted(self._handlers)
 
     def bind(self) -> None:
-        """Bind the ROUTER socket (removing a stale ipc socket file first)."""
+        """Bind the ROUTER socket (removing a stale ipc socket file first; ``close`` removes ours)."""
         sock = self._zctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        if self.endpoint.startswith("ipc://"):
-            path = self.endpoint[len("ipc://") :]
-            if not path.startswith("@"):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        path = self.endpoint[len("ipc://") :] if self.endpoint.startswith("ipc://") else ""
+        if path and not path.startswith("@"):  # a file, not an abstract socket
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         sock.bind(self.endpoint)
         self._sock = sock
+        if path and not path.startswith("@"):
+            with contextlib.suppress(OSError):
+                self._ipc_file = (path, os.stat(path).st_ino)
 
     async def start(self) -> None:
         """Bind (if needed) and start serving in background tasks."""
@@ -261,6 +265,17 @@ class RpcServer:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+        self._remove_ipc_file()
+
+    def _remove_ipc_file(self) -> None:
+        """Remove the socket file we bound, unless a successor has bound its own there since."""
+        if self._ipc_file is None:
+            return
+        path, inode = self._ipc_file
+        self._ipc_file = None
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
 
     # -- receiving -----------------------------------------------------------------------
     async def _recv_loop(self) -> None:

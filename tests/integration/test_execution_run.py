@@ -3,12 +3,15 @@ Docker's Entrypoint/Cmd/Env rules (C14), events in order, nothing left behind.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from deploy import mkimage
 from tests.engine import Engine, busybox_layer, ps_names
+from tests.harness import PROJECT
 from tests.registry import Registry, skopeo_copy
 
 pytestmark = pytest.mark.root
@@ -134,3 +137,34 @@ def test_missing_image_is_pulled_first(engine: Engine, tmp_path: Path) -> None:
         p = engine.run("--rm", f"{reg.host}/pulled:v1", "echo", "pulled")
     assert p.returncode == 0 and p.stdout == b"pulled\n"
     assert f"Unable to find image '{reg.host}/pulled:v1' locally".encode() in p.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_cli_quietly(engine: Engine) -> None:
+    """``dockyard run ... | head -1``: no traceback, the SIGPIPE status, the --rm container still removed."""
+    loop = "i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", "--rm", "busybox", "sh", "-c", loop],
+        env=engine.inst.env,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert cli.stdout is not None and cli.stderr is not None
+    first = cli.stdout.readline()
+    cli.stdout.close()  # 20000 lines are more than a pipe holds: the CLI's next write fails
+    err = cli.stderr.read()
+    assert (first, cli.wait(60), err) == (b"line 0\n", 141, b"")
+    engine.wait_until(lambda: not engine.containers(), 30, "the --rm container removed")
+    engine.assert_clean()
+
+
+def test_the_console_script_serves_hot_and_full_commands(engine: Engine) -> None:
+    """``.venv/bin/dockyard`` skips ``site`` (-S); the typer commands still find their packages."""
+    script = PROJECT / ".venv" / "bin" / "dockyard"
+    if not script.exists():
+        pytest.skip("no .venv/bin/dockyard (deploy/setup.sh makes it)")
+    env = engine.inst.env
+    hot = subprocess.run([str(script), "run", "--rm", "busybox", "echo", "hi"], env=env, capture_output=True)
+    assert (hot.returncode, hot.stdout, hot.stderr) == (0, b"hi\n", b"")
+    full = subprocess.run([str(script), "images"], env=env, capture_output=True)
+    assert full.returncode == 0 and b"busybox" in full.stdout, full.stderr

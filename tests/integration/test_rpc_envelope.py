@@ -217,3 +217,29 @@ def test_a_service_dying_mid_call_is_unavailable_at_once(tmp_path: Path) -> None
     finally:
         proc.kill()
         proc.join()
+
+
+def test_close_removes_its_ipc_socket_file_but_not_a_successors(tmp_path: Path) -> None:
+    async def main() -> None:
+        path = tmp_path / "s.sock"
+        first = RpcServer(f"ipc://{path}", _Svc(), name="t")
+        await first.start()
+        assert path.is_socket()
+        await first.close(grace_s=0.1)
+        assert not path.exists()  # no socket file outlives its server (a shim's, a service's)
+
+        old = RpcServer(f"ipc://{path}", _Svc(), name="t")
+        await old.start()
+        new = RpcServer(f"ipc://{path}", _Svc(), name="t")  # a successor binds the same path
+        await new.start()
+        await old.close(grace_s=0.1)
+        assert path.is_socket()  # the successor's file stays
+        client = AsyncClient("t", f"ipc://{path}", timeout_s=5)
+        try:
+            assert (await client.call("t.echo", {"text": "hi"}))["text"] == "hi"  # and it still answers
+        finally:
+            await client.close()
+        await new.close(grace_s=0.1)
+        assert not path.exists()
+
+    asyncio.run(main())
