@@ -244,6 +244,8 @@ class ExecutionService:
         hostname = req.hostname or container_id[:12]
         labels = {**(image_cfg.get("Labels") or {}), **req.labels}
         runtime = req.runtime or self.settings.runtime
+        if shutil.which(runtime) is None:  # Docker's words; found later, it would fail in the shim
+            raise errors.InvalidArgument(f"unknown or invalid runtime name: {runtime}")
         caps = spec.capabilities(req.cap_add, req.cap_drop, req.privileged, self._available_caps)
         no_new_privs = any(
             o.split("=")[0].split(":")[0] == "no-new-privileges" and not o.endswith("false") for o in req.security_opt

@@ -168,3 +168,9 @@ def test_the_console_script_serves_hot_and_full_commands(engine: Engine) -> None
     assert (hot.returncode, hot.stdout, hot.stderr) == (0, b"hi\n", b"")
     full = subprocess.run([str(script), "images"], env=env, capture_output=True)
     assert full.returncode == 0 and b"busybox" in full.stdout, full.stderr
+
+
+def test_unknown_runtime_is_refused_up_front(engine: Engine) -> None:
+    p = engine.run("--rm", "--runtime", "nosuchruntime", "busybox", "true")
+    assert (p.returncode, p.stderr) == (125, b"error: unknown or invalid runtime name: nosuchruntime\n")
+    assert not engine.containers()
