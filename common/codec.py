@@ -56,13 +56,9 @@ def _pure_codec() -> Any:
     return _pure
 
 
-def load() -> None:
-    """Import msgpack now rather than at the first ``encode``/``decode`` (a process that
-    forks workers, such as the shim template, does it once for all of them)."""
-    _lib()
-
-
-def _lib() -> Any:
+def load() -> Any:
+    """The msgpack module, imported at the first call (``encode``/``decode`` call it; a process
+    that forks workers, such as the shim template, calls it first, once for all of them)."""
     global _msgpack
     if _msgpack is None:
         import msgpack
@@ -96,7 +92,7 @@ def encode(obj: Any) -> bytes:
     pure = _pure_codec()
     if pure is not None:
         return bytes(pure.packb(obj, default=_default))
-    data: bytes = _lib().packb(obj, default=_default, use_bin_type=True, datetime=True)
+    data: bytes = load().packb(obj, default=_default, use_bin_type=True, datetime=True)
     return data
 
 
@@ -112,7 +108,7 @@ def decode(data: bytes) -> Any:
             return pure.unpackb(data)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed msgpack document: {exc}") from exc
-    msgpack = _lib()
+    msgpack = load()
     try:
         return msgpack.unpackb(data, raw=False, timestamp=3, strict_map_key=True)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:

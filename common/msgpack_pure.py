@@ -40,15 +40,12 @@ _UTC = UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _TIMESTAMP = -1
 
-_B = struct.Struct(">B").pack
-_H = struct.Struct(">H").pack
-_I = struct.Struct(">I").pack
-_Q = struct.Struct(">Q").pack
-_b = struct.Struct(">b").pack
-_h = struct.Struct(">h").pack
-_i = struct.Struct(">i").pack
-_q = struct.Struct(">q").pack
-_d = struct.Struct(">d").pack
+_U8, _U16, _U32, _U64 = (struct.Struct(">" + c) for c in "BHIQ")
+_I8, _I16, _I32, _I64 = (struct.Struct(">" + c) for c in "bhiq")
+_F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
+_B, _H, _I, _Q = _U8.pack, _U16.pack, _U32.pack, _U64.pack
+_b, _h, _i, _q = _I8.pack, _I16.pack, _I32.pack, _I64.pack
+_d = _F64.pack
 
 
 def packb(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:
@@ -201,13 +198,12 @@ def _unpack(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         return True, pos
     fixed = _FIXED.get(b)
     if fixed is not None:
-        fmt, size = fixed
-        return fmt.unpack_from(data, pos)[0], pos + size
+        return fixed.unpack_from(data, pos)[0], pos + fixed.size
     sized = _SIZED.get(b)
     if sized is not None:
-        kind, fmt, size = sized
+        kind, fmt = sized
         n = fmt.unpack_from(data, pos)[0]
-        pos += size
+        pos += fmt.size
         if kind == "str":
             raw, pos = _take(data, pos, n)
             return raw.decode("utf-8"), pos
@@ -217,14 +213,10 @@ def _unpack(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
             return _array(data, pos, n, depth)
         if kind == "map":
             return _map(data, pos, n, depth)
-        code = struct.unpack_from(">b", data, pos)[0]
-        payload, pos = _take(data, pos + 1, n)
-        return _ext(code, payload), pos
+        return _ext(data, pos, n)
     fixext = _FIXEXT.get(b)
     if fixext is not None:
-        code = struct.unpack_from(">b", data, pos)[0]
-        payload, pos = _take(data, pos + 1, fixext)
-        return _ext(code, payload), pos
+        return _ext(data, pos, fixext)
     raise ValueError(f"reserved or unsupported msgpack byte 0x{b:02x}")
 
 
@@ -246,13 +238,20 @@ def _map(data: bytes, pos: int, n: int, depth: int) -> tuple[dict[Any, Any], int
     return out, pos
 
 
-def _ext(code: int, payload: bytes) -> datetime:
+def _ext(data: bytes, pos: int, n: int) -> tuple[datetime, int]:
+    """The extension at ``pos`` (its type byte, then ``n`` bytes): only the timestamp is known."""
+    code = _I8.unpack_from(data, pos)[0]
+    payload, pos = _take(data, pos + 1, n)
+    return _timestamp(code, payload), pos
+
+
+def _timestamp(code: int, payload: bytes) -> datetime:
     if code != _TIMESTAMP:
         raise ValueError(f"unsupported msgpack extension type {code}")
     if len(payload) == 4:
-        seconds, nanos = struct.unpack(">I", payload)[0], 0
+        seconds, nanos = _U32.unpack(payload)[0], 0
     elif len(payload) == 8:
-        data64 = struct.unpack(">Q", payload)[0]
+        data64 = _U64.unpack(payload)[0]
         seconds, nanos = data64 & 0x3FFFFFFFF, data64 >> 34
     elif len(payload) == 12:
         nanos, seconds = struct.unpack(">Iq", payload)
@@ -264,31 +263,15 @@ def _ext(code: int, payload: bytes) -> datetime:
 
 
 _FIXED = {
-    0xCA: (struct.Struct(">f"), 4),
-    0xCB: (struct.Struct(">d"), 8),
-    0xCC: (struct.Struct(">B"), 1),
-    0xCD: (struct.Struct(">H"), 2),
-    0xCE: (struct.Struct(">I"), 4),
-    0xCF: (struct.Struct(">Q"), 8),
-    0xD0: (struct.Struct(">b"), 1),
-    0xD1: (struct.Struct(">h"), 2),
-    0xD2: (struct.Struct(">i"), 4),
-    0xD3: (struct.Struct(">q"), 8),
-}
-_U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
+    0xCA: _F32, 0xCB: _F64,
+    0xCC: _U8, 0xCD: _U16, 0xCE: _U32, 0xCF: _U64,
+    0xD0: _I8, 0xD1: _I16, 0xD2: _I32, 0xD3: _I64,
+}  # fmt: skip
 _SIZED = {
-    0xD9: ("str", _U8, 1),
-    0xDA: ("str", _U16, 2),
-    0xDB: ("str", _U32, 4),
-    0xC4: ("bin", _U8, 1),
-    0xC5: ("bin", _U16, 2),
-    0xC6: ("bin", _U32, 4),
-    0xDC: ("array", _U16, 2),
-    0xDD: ("array", _U32, 4),
-    0xDE: ("map", _U16, 2),
-    0xDF: ("map", _U32, 4),
-    0xC7: ("ext", _U8, 1),
-    0xC8: ("ext", _U16, 2),
-    0xC9: ("ext", _U32, 4),
-}
+    0xD9: ("str", _U8), 0xDA: ("str", _U16), 0xDB: ("str", _U32),
+    0xC4: ("bin", _U8), 0xC5: ("bin", _U16), 0xC6: ("bin", _U32),
+    0xDC: ("array", _U16), 0xDD: ("array", _U32),
+    0xDE: ("map", _U16), 0xDF: ("map", _U32),
+    0xC7: ("ext", _U8), 0xC8: ("ext", _U16), 0xC9: ("ext", _U32),
+}  # fmt: skip
 _FIXEXT = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}

@@ -27,13 +27,13 @@ from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
 from common.rpc.server import RpcServer
 from common.settings import Settings
+from services.shim import mount
 from services.shim.reaper import Reaper
 from services.shim.service import SHUTDOWN_WAIT_S, CreateFailed, Shim
 
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)  # once, in the template: each CDLL() builds a class
 
 TRIM_AFTER_S = 2.0
 """When the shim hands its free heap back (its task has started by then; it stays idle)."""
@@ -44,13 +44,12 @@ def _trim_heap() -> None:
     so only the shim's own are visited) and ``malloc_trim(0)`` the freed C heap back to the system."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
-        _libc.malloc_trim(0)
+        mount.libc().malloc_trim(0)
 
 
 def set_subreaper() -> None:
     """``prctl(PR_SET_CHILD_SUBREAPER, 1)``: orphans of our children are re-parented to us."""
-    libc = _libc
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if mount.libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 

@@ -11,7 +11,6 @@ reaped by its own reaper and a fork per mount would cost milliseconds.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -56,10 +55,12 @@ _libc: Any = None
 _CWD_LOCK = threading.Lock()
 
 
-def _lib() -> Any:
+def libc() -> Any:
+    """This process's C library (one ctypes handle for the shim: each ``CDLL()`` builds a class
+    and calls dlopen), with ``errno`` kept for ``ctypes.get_errno``."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
     return _libc
@@ -85,15 +86,15 @@ def mount(source: str, target: str, fstype: str, options: Iterable[str] = ()) ->
     flags, data = parse_options(options)
     if fstype == "bind":
         flags |= MS_BIND
-    libc = _lib()
+    lib = libc()
     ro_bind = flags & MS_BIND and flags & MS_RDONLY
     first = flags & ~MS_RDONLY if ro_bind else flags
-    if libc.mount(source.encode(), target.encode(), fstype.encode(), first, data.encode() or None) != 0:
+    if lib.mount(source.encode(), target.encode(), fstype.encode(), first, data.encode() or None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype} {source} on {target} ({','.join(options)}): {os.strerror(err)}")
     # a bind mount only becomes read-only on a remount
     remount = MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & ~MS_REC)
-    if ro_bind and libc.mount(None, target.encode(), None, remount, None) != 0:
+    if ro_bind and lib.mount(None, target.encode(), None, remount, None) != 0:
         err = ctypes.get_errno()
         unmount(target)
         raise OSError(err, f"remount {target} read-only: {os.strerror(err)}")
@@ -104,17 +105,17 @@ def unmount(target: str, *, detach: bool = False) -> bool:
 
     Raises ``OSError`` when it stays busy (``detach=True`` falls back to a lazy unmount).
     """
-    libc = _lib()
+    lib = libc()
     unmounted = False
     for _ in range(64):
-        if libc.umount2(target.encode(), 0) == 0:
+        if lib.umount2(target.encode(), 0) == 0:
             unmounted = True
             continue
         err = ctypes.get_errno()
         if err in (errno.EINVAL, errno.ENOENT):
             return unmounted
         if err == errno.EBUSY and detach:
-            if libc.umount2(target.encode(), MNT_DETACH) == 0:
+            if lib.umount2(target.encode(), MNT_DETACH) == 0:
                 unmounted = True
                 continue
             err = ctypes.get_errno()

@@ -21,6 +21,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from services.shim import mount
+
 MAX_FILE_BYTES = 4 * 1024 * 1024
 """Largest /etc/passwd or /etc/group we read."""
 
@@ -39,12 +41,11 @@ class _OpenHow(ctypes.Structure):
 
 
 _openat2_ok: bool | None = None
-_libc = ctypes.CDLL(None, use_errno=True)  # once: each CDLL() builds a class and calls dlopen
 
 
 def _openat2(dirfd: int, path: str, flags: int) -> int:
     global _openat2_ok
-    libc = _libc
+    libc = mount.libc()
     how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
     fd = libc.syscall(_SYS_OPENAT2, dirfd, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:

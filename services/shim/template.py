@@ -26,7 +26,6 @@ template's end of its socket pair closes, so none outlives the template.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -46,11 +45,10 @@ SPARE_AFTER_S = 0.05
 """Idle time after which the template forks its next spare (not while a start is on its way)."""
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _prctl(option: int, arg: int | bytes) -> None:
-    _libc.prctl(option, arg, 0, 0, 0)
+    from services.shim.mount import libc
+
+    libc().prctl(option, arg, 0, 0, 0)
 
 
 def _detach(*inherited: socket.socket) -> None:
@@ -167,12 +165,12 @@ def _warm_lazy_imports() -> None:
     from common import codec
     from services.shim import mount
 
-    mount._lib()  # ctypes.util.find_library runs `ldconfig -p` in a child process
+    mount.libc()
     codec.load()  # msgpack, which the codec imports on first use
 
 
 def _handle(conn: socket.socket, listener: socket.socket, spare: socket.socket | None) -> bool:
-    """Serve one launch request; True if it went to ``spare`` (which the caller then drops)."""
+    """Serve one launch request; True when the caller drops ``spare`` (it took the request, or is dead)."""
     data = b""
     while not data.endswith(b"\n") and len(data) < 65536:
         chunk = conn.recv(4096)
