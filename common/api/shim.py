@@ -117,6 +117,17 @@ class ShimLaunch(Reply):
     copy_up: list[dict[str, str]] = Field(
         default_factory=list, description="volumes to fill from the image: [{target, source (host dir)}]"
     )
+    start: bool = Field(
+        default=False,
+        description="create and start the task in one runtime call (``run --detach``): the shim "
+        "reports a running task; without it the task waits in ``created`` for ``shim.start``",
+    )
+    hold_output: bool = Field(
+        default=False,
+        description="with ``start``: read no output until ``shim.start`` (or ``HOLD_OUTPUT_S``), so "
+        "that clients attaching between the report and ``shim.start`` miss nothing; the pipes (or "
+        "the terminal) buffer it meanwhile",
+    )
 
 
 class ProcessRequest(Request):

@@ -694,7 +694,9 @@ class ExecutionService:
             if rec.status == "removing":
                 raise errors.Conflict(f"container '{rec.name}' is being removed")
             try:
-                live = await self.tasks.start(rec, self._connect_pending)
+                live = await self.tasks.start(
+                    rec, self._connect_pending, attaching=bool(self._pending.get((rec.namespace, rec.id)))
+                )
             except StartFailed as exc:
                 self._fail_pending(rec, exc.message)
                 self._notify(rec.namespace, rec.id, exc.exit_status, exc.message, removed=False)

@@ -150,8 +150,12 @@ class TaskManager:
         self.live.clear()
 
     # -- start ------------------------------------------------------------------------------------
-    def write_bundle_files(self, rec: Record, incarnation: int) -> str:
-        """(Re)write ``config.json``, ``mounts.json`` and ``shim.json`` for a new incarnation."""
+    def write_bundle_files(self, rec: Record, incarnation: int, *, hold_output: bool = False) -> str:
+        """(Re)write ``config.json``, ``mounts.json`` and ``shim.json`` for a new incarnation.
+
+        The shim creates and starts the task in one runtime call (``ShimLaunch.start``);
+        ``hold_output``: clients wait to attach, the shim reads no output until ``shim.start``.
+        """
         bundle = str(self.settings.bundle_dir(rec.namespace, rec.id))
         os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
         shims.clear_shim_files(bundle)
@@ -181,15 +185,21 @@ class TaskManager:
             copy_up=list(rec.extra.get("copy_up") or []),
             # a later start may follow a compacted /containers/create: only the first one waits
             after_event=container_event_id(rec.id, "create") if incarnation == 1 else "",
+            start=True,
+            hold_output=hold_output,
         )
         _write_json(os.path.join(bundle, "shim.json"), launch.model_dump(mode="json"))
         return bundle
 
-    async def start(self, rec: Record, before_start: Callable[[Live], Awaitable[None]]) -> Live:
-        """Launch a shim, create and start the task (call with the container's lock held).
+    async def start(
+        self, rec: Record, before_start: Callable[[Live], Awaitable[None]], *, attaching: bool = False
+    ) -> Live:
+        """Launch a shim that creates and starts the task (call with the container's lock held).
 
-        ``before_start(live)`` runs between create and start (attach pending clients).
-        Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
+        ``attaching``: clients wait to attach; the shim holds the task's output until
+        ``before_start(live)`` attached them, then ``shim.start`` releases it (no runtime
+        call: the task runs since the shim's report). Raises ``StartFailed`` (the exit is
+        recorded) or a DockyardError.
         """
         incarnation = rec.incarnation + 1
         if os.path.isdir(os.path.join(self.runtime_root(rec.runtime), rec.id)):
@@ -201,7 +211,7 @@ class TaskManager:
                 str(self.settings.bundle_dir(rec.namespace, rec.id)),
             )
         t0 = time.perf_counter()
-        bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation)
+        bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation, hold_output=attaching)
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
         trace.mark("bundle written")
@@ -230,8 +240,11 @@ class TaskManager:
         live.watch = shims.ShimWatch(live.shim_pid)
         self.live[live.key] = live
         try:
-            await before_start(live)
-            reply = await live.client.call("shim.start", {}, timeout_s=60)
+            await before_start(live)  # also hands the task to attaches that came during the launch
+            if attaching:
+                reply = await live.client.call("shim.start", {}, timeout_s=60)
+            else:
+                reply = {"pid": live.task_pid, "started_at": _parse_time(report.get("started_at"))}
         except errors.DockyardError as exc:
             # the shim stopped the task; the monitor deletes it once our caller releases the lock
             status = int(exc.details.get("exit_status") or 128) if isinstance(exc.details, dict) else 128
@@ -616,6 +629,14 @@ class TaskManager:
         await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
         await asyncio.to_thread(shutil.rmtree, bundle, True)
         log.info("removed the orphan bundle of %s/%s", namespace, container_id[:12])
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    """An ISO 8601 time from a shim's report; None when absent or malformed."""
+    try:
+        return dt.datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _write_json(path: str, obj: Any) -> None:

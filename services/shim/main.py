@@ -4,7 +4,8 @@
 it can run in a fresh interpreter (``python -m services.shim``, which daemonizes
 first) or in a child forked from a pre-imported template process. It reports
 readiness as one JSON line on ``ready_fd``: ``{"ok": true, "pid", "shim_pid",
-"address"}`` once the task is created, or ``{"ok": false, "error", "exit_status"}``.
+"address"}`` once the task is created (plus ``"started_at"``, ISO 8601, when
+``ShimLaunch.start`` started it too), or ``{"ok": false, "error", "exit_status"}``.
 """
 
 from __future__ import annotations
@@ -135,7 +136,10 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
         _report(ready_fd, {"ok": False, "error": f"shim: {exc}", "exit_status": 128})
         code = 1
     else:
-        _report(ready_fd, {"ok": True, "pid": state.pid, "shim_pid": os.getpid(), "address": endpoint})
+        report: dict[str, Any] = {"ok": True, "pid": state.pid, "shim_pid": os.getpid(), "address": endpoint}
+        if launch.start and state.started_at is not None:
+            report["started_at"] = state.started_at.isoformat()
+        _report(ready_fd, report)
         trace.mark("reported")
         loop.call_later(TRIM_AFTER_S, _trim_heap)
         deleted = asyncio.ensure_future(shim.deleted.wait())

@@ -129,6 +129,20 @@ class Runtime:
             args += ["--console-socket", console_socket]
         await self._call("create", [*args, container_id], stdio=stdio)
 
+    async def run_detached(
+        self, container_id: str, pid_file: str, stdio: dict[int, int], console_socket: str | None = None
+    ) -> None:
+        """``run --detach --bundle <bundle> --pid-file <pid_file> [--console-socket S] <id>``.
+
+        ``create`` and ``start`` in one runtime process (one Go start-up less for runc,
+        ~10 ms here); the runtime returns once the container's process runs. A failure
+        of either half raises ``RuntimeError_`` with the runtime's message.
+        """
+        args = ["run", "--detach", "--bundle", self.bundle, "--pid-file", pid_file]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        await self._call("run", [*args, container_id], stdio=stdio)
+
     async def start(self, container_id: str) -> None:
         """``start <id>``: run the process (its exec fifo opens)."""
         await self._call("start", ["start", container_id])

@@ -57,6 +57,10 @@ IO_DRAIN_S = 2.0
 SHUTDOWN_WAIT_S = 10.0
 """How long a shim whose task is deleted waits for ``shim.shutdown`` before it exits anyway."""
 
+HOLD_OUTPUT_S = 5.0
+"""How long a task started at create (``ShimLaunch.hold_output``) waits for ``shim.start``
+before its output is read anyway (the log must not stall behind a caller that went away)."""
+
 DELETE_FLUSH_S = 1.0
 """How long ``shim.delete`` waits for the events service to acknowledge the task's events."""
 
@@ -208,9 +212,15 @@ class Shim:
             else:
                 io.make_pipes()
             try:
-                await self.runtime.create(
-                    self.id, pid_file, io.child_fds, console_socket=console.path if console else None
-                )
+                if self.launch.start:
+                    state.started_at = codec.utcnow()  # before: the process may exit before it returns
+                    await self.runtime.run_detached(
+                        self.id, pid_file, io.child_fds, console_socket=console.path if console else None
+                    )
+                else:
+                    await self.runtime.create(
+                        self.id, pid_file, io.child_fds, console_socket=console.path if console else None
+                    )
                 log.debug(
                     "rootfs ready in %.1f ms, %s create in %.1f ms",
                     (t1 - t0) * 1000,
@@ -220,6 +230,9 @@ class Shim:
                 if receiving is not None:
                     io.set_pty(await receiving)
             except RuntimeError_ as exc:
+                if self.launch.start:  # the start half may have failed after the create half
+                    with contextlib.suppress(RuntimeError_):
+                        await self.runtime.delete(self.id, force=True)
                 raise CreateFailed(exc.message, start_error_status(exc.message)) from None
             except (OSError, TimeoutError) as exc:
                 with contextlib.suppress(RuntimeError_):
@@ -246,10 +259,15 @@ class Shim:
             raise
         state.pid = pid
         state.created_at = codec.utcnow()
+        if self.launch.start:
+            state.status = TaskStatus.RUNNING
         proc = Process(state, io, state_file)
         self.init = proc
         proc.persist()
-        await io.start_pumps()
+        if not (self.launch.start and self.launch.hold_output):
+            await io.start_pumps()
+        else:
+            asyncio.get_running_loop().call_later(HOLD_OUTPUT_S, self._release_output, proc)
         self.reaper.watch(pid, lambda status: self._on_exit(proc, status))
         # the task's events follow its container's (another publisher's outbox): /containers/create first
         self._publish(
@@ -258,8 +276,15 @@ class Shim:
             {"bundle": self.bundle, "pid": pid},
             after=self.launch.after_event or None,
         )
+        if self.launch.start:
+            self._publish(topics.TASK_START, "start", {"pid": pid})
+            proc.start_settled.set()
         self._watch_oom()
         return state
+
+    def _release_output(self, proc: Process) -> None:
+        """Start reading a held output (``ShimLaunch.hold_output``); idempotent."""
+        self._spawn(proc.io.start_pumps(), "release-output")
 
     async def abandon(self, creating: asyncio.Future[TaskState]) -> None:
         """Undo ``create`` (running as ``creating``) when the shim cannot serve its task.
@@ -339,6 +364,7 @@ class Shim:
             if self._oom_seen and proc.state.exit_status == 137:
                 proc.update(oom_killed=True)
             self._stop_oom_watch()
+        await proc.io.pumping.wait()  # a held output is read first (shim.start, or HOLD_OUTPUT_S)
         await proc.io.wait_output_closed(IO_DRAIN_S)
         await proc.start_settled.wait()
         state = proc.state
@@ -383,6 +409,10 @@ class Shim:
         proc = self._process(req.exec_id)
         if req.exec_id:
             return await self._start_exec(proc)
+        if self.launch.start and not proc.io.pumping.is_set():
+            # started by the create (ShimLaunch.start): the first start releases the held output
+            await proc.io.start_pumps()
+            return PidReply(pid=proc.state.pid, started_at=proc.state.started_at)
         async with proc.lock:
             proc.check(TaskStatus.RUNNING)
             started_at = codec.utcnow()  # before the start: the process may exit before it returns
@@ -451,6 +481,8 @@ class Shim:
         proc = self._process(req.exec_id)
         if req.exec_id:
             return await self._delete_exec(proc)
+        if not proc.io.pumping.is_set():  # a held output (nobody called shim.start): read it now
+            await proc.io.start_pumps()
         async with proc.lock:
             proc.check(TaskStatus.DELETED)
             if proc.state.status == TaskStatus.CREATED:

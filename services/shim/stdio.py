@@ -99,6 +99,9 @@ class ProcessIO:
         self._stdin_lock = asyncio.Lock()
         self._stdin_ready = asyncio.Event()
         self._closed = asyncio.Event()
+        self.pumping = asyncio.Event()
+        """Set once ``start_pumps`` returned: the output is being read (see ``ShimLaunch.hold_output``)."""
+        self._pumps_started = False
         self._pty_master: int = -1
         # the container's ends, handed to the runtime and closed once it has started the process
         self.child_fds: dict[int, int] = {}
@@ -124,7 +127,16 @@ class ProcessIO:
         self.child_fds.clear()
 
     async def start_pumps(self) -> None:
-        """Start reading output (pipes, or the pty master)."""
+        """Start reading output (pipes, or the pty master); a second call does nothing."""
+        if self._pumps_started:
+            return
+        self._pumps_started = True
+        try:
+            await self._start_pumps()
+        finally:
+            self.pumping.set()
+
+    async def _start_pumps(self) -> None:
         loop = asyncio.get_running_loop()
         if self._pty_master >= 0:
             reader = _Reader(self, 1)
