@@ -26,6 +26,9 @@ Methods (request -> reply):
   process's stdin; EOF closes it when the container was created with ``stdin_once``.
 - ``shim.exec`` ``ExecRequest`` -> ``{}``: register an exec (``/tasks/exec-added``);
   ``shim.start`` with its ``exec_id`` runs it (``runc exec``, ``/tasks/exec-started``).
+- ``shim.exec_run`` ``ExecRequest`` -> stream: ``shim.exec``, ``shim.attach``, ``shim.start``,
+  ``shim.wait`` and ``shim.delete`` of one exec in one call (what ``dockyard exec`` uses):
+  ``{"attached": true, "tty", "pid"}``, output frames, then ``{"exit_status": n}``.
 - ``shim.resize`` ``ResizeRequest`` -> ``{}``: TIOCSWINSZ on the process's pty.
 - ``shim.close_io`` ``ProcessRequest`` -> ``{}``: close the process's stdin.
 - ``shim.pause`` / ``shim.resume`` ``{}`` -> ``{}``: freezer (``/tasks/paused``, ``/tasks/resumed``).

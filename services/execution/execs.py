@@ -78,6 +78,16 @@ class ExecService:
     @rpc("execution.exec_create")
     async def exec_create(self, req: ExecCreateRequest, ctx: Context) -> ExecCreateReply:
         """Register an exec in a running container; Conflict if it does not run."""
+        live, ex, body = self._prepare(req, ctx)
+        await live.client.call("shim.exec", body, timeout_s=30)
+        self.execs[ex.id] = ex
+        return ExecCreateReply(id=ex.id)
+
+    def _prepare(self, req: ExecCreateRequest, ctx: Context) -> tuple[Any, ExecRecord, dict[str, Any]]:
+        """The container's ``Live``, a new ``ExecRecord`` and the shim's ``ExecRequest`` body.
+
+        Conflict when the container does not run; InvalidArgument for a relative working dir.
+        """
         rec = self.owner._find(ctx.namespace, req.id)
         live = self.owner.tasks.get(rec.namespace, rec.id)
         if live is None or live.status != "running":
@@ -98,23 +108,17 @@ class ExecService:
             raise errors.InvalidArgument(f"the working directory '{req.working_dir}' is invalid: not absolute")
         exec_id = ids.new_id()
         height, width = req.console_size or (0, 0)
-        await live.client.call(
-            "shim.exec",
-            {
-                "exec_id": exec_id,
-                "process": body,
-                "user": req.user,
-                "tty": req.tty,
-                "stdin": req.stdin,
-                "console_width": width,
-                "console_height": height,
-            },
-            timeout_s=30,
-        )
-        self.execs[exec_id] = ExecRecord(
-            exec_id, rec.namespace, rec.id, list(req.cmd), req.tty, req.stdin, req.user, req.detach_keys
-        )
-        return ExecCreateReply(id=exec_id)
+        shim_req = {
+            "exec_id": exec_id,
+            "process": body,
+            "user": req.user,
+            "tty": req.tty,
+            "stdin": req.stdin,
+            "console_width": width,
+            "console_height": height,
+        }
+        ex = ExecRecord(exec_id, rec.namespace, rec.id, list(req.cmd), req.tty, req.stdin, req.user, req.detach_keys)
+        return live, ex, shim_req
 
     @rpc("execution.exec", stream=True)
     async def exec(self, req: ExecRunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
@@ -123,11 +127,63 @@ class ExecService:
         Errors before ``{"id"}`` are ``exec_create``'s (Conflict: not running), after it
         ``exec_start``'s (InvalidArgument with ``details.exit_status`` 126/127).
         """
-        created = await self.exec_create(req.create_request(), ctx)
-        yield {"id": created.id}
-        start = ExecStartRequest(exec_id=created.id, detach=req.detach, stdin=req.stdin)
-        async for frame in self.exec_start(start, ctx):
-            yield frame
+        if req.detach:
+            created = await self.exec_create(req.create_request(), ctx)
+            yield {"id": created.id}
+            start = ExecStartRequest(exec_id=created.id, detach=True, stdin=req.stdin)
+            async for frame in self.exec_start(start, ctx):
+                yield frame
+            return
+        # one shim call for the whole exec (shim.exec_run): register, attach, start, wait, delete
+        live, ex, body = self._prepare(req.create_request(), ctx)
+        client = live.client
+        call = await client.start("shim.exec_run", body, timeout_s=None)
+        ex.started = True
+        self.execs[ex.id] = ex
+        relay: asyncio.Task[None] | None = None
+        detached = asyncio.Event()
+        finished = False
+        try:
+            try:
+                await call.next_frame()  # {"registered": true}
+            except errors.DockyardError:
+                self.execs.pop(ex.id, None)
+                finished = True
+                raise
+            yield {"id": ex.id}
+            try:
+                _more, first = await call.next_frame()
+            except errors.DockyardError as exc:
+                ex.exit_code = int((exc.details or {}).get("exit_status") or 126)
+                finished = True  # the shim deleted the exec
+                await _raise_for_exec_start(exc, client, ex)
+            ex.pid, ex.running = int(first.get("pid") or 0), True
+            yield {"attached": True, "tty": ex.tty, "pid": ex.pid}
+            if req.stdin:
+                keys = ex.detach_keys if ex.tty else ""
+                relay = asyncio.create_task(_relay(ctx, call, DetachScanner(keys) if ex.tty else None, detached))
+            async for frame in _until(call, detached):
+                if "exit_status" in frame:
+                    ex.exit_code = int(frame["exit_status"])
+                    finished = True
+                    continue
+                yield frame
+            if detached.is_set():
+                yield {"detached": True}
+                return
+            if ex.exit_code is None:  # the stream ended without the exit (the shim went away)
+                ex.exit_code = 255
+            yield {"exit_code": ex.exit_code}
+        finally:
+            if relay is not None:
+                relay.cancel()
+            if not call.done:
+                await call.cancel()
+            if finished:
+                ex.running = False
+                ex.done.set()
+            elif not ex.done.is_set() and ex.running:
+                self._spawn(self._watch(ex, client))  # detached, or the client went away: wait and delete
 
     @rpc("execution.exec_start", stream=True)
     async def exec_start(self, req: ExecStartRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:

@@ -46,7 +46,7 @@ from services.shim import cgroups, mount, rootfs
 from services.shim.jsonlog import LogWriter
 from services.shim.reaper import Reaper
 from services.shim.runtime import Runtime, RuntimeError_, start_error_status
-from services.shim.stdio import ConsoleSocket, ProcessIO, set_winsize
+from services.shim.stdio import ConsoleSocket, ProcessIO, Subscriber, set_winsize
 from services.shim.task import Process
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,27 @@ class Publisher(Protocol):
     ) -> None: ...
 
     async def flush(self, timeout_s: float | None = None) -> bool: ...
+
+
+async def _frames(sub: Subscriber) -> AsyncIterator[dict[str, Any]]:
+    """``OutputFrame``s of a subscription until its end; what is queued for one stream is coalesced."""
+    while True:
+        item = await sub.get()
+        if item is None:
+            return
+        stream, data = item
+        while not sub.queue.empty() and len(data) < 256 * 1024:
+            nxt = sub.queue.get_nowait()
+            if nxt is None:
+                sub.queue.put_nowait(None)
+                break
+            sub.pending -= len(nxt[1])
+            if nxt[0] != stream:
+                yield {"s": stream, "d": data}
+                stream, data = nxt
+                continue
+            data += nxt[1]
+        yield {"s": stream, "d": data}
 
 
 def proc_start_time(pid: int) -> int:
@@ -548,24 +569,8 @@ class Shim:
             stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx))
         try:
             yield {"attached": True, "tty": proc.io.tty}
-            while True:
-                item = await sub.get()
-                if item is None:
-                    return
-                stream, data = item
-                # coalesce what is already queued for the same stream (fewer frames)
-                while not sub.queue.empty() and len(data) < 256 * 1024:
-                    nxt = sub.queue.get_nowait()
-                    if nxt is None:
-                        sub.queue.put_nowait(None)
-                        break
-                    sub.pending -= len(nxt[1])
-                    if nxt[0] != stream:
-                        yield {"s": stream, "d": data}
-                        stream, data = nxt
-                        continue
-                    data += nxt[1]
-                yield {"s": stream, "d": data}
+            async for frame in _frames(sub):
+                yield frame
         finally:
             proc.io.unsubscribe(sub)
             if stdin_task is not None:
@@ -680,6 +685,44 @@ class Shim:
         self.execs[req.exec_id] = proc
         self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id}, req.exec_id)
         return {}
+
+    @rpc("shim.exec_run", stream=True)
+    async def exec_run(self, req: ExecRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """``shim.exec`` + ``shim.attach`` + ``shim.start`` + ``shim.wait`` + ``shim.delete`` of one exec.
+
+        Stream: ``{"registered": true}``, then ``{"attached": true, "tty", "pid"}`` once the
+        process runs (subscribed before it started: no byte is missed), then
+        ``OutputFrame``s, then ``{"exit_status": n}`` after its output is drained, when the
+        exec is deleted (``/tasks/delete``). With ``stdin`` the caller's stream is written
+        to the process's stdin (EOF closes it). Errors before the first frame: those of
+        ``shim.exec``; after it, a start that fails raises InvalidArgument with
+        ``details.exit_status`` (126/127) and deletes the exec. A caller that goes away
+        before the last frame leaves the exec registered (``shim.wait`` and ``shim.delete``
+        still work on it).
+        """
+        await self.exec_(req, ctx)
+        proc = self.execs[req.exec_id]
+        yield {"registered": True}
+        sub = proc.io.subscribe({1, 2})
+        stdin_task: asyncio.Task[None] | None = None
+        try:
+            try:
+                started = await self._start_exec(proc)
+            except errors.DockyardError:
+                await self._delete_exec(proc)
+                raise
+            if req.stdin and proc.io.has_stdin:
+                stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx))
+            yield {"attached": True, "tty": proc.io.tty, "pid": started.pid}
+            async for frame in _frames(sub):
+                yield frame
+            await proc.exited.wait()
+            gone = await self._delete_exec(proc)
+            yield {"exit_status": gone.exit_status}
+        finally:
+            proc.io.unsubscribe(sub)
+            if stdin_task is not None:
+                stdin_task.cancel()
 
     async def _start_exec(self, proc: Process) -> PidReply:
         exec_id = proc.state.exec_id

@@ -139,14 +139,102 @@ def test_output_log_exit_status_and_events_in_order(events: Instance) -> None:
     assert b.state_file()["status"] == "deleted"
 
 
+@pytest.mark.parametrize("start", [False, True], ids=["create", "run-detached"])
 @pytest.mark.parametrize(("args", "status"), [(["nosuchcmd"], 127), (["/etc"], 126), (["/nonexistent"], 127)])
-def test_start_errors_report_docker_exit_codes(events: Instance, args: list[str], status: int) -> None:
-    b = make_bundle(events, args)
+def test_start_errors_report_docker_exit_codes(events: Instance, args: list[str], status: int, start: bool) -> None:
+    b = make_bundle(events, args, start=start)
     report = b.launch()
     assert report["ok"] is False and report["exit_status"] == status
     assert report["error"]
     state = b.state_file()
     assert state["exit_status"] == status and state["error"] and state["status"] == "deleted"
+    runtime = os.environ.get("DOCKYARD_RUNTIME", "runc")
+    assert not os.path.exists(os.path.join(endpoints.runtime_root(runtime, events.env), b.container_id))
+
+
+BIG = ["sh", "-c", "seq 1 60000; echo done >&2; exit 6"]  # 334 kB: more than a pipe holds
+BIG_OUT = b"".join(b"%d\n" % i for i in range(1, 60001))
+
+
+def test_started_at_create_holds_its_output_for_the_attach(events: Instance) -> None:
+    """``ShimLaunch.start`` + ``hold_output``: the task runs once the shim reports, and a client
+    attaching before ``shim.start`` still gets every byte, although the process had exited."""
+    b = make_bundle(events, BIG, start=True, hold_output=True)
+    report = b.launch()
+    assert report["ok"] and report["pid"] > 0 and report["started_at"]
+    with b.client() as c, b.client() as a:
+        assert c.call("shim.state", {})["status"] in ("running", "stopped")
+        att = a.start("shim.attach", {}, timeout_s=None)
+        assert att.next_frame()[1]["attached"] is True
+        assert c.call("shim.start", {})["pid"] == report["pid"]  # releases the output, no second start
+        frames = list(att)
+        assert b"".join(f["d"] for f in frames if f["s"] == 1) == BIG_OUT
+        assert b"".join(f["d"] for f in frames if f["s"] == 2) == b"done\n"
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 6
+        with pytest.raises(errors.FailedPrecondition, match="cannot start task in stopped state"):
+            c.call("shim.start", {})
+        c.call("shim.delete", {})
+    wait_for(lambda: len(journal(events, b.container_id)) == 4)
+    assert [t for t, _ in journal(events, b.container_id)] == [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]
+
+
+def test_held_output_is_logged_when_nobody_starts(events: Instance) -> None:
+    """Nobody calls ``shim.start`` (the caller went away): the output reaches the log anyway."""
+    b = make_bundle(events, BIG, start=True, hold_output=True)
+    assert b.launch()["ok"]
+    with b.client() as c:
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 6  # after HOLD_OUTPUT_S
+        c.call("shim.delete", {})
+    lines = [json.loads(x) for x in Path(b.log_path).read_text().splitlines()]
+    assert "".join(x["log"] for x in lines if x["stream"] == "stdout").encode() == BIG_OUT
+
+
+def test_exec_run_does_the_whole_exec_in_one_call(events: Instance) -> None:
+    b = make_bundle(events, ["sleep", "30"], start=True)
+    assert b.launch()["ok"]
+    process = {"args": ["sh", "-c", "seq 1 60000; read x; echo got $x >&2; exit 4"], "env": ["PATH=/bin"], "cwd": "/"}
+    with b.client() as c, b.client() as a:
+        run = a.start("shim.exec_run", {"exec_id": "e1", "process": process, "stdin": True}, timeout_s=None)
+        assert run.next_frame()[1] == {"registered": True}
+        attached = run.next_frame()[1]
+        assert attached["attached"] is True and attached["pid"] > 0
+        run.send(b"hello\n")
+        run.send_eof()
+        frames = list(run)
+        assert frames[-1] == {"exit_status": 4}
+        assert b"".join(f["d"] for f in frames[:-1] if f["s"] == 1) == BIG_OUT
+        assert b"".join(f["d"] for f in frames[:-1] if f["s"] == 2) == b"got hello\n"
+        with pytest.raises(errors.NotFound):  # deleted by the call
+            c.call("shim.state", {"exec_id": "e1"})
+        bad = a.start("shim.exec_run", {"exec_id": "e2", "process": {**process, "args": ["nosuch"]}}, timeout_s=None)
+        assert bad.next_frame()[1] == {"registered": True}
+        with pytest.raises(errors.InvalidArgument) as err:
+            bad.next_frame()
+        assert err.value.details["exit_status"] == 127
+        with pytest.raises(errors.NotFound):
+            c.call("shim.state", {"exec_id": "e2"})
+        with pytest.raises(errors.AlreadyExists):  # the same registration rules as shim.exec
+            c.call("shim.exec", {"exec_id": "e3", "process": process})
+            list(a.start("shim.exec_run", {"exec_id": "e3", "process": process}, timeout_s=None))
+        c.call("shim.delete", {"exec_id": "e3"})
+        c.call("shim.kill", {"signal": signal.SIGKILL})
+        assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 137
+        c.call("shim.delete", {})
+    wait_for(lambda: len(journal(events, b.container_id)) >= 9)
+    topics = [t for t, _ in journal(events, b.container_id)]
+    assert topics[:6] == [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/delete",
+    ]
 
 
 def test_signal_exit_is_128_plus_signal(events: Instance) -> None:
