@@ -211,6 +211,27 @@ class ExecutionService:
         """Create a container (see ``common.api.execution``); starts nothing."""
         return await self._create(req, ctx.namespace)
 
+    async def _prepare_snapshot(self, ns: str, key: str, ref: str, image: dict[str, Any]) -> dict[str, Any]:
+        """``snapshot.prepare`` of the container's snapshot on the image's chain ID -> its mounts.
+
+        An image whose layers are not unpacked (a pull while the snapshot service was down,
+        a snapshot removed by hand) is unpacked by ``image.resolve`` with ``unpack`` first.
+        Raises NotFound (the image went away meanwhile), Unavailable, or the snapshot's errors.
+        """
+        body = {"key": key, "parent": image.get("chain_id") or "", "labels": {"dockyard.container": key}}
+        try:
+            return dict(await self.snapshot.call("snapshot.prepare", body, namespace=ns, timeout_s=60))
+        except errors.NotFound:
+            if not body["parent"]:
+                raise
+        try:
+            await self.image.call(
+                "image.resolve", {"ref": image.get("id") or ref, "unpack": True}, namespace=ns, timeout_s=300
+            )
+        except errors.NotFound as exc:
+            raise errors.NotFound(exc.message, {"kind": "image", "ref": ref}) from None
+        return dict(await self.snapshot.call("snapshot.prepare", body, namespace=ns, timeout_s=60))
+
     async def _create(self, req: CreateRequest, ns: str) -> CreateReply:
         if req.name:
             name = ids.validate_name(req.name)
@@ -227,8 +248,9 @@ class ExecutionService:
                 name = ids.random_name()
         self._validate(req)
         try:
+            # unpacked or not: the snapshot's prepare finds out (one hop less than asking here)
             image = await self.image.call(
-                "image.resolve", {"ref": req.image, "unpack": True}, namespace=ns, timeout_s=300
+                "image.resolve", {"ref": req.image, "unpack": False}, namespace=ns, timeout_s=300
             )
         except errors.NotFound as exc:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": req.image}) from None
@@ -288,16 +310,7 @@ class ExecutionService:
         )
         prepared = False
         try:
-            reply = await self.snapshot.call(
-                "snapshot.prepare",
-                {
-                    "key": container_id,
-                    "parent": image.get("chain_id") or "",
-                    "labels": {"dockyard.container": container_id},
-                },
-                namespace=ns,
-                timeout_s=60,
-            )
+            reply = await self._prepare_snapshot(ns, container_id, req.image, image)
             prepared = True
             trace.mark("snapshot prepared")
             await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from deploy import mkimage
 from tests.conftest import need_root
+from tests.engine import prepare_runtime
 from tests.harness import Instance
 from tests.image_util import (
     blobs,
@@ -243,3 +245,21 @@ def test_resolve_unpacks_what_a_load_could_not(instance: Instance, tmp_path: Pat
     # a second resolve is a cheap stat
     call(instance, "image.resolve", {"ref": "busybox"})
     assert len(snapshots(instance)) == 1
+
+
+def test_run_unpacks_an_image_whose_layers_are_not_unpacked(instance: Instance, tmp_path: Path) -> None:
+    """``run`` of an image loaded while the snapshot service was down: the container's prepare
+    finds no parent snapshot, the image service unpacks the layers, the container runs."""
+    need_root()
+    prepare_runtime(os.environ.get("DOCKYARD_RUNTIME", "runc"))
+    instance.start("image")
+    img = busybox_image()
+    archive = tmp_path / "busybox.tar"
+    mkimage.write_oci_layout([img], str(archive))
+    instance.cli("load", "-i", str(archive), check=True)
+    instance.start("snapshot", "events", "execution")
+    assert snapshots(instance) == []
+    proc = instance.cli("run", "--rm", "busybox", "echo", "unpacked on demand")
+    assert (proc.returncode, proc.stdout) == (0, b"unpacked on demand\n")
+    assert [s["name"] for s in snapshots(instance)] == [img.diff_ids[0]]
+    assert instance.cli("run", "--rm", "nosuchimage", "true").returncode == 125
