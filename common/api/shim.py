@@ -117,6 +117,11 @@ class ShimLaunch(Reply):
     copy_up: list[dict[str, str]] = Field(
         default_factory=list, description="volumes to fill from the image: [{target, source (host dir)}]"
     )
+    seccomp_cache_dir: str = Field(
+        default="",
+        description="directory of compiled seccomp filters the shim hands crun instead of its profile "
+        "(services.shim.seccomp_cache; common.endpoints.seccomp_cache_dir); '' = no cache (runc)",
+    )
 
 
 class ProcessRequest(Request):
