@@ -108,3 +108,13 @@ def container_dir(namespace: str, container_id: str, env: Mapping[str, str] | No
 def runtime_root(runtime: str, env: Mapping[str, str] | None = None) -> str:
     """Return the ``--root`` directory handed to the OCI runtime binary."""
     return os.path.join(state_dir(env), "runtime", os.path.basename(runtime))
+
+
+def seccomp_cache_dir(runtime: str, env: Mapping[str, str] | None = None) -> str:
+    """Return the directory of the seccomp filters compiled by ``runtime`` (``<state>/seccomp/<basename>``).
+
+    Beside the runtime's ``--root``, not in it (crun lists every directory in its root as
+    a container), and not in ``<state>/runtime`` either (whose every entry is a runtime
+    root). Under ``state``, so a reboot, and with it a new kernel, starts it empty.
+    """
+    return os.path.join(state_dir(env), "seccomp", os.path.basename(runtime))

@@ -131,6 +131,11 @@ class ShimLaunch(Reply):
         "that clients attaching between the report and ``shim.start`` miss nothing; the pipes (or "
         "the terminal) buffer it meanwhile",
     )
+    seccomp_cache_dir: str = Field(
+        default="",
+        description="directory of compiled seccomp filters the shim hands crun instead of its profile "
+        "(services.shim.seccomp_cache; common.endpoints.seccomp_cache_dir); '' = no cache (runc)",
+    )
 
 
 class ProcessRequest(Request):

@@ -3,6 +3,8 @@
 ``Shim.create()`` runs once at boot: mount the rootfs from ``<bundle>/mounts.json``,
 resolve the user and working directory inside it, create the stdio pipes and run
 ``<runtime> create``; the task is then ``created`` and ``/tasks/create`` is published.
+With crun, the seccomp filter crun compiled for an identical profile before is handed
+to it in ``config.json`` (``services.shim.seccomp_cache``), so crun does not compile it again.
 The ``shim.*`` RPC methods (``common.api.shim``) do the rest. The shim is the
 container's subreaper: the init's exit arrives through the ``Reaper``, is recorded in
 memory and in ``state.json`` at once, and is published as ``/tasks/exit`` after the
@@ -46,6 +48,7 @@ from services.shim import cgroups, mount, rootfs
 from services.shim.jsonlog import LogWriter
 from services.shim.reaper import Reaper
 from services.shim.runtime import Runtime, RuntimeError_, start_error_status
+from services.shim.seccomp_cache import ANNOTATION, Lookup, SeccompCache, is_seccomp_error
 from services.shim.stdio import ConsoleSocket, ProcessIO, Subscriber, set_winsize
 from services.shim.task import Process
 
@@ -119,6 +122,14 @@ def proc_start_time(pid: int) -> int:
         return 0
 
 
+def _write_spec(config_path: str, spec: dict[str, Any]) -> None:
+    """Replace ``config.json`` with ``spec`` (temporary file + rename)."""
+    tmp = config_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(spec))  # the C encoder: json.dump streams in Python, ~10 ms for a spec
+    os.replace(tmp, config_path)
+
+
 class Shim:
     """One task and its processes (see module docstring)."""
 
@@ -129,6 +140,9 @@ class Shim:
         self.publisher = publisher
         self.id = launch.container_id
         self.runtime = Runtime(launch.runtime, launch.runtime_root, bundle, reaper)
+        self.seccomp_cache = SeccompCache.for_runtime(launch.seccomp_cache_dir, launch.runtime)
+        self._seccomp: Lookup | None = None
+        """The task's use of the seccomp cache (set by ``_prepare_rootfs``)."""
         self.rootfs = os.path.join(bundle, "rootfs")
         self.done = asyncio.Event()
         """Set by ``shim.shutdown``: the shim may exit."""
@@ -225,31 +239,24 @@ class Shim:
             io = ProcessIO(
                 log_writer, open_stdin=self.launch.open_stdin, stdin_once=self.launch.stdin_once, tty=self.launch.tty
             )
-            console: ConsoleSocket | None = None
-            receiving: asyncio.Task[int] | None = None
-            if self.launch.tty:
-                console = ConsoleSocket(self._console_path())
-                receiving = asyncio.create_task(console.receive())
-            else:
+            if not self.launch.tty:
                 io.make_pipes()
             try:
                 if self.launch.start:
                     state.started_at = codec.utcnow()  # before: the process may exit before it returns
-                    await self.runtime.run_detached(
-                        self.id, pid_file, io.child_fds, console_socket=console.path if console else None
-                    )
-                else:
-                    await self.runtime.create(
-                        self.id, pid_file, io.child_fds, console_socket=console.path if console else None
-                    )
+                try:
+                    await self._runtime_create(pid_file, io)
+                except RuntimeError_ as exc:
+                    if not await self._forget_cached_seccomp(exc.message):
+                        raise
+                    await self._runtime_create(pid_file, io)
                 log.debug(
-                    "rootfs ready in %.1f ms, %s create in %.1f ms",
+                    "rootfs ready in %.1f ms, %s create in %.1f ms (seccomp cache: %s)",
                     (t1 - t0) * 1000,
                     self.runtime.name,
                     (time.perf_counter() - t1) * 1000,
+                    "-" if self._seccomp is None else "hit" if self._seccomp.hit else "miss",
                 )
-                if receiving is not None:
-                    io.set_pty(await receiving)
             except RuntimeError_ as exc:
                 if self.launch.start:  # the start half may have failed after the create half
                     with contextlib.suppress(RuntimeError_):
@@ -261,10 +268,8 @@ class Shim:
                 raise CreateFailed(f"console: {exc}", 128) from None
             finally:
                 io.close_child_ends()
-                if receiving is not None and not receiving.done():
-                    receiving.cancel()
-                if console is not None:
-                    console.close()
+            if self.seccomp_cache is not None:
+                self.seccomp_cache.remember(self._seccomp, os.path.join(self.runtime.root, self.id))
             with open(pid_file, encoding="utf-8") as f:
                 pid = int(f.read().strip())
         except CreateFailed as exc:
@@ -307,6 +312,55 @@ class Shim:
         """Start reading a held output (``ShimLaunch.hold_output``); idempotent."""
         self._spawn(proc.io.start_pumps(), "release-output")
 
+    async def _runtime_create(self, pid_file: str, io: ProcessIO) -> None:
+        """``runtime create`` (``run --detach`` with ``ShimLaunch.start``) on ``io``'s pipes, or on
+        a new pty whose master then goes to ``io``.
+
+        Raises ``RuntimeError_``, or ``OSError``/``TimeoutError`` when no pty master arrives.
+        """
+        create = self.runtime.run_detached if self.launch.start else self.runtime.create
+        if not self.launch.tty:
+            await create(self.id, pid_file, io.child_fds)
+            return
+        console = ConsoleSocket(self._console_path())
+        receiving = asyncio.create_task(console.receive())
+        try:
+            await create(self.id, pid_file, io.child_fds, console_socket=console.path)
+            io.set_pty(await receiving)
+        finally:
+            if not receiving.done():
+                receiving.cancel()
+            elif io.pty_master < 0 and not receiving.cancelled() and receiving.exception() is None:
+                os.close(receiving.result())  # the pty of an init that failed after sending it
+            console.close()
+
+    async def _forget_cached_seccomp(self, message: str) -> bool:
+        """After a create that failed with ``message``: if it used a cached seccomp filter and
+        the error is about seccomp, drop that entry, take the annotation out of
+        ``config.json`` and clean up, and return True (create once more: crun compiles).
+
+        A valid entry is byte for byte what crun wrote for the same key, so this is for a
+        key that missed a change (see ``services.shim.seccomp_cache``), never the normal path.
+        """
+        lookup = self._seccomp
+        if self.seccomp_cache is None or lookup is None or not lookup.hit or not is_seccomp_error(message):
+            return False
+        log.warning("%s refused the cached seccomp filter (%s): compiling it again", self.runtime.name, message)
+        self.seccomp_cache.drop(lookup.key)
+        self._seccomp = Lookup(lookup.key, hit=False)
+        config_path = os.path.join(self.bundle, "config.json")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                spec = json.load(f)
+            (spec.get("annotations") or {}).pop(ANNOTATION, None)
+            _write_spec(config_path, spec)
+        except (OSError, ValueError) as exc:
+            log.error("cannot take the seccomp filter out of %s: %s", config_path, exc)
+            return False
+        with contextlib.suppress(RuntimeError_):
+            await self.runtime.delete(self.id, force=True)
+        return True
+
     async def abandon(self, creating: asyncio.Future[TaskState]) -> None:
         """Undo ``create`` (running as ``creating``) when the shim cannot serve its task.
 
@@ -326,7 +380,9 @@ class Shim:
     def _prepare_rootfs(self) -> str | None:
         """Mount the snapshot, resolve the user and the working directory (blocking).
 
-        Returns why the command cannot be executed (a missing interpreter), or None.
+        Rewrites ``config.json`` with the user, ``HOME`` and, with crun, a cached seccomp
+        filter (``SeccompCache.annotate``). Returns why the command cannot be executed (a
+        missing interpreter), or None.
         """
         mounts_file = os.path.join(self.bundle, "mounts.json")
         with open(mounts_file, encoding="utf-8") as f:
@@ -354,10 +410,9 @@ class Shim:
         cwd = process.get("cwd") or "/"
         if self.launch.create_workdir and cwd != "/":
             rootfs.make_workdir(self.rootfs, cwd, user.uid, user.gid)
-        tmp = config_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(spec))  # the C encoder: json.dump streams in Python, ~10 ms for a spec
-        os.replace(tmp, config_path)
+        if self.seccomp_cache is not None:
+            self._seccomp = self.seccomp_cache.annotate(spec)
+        _write_spec(config_path, spec)
         return rootfs.missing_interpreter(self.rootfs, list(process.get("args") or []), env, cwd)
 
     async def _teardown_rootfs(self) -> None:

@@ -163,9 +163,10 @@ def _warm_lazy_imports() -> None:
     """Load now what a shim would otherwise load after the fork, at each start."""
     import common.mount  # noqa: F401 - imported inside services.shim.mount
     from common import codec
-    from services.shim import mount
+    from services.shim import mount, seccomp_cache
 
     mount.libc()
+    seccomp_cache.warm()  # libseccomp's paths and uname, found once for every shim
     codec.load()  # msgpack, which the codec imports on first use
 
 
