@@ -11,8 +11,9 @@ process (the CLI from ``getrusage``, shims and the runtime they ran from their
 ``exiting`` mark, services from ``/proc/<pid>/stat`` over all runs): on a loaded
 machine wall times stretch, CPU times much less.
 
-Usage: ``python -m bench.profile [--runs 20] [--runtime runc|crun] [--json FILE] [-- ARGS]``
-(``ARGS`` default: ``run --rm busybox true``).
+Usage: ``python -m bench.profile [--runs 20] [--runtime runc|crun] [--json FILE] [--setup ARGS] [-- ARGS]``
+(``ARGS`` default: ``run --rm busybox true``; for ``exec``: ``--setup 'run -d --name c busybox
+sleep 600' -- exec c true``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import compileall
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -130,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runtime", default="runc")
     parser.add_argument("--json", help="write the rows and the raw runs here")
+    parser.add_argument(
+        "--setup",
+        default="",
+        help="dockyard arguments run once first, e.g. 'run -d --name c busybox sleep 600' "
+        "(then: -- exec c true); the private instance is removed with what it holds",
+    )
     parser.add_argument("args", nargs="*", help="dockyard arguments (default: run --rm busybox true)")
     opts = parser.parse_args(argv)
     args = opts.args or ["run", "--rm", "busybox", "true"]
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         mkimage.write_docker_archive([mkimage.build_image("busybox:latest", [mkimage.busybox_rootfs_tar()])], archive)
         dy.up()
         dy.load_busybox(archive)
+        if opts.setup:
+            dy.run(*shlex.split(opts.setup))
         for _ in range(opts.warmup):
             dy.run(*args)
         open(trace_path, "w").close()

@@ -426,7 +426,7 @@ class Shim:
 
     # -- exits --------------------------------------------------------------------------------------
     def _on_exit(self, proc: Process, status: int) -> None:
-        trace.mark(f"reaped {proc.state.exec_id or 'init'}")
+        trace.mark("reaped exec" if proc.state.exec_id else "reaped init")
         proc.record_exit(status)
         self._spawn(self._finish_exit(proc), f"exit-{proc.state.exec_id or 'init'}")
 
@@ -455,7 +455,7 @@ class Shim:
             },
             state.exec_id,
         )
-        trace.mark(f"exit published {state.exec_id or 'init'}")
+        trace.mark("exit published exec" if state.exec_id else "exit published init")
         proc.exited.set()
 
     # -- RPC ------------------------------------------------------------------------------------------
