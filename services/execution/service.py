@@ -1,8 +1,8 @@
 """The execution service: containers (metadata) and their tasks (through shims).
 
 RPC surface documented in ``common.api.execution``. ``create`` turns an image
-and a request into a container record, an active snapshot and an OCI bundle;
-``start`` hands the bundle to a new shim (``services.execution.tasks``); stop, kill,
+and a request into a container record (its OCI spec included) and an active snapshot;
+``start`` writes the OCI bundle and hands it to a new shim (``services.execution.tasks``); stop, kill,
 wait, attach and logs act on the task through its shim or on the files it left.
 Exits come back through ``TaskManager`` and end here in ``_on_exit``: waiters,
 ``--rm`` and the restart policy.
@@ -314,7 +314,6 @@ class ExecutionService:
             prepared = True
             trace.mark("snapshot prepared")
             await asyncio.to_thread(_write_etc_files, cdir, hostname, req.network_mode)
-            await asyncio.to_thread(_write_bundle, bundle, oci, list(reply.get("mounts") or []))
             rec = Record(
                 namespace=ns,
                 id=container_id,
@@ -1286,18 +1285,6 @@ def _write_etc_files(cdir: str, hostname: str, network_mode: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, os.path.join(cdir, name))
-
-
-def _write_bundle(bundle: str, oci: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
-    """The OCI bundle: ``config.json``, the ``rootfs/`` mount point and ``mounts.json`` (the snapshot's)."""
-    import json
-
-    os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
-    for name, obj in (("config.json", oci), ("mounts.json", mounts)):
-        tmp = os.path.join(bundle, name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj))  # the C encoder (json.dump streams in Python)
-        os.replace(tmp, os.path.join(bundle, name))
 
 
 def _trash_dirs(settings: Settings) -> tuple[str, str]:
