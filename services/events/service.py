@@ -29,6 +29,8 @@ from services.events.journal import Journal, NewEvent, Record
 log = logging.getLogger(__name__)
 
 _BATCH = 512
+_RECENT_IDS = 4096
+"""Ids of the last events journaled by this process, kept to answer ``after`` without the journal."""
 _FOLLOW_QUEUE = 10_000
 
 _KINDS = {"tasks": "task", "containers": "container", "images": "image", "snapshots": "snapshot", "content": "content"}
@@ -111,6 +113,7 @@ class EventsService:
         self._held_since: dict[str, float] = {}  # dependent event id -> first attempt (monotonic)
         self._pending: asyncio.Queue[tuple[NewEvent, asyncio.Future[tuple[Record, bool]]]] = asyncio.Queue()
         self._followers: set[_Follower] = set()
+        self._recent: dict[str, None] = {}  # insertion-ordered set of the last _RECENT_IDS journaled ids
 
     # -- writing -------------------------------------------------------------------------------
     async def writer_loop(self) -> None:
@@ -131,6 +134,9 @@ class EventsService:
             for (_, fut), (record, duplicate) in zip(batch, results, strict=True):
                 if not duplicate:
                     self._deliver(record)
+                self._recent[record.id] = None
+                if len(self._recent) > _RECENT_IDS:
+                    del self._recent[next(iter(self._recent))]
                 waiting = self._journaled.pop(record.id, None)
                 if waiting is not None:
                     waiting.set()
@@ -185,6 +191,8 @@ class EventsService:
         left = self.after_wait_s - (time.monotonic() - first)
         if left <= 0:
             log.warning("event %s journaled without %s, which it should follow", event_id, after)
+            return
+        if after in self._recent:  # journaled lately: no need to ask the journal (a thread hop)
             return
         waiting = self._journaled.setdefault(after, asyncio.Event())
         if await asyncio.to_thread(self.journal.has, after):
