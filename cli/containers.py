@@ -294,19 +294,37 @@ def logs(
 
 
 def inspect(
-    containers: Annotated[list[str], typer.Argument(help="containers")],
+    objects: Annotated[list[str], typer.Argument(help="containers or images (names or ids)")],
 ) -> None:
-    """Show containers' configuration and state as JSON."""
+    """Show containers' configuration and state as JSON; a name no container has is looked up
+    as an image (``docker inspect``). Prints what it found; exits 1 if anything was not found."""
+    from cli.images import _docker_inspect
+
     ex = client("execution", timeout_s=30)
+    im = None
     out = []
+    missing: errors.DockyardError | None = None
     try:
-        for ref in containers:
-            out.append(docker_inspect(ex.call("execution.inspect", {"id": ref})))
+        for ref in objects:
+            try:
+                out.append(docker_inspect(ex.call("execution.inspect", {"id": ref})))
+                continue
+            except errors.NotFound:
+                pass
+            im = im or client("image", timeout_s=30)
+            try:
+                out.append(_docker_inspect(im.call("image.get", {"ref": ref})))
+            except (errors.NotFound, errors.InvalidArgument):
+                missing = errors.NotFound(f"no such object: {ref}")
     except errors.DockyardError as exc:
         output.fail(exc)
     finally:
         ex.close()
+        if im is not None:
+            im.close()
     output.as_json(out)
+    if missing is not None:
+        output.fail(missing)
 
 
 def attach(

@@ -494,7 +494,7 @@ def exec_(
 ) -> int:
     """``docker exec`` in one ``execution.exec`` call; returns the exit code.
 
-    Exit codes: the command's; 1 when the container does not run; 126/127 when the
+    Exit codes: the command's; 1 when the container does not exist or does not run; 126/127 when the
     command could not be started; 125 when the engine failed.
     """
     body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive, "detach": detach}
@@ -519,7 +519,7 @@ def exec_(
         try:
             _more, created = call.next_frame()
         except errors.DockyardError as exc:
-            output.fail(exc, 1 if isinstance(exc, errors.Conflict) else EXIT_ENGINE)
+            output.fail(exc, 1 if isinstance(exc, (errors.Conflict, errors.NotFound)) else EXIT_ENGINE)
         exec_id = str(created["id"])
         try:
             call.next_frame()  # started ({"attached": ..., "pid"})

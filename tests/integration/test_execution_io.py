@@ -185,7 +185,7 @@ def test_exec_exit_codes_stdin_tty_and_events(engine: Engine) -> None:
     exit_ev = next(e for e in evs if e["topic"] == "/tasks/exit" and e["event"]["id"] == first)
     assert exit_ev["event"]["exit_status"] == 5
     p = engine.cli("exec", "nosuch", "true")
-    assert p.returncode != 0 and b"not found" in p.stderr
+    assert p.returncode == 1 and b"not found" in p.stderr  # docker exec's code for no such container
     engine.cli("stop", "-t", "0", "ex", check=True)
     p = engine.cli("exec", "ex", "true")
     assert p.returncode != 0 and b"not running" in p.stderr

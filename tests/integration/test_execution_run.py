@@ -3,6 +3,7 @@ Docker's Entrypoint/Cmd/Env rules (C14), events in order, nothing left behind.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,18 @@ def test_unknown_runtime_is_refused_up_front(engine: Engine) -> None:
     p = engine.run("--rm", "--runtime", "nosuchruntime", "busybox", "true")
     assert (p.returncode, p.stderr) == (125, b"error: unknown or invalid runtime name: nosuchruntime\n")
     assert not engine.containers()
+
+
+def test_inspect_finds_containers_and_images(engine: Engine) -> None:
+    """``docker inspect``: a name no container has is looked up as an image; a name nothing
+    has is an error (exit 1) after what was found is printed."""
+    engine.run("-d", "--name", "insp", "busybox", "sleep", "60", check=True)
+    p = engine.cli("inspect", "insp", "busybox")
+    assert p.returncode == 0, p.stderr
+    docs = json.loads(p.stdout)
+    assert docs[0]["Name"] == "/insp" and docs[0]["State"]["Running"] is True
+    assert docs[1]["Id"].startswith("sha256:") and "busybox:latest" in docs[1]["RepoTags"]
+    p = engine.cli("inspect", "insp", "nosuchthing")
+    assert p.returncode == 1 and b"no such object: nosuchthing" in p.stderr
+    assert [d["Name"] for d in json.loads(p.stdout)] == ["/insp"]
+    engine.cli("rm", "-f", "insp", check=True)
