@@ -176,7 +176,7 @@ class ExecService:
             yield {"exit_code": ex.exit_code}
         finally:
             if relay is not None:
-                relay.cancel()
+                _drop(relay)
             if not call.done:
                 await call.cancel()
             if finished:
@@ -222,7 +222,7 @@ class ExecService:
             yield {"exit_code": ex.exit_code if ex.exit_code is not None else 255}
         finally:
             if relay is not None:
-                relay.cancel()
+                _drop(relay)
             if not att.done:
                 await att.cancel()
 
@@ -311,6 +311,7 @@ async def _until(call: Any, stop: asyncio.Event) -> AsyncIterator[dict[str, Any]
     """Frames of ``call`` until it ends or ``stop`` is set."""
     it = call.__aiter__()
     stopper = asyncio.ensure_future(stop.wait())
+    nxt: asyncio.Future[Any] | None = None
     try:
         while True:
             nxt = asyncio.ensure_future(it.__anext__())
@@ -327,6 +328,21 @@ async def _until(call: Any, stop: asyncio.Event) -> AsyncIterator[dict[str, Any]
             return
     finally:
         stopper.cancel()
+        if nxt is not None and not nxt.done():  # closed while waiting (the client went away)
+            nxt.cancel()
+            nxt.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Done callback of a task nobody awaits any more: retrieve its outcome (no 'never retrieved')."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _drop(task: asyncio.Task[Any]) -> None:
+    """Cancel a helper task of a call that ended; whatever it ended with is not an error here."""
+    task.cancel()
+    task.add_done_callback(_consume)
 
 
 async def _raise_for_exec_start(exc: errors.DockyardError, client: Any, ex: ExecRecord) -> NoReturn:

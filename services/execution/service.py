@@ -62,7 +62,7 @@ from common.settings import Settings
 from services.execution import logs as logs_mod
 from services.execution import observe, shims, spec
 from services.execution.detach import DetachScanner
-from services.execution.execs import ExecService, _until
+from services.execution.execs import ExecService, _drop, _until
 from services.execution.seccomp import default_seccomp
 from services.execution.store import Record, Store
 from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
@@ -790,6 +790,7 @@ class ExecutionService:
     async def stop(self, req: StopRequest, ctx: Context) -> StopReply:
         """Stop signal, then SIGKILL after the timeout; ``already_stopped`` if not running."""
         rec = self._find(ctx.namespace, req.id)
+        await self._start_settled(rec)
         live = self.tasks.get(rec.namespace, rec.id)
         if live is None or live.done.is_set() or live.status not in ("running", "paused", "created"):
             if self._cancel_restart(rec):
@@ -815,6 +816,13 @@ class ExecutionService:
             await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
         code = live.exit.exit_code if live.exit else None
         return StopReply(already_stopped=False, exit_code=code)
+
+    async def _start_settled(self, rec: Record) -> None:
+        """Wait for a start of ``rec`` in flight (its shim launching, its task not registered yet)
+        to end, so that ``stop`` and ``rm -f`` act on the task it starts, as dockerd's container
+        lock makes them do, instead of finding nothing to stop and the container running after."""
+        async with self.tasks.lock(rec.namespace, rec.id):
+            pass
 
     async def _signal(self, live: Live, sig: int) -> None:
         try:
@@ -851,6 +859,8 @@ class ExecutionService:
         """Remove a container; Conflict while it runs unless ``force``."""
         rec = self._find(ctx.namespace, req.id)
         self._cancel_restart(rec)
+        if req.force:
+            await self._start_settled(rec)
         live = self.tasks.get(rec.namespace, rec.id)
         if live is not None and not live.done.is_set():
             if not req.force:
@@ -1200,7 +1210,7 @@ class ExecutionService:
                 if not pending.connected.done():
                     pending.connected.set_result(None)
             if stdin_task is not None:
-                stdin_task.cancel()
+                _drop(stdin_task)
             if shim_call is not None and not shim_call.done:
                 await shim_call.cancel()
 

@@ -265,11 +265,15 @@ class SeccompCache:
 
         Nothing is when the spec has no ``linux.seccomp`` (privileged, unconfined), when it
         already carries ``ANNOTATION`` (someone else's filter: crun stores that one, not
-        a compilation of the section), or when the runtime binary is not found.
+        a compilation of the section), when the process has ``noNewPrivileges`` (crun then
+        loads the filter only as the process starts, after the runtime call returned: a
+        filter the kernel refused would end the container instead of failing the create,
+        where the shim drops the entry and compiles again), or when the runtime binary is
+        not found.
         """
         seccomp = (spec.get("linux") or {}).get("seccomp")
         annotations = spec.get("annotations") or {}
-        if not seccomp or ANNOTATION in annotations:
+        if not seccomp or ANNOTATION in annotations or (spec.get("process") or {}).get("noNewPrivileges"):
             return None
         identity = runtime_identity(self.runtime)
         if identity is None:

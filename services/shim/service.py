@@ -249,6 +249,7 @@ class Shim:
                 except RuntimeError_ as exc:
                     if not await self._forget_cached_seccomp(exc.message):
                         raise
+                    io.discard_pending()  # the runtime's complaint on the container's stderr
                     await self._runtime_create(pid_file, io)
                 log.debug(
                     "rootfs ready in %.1f ms, %s create in %.1f ms (seccomp cache: %s)",
@@ -629,7 +630,16 @@ class Shim:
         finally:
             proc.io.unsubscribe(sub)
             if stdin_task is not None:
-                stdin_task.cancel()
+                self._end_stdin(proc, stdin_task)
+
+    def _end_stdin(self, proc: Process, pump: asyncio.Task[None]) -> None:
+        """An attach that carried stdin ended. Its client went away before sending EOF (the
+        pump still runs): stdin is closed as at EOF when the process has ``stdin_once`` and no
+        terminal (Docker's ``StdinOnce``: a ``cat`` fed by a killed ``docker run -i`` ends)."""
+        if not pump.done():
+            pump.cancel()
+            if proc.io.stdin_once and not proc.io.tty:
+                self._spawn(proc.io.close_stdin(), "close-stdin")
 
     async def _pump_stdin(self, proc: Process, ctx: Context) -> None:
         while True:
@@ -777,7 +787,7 @@ class Shim:
         finally:
             proc.io.unsubscribe(sub)
             if stdin_task is not None:
-                stdin_task.cancel()
+                self._end_stdin(proc, stdin_task)
 
     async def _start_exec(self, proc: Process) -> PidReply:
         exec_id = proc.state.exec_id

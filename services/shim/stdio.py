@@ -119,6 +119,20 @@ class ProcessIO:
             self.child_fds[0] = r
             self._stdin_w = w
 
+    def discard_pending(self) -> None:
+        """Drop what sits unread in the output pipes (before the pumps run): what a failed
+        runtime call wrote on the container's stderr, before a retry, is not the container's."""
+        for fd in self._our_fds.values():
+            blocking = os.get_blocking(fd)
+            os.set_blocking(fd, False)
+            try:
+                while os.read(fd, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+            finally:
+                os.set_blocking(fd, blocking)
+
     def close_child_ends(self) -> None:
         """Close our copies of the container's ends (after the runtime started the process)."""
         for fd in self.child_fds.values():

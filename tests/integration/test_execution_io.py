@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import subprocess
 import sys
 import time
 
@@ -190,3 +191,31 @@ def test_exec_exit_codes_stdin_tty_and_events(engine: Engine) -> None:
     p = engine.cli("exec", "ex", "true")
     assert p.returncode != 0 and b"not running" in p.stderr
     engine.cli("rm", "ex", check=True)
+
+
+def test_stdin_closes_when_the_attached_client_is_killed(engine: Engine) -> None:
+    """``run -i`` and ``exec -i`` whose CLI is SIGKILLed before it sent EOF: the process's stdin
+    is closed as at EOF (Docker's StdinOnce), so a ``cat`` reading it ends instead of waiting."""
+    engine.run("-d", "--name", "exi", "busybox", "sleep", "300", check=True)
+
+    def killed_cli(*args: str) -> None:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "cli", *args], env=engine.inst.env, cwd=PROJECT, stdin=subprocess.PIPE
+        )
+        try:
+            assert cli.stdin is not None
+            cli.stdin.write(b"typed\n")
+            cli.stdin.flush()
+            time.sleep(1.5)  # attached, and the line went through; stdin stays open
+            cli.kill()
+        finally:
+            cli.wait()
+            assert cli.stdin is not None
+            cli.stdin.close()
+
+    killed_cli("run", "-i", "--name", "ri", "busybox", "sh", "-c", "cat; echo got-eof")
+    engine.wait_until(lambda: not engine.inspect("ri")["state"]["running"], 20, "run -i's cat to see EOF")
+    assert engine.cli("logs", "ri").stdout == b"typed\ngot-eof\n"
+    killed_cli("exec", "-i", "exi", "sh", "-c", "cat > /tmp/in; echo got-eof >> /tmp/in")
+    engine.wait_until(lambda: engine.cli("exec", "exi", "cat", "/tmp/in").stdout == b"typed\ngot-eof\n", 20, "EOF")
+    engine.cli("rm", "-f", "ri", "exi", check=True)

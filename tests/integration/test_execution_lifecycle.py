@@ -4,11 +4,17 @@ restart policies with back-off, OOM kills."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.engine import Engine
+from tests.harness import PROJECT
 
 pytestmark = pytest.mark.root
 
@@ -187,3 +193,42 @@ def test_plain_sigkill_is_not_an_oom(engine: Engine) -> None:
     assert st["exit_code"] == 137 and st["oom_killed"] is False
     assert "/tasks/oom" not in engine.topics(engine.inspect("notoom")["id"])
     engine.cli("rm", "notoom", check=True)
+
+
+@pytest.mark.parametrize("verb", [("rm", "-f"), ("stop", "-t", "1")], ids=["rm-f", "stop"])
+def test_rm_f_and_stop_during_the_start_act_on_the_started_task(
+    engine: Engine, tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """``rm -f`` or ``stop`` while the runtime is still starting the container (a slow runtime
+    here) waits for that start and then ends the task, as dockerd's container lock makes them."""
+    runtime = os.environ.get("DOCKYARD_RUNTIME", "runc")
+    real = shutil.which(runtime) or runtime
+    mark = tmp_path / "starting"
+    wrapper = tmp_path / runtime  # the same basename: the same runtime root
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'[ "$7" = run ] && {{ touch {mark}; sleep 1; }}\n'  # argv: --root R --log L --log-format json run
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", "--runtime", str(wrapper), "--name", "slow", "busybox", "sleep", "60"],
+        env=engine.inst.env,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        engine.wait_until(mark.exists, what="the runtime starting the container")
+        p = engine.cli(*verb, "slow")
+        assert p.returncode == 0, p.stderr
+        assert run.wait(30) in (137, 143)  # the attached run ends with the task it started
+        if verb[0] == "rm":
+            assert "slow" not in str(engine.containers())
+        else:
+            assert engine.inspect("slow")["state"]["running"] is False
+            engine.cli("rm", "slow", check=True)
+    finally:
+        run.kill()
+        run.wait()
+    engine.assert_clean()

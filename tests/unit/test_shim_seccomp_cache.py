@@ -97,6 +97,8 @@ def test_nothing_to_cache(runtime: Path, tmp_path: Path) -> None:
     assert cache.key({"linux": {}}) is None  # --privileged, seccomp=unconfined
     assert cache.key({}) is None
     assert cache.key(spec(annotations={ANNOTATION: "AAAA"})) is None  # someone else's filter
+    nnp = {**spec(), "process": {"noNewPrivileges": True}}
+    assert cache.key(nnp) is None  # crun loads it at the exec: no retry could catch a refusal
     assert SeccompCache(str(tmp_path / "cache"), "no-such-runtime").key(spec()) is None
     s = {"linux": {}}
     assert cache.annotate(s) is None and "annotations" not in s
