@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,15 @@ def timed(cmd: Cmd, env: dict[str, str] | None = None, timeout: float = 300) -> 
 
 
 def quiet(cmd: Cmd, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
-    """Run a set-up or clean-up command (never timed; failures are the caller's business)."""
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout)
+    """Run a set-up or clean-up command (never timed; failures are the caller's business).
+
+    A command still running after ``timeout`` seconds is killed and counts as failed
+    (returncode -9, ``stderr`` says so): a peer that hangs must not stop the bench.
+    """
+    try:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, -9, b"", f"timed out after {timeout:.0f} s".encode())
 
 
 class Tool:
@@ -199,16 +207,24 @@ class Suite:
             quiet(["podman", "pull", "-q", "--tls-verify=false", self.image], env=self.podman_env)
 
     def teardown(self) -> None:
-        self._cleanup_containers()
+        """Remove the containers, stop Dockyard, the daemons and the registry: each step is
+        tried even when one before it failed (a hung peer), and failures are logged."""
+        steps: list[tuple[str, Callable[[], object]]] = [("containers", self._cleanup_containers)]
         for name in ("dyb-rx", "dyb-cx"):
             for rt in ("runc", "crun"):
-                quiet([rt, "--root", str(self.runtime_root / rt), "delete", "-f", name])
+                steps.append(
+                    (f"{rt} {name}", partial(quiet, [rt, "--root", str(self.runtime_root / rt), "delete", "-f", name]))
+                )
         if self.dy is not None:
-            self.dy.close()
-        for d in reversed(self.daemons):
-            d.stop()
+            steps.append(("dockyard", self.dy.close))
+        steps += [(d.name, d.stop) for d in reversed(self.daemons)]
         if self.registry is not None:
-            self.registry.stop()
+            steps.append(("registry", self.registry.stop))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # the next steps still have to run
+                self.log(f"teardown: {what}: {exc!r}"[:300])
 
     # -- helpers ---------------------------------------------------------------------------------------
     def dockyard(self, *args: str) -> Cmd:

@@ -101,6 +101,10 @@ def journal(inst: Instance, container_id: str) -> list[tuple[str, str]]:
         ]
 
 
+ONE_EXEC = ["/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/delete"]
+"""A task's events when one exec ran in it: ``/tasks/exit`` and ``/tasks/delete`` are the exec's."""
+
+
 def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -227,14 +231,7 @@ def test_exec_run_does_the_whole_exec_in_one_call(events: Instance) -> None:
         c.call("shim.delete", {})
     wait_for(lambda: len(journal(events, b.container_id)) >= 9)
     topics = [t for t, _ in journal(events, b.container_id)]
-    assert topics[:6] == [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exec-added",
-        "/tasks/exec-started",
-        "/tasks/exit",
-        "/tasks/delete",
-    ]
+    assert topics[:6] == ONE_EXEC
 
 
 def test_signal_exit_is_128_plus_signal(events: Instance) -> None:
@@ -306,12 +303,7 @@ def test_exec_runs_in_the_task_and_reports_its_exit(events: Instance) -> None:
     wait_for(lambda: len(journal(events, b.container_id)) >= 10)
     topics = [t for t, _ in journal(events, b.container_id)]
     assert topics == [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exec-added",
-        "/tasks/exec-started",
-        "/tasks/exit",
-        "/tasks/delete",
+        *ONE_EXEC,
         "/tasks/paused",
         "/tasks/resumed",
         "/tasks/exit",
