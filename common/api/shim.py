@@ -134,7 +134,8 @@ class ShimLaunch(Reply):
     seccomp_cache_dir: str = Field(
         default="",
         description="directory of compiled seccomp filters the shim hands crun instead of its profile "
-        "(services.shim.seccomp_cache; common.endpoints.seccomp_cache_dir); '' = no cache (runc)",
+        "(services.shim.seccomp_cache; common.endpoints.seccomp_cache_dir); used with crun only, the "
+        "one runtime that takes a compiled filter; '' = no cache",
     )
 
 

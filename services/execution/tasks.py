@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import codec, errors, topics, trace
+from common import codec, endpoints, errors, topics, trace
 from common.api.shim import ShimLaunch, TaskStatus, container_event_id, event_id
 from common.events import drain_outbox
 from common.settings import Settings
@@ -117,21 +117,7 @@ class TaskManager:
         return self._locks.setdefault((namespace, container_id), asyncio.Lock())
 
     def runtime_root(self, runtime: str) -> str:
-        from common import endpoints
-
         return endpoints.runtime_root(runtime, self.settings.env())
-
-    def seccomp_cache_dir(self, runtime: str) -> str:
-        """The shim's cache of compiled seccomp filters for ``runtime``: crun only ("" = none).
-
-        crun reads a compiled filter from the annotation ``run.oci.seccomp_bpf_data``
-        (``services.shim.seccomp_cache``); runc has no such thing.
-        """
-        from common import endpoints
-
-        if os.path.basename(runtime) != "crun":
-            return ""
-        return endpoints.seccomp_cache_dir(runtime, self.settings.env())
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -195,7 +181,7 @@ class TaskManager:
             console_height=int((cfg.get("console_size") or [0, 0])[0] or 0),
             events_endpoint=self.settings.control_endpoint("events"),
             copy_up=list(rec.extra.get("copy_up") or []),
-            seccomp_cache_dir=self.seccomp_cache_dir(rec.runtime),
+            seccomp_cache_dir=endpoints.seccomp_cache_dir(rec.runtime, self.settings.env()),
             # a later start may follow a compacted /containers/create: only the first one waits
             after_event=container_event_id(rec.id, "create") if incarnation == 1 else "",
             start=True,

@@ -558,8 +558,7 @@ class Shim:
         proc = self._process(req.exec_id)
         if req.exec_id:
             return await self._delete_exec(proc)
-        if not proc.io.pumping.is_set():  # a held output (nobody called shim.start): read it now
-            await proc.io.start_pumps()
+        await proc.io.start_pumps()  # a held output (nobody called shim.start) is read now; else a no-op
         async with proc.lock:
             proc.check(TaskStatus.DELETED)
             if proc.state.status == TaskStatus.CREATED:
