@@ -7,18 +7,21 @@ is ready in a few milliseconds and shares those pages copy-on-write with its sib
 ``python -m services.shim.template <socket>`` imports ``services.shim.main``, freezes
 the garbage collector's view of what it imported (``gc.freeze``, so children do not
 touch and copy those pages), and serves launch requests on a unix socket: one JSON
-line ``{"namespace", "container_id", "bundle"}`` per connection. A shim is a grandchild
-of the template: the child starts a new session and forks again (so the shim's parent
-is init, not the template nor the execution service), and the grandchild runs
-``serve()`` with the connection as its ready fd: the caller reads the shim's report
-(``services.shim.main``) from the connection itself. The template holds no threads,
-event loop or zmq context, so forking is safe; it dies with its parent
-(``PR_SET_PDEATHSIG``).
+line ``{"namespace", "container_id", "bundle"}`` per connection. A shim is a child of
+the template in a session of its own (``setsid``: no signal to the template's or the
+execution service's process group reaches it) and runs ``serve()`` with the connection as
+its ready fd: the caller reads the shim's report (``services.shim.main``) from the
+connection itself. The template ignores ``SIGCHLD``, so the kernel reaps its exited
+shims; it dies with its parent (``PR_SET_PDEATHSIG``, which a forked child does not
+inherit) and its live shims are then re-parented to init, so no service is ever a
+container's ancestor for long. The template holds no threads, event loop or zmq context,
+so forking is safe.
 
-Forking costs ~4 ms a time here (a 40 MB process), so the template keeps one *spare*:
-a grandchild forked ahead of time (when no request came for ``SPARE_AFTER_S``), detached
-already, its event loop made, waiting on a socket pair for one request and the
-connection's fd (``SCM_RIGHTS``). A request goes to the spare when there is one, else
+Forking costs ~3 ms a time here (a 40 MB process) and as much again when the forked
+copy exits, so a shim is forked once (not twice, as a daemon's double fork would), and
+the template keeps one *spare*: a shim forked ahead of time (when no request came for
+``SPARE_AFTER_S``), detached already, its event loop made, waiting on a socket pair for
+one request and the connection's fd (``SCM_RIGHTS``). A request goes to the spare when there is one, else
 is forked on demand as before. A spare (``comm`` ``dockyard-spare``) exits when the
 template's end of its socket pair closes, so none outlives the template.
 """
@@ -52,20 +55,14 @@ def _prctl(option: int, arg: int | bytes) -> None:
 
 
 def _detach(*inherited: socket.socket) -> None:
-    """In the template's child: close the template's sockets, new session, fork once more.
-
-    Returns in the grandchild (the child exits, the template reaps it).
-    """
+    """In the template's child (a shim to be): close the template's sockets, start a new session."""
     for sock in inherited:
         sock.close()
     os.setsid()
-    if os.fork() != 0:
-        os._exit(0)
-    _prctl(PR_SET_PDEATHSIG, 0)
 
 
 def _become_shim(conn: socket.socket, request: dict[str, str], loop: Any = None) -> None:
-    """In the grandchild: detach stdio, then serve until the task is deleted."""
+    """In the shim (the template's child): detach stdio, then serve until the task is deleted."""
     from common import trace
 
     trace.set_process("shim")
@@ -106,7 +103,7 @@ def _parse(data: bytes) -> dict[str, str]:
 
 
 def _be_spare(lifeline: socket.socket) -> None:
-    """In a spare (a detached grandchild): make the event loop, wait for one request, serve it."""
+    """In a spare (a detached child of the template): make the event loop, wait for one request, serve it."""
     import asyncio
 
     _prctl(PR_SET_NAME, b"dockyard-spare")
@@ -146,7 +143,6 @@ def _fork_spare(listener: socket.socket) -> socket.socket | None:
         finally:
             os._exit(1)
     theirs.close()
-    os.waitpid(pid, 0)  # the intermediate child exits at once
     return ours
 
 
@@ -192,7 +188,6 @@ def _handle(conn: socket.socket, listener: socket.socket, spare: socket.socket |
             _become_shim(conn, request)
         finally:
             os._exit(1)
-    os.waitpid(pid, 0)  # the intermediate child exits at once
     return spare is not None  # a spare that could not take it is dead: drop it too
 
 
@@ -217,7 +212,7 @@ def main(argv: list[str]) -> int:
     _warm_lazy_imports()
     gc.collect()
     gc.freeze()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are our children: the kernel reaps them
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

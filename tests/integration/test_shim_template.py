@@ -1,5 +1,6 @@
 """The shim template and its spare: a launch goes to the spare shim forked ahead of time, a
-dead spare is replaced by an on-demand fork, and no spare outlives the template.
+dead spare is replaced by an on-demand fork, no spare outlives the template, and a shim is
+forked once: the template's child in a session of its own, reaped by the kernel when it exits.
 
 The launches name bundles without a ``shim.json``: each shim then fails at once and reports
 why on the launch connection, which is all these tests need to see where a launch went."""
@@ -35,6 +36,11 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""
+
+
+def _stat(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` from the state field on: [state, ppid, pgrp, session, ...]."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _spares(mark: str) -> list[int]:
@@ -144,3 +150,12 @@ def test_no_spare_outlives_the_template(template: Template) -> None:
     template.proc.kill()
     template.proc.wait()
     _wait_for(lambda: _state(spare) in ("", "Z"), timeout_s=5)
+
+
+def test_a_shim_is_the_templates_child_in_its_own_session_and_leaves_no_zombie(template: Template) -> None:
+    (spare,) = _wait_for(lambda: _spares(template.mark))
+    _state_, ppid, _pgrp, session = _stat(spare)[:4]
+    assert int(ppid) == template.proc.pid  # forked once, not double-forked away
+    assert int(session) == spare  # setsid: no signal to the template's process group reaches it
+    _reported_by_a_shim(template.launch("b1"))
+    _wait_for(lambda: _state(spare) == "", timeout_s=5)  # exited and reaped at once (SIGCHLD ignored)
