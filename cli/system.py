@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -212,7 +213,7 @@ def events(
         except errors.DockyardError as exc:
             output.fail(exc)
     try:
-        for env in c.stream("events.replay", body):
+        for env in _follow(c, body):
             if as_json:
                 output.line(json.dumps(env, default=_json_default, separators=(",", ":")))
             else:
@@ -221,6 +222,31 @@ def events(
                 output.line(f"{ts} {env['seq']} {env['namespace']} {env['topic']} {attrs}".rstrip())
     except KeyboardInterrupt:
         pass
+
+
+def _follow(c: Any, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``events.replay`` that resumes after the last envelope when the events service restarts
+    (``common.events.follow``, blocking); exits with the error once it stays down."""
+    from common.events import RESUME_BACKOFF_S, RESUME_WINDOW_S, resume_request
+
+    last: int | None = None
+    failing_since: float | None = None
+    while True:
+        try:
+            for env in c.stream("events.replay", resume_request(body, last)):
+                failing_since = None
+                if isinstance(env.get("seq"), int):
+                    last = env["seq"]
+                yield env
+            return
+        except errors.Unavailable as exc:
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= RESUME_WINDOW_S:
+                output.fail(exc)
+            time.sleep(RESUME_BACKOFF_S)
+        except errors.DockyardError as exc:
+            output.fail(exc)
 
 
 def _fmt(value: Any) -> str:

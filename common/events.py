@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,52 @@ async def drain_outbox(client: AsyncClient, outbox: Path, timeout_s: float) -> b
         return await publisher.flush(timeout_s)
     finally:
         await publisher.close()
+
+
+RESUME_WINDOW_S = 30.0
+"""How long a follower of ``events.replay`` keeps trying to resume while the events service is down."""
+
+RESUME_BACKOFF_S = 0.2
+"""The pause between two attempts to resume."""
+
+
+def resume_request(body: dict[str, Any], last_seq: int | None) -> dict[str, Any]:
+    """The ``events.replay`` request that continues ``body`` after the envelope ``last_seq``.
+
+    ``None`` (no envelope received yet): ``body`` itself. Otherwise ``since`` becomes
+    ``last_seq`` (the journal replays after it) and ``since_time`` goes: the sequence number
+    is exact where a time is not. Filters, ``until`` and ``until_seq`` stay.
+    """
+    if last_seq is None:
+        return dict(body)
+    resumed = {k: v for k, v in body.items() if k != "since_time"}
+    resumed["since"] = last_seq
+    return resumed
+
+
+async def follow(client: AsyncClient, body: dict[str, Any], window_s: float = RESUME_WINDOW_S) -> AsyncIterator[Any]:
+    """``events.replay`` (async generator of envelopes) that survives a restart of the events service.
+
+    When the stream fails with Unavailable (the service died: its heartbeats stopped), the
+    call is made again with ``resume_request`` after the last envelope, for up to
+    ``window_s`` seconds of failures in a row; the journal makes the seam exact (no envelope
+    lost, none twice). Raises the last Unavailable after that, and any other error at once.
+    """
+    last: int | None = None
+    failing_since: float | None = None
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            async for env in client.stream("events.replay", resume_request(body, last)):
+                failing_since = None
+                if isinstance(env, dict) and isinstance(env.get("seq"), int):
+                    last = env["seq"]
+                yield env
+            return
+        except errors.Unavailable:
+            now = loop.time()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= window_s:
+                raise
+            log.info("events service unavailable; resuming after seq %s", last)
+            await asyncio.sleep(RESUME_BACKOFF_S)

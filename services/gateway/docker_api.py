@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from common import dockerfmt, errors
+from common.events import follow
 from services.gateway.backends import Backends, call
 from services.gateway.http import HTTPError, Request, Response, Router
 
@@ -304,7 +305,7 @@ class SystemAPI:
         if until is not None:
             body["until"] = until.isoformat()
         body["follow"] = until is None or until > now
-        stream = self.b.events.stream("events.replay", body)
+        stream = follow(self.b.events, body)  # resumes across a restart of the events service
 
         async def gen() -> AsyncIterator[bytes]:
             try:

@@ -159,3 +159,54 @@ def test_a_containers_events_keep_their_order_across_publishers_after_events_was
     assert len(seen) == 3
     for cid, topics_seen in seen.items():
         assert topics_seen == want, f"{cid[:12]}: {topics_seen}"
+
+
+def _read_events(proc: subprocess.Popen[bytes], count: int, timeout_s: float = 40.0) -> list[dict]:  # type: ignore[type-arg]
+    """``count`` JSON lines from a follower's stdout (fewer if it ends or the time is up)."""
+    import selectors
+
+    got: list[dict] = []  # type: ignore[type-arg]
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        got.append(json.loads(line))
+    return got
+
+
+def test_a_following_subscriber_survives_a_restart_of_the_events_service(svc: Instance) -> None:
+    """``dockyard events`` (no --since: live from now) keeps following across a SIGKILL of the
+    events service: what was journaled before, during (from the outboxes) and after the outage
+    comes once each, in seq order, without a gap."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "events", "--json", "--filter", "type=task"],
+        env=svc.env,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,  # unbuffered: a line read must not leave others in a buffer select() cannot see
+    )
+    try:
+        time.sleep(1.0)  # subscribed (the CLI reads the head first)
+        svc.cli("run", "--rm", "--name", "before", "busybox", "true", check=True)
+        got = _read_events(proc, 4)
+        svc.kill("events")
+        svc.cli("run", "--rm", "--name", "during", "busybox", "true", check=True)
+        svc.start("events")
+        svc.cli("run", "--rm", "--name", "after", "busybox", "true", check=True)
+        got += _read_events(proc, 8)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+        proc.wait()
+    names = [e["event"].get("container_name") for e in got if e["topic"] == topics.TASK_CREATE]
+    assert names == ["before", "during", "after"]
+    assert Counter(e["topic"] for e in got) == {t: 3 for t in topics.LIFECYCLE}
+    seqs = [e["seq"] for e in got]
+    assert seqs == sorted(set(seqs))
