@@ -6,7 +6,9 @@ when installed, the real docker CLI.
 
 - exec start errors follow run's rules (missing command 127; not executable, bad working
   directory, permission 126): ``exec -w /nonexistent`` was 127;
-- ``run -w`` to a path that is a file is 126 with an error.
+- ``run -w`` to a path that is a file is 126 with an error;
+- ``-it`` with stdin not a terminal is refused (``the input device is not a TTY``, exit 1,
+  nothing created), by the hot parser's path and by typer's (``container run``).
 """
 
 from __future__ import annotations
@@ -92,3 +94,43 @@ def test_run_workdir_that_is_a_file_is_126(eng: Engine) -> None:
     r = dy(eng, "run", "--rm", "-w", "/etc/passwd/sub", "busybox", "true")
     assert r.returncode == 126, r.stderr
     assert dy(eng, "rm", "wdfile").returncode == 0
+
+
+def _names(eng: Engine) -> set[str]:
+    return {c["Names"][0] for c in eng.json("GET", "/containers/json?all=1")}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "-it", "--rm", "busybox", "cat"],
+        ["run", "-ti", "--name", "tty1", "busybox", "cat"],
+        ["container", "run", "-it", "--rm", "busybox", "cat"],  # the typer path
+        ["exec", "-it", "sleeper", "cat"],
+        ["container", "exec", "--interactive", "--tty", "sleeper", "cat"],
+    ],
+)
+def test_it_with_stdin_not_a_tty_is_refused(eng: Engine, sleeper: str, args: list[str]) -> None:
+    before = _names(eng)
+    r = dy(eng, *args, input=b"hi\n")  # stdin is a pipe
+    assert (r.returncode, r.stdout) == (1, b""), r.stderr
+    assert r.stderr.strip().endswith(b"the input device is not a TTY"), r.stderr
+    assert _names(eng) == before  # nothing created
+
+
+def test_t_without_i_or_detached_it_is_allowed_without_a_tty(eng: Engine, sleeper: str) -> None:
+    r = dy(eng, "run", "-t", "--rm", "busybox", "echo", "ok", input=b"hi\n")
+    assert (r.returncode, r.stdout) == (0, b"ok\r\n"), r.stderr  # the container's tty ends lines with CRLF
+    r = dy(eng, "exec", "-t", sleeper, "echo", "ok", input=b"hi\n")
+    assert (r.returncode, r.stdout) == (0, b"ok\r\n"), r.stderr
+    r = dy(eng, "run", "-i", "--rm", "busybox", "cat", input=b"hi\n")
+    assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
+    r = dy(eng, "run", "-dit", "--name", "dit", "busybox", "cat", input=b"hi\n")
+    assert r.returncode == 0, r.stderr
+    assert dy(eng, "rm", "-f", "dit").returncode == 0
+
+
+def test_exec_it_into_a_missing_container_says_so_first(eng: Engine) -> None:
+    """As the docker CLI: the container lookup comes before the TTY check."""
+    r = dy(eng, "exec", "-it", "nosuchcontainer", "cat", input=b"")
+    assert r.returncode == 1 and b"not found" in r.stderr and b"TTY" not in r.stderr, r.stderr
