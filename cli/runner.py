@@ -449,7 +449,13 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
 
 
 def start_attached(container: str, *, interactive: bool) -> int:
-    """``docker start -a``: attach, start, stream the output; return the exit code."""
+    """``docker start -a``: attach, start, stream the output; return the exit code.
+
+    A start that fails (the command does not exist, cannot be executed ...) prints the
+    error and exits 1, as the docker CLI does for ``docker start -a`` (it returns the error
+    of ContainerStart; only ``run`` maps it to 126/127); the container's recorded exit
+    status is still Docker's 126/127.
+    """
     ex = client("execution", timeout_s=30)
     waiter = client("execution", timeout_s=None)
     attacher = client("execution", timeout_s=None)
@@ -473,7 +479,7 @@ def start_attached(container: str, *, interactive: bool) -> int:
                     wait_call.result()
                 except errors.DockyardError:
                     pass
-            return start_error(exc)
+            return 1
         tty = bool(info["config"].get("tty"))
         with (
             SignalProxy(container_id),

@@ -8,7 +8,9 @@ when installed, the real docker CLI.
   directory, permission 126): ``exec -w /nonexistent`` was 127;
 - ``run -w`` to a path that is a file is 126 with an error;
 - ``-it`` with stdin not a terminal is refused (``the input device is not a TTY``, exit 1,
-  nothing created), by the hot parser's path and by typer's (``container run``).
+  nothing created), by the hot parser's path and by typer's (``container run``);
+- ``start -a`` of a container whose command does not exist prints the error and exits 1,
+  as ``docker start -a`` does (it was 127, ``run``'s code).
 """
 
 from __future__ import annotations
@@ -134,3 +136,24 @@ def test_exec_it_into_a_missing_container_says_so_first(eng: Engine) -> None:
     """As the docker CLI: the container lookup comes before the TTY check."""
     r = dy(eng, "exec", "-it", "nosuchcontainer", "cat", input=b"")
     assert r.returncode == 1 and b"not found" in r.stderr and b"TTY" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("verb", [["start"], ["container", "start"]])
+def test_start_a_of_a_missing_command_exits_1_with_the_error(eng: Engine, verb: list[str]) -> None:
+    name = "nocmd-" + "-".join(verb)
+    assert dy(eng, "create", "--name", name, "busybox", "nosuchcmd").returncode == 0
+    r = dy(eng, *verb, "-a", name)
+    assert r.returncode == 1, r.stderr
+    assert b"executable file not found" in r.stderr and b"nosuchcmd" in r.stderr, r.stderr
+    state = eng.json("GET", f"/containers/{name}/json")["State"]
+    assert state["ExitCode"] == 127  # what the engine records stays Docker's
+    assert dy(eng, "start", name).returncode == 1  # without -a: the error, exit 1, as before
+    assert dy(eng, "rm", name).returncode == 0
+
+
+def test_docker_start_a_of_a_missing_command_exits_1(eng: Engine) -> None:
+    """The real docker CLI through the gateway: the behaviour ``dockyard start -a`` follows."""
+    eng.ok("create", "--name", "nocmd-docker", "busybox", "nosuchcmd")
+    r = eng.docker("start", "-a", "nocmd-docker")
+    assert r.returncode == 1 and b"executable file not found" in r.stderr, r.stderr
+    eng.ok("rm", "nocmd-docker")
