@@ -114,7 +114,7 @@ def pull_image(ref: str, platform: str | None = None, quiet: bool = False) -> di
 
 def pull(
     ref: Annotated[str, typer.Argument(help="image reference, e.g. busybox or 127.0.0.1:5000/app:1")],
-    platform: Annotated[str | None, typer.Option(help="os/arch[/variant]")] = None,
+    platform: Annotated[str | None, typer.Option(help="os/arch or os/arch/variant, e.g. linux/arm64/v8")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the reference")] = False,
 ) -> None:
     """Pull an image from a registry."""
@@ -421,7 +421,7 @@ def import_(
     reference: Annotated[str | None, typer.Argument(help="REPOSITORY[:TAG] for the new image")] = None,
     change: Annotated[list[str] | None, typer.Option("--change", "-c", help="Dockerfile instruction")] = None,
     message: Annotated[str, typer.Option("--message", "-m", help="commit message")] = "",
-    platform: Annotated[str | None, typer.Option(help="os/arch[/variant] of the image")] = None,
+    platform: Annotated[str | None, typer.Option(help="os/arch or os/arch/variant of the image")] = None,
 ) -> None:
     """Create an image from a rootfs tarball (like docker import); prints the image id."""
     f = _open_input(source)
@@ -443,7 +443,7 @@ def save(
     refs: Annotated[list[str], typer.Argument(help="images to save")],
     output_: Annotated[str | None, typer.Option("--output", "-o", help="write to this file (default: stdout)")] = None,
     format_: Annotated[str, typer.Option("--format", help="docker (docker-archive + OCI layout) or oci")] = "docker",
-    platform: Annotated[str | None, typer.Option(help="os/arch[/variant]")] = None,
+    platform: Annotated[str | None, typer.Option(help="os/arch or os/arch/variant, e.g. linux/arm64/v8")] = None,
 ) -> None:
     """Save images to a tar archive (docker-archive that is also an OCI layout, or OCI only)."""
     if output_ is None and sys.stdout.isatty():

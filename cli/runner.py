@@ -374,6 +374,21 @@ def pump(call: Any, stdin: bool) -> dict[str, Any]:
                 stdin_fd = -1
 
 
+NOT_A_TTY = "the input device is not a TTY"
+
+
+def check_tty(interactive: bool, tty: bool) -> None:
+    """Refuse ``-it`` when stdin is not a terminal, as the docker CLI does (``In.CheckTty``).
+
+    A container TTY fed from a pipe or a file would echo the input back and turn its
+    newlines into CRLF, so ``echo hi | docker run -it busybox cat`` fails with ``the input
+    device is not a TTY`` and exit 1 before anything is created. ``-t`` without ``-i``
+    (stdin not attached) and ``-d`` are allowed. Raises SystemExit(1) after the message.
+    """
+    if tty and interactive and not os.isatty(sys.stdin.fileno()):
+        output.fail(NOT_A_TTY, 1)
+
+
 def start_error(exc: errors.DockyardError) -> int:
     """Exit code of ``run`` when the process could not be started: 126/127 as Docker, else 125."""
     status = (exc.details or {}).get("exit_status")
@@ -391,6 +406,8 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
     ``opts`` are the option values of the ``run`` command (``name``, ``rm``, ``env`` ...),
     by their typer parameter names.
     """
+    if not detach:
+        check_tty(bool(opts.get("interactive")), bool(opts.get("tty")))
     req = create_request(image, cmd, **opts)
     stdin = bool(opts.get("interactive"))
     body = {**req, "detach": detach, "stdin": stdin}
@@ -432,7 +449,13 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
 
 
 def start_attached(container: str, *, interactive: bool) -> int:
-    """``docker start -a``: attach, start, stream the output; return the exit code."""
+    """``docker start -a``: attach, start, stream the output; return the exit code.
+
+    A start that fails (the command does not exist, cannot be executed ...) prints the
+    error and exits 1, as the docker CLI does for ``docker start -a`` (it returns the error
+    of ContainerStart; only ``run`` maps it to 126/127); the container's recorded exit
+    status is still Docker's 126/127.
+    """
     ex = client("execution", timeout_s=30)
     waiter = client("execution", timeout_s=None)
     attacher = client("execution", timeout_s=None)
@@ -456,7 +479,7 @@ def start_attached(container: str, *, interactive: bool) -> int:
                     wait_call.result()
                 except errors.DockyardError:
                     pass
-            return start_error(exc)
+            return 1
         tty = bool(info["config"].get("tty"))
         with (
             SignalProxy(container_id),
@@ -494,9 +517,19 @@ def exec_(
 ) -> int:
     """``docker exec`` in one ``execution.exec`` call; returns the exit code.
 
-    Exit codes: the command's; 1 when the container does not exist or does not run; 126/127 when the
-    command could not be started; 125 when the engine failed.
+    Exit codes: the command's; 1 when the container does not exist or does not run, or with
+    ``-it`` when stdin is not a terminal (``check_tty``, after a missing container, as the
+    docker CLI checks); 126/127 when the command could not be started; 125 when the engine failed.
     """
+    if not detach and tty and interactive and not os.isatty(sys.stdin.fileno()):
+        ex = client("execution", timeout_s=30)
+        try:
+            ex.call("execution.inspect", {"id": container})  # a missing container is the error to show
+        except errors.DockyardError as exc:
+            output.fail(exc, 1 if isinstance(exc, errors.NotFound) else EXIT_ENGINE)
+        finally:
+            ex.close()
+        check_tty(interactive, tty)
     body: dict[str, Any] = {"id": container, "cmd": list(cmd), "tty": tty, "stdin": interactive, "detach": detach}
     envs = env_list(env or [], [])
     if envs:

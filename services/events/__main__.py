@@ -18,13 +18,34 @@ from services.events.service import EventsService, compactor
 log = logging.getLogger(__name__)
 
 
-def _bind(sock: zmq.asyncio.Socket, endpoint: str) -> None:
+def _bind(sock: zmq.asyncio.Socket, endpoint: str) -> tuple[str, int] | None:
+    """Bind ``endpoint``, replacing a stale ipc socket file (a SIGKILLed predecessor's).
+
+    Returns the socket file and its inode, for ``_remove_if_ours`` (None: not a file).
+    """
+    path = ""
     if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
         path = endpoint[len("ipc://") :]
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     sock.bind(endpoint)
+    if not path:
+        return None
+    try:
+        return path, os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _remove_if_ours(bound: tuple[str, int] | None) -> None:
+    """Remove a socket file ``_bind`` made, unless a successor has bound its own there since."""
+    if bound is None:
+        return
+    path, inode = bound
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
 
 
 async def _intake(sock: zmq.asyncio.Socket, service: EventsService) -> None:
@@ -57,7 +78,7 @@ async def setup(host: ServiceHost) -> list[object]:
     xpub = zctx.socket(zmq.XPUB)
     xpub.setsockopt(zmq.LINGER, 0)
     xpub.setsockopt(zmq.SNDHWM, 100_000)
-    _bind(xpub, endpoints.events_subscribe_endpoint(env))
+    xpub_file = _bind(xpub, endpoints.events_subscribe_endpoint(env))
 
     def fanout(record: Record) -> None:
         with contextlib.suppress(zmq.Again):
@@ -65,11 +86,13 @@ async def setup(host: ServiceHost) -> list[object]:
 
     xsub = zctx.socket(zmq.XSUB)
     xsub.setsockopt(zmq.LINGER, 0)
-    _bind(xsub, endpoints.events_publish_endpoint(env))
+    xsub_file = _bind(xsub, endpoints.events_publish_endpoint(env))
 
     async def _close_sockets() -> None:
         xpub.close(linger=0)
         xsub.close(linger=0)
+        _remove_if_ours(xpub_file)
+        _remove_if_ours(xsub_file)
 
     host.on_close(_close_sockets)
 

@@ -192,6 +192,8 @@ class Server:
         self.app = app
         self.common_headers = common_headers
         self._servers: list[asyncio.AbstractServer] = []
+        self._unix_files: list[tuple[str, int]] = []
+        """Unix socket files bound by ``listen_unix`` and their inodes (removed by ``close``)."""
         self._conns: set[asyncio.Task[Any]] = set()
 
     async def listen_unix(self, path: str, mode: int = 0o660, group: int | None = None) -> None:
@@ -204,14 +206,25 @@ class Server:
         if group is not None:
             os.chown(path, 0, group)
         self._servers.append(server)
+        self._unix_files.append((path, os.stat(path).st_ino))
 
     async def listen_tcp(self, host: str, port: int, ssl: Any = None) -> None:
         server = await asyncio.start_server(self._serve, host=host, port=port, ssl=ssl, limit=1 << 20)
         self._servers.append(server)
 
     async def close(self) -> None:
+        """Stop listening, end every connection, and remove the unix socket files we bound.
+
+        A file is removed only if it is still ours (same inode as at bind): a successor that
+        bound its own socket at the same path since keeps it.
+        """
         for server in self._servers:
             server.close()
+        for path, inode in self._unix_files:
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+        self._unix_files.clear()
         for task in list(self._conns):
             task.cancel()
         if self._conns:

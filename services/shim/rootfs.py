@@ -36,6 +36,14 @@ class RootfsError(Exception):
     """A lookup inside the rootfs failed; the message says what and where."""
 
 
+class WorkdirError(RootfsError):
+    """The working directory cannot be made: a component exists and is not a directory.
+
+    Docker reports the start as "cannot be invoked" (exit status 126), as for a ``cwd``
+    the runtime cannot change to.
+    """
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
@@ -265,7 +273,7 @@ def make_workdir(root: str, path: str, uid: int, gid: int) -> None:
     """Create ``path`` inside ``root`` if missing (Docker's WORKDIR), owned by ``uid:gid``.
 
     Only the directories created here are chowned. Raises ``RootfsError`` if a component
-    exists and is not a directory.
+    exists and is not a directory (``WorkdirError``).
     """
     host = secure_join(root, path)
     root_real = os.path.realpath(root)
@@ -275,7 +283,7 @@ def make_workdir(root: str, path: str, uid: int, gid: int) -> None:
         missing.append(probe)
         probe = os.path.dirname(probe)
     if os.path.lexists(probe) and not os.path.isdir(probe):
-        raise RootfsError(f"working directory {path}: {probe[len(root_real) :] or '/'} is not a directory")
+        raise WorkdirError(f"working directory {path}: {probe[len(root_real) :] or '/'} is not a directory")
     for d in reversed(missing):
         try:
             os.mkdir(d, 0o755)

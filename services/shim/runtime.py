@@ -6,8 +6,12 @@ own errors are read from the log, not from stderr (which, for ``create`` and ``e
 is the container's pipe).
 
 Start errors are classified as Docker does (moby ``translateContainerdStartErr``,
-CASES.md C20): not found -> 127; permission denied, operation not permitted, is a
-directory, exec format error -> 126; anything else -> 128 (the CLI reports 125).
+CASES.md C20): a working directory the process cannot change to -> 126 whatever the
+errno (runc's ``chdir to cwd ("/x") set in config.json failed: ...``, crun's
+``chdir to `/x``` or ``chdir `/x` failed``), as ``docker exec -w /nonexistent`` gives:
+the command itself was never looked up; not found -> 127; permission denied,
+operation not permitted, is a directory, exec format error -> 126; anything else ->
+128 (the CLI reports 125).
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from services.shim.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
+_BAD_CWD = re.compile(r"chdir to cwd|chdir (?:to )?`")  # runc; crun
 _NOT_FOUND = re.compile(r"executable file not found|no such file or directory|not found in \$PATH", re.I)
 _NOT_EXECUTABLE = re.compile(r"permission denied|operation not permitted|is a directory|exec format error", re.I)
 
 
 def start_error_status(message: str) -> int:
     """Exit status Docker records for a process that could not be started (see module doc)."""
+    if _BAD_CWD.search(message):
+        return 126
     if _NOT_FOUND.search(message):
         return 127
     if _NOT_EXECUTABLE.search(message):

@@ -227,6 +227,8 @@ class Shim:
                 not_executable = self._prepare_rootfs()
                 t1 = time.perf_counter()
                 trace.mark("rootfs ready")
+            except rootfs.WorkdirError as exc:
+                raise CreateFailed(str(exc), 126) from None
             except rootfs.RootfsError as exc:
                 raise CreateFailed(str(exc), 128, user_error=True) from None
             except OSError as exc:
@@ -814,6 +816,8 @@ class Shim:
             except (RuntimeError_, OSError, TimeoutError) as exc:
                 message = exc.message if isinstance(exc, RuntimeError_) else str(exc)
                 status = start_error_status(message)
+                if isinstance(exc, RuntimeError_):  # what dockerd reports for a failed exec start
+                    message = f"OCI runtime exec failed: {message}"
                 proc.record_exit(status)
                 proc.update(error=message)
                 proc.io.close()
