@@ -265,6 +265,40 @@ def test_gateway_killed_during_logs_follow(eng: Engine) -> None:
         eng.docker("rm", "-f", "chatty")
 
 
+def test_docker_events_follows_across_a_restart_of_the_events_service(eng: Engine) -> None:
+    """``docker events`` keeps its stream when the events service is SIGKILLed: the gateway
+    resumes after the last event it sent (the supervisor restarts the service)."""
+    follow = subprocess.Popen(
+        [
+            eng.cli or "docker",
+            "events",
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        ],
+        env=eng.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)  # subscribed
+        eng.ok("run", "--rm", "--name", "evb", "busybox", "true")
+        assert follow.stdout is not None
+        seen = [follow.stdout.readline().decode().strip() for _ in range(4)]
+        assert seen[0] == "create evb" and "destroy evb" in seen, seen
+        old = eng.inst.pid("events")
+        os.kill(old, signal.SIGKILL)
+        _wait(lambda: eng.inst.pid("events") != old, 30, "events restarted")
+        eng.ok("run", "--rm", "--name", "eva", "busybox", "true")
+        after = [follow.stdout.readline().decode().strip() for _ in range(4)]
+        assert after[0] == "create eva" and "destroy eva" in after, after
+        assert follow.poll() is None
+    finally:
+        follow.kill()
+        follow.wait()
+
+
 def test_debian_docker_20_10_client(eng: Engine) -> None:
     """The older CLI (API 1.41, accepts 200 or 101 on attach) works too, when installed."""
     if not os.access("/usr/bin/docker", os.X_OK) or eng.cli == "/usr/bin/docker":
