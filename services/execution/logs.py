@@ -355,11 +355,14 @@ class Follower:
         self._queue = []
 
 
-def frames(entries: Iterable[Entry], timestamps: bool) -> list[dict[str, Any]]:
-    """Entries as ``{s, d, t}`` frames; without timestamps, runs of one stream are joined up
-    to ``FRAME_MAX`` bytes (fewer frames)."""
-    if timestamps:
+def frames(entries: Iterable[Entry], timestamps: bool, *, inline: bool = False) -> list[dict[str, Any]]:
+    """Entries as ``{s, d, t}`` frames (``LogFrame``). With ``timestamps`` and not ``inline``:
+    one frame per entry, its time in ``t``. Otherwise runs of one stream are joined up to
+    ``FRAME_MAX`` bytes (``t`` is the first entry's time); ``timestamps`` with ``inline``
+    writes each entry's time and a space into ``d`` before its output (Docker's ``logs -t``)."""
+    if timestamps and not inline:
         return [{"s": e.stream, "d": e.data, "t": e.time} for e in entries]
+    stamp = timestamps and inline
     out: list[dict[str, Any]] = []
     parts: list[bytes] = []
     size = 0
@@ -370,6 +373,9 @@ def frames(entries: Iterable[Entry], timestamps: bool) -> list[dict[str, Any]]:
             parts, size, first = [], 0, None
         if first is None:
             first = e
+        if stamp:
+            parts.append(e.time.encode() + b" ")
+            size += len(parts[-1])
         parts.append(e.data)
         size += len(e.data)
     if first is not None:
@@ -392,12 +398,14 @@ class LogReader:
         tail: int | None = None,
         follow: bool = False,
         timestamps: bool = False,
+        stamp_inline: bool = False,
     ) -> None:
         self.path = path
         self.flt = flt or LogFilter()
         self.tail = tail
         self.follow = follow
         self.timestamps = timestamps
+        self.stamp_inline = stamp_inline
         self._lock = threading.Lock()
         self._follower: Follower | None = None
         self._closed = False
@@ -419,7 +427,8 @@ class LogReader:
             if not self.follow and until is not None and entries and entries[-1].time_ns > until:
                 self._past_until = True  # the log is in time order: nothing later can match
                 caught_up = True
-            return frames((e for e in entries if self.flt.accepts(e)), self.timestamps), caught_up
+            accepted = (e for e in entries if self.flt.accepts(e))
+            return frames(accepted, self.timestamps, inline=self.stamp_inline), caught_up
 
     def close(self) -> None:
         with self._lock:

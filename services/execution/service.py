@@ -1141,7 +1141,9 @@ class ExecutionService:
         if until_ns is not None:
             until_ns += 999  # a datetime keeps microseconds; entries carry nanoseconds
         flt = logs_mod.LogFilter(frozenset(s for s, on in ((1, req.stdout), (2, req.stderr)) if on), since_ns, until_ns)
-        reader = logs_mod.LogReader(path, flt, tail=req.tail, follow=req.follow, timestamps=req.timestamps)
+        reader = logs_mod.LogReader(
+            path, flt, tail=req.tail, follow=req.follow, timestamps=req.timestamps, stamp_inline=req.stamp_inline
+        )
         try:
             delay = 0.02
             while True:

@@ -218,6 +218,11 @@ def test_frames_join_runs_of_a_stream_up_to_frame_max() -> None:
     assert b"".join(f["d"] for f in out if f["s"] == 1) == b"x" * 200_000
     assert all(len(f["d"]) <= logs.FRAME_MAX + 1000 for f in out) and out[-1] == {"s": 2, "d": b"e\n", "t": "t2"}
     assert len(logs.frames(entries, timestamps=True)) == 201
+    inline = logs.frames(entries[-3:], timestamps=True, inline=True)
+    assert inline == [
+        {"s": 1, "d": b"t " + b"x" * 1000 + b"t " + b"x" * 1000, "t": "t"},
+        {"s": 2, "d": b"t2 e\n", "t": "t2"},
+    ]
 
 
 def test_follow_reads_appended_entries_and_across_a_rotation(tmp_path: Path) -> None:
