@@ -275,9 +275,11 @@ def test_docker_logs_and_tail_of_a_multi_mb_log(eng: Engine) -> None:
         expected = "".join(f"{i}\n" for i in range(1, 100_001))
         assert eng.ok("logs", "biglog", timeout=60) == expected
         assert eng.ok("logs", "--tail", "3", "biglog") == "99998\n99999\n100000\n"
+        stamped = [x.split(" ") for x in eng.ok("logs", "-t", "--tail", "2", "biglog").splitlines()]
+        assert [x[1] for x in stamped] == ["99999", "100000"] and all(x[0].endswith("Z") for x in stamped)
         status, headers, body = eng.api("GET", "/v1.45/containers/biglog/logs?stdout=1&tail=2")
         assert status == 200 and headers["content-type"] == "application/vnd.docker.multiplexed-stream"
-        assert body == b"\x01\x00\x00\x00" + struct.pack(">I", 12) + b"99999\n100000\n"
+        assert body == b"\x01\x00\x00\x00" + struct.pack(">I", 13) + b"99999\n100000\n"
         status, _h, body = eng.api("GET", "/v1.45/containers/biglog/logs?stdout=1&tail=-1")
         out = b""
         while body:  # demultiplex: [stream, 0, 0, 0, size uint32 BE] + payload
