@@ -1168,7 +1168,7 @@ class ExecutionService:
                     await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
         finally:
-            await asyncio.to_thread(reader.close)
+            reader.close()  # waits for a slice being read, if any (one slice: ms)
 
     @rpc("execution.attach", stream=True)
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
@@ -1196,7 +1196,7 @@ class ExecutionService:
                         if done:
                             break
                 finally:
-                    await asyncio.to_thread(reader.close)
+                    reader.close()  # waits for a slice being read, if any (one slice: ms)
             yield {"attached": True, "tty": tty}
             if pending is not None:
                 live = await pending.live

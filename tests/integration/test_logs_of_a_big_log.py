@@ -94,4 +94,24 @@ def test_logs_of_a_ten_mb_log_stream_tail_and_leave_the_service_responsive(insta
     assert [x.split(b" ", 1)[1] for x in tail] == [_line(LINES - 2), _line(LINES - 1), _line(LINES)]
     assert all(x.split(b" ", 1)[0].endswith(b"Z") for x in tail)
     assert engine.cli("logs", "--tail", "1", "-f", "big", check=True).stdout == _line(LINES)  # ended: no wait
+
+    # a client that goes away mid-stream: the service cancels the read and closes the log
+    with instance.client("execution", timeout_s=30) as c:
+        call = c.start("execution.logs", {"id": "big"}, timeout_s=None)
+        assert next(iter(call))["d"].startswith(_line(1))
+        call.cancel()
+        assert c.call("execution.inspect", {"id": "big"})["name"] == "big"
+    engine.wait_until(lambda: not _open_files(pid, path), 10, "the log closed by the service")
     engine.cli("rm", "big", check=True)
+
+
+def _open_files(pid: int, path: str) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(path):
+            out.append(target)
+    return out

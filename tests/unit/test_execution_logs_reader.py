@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.execution import logs
-from services.shim.jsonlog import LogWriter, encode_entry
+from services.shim.jsonlog import Entry, LogWriter, encode_entry, log_files
 
 T0 = 1_700_000_000 * 10**9
 
@@ -63,16 +63,18 @@ def _write(path: Path, lines: list[tuple[int, bytes]], *, start_ns: int = T0) ->
             f.write(encode_entry(stream, data, start_ns + i * 1000))
 
 
-def _data(entries: list[logs.Entry]) -> list[bytes]:
+def _data(entries: list[Entry]) -> list[bytes]:
     return [e.data for e in entries]
 
 
-def _read_all(path: Path, *, tail: int | None = None, flt: logs.LogFilter | None = None, budget: int = 1 << 20) -> list:
+def _read_all(
+    path: Path, *, tail: int | None = None, flt: logs.LogFilter | None = None, budget: int = 1 << 20
+) -> list[bytes]:
     fo = logs.Follower(str(path))
     try:
         if tail is not None:
             fo.seek_tail(tail, flt or logs.LogFilter())
-        out = []
+        out: list[Entry] = []
         while True:
             entries, done = fo.read(budget)
             out += [e for e in entries if (flt or logs.LogFilter()).accepts(e)]
@@ -107,7 +109,7 @@ def test_tail_reads_a_few_blocks_not_the_whole_file(tmp_path: Path, monkeypatch:
     parsed = 0
     real = logs.decode
 
-    def counting(line: bytes, *, times: bool = True) -> logs.Entry | None:
+    def counting(line: bytes, *, times: bool = True) -> Entry | None:
         nonlocal parsed
         parsed += 1
         return real(line, times=times)
@@ -134,7 +136,7 @@ def test_tail_across_rotated_files(tmp_path: Path) -> None:
     for i in range(200):
         w.write(1, f"line {i:04d}\n".encode())
     w.close()
-    assert len(logs.log_files(str(p))) == 3
+    assert len(log_files(str(p))) == 3
     everything = _read_all(p)
     assert everything[-1] == b"line 0199\n"
     assert _read_all(p, tail=len(everything) - 2) == everything[2:]  # starts in the oldest file
@@ -213,7 +215,7 @@ def test_reader_without_follow_stops_at_what_was_there(tmp_path: Path) -> None:
 
 
 def test_frames_join_runs_of_a_stream_up_to_frame_max() -> None:
-    entries = [logs.Entry(1, b"x" * 1000, T0, "t") for _ in range(200)] + [logs.Entry(2, b"e\n", T0, "t2")]
+    entries = [Entry(1, b"x" * 1000, T0, "t") for _ in range(200)] + [Entry(2, b"e\n", T0, "t2")]
     out = logs.frames(entries, timestamps=False)
     assert b"".join(f["d"] for f in out if f["s"] == 1) == b"x" * 200_000
     assert all(len(f["d"]) <= logs.FRAME_MAX + 1000 for f in out) and out[-1] == {"s": 2, "d": b"e\n", "t": "t2"}
