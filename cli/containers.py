@@ -271,7 +271,7 @@ def logs(
     timestamps: Annotated[bool, typer.Option("-t", "--timestamps", help="prefix each line with its time")] = False,
 ) -> None:
     """Print a container's output (stdout and stderr, as written)."""
-    body: dict[str, Any] = {"id": container, "follow": follow, "timestamps": timestamps}
+    body: dict[str, Any] = {"id": container, "follow": follow, "timestamps": timestamps, "stamp_inline": True}
     if tail != "all":
         if not tail.lstrip("-").isdigit():
             output.fail(f"invalid tail {tail!r}")
@@ -282,11 +282,8 @@ def logs(
         body["until"] = _parse_since(until)
     ex = client("execution", timeout_s=None)
     try:
-        for frame in ex.stream("execution.logs", body):
-            data = frame["d"]
-            if timestamps:
-                data = frame.get("t", "").encode() + b" " + data
-            output.raw(data, frame.get("s", 1))
+        for frame in ex.stream("execution.logs", body):  # timestamps come written into "d"
+            output.raw(frame["d"], frame.get("s", 1))
     except errors.DockyardError as exc:
         output.fail(exc)
     finally:

@@ -294,10 +294,17 @@ class LogsRequest(Request):
     follow: bool = False
     stdout: bool = True
     stderr: bool = True
-    tail: int | None = Field(default=None, description="only the last N lines; None = all")
+    tail: int | None = Field(
+        default=None, description="only the last N entries the other filters accept; None or < 0 = all"
+    )
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     timestamps: bool = False
+    stamp_inline: bool = Field(
+        default=False,
+        description="with timestamps: each entry's time and a space are written into ``d`` before "
+        "its output, so one frame carries many entries (without it, one frame per entry, its time in ``t``)",
+    )
 
 
 class LogFrame(Reply):

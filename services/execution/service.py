@@ -68,7 +68,7 @@ from services.execution.store import Record, Store
 from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
 from services.execution.volumes import Volumes
 from services.shim import cgroups, mount
-from services.shim.jsonlog import parse_time, read_entries
+from services.shim.jsonlog import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -1125,34 +1125,38 @@ class ExecutionService:
     # -- logs, attach --------------------------------------------------------------------
     @rpc("execution.logs", stream=True)
     async def logs(self, req: LogsRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        """The container's json-file log as ``{s, d, t}`` frames (``follow``: until it stops)."""
+        """The container's json-file log as ``{s, d, t}`` frames (``LogFrame``), oldest first.
+
+        ``tail``: the last N entries the stream/time filters accept (N < 0: all; 0: none but,
+        with ``follow``, what comes next); ``since``/``until``: inclusive bounds; ``follow``:
+        then what the container writes, until its task ends (or ``until`` passes). The log is
+        read in bounded slices off the event loop, each slice's frames sent under the
+        client's credit before the next is read (``services.execution.logs``), so a log of
+        any size streams with flat memory. NotFound for an unknown container.
+        """
         rec = self._find(ctx.namespace, req.id)
         path = str(rec.extra.get("log_path") or self._log_path(rec.namespace, rec.id))
-        streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
         since_ns = _ns(req.since)
         until_ns = _ns(req.until)
         if until_ns is not None:
             until_ns += 999  # a datetime keeps microseconds; entries carry nanoseconds
-        follower = logs_mod.Follower(path)
+        flt = logs_mod.LogFilter(frozenset(s for s, on in ((1, req.stdout), (2, req.stderr)) if on), since_ns, until_ns)
+        reader = logs_mod.LogReader(
+            path, flt, tail=req.tail, follow=req.follow, timestamps=req.timestamps, stamp_inline=req.stamp_inline
+        )
         try:
-            first = await asyncio.to_thread(follower.read)
-            for frame in _frames(
-                logs_mod.select(first, streams=streams, since_ns=since_ns, until_ns=until_ns, tail=req.tail),
-                req.timestamps,
-            ):
-                yield frame
-            if not req.follow:
-                return
             delay = 0.02
             while True:
                 live = self.tasks.get(rec.namespace, rec.id)
                 ended = live is None or live.done.is_set()
-                new = await asyncio.to_thread(follower.read)
-                if new:
-                    for frame in _frames(
-                        logs_mod.select(new, streams=streams, since_ns=since_ns, until_ns=until_ns), req.timestamps
-                    ):
-                        yield frame
+                batch, caught_up = await asyncio.to_thread(reader.next_frames)
+                for frame in batch:
+                    yield frame
+                if not caught_up:
+                    continue
+                if not req.follow:
+                    return
+                if batch:
                     delay = 0.02
                     continue
                 if ended or (until_ns is not None and dt.datetime.now(dt.UTC).timestamp() * 1e9 > until_ns):
@@ -1164,7 +1168,7 @@ class ExecutionService:
                     await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
         finally:
-            follower.close()
+            reader.close()  # waits for a slice being read, if any (one slice: ms)
 
     @rpc("execution.attach", stream=True)
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
@@ -1183,9 +1187,16 @@ class ExecutionService:
         scanner = DetachScanner(req.detach_keys) if tty and req.stdin else None
         try:
             if req.logs:
-                entries = await asyncio.to_thread(lambda: list(read_entries(str(rec.extra.get("log_path") or ""))))
-                for frame in _frames(logs_mod.select(entries, streams={1, 2}), False):
-                    yield frame
+                reader = logs_mod.LogReader(str(rec.extra.get("log_path") or self._log_path(rec.namespace, rec.id)))
+                try:
+                    while True:
+                        batch, done = await asyncio.to_thread(reader.next_frames)
+                        for frame in batch:
+                            yield frame
+                        if done:
+                            break
+                finally:
+                    reader.close()  # waits for a slice being read, if any (one slice: ms)
             yield {"attached": True, "tty": tty}
             if pending is not None:
                 live = await pending.live
@@ -1232,17 +1243,6 @@ async def _relay_stdin(ctx: Context, shim_call: Any, scanner: DetachScanner | No
                 return
             continue
         await shim_call.send(data)
-
-
-def _frames(entries: list[Any], timestamps: bool) -> list[dict[str, Any]]:
-    """Log entries as frames; without timestamps, runs of one stream are joined (fewer frames)."""
-    frames: list[dict[str, Any]] = []
-    for e in entries:
-        if not timestamps and frames and frames[-1]["s"] == e.stream and len(frames[-1]["d"]) < 256 * 1024:
-            frames[-1]["d"] += e.data
-            continue
-        frames.append({"s": e.stream, "d": e.data, "t": e.time})
-    return frames
 
 
 def _ns(value: dt.datetime | None) -> int | None:

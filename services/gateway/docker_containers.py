@@ -363,13 +363,16 @@ class ContainersAPI:
             "stdout": stdout,
             "stderr": stderr,
             "timestamps": request.flag("timestamps"),
+            "stamp_inline": True,  # "d" carries the timestamps: many entries per frame
         }
         tail = request.arg("tail")
         if tail not in (None, "", "all"):
             try:
-                body["tail"] = max(0, int(tail or 0))
+                lines = int(tail or 0)
             except ValueError:
                 raise HTTPError(400, f"invalid value for tail: {tail!r}") from None
+            if lines >= 0:  # a negative count is "all", as in dockerd
+                body["tail"] = lines
         now = dt.datetime.now(dt.UTC)
         for key in ("since", "until"):
             value = request.arg(key)
@@ -378,15 +381,12 @@ class ContainersAPI:
                     body[key] = dockerfmt.parse_docker_time(value, now).isoformat()
                 except dockerfmt.FormatError as exc:
                     raise HTTPError(400, str(exc)) from None
-        timestamps = body["timestamps"]
         stream = self.b.execution.stream("execution.logs", body)
 
         async def gen() -> AsyncIterator[bytes]:
             try:
                 async for frame in stream:
                     data = bytes(frame.get("d") or b"")
-                    if timestamps and frame.get("t"):
-                        data = str(frame["t"]).encode() + b" " + data
                     if data:
                         yield streams.encode(tty, int(frame.get("s") or 1), data)
             except errors.DockyardError as exc:

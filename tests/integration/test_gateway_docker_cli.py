@@ -13,6 +13,7 @@ import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -297,6 +298,32 @@ def test_docker_events_follows_across_a_restart_of_the_events_service(eng: Engin
     finally:
         follow.kill()
         follow.wait()
+
+
+def test_docker_logs_and_tail_of_a_multi_mb_log(eng: Engine) -> None:
+    """Regression (logs of a big log read whole on the event loop): ``docker logs`` streams a
+    7 MB json-file log whole, ``--tail`` reads only its end, a negative tail means all."""
+    eng.ok("run", "-d", "--name", "biglog", "busybox", "seq", "1", "100000")
+    try:
+        assert eng.ok("wait", "biglog", timeout=60) == "0\n"
+        expected = "".join(f"{i}\n" for i in range(1, 100_001))
+        assert eng.ok("logs", "biglog", timeout=60) == expected
+        assert eng.ok("logs", "--tail", "3", "biglog") == "99998\n99999\n100000\n"
+        stamped = [x.split(" ") for x in eng.ok("logs", "-t", "--tail", "2", "biglog").splitlines()]
+        assert [x[1] for x in stamped] == ["99999", "100000"] and all(x[0].endswith("Z") for x in stamped)
+        status, headers, body = eng.api("GET", "/v1.45/containers/biglog/logs?stdout=1&tail=2")
+        assert status == 200 and headers["content-type"] == "application/vnd.docker.multiplexed-stream"
+        assert body == b"\x01\x00\x00\x00" + struct.pack(">I", 13) + b"99999\n100000\n"
+        status, _h, body = eng.api("GET", "/v1.45/containers/biglog/logs?stdout=1&tail=-1")
+        out = b""
+        while body:  # demultiplex: [stream, 0, 0, 0, size uint32 BE] + payload
+            size = struct.unpack(">I", body[4:8])[0]
+            assert body[0] == 1
+            out += body[8 : 8 + size]
+            body = body[8 + size :]
+        assert status == 200 and out == expected.encode()
+    finally:
+        eng.docker("rm", "-f", "biglog")
 
 
 def test_debian_docker_20_10_client(eng: Engine) -> None:

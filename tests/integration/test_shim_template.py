@@ -154,7 +154,7 @@ def test_no_spare_outlives_the_template(template: Template) -> None:
 
 def test_a_shim_is_the_templates_child_in_its_own_session_and_leaves_no_zombie(template: Template) -> None:
     (spare,) = _wait_for(lambda: _spares(template.mark))
-    _state_, ppid, _pgrp, session = _stat(spare)[:4]
+    ppid, _pgrp, session = _stat(spare)[1:4]
     assert int(ppid) == template.proc.pid  # forked once, not double-forked away
     assert int(session) == spare  # setsid: no signal to the template's process group reaches it
     _reported_by_a_shim(template.launch("b1"))
