@@ -189,8 +189,8 @@ class Call:
         return errors.Unavailable(f"{self.client.service} service not answering at {self.client.endpoint}")
 
     def _read(self, timeout_ms: int) -> dict[str, Any] | None:
-        """Read the next frame of this call (None on timeout), handling heartbeats and
-        send credit on the way; raises ``ConnectionError``-based ``Unavailable``."""
+        """Read the next frame of this call (None on timeout), answering heartbeats and
+        applying send credit on the way (both returned too: not reply frames)."""
         while True:
             payload = self.client._recv(timeout_ms)
             if payload is None:
@@ -207,7 +207,7 @@ class Call:
                 self.send_credit = None  # a version 1 service never grants send credit
             if msg.get("hb"):
                 self.client._send(protocol.control(protocol.PING, self.request_id))
-                continue
+                return msg
             if "credit" in msg:
                 if self.send_credit is not None:
                     self.send_credit += int(msg.get("credit") or 0)
@@ -222,7 +222,7 @@ class Call:
         if msg is None:
             self.done = self._ended = True
             raise self._fail_silent()
-        if "credit" not in msg:
+        if "credit" not in msg and not msg.get("hb"):
             self._backlog.append(msg)
             if msg.get("more"):
                 self._grant_one()  # taken off the wire into our buffer: the service may go on
@@ -236,9 +236,10 @@ class Call:
     def next_frame(self, timeout_ms: int | None = None) -> tuple[bool, Any]:
         """Wait for the next reply frame; return ``(more, body)``.
 
-        ``timeout_ms`` (optional) returns ``(True, None)`` early when nothing arrived in
-        that time (or only send credit did), so a caller can multiplex other work (stdin)
-        with the stream. Raises the service's error, ``Unavailable`` or ``DeadlineExceeded``.
+        ``timeout_ms`` (optional) returns ``(True, None)`` early when no reply frame
+        arrived in that time (send credit may have: see ``can_send``), so a caller can
+        multiplex other work (stdin) with the stream. Raises the service's error,
+        ``Unavailable`` or ``DeadlineExceeded``.
         """
         while True:
             if self._backlog:
@@ -253,8 +254,8 @@ class Call:
                         return True, None
                     self.done = True
                     raise self._fail_silent()
-                if "credit" in got:
-                    continue  # the caller may send again (``can_send``)
+                if "credit" in got or got.get("hb"):
+                    continue  # not a reply frame (after credit the caller may send again)
                 msg, credited = got, False
             if not msg.get("ok"):
                 self.done = True
