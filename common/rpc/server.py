@@ -357,7 +357,9 @@ class RpcServer:
         call.overrun = True
         log.warning("%s: the client sent its stream past its credit, failing the call", call.ctx.method)
         if call.task is not None:
-            call.task.cancel()
+            # after the task's first step: a task cancelled before it started never runs its
+            # handler's clean-up (nor sends the error), and the req may have come in this same batch
+            asyncio.get_running_loop().call_soon(call.task.cancel)
 
     async def _grant(self, call: _Call, n: int) -> None:
         """Give the client ``n`` more frames of send credit (the handler took them)."""

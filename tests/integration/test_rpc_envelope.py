@@ -169,7 +169,7 @@ def test_a_slow_handler_slows_the_client_stream_down(server: tuple[str, _Svc]) -
 
 def test_a_client_sending_past_its_credit_fails_with_resource_exhausted(server: tuple[str, _Svc]) -> None:
     c = Client("t", server[0])
-    call = c.start("t.slow_sink", {}, timeout_s=30)
+    call = c.start("t.slow_sink", {}, timeout_s=5)
     for _ in range(protocol.SEND_WINDOW * 4):  # ignoring credit, as a broken client would
         c._send(protocol.control(protocol.DATA, call.request_id, body=b"x"))
     with pytest.raises(errors.ResourceExhausted, match="past its credit"):
