@@ -339,6 +339,9 @@ class Resizer:
 def pump(call: Any, stdin: bool) -> dict[str, Any]:
     """Copy the stream's output to stdout/stderr (and stdin to it) until the output ends.
 
+    Stdin is flow-controlled: it is read only while the call has send credit. When the
+    output ends, unread stdin is left alone (the process no longer reads it).
+
     Returns the last control frame seen (a frame without ``d``: ``{"exit_code": n}``
     at the end of a run or an exec, ``{"detached": true}`` after the detach keys).
     """
@@ -360,9 +363,12 @@ def pump(call: Any, stdin: bool) -> dict[str, Any]:
                 if body.get("detached"):
                     return last
             continue
-        watch = [call.client.fileno()] + ([stdin_fd] if stdin_fd >= 0 else [])
+        # stdin is read only while the service takes more of it (send credit): a container that
+        # reads slowly, or not at all, leaves the rest in the pipe and slows the producer down
+        reading = stdin_fd >= 0 and call.can_send
+        watch = [call.client.fileno()] + ([stdin_fd] if reading else [])
         readable, _, _ = select.select(watch, [], [], 1.0)
-        if stdin_fd >= 0 and stdin_fd in readable:
+        if reading and stdin_fd in readable:
             try:
                 data = os.read(stdin_fd, 65536)
             except OSError:

@@ -3,7 +3,11 @@
 Same contract as ``common.rpc.client`` (deadlines, liveness, credit, the error
 set), but many calls share one socket: a reader task routes frames to calls by
 request id and answers heartbeats at once, so a call's liveness does not depend
-on how fast its consumer reads.
+on how fast its consumer reads. The reader also applies the service's send credit
+(``common.rpc.protocol``, flow control): ``AsyncCall.send`` waits while the call has
+none, so a relay (stdin from a client to a shim) moves at the pace of the far end.
+A caller that sends must consume the call's frames concurrently (another task):
+frames are credited to the service only as ``next_frame`` takes them.
 """
 
 from __future__ import annotations
@@ -38,14 +42,52 @@ class AsyncCall:
         self.heard = False
         self.done = False
         self._consumed = 0
+        self.send_credit: int | None = protocol.SEND_WINDOW
+        """``data`` frames the service still takes; None once it turned out to grant no credit (v1)."""
+        self._credit_changed = asyncio.Event()
+        self._ended = False
+        """The final frame (reply or error) arrived, or the call was given up."""
+
+    @property
+    def can_send(self) -> bool:
+        """True when ``send`` would not wait for credit."""
+        return self.send_credit is None or self.send_credit > 0
 
     async def send(self, body: Any) -> None:
-        """Send one item of the client's own stream (e.g. stdin bytes).
+        """Send one item of the client's own stream (e.g. stdin bytes, at most
+        ``protocol.MAX_DATA_SIZE``).
 
-        Waits (up to the liveness window) while the socket's send queue is full, so a fast
-        producer is slowed down instead of failing.
+        Waits while the call has no send credit (the service has not taken what it was
+        sent), and (up to the liveness window) while the socket's send queue is full, so a
+        fast producer is slowed down instead of failing or filling memory. Once the call
+        has ended the item is dropped: nobody reads it. Raises ``Unavailable`` when the
+        service goes silent while we wait.
         """
+        while not self.can_send and not self._ended:
+            self._credit_changed.clear()
+            wait = self.client.liveness_s - (time.monotonic() - self.last_frame)
+            try:
+                await asyncio.wait_for(self._credit_changed.wait(), timeout=max(0.05, wait))
+            except TimeoutError:
+                if time.monotonic() - self.last_frame >= self.client.liveness_s:
+                    raise errors.Unavailable(
+                        f"{self.client.service} service not answering at {self.client.endpoint}"
+                    ) from None
+        if self._ended:
+            return
+        if self.send_credit is not None:
+            self.send_credit -= 1
         await self.client._send(protocol.control(protocol.DATA, self.request_id, body=body), wait_s=self._stream_wait_s)
+
+    def _credit(self, msg: dict[str, Any]) -> None:
+        """Apply a frame's bearing on send credit (the reader task calls this for each frame)."""
+        if int(msg.get("v") or 1) < protocol.SEND_CREDIT_VERSION:
+            self.send_credit = None  # a version 1 service grants none: do not count
+        elif "credit" in msg and self.send_credit is not None:
+            self.send_credit += int(msg.get("credit") or 0)
+        if not msg.get("hb") and "credit" not in msg and (not msg.get("ok") or not msg.get("more")):
+            self._ended = True
+        self._credit_changed.set()
 
     async def send_eof(self) -> None:
         """Tell the service the client's stream ended."""
@@ -59,6 +101,8 @@ class AsyncCall:
         """Give up on the call; the service cancels its handler."""
         if not self.done:
             self.done = True
+            self._ended = True
+            self._credit_changed.set()
             self.client._calls.pop(self.request_id, None)
             with contextlib.suppress(errors.Unavailable, zmq.ZMQError):
                 await self.client._send(protocol.control(protocol.CANCEL, self.request_id))
@@ -99,6 +143,8 @@ class AsyncCall:
 
     def _finish(self) -> None:
         self.done = True
+        self._ended = True
+        self._credit_changed.set()
         self.client._calls.pop(self.request_id, None)
 
     async def result(self) -> Any:
@@ -176,6 +222,9 @@ class AsyncClient:
                 continue
             call.last_frame = time.monotonic()
             call.heard = True
+            call._credit(msg)
+            if "credit" in msg:
+                continue
             if msg.get("hb"):
                 with contextlib.suppress(errors.Unavailable, zmq.ZMQError):
                     await self._send(protocol.control(protocol.PING, call.request_id))

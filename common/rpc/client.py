@@ -8,7 +8,11 @@ are raised again as the same ``common.errors`` class.
 
 Streaming replies are iterated; the client grants credit as it consumes frames so
 a slow reader slows the server down instead of filling memory. ``start()`` gives a
-two-way stream (stdin to the service, output back).
+two-way stream (stdin to the service, output back); the client's own stream is
+flow-controlled the other way (``common.rpc.protocol``): ``Call.send`` spends send
+credit and, out of it, waits for the service to grant more, so a producer is slowed
+to the pace of the handler reading it. ``Call.can_send`` lets a caller that
+multiplexes (the CLI's stdin pump) stop reading its input instead of blocking.
 
 Transport: on ``ipc://`` endpoints the client speaks ZMTP itself
 (``common.rpc.zmtp``) so short-lived commands do not pay for importing pyzmq;
@@ -129,10 +133,35 @@ class Call:
         self._last_frame = time.monotonic()
         self._heard = False
         self.done = False
+        self.send_credit: int | None = protocol.SEND_WINDOW
+        """``data`` frames the service still takes; None once it turned out to grant no credit (v1)."""
+        self._backlog: list[dict[str, Any]] = []
+        """Frames read while ``send`` waited for credit, returned by ``next_frame`` first."""
+        self._ended = False
+        """The final frame (reply or error) has been read, maybe not returned yet."""
 
     # -- client -> server ---------------------------------------------------------------
+    @property
+    def can_send(self) -> bool:
+        """True when ``send`` would not wait: credit is left (or the service counts none)."""
+        return self.send_credit is None or self.send_credit > 0
+
     def send(self, body: Any) -> None:
-        """Send one item of the client's own stream (e.g. stdin bytes)."""
+        """Send one item of the client's own stream (e.g. stdin bytes, at most
+        ``protocol.MAX_DATA_SIZE``).
+
+        Out of credit, waits for the service to grant more, reading the call's frames
+        meanwhile (kept, and credited, for ``next_frame``: a caller that sends without
+        reading has its replies buffered here). Once the call has ended (its final frame
+        was read) the item is dropped: nobody reads it. Raises ``Unavailable`` when the
+        service goes silent while we wait.
+        """
+        while not self.can_send and not self._ended:
+            self._pull()
+        if self._ended or self.done:
+            return
+        if self.send_credit is not None:
+            self.send_credit -= 1
         self.client._send(protocol.control(protocol.DATA, self.request_id, body=body))
 
     def send_eof(self) -> None:
@@ -159,22 +188,13 @@ class Call:
             return errors.DeadlineExceeded(f"{self.method}: deadline exceeded")
         return errors.Unavailable(f"{self.client.service} service not answering at {self.client.endpoint}")
 
-    def next_frame(self, timeout_ms: int | None = None) -> tuple[bool, Any]:
-        """Wait for the next reply frame; return ``(more, body)``.
-
-        ``timeout_ms`` (optional) returns ``(True, None)`` early when nothing arrived in
-        that time, so a caller can multiplex other work (stdin) with the stream.
-        Raises the service's error, ``Unavailable`` or ``DeadlineExceeded``.
-        """
+    def _read(self, timeout_ms: int) -> dict[str, Any] | None:
+        """Read the next frame of this call (None on timeout), answering heartbeats and
+        applying send credit on the way (both returned too: not reply frames)."""
         while True:
-            wait = self._timeout_ms()
-            early = timeout_ms is not None and timeout_ms < wait
-            payload = self.client._recv(timeout_ms if early else wait)  # type: ignore[arg-type]
+            payload = self.client._recv(timeout_ms)
             if payload is None:
-                if early:
-                    return True, None
-                self.done = True
-                raise self._fail_silent()
+                return None
             try:
                 msg = codec.decode(payload)
             except ValueError:
@@ -183,18 +203,67 @@ class Call:
                 continue  # a late frame of an earlier call
             self._last_frame = time.monotonic()
             self._heard = True
+            if int(msg.get("v") or 1) < protocol.SEND_CREDIT_VERSION:
+                self.send_credit = None  # a version 1 service never grants send credit
             if msg.get("hb"):
                 self.client._send(protocol.control(protocol.PING, self.request_id))
-                continue
+                return msg
+            if "credit" in msg:
+                if self.send_credit is not None:
+                    self.send_credit += int(msg.get("credit") or 0)
+                return msg
+            if not msg.get("ok") or not msg.get("more"):
+                self._ended = True
+            return msg
+
+    def _pull(self) -> None:
+        """Wait (within liveness and the deadline) for one frame while out of send credit."""
+        msg = self._read(self._timeout_ms())
+        if msg is None:
+            self.done = self._ended = True
+            raise self._fail_silent()
+        if "credit" not in msg and not msg.get("hb"):
+            self._backlog.append(msg)
+            if msg.get("more"):
+                self._grant_one()  # taken off the wire into our buffer: the service may go on
+
+    def _grant_one(self) -> None:
+        self._consumed += 1
+        if self._consumed >= max(1, self.window // 2):
+            self.client._send(protocol.control(protocol.CREDIT, self.request_id, n=self._consumed))
+            self._consumed = 0
+
+    def next_frame(self, timeout_ms: int | None = None) -> tuple[bool, Any]:
+        """Wait for the next reply frame; return ``(more, body)``.
+
+        ``timeout_ms`` (optional) returns ``(True, None)`` early when no reply frame
+        arrived in that time (send credit may have: see ``can_send``), so a caller can
+        multiplex other work (stdin) with the stream. Raises the service's error,
+        ``Unavailable`` or ``DeadlineExceeded``.
+        """
+        while True:
+            if self._backlog:
+                msg = self._backlog.pop(0)
+                credited = True
+            else:
+                wait = self._timeout_ms()
+                early = timeout_ms is not None and timeout_ms < wait
+                got = self._read(timeout_ms if early else wait)  # type: ignore[arg-type]
+                if got is None:
+                    if early:
+                        return True, None
+                    self.done = True
+                    raise self._fail_silent()
+                if "credit" in got or got.get("hb"):
+                    continue  # not a reply frame (after credit the caller may send again)
+                msg, credited = got, False
             if not msg.get("ok"):
                 self.done = True
                 raise errors.from_wire(msg.get("error") or {})
             more = bool(msg.get("more"))
             if more:
-                self._consumed += 1
-                if self._consumed >= max(1, self.window // 2):
-                    self.client._send(protocol.control(protocol.CREDIT, self.request_id, n=self._consumed))
-                    self._consumed = 0
+                if not credited:
+                    self._grant_one()
             else:
                 self.done = True
             return more, msg.get("body")

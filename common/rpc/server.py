@@ -5,7 +5,9 @@ the first parameter's type annotation (a pydantic model) validates the request
 body, the return value (a model, a dict or None) is the reply body. A method
 marked ``stream=True`` is an async generator: each yielded item is one frame of
 a streaming reply, sent under the client's credit window. Handlers read the
-client's own stream (stdin) with ``ctx.recv()``.
+client's own stream (stdin) with ``ctx.recv()``; taking items grants the client
+credit to send more (``common.rpc.protocol``, flow control), so what waits here
+unread is at most ``protocol.SEND_WINDOW`` frames per call.
 
 The server owns the edge translation of errors (see ``common.errors``): a
 ``DockyardError`` goes out as is, pydantic validation errors become
@@ -22,7 +24,7 @@ import logging
 import os
 import time
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,19 +74,30 @@ class Context:
         self.deadline = deadline  # time.monotonic() value, or None
         self._incoming: asyncio.Queue[Any] = asyncio.Queue()
         self._eof = False
+        self._taken = 0
+        """``data`` items taken by ``recv`` and not yet granted back to the client as credit."""
+        self._grant: Callable[[int], Awaitable[None]] | None = None
 
     def time_left(self) -> float | None:
         """Seconds until the call's deadline, None when it has none."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     async def recv(self) -> Any:
-        """Return the next item of the client's stream, or None once it ended (EOF)."""
+        """Return the next item of the client's stream, or None once it ended (EOF).
+
+        Each item taken is credit the client gets back (in batches of half the window):
+        a handler that calls ``recv`` slowly is sent the stream slowly.
+        """
         if self._eof:
             return None
         item = await self._incoming.get()
         if item is _EOF:
             self._eof = True
             return None
+        self._taken += 1
+        if self._grant is not None and self._taken >= max(1, protocol.SEND_WINDOW // 2):
+            n, self._taken = self._taken, 0
+            await self._grant(n)
         return item
 
 
@@ -104,6 +117,9 @@ class _Call:
     window: int
     credit: int
     credit_event: asyncio.Event = field(default_factory=asyncio.Event)
+    send_credit: int | None = protocol.SEND_WINDOW
+    """``data`` frames the client may still send; None for a version 1 client (not counted)."""
+    overrun: bool = False
     started: float = field(default_factory=time.monotonic)
     last_heard: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
@@ -302,6 +318,11 @@ class RpcServer:
                 continue
             call.last_heard = time.monotonic()
             if kind == protocol.DATA:
+                if call.send_credit is not None:
+                    call.send_credit -= 1
+                    if call.send_credit < 0:
+                        self._overrun(call)
+                        continue
                 call.ctx._incoming.put_nowait(msg.get("body"))
             elif kind == protocol.EOF:
                 call.ctx._incoming.put_nowait(_EOF)
@@ -322,9 +343,33 @@ class RpcServer:
         ctx = Context(request_id, method, str(msg.get("namespace") or "default"), dict(msg.get("meta") or {}), deadline)
         window = max(1, int(msg.get("window") or protocol.DEFAULT_WINDOW))
         call = _Call(identity, request_id, ctx, bool(handler and handler.spec.stream), window, window)
+        if int(msg.get("v") or 1) < protocol.SEND_CREDIT_VERSION:
+            call.send_credit = None  # an older client: it does not wait for send credit
+        ctx._grant = lambda n: self._grant(call, n)
         self._calls[(identity, request_id)] = call
         trace.mark(f"recv {method}")
         call.task = asyncio.create_task(self._run(call, handler, msg.get("body")), name=f"{self.name}:{method}")
+
+    def _overrun(self, call: _Call) -> None:
+        """The client sent ``data`` past its credit: fail the call (nothing more is queued)."""
+        if call.overrun:
+            return
+        call.overrun = True
+        log.warning("%s: the client sent its stream past its credit, failing the call", call.ctx.method)
+        if call.task is not None:
+            # after the task's first step: a task cancelled before it started never runs its
+            # handler's clean-up (nor sends the error), and the req may have come in this same batch
+            asyncio.get_running_loop().call_soon(call.task.cancel)
+
+    async def _grant(self, call: _Call, n: int) -> None:
+        """Give the client ``n`` more frames of send credit (the handler took them)."""
+        if call.send_credit is None or call.overrun or (call.identity, call.request_id) not in self._calls:
+            return
+        call.send_credit += n
+        if self._sock is None:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            await self._sock.send_multipart([call.identity, protocol.credit(call.request_id, n)])
 
     # -- running ---------------------------------------------------------------------------
     async def _send(self, call: _Call, payload: bytes) -> None:
@@ -370,7 +415,12 @@ class RpcServer:
             await self._send_error(call, exc)
         except asyncio.CancelledError:
             outcome = "cancelled"
-            if self._closing:
+            if call.overrun:
+                outcome = "ResourceExhausted"
+                window = protocol.SEND_WINDOW
+                message = f"{ctx.method}: the client sent more than {window} stream frames past its credit"
+                await self._send_error(call, errors.ResourceExhausted(message))
+            elif self._closing:
                 await self._send_error(call, errors.Unavailable(f"{self.name} service is shutting down"))
         except zmq.ZMQError:
             outcome = "client gone"

@@ -7,7 +7,9 @@ bytes already received, which is exactly what a hijack needs.
 
 Handlers receive a ``Request`` and return a ``Response`` (a body, a streaming body
 sent chunked and flushed per item, or a hijack callback that takes the raw
-reader/writer after the 101 is written).
+reader/writer after the 101 is written). When the callback returns, the hijacked
+connection is ended as dockerd ends it (``httputils.CloseStreams``: a half-close):
+see ``end_hijacked``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,32 @@ MAX_JSON_BODY = 4 * 1024 * 1024
 """Largest JSON request body (container configs, exec configs): past it, 413."""
 MAX_DRAIN = 64 * 1024 * 1024
 """An unread request body longer than this is not drained after the response: the connection closes."""
+HIJACK_LINGER_S = 5.0
+"""After a hijacked stream's output ended: how long the client's remaining input is read and
+dropped while waiting for it to close its side."""
+
+
+async def end_hijacked(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, linger_s: float = HIJACK_LINGER_S
+) -> None:
+    """End a hijacked connection whose output is complete, without resetting it.
+
+    Closing a socket whose receive buffer holds unread bytes (stdin the client still sends,
+    e.g. ``yes | docker run -i ... head -n 3``) makes the kernel reset the connection, and
+    the client then reads ECONNRESET instead of the last output and EOF (``docker`` exits 1
+    with "connection reset by peer"). So, as dockerd: flush, shut down our write side (the
+    client reads EOF after the last byte and goes on to the exit code), then read and drop
+    what the client sends until it closes its side, for ``linger_s`` at most. The caller
+    closes the socket afterwards.
+    """
+    with contextlib.suppress(Exception):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        async with asyncio.timeout(linger_s):
+            while await reader.read(65536):
+                pass
 
 
 def _reason(status: int) -> bytes:
@@ -455,3 +483,4 @@ class Server:
         writer.write((head + "\r\n").encode("latin-1"))
         await writer.drain()
         await response.hijack(reader, writer, bytes(trailing))
+        await end_hijacked(reader, writer)

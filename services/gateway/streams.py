@@ -140,6 +140,10 @@ async def pipe_hijacked(
     bytes go to the call's own stream and the client's EOF (its half-close) becomes the
     call's EOF, once; without it, what the client sends is read and dropped (the docker CLI
     half-closes at once when it has no stdin to send: that must not end the attach).
+    Stdin is flow-controlled: the socket is read only as fast as the call takes it
+    (``AsyncCall.send`` waits for send credit), so a container that reads slowly slows the
+    client down through TCP/unix socket backpressure. The caller ends the connection
+    (``http.end_hijacked``) once this returns.
     """
 
     async def output() -> None:

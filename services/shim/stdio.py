@@ -9,7 +9,11 @@ the pty master (received over the console socket) is both output and stdin.
 
 Flow control: a client that falls more than ``SUBSCRIBER_CAP`` bytes behind pauses
 reading from the container (Docker's attach behaves alike); the RPC server cancels a
-client that stops answering, which resumes reading.
+client that stops answering, which resumes reading. Stdin the other way: a write
+returns only once the pipe (or the terminal) took the data, bar ``STDIN_BUFFER``
+bytes, so the caller stops taking the client's stream (``ctx.recv()``) and the RPC
+credit slows the client down to the pace the process reads at. A process that exits
+or closes its stdin (EPIPE) ends the writes (``write_stdin`` returns False).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from services.shim.jsonlog import LogWriter
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_CAP = 4 * 1024 * 1024
+STDIN_BUFFER = 64 * 1024
+"""Bytes of stdin held in the shim past a full pipe before a write waits for it to drain."""
 _READ_SIZE = 128 * 1024
 _EOF: Any = None
 
@@ -81,6 +87,53 @@ class _Reader(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+class _StdinPipe(asyncio.Protocol):
+    """The write end of a process's stdin pipe: asyncio's write flow control, as a drain."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.WriteTransport | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.lost = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=STDIN_BUFFER)  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # the reader closed its end (the process exited or closed stdin: EPIPE), or we closed ours
+        self.lost.set()
+        self._writable.set()
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and not self.lost.is_set()
+
+    async def write(self, data: bytes) -> bool:
+        """Write ``data``; wait until the pipe has taken all but ``STDIN_BUFFER`` bytes.
+
+        False when the pipe is closed (before or during the wait).
+        """
+        if not self.open:
+            return False
+        assert self.transport is not None
+        self.transport.write(data)
+        await self._writable.wait()
+        return not self.lost.is_set()
+
+    async def close(self) -> None:
+        """Close once what is buffered was written (or the reader went away)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # flushes the buffer first
+        await self.lost.wait()
+
+
 class ProcessIO:
     """Output pumps, stdin and subscribers of one process (the init or an exec).
 
@@ -95,7 +148,7 @@ class ProcessIO:
         self.subscribers: list[Subscriber] = []
         self._readers: list[_Reader] = []
         self._stdin_w: int = -1
-        self._stdin_transport: asyncio.WriteTransport | None = None
+        self._stdin_pipe: _StdinPipe | None = None
         self._stdin_lock = asyncio.Lock()
         self._stdin_ready = asyncio.Event()
         self._closed = asyncio.Event()
@@ -166,8 +219,7 @@ class ProcessIO:
         self._our_fds.clear()
         if self._stdin_w >= 0:
             fd, self._stdin_w = self._stdin_w, -1
-            transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
-            self._stdin_transport = transport
+            _transport, self._stdin_pipe = await loop.connect_write_pipe(_StdinPipe, os.fdopen(fd, "wb", buffering=0))
         self._stdin_ready.set()
 
     def set_pty(self, master: int) -> None:
@@ -251,33 +303,29 @@ class ProcessIO:
         return self.open_stdin
 
     async def write_stdin(self, data: bytes) -> bool:
-        """Write to the process's stdin (waiting until it started); False once it is closed."""
+        """Write to the process's stdin (waiting until it started and until the pipe or the
+        terminal took the data, see module docstring); False once stdin is closed (the
+        process exited or closed it), so the caller stops relaying."""
         await self._stdin_ready.wait()
-        if self._pty_master >= 0:
-            await asyncio.to_thread(_write_all_fd, self._pty_master, data)
-            return True
-        transport = self._stdin_transport
-        if transport is None or transport.is_closing():
-            return False
-        transport.write(data)
-        # crude drain: wait while the kernel pipe and our buffer are full
-        while transport.get_write_buffer_size() > 1024 * 1024 and not transport.is_closing():
-            await asyncio.sleep(0.005)
-        return True
+        async with self._stdin_lock:
+            if self._pty_master >= 0:
+                return await _write_fd(self._pty_master, data)
+            pipe = self._stdin_pipe
+            if pipe is None:
+                return False
+            return await pipe.write(data)
 
     async def close_stdin(self) -> None:
         """Close the write side of stdin once everything queued was written (EOF reaches the process)."""
         await self._stdin_ready.wait()
         if self._pty_master >= 0:
             # a pty has no half-close: send the terminal's EOF character
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(_write_all_fd, self._pty_master, b"\x04")
+            async with self._stdin_lock:
+                await _write_fd(self._pty_master, b"\x04")
             return
-        transport, self._stdin_transport = self._stdin_transport, None
-        if transport is not None:
-            while transport.get_write_buffer_size() > 0 and not transport.is_closing():
-                await asyncio.sleep(0.005)
-            transport.close()
+        pipe, self._stdin_pipe = self._stdin_pipe, None
+        if pipe is not None:
+            await pipe.close()
 
     def close(self) -> None:
         """Release everything (the process is gone and deleted)."""
@@ -287,9 +335,10 @@ class ProcessIO:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._our_fds.clear()
-        if self._stdin_transport is not None:
-            self._stdin_transport.close()
-            self._stdin_transport = None
+        pipe = self._stdin_pipe
+        if pipe is not None and pipe.open:
+            pipe.transport.abort()  # type: ignore[union-attr]  # open: it has one; the process is gone
+        self._stdin_pipe = None
         if self._stdin_w >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._stdin_w)
@@ -304,17 +353,33 @@ class ProcessIO:
         self._finish()
 
 
-def _write_all_fd(fd: int, data: bytes) -> None:
+async def _write_fd(fd: int, data: bytes) -> bool:
+    """Write all of ``data`` to the non-blocking ``fd`` (a pty master), waiting for room with
+    the loop's writer callback; False when the fd fails (EIO: the terminal's other side is
+    gone, or it was closed)."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
     view = memoryview(data)
     while view:
         try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            import select
-
-            select.select([], [fd], [], 1.0)
+            view = view[os.write(fd, view) :]
             continue
-        view = view[n:]
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+        room = loop.create_future()
+        loop.add_writer(fd, _wake, room)
+        try:
+            await room
+        finally:
+            loop.remove_writer(fd)
+    return True
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class ConsoleSocket:

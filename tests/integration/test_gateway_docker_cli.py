@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import need_root
 from tests.gateway_util import Engine, engine
+from tests.harness import pids_of_instance
 from tests.registry import Registry
 
 
@@ -63,6 +64,62 @@ def test_run_i_passes_stdin_and_its_eof(eng: Engine) -> None:
     r = eng.docker("run", "--rm", "-i", "busybox", "true", input=b"")
     assert r.returncode == 0
     assert eng.leftovers() == []
+
+
+def _service_pids(eng: Engine, *names: str) -> list[int]:
+    out = []
+    for pid in pids_of_instance(eng.inst.state):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(f"services.{name}".encode() in cmd for name in names):
+            out.append(pid)
+    return out
+
+
+def _rss_mb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
+
+
+def test_endless_stdin_into_run_i_head_exits_0_without_connection_reset(eng: Engine) -> None:
+    """Regression: ``yes | docker run -i --rm busybox head -n 3`` exited 1 with "connection reset
+    by peer": the gateway closed the hijacked socket with unread stdin in its receive buffer (the
+    kernel then resets the connection). It now half-closes and drains, as dockerd; and it reads
+    the socket only as fast as the container takes stdin, so no service buffers ``yes``."""
+    pids = _service_pids(eng, "gateway", "execution")
+    assert len(pids) == 2
+    peak = 0
+    for cmd, expected in ((["head", "-n", "3"], b"y\ny\ny\n"), (["sh", "-c", "sleep 1; head -c 4"], b"y\ny\n")):
+        for _ in range(2):  # the reset was a race the client lost most of the time: try twice
+            yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+            try:
+                t0 = time.monotonic()
+                assert eng.cli is not None
+                r = subprocess.run(
+                    [eng.cli, "run", "-i", "--rm", "busybox", *cmd],
+                    stdin=yes.stdout,
+                    capture_output=True,
+                    env=eng.env,
+                    timeout=30,
+                    cwd="/",
+                )
+                elapsed = time.monotonic() - t0
+            finally:
+                yes.kill()
+                yes.wait()
+                assert yes.stdout is not None
+                yes.stdout.close()
+            assert (r.returncode, r.stdout, r.stderr) == (0, expected, b""), cmd
+            assert elapsed < 10
+            peak = max([peak, *(_rss_mb(pid) for pid in pids)])
+    assert peak < 200, f"gateway/execution RSS reached {peak} MiB"
+    _wait(lambda: eng.leftovers() == [], 10, "the --rm containers to be removed")
 
 
 def test_detached_container_ps_logs_exec_inspect_stop_rm(eng: Engine) -> None:

@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from common import errors
+from common.rpc import protocol
 from common.rpc.aio import AsyncClient
 from common.rpc.client import Client
 from common.rpc.server import Context, RpcServer, rpc
@@ -59,6 +60,18 @@ class _Svc:
     async def cat(self, _req: Any, ctx: Context) -> AsyncIterator[bytes]:
         while (item := await ctx.recv()) is not None:
             yield item
+
+    @rpc("t.slow_sink")
+    async def slow_sink(self, _req: Any, ctx: Context) -> dict[str, int]:
+        """Take the client's stream slowly; report the most items ever waiting unread."""
+        count = queued = 0
+        while True:
+            queued = max(queued, ctx._incoming.qsize())
+            item = await ctx.recv()
+            if item is None:
+                return {"count": count, "max_queued": queued}
+            count += 1
+            await asyncio.sleep(0.002)
 
 
 @pytest.fixture
@@ -139,6 +152,44 @@ def test_client_stream_with_eof(server: tuple[str, _Svc]) -> None:
         call.send(b"x%d" % i)
     call.send_eof()
     assert list(call) == [b"x%d" % i for i in range(100)]
+
+
+def test_a_slow_handler_slows_the_client_stream_down(server: tuple[str, _Svc]) -> None:
+    """Regression (``yes | dockyard run -i ... head -c 10``): the client's stream was queued
+    in the service without bound; now the client waits for send credit."""
+    c = Client("t", server[0])
+    call = c.start("t.slow_sink", {}, timeout_s=30)
+    for i in range(300):
+        call.send(b"x" * 1000 + b"%d" % i)
+    call.send_eof()
+    reply = call.result()
+    assert reply["count"] == 300
+    assert reply["max_queued"] <= protocol.SEND_WINDOW + 1  # + the EOF
+
+
+def test_a_client_sending_past_its_credit_fails_with_resource_exhausted(server: tuple[str, _Svc]) -> None:
+    c = Client("t", server[0])
+    call = c.start("t.slow_sink", {}, timeout_s=5)
+    for _ in range(protocol.SEND_WINDOW * 4):  # ignoring credit, as a broken client would
+        c._send(protocol.control(protocol.DATA, call.request_id, body=b"x"))
+    with pytest.raises(errors.ResourceExhausted, match="past its credit"):
+        call.result()
+
+
+def test_async_relay_moves_at_the_pace_of_the_handler(server: tuple[str, _Svc]) -> None:
+    async def main() -> dict[str, int]:
+        ac = AsyncClient("t", server[0])
+        try:
+            call = await ac.start("t.slow_sink", {}, timeout_s=30)
+            for i in range(200):
+                await call.send(b"y%d" % i)
+            await call.send_eof()
+            return await call.result()  # type: ignore[no-any-return]
+        finally:
+            await ac.close()
+
+    reply = asyncio.run(main())
+    assert reply["count"] == 200 and reply["max_queued"] <= protocol.SEND_WINDOW + 1
 
 
 def test_async_client_multiplexes_calls_on_one_socket(server: tuple[str, _Svc]) -> None:
