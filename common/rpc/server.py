@@ -330,7 +330,8 @@ class RpcServer:
                 call.credit += int(msg.get("n", 0))
                 call.credit_event.set()
             elif kind == protocol.CANCEL and call.task:
-                call.task.cancel()
+                # after the task's first step (see _overrun): the request may be in this same batch
+                asyncio.get_running_loop().call_soon(call.task.cancel)
 
     def _accept(self, identity: bytes, msg: dict[str, Any]) -> None:
         request_id = str(msg["id"])
@@ -349,6 +350,8 @@ class RpcServer:
         self._calls[(identity, request_id)] = call
         trace.mark(f"recv {method}")
         call.task = asyncio.create_task(self._run(call, handler, msg.get("body")), name=f"{self.name}:{method}")
+        # _run forgets the call in its finally; a task cancelled before its first step never gets there
+        call.task.add_done_callback(lambda _t: self._calls.pop((identity, request_id), None))
 
     def _overrun(self, call: _Call) -> None:
         """The client sent ``data`` past its credit: fail the call (nothing more is queued)."""

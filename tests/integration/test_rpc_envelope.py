@@ -27,6 +27,7 @@ class Echo(BaseModel):
 class _Svc:
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.server: RpcServer | None = None
 
     @rpc("t.echo")
     async def echo(self, req: Echo, ctx: Context) -> dict[str, Any]:
@@ -40,6 +41,11 @@ class _Svc:
     async def sleep(self, req: Echo, _ctx: Context) -> str:
         await asyncio.sleep(req.n)
         return "slept"
+
+    @rpc("t.block")
+    async def block(self, req: Echo, _ctx: Context) -> str:
+        time.sleep(req.n / 10)  # blocks the loop: what clients send meanwhile arrives in one batch
+        return "blocked"
 
     @rpc("t.count", stream=True)
     async def count(self, req: Echo, _ctx: Context) -> AsyncIterator[int]:
@@ -80,6 +86,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, _Svc]]:
     svc = _Svc()
     loop = asyncio.new_event_loop()
     srv = RpcServer(endpoint, svc, name="t", heartbeat_s=0.2)
+    svc.server = srv
     stopped = threading.Event()
 
     def run() -> None:
@@ -143,6 +150,25 @@ def test_abandoning_a_stream_cancels_the_handler(server: tuple[str, _Svc]) -> No
         if i == 10:
             break
     assert server[1].cancelled.wait(3)
+
+
+def test_a_call_cancelled_in_the_same_batch_as_its_request_leaves_nothing_behind(server: tuple[str, _Svc]) -> None:
+    """Regression: a cancel that came before the handler's task took its first step cancelled a
+    task that never ran, so the server kept the call (and skipped the handler's clean-up)."""
+    c = Client("t", server[0])
+    srv = server[1].server
+    assert srv is not None
+    blocker = Client("t", server[0]).start("t.block", {"text": "", "n": 5})
+    time.sleep(0.1)  # the server's loop is blocked now
+    for _ in range(20):
+        call = c.start("t.sleep", {"text": "", "n": 30}, timeout_s=None)
+        c._send(protocol.control(protocol.CANCEL, call.request_id))
+    assert blocker.result() == "blocked"
+    deadline = time.monotonic() + 5
+    while srv._calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not srv._calls
+    assert c.call("t.echo", {"text": "still"})["text"] == "still"
 
 
 def test_client_stream_with_eof(server: tuple[str, _Svc]) -> None:
