@@ -136,14 +136,20 @@ class _FakeAsyncClient:
         self.sent.append(codec.decode(payload))
 
 
+async def _out_of_credit(client: _FakeAsyncClient, last: str) -> tuple[AsyncCall, asyncio.Future[None]]:
+    """A call that used its whole send window, and the send of ``last`` waiting for credit."""
+    call = AsyncCall(client, "shim.attach", RID, None, protocol.DEFAULT_WINDOW)  # type: ignore[arg-type]
+    for i in range(protocol.SEND_WINDOW):
+        await call.send(i)
+    blocked = asyncio.ensure_future(call.send(last))
+    await asyncio.sleep(0.05)
+    return call, blocked
+
+
 def test_async_send_waits_for_credit_and_wakes_on_the_grant() -> None:
     async def main() -> None:
         client = _FakeAsyncClient()
-        call = AsyncCall(client, "shim.attach", RID, None, protocol.DEFAULT_WINDOW)  # type: ignore[arg-type]
-        for i in range(protocol.SEND_WINDOW):
-            await call.send(i)
-        blocked = asyncio.ensure_future(call.send("next"))
-        await asyncio.sleep(0.05)
+        call, blocked = await _out_of_credit(client, "next")
         assert not blocked.done()  # out of credit: the relay waits instead of queueing
         call._credit(codec.decode(protocol.credit(RID, 8)))
         await asyncio.wait_for(blocked, 1)
@@ -156,11 +162,7 @@ def test_async_send_waits_for_credit_and_wakes_on_the_grant() -> None:
 def test_async_send_ends_quietly_when_the_call_ends_and_fails_when_the_service_is_silent() -> None:
     async def main() -> None:
         client = _FakeAsyncClient()
-        call = AsyncCall(client, "shim.attach", RID, None, protocol.DEFAULT_WINDOW)  # type: ignore[arg-type]
-        for i in range(protocol.SEND_WINDOW):
-            await call.send(i)
-        blocked = asyncio.ensure_future(call.send("dropped"))
-        await asyncio.sleep(0.05)
+        call, blocked = await _out_of_credit(client, "dropped")
         call._credit(codec.decode(_reply(None, more=False)))  # the process exited: the stream ended
         await asyncio.wait_for(blocked, 1)
         assert "dropped" not in [m["body"] for m in client.sent]
