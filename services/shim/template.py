@@ -20,10 +20,11 @@ so forking is safe.
 Forking costs ~3 ms a time here (a 40 MB process) and as much again when the forked
 copy exits, so a shim is forked once (not twice, as a daemon's double fork would), and
 the template keeps one *spare*: a shim forked ahead of time (when no request came for
-``SPARE_AFTER_S``), detached already, its event loop made, waiting on a socket pair for
-one request and the connection's fd (``SCM_RIGHTS``). A request goes to the spare when there is one, else
-is forked on demand as before. A spare (``comm`` ``dockyard-spare``) exits when the
-template's end of its socket pair closes, so none outlives the template.
+``SPARE_AFTER_S``), detached already, its event loop made and its zmq context started,
+waiting on a socket pair for one request and the connection's fd (``SCM_RIGHTS``). A
+request goes to the spare when there is one, else is forked on demand as before. A spare
+(``comm`` ``dockyard-spare``) exits when the template's end of its socket pair closes, so
+none outlives the template.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def _be_spare(lifeline: socket.socket) -> None:
     os.dup2(devnull, 1)  # not the template's stdout: the execution service reads that one
     os.close(devnull)
     loop = asyncio.new_event_loop()
+    _start_zmq()
     try:
         data, fds, _, _ = socket.recv_fds(lifeline, 65536, 1)
     except OSError:
@@ -125,6 +127,16 @@ def _be_spare(lifeline: socket.socket) -> None:
     except ValueError:
         os._exit(1)
     _become_shim(conn, request, loop)
+
+
+def _start_zmq() -> None:
+    """Make the shim's zmq context and start its I/O threads (libzmq does at the first socket):
+    a spare does it while nobody waits, a shim forked on demand at its first socket."""
+    import zmq
+    import zmq.asyncio
+
+    shadow = zmq.Context.shadow(zmq.asyncio.Context.instance().underlying)
+    shadow.socket(zmq.DEALER).close(linger=0)
 
 
 def _fork_spare(listener: socket.socket) -> socket.socket | None:
