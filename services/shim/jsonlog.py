@@ -58,13 +58,23 @@ def parse_time(value: str) -> int:
     return int(base.timestamp()) * 1_000_000_000 + frac_ns
 
 
+_encode_string = json.encoder.encode_basestring  # json.dumps(str, ensure_ascii=False), in C
+
+
+def _entry_tail(stream: int, ns: int) -> bytes:
+    """What follows the ``log`` value in every entry of one chunk: the stream and the time."""
+    return f',"stream":"{STREAMS[stream]}","time":"{rfc3339_nano(ns)}"}}\n'.encode()
+
+
+def _encode(data: bytes, tail: bytes) -> bytes:
+    # lone surrogates (bytes that are not UTF-8) come out as \udcXX escapes, as json.dumps writes them
+    text = _encode_string(data.decode("utf-8", errors="surrogateescape"))
+    return b'{"log":' + text.encode("utf-8", errors="backslashreplace") + tail
+
+
 def encode_entry(stream: int, data: bytes, ns: int) -> bytes:
     """One json-file line (with its trailing newline) for ``data`` of ``stream``."""
-    text = data.decode("utf-8", errors="surrogateescape")
-    body = json.dumps(
-        {"log": text, "stream": STREAMS[stream], "time": rfc3339_nano(ns)}, ensure_ascii=False, separators=(",", ":")
-    )
-    return body.encode("utf-8", errors="backslashreplace") + b"\n"
+    return _encode(data, _entry_tail(stream, ns))
 
 
 class LogWriter:
@@ -80,22 +90,32 @@ class LogWriter:
         self._partial: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
 
     def write(self, stream: int, data: bytes) -> None:
-        """Log a chunk of ``stream`` output (complete lines now, the rest when it ends)."""
-        ns = time.time_ns()
+        """Log a chunk of ``stream`` output (complete lines now, the rest when it ends).
+
+        Every entry of a chunk has the chunk's time (the time it was read, as Docker's).
+        """
         buf = self._partial[stream]
         buf += data
-        out: list[bytes] = []
-        start = 0
-        while True:
+        end = buf.rfind(b"\n") + 1
+        if not end and len(buf) < MAX_ENTRY:
+            return  # no complete line yet
+        tail = _entry_tail(stream, time.time_ns())
+        lines = bytes(buf[:end]).split(b"\n")[:-1] if end else []
+        if all(len(line) < MAX_ENTRY for line in lines):
+            out = [_encode(line + b"\n", tail) for line in lines]
+            start = end
+        else:
+            out, start = [], 0
+        while True:  # lines of 16 KiB or more (split as Docker does), and what follows the last newline
             nl = buf.find(b"\n", start, start + MAX_ENTRY)
             if nl >= 0:
-                end = nl + 1
+                stop = nl + 1
             elif len(buf) - start >= MAX_ENTRY:
-                end = start + MAX_ENTRY
+                stop = start + MAX_ENTRY
             else:
                 break
-            out.append(encode_entry(stream, bytes(buf[start:end]), ns))
-            start = end
+            out.append(_encode(bytes(buf[start:stop]), tail))
+            start = stop
         del buf[:start]
         if out:
             self._append_entries(out)

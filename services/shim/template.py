@@ -135,8 +135,7 @@ def _start_zmq() -> None:
     import zmq
     import zmq.asyncio
 
-    shadow = zmq.Context.shadow(zmq.asyncio.Context.instance().underlying)
-    shadow.socket(zmq.DEALER).close(linger=0)
+    zmq.Context.shadow(zmq.asyncio.Context.instance().underlying).socket(zmq.DEALER).close(linger=0)
 
 
 def _fork_spare(listener: socket.socket) -> socket.socket | None:

@@ -77,3 +77,38 @@ def test_time_round_trip() -> None:
     ns = 1_700_000_000_123_456_789
     assert parse_time(rfc3339_nano(ns)) == ns
     assert parse_time("2024-01-01T00:00:00Z") == 1704067200 * 10**9
+
+
+def _docker_entries(data: bytes) -> list[bytes]:
+    """The entries Docker's json-file driver makes of one stream: a line each, 16 KiB at the most."""
+    out, start = [], 0
+    while start < len(data):
+        nl = data.find(b"\n", start, start + 16 * 1024)
+        stop = nl + 1 if nl >= 0 else min(len(data), start + 16 * 1024)
+        out.append(data[start:stop])
+        start = stop
+    return out
+
+
+def test_entries_split_as_dockers_whatever_the_chunks(tmp_path: Path) -> None:
+    """Short lines, lines of 16 KiB and more (exactly at the boundary too), binary bytes and
+    partial lines, cut into chunks at random: the entries are Docker's, byte for byte."""
+    import random
+
+    rng = random.Random(7)
+    sizes = [0, 1, 5, 16 * 1024 - 2, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 40000]
+    for round_ in range(20):
+        data = b"".join(
+            bytes(rng.randrange(256) for _ in range(3)) + b"y" * rng.choice(sizes) + b"\n" for _ in range(30)
+        )
+        data += b"tail without newline"
+        p = tmp_path / f"r{round_}.log"
+        w = LogWriter(str(p))
+        i = 0
+        while i < len(data):
+            n = rng.choice([1, 7, 100, 4096, 65536, 200000])
+            w.write(1, data[i : i + n])
+            i += n
+        w.close()
+        entries = [e.data for e in read_entries(str(p))]
+        assert entries == _docker_entries(data)
