@@ -212,7 +212,7 @@ def test_detach_keys_leave_a_tty_container_running_and_attachable(eng: Engine) -
     """``docker run -it`` (StdinOnce, which the CLI sets for -i) left with ctrl-p ctrl-q: the CLI
     spots the keys and hangs up; the daemon must leave a terminal's stdin open (moby closes
     it at the end of an attach only without a TTY), so the shell runs on and ``docker attach``
-    and ``docker start -ai`` reach it again."""
+    and ``docker start -ai`` reach it again. The process has TERM=xterm and HOSTNAME."""
     docker = eng.cli or "docker"
     try:
         for n, args in enumerate(
@@ -224,8 +224,9 @@ def test_detach_keys_leave_a_tty_container_running_and_attachable(eng: Engine) -
             try:
                 if args[0] != "attach":
                     session.read_until(b"# ")
-                session.write(f"echo typed-$((40+{n}))\r".encode())
-                session.read_until(f"typed-{40 + n}\r\n".encode())
+                session.write(f"echo typed-$((40+{n})) $TERM $HOSTNAME\r".encode())
+                short_id = eng.ok("inspect", "-f", "{{.Id}}", "dt").strip()[:12]
+                session.read_until(f"typed-{40 + n} xterm {short_id}\r\n".encode())
                 session.write(b"\x10\x11")
                 code = session.wait()
                 if args[0] == "attach":  # the 20.10 CLI reports the detach of ``attach`` as an error
@@ -237,6 +238,7 @@ def test_detach_keys_leave_a_tty_container_running_and_attachable(eng: Engine) -
             time.sleep(0.5)  # a stdin closed at the detach would end the shell by now
             state = json.loads(eng.ok("inspect", "dt"))[0]
             assert state["State"]["Running"] and state["Config"]["StdinOnce"], state["State"]
+            assert [e.split("=")[0] for e in state["Config"]["Env"]] == ["PATH"]  # no HOSTNAME/TERM: Docker's
     finally:
         eng.docker("rm", "-f", "dt")
     assert eng.leftovers() == []
