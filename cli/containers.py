@@ -570,7 +570,7 @@ def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
             "Tty": bool(cfg.get("tty")),
             "OpenStdin": bool(cfg.get("open_stdin")),
             "StdinOnce": bool(cfg.get("stdin_once")),
-            "Env": cfg.get("env") or [],
+            "Env": c.get("env") or cfg.get("env") or [],
             "Cmd": cfg.get("cmd"),
             "Entrypoint": cfg.get("entrypoint"),
             "Image": c.get("image", ""),

@@ -546,7 +546,7 @@ def container_inspect(c: Mapping[str, Any]) -> dict[str, Any]:
             "Tty": bool(config.get("tty")),
             "OpenStdin": bool(config.get("open_stdin")),
             "StdinOnce": bool(config.get("stdin_once")),
-            "Env": list(config.get("env") or []),
+            "Env": list(c.get("env") or config.get("env") or []),
             "Cmd": cmd,
             "Image": c.get("image", ""),
             "Volumes": None,

@@ -272,6 +272,11 @@ class Container(Reply):
     labels: dict[str, str] = Field(default_factory=dict)
     snapshot_key: str
     config: dict[str, Any] = Field(description="the CreateRequest as received")
+    env: list[str] = Field(
+        default_factory=list,
+        description="Docker's Config.Env: the request's entries, then the image's it does not set "
+        "(no HOSTNAME, TERM or default PATH: those are added to the process only)",
+    )
     path: str = Field(default="", description="argv[0] of the init process")
     args: list[str] = Field(default_factory=list)
     hostname: str = ""

@@ -23,7 +23,8 @@ Methods (request -> reply):
   subscription is in place: nothing written afterwards is missed), then
   ``OutputFrame`` ``{"s": 1|2, "d": bytes}`` until the output streams end. With
   ``stdin=true`` the client's own stream (``bytes`` items, then EOF) is written to the
-  process's stdin; EOF closes it when the container was created with ``stdin_once``.
+  process's stdin; EOF (or the client gone) closes it when the process has ``stdin_once``
+  and no terminal (Docker's rule: a terminal's stdin stays open after an attach).
 - ``shim.exec`` ``ExecRequest`` -> ``{}``: register an exec (``/tasks/exec-added``);
   ``shim.start`` with its ``exec_id`` runs it (``runc exec``, ``/tasks/exec-started``).
 - ``shim.exec_run`` ``ExecRequest`` -> stream: ``shim.exec``, ``shim.attach``, ``shim.start``,

@@ -7,8 +7,9 @@ Like Docker, an exec is created (``execution.exec_create`` -> id; the shim publi
 ``{"exit_code": n}``; the shim publishes ``/tasks/exec-started`` and ``/tasks/exit``
 with the exec id). ``exec_inspect`` gives Docker's ExecInspect fields. Exec records live
 in memory (as in dockerd): they vanish with the container or a restart of the service.
-The process runs with the container's environment, working directory, capabilities
-and user unless the request overrides them.
+The process runs with the container's environment (Docker's: ``PATH``, ``HOSTNAME`` and,
+with the exec's own terminal, ``TERM=xterm``, then the container's ``Config.Env``, then
+the request's), working directory, capabilities and user unless the request overrides them.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class ExecService:
             caps = spec.capabilities([], [], True, self.owner._available_caps)
         body = {
             "args": list(req.cmd),
-            "env": spec.merge_env(process.get("env") or [], req.env),
+            "env": spec.process_env(
+                [*_config_env(rec), *req.env], hostname=rec.hostname or str(rec.spec.get("hostname") or ""), tty=req.tty
+            ),
             "cwd": req.working_dir or process.get("cwd") or "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": bool(process.get("noNewPrivileges")),
@@ -286,6 +289,15 @@ class ExecService:
             "shim.resize", {"exec_id": ex.id, "width": req.width, "height": req.height}, timeout_s=10
         )
         return {}
+
+
+def _config_env(rec: Any) -> list[str]:
+    """The container's ``Config.Env`` an exec starts from (Docker's exec: the daemon's defaults
+    for the exec's own terminal, then ``Config.Env``). A container created before it was
+    recorded falls back to its init process's environment."""
+    if "env" in rec.extra:
+        return list(rec.extra["env"])
+    return list(rec.spec["process"].get("env") or [])
 
 
 async def _relay(ctx: Context, call: Any, scanner: DetachScanner | None, detached: asyncio.Event) -> None:

@@ -257,13 +257,14 @@ class ExecutionService:
         trace.mark("image resolved")
         image_cfg: dict[str, Any] = dict((image.get("config") or {}).get("config") or {})
         args = spec.process_args(image_cfg, req.entrypoint, req.cmd)
-        env = spec.merge_env(image_cfg.get("Env") or [], req.env)
+        config_env = spec.config_env(image_cfg.get("Env") or [], req.env)
         cwd = req.working_dir or image_cfg.get("WorkingDir") or "/"
         user = req.user if req.user else str(image_cfg.get("User") or "")
         stop_signal = req.stop_signal or image_cfg.get("StopSignal") or "SIGTERM"
         spec.parse_signal(stop_signal)
         container_id = ids.new_id()
         hostname = req.hostname or container_id[:12]
+        env = spec.process_env(config_env, hostname=hostname, tty=req.tty)
         labels = {**(image_cfg.get("Labels") or {}), **req.labels}
         runtime = req.runtime or self.settings.runtime
         if shutil.which(runtime) is None:  # Docker's words; found later, it would fail in the shim
@@ -334,6 +335,7 @@ class ExecutionService:
                     "user": user,
                     "stop_signal": stop_signal,
                     "args": args,
+                    "env": config_env,
                     "volumes": volume_names,
                     "copy_up": copy_up,
                     "user_mounts": mounts,
@@ -1080,6 +1082,7 @@ class ExecutionService:
             labels=rec.labels,
             snapshot_key=rec.snapshot_key,
             config=rec.config,
+            env=list(rec.extra.get("env") or rec.config.get("env") or []),
             path=args[0] if args else "",
             args=args[1:],
             hostname=rec.hostname,

@@ -6,8 +6,13 @@ Pure functions, no I/O except reading host facts passed in: unit-tested without 
   (override command if given; else the image's Cmd, but only when the entrypoint was not
   overridden). ``--entrypoint ""`` means no entrypoint. An empty result is refused
   (``no command specified``).
-- Env: entries split at the first ``=`` only; image entries first, the request's override
-  by key (later duplicates win); an entry without ``=`` removes the key.
+- Env: entries split at the first ``=`` only; an entry without ``=`` removes the key.
+  The container's ``Config.Env`` (what inspect shows, moby ``daemon/commit.go`` ``merge``) is
+  the request's entries, then the image's whose key the request does not set. The
+  process's environment (moby ``CreateDaemonEnvironment``) is ``PATH`` (the default),
+  ``HOSTNAME=<hostname>`` and, with a terminal, ``TERM=xterm``, each replaced in place
+  by ``Config.Env`` (later duplicates win), the rest appended; an exec's adds its own
+  entries last and gets ``TERM`` by its own terminal.
 - Docker's defaults (moby ``oci/defaults.go``): the mounts (/proc, /dev, /dev/pts,
   /dev/shm, /dev/mqueue, /sys ro, /sys/fs/cgroup ro), the namespaces, the 14 default
   capabilities, masked and read-only /proc paths, device cgroup rules, no rlimits (a
@@ -157,6 +162,24 @@ def merge_env(image_env: Iterable[str], request_env: Iterable[str]) -> list[str]
     if "PATH" not in merged:
         merged = {"PATH": f"PATH={DEFAULT_PATH}", **merged}
     return list(merged.values())
+
+
+def config_env(image_env: Iterable[str], request_env: Iterable[str]) -> list[str]:
+    """Docker's ``Config.Env`` (module docstring): the request's entries as given, then the
+    image's entries whose key the request does not name. No defaults are added."""
+    user = [e for e in request_env or [] if e]
+    named = {_env_key(e) for e in user}
+    return user + [e for e in image_env or [] if e and _env_key(e) not in named]
+
+
+def process_env(env: Iterable[str], *, hostname: str, tty: bool) -> list[str]:
+    """The environment a container's process (or an exec) runs with, from its ``Config.Env``
+    (plus an exec's own entries after it): Docker's ``CreateDaemonEnvironment``, see the
+    module docstring. InvalidArgument for an entry with an empty name."""
+    defaults = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
+    if tty:
+        defaults.append("TERM=xterm")
+    return merge_env(defaults, env)
 
 
 # -- signals, capabilities ---------------------------------------------------------------------------

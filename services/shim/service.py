@@ -113,6 +113,15 @@ async def _frames(sub: Subscriber) -> AsyncIterator[dict[str, Any]]:
         yield {"s": stream, "d": data}
 
 
+def _closes_stdin(proc: Process) -> bool:
+    """Whether the end of an attach's stdin (its EOF, or the client gone) closes the process's
+    stdin: only with ``stdin_once`` and no terminal (moby ``container/stream/attach.go``:
+    ``CloseStdin && !TTY``). On a terminal it stays open, so a shell left by the detach keys
+    (``docker run -it``, whose CLI spots them and just hangs up) goes on running and can be
+    attached to again."""
+    return proc.io.stdin_once and not proc.io.tty
+
+
 def proc_start_time(pid: int) -> int:
     """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat); 0 if gone."""
     try:
@@ -635,18 +644,18 @@ class Shim:
 
     def _end_stdin(self, proc: Process, pump: asyncio.Task[None]) -> None:
         """An attach that carried stdin ended. Its client went away before sending EOF (the
-        pump still runs): stdin is closed as at EOF when the process has ``stdin_once`` and no
-        terminal (Docker's ``StdinOnce``: a ``cat`` fed by a killed ``docker run -i`` ends)."""
+        pump still runs): stdin is closed as at EOF, by ``_closes_stdin``'s rule (a ``cat`` fed
+        by a killed ``docker run -i`` ends; a shell on a terminal stays)."""
         if not pump.done():
             pump.cancel()
-            if proc.io.stdin_once and not proc.io.tty:
+            if _closes_stdin(proc):
                 self._spawn(proc.io.close_stdin(), "close-stdin")
 
     async def _pump_stdin(self, proc: Process, ctx: Context) -> None:
         while True:
             item = await ctx.recv()
             if item is None:
-                if proc.io.stdin_once:
+                if _closes_stdin(proc):
                     await proc.io.close_stdin()
                 return
             if isinstance(item, (bytes, bytearray)) and item and not await proc.io.write_stdin(bytes(item)):

@@ -389,6 +389,9 @@ class ConsoleSocket:
         import socket
 
         self.path = path
+        # next to the shim's endpoint, whose directory the RPC server makes only as it binds,
+        # after the first create started: the first TTY container of a fresh state dir needs it
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.engine import Engine
 from tests.harness import PROJECT
+from tests.ptyutil import PtyProcess
 
 pytestmark = pytest.mark.root
 
@@ -164,6 +165,39 @@ def test_detach_keys_leave_the_container_running(engine: Engine) -> None:
     assert frames[-1] == {"detached": True}
     assert engine.inspect(cid)["state"]["running"]
     engine.cli("rm", "-f", cid, check=True)
+
+
+def test_detach_keys_on_a_tty_keep_stdin_open_for_the_next_attach(engine: Engine) -> None:
+    """``run -it`` (StdinOnce) detached with ctrl-p ctrl-q: the shell keeps running with its
+    terminal open (Docker closes stdin at the end of an attach only without a TTY), and
+    ``attach`` and ``start -ai`` reach it again and detach again."""
+    cli = [sys.executable, "-m", "cli"]
+
+    def detach(session: PtyProcess) -> None:
+        session.write(b"\x10\x11")
+        assert session.wait() == 0, session.out
+        time.sleep(0.5)  # a stdin closed at the detach would end the shell by now
+        info = engine.inspect("dt")
+        assert info["state"]["running"] and info["config"]["stdin_once"], info["state"]
+
+    def typed(session: PtyProcess, n: int) -> None:
+        session.write(f"echo typed-$((40+{n}))\r".encode())
+        session.read_until(f"typed-{40 + n}\r\n".encode())
+
+    for n, argv in enumerate(
+        (["run", "-it", "--name", "dt", "busybox", "sh"], ["attach", "dt"], ["attach", "dt"], ["start", "-ai", "dt"])
+    ):
+        if argv[0] == "start":
+            engine.cli("stop", "-t", "0", "dt", check=True)
+        session = PtyProcess([*cli, *argv], engine.inst.env, cwd=str(PROJECT))
+        try:
+            if argv[0] != "attach":
+                session.read_until(b"# ")
+            typed(session, n)
+            detach(session)
+        finally:
+            session.close()
+    engine.cli("rm", "-f", "dt", check=True)
 
 
 def test_exec_exit_codes_stdin_tty_and_events(engine: Engine) -> None:

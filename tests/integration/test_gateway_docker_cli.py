@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import need_root
 from tests.gateway_util import Engine, engine
 from tests.harness import pids_of_instance
+from tests.ptyutil import PtyProcess
 from tests.registry import Registry
 
 
@@ -204,6 +205,42 @@ def test_exec_it_and_run_it_under_a_pty(eng: Engine) -> None:
     finally:
         eng.docker("rm", "-f", "tty")
     assert _pty_session(eng, ["run", "-it", "--rm", "busybox", "sh"], b"echo $((2*3))x", b"6x\r\n") == 5
+    assert eng.leftovers() == []
+
+
+def test_detach_keys_leave_a_tty_container_running_and_attachable(eng: Engine) -> None:
+    """``docker run -it`` (StdinOnce, which the CLI sets for -i) left with ctrl-p ctrl-q: the CLI
+    spots the keys and hangs up; the daemon must leave a terminal's stdin open (moby closes
+    it at the end of an attach only without a TTY), so the shell runs on and ``docker attach``
+    and ``docker start -ai`` reach it again. The process has TERM=xterm and HOSTNAME."""
+    docker = eng.cli or "docker"
+    try:
+        for n, args in enumerate(
+            (["run", "-it", "--name", "dt", "busybox", "sh"], ["attach", "dt"], ["start", "-ai", "dt"])
+        ):
+            if args[0] == "start":
+                eng.ok("stop", "-t", "0", "dt")
+            session = PtyProcess([docker, *args], eng.env)
+            try:
+                if args[0] != "attach":
+                    session.read_until(b"# ")
+                session.write(f"echo typed-$((40+{n})) $TERM $HOSTNAME\r".encode())
+                short_id = eng.ok("inspect", "-f", "{{.Id}}", "dt").strip()[:12]
+                session.read_until(f"typed-{40 + n} xterm {short_id}\r\n".encode())
+                session.write(b"\x10\x11")
+                code = session.wait()
+                if args[0] == "attach":  # the 20.10 CLI reports the detach of ``attach`` as an error
+                    assert code in (0, 1) and (code == 0 or b"read escape sequence" in session.out), session.out
+                else:
+                    assert code == 0, session.out
+            finally:
+                session.close()
+            time.sleep(0.5)  # a stdin closed at the detach would end the shell by now
+            state = json.loads(eng.ok("inspect", "dt"))[0]
+            assert state["State"]["Running"] and state["Config"]["StdinOnce"], state["State"]
+            assert [e.split("=")[0] for e in state["Config"]["Env"]] == ["PATH"]  # no HOSTNAME/TERM: Docker's
+    finally:
+        eng.docker("rm", "-f", "dt")
     assert eng.leftovers() == []
 
 

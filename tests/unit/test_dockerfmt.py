@@ -137,6 +137,15 @@ def test_container_summary_and_inspect_shapes() -> None:
     json.dumps(i)
 
 
+def test_inspect_config_env_is_the_containers_not_the_process_env() -> None:
+    """Config.Env: the request's entries then the image's (``Container.env``), never the
+    HOSTNAME/TERM the process gets; a record without ``env`` shows the request's."""
+    c = _container()
+    c["config"] = {**c["config"], "env": ["A=1"]}
+    assert dockerfmt.container_inspect({**c, "env": ["A=1", "PATH=/bin"]})["Config"]["Env"] == ["A=1", "PATH=/bin"]
+    assert dockerfmt.container_inspect(c)["Config"]["Env"] == ["A=1"]
+
+
 def test_image_summaries_merge_names_of_one_image() -> None:
     base = {
         "id": "sha256:" + "c" * 64,

@@ -51,6 +51,26 @@ def test_env_gets_a_default_path() -> None:
     assert spec.merge_env([], ["X=1"])[0].startswith("PATH=/usr/local/sbin:")
 
 
+def test_config_env_is_the_request_then_the_image_keys_it_does_not_set() -> None:
+    """Docker's Config.Env (inspect, commit): no HOSTNAME, TERM or default PATH in it."""
+    assert spec.config_env(["PATH=/bin", "A=1", "B=2"], ["A=x", "C=3", "B"]) == ["A=x", "C=3", "B", "PATH=/bin"]
+    assert spec.config_env([], []) == []
+
+
+def test_process_env_has_dockers_defaults_hostname_and_term_on_a_tty() -> None:
+    """moby CreateDaemonEnvironment: PATH, HOSTNAME, TERM=xterm (TTY only), replaced by Config.Env."""
+    env = spec.process_env(["A=1", "PATH=/bin"], hostname="abc123", tty=False)
+    assert env == ["PATH=/bin", "HOSTNAME=abc123", "A=1"]
+    env = spec.process_env(["A=1"], hostname="h", tty=True)
+    assert env == [f"PATH={spec.DEFAULT_PATH}", "HOSTNAME=h", "TERM=xterm", "A=1"]
+
+
+def test_process_env_user_term_and_hostname_win() -> None:
+    env = spec.process_env(["TERM=vt100", "HOSTNAME=mine"], hostname="h", tty=True)
+    assert env == [f"PATH={spec.DEFAULT_PATH}", "HOSTNAME=mine", "TERM=vt100"]
+    assert "TERM=xterm" not in spec.process_env(["TERM"], hostname="h", tty=True)  # -e TERM unset: removed
+
+
 @pytest.mark.parametrize(("value", "number"), [("SIGTERM", 15), ("TERM", 15), ("kill", 9), ("9", 9), (10, 10)])
 def test_parse_signal(value: str | int, number: int) -> None:
     assert spec.parse_signal(value) == number
