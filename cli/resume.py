@@ -136,6 +136,35 @@ def _answering(container_id: str, lost: errors.DockyardError) -> dict[str, Any] 
         time.sleep(POLL_S)
 
 
+class Skip:
+    """What of the log's entries was printed already (pure: no I/O; see module docstring).
+
+    ``printed``: bytes printed per stream before the loss; ``lost_at``: the loss's time as
+    ``rfc3339`` writes it. ``take`` gets the log's entries in order and returns the part of
+    each still to print; ``rotated`` tells whether the log turned out to lack its oldest part.
+    """
+
+    def __init__(self, printed: dict[int, int], lost_at: str) -> None:
+        self.left = {s: n for s, n in printed.items() if n}
+        self.lost_at = lost_at
+        self.rotated = False
+
+    def take(self, stream: int, data: bytes, stamp: str) -> bytes:
+        """The bytes of one log entry (``stamp``: its time, "" if unknown) still to print."""
+        left = self.left.get(stream, 0)
+        if not left:
+            return data
+        if len(data) > left:
+            self.left[stream] = 0
+            return data[left:]  # the rest of an entry printed in part
+        if not stamp or stamp <= self.lost_at:
+            self.left[stream] = left - len(data)  # printed already
+            return b""
+        self.left[stream] = 0  # logged after the loss, so never printed: the log lost its oldest part
+        self.rotated = True
+        return data
+
+
 def _resume_output(container_id: str, printed: dict[int, int], since: str | None, lost_at: str, warned: bool) -> bool:
     """Print what the log holds past ``printed``, following it until the task ends.
 
@@ -143,7 +172,7 @@ def _resume_output(container_id: str, printed: dict[int, int], since: str | None
     rotation check sees each entry's time. Returns ``warned`` or'ed with whether the
     rotation warning was printed.
     """
-    skip = {s: n for s, n in printed.items() if n}
+    skip = Skip(printed, lost_at)
     body: dict[str, Any] = {"id": container_id, "follow": True, "timestamps": True}
     if since:
         body["since"] = since
@@ -151,23 +180,13 @@ def _resume_output(container_id: str, printed: dict[int, int], since: str | None
     try:
         for frame in c.stream("execution.logs", body):
             stream = int(frame.get("s") or 1)
-            data: bytes = frame["d"]
-            left = skip.get(stream, 0)
-            if left:
-                stamp = str(frame.get("t") or "")
-                if len(data) > left:
-                    data = data[left:]  # the rest of an entry printed in part
-                    skip[stream] = 0
-                elif not stamp or stamp <= lost_at:
-                    skip[stream] = left - len(data)  # printed already
-                    continue
-                else:  # logged after the loss, so never printed: the log lost its oldest part
-                    skip[stream] = 0
-                    if not warned:
-                        output.warn(ROTATED)
-                        warned = True
-            output.raw(data, stream)
-            printed[stream] = printed.get(stream, 0) + len(data)
+            data = skip.take(stream, frame["d"], str(frame.get("t") or ""))
+            if skip.rotated and not warned:
+                output.warn(ROTATED)
+                warned = True
+            if data:
+                output.raw(data, stream)
+                printed[stream] = printed.get(stream, 0) + len(data)
     finally:
         c.close()
     return warned
