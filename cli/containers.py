@@ -13,11 +13,12 @@ import contextlib
 import datetime as dt
 import os
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
 
-from cli import output, runner
+from cli import output, resume, runner
 from cli.connect import client
 from common import errors
 
@@ -328,7 +329,11 @@ def attach(
     container: Annotated[str, typer.Argument(help="container")],
     no_stdin: Annotated[bool, typer.Option("--no-stdin", help="do not attach stdin")] = False,
 ) -> None:
-    """Attach to a running container's output (and stdin); exit with its exit code."""
+    """Attach to a running container's output (and stdin); exit with its exit code.
+
+    A restart of the execution service meanwhile is ridden through (``cli.resume``); the
+    output resumes from the log past the time of the attach request, so what the container
+    wrote in the milliseconds between that request and the subscription may show twice."""
     ex = client("execution", timeout_s=30)
     try:
         info = ex.call("execution.inspect", {"id": container})
@@ -343,15 +348,23 @@ def attach(
     attacher = client("execution", timeout_s=None)
     try:
         wait_call = waiter.start("execution.wait", {"id": info["id"], "condition": "next-exit"})
+        since_ns = time.time_ns()  # see cli.resume: output from here on is in the log past this time
         att = attacher.start("execution.attach", {"id": info["id"], "stdin": stdin})
         att.next_frame()
         tty = bool(info["config"].get("tty"))
+        printed: dict[int, int] = {}
         with (
             runner.SignalProxy(info["id"]),
             runner.RawTerminal(tty and stdin),
             runner.Resizer(tty, "execution.resize", {"id": info["id"]}),
         ):
-            last = runner.pump(att, stdin)
+            try:
+                last = runner.pump(att, stdin, printed)
+            except errors.Unavailable as exc:
+                if not resume.lost_contact(att, exc):
+                    raise
+                since = resume.rfc3339(since_ns, 6)
+                raise typer.Exit(resume.follow(info["id"], printed, exc, since=since, stdin=stdin)) from None
         code = 0 if last.get("detached") else int(wait_call.result().get("exit_code", 0))
     except errors.DockyardError as exc:
         output.fail(exc)

@@ -11,6 +11,9 @@ call: create (pulling the image first if it is missing), attach, start, stream t
 output byte for byte, and end with the exit status (after the removal with
 ``--rm``). Exit codes: the container's; 125 when the engine failed; 126/127 when the
 command could not be run. Signals the CLI receives are forwarded to the container.
+A restart of the execution service while the output streams (``run``, ``start -a``) is
+ridden through: the output resumes from the container's log, exactly once
+(``cli.resume``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import _signal  # the C module: ``signal`` would import enum and build its enums
 import os
 import select
 import sys
+import time
 
 from cli import output
 from cli.connect import client
@@ -336,11 +340,12 @@ class Resizer:
             _signal.signal(_signal.SIGWINCH, self._old)
 
 
-def pump(call: Any, stdin: bool) -> dict[str, Any]:
+def pump(call: Any, stdin: bool, printed: dict[int, int] | None = None) -> dict[str, Any]:
     """Copy the stream's output to stdout/stderr (and stdin to it) until the output ends.
 
     Stdin is flow-controlled: it is read only while the call has send credit. When the
-    output ends, unread stdin is left alone (the process no longer reads it).
+    output ends, unread stdin is left alone (the process no longer reads it). ``printed``
+    (optional) counts the bytes written per stream (1, 2), for ``cli.resume``.
 
     Returns the last control frame seen (a frame without ``d``: ``{"exit_code": n}``
     at the end of a run or an exec, ``{"detached": true}`` after the detach keys).
@@ -357,7 +362,10 @@ def pump(call: Any, stdin: bool) -> dict[str, Any]:
                 if first:
                     trace.mark("first output")
                     first = False
-                output.raw(body["d"], body.get("s", 1))
+                stream = body.get("s", 1)
+                output.raw(body["d"], stream)
+                if printed is not None:
+                    printed[stream] = printed.get(stream, 0) + len(body["d"])
             else:
                 last = body
                 if body.get("detached"):
@@ -440,8 +448,17 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
                 output.line(cid)
                 return 0
             tty = bool(opts.get("tty"))
+            printed: dict[int, int] = {}
             with SignalProxy(cid), RawTerminal(tty and stdin), Resizer(tty, "execution.resize", {"id": cid}):
-                last = pump(call, stdin)
+                try:
+                    last = pump(call, stdin, printed)
+                except errors.Unavailable as exc:
+                    from cli import resume
+
+                    if not resume.lost_contact(call, exc):
+                        raise
+                    opts_rm = bool(opts.get("rm"))
+                    return resume.follow(cid, printed, exc, auto_remove=opts_rm, stdin=stdin, start_if_created=True)
         except errors.DockyardError as exc:
             sys.stderr.write(f"error: {output.error_text(exc)}\n")
             sys.stderr.flush()
@@ -475,6 +492,7 @@ def start_attached(container: str, *, interactive: bool) -> int:
         )
         att = attacher.start("execution.attach", {"id": container_id, "stdin": stdin, "stdout": True, "stderr": True})
         att.next_frame()  # {"attached": true}: nothing written from now on is missed
+        since_ns = time.time_ns()  # this start's output is what the log holds from here on
         try:
             ex.call("execution.start", {"id": container_id})
         except errors.DockyardError as exc:
@@ -492,7 +510,16 @@ def start_attached(container: str, *, interactive: bool) -> int:
             RawTerminal(tty and stdin),
             Resizer(tty, "execution.resize", {"id": container_id}),
         ):
-            last = pump(att, stdin)
+            printed: dict[int, int] = {}
+            try:
+                last = pump(att, stdin, printed)
+            except errors.Unavailable as exc:
+                from cli import resume
+
+                if not resume.lost_contact(att, exc):
+                    raise
+                since = resume.rfc3339(since_ns, 6)
+                return resume.follow(container_id, printed, exc, since=since, auto_remove=auto_remove, stdin=stdin)
         if last.get("detached"):
             return 0
         result = wait_call.result()

@@ -140,6 +140,13 @@ class Call:
         self._ended = False
         """The final frame (reply or error) has been read, maybe not returned yet."""
 
+    @property
+    def ended(self) -> bool:
+        """The service's final frame (its reply or its error) was read. An ``Unavailable``
+        raised by a call that has not ``ended`` means the service went silent or away
+        mid-call (its work may go on, or resume after its restart), not that it refused."""
+        return self._ended
+
     # -- client -> server ---------------------------------------------------------------
     @property
     def can_send(self) -> bool:

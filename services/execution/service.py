@@ -7,6 +7,12 @@ wait, attach and logs act on the task through its shim or on the files it left.
 Exits come back through ``TaskManager`` and end here in ``_on_exit``: waiters,
 ``--rm`` and the restart policy.
 
+A foreground ``run --rm`` whose client lost us in a crash: the record keeps
+``extra["run_client"]`` while an ``execution.run`` streams it, so a restarted service
+that sees the container exit holds the auto-removal (``RUN_CLIENT_HOLD_S``) until the
+client, which resumes the output from the log (``cli.resume``), removes it itself; a run
+that ends in this process clears the mark.
+
 No zmq here: the wiring in ``__main__`` passes the clients.
 """
 
@@ -76,6 +82,11 @@ DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
 REMOVE_EVENT_WAIT_S = 1.0
 RESTART_BACKOFF_MIN_S = 0.1
+RUN_CLIENT_HOLD_S = 60.0
+"""How long a restarted service keeps an exited ``run --rm`` container whose ``run`` call died
+with the previous process, for its client to read the log and remove it (``cli.resume``)."""
+RUN_CLIENT = "run_client"
+"""``Record.extra`` key: an ``execution.run`` call streams this ``--rm`` container."""
 RESTART_BACKOFF_MAX_S = 60.0
 RESTART_RESET_AFTER_S = 10.0
 INIT_PATH = "/sbin/docker-init"
@@ -119,6 +130,10 @@ class ExecutionService:
         self.tasks = TaskManager(settings, store, publisher, events, shim_client, self._on_exit)
         self._waiters: dict[tuple[str, str], list[tuple[str, asyncio.Future[WaitReply]]]] = {}
         self._pending: dict[tuple[str, str], list[_PendingAttach]] = {}
+        self._runs: dict[tuple[str, str], int] = {}
+        """``execution.run`` calls streaming each container in this process."""
+        self._held: dict[tuple[str, str], asyncio.Event] = {}
+        """Auto-removals held for a ``run`` client that lost the previous process (set: removed)."""
         self._background: set[asyncio.Task[Any]] = set()
         self._available_caps = spec.host_capabilities()
 
@@ -751,6 +766,9 @@ class ExecutionService:
         waiter: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(("removed" if req.auto_remove else "next-exit", waiter))
         attach = self.attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
+        self._runs[key] = self._runs.get(key, 0) + 1
+        if req.auto_remove:
+            self._mark_run_client(key, True)
         try:
             yield await attach.__anext__()  # {"attached": true}: the subscription waits for the task
             start = self._spawn(self._start_attached(rec), f"run-{rec.id[:12]}")
@@ -772,12 +790,29 @@ class ExecutionService:
             trace.mark("run exit")
             yield {"exit_code": result.exit_code, "error": result.error}
         finally:
+            self._runs[key] -= 1
+            if not self._runs[key]:
+                del self._runs[key]
+                if req.auto_remove:
+                    self._mark_run_client(key, False)  # ended here, not in a crash: nobody will resume
             await attach.aclose()
             waiters = self._waiters.get(key)
             if waiters is not None:
                 self._waiters[key] = [w for w in waiters if w[1] is not waiter]
                 if not self._waiters[key]:
                     del self._waiters[key]
+
+    def _mark_run_client(self, key: tuple[str, str], on: bool) -> None:
+        """Set or clear ``extra[RUN_CLIENT]`` of a container (no-op once it is removed)."""
+        rec = self.store.get(*key)
+        if rec is None or bool(rec.extra.get(RUN_CLIENT)) == on:
+            return
+        extra = dict(rec.extra)
+        if on:
+            extra[RUN_CLIENT] = True
+        else:
+            extra.pop(RUN_CLIENT, None)
+        self.store.update(*key, extra=extra)
 
     async def _start_attached(self, rec: Record) -> StartReply:
         """``_start`` for ``run``: any failure also ends the attach waiting for the task."""
@@ -927,6 +962,9 @@ class ExecutionService:
             log.info("removed container %s (%s)", cid[:12], rec.name)
         # whoever waits for the removal (rm, run --rm) finds /containers/delete in the journal
         # (bounded: with the events service down the event waits in the outbox, the removal does not)
+        held = self._held.get((ns, cid))
+        if held is not None:
+            held.set()
         await self.publisher.delivered(number, REMOVE_EVENT_WAIT_S)
         self._notify(ns, cid, current.exit_code, current.error, removed=True)
 
@@ -935,7 +973,11 @@ class ExecutionService:
         """A task ended (called once per incarnation by the TaskManager)."""
         self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
         if rec.config.get("auto_remove"):
-            await self._auto_remove(rec)
+            fresh = self.store.get(rec.namespace, rec.id) or rec
+            if fresh.extra.get(RUN_CLIENT) and not self._runs.get((rec.namespace, rec.id)):
+                self._spawn(self._auto_remove_held(rec), f"auto-remove-held-{rec.id[:12]}")
+            else:
+                await self._auto_remove(rec)
         elif self._should_restart(rec, ex):
             self._schedule_restart(rec)
 
@@ -994,6 +1036,22 @@ class ExecutionService:
             self.store.update(rec.namespace, rec.id, status="exited", manual_stop=True)
             return True
         return task is not None
+
+    async def _auto_remove_held(self, rec: Record) -> None:
+        """``--rm`` of a container whose ``run`` client lost the previous process: that client
+        reads the log and removes the container (``cli.resume``); removed here only if it has
+        not done so within ``RUN_CLIENT_HOLD_S`` (the client died too)."""
+        key = (rec.namespace, rec.id)
+        removed = self._held.setdefault(key, asyncio.Event())
+        log.info("auto-remove of %s held for its run client (at most %.0fs)", rec.id[:12], RUN_CLIENT_HOLD_S)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(removed.wait(), RUN_CLIENT_HOLD_S)
+            if not removed.is_set():
+                await self._auto_remove(rec)
+        finally:
+            if self._held.get(key) is removed:
+                del self._held[key]
 
     async def _auto_remove(self, rec: Record) -> None:
         delay = 0.2

@@ -1,0 +1,212 @@
+"""Riding through a restart of the execution service while a command shows a container's output.
+
+``run``, ``start -a`` and ``attach`` stream a container's output through the execution
+service, which may be SIGKILLed at any moment and restarted by the supervisor; the
+container goes on running under its shim. When such a stream is lost (``Unavailable``
+from a call that did not end: ``Call.ended``), ``follow`` takes over:
+
+1. It waits for the execution service to answer again (``execution.inspect`` of the
+   container, every ``POLL_S``), at most ``RESUME_WAIT_S``; then it gives up with the
+   original one-line error and exit 125.
+2. It resumes the output exactly once from the container's json-file log
+   (``execution.logs`` with ``follow``). The shim writes every byte of output to the log
+   in the same step as it hands it to attached clients, and the concatenated entries of
+   one stream are the exact bytes written (``services.shim.jsonlog``); so the bytes
+   already printed, counted per stream (``printed``; a terminal is one stream), are
+   skipped from the log's start (or from ``since``: the first output of a ``start -a``),
+   inside an entry or a frame if need be, and the rest is printed.
+3. It gets the exit code (``execution.wait``, ``not-running``) and, for ``run --rm``,
+   removes the container itself (a restarted service holds the auto-removal of a
+   container whose ``run`` client it lost, for that client to read the log first; a
+   NotFound there means it is gone already, never a second removal).
+
+A restart while ``follow`` resumes is ridden through the same way (the counts go on).
+Stdin cannot be resumed exactly (what was in flight is lost, and the shim closes a
+``stdin_once`` container's stdin when the attach carrying it goes away), so it is no
+longer forwarded after a restart, with a warning on stderr.
+
+Rotation: if the log lost its oldest part (``max-size``/``max-file``), counting from its
+start would skip output never printed. Every entry printed before the stream was lost
+was logged before that moment, so an entry the skip would swallow whole although it was
+logged after it shows the skip is off: the skip stops there, the output goes on from
+that entry, and a one-line warning says part of the output is missing (output logged
+between the restart and the moment the loss was noticed cannot be told apart).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from cli import output
+from cli.connect import client
+from common import errors
+
+TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
+if TYPE_CHECKING:
+    from typing import Any
+
+RESUME_WAIT_S = float(os.environ.get("DOCKYARD_RESUME_WAIT_S") or 30.0)
+"""How long an outage of the execution service is waited out before giving up (seconds)."""
+POLL_S = 0.2
+"""Pause between two tries to reach the execution service again."""
+
+ROTATED = "part of the container's output was rotated out of its log before it could be shown again; some is missing"
+STDIN_LOST = "the execution service restarted: stdin is no longer forwarded to the container"
+
+
+def rfc3339(ns: int, digits: int = 9) -> str:
+    """Unix nanoseconds as the json-file log writes times (``...T12:00:00.123456789Z``);
+    ``digits=6`` gives microseconds (what a ``since`` request field takes). Fixed width:
+    two such strings compare as their times do."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    frac //= 10 ** (9 - digits)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:0{digits}d}Z"
+
+
+def lost_contact(call: Any, exc: errors.DockyardError) -> bool:
+    """True when ``exc`` means the service of ``call`` went away mid-stream (not an error it sent)."""
+    return isinstance(exc, errors.Unavailable) and not call.ended
+
+
+def follow(
+    container_id: str,
+    printed: dict[int, int],
+    lost: errors.DockyardError,
+    *,
+    since: str | None = None,
+    auto_remove: bool = False,
+    stdin: bool = False,
+    start_if_created: bool = False,
+) -> int:
+    """Resume a lost output stream of ``container_id`` (see module docstring); the exit code.
+
+    ``printed``: bytes already written per stream (1 stdout, 2 stderr), updated as more is
+    written; ``lost``: the error shown if the service does not come back; ``since``: where
+    this attachment's output starts in the log (RFC 3339; None: the log's start);
+    ``auto_remove``: remove the container once it exited (``run --rm``); ``stdin``: stdin was
+    forwarded (a warning says it is no more); ``start_if_created``: start the container if
+    the lost call had not started it yet (``run``). Exits 125 through ``output.fail`` when
+    the service stays away or the container is gone.
+    """
+    if stdin:
+        output.warn(STDIN_LOST)
+    warned = False
+    while True:
+        lost_at = rfc3339(time.time_ns())
+        info = _answering(container_id, lost)
+        if info is None:
+            output.fail(f"container {container_id[:12]} was removed before its output could be shown", 125)
+        try:
+            if start_if_created and info["state"]["status"] == "created":
+                client_ = client("execution", timeout_s=60)
+                try:
+                    client_.call("execution.start", {"id": container_id})
+                finally:
+                    client_.close()
+            warned = _resume_output(container_id, printed, since, lost_at, warned)
+            code = _exit_code(container_id)
+            if auto_remove:
+                _remove(container_id)
+            return code
+        except (errors.Unavailable, errors.DeadlineExceeded) as exc:
+            lost = exc  # gone again: wait for it again, the counts go on
+        except errors.NotFound:
+            output.fail(f"container {container_id[:12]} was removed before its exit status could be read", 125)
+        except errors.DockyardError as exc:
+            status = (exc.details or {}).get("exit_status")
+            output.fail(exc, status if isinstance(status, int) and status in (126, 127) else 125)
+
+
+def _answering(container_id: str, lost: errors.DockyardError) -> dict[str, Any] | None:
+    """Wait (``RESUME_WAIT_S`` at most) until the execution service answers; the container's
+    inspect, None when it no longer exists. Gives up with ``lost`` (exit 125)."""
+    deadline = time.monotonic() + RESUME_WAIT_S
+    while True:
+        c = client("execution", timeout_s=5)
+        try:
+            return c.call("execution.inspect", {"id": container_id})  # type: ignore[no-any-return]
+        except errors.NotFound:
+            return None
+        except (errors.Unavailable, errors.DeadlineExceeded):
+            if time.monotonic() >= deadline:
+                output.fail(lost, 125)
+        finally:
+            c.close()
+        time.sleep(POLL_S)
+
+
+class Skip:
+    """What of the log's entries was printed already (pure: no I/O; see module docstring).
+
+    ``printed``: bytes printed per stream before the loss; ``lost_at``: the loss's time as
+    ``rfc3339`` writes it. ``take`` gets the log's entries in order and returns the part of
+    each still to print; ``rotated`` tells whether the log turned out to lack its oldest part.
+    """
+
+    def __init__(self, printed: dict[int, int], lost_at: str) -> None:
+        self.left = {s: n for s, n in printed.items() if n}
+        self.lost_at = lost_at
+        self.rotated = False
+
+    def take(self, stream: int, data: bytes, stamp: str) -> bytes:
+        """The bytes of one log entry (``stamp``: its time, "" if unknown) still to print."""
+        left = self.left.get(stream, 0)
+        if not left:
+            return data
+        if len(data) > left:
+            self.left[stream] = 0
+            return data[left:]  # the rest of an entry printed in part
+        if not stamp or stamp <= self.lost_at:
+            self.left[stream] = left - len(data)  # printed already
+            return b""
+        self.left[stream] = 0  # logged after the loss, so never printed: the log lost its oldest part
+        self.rotated = True
+        return data
+
+
+def _resume_output(container_id: str, printed: dict[int, int], since: str | None, lost_at: str, warned: bool) -> bool:
+    """Print what the log holds past ``printed``, following it until the task ends.
+
+    One frame per entry (``timestamps`` without ``stamp_inline``: its time in ``t``) so the
+    rotation check sees each entry's time. Returns ``warned`` or'ed with whether the
+    rotation warning was printed.
+    """
+    skip = Skip(printed, lost_at)
+    body: dict[str, Any] = {"id": container_id, "follow": True, "timestamps": True}
+    if since:
+        body["since"] = since
+    c = client("execution", timeout_s=None)
+    try:
+        for frame in c.stream("execution.logs", body):
+            stream = int(frame.get("s") or 1)
+            data = skip.take(stream, frame["d"], str(frame.get("t") or ""))
+            if skip.rotated and not warned:
+                output.warn(ROTATED)
+                warned = True
+            if data:
+                output.raw(data, stream)
+                printed[stream] = printed.get(stream, 0) + len(data)
+    finally:
+        c.close()
+    return warned
+
+
+def _exit_code(container_id: str) -> int:
+    c = client("execution", timeout_s=None)
+    try:
+        reply = c.call("execution.wait", {"id": container_id, "condition": "not-running"})
+    finally:
+        c.close()
+    return int(reply.get("exit_code", 0))
+
+
+def _remove(container_id: str) -> None:
+    """``--rm`` after a resume: remove the exited container unless it is gone already."""
+    c = client("execution", timeout_s=120)
+    try:
+        c.call("execution.remove", {"id": container_id})
+    except errors.NotFound:
+        pass  # the service removed it (its hold ran out): never removed twice
+    finally:
+        c.close()
