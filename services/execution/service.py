@@ -247,7 +247,9 @@ class ExecutionService:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": ref}) from None
         return dict(await self.snapshot.call("snapshot.prepare", body, namespace=ns, timeout_s=60))
 
-    async def _create(self, req: CreateRequest, ns: str) -> CreateReply:
+    async def _create(self, req: CreateRequest, ns: str, *, run_client: bool = False) -> CreateReply:
+        """Create a container; ``run_client``: for a foreground ``execution.run`` (with ``--rm``,
+        the record is marked ``RUN_CLIENT`` at once)."""
         if req.name:
             name = ids.validate_name(req.name)
             if self.store.name_taken(ns, name):
@@ -354,6 +356,7 @@ class ExecutionService:
                     "volumes": volume_names,
                     "copy_up": copy_up,
                     "user_mounts": mounts,
+                    **({RUN_CLIENT: True} if run_client and req.auto_remove else {}),
                 },
             )
             self.store.insert(rec)
@@ -753,7 +756,8 @@ class ExecutionService:
     @rpc("execution.run", stream=True)
     async def run(self, req: RunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """``docker run`` in one call: create, attach, start, stream, wait (see ``common.api.execution``)."""
-        created = await self._create(req.create_request(), ctx.namespace)
+        # a foreground run --rm is marked from the start (RUN_CLIENT): no second write on its path
+        created = await self._create(req.create_request(), ctx.namespace, run_client=not req.detach)
         trace.mark("created")
         yield {"id": created.id, "name": created.name}
         rec = self.store.get(ctx.namespace, created.id)
@@ -767,8 +771,7 @@ class ExecutionService:
         self._waiters.setdefault(key, []).append(("removed" if req.auto_remove else "next-exit", waiter))
         attach = self.attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
         self._runs[key] = self._runs.get(key, 0) + 1
-        if req.auto_remove:
-            self._mark_run_client(key, True)
+        ended = False
         try:
             yield await attach.__anext__()  # {"attached": true}: the subscription waits for the task
             start = self._spawn(self._start_attached(rec), f"run-{rec.id[:12]}")
@@ -787,14 +790,15 @@ class ExecutionService:
                     await asyncio.shield(waiter)  # the failed container is removed first
                 raise
             result = await asyncio.shield(waiter)
+            ended = True  # with --rm, removed: nothing left to unmark
             trace.mark("run exit")
             yield {"exit_code": result.exit_code, "error": result.error}
         finally:
             self._runs[key] -= 1
             if not self._runs[key]:
                 del self._runs[key]
-                if req.auto_remove:
-                    self._mark_run_client(key, False)  # ended here, not in a crash: nobody will resume
+                if req.auto_remove and not ended:
+                    self._unmark_run_client(key)  # ended here, not in a crash: nobody will resume
             await attach.aclose()
             waiters = self._waiters.get(key)
             if waiters is not None:
@@ -802,17 +806,12 @@ class ExecutionService:
                 if not self._waiters[key]:
                     del self._waiters[key]
 
-    def _mark_run_client(self, key: tuple[str, str], on: bool) -> None:
-        """Set or clear ``extra[RUN_CLIENT]`` of a container (no-op once it is removed)."""
+    def _unmark_run_client(self, key: tuple[str, str]) -> None:
+        """Clear ``extra[RUN_CLIENT]`` of a container (no-op once it is removed)."""
         rec = self.store.get(*key)
-        if rec is None or bool(rec.extra.get(RUN_CLIENT)) == on:
+        if rec is None or not rec.extra.get(RUN_CLIENT):
             return
-        extra = dict(rec.extra)
-        if on:
-            extra[RUN_CLIENT] = True
-        else:
-            extra.pop(RUN_CLIENT, None)
-        self.store.update(*key, extra=extra)
+        self.store.update(*key, extra={k: v for k, v in rec.extra.items() if k != RUN_CLIENT})
 
     async def _start_attached(self, rec: Record) -> StartReply:
         """``_start`` for ``run``: any failure also ends the attach waiting for the task."""
@@ -973,8 +972,10 @@ class ExecutionService:
         """A task ended (called once per incarnation by the TaskManager)."""
         self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
         if rec.config.get("auto_remove"):
-            fresh = self.store.get(rec.namespace, rec.id) or rec
-            if fresh.extra.get(RUN_CLIENT) and not self._runs.get((rec.namespace, rec.id)):
+            key = (rec.namespace, rec.id)
+            # the mark is only ever cleared after it was read into rec: re-read only when set
+            orphaned = not self._runs.get(key) and rec.extra.get(RUN_CLIENT)
+            if orphaned and (self.store.get(*key) or rec).extra.get(RUN_CLIENT):
                 self._spawn(self._auto_remove_held(rec), f"auto-remove-held-{rec.id[:12]}")
             else:
                 await self._auto_remove(rec)
