@@ -244,7 +244,9 @@ def ps(
         list[str], typer.Option("-f", "--filter", help="key=value: id, name, label, status, ancestor, exited")
     ] = [],  # noqa: B006
     last: Annotated[int | None, typer.Option("-n", "--last", help="show the n last created containers")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="'json' for one JSON object per line")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="table, json, 'table TEMPLATE' or a Go template: '{{.Names}}'")
+    ] = None,
 ) -> None:
     """List containers."""
     runner.ps(all_=all_, quiet=quiet, no_trunc=no_trunc, filter_=filter_, last=last, fmt=fmt)
@@ -293,11 +295,22 @@ def logs(
 
 def inspect(
     objects: Annotated[list[str], typer.Argument(help="containers or images (names or ids)")],
+    fmt: Annotated[str | None, typer.Option("-f", "--format", help="Go template, e.g. '{{.State.Status}}'")] = None,
 ) -> None:
     """Show containers' configuration and state as JSON; a name no container has is looked up
-    as an image (``docker inspect``). Prints what it found; exits 1 if anything was not found."""
+    as an image (``docker inspect``). Prints what it found; exits 1 if anything was not found.
+    With ``--format``, each object is rendered with the template (docker's field names, as
+    the JSON shows them) instead, one per line."""
     from cli.images import _docker_inspect
 
+    render = None
+    if fmt:
+        from cli import formatter
+
+        try:
+            render = formatter.inspect_renderer(fmt)
+        except formatter.FormatError as exc:
+            output.fail(str(exc))
     ex = client("execution", timeout_s=30)
     im = None
     out = []
@@ -320,9 +333,25 @@ def inspect(
         ex.close()
         if im is not None:
             im.close()
-    output.as_json(out)
+    if render is not None:
+        _print_rendered(render, out)
+    else:
+        output.as_json(out)
     if missing is not None:
         output.fail(missing)
+
+
+def _print_rendered(render: Any, objects: list[dict[str, Any]]) -> None:
+    """Print each object through ``render`` (``formatter.inspect_renderer``); a failure is one
+    error line after what rendered before it, as ``docker inspect -f`` does."""
+    from cli import formatter
+
+    for obj in objects:
+        try:
+            text = render(obj)
+        except formatter.FormatError as exc:
+            output.fail(str(exc))
+        output.text(text)
 
 
 def attach(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -150,7 +149,9 @@ def images(
     filter_: Annotated[list[str] | None, typer.Option("--filter", "-f", help="reference=, dangling=, label=")] = None,
     digests: Annotated[bool, typer.Option("--digests", help="show digests")] = False,
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="full image ids")] = False,
-    format_: Annotated[str | None, typer.Option("--format", help="'json' for one JSON object per line")] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="table, json, 'table TEMPLATE' or a Go template: '{{.ID}}'")
+    ] = None,
 ) -> None:
     """List images."""
     filters = _parse_filters(filter_)
@@ -159,7 +160,7 @@ def images(
     with client("image") as c:
         reply = c.call("image.list", {"filters": filters, "all": all_})
     items = reply.get("images", [])
-    if quiet:
+    if quiet and (not format_ or format_ == "table"):
         seen: list[str] = []
         for img in items:
             short = _short(img["id"], no_trunc)
@@ -181,20 +182,8 @@ def images(
                 break
         rows.append((repo, tag, digest, _short(img["id"], no_trunc), img.get("created"), img.get("size", 0)))
     rows.sort(key=lambda r: str(r[4] or ""), reverse=True)
-    if format_ == "json":
-        for repo, tag, digest, image_id, created, size in rows:
-            output.line(
-                json.dumps(
-                    {
-                        "Repository": repo,
-                        "Tag": tag,
-                        "Digest": digest,
-                        "ID": image_id,
-                        "CreatedAt": str(created or ""),
-                        "Size": human_size(size),
-                    }
-                )
-            )
+    if format_ and not (format_ == "table" and quiet):  # docker: a format other than "table" wins over -q
+        _images_format(format_, rows, digests)
         return
     if digests:
         output.table(
@@ -206,6 +195,26 @@ def images(
             ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"),
             [(r[0], r[1], r[3], human_ago(r[4]), human_size(r[5])) for r in rows],
         )
+
+
+def _images_format(fmt: str, rows: list[tuple[Any, ...]], digests: bool) -> None:
+    """``images --format`` (``cli.formatter``): rows are (repository, tag, digest, id, created, size)."""
+    from cli import formatter
+
+    now = dt.datetime.now(dt.UTC)
+    contexts = [formatter.image_context(r[0], r[1], r[2], r[3], r[4], r[5], now) for r in rows]
+    default = formatter.IMAGE_TABLE_DIGEST if digests else formatter.IMAGE_TABLE
+    try:
+        text = formatter.render_list(
+            formatter.list_format(fmt, default),
+            contexts,
+            formatter.IMAGE_HEADERS,
+            parse_prefix="template parsing error",
+            exec_prefix="template parsing error",
+        )
+    except formatter.FormatError as exc:
+        output.fail(str(exc))
+    output.text(text)
 
 
 def _docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
@@ -245,24 +254,41 @@ def _docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
 
 def inspect(
     refs: Annotated[list[str], typer.Argument(help="image names or ids")],
-    format_: Annotated[str | None, typer.Option("--format", "-f", help="'raw' for our own field names")] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", "-f", help="Go template ('{{.Id}}'), or 'raw' for our own field names")
+    ] = None,
 ) -> None:
-    """Show details of images (docker's JSON shape)."""
+    """Show details of images (docker's JSON shape), or each rendered with a Go template."""
+    from common import errors
+
+    render = None
+    if format_ and format_ != "raw":
+        from cli import formatter
+
+        try:
+            render = formatter.inspect_renderer(format_)
+        except formatter.FormatError as exc:
+            output.fail(str(exc))
     found = []
     failed = None
     with client("image") as c:
         for ref in refs:
             try:
                 info = c.call("image.get", {"ref": ref})
-            except Exception as exc:  # report each missing one, like docker
-                from common import errors
-
-                if not isinstance(exc, errors.DockyardError):
-                    raise
+            except errors.DockyardError as exc:  # report each missing one, like docker
                 failed = exc
                 continue
             found.append(info if format_ == "raw" else _docker_inspect(info))
-    output.as_json(found)
+    if render is not None:
+        from cli import formatter
+
+        for obj in found:
+            try:
+                output.text(render(obj))
+            except formatter.FormatError as exc:
+                output.fail(str(exc))
+    else:
+        output.as_json(found)
     if failed is not None:
         output.fail(failed)
 

@@ -37,6 +37,13 @@ def lines(texts: Iterable[str]) -> None:
         sys.stdout.flush()
 
 
+def text(data: str) -> None:
+    """Print ``data`` on stdout as it is (its newlines included)."""
+    if data:
+        sys.stdout.write(data)
+        sys.stdout.flush()
+
+
 def raw(data: bytes, stream: int = 1) -> None:
     """Write bytes unchanged to stdout (1) or stderr (2)."""
     target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer

@@ -705,7 +705,8 @@ def ps(
     last: int | None = None,
     fmt: str | None = None,
 ) -> int:
-    """``docker ps``: list containers as a table, ids (``quiet``) or JSON lines (``fmt='json'``)."""
+    """``docker ps``: list containers as a table, ids (``quiet``), or as ``fmt`` says: ``table``,
+    ``json`` (one object per line), ``table TEMPLATE`` or a Go template (``cli.formatter``)."""
     filters: dict[str, list[str]] = {}
     for f in filter_ or []:
         k, sep, v = f.partition("=")
@@ -723,13 +724,10 @@ def ps(
     finally:
         ex.close()
     containers = reply["containers"]
+    if fmt and not (fmt == "table" and quiet):  # docker: a format other than "table" wins over -q
+        return _ps_format(fmt, containers, no_trunc)
     if quiet:
         output.lines(c["id"] if no_trunc else c["id"][:12] for c in containers)
-        return 0
-    if fmt == "json":
-        import json
-
-        output.lines(json.dumps(c, default=str) for c in containers)
         return 0
     rows = []
     for c in containers:
@@ -744,4 +742,22 @@ def ps(
             ]
         )
     output.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
+    return 0
+
+
+def _ps_format(fmt: str, containers: list[dict[str, Any]], no_trunc: bool) -> int:
+    """``ps --format``: imports the template engine only here, off the hot path's common case."""
+    import datetime as dt
+
+    from cli import formatter
+
+    now = dt.datetime.now(dt.UTC)
+    rows = [formatter.container_context(c, now, trunc=not no_trunc) for c in containers]
+    try:
+        text = formatter.render_list(
+            formatter.list_format(fmt, formatter.CONTAINER_TABLE), rows, formatter.CONTAINER_HEADERS
+        )
+    except formatter.FormatError as exc:
+        output.fail(str(exc))
+    output.text(text)
     return 0

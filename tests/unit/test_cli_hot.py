@@ -76,6 +76,7 @@ AGREE = [
     ("ps", ["-a", "-q"]),
     ("ps", ["-aq", "--no-trunc", "-f", "status=exited", "--filter", "name=x", "-n", "3", "--format", "json"]),
     ("ps", ["-n3"]),
+    ("ps", ["--format", "table {{.ID}}\\t{{.Names}}", "-q"]),
     ("rm", ["a"]),
     ("rm", ["-f", "a", "b"]),
     ("rm", ["a", "-fv", "b"]),
