@@ -9,15 +9,13 @@ behaves the same whichever parser read it. ``run`` follows ``docker run``
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import sys
 from typing import Annotated, Any
 
 import typer
 
-from cli import output, runner
+from cli import files, output, runner
 from cli.connect import client
 from common import errors
 
@@ -700,20 +698,15 @@ def export(
     if out is None and sys.stdout.isatty():
         output.fail("refusing to write a tar to a terminal: redirect stdout or use -o FILE")
     ex = client("execution", timeout_s=None)
-    tmp = f"{out}.part" if out else None
     try:
-        if tmp and out:
-            with open(tmp, "wb") as f:
+        if out:
+            with files.atomic_output(out) as f:
                 for chunk in ex.stream("execution.export", {"id": container}):
                     f.write(chunk)
-            os.replace(tmp, out)
         else:
             for chunk in ex.stream("execution.export", {"id": container}):
                 output.raw(chunk)
-    except (errors.DockyardError, OSError) as exc:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    except errors.DockyardError as exc:
         output.fail(exc)
     finally:
         ex.close()

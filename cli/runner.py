@@ -51,15 +51,14 @@ def parse_bytes(value: str | None, what: str) -> int | None:
 
 def env_list(env: list[str], env_file: list[str]) -> list[str]:
     out = []
-    for path in env_file:
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        out.append(line)
-        except OSError as exc:
-            output.fail(f"cannot read env file {path}: {exc.strerror}", EXIT_ENGINE)
+    if env_file:
+        from cli import files
+
+        for path in env_file:
+            for line in files.read_text(path, "env file", EXIT_ENGINE).splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    out.append(line)
     out += env
     resolved = []
     for entry in out:
