@@ -26,6 +26,7 @@ from common import errors, trace
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 EXIT_ENGINE = output.EXIT_ENGINE_ERROR
@@ -49,25 +50,62 @@ def parse_bytes(value: str | None, what: str) -> int | None:
         output.fail(f"invalid {what} {value!r}", EXIT_ENGINE)
 
 
+_ENV_FILE_SPACES = " \t"
+
+
+def parse_env_file(text: str, path: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``KEY=VALUE`` entries of an env file, by docker/cli's rules (``opts/envfile.go``).
+
+    One variable a line; a UTF-8 BOM, leading whitespace, empty lines and lines starting
+    with ``#`` are skipped; ``NAME=VALUE`` keeps the value exactly (no trimming, no quote
+    removal); ``NAME`` alone takes the value from ``environ`` (the CLI's environment) and
+    is dropped when unset there. A name containing a space or tab (``Y = 2``) or an empty
+    name (``=x``) ends the command: ``poorly formatted environment ...`` naming the file
+    and the line (exit 125, as a bad flag).
+    """
+    env = os.environ if environ is None else environ
+    out = []
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.lstrip(_ENV_FILE_SPACES)
+        problem = ""
+        if any(c in name for c in _ENV_FILE_SPACES):
+            problem = f"variable '{name}' contains whitespaces"
+        elif not name:
+            problem = f"no variable name on line '{line}'"
+        if problem:
+            output.fail(f"poorly formatted environment in env file '{path}' line {number}: {problem}", EXIT_ENGINE)
+        if sep:
+            out.append(f"{name}={value}")
+        elif name in env:
+            out.append(f"{name}={env[name]}")
+    return out
+
+
 def env_list(env: list[str], env_file: list[str]) -> list[str]:
+    """The container's environment: the env files in order (``parse_env_file``), then ``-e`` values.
+
+    ``-e NAME`` takes the value from the CLI's environment (dropped when unset there); an
+    entry with an empty name (``-e =x``) ends the command, as in docker.
+    """
     out = []
     if env_file:
         from cli import files
 
         for path in env_file:
-            for line in files.read_text(path, "env file", EXIT_ENGINE).splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    out.append(line)
-    out += env
-    resolved = []
-    for entry in out:
-        if "=" not in entry:
-            if entry in os.environ:  # docker run -e NAME takes the value from the client
-                resolved.append(f"{entry}={os.environ[entry]}")
-            continue
-        resolved.append(entry)
-    return resolved
+            out += parse_env_file(files.read_text(path, "env file", EXIT_ENGINE), path)
+    for entry in env:
+        name, sep, _value = entry.partition("=")
+        if not name:
+            output.fail(f"invalid environment variable: {entry}", EXIT_ENGINE)
+        if sep:
+            out.append(entry)
+        elif name in os.environ:  # docker run -e NAME takes the value from the client
+            out.append(f"{name}={os.environ[name]}")
+    return out
 
 
 def labels(values: list[str]) -> dict[str, str]:
