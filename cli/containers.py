@@ -486,12 +486,12 @@ def update(
     if memory_swap:
         resources["memory_swap"] = runner.parse_bytes(memory_swap, "memory-swap")
     if cpus is not None:
-        resources["nano_cpus"] = int(cpus * 1e9)
+        resources["nano_cpus"] = runner.nano_cpus(cpus)
     if cpu_shares is not None:
         resources["cpu_shares"] = cpu_shares
     if pids_limit is not None:
         resources["pids_limit"] = pids_limit
-    body: dict[str, Any] = {"resources": resources}
+    body: dict[str, Any] = {"resources": runner.checked_resources(resources, update=True)}
     if restart:
         body["restart_policy"] = runner.restart_policy(restart)
     _each(containers, "execution.update", body)

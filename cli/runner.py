@@ -34,20 +34,51 @@ EXIT_ENGINE = output.EXIT_ENGINE_ERROR
 # -- request building ---------------------------------------------------------------------------
 
 
+_BYTE_FLAGS = {"memory": "-m, --memory", "memory-swap": "--memory-swap"}
+
+
 def parse_bytes(value: str | None, what: str) -> int | None:
+    """A size flag (``--memory``, ``--memory-swap``) in bytes, as docker's ``units.RAMInBytes``.
+
+    ``32m``, ``1.5g``, ``512k``, ``1024`` (bytes), with an optional ``b``/``ib`` suffix;
+    ``-1`` (unlimited) only for ``memory-swap``. Anything else ends the command (exit 125)
+    with docker's ``invalid argument "-5" for "-m, --memory" flag: invalid size: '-5'``.
+    """
     if value is None or value == "":
         return None
     v = value.strip().lower()
-    if v == "-1":
+    if v == "-1" and what == "memory-swap":
         return -1
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    if v.endswith("b") and len(v) > 1 and v[-2] in units:
-        v = v[:-1]
-    mult = units.get(v[-1], 0)
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+    num = v.removesuffix("b").removesuffix("i") if len(v) > 1 else v
+    mult = units.get(num[-1:], 0) if num[-1:].isalpha() else 1
+    digits = (num[:-1] if num[-1:].isalpha() else num).strip()
+    if mult and digits and digits.replace(".", "", 1).isdigit():
+        return int(float(digits) * mult)
+    flag = _BYTE_FLAGS.get(what, f"--{what}")
+    output.fail(f'invalid argument "{value}" for "{flag}" flag: invalid size: \'{value}\'', EXIT_ENGINE)
+
+
+def checked_resources(resources: dict[str, Any], *, update: bool = False) -> dict[str, Any]:
+    """``resources`` after dockerd's checks (``common.resources.validate``); a refused value
+    ends the command with dockerd's message (exit 125)."""
+    from common import resources as limits
+
     try:
-        return int(float(v[:-1] if mult else v) * (mult or 1))
-    except ValueError:
-        output.fail(f"invalid {what} {value!r}", EXIT_ENGINE)
+        limits.validate(resources, update=update)
+    except limits.ResourceError as exc:
+        output.fail(str(exc), EXIT_ENGINE)
+    return resources
+
+
+def nano_cpus(cpus: float) -> int:
+    """``--cpus`` in nano-CPUs; a value finer than 1e-9 ends the command as docker's flag parser."""
+    from common import resources as limits
+
+    try:
+        return limits.nano_cpus(cpus)
+    except limits.ResourceError as exc:
+        output.fail(f'invalid argument "{cpus:g}" for "--cpus" flag: {exc}', EXIT_ENGINE)
 
 
 _ENV_FILE_SPACES = " \t"
@@ -216,13 +247,13 @@ def create_request(image: str, cmd: list[str] | None, **o: Any) -> dict[str, Any
     if o.get("memory_swap"):
         resources["memory_swap"] = parse_bytes(o["memory_swap"], "memory-swap")
     if o.get("cpus"):
-        resources["nano_cpus"] = int(o["cpus"] * 1e9)
+        resources["nano_cpus"] = nano_cpus(o["cpus"])
     if o.get("cpu_shares"):
         resources["cpu_shares"] = o["cpu_shares"]
     if o.get("pids_limit") is not None:
         resources["pids_limit"] = o["pids_limit"]
     if resources:
-        req["resources"] = resources
+        req["resources"] = checked_resources(resources)
     for key in ("cap_add", "cap_drop", "security_opt", "group_add"):
         if o.get(key):
             req[key] = list(o[key])
