@@ -34,7 +34,7 @@ Hostname = Annotated[str | None, typer.Option("-h", "--hostname", help="containe
 Rm = Annotated[bool, typer.Option("--rm", help="remove the container when it exits")]
 Tty = Annotated[bool, typer.Option("-t", "--tty", help="allocate a pseudo-TTY")]
 Interactive = Annotated[bool, typer.Option("-i", "--interactive", help="keep stdin open")]
-Network = Annotated[str, typer.Option("--network", "--net", help="none (default) or host")]
+Network = Annotated[str, typer.Option("--network", "--net", help="none (default; bridge maps to it) or host")]
 ReadOnly = Annotated[bool, typer.Option("--read-only", help="mount the root filesystem read-only")]
 Volume = Annotated[list[str], typer.Option("-v", "--volume", help="bind mount or volume: SRC:DST[:ro]")]
 Tmpfs = Annotated[list[str], typer.Option("--tmpfs", help="tmpfs mount: DST[:opts]")]

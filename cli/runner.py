@@ -230,8 +230,13 @@ def create_request(image: str, cmd: list[str] | None, **o: Any) -> dict[str, Any
     if o.get("interactive"):
         req["open_stdin"] = True
         req["stdin_once"] = True
-    if o.get("network") and o["network"] != "none":
-        req["network_mode"] = o["network"]
+    network = o.get("network") or "none"
+    if network == "bridge":
+        from common import networks
+
+        output.warn(networks.bridge_warning())
+    if network not in ("none", "bridge", "default"):
+        req["network_mode"] = network
     if o.get("read_only"):
         req["read_only"] = True
     mounts = volume_mounts(o.get("volume") or [], o.get("tmpfs") or [], o.get("mount") or [])

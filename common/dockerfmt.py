@@ -27,6 +27,8 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from common import networks
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 """Go's zero ``time.Time`` as Docker prints it."""
 
@@ -344,6 +346,19 @@ def create_request(body: Any, name: str | None = None) -> dict[str, Any]:
     return req
 
 
+def create_warnings(body: Mapping[str, Any]) -> list[str]:
+    """The ``Warnings`` of a create Dockyard accepts but cannot honour as asked
+    (``common.networks.create_warnings``): ``NetworkMode: bridge`` (it becomes none) and
+    published ports (``HostConfig.PortBindings``, ``PublishAllPorts``), which Dockyard never
+    publishes. Call after ``create_request`` accepted ``body``."""
+    host = body.get("HostConfig") or {}
+    return networks.create_warnings(
+        str(host.get("NetworkMode") or "default"),
+        host.get("PortBindings") if isinstance(host.get("PortBindings"), dict) else None,
+        bool(host.get("PublishAllPorts")),
+    )
+
+
 # -- containers ----------------------------------------------------------------------------------------
 def _command(c: Mapping[str, Any]) -> str:
     return " ".join([c.get("path") or "", *(c.get("args") or [])]).strip()
@@ -386,7 +401,7 @@ def _networks(config: Mapping[str, Any]) -> dict[str, Any]:
         "Links": None,
         "Aliases": None,
         "MacAddress": "",
-        "NetworkID": "",
+        "NetworkID": networks.network_id(mode) if mode in networks.NETWORKS else "",
         "EndpointID": "",
         "Gateway": "",
         "IPAddress": "",

@@ -119,7 +119,10 @@ class ContainersAPI:
             raise
         except errors.DockyardError as exc:
             raise docker_error(exc, "container", name or "") from None
-        return Response.json({"Id": reply["id"], "Warnings": list(reply.get("warnings") or [])}, 201)
+        warnings = list(reply.get("warnings") or []) + dockerfmt.create_warnings(body)
+        for w in warnings:
+            log.info("create of %s: warning: %s", reply["id"][:12], w)
+        return Response.json({"Id": reply["id"], "Warnings": warnings}, 201)
 
     async def list_containers(self, request: Request) -> Response:
         filters = filters_of(request, _LIST_FILTERS)
