@@ -102,6 +102,11 @@ def run() -> None:
         cli(standalone_mode=True)
     except errors.DockyardError as exc:
         output.fail(exc)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a path no command checked: still one line naming it, no traceback
+        where = f" '{exc.filename}'" if exc.filename else ""
+        output.fail(f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         raise SystemExit(130) from None

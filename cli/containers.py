@@ -9,16 +9,14 @@ behaves the same whichever parser read it. ``run`` follows ``docker run``
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import sys
 import time
 from typing import Annotated, Any
 
 import typer
 
-from cli import output, resume, runner
+from cli import files, output, resume, runner
 from cli.connect import client
 from common import errors
 
@@ -37,7 +35,7 @@ Hostname = Annotated[str | None, typer.Option("-h", "--hostname", help="containe
 Rm = Annotated[bool, typer.Option("--rm", help="remove the container when it exits")]
 Tty = Annotated[bool, typer.Option("-t", "--tty", help="allocate a pseudo-TTY")]
 Interactive = Annotated[bool, typer.Option("-i", "--interactive", help="keep stdin open")]
-Network = Annotated[str, typer.Option("--network", "--net", help="none (default) or host")]
+Network = Annotated[str, typer.Option("--network", "--net", help="none (default; bridge maps to it) or host")]
 ReadOnly = Annotated[bool, typer.Option("--read-only", help="mount the root filesystem read-only")]
 Volume = Annotated[list[str], typer.Option("-v", "--volume", help="bind mount or volume: SRC:DST[:ro]")]
 Tmpfs = Annotated[list[str], typer.Option("--tmpfs", help="tmpfs mount: DST[:opts]")]
@@ -530,12 +528,12 @@ def update(
     if memory_swap:
         resources["memory_swap"] = runner.parse_bytes(memory_swap, "memory-swap")
     if cpus is not None:
-        resources["nano_cpus"] = int(cpus * 1e9)
+        resources["nano_cpus"] = runner.nano_cpus(cpus)
     if cpu_shares is not None:
         resources["cpu_shares"] = cpu_shares
     if pids_limit is not None:
         resources["pids_limit"] = pids_limit
-    body: dict[str, Any] = {"resources": resources}
+    body: dict[str, Any] = {"resources": runner.checked_resources(resources, update=True)}
     if restart:
         body["restart_policy"] = runner.restart_policy(restart)
     _each(containers, "execution.update", body)
@@ -742,20 +740,15 @@ def export(
     if out is None and sys.stdout.isatty():
         output.fail("refusing to write a tar to a terminal: redirect stdout or use -o FILE")
     ex = client("execution", timeout_s=None)
-    tmp = f"{out}.part" if out else None
     try:
-        if tmp and out:
-            with open(tmp, "wb") as f:
+        if out:
+            with files.atomic_output(out) as f:
                 for chunk in ex.stream("execution.export", {"id": container}):
                     f.write(chunk)
-            os.replace(tmp, out)
         else:
             for chunk in ex.stream("execution.export", {"id": container}):
                 output.raw(chunk)
-    except (errors.DockyardError, OSError) as exc:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    except errors.DockyardError as exc:
         output.fail(exc)
     finally:
         ex.close()

@@ -8,16 +8,14 @@ Everything goes to the image service (``common/api/image.py``); output mimics th
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from cli import output
+from cli import files, output
 from cli.connect import client
 
 _CHUNK = 1024 * 1024
@@ -412,23 +410,12 @@ def _send_stream(method: str, body: dict[str, Any], f: BinaryIO) -> Iterator[dic
         c.close()
 
 
-def _open_input(path: str | None) -> BinaryIO:
-    if path is None or path == "-":
-        if sys.stdin.isatty():
-            output.fail("requested load from stdin, but stdin is empty (use -i FILE)")
-        return sys.stdin.buffer
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        output.fail(f"cannot open {path}: {exc.strerror}")
-
-
 def load(
     input_: Annotated[str | None, typer.Option("--input", "-i", help="tar archive (default: stdin)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Load images from a docker-archive or OCI layout tar (as written by docker save / skopeo)."""
-    f = _open_input(input_)
+    f = files.open_input(input_)
     try:
         with output.LayerProgress() as progress:
             for frame in _send_stream("image.load", {"quiet": quiet}, f):
@@ -450,7 +437,7 @@ def import_(
     platform: Annotated[str | None, typer.Option(help="os/arch or os/arch/variant of the image")] = None,
 ) -> None:
     """Create an image from a rootfs tarball (like docker import); prints the image id."""
-    f = _open_input(source)
+    f = files.open_input(source)
     body: dict[str, Any] = {"ref": reference or "", "changes": change or [], "message": message}
     if platform:
         body["platform"] = platform
@@ -477,27 +464,21 @@ def save(
     body: dict[str, Any] = {"refs": refs, "format": format_}
     if platform:
         body["platform"] = platform
+    if output_ is None:
+        _save_to(sys.stdout.buffer, body)
+        return
+    with files.atomic_output(output_) as sink:
+        _save_to(sink, body)
+
+
+def _save_to(sink: BinaryIO, body: dict[str, Any]) -> None:
     c = client("image", timeout_s=None)
-    tmp = f"{output_}.tmp-{os.getpid()}" if output_ else None
     try:
-        sink: BinaryIO = open(tmp, "wb") if tmp else sys.stdout.buffer  # noqa: SIM115
-        try:
-            for chunk in c.stream("image.save", body):
-                sink.write(chunk)
-            sink.flush()
-            if tmp:
-                os.fsync(sink.fileno())
-        finally:
-            if tmp:
-                sink.close()
-        if tmp and output_:
-            os.replace(tmp, output_)
-            tmp = None
+        for chunk in c.stream("image.save", body):
+            sink.write(chunk)
+        sink.flush()
     finally:
         c.close()
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 # -- login / logout ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from common import errors, trace
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 EXIT_ENGINE = output.EXIT_ENGINE_ERROR
@@ -37,42 +38,109 @@ EXIT_ENGINE = output.EXIT_ENGINE_ERROR
 # -- request building ---------------------------------------------------------------------------
 
 
+_BYTE_FLAGS = {"memory": "-m, --memory", "memory-swap": "--memory-swap"}
+
+
 def parse_bytes(value: str | None, what: str) -> int | None:
+    """A size flag (``--memory``, ``--memory-swap``) in bytes, as docker's ``units.RAMInBytes``.
+
+    ``32m``, ``1.5g``, ``512k``, ``1024`` (bytes), with an optional ``b``/``ib`` suffix;
+    ``-1`` (unlimited) only for ``memory-swap``. Anything else ends the command (exit 125)
+    with docker's ``invalid argument "-5" for "-m, --memory" flag: invalid size: '-5'``.
+    """
     if value is None or value == "":
         return None
     v = value.strip().lower()
-    if v == "-1":
+    if v == "-1" and what == "memory-swap":
         return -1
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    if v.endswith("b") and len(v) > 1 and v[-2] in units:
-        v = v[:-1]
-    mult = units.get(v[-1], 0)
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+    num = v.removesuffix("b").removesuffix("i") if len(v) > 1 else v
+    mult = units.get(num[-1:], 0) if num[-1:].isalpha() else 1
+    digits = (num[:-1] if num[-1:].isalpha() else num).strip()
+    if mult and digits and digits.replace(".", "", 1).isdigit():
+        return int(float(digits) * mult)
+    flag = _BYTE_FLAGS.get(what, f"--{what}")
+    output.fail(f'invalid argument "{value}" for "{flag}" flag: invalid size: \'{value}\'', EXIT_ENGINE)
+
+
+def checked_resources(resources: dict[str, Any], *, update: bool = False) -> dict[str, Any]:
+    """``resources`` after dockerd's checks (``common.resources.validate``); a refused value
+    ends the command with dockerd's message (exit 125)."""
+    from common import resources as limits
+
     try:
-        return int(float(v[:-1] if mult else v) * (mult or 1))
-    except ValueError:
-        output.fail(f"invalid {what} {value!r}", EXIT_ENGINE)
+        limits.validate(resources, update=update)
+    except limits.ResourceError as exc:
+        output.fail(str(exc), EXIT_ENGINE)
+    return resources
+
+
+def nano_cpus(cpus: float) -> int:
+    """``--cpus`` in nano-CPUs; a value finer than 1e-9 ends the command as docker's flag parser."""
+    from common import resources as limits
+
+    try:
+        return limits.nano_cpus(cpus)
+    except limits.ResourceError as exc:
+        output.fail(f'invalid argument "{cpus:g}" for "--cpus" flag: {exc}', EXIT_ENGINE)
+
+
+_ENV_FILE_SPACES = " \t"
+
+
+def parse_env_file(text: str, path: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``KEY=VALUE`` entries of an env file, by docker/cli's rules (``opts/envfile.go``).
+
+    One variable a line; a UTF-8 BOM, leading whitespace, empty lines and lines starting
+    with ``#`` are skipped; ``NAME=VALUE`` keeps the value exactly (no trimming, no quote
+    removal); ``NAME`` alone takes the value from ``environ`` (the CLI's environment) and
+    is dropped when unset there. A name containing a space or tab (``Y = 2``) or an empty
+    name (``=x``) ends the command: ``poorly formatted environment ...`` naming the file
+    and the line (exit 125, as a bad flag).
+    """
+    env = os.environ if environ is None else environ
+    out = []
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.lstrip(_ENV_FILE_SPACES)
+        problem = ""
+        if any(c in name for c in _ENV_FILE_SPACES):
+            problem = f"variable '{name}' contains whitespaces"
+        elif not name:
+            problem = f"no variable name on line '{line}'"
+        if problem:
+            output.fail(f"poorly formatted environment in env file '{path}' line {number}: {problem}", EXIT_ENGINE)
+        if sep:
+            out.append(f"{name}={value}")
+        elif name in env:
+            out.append(f"{name}={env[name]}")
+    return out
 
 
 def env_list(env: list[str], env_file: list[str]) -> list[str]:
+    """The container's environment: the env files in order (``parse_env_file``), then ``-e`` values.
+
+    ``-e NAME`` takes the value from the CLI's environment (dropped when unset there); an
+    entry with an empty name (``-e =x``) ends the command, as in docker.
+    """
     out = []
-    for path in env_file:
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        out.append(line)
-        except OSError as exc:
-            output.fail(f"cannot read env file {path}: {exc.strerror}", EXIT_ENGINE)
-    out += env
-    resolved = []
-    for entry in out:
-        if "=" not in entry:
-            if entry in os.environ:  # docker run -e NAME takes the value from the client
-                resolved.append(f"{entry}={os.environ[entry]}")
-            continue
-        resolved.append(entry)
-    return resolved
+    if env_file:
+        from cli import files
+
+        for path in env_file:
+            out += parse_env_file(files.read_text(path, "env file", EXIT_ENGINE), path)
+    for entry in env:
+        name, sep, _value = entry.partition("=")
+        if not name:
+            output.fail(f"invalid environment variable: {entry}", EXIT_ENGINE)
+        if sep:
+            out.append(entry)
+        elif name in os.environ:  # docker run -e NAME takes the value from the client
+            out.append(f"{name}={os.environ[name]}")
+    return out
 
 
 def labels(values: list[str]) -> dict[str, str]:
@@ -166,8 +234,13 @@ def create_request(image: str, cmd: list[str] | None, **o: Any) -> dict[str, Any
     if o.get("interactive"):
         req["open_stdin"] = True
         req["stdin_once"] = True
-    if o.get("network") and o["network"] != "none":
-        req["network_mode"] = o["network"]
+    network = o.get("network") or "none"
+    if network == "bridge":
+        from common import networks
+
+        output.warn(networks.bridge_warning())
+    if network not in ("none", "bridge", "default"):
+        req["network_mode"] = network
     if o.get("read_only"):
         req["read_only"] = True
     mounts = volume_mounts(o.get("volume") or [], o.get("tmpfs") or [], o.get("mount") or [])
@@ -183,13 +256,13 @@ def create_request(image: str, cmd: list[str] | None, **o: Any) -> dict[str, Any
     if o.get("memory_swap"):
         resources["memory_swap"] = parse_bytes(o["memory_swap"], "memory-swap")
     if o.get("cpus"):
-        resources["nano_cpus"] = int(o["cpus"] * 1e9)
+        resources["nano_cpus"] = nano_cpus(o["cpus"])
     if o.get("cpu_shares"):
         resources["cpu_shares"] = o["cpu_shares"]
     if o.get("pids_limit") is not None:
         resources["pids_limit"] = o["pids_limit"]
     if resources:
-        req["resources"] = resources
+        req["resources"] = checked_resources(resources)
     for key in ("cap_add", "cap_drop", "security_opt", "group_add"):
         if o.get(key):
             req[key] = list(o[key])

@@ -171,17 +171,44 @@ def _parse_time(value: str) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _parse_filters(items: list[str]) -> dict[str, list[str]]:
+def _parse_filters(items: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """``-f key=value`` -> (the events service's filters, the Docker actions to keep).
+
+    ``topic``, ``namespace``, ``container``, ``image``, ``label`` are the service's own.
+    ``event`` takes Docker's action names (``die``, ``start``, ``exec_die``, ``tag`` ...):
+    they become the topics they come from (``common.dockerfmt.event_topics``; unless
+    ``topic`` is given too) and each envelope is then converted as the Docker API does
+    (``dockerfmt.docker_event``) and kept only when its action is one asked for. ``type``
+    takes Docker's types (``container`` covers container and task topics, ``image``) and
+    Dockyard's kinds (``task``, ``snapshot``, ``content``).
+    """
+    from common import dockerfmt
+
     allowed = {"topic", "type", "namespace", "container", "image", "label", "event"}
     filters: dict[str, list[str]] = {}
+    actions: list[str] = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
             raise errors.InvalidArgument(f"invalid filter {item!r}: use key=value with key one of {sorted(allowed)}")
-        if key == "event":  # docker's word for the action: a bare verb matches the topic's last part
-            key = "topic"
-        filters.setdefault(key, []).append(value)
-    return filters
+        if key == "event":
+            actions.append(value)
+        elif key == "type":
+            filters.setdefault("type", []).extend(k for k in dockerfmt.event_kinds(value) if k not in filters["type"])
+        else:
+            filters.setdefault(key, []).append(value)
+    if actions and "topic" not in filters:
+        topics = filters.setdefault("topic", [])
+        for action in actions:
+            topics.extend(t for t in dockerfmt.event_topics(action) if t not in topics)
+    return filters, actions
+
+
+def _docker_action_in(env: dict[str, Any], actions: list[str]) -> bool:
+    from common import dockerfmt
+
+    ev = dockerfmt.docker_event(env)
+    return ev is not None and dockerfmt.event_matches(ev, {"event": actions})
 
 
 def events(
@@ -190,7 +217,12 @@ def events(
     ] = None,
     until: Annotated[str | None, typer.Option(help="sequence number or time to stop at")] = None,
     filter_: Annotated[
-        list[str], typer.Option("--filter", "-f", help="key=value: topic, type, namespace, container, image, label")
+        list[str],
+        typer.Option(
+            "--filter",
+            "-f",
+            help="key=value: event (docker's: die, start...), type, topic, namespace, container, image, label",
+        ),
     ] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="one JSON envelope per line")] = False,
 ) -> None:
@@ -202,7 +234,7 @@ def events(
         else:
             body["until"] = _parse_time(until)
     body["follow"] = True
-    filters = _parse_filters(filter_)
+    filters, actions = _parse_filters(filter_)
     if "namespace" not in filters and namespace() != "default":
         filters["namespace"] = [namespace()]
     body["filters"] = filters
@@ -214,6 +246,8 @@ def events(
             output.fail(exc)
     try:
         for env in _follow(c, body):
+            if actions and not _docker_action_in(env, actions):
+                continue
             if as_json:
                 output.line(json.dumps(env, default=_json_default, separators=(",", ":")))
             else:

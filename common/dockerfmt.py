@@ -27,6 +27,8 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from common import networks
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 """Go's zero ``time.Time`` as Docker prints it."""
 
@@ -344,6 +346,19 @@ def create_request(body: Any, name: str | None = None) -> dict[str, Any]:
     return req
 
 
+def create_warnings(body: Mapping[str, Any]) -> list[str]:
+    """The ``Warnings`` of a create Dockyard accepts but cannot honour as asked
+    (``common.networks.create_warnings``): ``NetworkMode: bridge`` (it becomes none) and
+    published ports (``HostConfig.PortBindings``, ``PublishAllPorts``), which Dockyard never
+    publishes. Call after ``create_request`` accepted ``body``."""
+    host = body.get("HostConfig") or {}
+    return networks.create_warnings(
+        str(host.get("NetworkMode") or "default"),
+        host.get("PortBindings") if isinstance(host.get("PortBindings"), dict) else None,
+        bool(host.get("PublishAllPorts")),
+    )
+
+
 # -- containers ----------------------------------------------------------------------------------------
 def _command(c: Mapping[str, Any]) -> str:
     return " ".join([c.get("path") or "", *(c.get("args") or [])]).strip()
@@ -386,7 +401,7 @@ def _networks(config: Mapping[str, Any]) -> dict[str, Any]:
         "Links": None,
         "Aliases": None,
         "MacAddress": "",
-        "NetworkID": "",
+        "NetworkID": networks.network_id(mode) if mode in networks.NETWORKS else "",
         "EndpointID": "",
         "Gateway": "",
         "IPAddress": "",
@@ -846,6 +861,30 @@ _TASK_ACTIONS = {
     "/tasks/exec-added": "exec_create",
     "/tasks/exec-started": "exec_start",
 }
+_CONTAINER_ACTIONS = {"/containers/create": "create", "/containers/delete": "destroy"}
+_EXIT_TOPIC, _EXIT_ACTIONS = "/tasks/exit", ("die", "exec_die")
+_NAMED_ACTION_TOPICS = ("/containers/update", "/images/create", "/images/update", "/images/delete")
+"""Topics whose Docker action is named by the payload (``action``: rename, commit, pull, load ...)."""
+_DOCKER_TYPE_KINDS = {"container": ("container", "task"), "image": ("image",)}
+"""Docker's event ``Type`` -> the resource kinds (``/<kind>s/...``) of the topics it comes from."""
+
+
+def event_topics(action: str) -> list[str]:
+    """The journal topics a Docker event ``action`` (``die``, ``start``, ``tag`` ...) can come
+    from, as ``docker_event`` maps them: a fixed action names its topics (``die`` ->
+    ``/tasks/exit``); any other may be named by a payload (``/containers/update``, ``/images/*``).
+    A pre-filter: ``docker_event`` + ``event_matches`` decide (``/tasks/exit`` is die or exec_die)."""
+    fixed = [t for t, a in {**_CONTAINER_ACTIONS, **_TASK_ACTIONS}.items() if a == action]
+    if action in _EXIT_ACTIONS:
+        fixed.append(_EXIT_TOPIC)
+    return fixed or list(_NAMED_ACTION_TOPICS)
+
+
+def event_kinds(docker_type: str) -> list[str]:
+    """The resource kinds of the topics Docker's event ``type`` covers (``container`` -> containers
+    and tasks); a Dockyard kind (``task``, ``snapshot``, ``content``) or a type Dockyard has no
+    events of (``volume``, ``network``) stands for itself."""
+    return list(_DOCKER_TYPE_KINDS.get(docker_type, (docker_type,)))
 
 
 def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -877,19 +916,17 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
         kind = "container"
         cid = str(event.get("container_id") or event.get("id") or "")
         actor = cid
-        if topic == "/containers/create":
-            action = "create"
-        elif topic == "/containers/delete":
-            action = "destroy"
+        if topic in _CONTAINER_ACTIONS:
+            action = _CONTAINER_ACTIONS[topic]
         elif topic == "/containers/update":
             action = str(event.get("action") or "update")
-        elif topic == "/tasks/exit":
+        elif topic == _EXIT_TOPIC:
             exec_id = str(event.get("id") or "")
             if exec_id and exec_id != cid:
-                action = "exec_die"
+                action = _EXIT_ACTIONS[1]
                 attrs["execID"] = exec_id
             else:
-                action = "die"
+                action = _EXIT_ACTIONS[0]
             attrs["exitCode"] = str(event.get("exit_status", 0))
         elif topic in _TASK_ACTIONS:
             action = _TASK_ACTIONS[topic]

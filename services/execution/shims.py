@@ -6,6 +6,7 @@
   works for processes that are not our children.
 - ``clean_dead_task``: what ``containerd-shim-runc-v2 delete`` does for a SIGKILLed
   shim: ``<runtime> delete --force``, unmount the rootfs.
+- ``remove_stale_socket``: unlink the endpoint file a SIGKILLed shim left, when no one listens.
 - ``shim_alive``: is the pid in ``shim.pid`` still the shim that wrote ``state.json``
   (same start time, so a reused pid is not mistaken for it)?
 
@@ -239,6 +240,43 @@ async def clean_dead_task(runtime: str, runtime_root: str, container_id: str, bu
             await asyncio.to_thread(mount.unmount, rootfs, detach=True)
         except OSError as exc:
             log.error("cannot unmount %s: %s", rootfs, exc)
+
+
+def remove_stale_socket(address: str) -> bool:
+    """Remove the unix socket file of a dead shim's endpoint (``ipc://<state>/s/<hash>``).
+
+    A shim killed with SIGKILL cannot unlink the file its ROUTER socket bound. The file is
+    removed only when nothing listens on it any more (a connect is refused), so the socket
+    of a live shim (a new one for the same container) is never taken away. Blocking (one
+    ``connect``, which fails at once): call it in a thread. Returns True when it removed a file.
+    """
+    import socket
+    import stat
+
+    path = address.removeprefix("ipc://")
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return False  # a live shim owns it
+    except ConnectionRefusedError:
+        pass
+    except OSError as exc:
+        log.warning("cannot probe shim socket %s: %s; leaving it", path, exc)
+        return False
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    log.info("removed the socket %s of a dead shim", path)
+    return True
 
 
 def clear_shim_files(bundle: str) -> None:

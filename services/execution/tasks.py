@@ -347,6 +347,9 @@ class TaskManager:
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
                 await self._shim_gone(live)
+                await asyncio.to_thread(
+                    shims.remove_stale_socket, self.settings.shim_endpoint(live.namespace, live.container_id)
+                )
                 # a shim killed during its delete may not have queued /tasks/delete: the journal
                 # keeps one of the two (same event id), after what the shim's outbox held
                 self._publish_task_delete(live.namespace, live.container_id, live.incarnation, live.task_pid, ex)
@@ -412,6 +415,7 @@ class TaskManager:
         )
         await self._drain_leftovers(bundle)
         await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
+        await asyncio.to_thread(shims.remove_stale_socket, self.settings.shim_endpoint(namespace, container_id))
         if not deleted or (state is not None and state.pid):
             body = {
                 "container_id": container_id,

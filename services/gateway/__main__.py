@@ -10,6 +10,7 @@ from services.gateway import config, docker_api
 from services.gateway.backends import Backends
 from services.gateway.docker_containers import ContainersAPI
 from services.gateway.docker_images import ImagesAPI
+from services.gateway.docker_networks import NetworksAPI
 from services.gateway.docker_volumes import VolumesAPI
 from services.gateway.http import Router, Server
 from services.gateway.native import NativeAPI
@@ -31,6 +32,7 @@ def build_app(backends: Backends) -> object:
     ContainersAPI(backends).routes(router)
     ImagesAPI(backends).routes(router)
     VolumesAPI(backends).routes(router)
+    NetworksAPI().routes(router)
     return NativeAPI(backends).wrap(docker_api.make_app(router))
 
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from common import dockerfmt, errors
+from common import dockerfmt, errors, resources
 from services.gateway import streams
 from services.gateway.backends import Backends, call, docker_error, is_missing_method, missing_method
 from services.gateway.docker_api import api_version, filters_of, int_arg, ndjson
@@ -106,7 +106,8 @@ class ContainersAPI:
         name = request.arg("name") or None
         try:
             req = dockerfmt.create_request(body, name)
-        except dockerfmt.FormatError as exc:
+            resources.validate(req.get("resources") or {})
+        except (dockerfmt.FormatError, resources.ResourceError) as exc:
             raise HTTPError(400, str(exc)) from None
         if request.arg("platform"):
             req["platform"] = request.arg("platform")
@@ -118,7 +119,10 @@ class ContainersAPI:
             raise
         except errors.DockyardError as exc:
             raise docker_error(exc, "container", name or "") from None
-        return Response.json({"Id": reply["id"], "Warnings": list(reply.get("warnings") or [])}, 201)
+        warnings = list(reply.get("warnings") or []) + dockerfmt.create_warnings(body)
+        for w in warnings:
+            log.info("create of %s: warning: %s", reply["id"][:12], w)
+        return Response.json({"Id": reply["id"], "Warnings": warnings}, 201)
 
     async def list_containers(self, request: Request) -> Response:
         filters = filters_of(request, _LIST_FILTERS)
@@ -271,7 +275,8 @@ class ContainersAPI:
             raise HTTPError(400, "invalid update config: expected a JSON object")
         try:
             converted = dockerfmt.create_request({"Image": "-", "HostConfig": body})
-        except dockerfmt.FormatError as exc:
+            resources.validate(converted.get("resources") or {}, update=True)
+        except (dockerfmt.FormatError, resources.ResourceError) as exc:
             raise HTTPError(400, str(exc)) from None
         req: dict[str, Any] = {"id": ref, "resources": converted.get("resources") or {}}
         if "restart_policy" in converted:

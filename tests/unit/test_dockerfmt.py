@@ -259,3 +259,29 @@ def test_pull_progress_lines() -> None:
         "status": "Loaded image: a:1"
     }
     assert dockerfmt.pull_progress({"status": "done", "result": {}}) is None
+
+
+def test_event_topics_cover_every_topic_docker_event_maps() -> None:
+    """``event_topics`` (the CLI's pre-filter) never drops an envelope ``docker_event`` would name so."""
+    from common import topics
+
+    payloads = [
+        {"container_id": "c1", "id": "c1"},
+        {"container_id": "c1", "id": "e1"},
+        {"id": "c1", "action": "rename"},
+        {"name": "busybox:latest", "action": "pull"},
+        {"name": "busybox:latest"},
+    ]
+    seen = set()
+    for topic in topics.ALL:
+        for event in payloads:
+            ev = dockerfmt.docker_event({"topic": topic, "event": event, "timestamp": "2024-01-01T00:00:00Z"})
+            if ev is None:
+                continue
+            seen.add(ev["Action"])
+            assert topic in dockerfmt.event_topics(ev["Action"]), (topic, ev["Action"])
+            assert ev["Type"] in [t for t in ("container", "image") if topic.split("/")[1].rstrip("s") in
+                                  dockerfmt.event_kinds(t)]  # fmt: skip
+    assert {"create", "start", "die", "exec_die", "destroy", "pause", "unpause", "oom", "exec_create"} <= seen
+    assert dockerfmt.event_topics("die") == ["/tasks/exit"]
+    assert dockerfmt.event_kinds("container") == ["container", "task"] and dockerfmt.event_kinds("task") == ["task"]
