@@ -128,7 +128,7 @@ class ExecService:
         """``docker exec`` in one call: ``exec_create``, then ``{"id"}``, then ``exec_start``'s frames.
 
         Errors before ``{"id"}`` are ``exec_create``'s (Conflict: not running), after it
-        ``exec_start``'s (InvalidArgument with ``details.exit_status`` 126/127).
+        ``exec_start``'s (InvalidArgument with ``details.exit_status`` 126, as dockerd's).
         """
         if req.detach:
             created = await self.exec_create(req.create_request(), ctx)

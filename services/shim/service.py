@@ -64,6 +64,11 @@ HOLD_OUTPUT_S = 5.0
 """How long a task started at create (``ShimLaunch.hold_output``) waits for ``shim.start``
 before its output is read anyway (the log must not stall behind a caller that went away)."""
 
+EXEC_START_FAILED = 126
+"""The exit status of an exec that could not be started, whatever the cause (a missing command
+too): dockerd's ``ContainerExecStart`` records 126 for every start failure, where ``run``
+distinguishes 127 (``start_error_status``)."""
+
 DELETE_FLUSH_S = 1.0
 """How long ``shim.delete`` waits for the events service to acknowledge the task's events."""
 
@@ -771,7 +776,7 @@ class Shim:
         exec is deleted (``/tasks/delete``). With ``stdin`` the caller's stream is written
         to the process's stdin (EOF closes it). Errors before the first frame: those of
         ``shim.exec``; after it, a start that fails raises InvalidArgument with
-        ``details.exit_status`` (126/127) and deletes the exec. A caller that goes away
+        ``details.exit_status`` (126, ``EXEC_START_FAILED``) and deletes the exec. A caller that goes away
         before the last frame leaves the exec registered (``shim.wait`` and ``shim.delete``
         still work on it).
         """
@@ -824,7 +829,7 @@ class Shim:
                     pid = int(f.read().strip())
             except (RuntimeError_, OSError, TimeoutError) as exc:
                 message = exc.message if isinstance(exc, RuntimeError_) else str(exc)
-                status = start_error_status(message)
+                status = EXEC_START_FAILED  # dockerd's ContainerExecStart: 126 whatever the cause
                 if isinstance(exc, RuntimeError_):  # what dockerd reports for a failed exec start
                     message = f"OCI runtime exec failed: {message}"
                 proc.record_exit(status)

@@ -4,8 +4,9 @@ One instance started with ``dockyard up`` (every service, the gateway's socket, 
 busybox) serves the module; the same cases go through ``dockyard``, the Docker API and,
 when installed, the real docker CLI.
 
-- exec start errors follow run's rules (missing command 127; not executable, bad working
-  directory, permission 126): ``exec -w /nonexistent`` was 127;
+- an exec that cannot start exits 126 whatever the cause (a missing command too: dockerd's
+  ``ContainerExecStart`` records 126 for every start failure; ``run`` says 127 there):
+  ``exec -w /nonexistent`` was 127;
 - ``run -w`` to a path that is a file is 126 with an error;
 - ``-it`` with stdin not a terminal is refused (``the input device is not a TTY``, exit 1,
   nothing created), by the hot parser's path and by typer's (``container run``);
@@ -47,14 +48,14 @@ EXEC_CASES = [
     # (exec options, command, exit status, what stderr names)
     (["-w", "/nonexistent"], ["true"], 126, b'chdir to cwd ("/nonexistent") set in config.json failed'),
     (["-w", "/etc/passwd"], ["true"], 126, b'chdir to cwd ("/etc/passwd")'),
-    ([], ["nosuchcmd"], 127, b"executable file not found"),
-    ([], ["/nonexistent"], 127, b"no such file or directory"),
+    ([], ["nosuchcmd"], 126, b"executable file not found"),
+    ([], ["/nonexistent"], 126, b"no such file or directory"),
     ([], ["/etc"], 126, b"permission denied"),
 ]
 
 
 @pytest.mark.parametrize(("opts", "cmd", "status", "says"), EXEC_CASES)
-def test_exec_start_error_status_follows_run(
+def test_exec_start_error_status_is_dockers(
     eng: Engine, sleeper: str, opts: list[str], cmd: list[str], status: int, says: bytes
 ) -> None:
     """``dockyard exec`` (one shim.exec_run stream) exits as ``docker exec`` does."""
@@ -83,7 +84,7 @@ def test_docker_exec_bad_workdir_is_126(eng: Engine, sleeper: str) -> None:
     r = eng.docker("exec", "-w", "/nonexistent", sleeper, "true")
     assert r.returncode == 126, r.stderr
     assert b"OCI runtime exec failed" in r.stdout + r.stderr
-    assert eng.docker("exec", sleeper, "nosuchcmd").returncode == 127
+    assert eng.docker("exec", sleeper, "nosuchcmd").returncode == 126
 
 
 def test_run_workdir_that_is_a_file_is_126(eng: Engine) -> None:
