@@ -797,7 +797,9 @@ def ps(
     finally:
         ex.close()
     containers = reply["containers"]
-    if fmt and not (fmt == "table" and quiet):  # docker: a format other than "table" wins over -q
+    if fmt and quiet and fmt != "table":  # the docker CLI: -q wins, with this warning
+        output.raw(b"WARNING: Ignoring custom format, because both --format and --quiet are set.\n", 2)
+    elif fmt and not quiet:
         return _ps_format(fmt, containers, no_trunc)
     if quiet:
         output.lines(c["id"] if no_trunc else c["id"][:12] for c in containers)

@@ -67,6 +67,16 @@ def test_ps_format_json_is_docker_shape(eng: Engine) -> None:
         ]
 
 
+def test_ps_quiet_wins_over_a_custom_format_with_dockers_warning(eng: Engine) -> None:
+    r = dy(eng, "ps", "-q", "--format", "{{.Names}}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == dy(eng, "ps", "-q").stdout
+    assert r.stderr == b"WARNING: Ignoring custom format, because both --format and --quiet are set.\n"
+    if eng.cli is not None:
+        theirs = eng.docker("ps", "-q", "--format", "{{.Names}}")
+        assert (theirs.stdout, theirs.stderr) == (r.stdout, r.stderr)
+
+
 def test_ps_bad_format_fails_with_one_line(eng: Engine) -> None:
     r = dy(eng, "ps", "--format", "{{.Nope}}")
     assert r.returncode == 1 and r.stdout == b""
