@@ -543,86 +543,10 @@ def update(
 
 
 def docker_inspect(c: dict[str, Any]) -> dict[str, Any]:
-    """A container in the shape ``docker inspect`` prints (ContainerJSON)."""
-    cfg = c.get("config") or {}
-    st = c["state"]
-    res = cfg.get("resources") or {}
-    policy = cfg.get("restart_policy") or {"name": "no", "maximum_retry_count": 0}
-    return {
-        "Id": c["id"],
-        "Created": c["created_at"],
-        "Path": c.get("path", ""),
-        "Args": c.get("args", []),
-        "State": {
-            "Status": st["status"],
-            "Running": st["running"],
-            "Paused": st["paused"],
-            "Restarting": st["restarting"],
-            "OOMKilled": st["oom_killed"],
-            "Dead": st["dead"],
-            "Pid": st["pid"],
-            "ExitCode": st["exit_code"],
-            "Error": st["error"],
-            "StartedAt": st.get("started_at") or "0001-01-01T00:00:00Z",
-            "FinishedAt": st.get("finished_at") or "0001-01-01T00:00:00Z",
-        },
-        "Image": c.get("image_id", ""),
-        "Name": "/" + c["name"],
-        "RestartCount": c.get("restart_count", 0),
-        "Driver": "overlay2",
-        "Platform": "linux",
-        "LogPath": c.get("log_path", ""),
-        "ExecIDs": c.get("exec_ids") or None,
-        "HostConfig": {
-            "AutoRemove": bool(cfg.get("auto_remove")),
-            "NetworkMode": cfg.get("network_mode") or "none",
-            "RestartPolicy": {
-                "Name": policy.get("name", "no"),
-                "MaximumRetryCount": policy.get("maximum_retry_count", 0),
-            },
-            "ReadonlyRootfs": bool(cfg.get("read_only")),
-            "Privileged": bool(cfg.get("privileged")),
-            "CapAdd": cfg.get("cap_add") or None,
-            "CapDrop": cfg.get("cap_drop") or None,
-            "SecurityOpt": cfg.get("security_opt") or None,
-            "Init": bool(cfg.get("init")),
-            "Memory": res.get("memory") or 0,
-            "MemorySwap": res.get("memory_swap") or 0,
-            "NanoCpus": res.get("nano_cpus") or 0,
-            "CpuShares": res.get("cpu_shares") or 0,
-            "PidsLimit": res.get("pids_limit"),
-            "LogConfig": {"Type": "json-file", "Config": cfg.get("log_opts") or {}},
-            "Runtime": c.get("runtime", "runc"),
-        },
-        "Mounts": [
-            {
-                "Type": m["type"],
-                "Name": m.get("name") or None,
-                "Source": m["source"],
-                "Destination": m["destination"],
-                "RW": m["rw"],
-            }
-            for m in c.get("mounts") or []
-        ],
-        "Config": {
-            "Hostname": c.get("hostname", ""),
-            "User": cfg.get("user", ""),
-            "Tty": bool(cfg.get("tty")),
-            "OpenStdin": bool(cfg.get("open_stdin")),
-            "StdinOnce": bool(cfg.get("stdin_once")),
-            "Env": c.get("env") or cfg.get("env") or [],
-            "Cmd": cfg.get("cmd"),
-            "Entrypoint": cfg.get("entrypoint"),
-            "Image": c.get("image", ""),
-            "WorkingDir": cfg.get("working_dir", ""),
-            "Labels": c.get("labels") or {},
-            "StopSignal": c.get("stop_signal", "SIGTERM"),
-            "StopTimeout": cfg.get("stop_timeout"),
-        },
-    }
+    """A container in the shape ``docker inspect`` prints (ContainerJSON): the gateway's own."""
+    from common import dockerfmt
 
-
-# -- volumes ---------------------------------------------------------------------------------------------------
+    return dockerfmt.container_inspect(c)
 
 
 def volume_ls(quiet: Annotated[bool, typer.Option("-q", "--quiet", help="only names")] = False) -> None:

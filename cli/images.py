@@ -216,38 +216,10 @@ def _images_format(fmt: str, rows: list[tuple[Any, ...]], digests: bool) -> None
 
 
 def _docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
-    cfg = info.get("config") or {}
-    return {
-        "Id": info["id"],
-        "RepoTags": info.get("repo_tags") or [],
-        "RepoDigests": info.get("repo_digests") or [],
-        "Parent": info.get("parent", ""),
-        "Comment": info.get("comment", ""),
-        "Created": info.get("created", ""),
-        "Author": info.get("author", ""),
-        "Config": {
-            "User": cfg.get("User", ""),
-            "ExposedPorts": cfg.get("ExposedPorts"),
-            "Env": cfg.get("Env"),
-            "Cmd": cfg.get("Cmd"),
-            "Volumes": cfg.get("Volumes"),
-            "WorkingDir": cfg.get("WorkingDir", ""),
-            "Entrypoint": cfg.get("Entrypoint"),
-            "OnBuild": cfg.get("OnBuild"),
-            "Labels": cfg.get("Labels"),
-            "StopSignal": cfg.get("StopSignal"),
-        },
-        "Architecture": info.get("architecture", ""),
-        "Variant": info.get("variant") or None,
-        "Os": info.get("os", ""),
-        "Size": info.get("size", 0),
-        "RootFS": {"Type": "layers", "Layers": (info.get("rootfs") or {}).get("layers", [])},
-        "Metadata": {"LastTagTime": (info.get("metadata") or {}).get("last_tag_time", "")},
-        "Descriptor": info.get("target"),
-        "ManifestDigest": info.get("manifest_digest", ""),
-        "ChainID": info.get("chain_id", ""),
-        "Unpacked": info.get("unpacked"),
-    }
+    """An image in the shape ``docker image inspect`` prints: the gateway's own."""
+    from common import dockerfmt
+
+    return dockerfmt.image_inspect(info)
 
 
 def inspect(

@@ -107,7 +107,7 @@ def test_ps_filters_and_inspect_state(engine: Engine) -> None:
     engine.run("-d", "--name", "up1", "-l", "role=web", "busybox", "sleep", "300", check=True)
     engine.run("--name", "ex3", "busybox", "sh", "-c", "exit 3")
     names = lambda *f: engine.cli("ps", "-a", "--format", "json", *[a for x in f for a in ("-f", x)]).stdout  # noqa: E731
-    parsed = lambda out: sorted(json.loads(line)["name"] for line in out.decode().splitlines())  # noqa: E731
+    parsed = lambda out: sorted(json.loads(line)["Names"] for line in out.decode().splitlines())  # noqa: E731
     assert parsed(names("status=running")) == ["up1"]
     assert parsed(names("status=exited")) == ["ex3"]
     assert parsed(names("exited=3")) == ["ex3"]

@@ -78,7 +78,7 @@ def _finish(proc: subprocess.Popen[bytes], head: bytes) -> tuple[bytes, bytes, i
 
 def _names(inst: Instance) -> list[str]:
     r = inst.cli("ps", "-a", "--format", "json", check=True)
-    return [json.loads(line)["name"] for line in r.stdout.decode().splitlines() if line.strip()]
+    return [json.loads(line)["Names"] for line in r.stdout.decode().splitlines() if line.strip()]  # docker ps json
 
 
 def test_run_output_resumes_once_after_execution_is_killed_mid_run(svc: Instance) -> None:
