@@ -15,27 +15,12 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need_root
 from tests.harness import PROJECT, Instance
 
 SCRIPT = "echo one; echo err-one >&2; sleep 2; echo two; echo err-two >&2; exit 7"
-
-
-@pytest.fixture
-def svc() -> Iterator[Instance]:
-    """Services started one by one, so a test can kill and start the execution service."""
-    need_root()
-    inst = Instance()
-    try:
-        inst.start("events", "snapshot", "image", "execution")
-        inst.load_busybox()
-        yield inst
-    finally:
-        inst.cleanup()
 
 
 def _cli(inst: Instance, *args: str) -> subprocess.Popen[bytes]:
@@ -81,70 +66,70 @@ def _names(inst: Instance) -> list[str]:
     return [json.loads(line)["Names"] for line in r.stdout.decode().splitlines() if line.strip()]  # docker ps json
 
 
-def test_run_output_resumes_once_after_execution_is_killed_mid_run(svc: Instance) -> None:
-    proc = _cli(svc, "run", "--name", "inflight", "busybox", "sh", "-c", SCRIPT)
+def test_run_output_resumes_once_after_execution_is_killed_mid_run(dy: Instance) -> None:
+    proc = _cli(dy, "run", "--name", "inflight", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"one\n")
-    svc.kill("execution")
-    svc.start("execution")  # back while the container still sleeps
+    dy.kill("execution")
+    dy.start("execution")  # back while the container still sleeps
     out, err, code = _finish(proc, head)
     assert out == b"one\ntwo\n", err
     assert err == b"err-one\nerr-two\n"
     assert code == 7
-    assert "inflight" in _names(svc)  # no --rm: kept, Exited (7)
-    r = svc.cli("inspect", "inflight", check=True)
+    assert "inflight" in _names(dy)  # no --rm: kept, Exited (7)
+    r = dy.cli("inspect", "inflight", check=True)
     assert b'"ExitCode": 7' in r.stdout
 
 
-def test_run_rm_container_exiting_while_execution_is_down(svc: Instance) -> None:
+def test_run_rm_container_exiting_while_execution_is_down(dy: Instance) -> None:
     """The container exits during the outage: the restarted service holds its removal for
     the client, which prints the rest from the log, gets 7 and removes it (once)."""
-    proc = _cli(svc, "run", "--rm", "--name", "gone", "busybox", "sh", "-c", SCRIPT)
+    proc = _cli(dy, "run", "--rm", "--name", "gone", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"one\n")
-    svc.kill("execution")
+    dy.kill("execution")
     time.sleep(2.5)  # "two" is written and the container exits while nobody serves
-    svc.start("execution")
+    dy.start("execution")
     out, err, code = _finish(proc, head)
     assert out == b"one\ntwo\n", err
     assert err == b"err-one\nerr-two\n"
     assert code == 7
-    assert "gone" not in _names(svc)
+    assert "gone" not in _names(dy)
 
 
-def test_run_tty_output_resumes_once(svc: Instance) -> None:
-    baseline = svc.cli("run", "--rm", "-t", "busybox", "true")
+def test_run_tty_output_resumes_once(dy: Instance) -> None:
+    baseline = dy.cli("run", "--rm", "-t", "busybox", "true")
     if b"console:" in baseline.stderr:  # the host gives containers no terminal (test_execution_io fails too)
         pytest.skip(f"no container terminal on this host: {baseline.stderr.decode().strip()}")
-    proc = _cli(svc, "run", "-t", "busybox", "sh", "-c", "echo one; sleep 2; echo two; exit 7")
+    proc = _cli(dy, "run", "-t", "busybox", "sh", "-c", "echo one; sleep 2; echo two; exit 7")
     head = _read_until(proc, b"one\r\n")
-    svc.kill("execution")
-    svc.start("execution")
+    dy.kill("execution")
+    dy.start("execution")
     out, err, code = _finish(proc, head)
     assert out == b"one\r\ntwo\r\n", err
     assert code == 7
 
 
-def test_start_attached_resumes_after_the_earlier_runs_output(svc: Instance) -> None:
+def test_start_attached_resumes_after_the_earlier_runs_output(dy: Instance) -> None:
     """``start -a`` of a container that ran before: its earlier output, in the same log, is
     neither shown again nor counted."""
-    svc.cli("create", "--name", "again", "busybox", "sh", "-c", SCRIPT, check=True)
-    first = svc.cli("start", "-a", "again")
+    dy.cli("create", "--name", "again", "busybox", "sh", "-c", SCRIPT, check=True)
+    first = dy.cli("start", "-a", "again")
     assert first.returncode == 7 and first.stdout == b"one\ntwo\n", first.stderr
-    proc = _cli(svc, "start", "-a", "again")
+    proc = _cli(dy, "start", "-a", "again")
     head = _read_until(proc, b"one\n")
-    svc.kill("execution")
-    svc.start("execution")
+    dy.kill("execution")
+    dy.start("execution")
     out, err, code = _finish(proc, head)
     assert out == b"one\ntwo\n", err
     assert err == b"err-one\nerr-two\n"
     assert code == 7
 
 
-def test_run_gives_up_when_execution_stays_away(svc: Instance) -> None:
+def test_run_gives_up_when_execution_stays_away(dy: Instance) -> None:
     """Not back within the wait: the original one-line error and 125 (the wait shortened here)."""
-    svc.env["DOCKYARD_RESUME_WAIT_S"] = "2"
-    proc = _cli(svc, "run", "busybox", "sh", "-c", SCRIPT)
+    dy.env["DOCKYARD_RESUME_WAIT_S"] = "2"
+    proc = _cli(dy, "run", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"one\n")
-    svc.kill("execution")
+    dy.kill("execution")
     out, err, code = _finish(proc, head)
     assert out == b"one\n"
     assert code == 125
