@@ -347,12 +347,13 @@ class TaskManager:
                     live.runtime, self.runtime_root(live.runtime), live.container_id, live.bundle
                 )
                 await self._shim_gone(live)
-                await asyncio.to_thread(
-                    shims.remove_stale_socket, self.settings.shim_endpoint(live.namespace, live.container_id)
-                )
                 # a shim killed during its delete may not have queued /tasks/delete: the journal
                 # keeps one of the two (same event id), after what the shim's outbox held
                 self._publish_task_delete(live.namespace, live.container_id, live.incarnation, live.task_pid, ex)
+                # after the events are queued: no wait between the shim's end and what the journal owes
+                await asyncio.to_thread(
+                    shims.remove_stale_socket, self.settings.shim_endpoint(live.namespace, live.container_id)
+                )
             else:
                 # the shim handed its events over and leaves the bundle alone: no need to wait for its exit
                 trace.mark("task deleted")
@@ -415,7 +416,6 @@ class TaskManager:
         )
         await self._drain_leftovers(bundle)
         await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
-        await asyncio.to_thread(shims.remove_stale_socket, self.settings.shim_endpoint(namespace, container_id))
         if not deleted or (state is not None and state.pid):
             body = {
                 "container_id": container_id,
@@ -443,6 +443,8 @@ class TaskManager:
                 handled=incarnation,
                 **({"error": error} if error else {}),
             )
+        # last: no wait between the shim's end and the events and record the journal and store owe
+        await asyncio.to_thread(shims.remove_stale_socket, self.settings.shim_endpoint(namespace, container_id))
         return ex
 
     def _publish_task_delete(self, namespace: str, container_id: str, incarnation: int, pid: int, ex: TaskExit) -> None:
