@@ -118,6 +118,12 @@ async def _frames(sub: Subscriber) -> AsyncIterator[dict[str, Any]]:
         yield {"s": stream, "d": data}
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a background future's exception as seen (its owner awaits it later, or never)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _closes_stdin(proc: Process) -> bool:
     """Whether the end of an attach's stdin (its EOF, or the client gone) closes the process's
     stdin: only with ``stdin_once`` and no terminal (moby ``container/stream/attach.go``:
@@ -166,12 +172,15 @@ class Shim:
         self.execs: dict[str, Process] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._mounted = False
+        self._unmounting: asyncio.Future[None] | None = None
         self._counter = 0
         self._oom_seen = 0
         self._oom_watch: int = -1
         self.cgroups_path = ""
         self.own_pid_ns = False
         """The task has a PID namespace of its own: its processes all die with its init."""
+        self._early_delete: asyncio.Future[None] | None = None
+        """The runtime's delete of the stopped task, started when its init was reaped (``_finish_exit``)."""
         self.console_base = ""
 
     # -- helpers ---------------------------------------------------------------------------
@@ -433,10 +442,17 @@ class Shim:
         return rootfs.missing_interpreter(self.rootfs, list(process.get("args") or []), env, cwd)
 
     async def _teardown_rootfs(self) -> None:
+        """Unmount the rootfs once (later calls wait for the first one's unmount)."""
+        if self._unmounting is None:
+            self._unmounting = asyncio.ensure_future(self._unmount_rootfs())
+        await asyncio.shield(self._unmounting)
+
+    async def _unmount_rootfs(self) -> None:
         if not self._mounted:
             return
         try:
-            mount.unmount(self.rootfs, detach=True)  # a lazy detach returns at once: no thread needed
+            # in a thread: an overlay's unmount takes ~5 ms (the kernel waits out an RCU grace period)
+            await asyncio.to_thread(mount.unmount, self.rootfs, detach=True)
             self._mounted = False
         except OSError as exc:
             log.error("cannot unmount the rootfs: %s", exc)
@@ -457,6 +473,15 @@ class Shim:
             if self._oom_seen and proc.state.exit_status == 137:
                 proc.update(oom_killed=True)
             self._stop_oom_watch()
+            if self.own_pid_ns and self._early_delete is None:
+                # With init gone every process of its PID namespace is gone: the task is stopped and
+                # nothing but a delete can follow. The runtime's delete (its state and cgroup, a Go
+                # process of ~10 ms) and the rootfs's unmount start now, while the exit is published
+                # and the caller comes to shim.delete, which then only waits for them. After the OOM
+                # read and the OOM watch's end: removing the cgroup fires its eventfd.
+                self._early_delete = asyncio.ensure_future(self.runtime.delete(self.id))
+                self._early_delete.add_done_callback(_retrieve)
+                self._spawn(self._teardown_rootfs(), "unmount")  # no process of the task uses it now
         await proc.io.pumping.wait()  # a held output is read first (shim.start, or HOLD_OUTPUT_S)
         await proc.io.wait_output_closed(IO_DRAIN_S)
         await proc.start_settled.wait()
@@ -589,8 +614,9 @@ class Shim:
             # the runtime's delete (its state and cgroup, ~10 ms in another process) runs while
             # the rootfs is unmounted here when the task had its own PID namespace: with init gone,
             # every process of the container is gone, and the runtime does not touch the rootfs of a
-            # stopped one. Without one, the runtime first kills what is left in the cgroup.
-            deleting = asyncio.ensure_future(self.runtime.delete(self.id))
+            # stopped one (both started already when init was reaped). Without one, the runtime
+            # first kills what is left in the cgroup.
+            deleting = self._early_delete or asyncio.ensure_future(self.runtime.delete(self.id))
             if self.own_pid_ns:
                 await asyncio.sleep(0)
             else:
