@@ -127,3 +127,31 @@ def test_network_ls_lists_the_networks_a_container_can_use(eng: Engine) -> None:
     networks = json.loads(eng.ok("inspect", cid))[0]["NetworkSettings"]["Networks"]
     assert networks["none"]["NetworkID"] == none["Id"]
     eng.ok("rm", cid)
+
+
+def test_network_create_rm_connect_say_what_dockyard_offers(eng: Engine) -> None:
+    """A compose project creates its network first: it used to stop at ``page not found``."""
+    status, _h, data = eng.api("POST", "/networks/create", {"Name": "proj_default", "Driver": "bridge"})
+    assert status == 501
+    assert json.loads(data)["message"] == (
+        "cannot create network proj_default: Dockyard creates no networks; a container uses "
+        "'none' or 'host' (docker run --network)"
+    )
+    status, _h, data = eng.api("DELETE", "/networks/host")
+    assert (status, json.loads(data)["message"]) == (403, "host is a pre-defined network and cannot be removed")
+    status, _h, data = eng.api("DELETE", "/networks/proj_default")
+    assert (status, json.loads(data)["message"]) == (404, "network proj_default not found")
+    status, _h, data = eng.api("POST", "/networks/none/connect", {"Container": "x"})
+    assert status == 501 and "cannot connect to network none" in json.loads(data)["message"]
+    assert eng.json("POST", "/networks/prune") == {"NetworksDeleted": None}
+    assert sorted(n["Name"] for n in eng.json("GET", "/networks")) == ["host", "none"]
+
+    if eng.cli is None:
+        return
+    r = eng.docker("network", "create", "proj_default")
+    assert r.returncode == 1
+    assert "cannot create network proj_default: Dockyard creates no networks" in r.stderr.decode()
+    r = eng.docker("network", "rm", "none")
+    assert r.returncode == 1 and "none is a pre-defined network and cannot be removed" in r.stderr.decode()
+    r = eng.docker("network", "prune", "-f")
+    assert r.returncode == 0, r.stderr
