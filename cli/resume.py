@@ -42,7 +42,9 @@ import time
 from cli import output
 from cli.connect import client
 from common import errors
-from common.resume import LOG_GAP, POLL_S, RESUME_WAIT_S, ROTATED, LogFollow, Skip, rfc3339
+from common.resume import LOG_GAP, POLL_S, RESUME_WAIT_S, ROTATED, LogFollow
+from common.resume import Skip as Skip  # re-exported: cli.resume was their home
+from common.resume import rfc3339 as rfc3339
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:

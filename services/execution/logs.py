@@ -529,10 +529,10 @@ class LogReader:
             gap = False
             if self._after_ns is not None:
                 accepted, gap = self._past_cursor(accepted)
-                before = self.cursor.wire() if self.cursor is not None else None
+                wire = self.cursor.wire() if self.cursor is not None else None
             out = frames(accepted, self.timestamps, inline=self.stamp_inline, cursor=self.cursor)
             if gap:
-                out.insert(0, {"s": 1, "d": b"", "t": "", "c": before, "gap": True})
+                out.insert(0, {"s": 1, "d": b"", "t": "", "c": wire, "gap": True})
             return out, caught_up
 
     def _past_cursor(self, entries: Iterable[Entry]) -> tuple[list[Entry], bool]:

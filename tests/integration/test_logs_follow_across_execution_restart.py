@@ -90,3 +90,23 @@ def test_logs_follow_gives_up_when_execution_stays_away(dy: Instance) -> None:
     out, err, code = _finish(proc, head)
     assert (out, code) == (b"one\n", 1)
     assert err.decode().splitlines()[-1].startswith("error: Unavailable: execution service not answering at ")
+
+
+def test_logs_follow_warns_when_the_log_rotated_past_it_during_the_outage(dy: Instance) -> None:
+    """The last entry printed was rotated out while the service was away (max-size 1k, two
+    files): a one-line warning, then the oldest output left, in order, to the end."""
+    script = "echo first; sleep 3; seq 1 2000; sleep 1; echo last"
+    opts = ("--log-opt", "max-size=1k", "--log-opt", "max-file=2")
+    dy.cli("run", "-d", *opts, "--name", "rotated", "busybox", "sh", "-c", script, check=True)
+    proc = _cli(dy, "logs", "-f", "rotated")
+    head = _read_until(proc, b"first\n")
+    dy.kill("execution")
+    time.sleep(3)  # seq writes some 9 KB: "first" is rotated out meanwhile
+    dy.start("execution")
+    out, err, code = _finish(proc, head)
+    assert code == 0, err
+    assert "some output is missing" in err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0] == "first" and lines[-1] == "last"
+    rest = [int(x) for x in lines[1:-1]]
+    assert rest and rest == list(range(rest[0], 2001)) and rest[0] > 1
