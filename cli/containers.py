@@ -271,7 +271,8 @@ def logs(
     until: Annotated[str | None, typer.Option("--until", help="RFC 3339 time, unix time or relative")] = None,
     timestamps: Annotated[bool, typer.Option("-t", "--timestamps", help="prefix each line with its time")] = False,
 ) -> None:
-    """Print a container's output (stdout and stderr, as written)."""
+    """Print a container's output (stdout and stderr, as written); a restart of the execution
+    service meanwhile is ridden through (``cli.resume.follow_logs``)."""
     body: dict[str, Any] = {"id": container, "follow": follow, "timestamps": timestamps, "stamp_inline": True}
     if tail != "all":
         if not tail.lstrip("-").isdigit():
@@ -281,14 +282,7 @@ def logs(
         body["since"] = _parse_since(since)
     if until:
         body["until"] = _parse_since(until)
-    ex = client("execution", timeout_s=None)
-    try:
-        for frame in ex.stream("execution.logs", body):  # timestamps come written into "d"
-            output.raw(frame["d"], frame.get("s", 1))
-    except errors.DockyardError as exc:
-        output.fail(exc)
-    finally:
-        ex.close()
+    resume.follow_logs(body)  # timestamps come written into "d"; rides through a restart of the service
 
 
 def inspect(

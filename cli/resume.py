@@ -26,42 +26,31 @@ Stdin cannot be resumed exactly (what was in flight is lost, and the shim closes
 longer forwarded after a restart, with a warning on stderr.
 
 Rotation: if the log lost its oldest part (``max-size``/``max-file``), counting from its
-start would skip output never printed. Every entry printed before the stream was lost
-was logged before that moment, so an entry the skip would swallow whole although it was
-logged after it shows the skip is off: the skip stops there, the output goes on from
-that entry, and a one-line warning says part of the output is missing (output logged
-between the restart and the moment the loss was noticed cannot be told apart).
+start would skip output never printed; ``common.resume.Skip`` notices and a one-line
+warning says part of the output is missing.
+
+``logs`` (``follow_logs``) rides through a restart the same way: it waits for the service,
+then asks for the log again from right after the last entry it printed, by the cursor the
+service puts in each frame (``common.resume.LogFollow``), and goes on until the log (with
+``-f``: the container) ends.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from cli import output
 from cli.connect import client
 from common import errors
+from common.resume import LOG_GAP, POLL_S, RESUME_WAIT_S, ROTATED, LogFollow
+from common.resume import Skip as Skip  # re-exported: cli.resume was their home
+from common.resume import rfc3339 as rfc3339
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-RESUME_WAIT_S = float(os.environ.get("DOCKYARD_RESUME_WAIT_S") or 30.0)
-"""How long an outage of the execution service is waited out before giving up (seconds)."""
-POLL_S = 0.2
-"""Pause between two tries to reach the execution service again."""
-
-ROTATED = "part of the container's output was rotated out of its log before it could be shown again; some is missing"
 STDIN_LOST = "the execution service restarted: stdin is no longer forwarded to the container"
-
-
-def rfc3339(ns: int, digits: int = 9) -> str:
-    """Unix nanoseconds as the json-file log writes times (``...T12:00:00.123456789Z``);
-    ``digits=6`` gives microseconds (what a ``since`` request field takes). Fixed width:
-    two such strings compare as their times do."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    frac //= 10 ** (9 - digits)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:0{digits}d}Z"
 
 
 def lost_contact(call: Any, exc: errors.DockyardError) -> bool:
@@ -118,9 +107,45 @@ def follow(
             output.fail(exc, status if isinstance(status, int) and status in (126, 127) else 125)
 
 
-def _answering(container_id: str, lost: errors.DockyardError) -> dict[str, Any] | None:
+def follow_logs(body: dict[str, Any]) -> None:
+    """Print a container's log as ``execution.logs`` with ``body`` (a ``LogsRequest``) streams
+    it, riding through restarts of the execution service (see module docstring): each entry
+    once, in order; a warning if entries were rotated out of the log meanwhile. Exits 1
+    through ``output.fail`` on an error of the service, when it stays away longer than
+    ``RESUME_WAIT_S`` or is not there to begin with, or when the container is removed."""
+    state = LogFollow(body)
+    request = state.request
+    ref = str(body["id"])
+    first = True
+    while True:
+        c = client("execution", timeout_s=None)
+        call = None
+        try:
+            call = c.start("execution.logs", request)
+            for frame in call:
+                if state.seen(frame):
+                    output.warn(LOG_GAP)
+                data = frame.get("d")
+                if data:
+                    output.raw(data, int(frame.get("s") or 1))
+            return
+        except errors.Unavailable as exc:
+            if (call is None and first) or (call is not None and call.ended):
+                output.fail(exc)  # not up to begin with, or an answer of the service: as before
+            lost = exc
+        except errors.DockyardError as exc:
+            output.fail(exc)
+        finally:
+            c.close()
+        first = False
+        if _answering(ref, lost, 1) is None:
+            output.fail(f"container {ref} was removed before the rest of its log could be shown")
+        request = state.resume_request()
+
+
+def _answering(container_id: str, lost: errors.DockyardError, code: int = 125) -> dict[str, Any] | None:
     """Wait (``RESUME_WAIT_S`` at most) until the execution service answers; the container's
-    inspect, None when it no longer exists. Gives up with ``lost`` (exit 125)."""
+    inspect, None when it no longer exists. Gives up with ``lost`` (exit ``code``)."""
     deadline = time.monotonic() + RESUME_WAIT_S
     while True:
         c = client("execution", timeout_s=5)
@@ -130,39 +155,10 @@ def _answering(container_id: str, lost: errors.DockyardError) -> dict[str, Any] 
             return None
         except (errors.Unavailable, errors.DeadlineExceeded):
             if time.monotonic() >= deadline:
-                output.fail(lost, 125)
+                output.fail(lost, code)
         finally:
             c.close()
         time.sleep(POLL_S)
-
-
-class Skip:
-    """What of the log's entries was printed already (pure: no I/O; see module docstring).
-
-    ``printed``: bytes printed per stream before the loss; ``lost_at``: the loss's time as
-    ``rfc3339`` writes it. ``take`` gets the log's entries in order and returns the part of
-    each still to print; ``rotated`` tells whether the log turned out to lack its oldest part.
-    """
-
-    def __init__(self, printed: dict[int, int], lost_at: str) -> None:
-        self.left = {s: n for s, n in printed.items() if n}
-        self.lost_at = lost_at
-        self.rotated = False
-
-    def take(self, stream: int, data: bytes, stamp: str) -> bytes:
-        """The bytes of one log entry (``stamp``: its time, "" if unknown) still to print."""
-        left = self.left.get(stream, 0)
-        if not left:
-            return data
-        if len(data) > left:
-            self.left[stream] = 0
-            return data[left:]  # the rest of an entry printed in part
-        if not stamp or stamp <= self.lost_at:
-            self.left[stream] = left - len(data)  # printed already
-            return b""
-        self.left[stream] = 0  # logged after the loss, so never printed: the log lost its oldest part
-        self.rotated = True
-        return data
 
 
 def _resume_output(container_id: str, printed: dict[int, int], since: str | None, lost_at: str, warned: bool) -> bool:

@@ -310,12 +310,36 @@ class LogsRequest(Request):
         description="with timestamps: each entry's time and a space are written into ``d`` before "
         "its output, so one frame carries many entries (without it, one frame per entry, its time in ``t``)",
     )
+    cursor: bool = Field(
+        default=False,
+        description="every frame carries ``c``: where the stream is in the log after it (see LogFrame.c), "
+        "for a client that loses the stream to resume it exactly with ``after``/``skip``",
+    )
+    after: str | None = Field(
+        default=None,
+        max_length=64,
+        description="resume a stream: only entries after the ``skip``-th entry (among those the filters "
+        "accept) with exactly this RFC 3339 nano time; ``tail`` is ignored. When the log no longer "
+        "holds that entry (rotated out), a frame with ``gap`` comes before the first entry sent",
+    )
+    skip: int = Field(default=0, ge=0, description="with ``after``: entries at that time already received")
+    tail_as_of: dt.datetime | None = Field(
+        default=None,
+        description="with ``tail``: the tail is taken of the entries logged at or before this time; "
+        "every later one comes after it (resuming a ``tail`` + ``follow`` that received nothing yet)",
+    )
 
 
 class LogFrame(Reply):
     s: int = Field(description="1 stdout, 2 stderr")
     d: bytes
     t: str = Field(default="", description="RFC 3339 nano timestamp of the entry")
+    c: list[Any] | None = Field(
+        default=None,
+        description="with ``cursor``: ``[time, n]``, the RFC 3339 nano time of the last entry sent so far "
+        "and how many entries with that time were sent; ``after=time, skip=n`` resumes right after it",
+    )
+    gap: bool = Field(default=False, description="entries between ``after`` and what follows were rotated out")
 
 
 class AttachRequest(Request):

@@ -47,6 +47,15 @@ class AsyncCall:
         self._credit_changed = asyncio.Event()
         self._ended = False
         """The final frame (reply or error) arrived, or the call was given up."""
+        self._answered = False
+        """The final frame (reply or error) arrived (``ended``)."""
+
+    @property
+    def ended(self) -> bool:
+        """The service's final frame (its reply or its error) arrived. An ``Unavailable``
+        raised by a call that has not ``ended`` means the service went silent or away mid-call
+        (its work may go on, or resume after its restart), not that it refused."""
+        return self._answered
 
     @property
     def can_send(self) -> bool:
@@ -86,7 +95,7 @@ class AsyncCall:
         elif "credit" in msg and self.send_credit is not None:
             self.send_credit += int(msg.get("credit") or 0)
         if not msg.get("hb") and "credit" not in msg and (not msg.get("ok") or not msg.get("more")):
-            self._ended = True
+            self._ended = self._answered = True
         self._credit_changed.set()
 
     async def send_eof(self) -> None:

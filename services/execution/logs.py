@@ -25,6 +25,18 @@ The filters follow Docker's ``logs`` options: ``streams`` (stdout/stderr), ``sin
 the other filters accept (a line longer than 16 KiB is several entries, as in Docker's
 json-file log). Methods here block on file I/O: call them from a worker thread
 (``asyncio.to_thread``), never on the event loop.
+
+Resuming a stream (a client that lost the execution service mid-``logs -f``, ``common.resume``):
+with ``cursor`` every frame says where the stream stands after it, as ``[time, n]``: the time
+of the last entry sent and how many entries with exactly that time were sent (the shim
+gives every entry of one read the same time, so a time alone is no position). A request
+with ``after=time, skip=n`` starts right after that entry: the reader walks back from the
+end to the last entry older than ``time`` (as ``tail`` does: the cost is what follows the
+cursor), drops the first ``n`` accepted entries at ``time``, and sends the rest. The log is
+in time order and rotation drops its oldest part, so everything after the cursor entry is
+still there if that entry is; when fewer than ``n`` entries at ``time`` come before a later
+one, the cursor entry was rotated out and a ``{"gap": true}`` frame says output in between
+may be missing.
 """
 
 from __future__ import annotations
@@ -177,6 +189,25 @@ class _File:
     limit: int | None  # read no further than this offset (None: to EOF, following)
 
 
+class Cursor:
+    """Where a stream stands in the log: ``time`` (text) and ``ns`` of the last entry sent and
+    ``n``, how many entries with that time were sent (see module docstring)."""
+
+    def __init__(self, time: str = "", ns: int = -1, n: int = 0) -> None:
+        self.time = time
+        self.ns = ns
+        self.n = n
+
+    def advance(self, e: Entry) -> None:
+        if e.time_ns == self.ns:
+            self.n += 1
+        else:
+            self.time, self.ns, self.n = e.time, e.time_ns, 1
+
+    def wire(self) -> list[Any]:
+        return [self.time, self.n]
+
+
 class Follower:
     """Reads one log's entries from the beginning (or a tail), then, when ``follow``, what is
     appended, across rotations (see module docstring). Without ``follow`` it reads what the
@@ -217,20 +248,23 @@ class Follower:
     def _files(self) -> list[_File]:
         return ([self._cur] if self._cur else []) + self._queue
 
-    def seek_tail(self, n: int, flt: LogFilter) -> None:
+    def seek_tail(self, n: int, flt: LogFilter, as_of_ns: int | None = None, *, cursor: bool = False) -> Cursor | None:
         """Position the reader so that it gives the last ``n`` entries ``flt`` accepts (then,
         when following, what comes after). Reads backwards from the end; an entry older than
-        ``flt.since_ns`` ends the walk (the log is in time order). ``n <= 0``: start at the end."""
+        ``flt.since_ns`` ends the walk (the log is in time order). ``n <= 0``: start at the end.
+        ``as_of_ns``: count only entries logged at or before it (later ones are all given).
+        ``cursor``: return the cursor of the last entry before the start (``Cursor``: its time
+        and how many entries ``flt`` accepts have that time up to it), None if there is none."""
         files = self._files()
         if not files:
-            return
+            return None
         start_idx, start_off = 0, 0
         count = 0
         found = False
         for idx in range(len(files) - 1, -1, -1):
             fl = files[idx]
             end = fl.limit if fl.limit is not None else os.fstat(fl.f.fileno()).st_size
-            if n <= 0:
+            if n <= 0 and as_of_ns is None:
                 start_idx, start_off, found = idx, self._complete_end(fl.f, end), True
                 break
             for off, line in reverse_lines(fl.f, end):
@@ -240,6 +274,11 @@ class Follower:
                 if flt.since_ns is not None and e.time_ns < flt.since_ns:
                     start_idx, start_off, found = idx, off + len(line) + 1, True
                     break
+                if as_of_ns is not None and e.time_ns > as_of_ns:
+                    continue  # logged after the tail's moment: given whatever n is
+                if n <= 0:  # the first entry of the tail's moment ends it
+                    start_idx, start_off, found = idx, off + len(line) + 1, True
+                    break
                 if flt.accepts(e):
                     count += 1
                     if count >= n:
@@ -247,6 +286,7 @@ class Follower:
                         break
             if found:
                 break
+        before = self._cursor_before(files[: start_idx + 1], start_off, flt) if cursor else None
         for fl in files[:start_idx]:
             fl.f.close()
         for fl in files[start_idx + 1 :]:
@@ -256,6 +296,27 @@ class Follower:
         self._queue = files[start_idx:]
         self._buf = b""
         self._skipping = False
+        return before
+
+    @staticmethod
+    def _cursor_before(files: list[_File], end: int, flt: LogFilter) -> Cursor | None:
+        """The cursor of the last entry before offset ``end`` of ``files[-1]`` (see ``seek_tail``):
+        entries of one time are counted back to the first of them, accepted ones only."""
+        cur: Cursor | None = None
+        for idx in range(len(files) - 1, -1, -1):
+            f = files[idx].f
+            stop = end if idx == len(files) - 1 else os.fstat(f.fileno()).st_size
+            for _off, line in reverse_lines(f, stop):
+                e = decode(line)
+                if e is None:
+                    continue
+                if cur is None:
+                    cur = Cursor(e.time, e.time_ns, 0)
+                elif e.time_ns != cur.ns:
+                    return cur
+                if flt.accepts(e):
+                    cur.n += 1
+        return cur
 
     @staticmethod
     def _complete_end(f: BinaryIO, end: int) -> int:
@@ -355,13 +416,22 @@ class Follower:
         self._queue = []
 
 
-def frames(entries: Iterable[Entry], timestamps: bool, *, inline: bool = False) -> list[dict[str, Any]]:
+def frames(
+    entries: Iterable[Entry], timestamps: bool, *, inline: bool = False, cursor: Cursor | None = None
+) -> list[dict[str, Any]]:
     """Entries as ``{s, d, t}`` frames (``LogFrame``). With ``timestamps`` and not ``inline``:
     one frame per entry, its time in ``t``. Otherwise runs of one stream are joined up to
     ``FRAME_MAX`` bytes (``t`` is the first entry's time); ``timestamps`` with ``inline``
-    writes each entry's time and a space into ``d`` before its output (Docker's ``logs -t``)."""
+    writes each entry's time and a space into ``d`` before its output (Docker's ``logs -t``).
+    ``cursor``: advanced over the entries; every frame gets ``c``, the cursor after it."""
     if timestamps and not inline:
-        return [{"s": e.stream, "d": e.data, "t": e.time} for e in entries]
+        if cursor is None:
+            return [{"s": e.stream, "d": e.data, "t": e.time} for e in entries]
+        out1 = []
+        for e in entries:
+            cursor.advance(e)
+            out1.append({"s": e.stream, "d": e.data, "t": e.time, "c": cursor.wire()})
+        return out1
     stamp = timestamps and inline
     out: list[dict[str, Any]] = []
     parts: list[bytes] = []
@@ -370,6 +440,8 @@ def frames(entries: Iterable[Entry], timestamps: bool, *, inline: bool = False) 
     for e in entries:
         if first is not None and (e.stream != first.stream or size >= FRAME_MAX):
             out.append({"s": first.stream, "d": b"".join(parts), "t": first.time})
+            if cursor is not None:
+                out[-1]["c"] = cursor.wire()
             parts, size, first = [], 0, None
         if first is None:
             first = e
@@ -378,8 +450,12 @@ def frames(entries: Iterable[Entry], timestamps: bool, *, inline: bool = False) 
             size += len(parts[-1])
         parts.append(e.data)
         size += len(e.data)
+        if cursor is not None:
+            cursor.advance(e)
     if first is not None:
         out.append({"s": first.stream, "d": b"".join(parts), "t": first.time})
+        if cursor is not None:
+            out[-1]["c"] = cursor.wire()
     return out
 
 
@@ -399,13 +475,28 @@ class LogReader:
         follow: bool = False,
         timestamps: bool = False,
         stamp_inline: bool = False,
+        cursor: bool = False,
+        after: tuple[str, int] | None = None,
+        tail_as_of_ns: int | None = None,
     ) -> None:
+        """``cursor``: frames carry ``c``; ``after``: ``(time, skip)`` to resume from (raises
+        ValueError for a time that is not RFC 3339); see the module docstring."""
         self.path = path
         self.flt = flt or LogFilter()
         self.tail = tail
         self.follow = follow
         self.timestamps = timestamps
         self.stamp_inline = stamp_inline
+        self.tail_as_of_ns = tail_as_of_ns
+        self.cursor: Cursor | None = None
+        self._after_ns: int | None = None  # entries up to the cursor are dropped while set
+        self._skip = 0
+        if after is not None:
+            self._after_ns = parse_time(after[0])
+            self._skip = after[1]
+            self.cursor = Cursor(after[0], self._after_ns, after[1])
+        elif cursor:
+            self.cursor = Cursor()
         self._lock = threading.Lock()
         self._follower: Follower | None = None
         self._closed = False
@@ -418,17 +509,53 @@ class LogReader:
             if self._closed or self._past_until:
                 return [], True
             if self._follower is None:
-                times = self.flt.since_ns is not None or self.flt.until_ns is not None
+                times = self.flt.since_ns is not None or self.flt.until_ns is not None or self.cursor is not None
                 self._follower = Follower(self.path, follow=self.follow, times=times)
-                if self.tail is not None and self.tail >= 0:
-                    self._follower.seek_tail(self.tail, self.flt)
+                if self._after_ns is not None:  # back to the last entry older than the cursor
+                    self._follower.seek_tail(1 << 62, LogFilter(since_ns=self._after_ns))
+                elif self.tail is not None and self.tail >= 0:
+                    # a tail may start among entries of one time: the cursor counts those before it
+                    before = self._follower.seek_tail(
+                        self.tail, self.flt, self.tail_as_of_ns, cursor=self.cursor is not None
+                    )
+                    if before is not None:
+                        self.cursor = before
             entries, caught_up = self._follower.read(budget)
             until = self.flt.until_ns
             if not self.follow and until is not None and entries and entries[-1].time_ns > until:
                 self._past_until = True  # the log is in time order: nothing later can match
                 caught_up = True
-            accepted = (e for e in entries if self.flt.accepts(e))
-            return frames(accepted, self.timestamps, inline=self.stamp_inline), caught_up
+            accepted: Iterable[Entry] = (e for e in entries if self.flt.accepts(e))
+            gap = False
+            if self._after_ns is not None:
+                accepted, gap = self._past_cursor(accepted)
+                wire = self.cursor.wire() if self.cursor is not None else None
+            out = frames(accepted, self.timestamps, inline=self.stamp_inline, cursor=self.cursor)
+            if gap:
+                out.insert(0, {"s": 1, "d": b"", "t": "", "c": wire, "gap": True})
+            return out, caught_up
+
+    def _past_cursor(self, entries: Iterable[Entry]) -> tuple[list[Entry], bool]:
+        """``entries`` without those up to the resume cursor, and whether the cursor entry
+        turned out to be gone (rotated out: a gap)."""
+        out: list[Entry] = []
+        gap = False
+        after = self._after_ns
+        for e in entries:
+            if after is None:
+                out.append(e)
+            elif e.time_ns < after:
+                continue  # sent before the cursor entry
+            elif e.time_ns == after:
+                if self._skip > 0:
+                    self._skip -= 1
+                else:
+                    out.append(e)
+            else:
+                gap = self._skip > 0
+                after = self._after_ns = None
+                out.append(e)
+        return out, gap
 
     def close(self) -> None:
         with self._lock:

@@ -1194,7 +1194,9 @@ class ExecutionService:
         then what the container writes, until its task ends (or ``until`` passes). The log is
         read in bounded slices off the event loop, each slice's frames sent under the
         client's credit before the next is read (``services.execution.logs``), so a log of
-        any size streams with flat memory. NotFound for an unknown container.
+        any size streams with flat memory. ``cursor``/``after``/``skip``/``tail_as_of``: resuming a
+        stream exactly after a restart (``services.execution.logs``, ``common.resume``).
+        NotFound for an unknown container; InvalidArgument for an ``after`` that is no time.
         """
         rec = self._find(ctx.namespace, req.id)
         path = str(rec.extra.get("log_path") or self._log_path(rec.namespace, rec.id))
@@ -1203,9 +1205,20 @@ class ExecutionService:
         if until_ns is not None:
             until_ns += 999  # a datetime keeps microseconds; entries carry nanoseconds
         flt = logs_mod.LogFilter(frozenset(s for s, on in ((1, req.stdout), (2, req.stderr)) if on), since_ns, until_ns)
-        reader = logs_mod.LogReader(
-            path, flt, tail=req.tail, follow=req.follow, timestamps=req.timestamps, stamp_inline=req.stamp_inline
-        )
+        try:
+            reader = logs_mod.LogReader(
+                path,
+                flt,
+                tail=req.tail,
+                follow=req.follow,
+                timestamps=req.timestamps,
+                stamp_inline=req.stamp_inline,
+                cursor=req.cursor,
+                after=None if req.after is None else (req.after, req.skip),
+                tail_as_of_ns=_ns(req.tail_as_of),
+            )
+        except ValueError:
+            raise errors.InvalidArgument(f"invalid after {req.after!r}: expected an RFC 3339 time") from None
         try:
             delay = 0.02
             while True:

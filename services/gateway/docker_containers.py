@@ -18,12 +18,13 @@ import logging
 import os
 import signal as signal_mod
 import tarfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from common import dockerfmt, errors, resources
-from services.gateway import streams
+from services.gateway import resume, streams
 from services.gateway.backends import Backends, call, docker_error, is_missing_method, missing_method
 from services.gateway.docker_api import api_version, filters_of, int_arg, ndjson
 from services.gateway.http import HTTPError, Request, Response, Router, json_bytes
@@ -331,14 +332,15 @@ class ContainersAPI:
         condition = request.arg("condition") or "not-running"
         if condition not in _WAIT_CONDITIONS:
             raise HTTPError(400, f"invalid condition: {condition!r} (expected not-running, next-exit or removed)")
-        await self._container(ref)
+        c = await self._container(ref)
         # the waiter is registered (the request is on the wire, ahead of any later start on the
         # same socket) before the headers go out
+        since_ns = time.time_ns()
         waiting = await self.b.execution.start("execution.wait", {"id": ref, "condition": condition}, timeout_s=None)
 
         async def body() -> AsyncIterator[bytes]:
-            try:
-                reply = await waiting.result()
+            try:  # a restart of the execution service meanwhile is waited out (services.gateway.resume)
+                reply = await resume.wait_reply(self.b.execution, self.b.events, c["id"], condition, since_ns, waiting)
                 err = reply.get("error") or ""
                 yield json_bytes(
                     {"StatusCode": int(reply.get("exit_code", 0)), "Error": {"Message": err} if err else None}
@@ -386,16 +388,12 @@ class ContainersAPI:
                     body[key] = dockerfmt.parse_docker_time(value, now).isoformat()
                 except dockerfmt.FormatError as exc:
                     raise HTTPError(400, str(exc)) from None
-        stream = self.b.execution.stream("execution.logs", body)
 
         async def gen() -> AsyncIterator[bytes]:
-            try:
-                async for frame in stream:
-                    data = bytes(frame.get("d") or b"")
-                    if data:
-                        yield streams.encode(tty, int(frame.get("s") or 1), data)
-            except errors.DockyardError as exc:
-                log.info("logs of %s ended: %s", c["id"][:12], exc)
+            # a restart of the execution service meanwhile is ridden through (services.gateway.resume);
+            # past the bounded wait the Unavailable breaks the chunked body off
+            async for frame in resume.log_frames(self.b.execution, body):
+                yield streams.encode(tty, int(frame.get("s") or 1), bytes(frame["d"]))
 
         ctype = streams.content_type(tty, api_version(request))
         return Response(200, {"Content-Type": ctype}, stream=gen())
@@ -423,6 +421,7 @@ class ContainersAPI:
         ctype = streams.content_type(tty, api_version(request))
         if not request.flag("stream"):
             return self._attach_logs_only(request, c["id"], tty, ctype)
+        since_ns = time.time_ns()  # the attachment's output is in the log past this time
         att = await self.b.execution.start("execution.attach", body, timeout_s=None)
         source = streams.FrameSource(att)
         try:
@@ -430,9 +429,15 @@ class ContainersAPI:
         except errors.DockyardError as exc:
             await source.close()
             raise docker_error(exc, "container", ref) from None
+        cid = c["id"]
+
+        def resumed(printed: dict[int, int], lost: errors.DockyardError) -> AsyncIterator[dict[str, Any]]:
+            # the output stream was lost with the execution service: the rest comes from the log
+            wanted = {"stdout": body["stdout"], "stderr": body["stderr"]}
+            return resume.attach_output(self.b.execution, cid, printed, since_ns, lost, wanted)
 
         async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
-            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin)
+            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin, resume=resumed)
 
         return Response(200, {"Content-Type": ctype}, hijack=hijack)
 

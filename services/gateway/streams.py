@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from common import dockerfmt, errors
@@ -133,6 +133,7 @@ async def pipe_hijacked(
     *,
     tty: bool,
     stdin: bool,
+    resume: Callable[[dict[int, int], errors.DockyardError], AsyncIterator[dict[str, Any]]] | None = None,
 ) -> None:
     """Relay a hijacked connection until the output ends or the client goes away.
 
@@ -144,14 +145,32 @@ async def pipe_hijacked(
     (``AsyncCall.send`` waits for send credit), so a container that reads slowly slows the
     client down through TCP/unix socket backpressure. The caller ends the connection
     (``http.end_hijacked``) once this returns.
+
+    ``resume``: when the call's stream is lost with its service (``Unavailable`` before it
+    ended), ``resume(printed, lost)`` gives the rest of the output instead (``printed``: bytes
+    sent per stream; ``services.gateway.resume.attach_output``); the connection stays open
+    meanwhile. Stdin is no longer forwarded then (what was in flight is lost).
     """
+    printed: dict[int, int] = {}
 
     async def output() -> None:
-        async for body in source.frames():
-            data = body.get("d") or b""
-            if data:
-                writer.write(encode(tty, int(body.get("s") or 1), bytes(data)))
-                await writer.drain()
+        try:
+            async for body in source.frames():
+                data = body.get("d") or b""
+                if data:
+                    stream = int(body.get("s") or 1)
+                    writer.write(encode(tty, stream, bytes(data)))
+                    await writer.drain()
+                    printed[stream] = printed.get(stream, 0) + len(data)
+            return
+        except errors.Unavailable as exc:
+            if resume is None or source.call.ended:
+                raise
+            lost = exc
+        log.warning("attached stream lost (%s): resuming it from the container's log", lost)
+        async for body in resume(printed, lost):
+            writer.write(encode(tty, int(body["s"]), bytes(body["d"])))
+            await writer.drain()
 
     async def input_() -> None:
         data = trailing
