@@ -873,6 +873,10 @@ _CONTAINER_ACTIONS = {
     "/containers/top": "top",
 }
 _EXEC_ACTIONS = ("exec_create", "exec_start")
+_IMAGE_ID_ACTIONS = ("tag", "untag", "delete", "load", "import", "save")
+"""Image actions whose Actor.ID is the image id (pull and push name the reference)."""
+_DANGLING_PREFIX = "<none>@"
+"""``services.image.metadata.DANGLING_PREFIX``: names of images that have none."""
 """dockerd names these ``exec_create: <entrypoint> <args>`` (the filter ``event=exec_create`` matches)."""
 _EXIT_TOPIC, _EXIT_ACTIONS = "/tasks/exit", ("die", "exec_die")
 _NAMED_ACTION_TOPICS = ("/containers/update", "/images/create", "/images/update", "/images/delete")
@@ -927,9 +931,20 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
     if topic.startswith("/images/"):
         kind = "image"
         name = str(event.get("name") or "")
-        actor = familiar(name)
+        if name.startswith(_DANGLING_PREFIX):
+            return None  # the ``<none>`` record of an image that lost its name: dockerd has no event
         action = str(event.get("action") or ("untag" if topic == "/images/delete" else "tag"))
-        attrs["name"] = actor
+        if action == "commit":
+            action = "tag"  # dockerd's commit tags the new image: a ``tag`` event (the container has ``commit``)
+        image_id = str(event.get("image_id") or "")
+        actor = familiar(name)
+        if image_id and action in _IMAGE_ID_ACTIONS:
+            # dockerd's LogImageEvent(imageID, refName, action): tag names the new reference;
+            # untag, delete, load, import and save name the image by its id
+            actor = image_id
+            if action != "tag":
+                name = image_id
+        attrs["name"] = familiar(name) if not name.startswith("sha256:") else name
         for k, v in (event.get("labels") or {}).items():
             attrs[str(k)] = str(v)
     elif topic.startswith("/containers/") or topic.startswith("/tasks/"):

@@ -27,7 +27,7 @@ import shutil
 import signal as signal_mod
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -1295,12 +1295,16 @@ class ExecutionService:
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """Live output of the task (see ``common.api.execution``); ``/containers/attach`` when
         attached (Docker's ``attach`` event: ``docker attach``, ``docker run`` without ``-d``)."""
-        async for frame in self._attach(req, ctx, announce=True):
-            yield frame
+        inner = self._attach(req, ctx, announce=True)
+        try:
+            async for frame in inner:
+                yield frame
+        finally:
+            await inner.aclose()  # its cleanup (the shim call, a pending attach) at once, not when collected
 
     async def _attach(
         self, req: AttachRequest, ctx: Context, *, announce: bool = False
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         rec = self._find(ctx.namespace, req.id)
         key = (rec.namespace, rec.id)
         live = self.tasks.get(*key)

@@ -199,6 +199,23 @@ def test_resize_top_export_commit(eng: Engine) -> None:
     eng.ok("rmi", "ev-committed:v1")
 
 
+def test_tag_and_untag_name_the_image_as_dockerd(eng: Engine) -> None:
+    image_id = eng.ok("inspect", "-f", "{{.Id}}", "busybox").strip()
+    t0 = time.time()
+    eng.ok("tag", "busybox", "ev-tag:1")
+    eng.ok("rmi", "ev-tag:1")
+    deadline = time.monotonic() + 15
+    while True:
+        args = ["events", "--since", f"{t0:.6f}", "--until", f"{time.time():.6f}", "--filter", "type=image"]
+        out = eng.ok(*args, "--format", "{{json .}}")
+        evs = [json.loads(line) for line in out.splitlines() if line.strip()]
+        if len(evs) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    got = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"]["name"]) for e in evs]
+    assert got == [("tag", image_id, "ev-tag:1"), ("untag", image_id, image_id)], got
+
+
 def test_docker_py_sees_kill_die_stop(eng: Engine) -> None:
     docker = pytest.importorskip("docker")
     client = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=60)

@@ -107,3 +107,25 @@ def test_label_and_container_filters_see_the_new_events() -> None:
         ev, {"container": [CID[:12]]}
     )
     assert not dockerfmt.event_matches(ev, {"event": ["die"]})
+
+
+def test_image_actors_as_dockerd_names_them() -> None:
+    iid = "sha256:" + "b" * 64
+    pull = _ev(topics.IMAGE_CREATE, {"name": "docker.io/library/busybox:latest", "action": "pull", "image_id": iid})
+    assert (pull["Action"], pull["Actor"]["ID"], pull["Actor"]["Attributes"]["name"]) == (
+        "pull",
+        "busybox:latest",
+        "busybox:latest",
+    )
+    tag = _ev(topics.IMAGE_CREATE, {"name": "docker.io/library/web:1", "action": "tag", "image_id": iid})
+    assert (tag["Action"], tag["Actor"]["ID"], tag["Actor"]["Attributes"]["name"]) == ("tag", iid, "web:1")
+    untag = _ev(topics.IMAGE_DELETE, {"name": "docker.io/library/web:1", "image_id": iid})
+    assert (untag["Action"], untag["Actor"]["ID"], untag["Actor"]["Attributes"]["name"]) == ("untag", iid, iid)
+    load = _ev(topics.IMAGE_CREATE, {"name": "docker.io/library/web:1", "action": "load", "image_id": iid})
+    assert (load["Actor"]["ID"], load["Actor"]["Attributes"]["name"]) == (iid, iid)
+    committed = _ev(topics.IMAGE_CREATE, {"name": "docker.io/library/snap:v1", "action": "commit", "image_id": iid})
+    assert (committed["Action"], committed["Actor"]["ID"]) == ("tag", iid)
+    legacy = _ev(topics.IMAGE_DELETE, {"name": "docker.io/library/web:1"})  # journaled without the id
+    assert (legacy["Action"], legacy["Actor"]["ID"]) == ("untag", "web:1")
+    dangling = {"topic": topics.IMAGE_CREATE, "event": {"name": "<none>@sha256:" + "c" * 64, "labels": {}}}
+    assert dockerfmt.docker_event({**dangling, "timestamp": "2024-05-01T10:00:00Z"}) is None
