@@ -860,8 +860,24 @@ _TASK_ACTIONS = {
     "/tasks/resumed": "unpause",
     "/tasks/exec-added": "exec_create",
     "/tasks/exec-started": "exec_start",
+    "/tasks/kill": "kill",
 }
-_CONTAINER_ACTIONS = {"/containers/create": "create", "/containers/delete": "destroy"}
+_CONTAINER_ACTIONS = {
+    "/containers/create": "create",
+    "/containers/delete": "destroy",
+    "/containers/stop": "stop",
+    "/containers/restart": "restart",
+    "/containers/attach": "attach",
+    "/containers/resize": "resize",
+    "/containers/export": "export",
+    "/containers/top": "top",
+}
+_EXEC_ACTIONS = ("exec_create", "exec_start")
+_IMAGE_ID_ACTIONS = ("tag", "untag", "delete", "load", "import", "save")
+"""Image actions whose Actor.ID is the image id (pull and push name the reference)."""
+_DANGLING_PREFIX = "<none>@"
+"""``services.image.metadata.DANGLING_PREFIX``: names of images that have none."""
+"""dockerd names these ``exec_create: <entrypoint> <args>`` (the filter ``event=exec_create`` matches)."""
 _EXIT_TOPIC, _EXIT_ACTIONS = "/tasks/exit", ("die", "exec_die")
 _NAMED_ACTION_TOPICS = ("/containers/update", "/images/create", "/images/update", "/images/delete")
 """Topics whose Docker action is named by the payload (``action``: rename, commit, pull, load ...)."""
@@ -874,6 +890,7 @@ def event_topics(action: str) -> list[str]:
     from, as ``docker_event`` maps them: a fixed action names its topics (``die`` ->
     ``/tasks/exit``); any other may be named by a payload (``/containers/update``, ``/images/*``).
     A pre-filter: ``docker_event`` + ``event_matches`` decide (``/tasks/exit`` is die or exec_die)."""
+    action = action.split(":")[0]  # ``exec_create: sh -c ...`` is exec_create
     fixed = [t for t, a in {**_CONTAINER_ACTIONS, **_TASK_ACTIONS}.items() if a == action]
     if action in _EXIT_ACTIONS:
         fixed.append(_EXIT_TOPIC)
@@ -892,12 +909,19 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
     time, timeNano}`` plus the legacy ``status``/``id``/``from`` of container events; None for
     topics Docker has no event for (snapshots, content, task create/delete).
 
-    Mapping: /containers/create -> create, /tasks/start -> start, /tasks/exit -> die
-    (``exitCode``; an exec's exit -> exec_die), /containers/delete -> destroy, /tasks/paused ->
-    pause, /tasks/resumed -> unpause, /tasks/oom -> oom, /tasks/exec-* -> exec_create/exec_start,
-    /containers/update -> update (or the ``action`` the payload names, e.g. rename/restart/kill),
-    /images/create|update -> tag (or the payload's ``action``: pull, load, import), /images/delete ->
-    untag (or delete).
+    Mapping (dockerd's daemon/*.go ``LogContainerEvent*`` calls): /containers/create -> create,
+    /tasks/start -> start, /tasks/kill -> kill (``signal``, a number), /tasks/exit -> die
+    (``exitCode``, ``execDuration`` in whole seconds when the payload has ``started_at``; an
+    exec's exit -> exec_die with ``execID``, ``exitCode``), /containers/stop -> stop,
+    /containers/restart -> restart, /containers/delete -> destroy, /tasks/paused -> pause,
+    /tasks/resumed -> unpause, /tasks/oom -> oom, /tasks/exec-added|started ->
+    ``exec_create: <args>``/``exec_start: <args>`` (``execID``), /containers/attach -> attach,
+    /containers/resize -> resize (``height``, ``width``), /containers/export -> export,
+    /containers/top -> top, /containers/update -> update (or the ``action`` the payload names:
+    rename with ``oldName``, commit with ``comment``/``imageID``/``imageRef``),
+    /images/create|update -> tag (or the payload's ``action``: pull, load, import), /images/delete
+    -> untag (or delete). Every container event has ``name`` (the container's name when the
+    event happened) and ``image`` (as the user named it) and the container's labels.
     """
     topic = str(env.get("topic") or "")
     event = env.get("event") or {}
@@ -907,9 +931,20 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
     if topic.startswith("/images/"):
         kind = "image"
         name = str(event.get("name") or "")
-        actor = familiar(name)
+        if name.startswith(_DANGLING_PREFIX):
+            return None  # the ``<none>`` record of an image that lost its name: dockerd has no event
         action = str(event.get("action") or ("untag" if topic == "/images/delete" else "tag"))
-        attrs["name"] = actor
+        if action == "commit":
+            action = "tag"  # dockerd's commit tags the new image: a ``tag`` event (the container has ``commit``)
+        image_id = str(event.get("image_id") or "")
+        actor = familiar(name)
+        if image_id and action in _IMAGE_ID_ACTIONS:
+            # dockerd's LogImageEvent(imageID, refName, action): tag names the new reference;
+            # untag, delete, load, import and save name the image by its id
+            actor = image_id
+            if action != "tag":
+                name = image_id
+        attrs["name"] = familiar(name) if not name.startswith("sha256:") else name
         for k, v in (event.get("labels") or {}).items():
             attrs[str(k)] = str(v)
     elif topic.startswith("/containers/") or topic.startswith("/tasks/"):
@@ -928,10 +963,18 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
             else:
                 action = _EXIT_ACTIONS[0]
             attrs["exitCode"] = str(event.get("exit_status", 0))
+            started = to_datetime(event.get("started_at")) if action == "die" else None
+            exited = to_datetime(event.get("exited_at"))
+            if started is not None and exited is not None:
+                attrs["execDuration"] = str(max(0, int((exited - started).total_seconds())))
         elif topic in _TASK_ACTIONS:
             action = _TASK_ACTIONS[topic]
             if event.get("exec_id"):
                 attrs["execID"] = str(event["exec_id"])
+            args = event.get("args")
+            if action in _EXEC_ACTIONS and isinstance(args, list) and args:
+                # dockerd: action + ": " + Entrypoint + " " + strings.Join(Args, " ")
+                action = f"{action}: {args[0]} {' '.join(str(a) for a in args[1:])}"
         else:
             return None
         image = event.get("image")
@@ -946,6 +989,14 @@ def docker_event(env: Mapping[str, Any]) -> dict[str, Any] | None:
             attrs["signal"] = str(event["signal"])
         if event.get("old_name"):
             attrs["oldName"] = "/" + str(event["old_name"]).lstrip("/")
+        if action == "resize":
+            attrs["height"] = str(event.get("height", 0))
+            attrs["width"] = str(event.get("width", 0))
+        if action == "commit":
+            attrs["comment"] = str(event.get("comment") or "")
+            attrs["imageID"] = str(event.get("image_id") or "")
+            ref = str(event.get("image_ref") or "")
+            attrs["imageRef"] = familiar(ref) if ref else ""
     else:
         return None
     out: dict[str, Any] = {

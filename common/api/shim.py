@@ -191,6 +191,12 @@ class KillRequest(Request):
     all: bool = Field(default=False, description="signal every process in the container")
 
 
+class RenameRequest(Request):
+    """``shim.rename``: the container's new name, carried by the task's later events."""
+
+    name: str = Field(min_length=1, max_length=255)
+
+
 class AttachRequest(Request):
     exec_id: str = ""
     stdin: bool = False

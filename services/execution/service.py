@@ -26,7 +26,8 @@ import os
 import shutil
 import signal as signal_mod
 import sqlite3
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
 REMOVE_EVENT_WAIT_S = 1.0
+AFTER_EVENT_MAX_AGE_S = 60.0
+"""A new task's events wait for the last action event (stop, attach) only if it is this recent."""
 RESTART_BACKOFF_MIN_S = 0.1
 RUN_CLIENT_HOLD_S = 60.0
 """How long a restarted service keeps an exited ``run --rm`` container whose ``run`` call died
@@ -136,6 +139,9 @@ class ExecutionService:
         """Auto-removals held for a ``run`` client that lost the previous process (set: removed)."""
         self._background: set[asyncio.Task[Any]] = set()
         self._available_caps = spec.host_capabilities()
+        self._last_event: dict[tuple[str, str], tuple[str, float]] = {}
+        """Per container: the id (and monotonic time) of the last Docker-action event published
+        here; the next task's events follow it (``TaskManager.start``'s ``after_event``)."""
 
     # -- helpers -------------------------------------------------------------------------
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -166,6 +172,25 @@ class ExecutionService:
     ) -> int:
         event_id = container_event_id(container_id, verb)
         return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after))
+
+    def _publish_action(
+        self, topic: str, verb: str, rec: Record, extra: dict[str, Any] | None = None, after: str | None = None
+    ) -> str:
+        """Queue a Docker-action event about ``rec`` (``common.topics.DOCKYARD_OWN``):
+        ``{id, name, image, **extra}``, id ``<cid>/container/<verb>/<unique>``; returns the id."""
+        event_id = container_event_id(rec.id, f"{verb}/{ids.new_id()[:16]}")
+        event = {"id": rec.id, "name": rec.name, "image": rec.image, **(extra or {})}
+        self.publisher.publish(topic, event, namespace=rec.namespace, event_id=event_id, after=after)
+        self._last_event[(rec.namespace, rec.id)] = (event_id, time.monotonic())
+        return event_id
+
+    def _after_event(self, rec: Record) -> str:
+        """The event a new task of ``rec`` must follow in the journal ("" for the default): the
+        last action event published here, if lately (an old one may be compacted away)."""
+        last = self._last_event.pop((rec.namespace, rec.id), None)
+        if last is None or time.monotonic() - last[1] > AFTER_EVENT_MAX_AGE_S:
+            return ""
+        return last[0]
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -467,13 +492,19 @@ class ExecutionService:
 
     @rpc("execution.restart")
     async def restart(self, req: StopRequest, ctx: Context) -> StartReply:
-        """Stop (as ``execution.stop``) if running, then start."""
+        """Stop (as ``execution.stop``) if running, then start; ``/containers/restart`` once
+        started (Docker's events: kill, die, stop, start, restart)."""
         await self.stop(req, ctx)
         rec = self._find(ctx.namespace, req.id)
         live = self.tasks.get(rec.namespace, rec.id)
         if live is not None:
             await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
-        return await self._start(self.store.get(rec.namespace, rec.id) or rec)
+        reply = await self._start(self.store.get(rec.namespace, rec.id) or rec)
+        if not reply.already_running:
+            current = self.store.get(rec.namespace, rec.id) or rec
+            started = task_event_id(rec.id, current.incarnation, "start")
+            self._publish_action(topics.CONTAINER_RESTART, "restart", current, after=started)
+        return reply
 
     @rpc("execution.pause")
     async def pause(self, req: IdRequest, ctx: Context) -> dict[str, Any]:
@@ -543,6 +574,7 @@ class ExecutionService:
         if not rec.config.get("tty"):
             raise errors.FailedPrecondition(f"container '{rec.name}' has no terminal")
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
+        self._publish_action(topics.CONTAINER_RESIZE, "resize", rec, {"height": req.height, "width": req.width})
         return {}
 
     @rpc("execution.commit")
@@ -580,16 +612,28 @@ class ExecutionService:
                 namespace=rec.namespace,
                 timeout_s=600,
             )
+            # dockerd: pause, commit, unpause (its unpause is deferred): the commit event is in
+            # the journal before the shim's /tasks/resumed (bounded wait: events may be down)
+            number = self.publisher.publish_numbered(
+                topics.CONTAINER_UPDATE,
+                {
+                    "id": rec.id,
+                    "name": rec.name,
+                    "image": rec.image,
+                    "action": "commit",
+                    "comment": req.comment,
+                    "image_id": str(reply["id"]),
+                    "image_ref": str(reply.get("name") or ""),
+                },
+                namespace=rec.namespace,
+                event_id=f"{rec.id}/container/commit/{ids.new_id()[:16]}",
+            )
+            if paused:
+                await self.publisher.delivered(number, REMOVE_EVENT_WAIT_S)
         finally:
             if paused and live is not None:
                 with contextlib.suppress(errors.DockyardError):
                     await live.client.call("shim.resume", {}, timeout_s=30)
-        self.publisher.publish(
-            topics.CONTAINER_UPDATE,
-            {"id": rec.id, "name": rec.name, "image": rec.image, "action": "commit"},
-            namespace=rec.namespace,
-            event_id=f"{rec.id}/container/commit/{ids.new_id()[:16]}",
-        )
         return CommitReply(id=str(reply["id"]), name=str(reply.get("name") or ""))
 
     @rpc("execution.export", stream=True)
@@ -613,6 +657,7 @@ class ExecutionService:
                 yield chunk
         finally:
             f.close()
+        self._publish_action(topics.CONTAINER_EXPORT, "export", rec)
 
     @rpc("execution.namespaces", quiet=True)
     async def namespaces(self, _req: Any, _ctx: Context) -> NamespacesReply:
@@ -644,6 +689,12 @@ class ExecutionService:
             namespace=rec.namespace,
             event_id=f"{rec.id}/container/rename/{ids.new_id()[:16]}",
         )
+        live = self.tasks.get(rec.namespace, rec.id)
+        if live is not None and not live.done.is_set():
+            try:  # the task's later events (die ...) carry the new name, as dockerd's do
+                await live.client.call("shim.rename", {"name": new}, timeout_s=5)
+            except errors.DockyardError as exc:  # a shim of an older release, or one ending
+                log.info("shim of %s keeps the old name for its events: %s", rec.id[:12], exc)
         log.info("renamed container %s from %s to %s", rec.id[:12], rec.name, new)
         return {}
 
@@ -667,6 +718,7 @@ class ExecutionService:
         if proc.returncode:
             raise errors.InvalidArgument(f"ps {req.ps_args}: {err.decode(errors='replace').strip()}")
         titles, rows = observe.parse_ps(out.decode(errors="replace"), pids)
+        self._publish_action(topics.CONTAINER_TOP, "top", rec)  # dockerd's ContainerTop logs "top"
         return TopReply(titles=titles, processes=rows)
 
     @rpc("execution.stats", stream=True)
@@ -727,7 +779,10 @@ class ExecutionService:
                 raise errors.Conflict(f"container '{rec.name}' is being removed")
             try:
                 live = await self.tasks.start(
-                    rec, self._connect_pending, attaching=bool(self._pending.get((rec.namespace, rec.id)))
+                    rec,
+                    self._connect_pending,
+                    attaching=bool(self._pending.get((rec.namespace, rec.id))),
+                    after_event=self._after_event(rec),
                 )
             except StartFailed as exc:
                 self._fail_pending(rec, exc.message)
@@ -769,7 +824,7 @@ class ExecutionService:
         key = (rec.namespace, rec.id)
         waiter: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(("removed" if req.auto_remove else "next-exit", waiter))
-        attach = self.attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
+        attach = self._attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
         self._runs[key] = self._runs.get(key, 0) + 1
         ended = False
         try:
@@ -829,7 +884,8 @@ class ExecutionService:
         await self._start_settled(rec)
         live = self.tasks.get(rec.namespace, rec.id)
         if live is None or live.done.is_set() or live.status not in ("running", "paused", "created"):
-            if self._cancel_restart(rec):
+            if self._cancel_restart(rec):  # dockerd: no signal to a restarting container, but a stop
+                self._publish_action(topics.CONTAINER_STOP, "stop", self.store.get(rec.namespace, rec.id) or rec)
                 return StopReply(already_stopped=False, exit_code=rec.exit_code)
             return StopReply(already_stopped=True, exit_code=rec.exit_code)
         self.store.update(rec.namespace, rec.id, manual_stop=True)
@@ -851,6 +907,8 @@ class ExecutionService:
             await self._signal(live, signal_mod.SIGKILL)
             await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
         code = live.exit.exit_code if live.exit else None
+        exited = task_event_id(rec.id, live.incarnation, "exit")
+        self._publish_action(topics.CONTAINER_STOP, "stop", self.store.get(rec.namespace, rec.id) or rec, after=exited)
         return StopReply(already_stopped=False, exit_code=code)
 
     async def _start_settled(self, rec: Record) -> None:
@@ -942,6 +1000,7 @@ class ExecutionService:
             self.store.delete(ns, cid)
             self.execs.forget_container(ns, cid)
             self._backoff.pop((ns, cid), None)
+            self._last_event.pop((ns, cid), None)
             if volumes or current.config.get("auto_remove"):
                 for name in current.extra.get("volumes") or []:
                     vol = self.volumes.get(ns, name)
@@ -1247,7 +1306,18 @@ class ExecutionService:
 
     @rpc("execution.attach", stream=True)
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        """Live output of the task (see ``common.api.execution``)."""
+        """Live output of the task (see ``common.api.execution``); ``/containers/attach`` when
+        attached (Docker's ``attach`` event: ``docker attach``, ``docker run`` without ``-d``)."""
+        inner = self._attach(req, ctx, announce=True)
+        try:
+            async for frame in inner:
+                yield frame
+        finally:
+            await inner.aclose()  # its cleanup (the shim call, a pending attach) at once, not when collected
+
+    async def _attach(
+        self, req: AttachRequest, ctx: Context, *, announce: bool = False
+    ) -> AsyncGenerator[dict[str, Any], None]:
         rec = self._find(ctx.namespace, req.id)
         key = (rec.namespace, rec.id)
         live = self.tasks.get(*key)
@@ -1272,6 +1342,8 @@ class ExecutionService:
                             break
                 finally:
                     reader.close()  # waits for a slice being read, if any (one slice: ms)
+            if announce:
+                self._publish_action(topics.CONTAINER_ATTACH, "attach", rec)
             yield {"attached": True, "tty": tty}
             if pending is not None:
                 live = await pending.live

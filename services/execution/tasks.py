@@ -148,11 +148,16 @@ class TaskManager:
         self.live.clear()
 
     # -- start ------------------------------------------------------------------------------------
-    def write_bundle_files(self, rec: Record, incarnation: int, *, hold_output: bool = False) -> str:
+    def write_bundle_files(
+        self, rec: Record, incarnation: int, *, hold_output: bool = False, after_event: str = ""
+    ) -> str:
         """(Re)write ``config.json``, ``mounts.json`` and ``shim.json`` for a new incarnation.
 
         The shim creates and starts the task in one runtime call (``ShimLaunch.start``);
         ``hold_output``: clients wait to attach, the shim reads no output until ``shim.start``.
+        ``after_event``: the id of the last event this service published about the container
+        (``/containers/stop`` of a restart, ``/containers/attach``): the task's events follow
+        it; by default the first task's follow ``/containers/create``.
         """
         bundle = str(self.settings.bundle_dir(rec.namespace, rec.id))
         os.makedirs(os.path.join(bundle, "rootfs"), exist_ok=True)
@@ -183,7 +188,7 @@ class TaskManager:
             copy_up=list(rec.extra.get("copy_up") or []),
             seccomp_cache_dir=endpoints.seccomp_cache_dir(rec.runtime, self.settings.env()),
             # a later start may follow a compacted /containers/create: only the first one waits
-            after_event=container_event_id(rec.id, "create") if incarnation == 1 else "",
+            after_event=after_event or (container_event_id(rec.id, "create") if incarnation == 1 else ""),
             start=True,
             hold_output=hold_output,
         )
@@ -191,14 +196,19 @@ class TaskManager:
         return bundle
 
     async def start(
-        self, rec: Record, before_start: Callable[[Live], Awaitable[None]], *, attaching: bool = False
+        self,
+        rec: Record,
+        before_start: Callable[[Live], Awaitable[None]],
+        *,
+        attaching: bool = False,
+        after_event: str = "",
     ) -> Live:
         """Launch a shim that creates and starts the task (call with the container's lock held).
 
         ``attaching``: clients wait to attach; the shim holds the task's output until
         ``before_start(live)`` attached them, then ``shim.start`` releases it (no runtime
-        call: the task runs since the shim's report). Raises ``StartFailed`` (the exit is
-        recorded) or a DockyardError.
+        call: the task runs since the shim's report). ``after_event``: see
+        ``write_bundle_files``. Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
         """
         incarnation = rec.incarnation + 1
         if os.path.isdir(os.path.join(self.runtime_root(rec.runtime), rec.id)):
@@ -210,7 +220,9 @@ class TaskManager:
                 str(self.settings.bundle_dir(rec.namespace, rec.id)),
             )
         t0 = time.perf_counter()
-        bundle = await asyncio.to_thread(self.write_bundle_files, rec, incarnation, hold_output=attaching)
+        bundle = await asyncio.to_thread(
+            self.write_bundle_files, rec, incarnation, hold_output=attaching, after_event=after_event
+        )
         self.store.update(rec.namespace, rec.id, incarnation=incarnation, manual_stop=False)
         rec.incarnation = incarnation
         trace.mark("bundle written")
@@ -349,7 +361,14 @@ class TaskManager:
                 await self._shim_gone(live)
                 # a shim killed during its delete may not have queued /tasks/delete: the journal
                 # keeps one of the two (same event id), after what the shim's outbox held
-                self._publish_task_delete(live.namespace, live.container_id, live.incarnation, live.task_pid, ex)
+                self._publish_task_delete(
+                    live.namespace,
+                    live.container_id,
+                    live.incarnation,
+                    live.task_pid,
+                    ex,
+                    self.store.get(live.namespace, live.container_id),
+                )
                 # after the events are queued: no wait between the shim's end and what the journal owes
                 await asyncio.to_thread(
                     shims.remove_stale_socket, self.settings.shim_endpoint(live.namespace, live.container_id)
@@ -416,6 +435,7 @@ class TaskManager:
         )
         await self._drain_leftovers(bundle)
         await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
+        named = self.store.get(namespace, container_id)
         if not deleted or (state is not None and state.pid):
             body = {
                 "container_id": container_id,
@@ -423,14 +443,17 @@ class TaskManager:
                 "pid": pid,
                 "exit_status": code,
                 "exited_at": exited_at,
+                **_names(named),
             }
+            if state is not None and state.started_at is not None:
+                body["started_at"] = state.started_at
             if not deleted:
                 self.publisher.publish(
                     topics.TASK_EXIT, body, namespace=namespace, event_id=event_id(container_id, incarnation, "exit")
                 )
-            self._publish_task_delete(namespace, container_id, incarnation, pid, TaskExit(code, exited_at))
+            self._publish_task_delete(namespace, container_id, incarnation, pid, TaskExit(code, exited_at), named)
         ex = TaskExit(code, exited_at, oom, error, incarnation)
-        rec = self.store.get(namespace, container_id)
+        rec = named
         if rec is not None and rec.handled < incarnation:
             self.store.update(
                 namespace,
@@ -447,7 +470,9 @@ class TaskManager:
         await asyncio.to_thread(shims.remove_stale_socket, self.settings.shim_endpoint(namespace, container_id))
         return ex
 
-    def _publish_task_delete(self, namespace: str, container_id: str, incarnation: int, pid: int, ex: TaskExit) -> None:
+    def _publish_task_delete(
+        self, namespace: str, container_id: str, incarnation: int, pid: int, ex: TaskExit, rec: Record | None = None
+    ) -> None:
         """Queue ``/tasks/delete`` of a task whose shim could not (or may not have): same id as the shim's."""
         body = {
             "container_id": container_id,
@@ -455,6 +480,7 @@ class TaskManager:
             "pid": pid,
             "exit_status": ex.exit_code,
             "exited_at": ex.exited_at,
+            **_names(rec),
         }
         self.publisher.publish(
             topics.TASK_DELETE, body, namespace=namespace, event_id=event_id(container_id, incarnation, "delete")
@@ -642,6 +668,13 @@ def _parse_time(value: Any) -> dt.datetime | None:
         return dt.datetime.fromisoformat(str(value)) if value else None
     except ValueError:
         return None
+
+
+def _names(rec: Record | None) -> dict[str, str]:
+    """``container_name`` and ``image`` of a task event, as a shim puts them (none without a record)."""
+    if rec is None:
+        return {}
+    return {k: v for k, v in (("container_name", rec.name), ("image", rec.image)) if v}
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -530,33 +530,31 @@ class ContainersAPI:
         return Response.json(changes or None)
 
     async def export(self, request: Request) -> Response:
-        """``docker export``: the merged rootfs as a tar (``snapshot.export`` into scratch, streamed, removed)."""
+        """``docker export``: the merged rootfs as a tar, streamed from ``execution.export`` (which
+        publishes Docker's ``export`` event once the whole tar went out)."""
         ref = request.params["id"]
         c = await self._container(ref)
-        path = self.b.workdir / f"export-{uuid.uuid4().hex}.tar"
-        try:
-            await call(
-                self.b.snapshot,
-                "snapshot.export",
-                {"key": c["snapshot_key"], "path": str(path)},
-                "container",
-                ref,
-                timeout_s=600,
-            )
-            f = await asyncio.to_thread(open, path, "rb")
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()  # the open file stays readable
+        exporting = await self.b.execution.start("execution.export", {"id": c["id"]}, timeout_s=None)
+        try:  # the first frame (or the error of a snapshot that cannot be exported) before the 200
+            more, first = await exporting.next_frame()
+        except errors.DockyardError as exc:
+            raise docker_error(exc, "container", ref) from None
 
         async def gen() -> AsyncIterator[bytes]:
             try:
+                if first:
+                    yield bytes(first)
+                if not more:
+                    return
                 while True:
-                    chunk = await asyncio.to_thread(f.read, 1 << 20)
-                    if not chunk:
+                    going, chunk = await exporting.next_frame()
+                    if chunk:
+                        yield bytes(chunk)
+                    if not going:
                         return
-                    yield chunk
             finally:
-                f.close()
+                if not exporting.done:
+                    await exporting.cancel()
 
         return Response(200, {"Content-Type": "application/x-tar"}, stream=gen())
 

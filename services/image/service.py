@@ -134,10 +134,11 @@ class ImageService:
             dangling = self.meta.get(namespace, _dangling_name(target))
             if dangling is not None:
                 self.meta.delete(namespace, dangling.name)
+        event = {"name": name, "labels": record.labels, "action": action, "image_id": image_id}
         if previous is None:
-            self._publish(topics.IMAGE_CREATE, {"name": name, "labels": record.labels, "action": action}, namespace)
+            self._publish(topics.IMAGE_CREATE, event, namespace)
             return "created"
-        self._publish(topics.IMAGE_UPDATE, {"name": name, "labels": record.labels, "action": action}, namespace)
+        self._publish(topics.IMAGE_UPDATE, event, namespace)
         self._keep_dangling(previous)
         return "updated"
 
@@ -149,7 +150,7 @@ class ImageService:
             return
         rec = ImageRecord(old.namespace, _dangling_name(old.target), old.target, old.image_id, old.manifest_digest)
         self.meta.put(rec)
-        self._publish(topics.IMAGE_CREATE, {"name": rec.name, "labels": {}}, old.namespace)
+        self._publish(topics.IMAGE_CREATE, {"name": rec.name, "labels": {}, "image_id": rec.image_id}, old.namespace)
 
     def _find(self, namespace: str, text: str) -> tuple[ImageRecord, str]:
         return self.catalog.find(namespace, text)
@@ -756,7 +757,7 @@ class ImageService:
                 )
             self.meta.delete(ns, rec.name)
             reply.untagged.append(refs.familiar(rec.name))
-            self._publish(topics.IMAGE_DELETE, {"name": rec.name}, ns)
+            self._publish(topics.IMAGE_DELETE, {"name": rec.name, "image_id": rec.image_id}, ns)
             if others:
                 return reply
             if users:  # forced: the image stays, without a name
@@ -793,7 +794,7 @@ class ImageService:
     def _delete_records(self, records: list[ImageRecord], ns: str) -> None:
         for r in records:
             self.meta.delete(ns, r.name)
-            self._publish(topics.IMAGE_DELETE, {"name": r.name}, ns)
+            self._publish(topics.IMAGE_DELETE, {"name": r.name, "image_id": r.image_id}, ns)
 
     @rpc("image.prune")
     async def prune(self, req: api.PruneRequest, ctx: Context) -> api.PruneReply:
@@ -818,7 +819,7 @@ class ImageService:
             if label_filters and not all(listing.label_matches(rec.labels, f) for f in label_filters):
                 continue
             self.meta.delete(ns, rec.name)
-            self._publish(topics.IMAGE_DELETE, {"name": rec.name}, ns)
+            self._publish(topics.IMAGE_DELETE, {"name": rec.name, "image_id": rec.image_id}, ns)
             if not rec.dangling:
                 reply.untagged.append(refs.familiar(rec.name))
             if not any((r.image_id or r.target.digest) == image_id for r in self.meta.records(ns)):

@@ -36,6 +36,7 @@ from common.api.shim import (
     KillRequest,
     PidReply,
     ProcessRequest,
+    RenameRequest,
     ResizeRequest,
     ShimLaunch,
     TaskState,
@@ -182,14 +183,16 @@ class Shim:
         self._early_delete: asyncio.Future[None] | None = None
         """The runtime's delete of the stopped task, started when its init was reaped (``_finish_exit``)."""
         self.console_base = ""
+        self.container_name = launch.container_name
+        """The container's name for events: the launch's, then what ``shim.rename`` says."""
 
     # -- helpers ---------------------------------------------------------------------------
     def _publish(
         self, topic: str, verb: str, event: dict[str, Any], exec_id: str = "", after: str | None = None
     ) -> None:
         body = {"container_id": self.id, **event}
-        if self.launch.container_name:
-            body.setdefault("container_name", self.launch.container_name)
+        if self.container_name:
+            body.setdefault("container_name", self.container_name)
         if self.launch.image:
             body.setdefault("image", self.launch.image)
         try:
@@ -494,6 +497,7 @@ class Shim:
                 "pid": state.pid,
                 "exit_status": state.exit_status,
                 "exited_at": state.exited_at,
+                **({"started_at": state.started_at} if state.started_at and not state.exec_id else {}),
             },
             state.exec_id,
         )
@@ -556,7 +560,10 @@ class Shim:
     async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:
         """Send ``signal`` to the process (``all``: every process of the container).
 
-        FailedPrecondition when the process is not created, running or paused.
+        A signal delivered to the init is published as ``/tasks/kill`` ``{signal}`` (Docker's
+        ``kill`` event), queued before the task's ``/tasks/exit`` (same outbox; nothing runs
+        between the signal and the queueing). FailedPrecondition when the process is not
+        created, running or paused.
         """
         proc = self._process(req.exec_id)
         if proc.state.status not in (TaskStatus.CREATED, TaskStatus.RUNNING, TaskStatus.PAUSED):
@@ -566,11 +573,23 @@ class Shim:
                 await self.runtime.kill(self.id, req.signal, all_processes=True)
             except RuntimeError_ as exc:
                 raise errors.FailedPrecondition(exc.message) from None
+            self._publish_kill(req.signal)
             return {}
         try:
             os.kill(proc.state.pid, req.signal)
         except ProcessLookupError:
             raise errors.FailedPrecondition(f"cannot kill {proc.what}: process {proc.state.pid} is gone") from None
+        if not req.exec_id:
+            self._publish_kill(req.signal)
+        return {}
+
+    def _publish_kill(self, signal: int) -> None:
+        self._publish(topics.TASK_KILL, f"kill/{self._next()}", {"signal": signal})
+
+    @rpc("shim.rename")
+    async def rename(self, req: RenameRequest, ctx: Context) -> dict[str, Any]:
+        """The container was renamed: later events carry ``name`` (``container_name``)."""
+        self.container_name = req.name
         return {}
 
     @rpc("shim.wait")
@@ -789,7 +808,8 @@ class Shim:
         proc = Process(state, ProcessIO(None, open_stdin=req.stdin, stdin_once=True, tty=req.tty))
         proc.exec_spec = process
         self.execs[req.exec_id] = proc
-        self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id}, req.exec_id)
+        args = [str(a) for a in process.get("args") or []]
+        self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id, "args": args}, req.exec_id)
         return {}
 
     @rpc("shim.exec_run", stream=True)
@@ -876,7 +896,10 @@ class Shim:
             proc.update(pid=pid, status=TaskStatus.RUNNING, started_at=codec.utcnow())
             await proc.io.start_pumps()  # before the watch: an exit already reaped is handled at once
             self.reaper.watch(pid, lambda status: self._on_exit(proc, status))
-            self._publish(topics.TASK_EXEC_STARTED, "exec-started", {"exec_id": exec_id, "pid": pid}, exec_id)
+            args = [str(a) for a in (proc.exec_spec or {}).get("args") or []]
+            self._publish(
+                topics.TASK_EXEC_STARTED, "exec-started", {"exec_id": exec_id, "pid": pid, "args": args}, exec_id
+            )
             proc.start_settled.set()
             return PidReply(pid=pid)
 

@@ -380,14 +380,15 @@ def test_docker_events_follows_across_a_restart_of_the_events_service(eng: Engin
         time.sleep(1.0)  # subscribed
         eng.ok("run", "--rm", "--name", "evb", "busybox", "true")
         assert follow.stdout is not None
-        seen = [follow.stdout.readline().decode().strip() for _ in range(4)]
-        assert seen[0] == "create evb" and "destroy evb" in seen, seen
+        # dockerd's for a foreground run --rm: create, attach, start, die, destroy
+        seen = [follow.stdout.readline().decode().strip() for _ in range(5)]
+        assert seen == ["create evb", "attach evb", "start evb", "die evb", "destroy evb"], seen
         old = eng.inst.pid("events")
         os.kill(old, signal.SIGKILL)
         _wait(lambda: eng.inst.pid("events") != old, 30, "events restarted")
         eng.ok("run", "--rm", "--name", "eva", "busybox", "true")
-        after = [follow.stdout.readline().decode().strip() for _ in range(4)]
-        assert after[0] == "create eva" and "destroy eva" in after, after
+        after = [follow.stdout.readline().decode().strip() for _ in range(5)]
+        assert after == ["create eva", "attach eva", "start eva", "die eva", "destroy eva"], after
         assert follow.poll() is None
     finally:
         follow.kill()

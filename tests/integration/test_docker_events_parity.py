@@ -1,0 +1,285 @@
+"""What a Docker user sees on ``GET /events`` (``docker events``, docker-py's ``client.events()``)
+for each container action, against dockerd's sequence (moby daemon/*.go ``LogContainerEvent*``).
+
+Regression: ``docker kill`` and ``docker stop`` published no Docker event at all (only the
+task's ``die``), ``docker restart`` no ``restart``, a ``die`` after ``docker rename`` carried the
+old name, and ``exec_create``/``exec_start`` lacked dockerd's ``: <command>`` suffix. The
+expected orders (dockerd's):
+
+- ``docker kill -s USR1``: kill (signal=10), the container keeps running;
+- ``docker kill``: kill (signal=9), die (exitCode=137);
+- ``docker stop``: kill (signal=15), [kill (signal=9) after the timeout], die, stop;
+- ``docker restart`` of a running container: kill, die, stop, start, restart;
+- ``docker rename``: rename (oldName=/old, name=new), later events named new;
+- ``docker exec``: exec_create: <cmd>, exec_start: <cmd>, exec_die (execID, exitCode);
+- ``docker run`` in the foreground: create, attach, start, die.
+
+One instance (``dockyard up``) serves the Docker-facing tests; the crash test has its own
+services (no supervisor) so it can keep the events service down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from common import dockerfmt
+from tests.conftest import need_root
+from tests.gateway_util import Engine, engine
+from tests.harness import Instance
+
+TRAP = "trap 'echo usr1' USR1; trap 'exit 3' TERM; while true; do sleep 0.1; done"
+"""A PID 1 that survives USR1 and exits 3 on TERM (a PID 1 ignores signals it has no handler for)."""
+
+
+@pytest.fixture(scope="module")
+def eng() -> Iterator[Engine]:
+    need_root()
+    with engine() as e:
+        if e.cli is None:
+            pytest.skip("no docker CLI installed")
+        yield e
+
+
+def _events(eng: Engine, since: float, cid: str, count: int, *filters: str, timeout_s: float = 15.0) -> list[dict]:  # type: ignore[type-arg]
+    """``docker events --since --until now --filter container=<cid>``, polled until ``count``
+    events came (events of other publishers may reach the journal a moment after the command
+    that caused them returned); then a last look shows there are no more than that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        args = ["events", "--since", f"{since:.6f}", "--until", f"{time.time():.6f}", "--format", "{{json .}}"]
+        for f in ("container=" + cid, *filters):
+            args += ["--filter", f]
+        out = eng.ok(*args, timeout=30)
+        evs = [json.loads(line) for line in out.splitlines() if line.strip()]
+        if len(evs) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    time.sleep(0.3)
+    return evs
+
+
+def _actions(evs: list[dict]) -> list[str]:  # type: ignore[type-arg]
+    return [e["Action"] for e in evs]
+
+
+def _attr(evs: list[dict], action: str, key: str) -> list[str]:  # type: ignore[type-arg]
+    return [e["Actor"]["Attributes"].get(key, "") for e in evs if e["Action"] == action]
+
+
+def _check_envelope(evs: list[dict], cid: str, name: str) -> None:  # type: ignore[type-arg]
+    """Type, Actor.ID, name/image attributes, scope, time/timeNano as dockerd sends them."""
+    nanos = [e["timeNano"] for e in evs]
+    assert nanos == sorted(nanos), evs
+    for e in evs:
+        assert e["Type"] == "container" and e["scope"] == "local"
+        assert e["Actor"]["ID"] == cid and e["id"] == cid and e["status"] == e["Action"]
+        assert e["Actor"]["Attributes"]["name"] == name and e["Actor"]["Attributes"]["image"] == "busybox"
+        assert e["from"] == "busybox"
+        assert e["time"] == e["timeNano"] // 1_000_000_000 and e["timeNano"] > 1_600_000_000 * 10**9
+
+
+def test_kill_with_a_signal_then_kill(eng: Engine) -> None:
+    t0 = time.time()
+    cid = eng.ok("run", "-d", "--name", "ev-kill", "busybox", "sh", "-c", TRAP).strip()
+    eng.ok("kill", "-s", "USR1", "ev-kill")
+    assert _actions(_events(eng, t0, cid, 3)) == ["create", "start", "kill"]
+    assert eng.ok("inspect", "-f", "{{.State.Running}}", "ev-kill").strip() == "true"
+    eng.ok("kill", "ev-kill")
+    evs = _events(eng, t0, cid, 5)
+    assert _actions(evs) == ["create", "start", "kill", "kill", "die"], evs
+    assert _attr(evs, "kill", "signal") == ["10", "9"]
+    assert _attr(evs, "die", "exitCode") == ["137"]
+    _check_envelope(evs, cid, "ev-kill")
+    # the filter docker users write for it
+    assert _actions(_events(eng, t0, cid, 2, "event=kill")) == ["kill", "kill"]
+    eng.ok("rm", "ev-kill")
+
+
+def test_stop_is_kill_die_stop_and_kill_again_after_the_timeout(eng: Engine) -> None:
+    t0 = time.time()
+    cid = eng.ok("run", "-d", "--name", "ev-stop", "busybox", "sh", "-c", TRAP).strip()
+    time.sleep(0.3)  # the shell has its TERM trap
+    eng.ok("stop", "-t", "10", "ev-stop")
+    evs = _events(eng, t0, cid, 5)
+    assert _actions(evs) == ["create", "start", "kill", "die", "stop"], evs
+    assert _attr(evs, "kill", "signal") == ["15"] and _attr(evs, "die", "exitCode") == ["3"]
+    _check_envelope(evs, cid, "ev-stop")
+    assert eng.docker("stop", "ev-stop").returncode == 0  # not running: no event (dockerd: 304)
+
+    t1 = time.time()
+    cid2 = eng.ok("run", "-d", "--name", "ev-stop2", "busybox", "sleep", "60").strip()  # ignores TERM
+    eng.ok("stop", "-t", "1", "ev-stop2")
+    evs = _events(eng, t1, cid2, 6)
+    assert _actions(evs) == ["create", "start", "kill", "kill", "die", "stop"], evs
+    assert _attr(evs, "kill", "signal") == ["15", "9"] and _attr(evs, "die", "exitCode") == ["137"]
+    eng.ok("rm", "ev-stop", "ev-stop2")
+
+
+def test_restart_of_a_running_container(eng: Engine) -> None:
+    t0 = time.time()
+    cid = eng.ok("run", "-d", "--name", "ev-restart", "busybox", "sh", "-c", TRAP).strip()
+    time.sleep(0.3)
+    eng.ok("restart", "-t", "10", "ev-restart")
+    evs = _events(eng, t0, cid, 7)
+    assert _actions(evs) == ["create", "start", "kill", "die", "stop", "start", "restart"], evs
+    assert _attr(evs, "kill", "signal") == ["15"] and _attr(evs, "die", "exitCode") == ["3"]
+    _check_envelope(evs, cid, "ev-restart")
+    eng.ok("rm", "-f", "ev-restart")
+    evs = _events(eng, t0, cid, 10)
+    assert _actions(evs)[7:] == ["kill", "die", "destroy"], evs  # rm -f: SIGKILL, no stop
+    assert _attr(evs, "kill", "signal")[-1] == "9"
+
+
+def test_rename_then_the_later_events_carry_the_new_name(eng: Engine) -> None:
+    t0 = time.time()
+    cid = eng.ok("run", "-d", "--name", "ev-old", "busybox", "sleep", "60").strip()
+    eng.ok("rename", "ev-old", "ev-new")
+    eng.ok("pause", "ev-new")
+    eng.ok("unpause", "ev-new")
+    eng.ok("kill", "ev-new")
+    evs = _events(eng, t0, cid, 7)
+    assert _actions(evs) == ["create", "start", "rename", "pause", "unpause", "kill", "die"], evs
+    names = [e["Actor"]["Attributes"]["name"] for e in evs]
+    assert names == ["ev-old", "ev-old"] + ["ev-new"] * 5
+    assert _attr(evs, "rename", "oldName") == ["/ev-old"]
+    eng.ok("rm", "ev-new")
+
+
+def test_exec_events_name_the_command_and_the_exec(eng: Engine) -> None:
+    t0 = time.time()
+    cid = eng.ok("run", "-d", "--name", "ev-exec", "busybox", "sleep", "60").strip()
+    r = eng.docker("exec", "ev-exec", "sh", "-c", "exit 5")
+    assert r.returncode == 5, r.stderr
+    evs = _events(eng, t0, cid, 5)
+    assert _actions(evs) == ["create", "start", "exec_create: sh -c exit 5", "exec_start: sh -c exit 5", "exec_die"]
+    exec_ids = {e["Actor"]["Attributes"]["execID"] for e in evs[2:]}
+    assert len(exec_ids) == 1 and len(exec_ids.pop()) == 64
+    assert _attr(evs, "exec_die", "exitCode") == ["5"]
+    # dockerd's filter matches the action before its ': <command>'
+    assert _actions(_events(eng, t0, cid, 1, "event=exec_create")) == ["exec_create: sh -c exit 5"]
+    assert eng.docker("exec", "ev-exec", "true").returncode == 0
+    evs = _events(eng, t0, cid, 8)
+    assert _actions(evs)[5:7] == ["exec_create: true ", "exec_start: true "]  # dockerd's trailing space
+    eng.ok("rm", "-f", "ev-exec")
+
+
+def test_foreground_run_attaches_before_it_starts(eng: Engine) -> None:
+    t0 = time.time()
+    r = eng.docker("run", "--name", "ev-fg", "busybox", "sh", "-c", "exit 2")
+    assert r.returncode == 2, r.stderr
+    cid = eng.ok("inspect", "-f", "{{.Id}}", "ev-fg").strip()
+    evs = _events(eng, t0, cid, 4)
+    assert _actions(evs) == ["create", "attach", "start", "die"], evs
+    assert _attr(evs, "die", "exitCode") == ["2"]
+    eng.ok("rm", "ev-fg")
+
+
+def test_resize_top_export_commit(eng: Engine) -> None:
+    t0 = time.time()
+    cid = eng.ok("run", "-d", "-t", "--name", "ev-misc", "busybox", "sleep", "60").strip()
+    status, _h, body = eng.api("POST", f"/containers/{cid}/resize?h=30&w=100")
+    assert status == 200, body
+    eng.ok("top", "ev-misc")
+    with tempfile.TemporaryDirectory() as tmp:
+        eng.ok("export", "-o", os.path.join(tmp, "fs.tar"), "ev-misc")
+    image_id = eng.ok("commit", "-m", "snap", "ev-misc", "ev-committed:v1").strip()
+    evs = _events(eng, t0, cid, 8)
+    assert _actions(evs) == ["create", "start", "resize", "top", "export", "pause", "commit", "unpause"], _actions(evs)
+    assert (_attr(evs, "resize", "height"), _attr(evs, "resize", "width")) == (["30"], ["100"])
+    assert _attr(evs, "commit", "comment") == ["snap"]
+    assert _attr(evs, "commit", "imageID") == [image_id]
+    assert _attr(evs, "commit", "imageRef") == ["ev-committed:v1"]
+    eng.ok("rm", "-f", "ev-misc")
+    eng.ok("rmi", "ev-committed:v1")
+
+
+def test_tag_and_untag_name_the_image_as_dockerd(eng: Engine) -> None:
+    image_id = eng.ok("inspect", "-f", "{{.Id}}", "busybox").strip()
+    t0 = time.time()
+    eng.ok("tag", "busybox", "ev-tag:1")
+    eng.ok("rmi", "ev-tag:1")
+    deadline = time.monotonic() + 15
+    while True:
+        args = ["events", "--since", f"{t0:.6f}", "--until", f"{time.time():.6f}", "--filter", "type=image"]
+        out = eng.ok(*args, "--format", "{{json .}}")
+        evs = [json.loads(line) for line in out.splitlines() if line.strip()]
+        if len(evs) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    got = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"]["name"]) for e in evs]
+    assert got == [("tag", image_id, "ev-tag:1"), ("untag", image_id, image_id)], got
+
+
+def test_docker_py_sees_kill_die_stop(eng: Engine) -> None:
+    docker = pytest.importorskip("docker")
+    client = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=60)
+    try:
+        t0 = time.time()
+        c = client.containers.run("busybox", ["sh", "-c", TRAP], name="ev-py", detach=True)
+        time.sleep(0.3)
+        c.stop(timeout=10)
+        want = ["kill", "die", "stop"]
+        deadline = time.monotonic() + 15
+        while True:
+            evs = list(
+                client.events(since=t0, until=time.time(), decode=True, filters={"container": c.id, "event": want})
+            )
+            if len(evs) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert [e["Action"] for e in evs] == want, evs
+        assert [e["Actor"]["Attributes"].get("signal") for e in evs] == ["15", None, None]
+        assert evs[1]["Actor"]["Attributes"]["exitCode"] == "3"
+        c.remove()
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def svc() -> Iterator[Instance]:
+    """Services started one by one (no supervisor: the test decides when events is down)."""
+    need_root()
+    inst = Instance()
+    try:
+        inst.start("events", "snapshot", "image", "execution")
+        inst.load_busybox()
+        yield inst
+    finally:
+        inst.cleanup()
+
+
+def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(svc: Instance) -> None:
+    """The kill comes from the shim's outbox, the stop and restart from the execution service's,
+    the second start from a new shim's: all held while events is down, then journaled once each,
+    in dockerd's order (``after`` dependencies across the outboxes)."""
+    svc.cli("run", "-d", "--name", "down", "busybox", "sh", "-c", TRAP, check=True)
+    time.sleep(0.3)
+    with svc.client("events") as c:
+        head = int(c.call("events.head", {})["seq"])
+    svc.kill("events")
+    assert svc.cli("restart", "-t", "10", "down", timeout=60).returncode == 0
+    svc.cli("kill", "-s", "USR1", "down", check=True)
+    svc.start("events")
+    want = ["kill", "die", "stop", "start", "restart", "kill"]
+    deadline = time.monotonic() + 40
+    while True:
+        with svc.client("events") as c:
+            envs = list(c.stream("events.replay", {"since": head}))
+        evs = [e for e in (dockerfmt.docker_event(env) for env in envs) if e and e["Type"] == "container"]
+        if len(evs) >= len(want) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert [e["Action"] for e in evs] == want, evs
+    assert [e["Actor"]["Attributes"].get("signal") for e in evs if e["Action"] == "kill"] == ["15", "10"]
+    ids = [env["id"] for env in envs]
+    assert len(ids) == len(set(ids))
+    # dockyard events takes Docker's names for them
+    r = svc.cli("events", "--since", str(head), "--until", str(envs[-1]["seq"]), "-f", "event=stop", timeout=30)
+    assert [ln.split()[3] for ln in r.stdout.decode().splitlines()] == ["/containers/stop"], r.stdout
+    svc.cli("rm", "-f", "down", check=True)
