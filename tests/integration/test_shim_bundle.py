@@ -300,12 +300,13 @@ def test_exec_runs_in_the_task_and_reports_its_exit(events: Instance) -> None:
         c.call("shim.kill", {"signal": signal.SIGKILL})
         assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 137
         c.call("shim.delete", {})
-    wait_for(lambda: len(journal(events, b.container_id)) >= 10)
+    wait_for(lambda: len(journal(events, b.container_id)) >= 11)
     topics = [t for t, _ in journal(events, b.container_id)]
     assert topics == [
         *ONE_EXEC,
         "/tasks/paused",
         "/tasks/resumed",
+        "/tasks/kill",  # the signal delivered to init (dockerd's ``kill`` event), before its exit
         "/tasks/exit",
         "/tasks/delete",
     ]
