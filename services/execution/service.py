@@ -1171,18 +1171,42 @@ class ExecutionService:
 
     @rpc("execution.list", quiet=True)
     async def list(self, req: ListRequest, ctx: Context) -> ListReply:
-        """Containers of the namespace, newest first (running only unless ``all``)."""
+        """Containers of the namespace, newest first (running only unless ``all``).
+
+        An ``ancestor`` value is resolved to its image id first, as Docker does, so
+        ``busybox``, ``busybox:latest``, ``docker.io/library/busybox`` and the id all
+        match a container made from that image.
+        """
+        filters = req.filters
+        if filters.get("ancestor"):
+            filters = {**filters, "ancestor": await self._ancestor_refs(ctx.namespace, filters["ancestor"])}
         out = []
         for rec in self.store.list(ctx.namespace, with_spec=False):  # a Container shows no spec
             c = self._container(rec)
             if not req.all and not c.state.running:
                 continue
-            if not _matches(c, req.filters):
+            if not _matches(c, filters):
                 continue
             out.append(c)
             if req.limit and len(out) >= req.limit:
                 break
         return ListReply(containers=out)
+
+    async def _ancestor_refs(self, namespace: str, values: list[str]) -> list[str]:
+        """``values`` plus the id of each local image one of them names (an unknown one adds nothing)."""
+        out = list(values)
+        for value in values:
+            try:
+                image = await self.image.call(
+                    "image.resolve", {"ref": value, "unpack": False}, namespace=namespace, timeout_s=10
+                )
+            except (errors.NotFound, errors.InvalidArgument):
+                continue
+            except (errors.Unavailable, errors.DeadlineExceeded):
+                log.warning("ancestor filter %r: image service not answering; matching by name only", value)
+                continue
+            out.append(str(image.get("id") or ""))
+        return [v for v in out if v]
 
     # -- logs, attach --------------------------------------------------------------------
     @rpc("execution.logs", stream=True)
