@@ -449,5 +449,15 @@ class VolumeRemoveRequest(Request):
     force: bool = False
 
 
+class VolumePruneRequest(Request):
+    """``execution.volume_prune``: which unused volumes to remove (Docker's prune filters)."""
+
+    all: bool = Field(False, description="named volumes too (docker volume prune -a); else anonymous ones only")
+    label: list[str] = Field(default_factory=list, description="key or key=value: only volumes carrying all of them")
+    label_not: list[str] = Field(
+        default_factory=list, description="key or key=value (Docker's label!=): not volumes carrying all of them"
+    )
+
+
 class VolumeListReply(Reply):
     volumes: list[Volume]

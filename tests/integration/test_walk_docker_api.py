@@ -47,3 +47,30 @@ def test_ps_ancestor_filter_matches_every_name_of_the_image(client: Any, eng: En
         assert out.split() == ["walk-anc"]
     finally:
         c.remove(force=True)
+
+
+def test_volume_prune_keeps_named_volumes_unless_all(client: Any, eng: Engine) -> None:
+    """``docker volume prune`` (API 1.42+) removed named volumes, and ignored its label filters:
+    data loss. Only unused anonymous volumes go unless ``all=true``; an older client keeps
+    the old prune-everything meaning."""
+    for name in ("walk-named", "walk-keep", "walk-old"):
+        client.volumes.create(name, labels={"keep": "1"} if name == "walk-keep" else {})
+    anon = client.volumes.create().name
+    used = client.volumes.create("walk-used")
+    holder = client.containers.create("busybox", ["true"], volumes=["walk-used:/data"])
+    try:
+        assert client.volumes.prune()["VolumesDeleted"] == [anon]
+        names = {v.name for v in client.volumes.list()}
+        assert {"walk-named", "walk-keep", "walk-old", "walk-used"} <= names and anon not in names
+
+        out = eng.ok("volume", "prune", "-a", "-f", "--filter", "label!=keep")
+        assert "walk-named" in out and "walk-old" in out and "walk-keep" not in out
+        assert client.volumes.prune(filters={"all": True, "label": ["keep=1"]})["VolumesDeleted"] == ["walk-keep"]
+        assert [v.name for v in client.volumes.list()] == ["walk-used"]  # a container uses it
+
+        client.volumes.create("walk-old")
+        status, _h, _b = eng.api("POST", "/v1.41/volumes/prune")
+        assert status == 200 and "walk-old" not in {v.name for v in client.volumes.list()}
+    finally:
+        holder.remove(force=True)
+        used.remove()
