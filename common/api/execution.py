@@ -186,6 +186,12 @@ class CommitRequest(Request):
     author: str = Field(default="", max_length=1024)
     changes: list[str] = Field(default_factory=list, description="Dockerfile instructions (CMD, ENV, ...)")
     pause: bool = Field(default=True, description="freeze a running container while its changes are read")
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="optional; Docker's commit body (a container Config, PascalCase: Cmd, Entrypoint, Env, "
+        "Labels, User, WorkingDir, ExposedPorts, Volumes, StopSignal): the new image's config, its empty "
+        "fields filled from the container's (moby's merge)",
+    )
 
 
 class CommitReply(Reply):

@@ -265,6 +265,11 @@ class ContainersAPI:
             "changes": changes,
             "pause": request.flag("pause", default=True),
         }
+        config = await request.json()
+        if config is not None and not isinstance(config, dict):
+            raise HTTPError(400, "invalid commit config: expected a JSON object")
+        if config:
+            body["config"] = config
         reply = await call(self.b.execution, "execution.commit", body, "container", ref, timeout_s=600)
         return Response.json({"Id": reply["id"]}, 201)
 

@@ -74,3 +74,26 @@ def test_volume_prune_keeps_named_volumes_unless_all(client: Any, eng: Engine) -
     finally:
         holder.remove(force=True)
         used.remove()
+
+
+def test_commit_applies_the_config_of_its_body(client: Any) -> None:
+    """``container.commit(conf={...})`` (the body of ``POST /commit``) was ignored: the new
+    image had the container's labels, command and env only. The body is the image's config,
+    its empty fields filled from the container's (as moby merges them), then ``changes``."""
+    c = client.containers.run("busybox", ["sleep", "300"], detach=True, labels={"team": "x"}, environment={"A": "1"})
+    try:
+        conf = {"Labels": {"a": "b"}, "Env": ["B=2"], "Cmd": ["sh", "-c", "echo $A$B$C; pwd"], "WorkingDir": "/tmp"}
+        img = c.commit("walk-commit", "1", conf=conf, changes=["ENV C=3"])
+        cfg = img.attrs["Config"]
+        assert cfg["Labels"] == {"team": "x", "a": "b"}
+        assert {"A=1", "B=2", "C=3"} <= set(cfg["Env"]) and any(e.startswith("PATH=") for e in cfg["Env"])
+        assert cfg["WorkingDir"] == "/tmp"
+        assert client.containers.run("walk-commit:1", remove=True) == b"123\n/tmp\n"
+        assert [i.tags for i in client.images.list(filters={"label": "a=b"})] == [["walk-commit:1"]]
+
+        plain = c.commit("walk-commit", "2")  # no body: the container's own config
+        assert plain.attrs["Config"]["Cmd"] == ["sleep", "300"] and plain.attrs["Config"]["Labels"] == {"team": "x"}
+    finally:
+        c.remove(force=True)
+        for tag in ("walk-commit:1", "walk-commit:2"):
+            client.images.remove(tag)
