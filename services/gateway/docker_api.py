@@ -124,7 +124,7 @@ async def registry_auth(request: Request) -> dict[str, str] | None:
 
 
 class SystemAPI:
-    """``/_ping``, ``/version``, ``/info``, ``/system/df``, ``/events``, ``/auth``."""
+    """``/_ping``, ``/version``, ``/info``, ``/system/df``, ``/events``, ``/auth``, ``/build/prune``."""
 
     def __init__(self, backends: Backends) -> None:
         self.b = backends
@@ -136,6 +136,13 @@ class SystemAPI:
         router.add("GET", "/system/df", self.df)
         router.add("GET", "/events", self.events)
         router.add("POST", "/auth", self.auth)
+        router.add("POST", "/build/prune", self.build_prune)
+
+    async def build_prune(self, request: Request) -> Response:
+        """``POST /build/prune`` (part of ``docker system prune``): Dockyard has no builder and so
+        no build cache (``/system/df`` lists none); nothing to remove."""
+        filters_of(request, {"until", "id", "parent", "type", "description", "inuse", "shared", "private"})
+        return Response.json({"CachesDeleted": None, "SpaceReclaimed": 0})
 
     async def ping(self, _req: Request) -> Response:
         resp = Response.text("OK")

@@ -1,7 +1,8 @@
 """Docker's network endpoints, read-only: ``GET /networks`` (``docker network ls``) and
 ``GET /networks/{id}`` (``docker network inspect``) answer the built-in networks a
 container can use (``common.networks.NETWORKS``: none and host). Dockyard creates no
-networks; their ids are stable (``common.networks.network_id``).
+networks; their ids are stable (``common.networks.network_id``). ``POST /networks/prune``
+(part of ``docker system prune``) removes nothing: built-in networks are never pruned.
 """
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ def _match_one(net: dict[str, Any], key: str, value: str) -> bool:
 
 
 class NetworksAPI:
-    """``GET /networks`` and ``GET /networks/{id}`` (see module docstring)."""
+    """``GET /networks``, ``GET /networks/{id}`` and ``POST /networks/prune`` (see module docstring)."""
 
     def routes(self, router: Router) -> None:
         router.add("GET", "/networks", self.list_networks)
+        router.add("POST", "/networks/prune", self.prune)
         router.add("GET", "/networks/{id}", self.inspect)
+
+    async def prune(self, request: Request) -> Response:
+        """``{"NetworksDeleted": null}``: there are only built-in networks, which Docker never prunes."""
+        filters_of(request, {"until", "label", "label!"})
+        return Response.json({"NetworksDeleted": None})
 
     async def list_networks(self, request: Request) -> Response:
         filters = filters_of(request, {"name", "id", "driver", "scope", "type", "label", "dangling"})

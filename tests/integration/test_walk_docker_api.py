@@ -97,3 +97,21 @@ def test_commit_applies_the_config_of_its_body(client: Any) -> None:
         c.remove(force=True)
         for tag in ("walk-commit:1", "walk-commit:2"):
             client.images.remove(tag)
+
+
+def test_docker_system_prune_completes(client: Any, eng: Engine) -> None:
+    """``docker system prune -f`` failed with ``method POST not allowed on /networks/prune``
+    (then ``page not found`` for ``/build/prune``) after it had already removed the stopped
+    containers: networks and the build cache are pruned as nothing, so the command completes."""
+    stopped = client.containers.run("busybox", ["true"], detach=True, name="walk-prune-me")
+    stopped.wait(timeout=30)
+    client.volumes.create("walk-prune-named")
+    try:
+        r = eng.docker("system", "prune", "-f", "--volumes")
+        assert r.returncode == 0, r.stderr.decode()
+        assert stopped.id in r.stdout.decode()
+        assert "walk-prune-named" in {v.name for v in client.volumes.list()}  # named: kept without -a
+        assert client.api.prune_networks() == {"NetworksDeleted": None}
+        assert eng.json("POST", "/v1.45/build/prune") == {"CachesDeleted": None, "SpaceReclaimed": 0}
+    finally:
+        client.volumes.get("walk-prune-named").remove()
