@@ -26,7 +26,7 @@ from typing import Any
 
 from common import dockerfmt, errors
 from common.events import follow
-from services.gateway.backends import Backends, call
+from services.gateway.backends import Backends, call, container_sizes
 from services.gateway.http import HTTPError, Request, Response, Router
 
 log = logging.getLogger(__name__)
@@ -270,11 +270,16 @@ class SystemAPI:
             used[c.get("image_id", "")] = used.get(c.get("image_id", ""), 0) + 1
         for s in summaries:
             s["Containers"] = used.get(s["Id"], 0)
+        sizes = await container_sizes(self.b, containers)
         return Response.json(
             {
                 "LayersSize": sum(s["Size"] for s in summaries),
                 "Images": summaries,
-                "Containers": [dockerfmt.container_summary(c, now) | {"SizeRw": 0} for c in containers],
+                "Containers": [
+                    dockerfmt.container_summary(c, now)
+                    | dict(zip(("SizeRw", "SizeRootFs"), sizes.get(c["id"], (0, 0)), strict=True))
+                    for c in containers
+                ],
                 "Volumes": [dockerfmt.volume(v) for v in volumes.get("volumes") or []],
                 "BuildCache": [],
             }

@@ -24,7 +24,14 @@ from typing import Any
 
 from common import dockerfmt, errors, resources
 from services.gateway import streams
-from services.gateway.backends import Backends, call, docker_error, is_missing_method, missing_method
+from services.gateway.backends import (
+    Backends,
+    call,
+    container_sizes,
+    docker_error,
+    is_missing_method,
+    missing_method,
+)
 from services.gateway.docker_api import api_version, filters_of, int_arg, ndjson
 from services.gateway.http import HTTPError, Request, Response, Router, json_bytes
 
@@ -140,7 +147,12 @@ class ContainersAPI:
         if limit is not None and limit > 0:
             containers = containers[:limit]
         now = dt.datetime.now(dt.UTC)
-        return Response.json([dockerfmt.container_summary(c, now) for c in containers])
+        out = [dockerfmt.container_summary(c, now) for c in containers]
+        if request.flag("size"):
+            sizes = await container_sizes(self.b, containers)
+            for entry in out:
+                entry["SizeRw"], entry["SizeRootFs"] = sizes.get(entry["Id"], (0, 0))
+        return Response.json(out)
 
     async def _filter_more(
         self, containers: list[dict[str, Any]], filters: dict[str, list[str]]
@@ -181,7 +193,10 @@ class ContainersAPI:
 
     async def inspect(self, request: Request) -> Response:
         c = await self._container(request.params["id"])
-        return Response.json(dockerfmt.container_inspect(c))
+        out = dockerfmt.container_inspect(c)
+        if request.flag("size"):
+            out["SizeRw"], out["SizeRootFs"] = (await container_sizes(self.b, [c]))[c["id"]]
+        return Response.json(out)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, request: Request) -> Response:

@@ -115,3 +115,26 @@ def test_docker_system_prune_completes(client: Any, eng: Engine) -> None:
         assert eng.json("POST", "/v1.45/build/prune") == {"CachesDeleted": None, "SpaceReclaimed": 0}
     finally:
         client.volumes.get("walk-prune-named").remove()
+
+
+def test_container_sizes_are_measured(client: Any, eng: Engine) -> None:
+    """``docker ps -s``, ``inspect --size`` and ``system df`` showed 0 B (or nothing) for a
+    container that had written 300 KiB: SizeRw is its writable snapshot's usage, SizeRootFs
+    that plus its image's size."""
+    c = client.containers.run(
+        "busybox", ["sh", "-c", "dd if=/dev/zero of=/big bs=1k count=300 2>/dev/null; sleep 300"], detach=True
+    )
+    try:
+        eng.ok("exec", c.id, "sh", "-c", "while [ ! -s /big ] || [ $(wc -c < /big) -lt 307200 ]; do sleep 0.1; done")
+        image_size = client.images.get("busybox").attrs["Size"]
+        inspected = eng.json("GET", f"/v1.45/containers/{c.id}/json?size=1")
+        assert 300 * 1024 <= inspected["SizeRw"] < 400 * 1024
+        assert inspected["SizeRootFs"] == inspected["SizeRw"] + image_size
+        assert "SizeRw" not in client.api.inspect_container(c.id)  # only when asked, as Docker
+        (listed,) = [x for x in client.api.containers(size=True) if x["Id"] == c.id]
+        assert listed["SizeRw"] == inspected["SizeRw"]
+        (in_df,) = [x for x in client.df()["Containers"] if x["Id"] == c.id]
+        assert in_df["SizeRw"] == inspected["SizeRw"]
+        assert "kB (virtual" in eng.ok("ps", "-s", "--filter", f"id={c.id}", "--format", "{{.Size}}")
+    finally:
+        c.remove(force=True)
