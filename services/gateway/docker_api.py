@@ -271,6 +271,9 @@ class SystemAPI:
         for s in summaries:
             s["Containers"] = used.get(s["Id"], 0)
         sizes = await container_sizes(self.b, containers)
+        shared = await self._shared_sizes([s["Id"] for s in summaries])
+        for s in summaries:
+            s["SharedSize"] = shared.get(s["Id"], -1)
         return Response.json(
             {
                 "LayersSize": sum(s["Size"] for s in summaries),
@@ -284,6 +287,24 @@ class SystemAPI:
                 "BuildCache": [],
             }
         )
+
+    async def _shared_sizes(self, image_ids: list[str]) -> dict[str, int]:
+        """``{image id: SharedSize}``: the bytes of its layers that another image also has
+        (what ``docker system df`` subtracts to tell how much removing it reclaims). An image
+        that cannot be resolved is left out (its SharedSize stays -1, "not computed")."""
+        layers: dict[str, dict[str, int]] = {}
+        for image_id in image_ids:
+            try:
+                img = await self.b.image.call("image.resolve", {"ref": image_id, "unpack": False}, timeout_s=30)
+            except errors.DockyardError as exc:
+                log.info("system df: layers of %s unknown: %s", image_id[:19], exc)
+                continue
+            layers[image_id] = {str(la["digest"]): int(la.get("size") or 0) for la in img.get("layers") or []}
+        users: dict[str, int] = {}
+        for own in layers.values():
+            for digest in own:
+                users[digest] = users.get(digest, 0) + 1
+        return {i: sum(size for d, size in own.items() if users[d] > 1) for i, own in layers.items()}
 
     async def auth(self, request: Request) -> Response:
         body = await request.json()

@@ -138,3 +138,24 @@ def test_container_sizes_are_measured(client: Any, eng: Engine) -> None:
         assert "kB (virtual" in eng.ok("ps", "-s", "--filter", f"id={c.id}", "--format", "{{.Size}}")
     finally:
         c.remove(force=True)
+
+
+def test_system_df_computes_shared_size(client: Any, eng: Engine) -> None:
+    """``system df`` answered ``SharedSize: -1`` ("not computed") for every image, so the docker
+    CLI counted an image in use as 100 % reclaimable. SharedSize is the bytes of the layers
+    another image also has."""
+    c = client.containers.run("busybox", ["sleep", "300"], detach=True)
+    try:
+        base = client.images.get("busybox")
+        derived = c.commit("walk-derived", "1", changes=["ENV X=1"])  # same layers plus one
+        by_id = {i["Id"]: i for i in client.df()["Images"]}
+        base_size = by_id[base.id]["Size"]
+        assert by_id[base.id]["SharedSize"] == base_size
+        assert by_id[derived.id]["SharedSize"] == base_size < by_id[derived.id]["Size"]
+        client.images.remove("walk-derived:1")
+        (only,) = client.df()["Images"]
+        assert only["SharedSize"] == 0 and only["Containers"] == 1
+        table = eng.ok("system", "df", "--format", "{{.Type}} {{.Reclaimable}}")
+        assert "Images 0B (0%)" in table
+    finally:
+        c.remove(force=True)
