@@ -6,6 +6,7 @@ Each test is named after what broke.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import need_root
 from tests.gateway_util import Engine, engine
+from tests.registry import Registry
 
 docker = pytest.importorskip("docker")
 
@@ -159,3 +161,27 @@ def test_system_df_computes_shared_size(client: Any, eng: Engine) -> None:
         assert "Images 0B (0%)" in table
     finally:
         c.remove(force=True)
+
+
+def test_push_without_a_tag_pushes_every_tag_of_the_repository(client: Any) -> None:
+    """``images.push(repo)`` (no tag: Docker pushes all the repository's tags) answered 404
+    ``No such image: repo``. Each local tag is pushed in one stream; a repository with no
+    tag here is Docker's 404."""
+    with Registry() as reg:
+        repo = f"{reg.host}/walk/all"
+        busybox = client.images.get("busybox")
+        for tag in ("t1", "t2"):
+            busybox.tag(repo, tag)
+        try:
+            lines = list(client.images.push(repo, stream=True, decode=True))
+            assert not [line for line in lines if "error" in line], lines
+            assert [line["aux"]["Tag"] for line in lines if "aux" in line] == ["t1", "t2"]
+            for tag in ("t1", "t2"):
+                client.images.remove(f"{repo}:{tag}")
+                assert client.images.pull(repo, tag=tag).id == busybox.id  # it is in the registry
+            with pytest.raises(docker.errors.NotFound, match="does not exist locally"):
+                client.images.push(f"{reg.host}/walk/none")
+        finally:
+            for tag in ("t1", "t2"):
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.images.remove(f"{repo}:{tag}")
