@@ -602,11 +602,13 @@ def volume_inspect(names: Annotated[list[str], typer.Argument(help="volumes")]) 
         ex.close()
 
 
-def volume_prune() -> None:
-    """Remove every volume no container uses."""
+def volume_prune(
+    all_: Annotated[bool, typer.Option("--all", "-a", help="named volumes too, not only anonymous ones")] = False,
+) -> None:
+    """Remove the anonymous volumes no container uses (with -a, every unused volume)."""
     ex = client("execution", timeout_s=120)
     try:
-        for name in ex.call("execution.volume_prune", {})["removed"]:
+        for name in ex.call("execution.volume_prune", {"all": all_})["removed"]:
             output.line(name)
     except errors.DockyardError as exc:
         output.fail(exc)

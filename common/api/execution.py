@@ -186,6 +186,12 @@ class CommitRequest(Request):
     author: str = Field(default="", max_length=1024)
     changes: list[str] = Field(default_factory=list, description="Dockerfile instructions (CMD, ENV, ...)")
     pause: bool = Field(default=True, description="freeze a running container while its changes are read")
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="optional; Docker's commit body (a container Config, PascalCase: Cmd, Entrypoint, Env, "
+        "Labels, User, WorkingDir, ExposedPorts, Volumes, StopSignal): the new image's config, its empty "
+        "fields filled from the container's (moby's merge)",
+    )
 
 
 class CommitReply(Reply):
@@ -471,6 +477,16 @@ class VolumeCreateRequest(Request):
 class VolumeRemoveRequest(Request):
     name: str = Field(min_length=1)
     force: bool = False
+
+
+class VolumePruneRequest(Request):
+    """``execution.volume_prune``: which unused volumes to remove (Docker's prune filters)."""
+
+    all: bool = Field(False, description="named volumes too (docker volume prune -a); else anonymous ones only")
+    label: list[str] = Field(default_factory=list, description="key or key=value: only volumes carrying all of them")
+    label_not: list[str] = Field(
+        default_factory=list, description="key or key=value (Docker's label!=): not volumes carrying all of them"
+    )
 
 
 class VolumeListReply(Reply):

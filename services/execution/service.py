@@ -590,6 +590,8 @@ class ExecutionService:
             "image.resolve", {"ref": rec.image_id, "unpack": False}, namespace=rec.namespace, timeout_s=60
         )
         section = _committed_config(dict((image.get("config") or {}).get("config") or {}), rec)
+        if req.config:
+            section = _merge_commit_config(req.config, section)
         live = self.tasks.get(rec.namespace, rec.id)
         paused = False
         if req.pause and live is not None and live.status == "running":
@@ -1230,18 +1232,42 @@ class ExecutionService:
 
     @rpc("execution.list", quiet=True)
     async def list(self, req: ListRequest, ctx: Context) -> ListReply:
-        """Containers of the namespace, newest first (running only unless ``all``)."""
+        """Containers of the namespace, newest first (running only unless ``all``).
+
+        An ``ancestor`` value is resolved to its image id first, as Docker does, so
+        ``busybox``, ``busybox:latest``, ``docker.io/library/busybox`` and the id all
+        match a container made from that image.
+        """
+        filters = req.filters
+        if filters.get("ancestor"):
+            filters = {**filters, "ancestor": await self._ancestor_refs(ctx.namespace, filters["ancestor"])}
         out = []
         for rec in self.store.list(ctx.namespace, with_spec=False):  # a Container shows no spec
             c = self._container(rec)
             if not req.all and not c.state.running:
                 continue
-            if not _matches(c, req.filters):
+            if not _matches(c, filters):
                 continue
             out.append(c)
             if req.limit and len(out) >= req.limit:
                 break
         return ListReply(containers=out)
+
+    async def _ancestor_refs(self, namespace: str, values: list[str]) -> list[str]:
+        """``values`` plus the id of each local image one of them names (an unknown one adds nothing)."""
+        out = list(values)
+        for value in values:
+            try:
+                image = await self.image.call(
+                    "image.resolve", {"ref": value, "unpack": False}, namespace=namespace, timeout_s=10
+                )
+            except (errors.NotFound, errors.InvalidArgument):
+                continue
+            except (errors.Unavailable, errors.DeadlineExceeded):
+                log.warning("ancestor filter %r: image service not answering; matching by name only", value)
+                continue
+            out.append(str(image.get("id") or ""))
+        return [v for v in out if v]
 
     # -- logs, attach --------------------------------------------------------------------
     @rpc("execution.logs", stream=True)
@@ -1488,6 +1514,45 @@ def _swap_accounting() -> bool:
 
 
 __all__ = ["ExecutionService", "shims"]
+
+
+_COMMIT_FIELDS = ("Cmd", "Entrypoint", "Env", "Labels", "User", "WorkingDir", "ExposedPorts", "Volumes", "StopSignal")
+
+
+def _merge_commit_config(user: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+    """Docker's commit body over the container's config section (moby ``daemon/commit.go`` merge):
+    a field the body leaves empty is the container's; Env, Labels, ExposedPorts and Volumes
+    add the container's entries the body does not name; an Entrypoint in the body keeps its
+    own (possibly empty) Cmd. InvalidArgument for a field of the wrong shape."""
+    out = dict(container)
+    for key in _COMMIT_FIELDS:
+        value = user.get(key)
+        ok = (
+            value is None
+            or (key in ("Cmd", "Entrypoint", "Env") and isinstance(value, list | str))
+            or (key in ("Labels", "ExposedPorts", "Volumes") and isinstance(value, dict))
+            or (key in ("User", "WorkingDir", "StopSignal") and isinstance(value, str))
+        )
+        if not ok:
+            raise errors.InvalidArgument(f"commit config: {key} has the wrong type ({type(value).__name__})")
+    listed = {k: ([v] if isinstance(v, str) else v) for k, v in user.items() if k in ("Cmd", "Entrypoint", "Env")}
+    if listed.get("Env"):
+        names = {str(e).partition("=")[0] for e in listed["Env"]}
+        out["Env"] = [str(e) for e in listed["Env"]] + [
+            e for e in container.get("Env") or [] if e.partition("=")[0] not in names
+        ]
+    for key in ("Labels", "ExposedPorts", "Volumes"):
+        if user.get(key):
+            out[key] = {**(container.get(key) or {}), **user[key]}
+    if listed.get("Entrypoint"):
+        out["Entrypoint"] = [str(a) for a in listed["Entrypoint"]]
+        out["Cmd"] = [str(a) for a in listed.get("Cmd") or []] or None
+    elif listed.get("Cmd"):
+        out["Cmd"] = [str(a) for a in listed["Cmd"]]
+    for key in ("User", "WorkingDir", "StopSignal"):
+        if user.get(key):
+            out[key] = user[key]
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _committed_config(image_config: dict[str, Any], rec: Record) -> dict[str, Any]:

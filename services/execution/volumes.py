@@ -10,7 +10,9 @@ RPC methods (service ``execution``): ``execution.volume_create``
 ``VolumeCreateRequest`` -> ``Volume``; ``execution.volume_list`` ``{}`` ->
 ``VolumeListReply``; ``execution.volume_inspect`` ``{name}`` -> ``Volume``;
 ``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}`` (Conflict while in use,
-NotFound if unknown); ``execution.volume_prune`` ``{}`` -> ``{removed: [name]}``.
+NotFound if unknown); ``execution.volume_prune`` ``VolumePruneRequest`` ->
+``{removed: [name], space_reclaimed: bytes}`` (unused anonymous volumes, or every unused
+one with ``all``, as Docker's API 1.42+ prune).
 """
 
 from __future__ import annotations
@@ -18,16 +20,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common import codec, errors, ids
-from common.api.execution import Volume, VolumeCreateRequest, VolumeListReply, VolumeRemoveRequest
+from common.api.execution import (
+    Volume,
+    VolumeCreateRequest,
+    VolumeListReply,
+    VolumePruneRequest,
+    VolumeRemoveRequest,
+)
 from common.rpc.server import Context, rpc
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -154,11 +164,47 @@ class VolumeService:
         return {}
 
     @rpc("execution.volume_prune")
-    async def volume_prune(self, req: dict[str, Any] | None, ctx: Context) -> dict[str, Any]:
-        """Remove every volume no container uses."""
+    async def volume_prune(self, req: VolumePruneRequest, ctx: Context) -> dict[str, Any]:
+        """Remove the unused volumes ``req`` selects: anonymous ones (named ones too with
+        ``all``) carrying every ``label`` and not every ``label_not`` (Docker's prune filters).
+        A volume a container uses (running or not) stays."""
         removed = []
+        reclaimed = 0
         for vol in self.volumes.list(ctx.namespace):
-            if not vol.in_use_by:
+            if vol.in_use_by or not (req.all or vol.anonymous):
+                continue
+            if not _labels_match(req.label, vol.labels):
+                continue
+            if req.label_not and _labels_match(req.label_not, vol.labels):
+                continue
+            size = await asyncio.to_thread(_du, self.volumes.path(ctx.namespace, vol.name))
+            try:
                 await asyncio.to_thread(self.volumes.remove, ctx.namespace, vol.name)
-                removed.append(vol.name)
-        return {"removed": removed}
+            except (errors.NotFound, errors.Conflict):  # removed, or taken into use, meanwhile
+                continue
+            removed.append(vol.name)
+            reclaimed += size
+        return {"removed": removed, "space_reclaimed": reclaimed}
+
+
+def _labels_match(wanted: list[str], labels: dict[str, str]) -> bool:
+    """Docker's MatchKVList: every ``key`` / ``key=value`` of ``wanted`` is in ``labels``."""
+    for item in wanted:
+        key, sep, value = item.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def _du(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 if it is gone)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

@@ -9,12 +9,16 @@ error class (``common.errors``: NotFound 404, Conflict 409, ...).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 from typing import Any
 
 from common import errors
 from common.rpc.aio import AsyncClient
 from common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SERVICES = ("execution", "image", "events", "snapshot")
 
@@ -118,3 +122,33 @@ async def call(client: AsyncClient, method: str, body: Any, kind: str = "", ref:
         return await client.call(method, body, **kw)
     except errors.DockyardError as exc:
         raise docker_error(exc, kind, ref) from None
+
+
+async def container_sizes(backends: Backends, containers: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """``{container id: (SizeRw, SizeRootFs)}``: the bytes of each container's writable
+    snapshot (``snapshot.usage`` of its ``snapshot_key``) and that plus its image's size,
+    as ``docker ps -s``, ``inspect --size`` and ``system df`` show them. A snapshot or image
+    that cannot be measured counts 0 (the listing is still answered)."""
+    if not containers:
+        return {}
+    image_sizes: dict[str, int] = {}
+    try:
+        reply = await backends.image.call("image.list", {}, timeout_s=30)
+        image_sizes = {str(i["id"]): int(i.get("size") or 0) for i in reply.get("images") or []}
+    except errors.DockyardError as exc:
+        log.warning("container sizes: image sizes unknown: %s", exc)
+    gate = asyncio.Semaphore(8)
+
+    async def one(c: dict[str, Any]) -> tuple[str, tuple[int, int]]:
+        rw = 0
+        key = str(c.get("snapshot_key") or "")
+        if key:
+            async with gate:
+                try:
+                    usage = await backends.snapshot.call("snapshot.usage", {"key": key}, timeout_s=60)
+                    rw = int(usage.get("size") or 0)
+                except errors.DockyardError as exc:
+                    log.info("container %s: size of snapshot %r unknown: %s", str(c.get("id"))[:12], key, exc)
+        return str(c["id"]), (rw, rw + image_sizes.get(str(c.get("image_id") or ""), 0))
+
+    return dict(await asyncio.gather(*(one(c) for c in containers)))

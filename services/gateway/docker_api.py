@@ -26,7 +26,7 @@ from typing import Any
 
 from common import dockerfmt, errors
 from common.events import follow
-from services.gateway.backends import Backends, call
+from services.gateway.backends import Backends, call, container_sizes
 from services.gateway.http import HTTPError, Request, Response, Router
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ async def registry_auth(request: Request) -> dict[str, str] | None:
 
 
 class SystemAPI:
-    """``/_ping``, ``/version``, ``/info``, ``/system/df``, ``/events``, ``/auth``."""
+    """``/_ping``, ``/version``, ``/info``, ``/system/df``, ``/events``, ``/auth``, ``/build/prune``."""
 
     def __init__(self, backends: Backends) -> None:
         self.b = backends
@@ -136,6 +136,13 @@ class SystemAPI:
         router.add("GET", "/system/df", self.df)
         router.add("GET", "/events", self.events)
         router.add("POST", "/auth", self.auth)
+        router.add("POST", "/build/prune", self.build_prune)
+
+    async def build_prune(self, request: Request) -> Response:
+        """``POST /build/prune`` (part of ``docker system prune``): Dockyard has no builder and so
+        no build cache (``/system/df`` lists none); nothing to remove."""
+        filters_of(request, {"until", "id", "parent", "type", "description", "inuse", "shared", "private"})
+        return Response.json({"CachesDeleted": None, "SpaceReclaimed": 0})
 
     async def ping(self, _req: Request) -> Response:
         resp = Response.text("OK")
@@ -263,15 +270,41 @@ class SystemAPI:
             used[c.get("image_id", "")] = used.get(c.get("image_id", ""), 0) + 1
         for s in summaries:
             s["Containers"] = used.get(s["Id"], 0)
+        sizes = await container_sizes(self.b, containers)
+        shared = await self._shared_sizes([s["Id"] for s in summaries])
+        for s in summaries:
+            s["SharedSize"] = shared.get(s["Id"], -1)
         return Response.json(
             {
                 "LayersSize": sum(s["Size"] for s in summaries),
                 "Images": summaries,
-                "Containers": [dockerfmt.container_summary(c, now) | {"SizeRw": 0} for c in containers],
+                "Containers": [
+                    dockerfmt.container_summary(c, now)
+                    | dict(zip(("SizeRw", "SizeRootFs"), sizes.get(c["id"], (0, 0)), strict=True))
+                    for c in containers
+                ],
                 "Volumes": [dockerfmt.volume(v) for v in volumes.get("volumes") or []],
                 "BuildCache": [],
             }
         )
+
+    async def _shared_sizes(self, image_ids: list[str]) -> dict[str, int]:
+        """``{image id: SharedSize}``: the bytes of its layers that another image also has
+        (what ``docker system df`` subtracts to tell how much removing it reclaims). An image
+        that cannot be resolved is left out (its SharedSize stays -1, "not computed")."""
+        layers: dict[str, dict[str, int]] = {}
+        for image_id in image_ids:
+            try:
+                img = await self.b.image.call("image.resolve", {"ref": image_id, "unpack": False}, timeout_s=30)
+            except errors.DockyardError as exc:
+                log.info("system df: layers of %s unknown: %s", image_id[:19], exc)
+                continue
+            layers[image_id] = {str(la["digest"]): int(la.get("size") or 0) for la in img.get("layers") or []}
+        users: dict[str, int] = {}
+        for own in layers.values():
+            for digest in own:
+                users[digest] = users.get(digest, 0) + 1
+        return {i: sum(size for d, size in own.items() if users[d] > 1) for i, own in layers.items()}
 
     async def auth(self, request: Request) -> Response:
         body = await request.json()

@@ -25,7 +25,14 @@ from typing import Any
 
 from common import dockerfmt, errors, resources
 from services.gateway import resume, streams
-from services.gateway.backends import Backends, call, docker_error, is_missing_method, missing_method
+from services.gateway.backends import (
+    Backends,
+    call,
+    container_sizes,
+    docker_error,
+    is_missing_method,
+    missing_method,
+)
 from services.gateway.docker_api import api_version, filters_of, int_arg, ndjson
 from services.gateway.http import HTTPError, Request, Response, Router, json_bytes
 
@@ -141,7 +148,12 @@ class ContainersAPI:
         if limit is not None and limit > 0:
             containers = containers[:limit]
         now = dt.datetime.now(dt.UTC)
-        return Response.json([dockerfmt.container_summary(c, now) for c in containers])
+        out = [dockerfmt.container_summary(c, now) for c in containers]
+        if request.flag("size"):
+            sizes = await container_sizes(self.b, containers)
+            for entry in out:
+                entry["SizeRw"], entry["SizeRootFs"] = sizes.get(entry["Id"], (0, 0))
+        return Response.json(out)
 
     async def _filter_more(
         self, containers: list[dict[str, Any]], filters: dict[str, list[str]]
@@ -182,7 +194,10 @@ class ContainersAPI:
 
     async def inspect(self, request: Request) -> Response:
         c = await self._container(request.params["id"])
-        return Response.json(dockerfmt.container_inspect(c))
+        out = dockerfmt.container_inspect(c)
+        if request.flag("size"):
+            out["SizeRw"], out["SizeRootFs"] = (await container_sizes(self.b, [c]))[c["id"]]
+        return Response.json(out)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, request: Request) -> Response:
@@ -266,6 +281,11 @@ class ContainersAPI:
             "changes": changes,
             "pause": request.flag("pause", default=True),
         }
+        config = await request.json()
+        if config is not None and not isinstance(config, dict):
+            raise HTTPError(400, "invalid commit config: expected a JSON object")
+        if config:
+            body["config"] = config
         reply = await call(self.b.execution, "execution.commit", body, "container", ref, timeout_s=600)
         return Response.json({"Id": reply["id"]}, 201)
 

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 _LIST_FILTERS = {"reference", "dangling", "label", "before", "since", "until"}
 
 
+def _names_a_version(name: str) -> bool:
+    """True when ``name`` carries a tag or a digest (``repo:tag``, ``repo@sha256:..``)."""
+    return "@" in name or ":" in name.rpartition("/")[2]
+
+
 def _ref(name: str, tag: str | None) -> str:
     """``fromImage`` + ``tag`` -> one reference (``tag`` may be a digest)."""
     if not tag:
@@ -134,14 +139,52 @@ class ImagesAPI:
         raise HTTPError(400, "fromImage or fromSrc is required")
 
     async def push(self, request: Request) -> Response:
+        """``POST /images/{name}/push?tag=``; with no tag (and none in ``name``) every local
+        tag of the repository is pushed, one after the other in one stream, as Docker does
+        (docker-py's ``images.push(repo)``); 404 when the repository has no tag here."""
         name = request.params["name"]
-        ref = _ref(name, request.arg("tag"))
-        body: dict[str, Any] = {"ref": ref}
+        tag = request.arg("tag")
+        body: dict[str, Any] = {}
         auth = await registry_auth(request)
         if auth:
             body["auth"] = auth
-        pushing = await self.b.image.start("image.push", body, timeout_s=None)
-        return await self._progress(pushing, ref, final=_push_final)
+        refs = [_ref(name, tag)] if tag or _names_a_version(name) else await self._repository_tags(name)
+        pushing = await self.b.image.start("image.push", {**body, "ref": refs[0]}, timeout_s=None)
+        head = await self._progress(pushing, refs[0], final=_push_final)
+        if len(refs) == 1:
+            return head
+
+        async def chain() -> AsyncIterator[bytes]:
+            assert head.stream is not None
+            async for line in head.stream:
+                yield line
+            for ref in refs[1:]:
+                try:
+                    running = await self.b.image.start("image.push", {**body, "ref": ref}, timeout_s=None)
+                    resp = await self._progress(running, ref, final=_push_final)
+                except errors.DockyardError as exc:
+                    yield ndjson(dockerfmt.progress_error(exc.message))
+                    return
+                assert resp.stream is not None
+                async for line in resp.stream:
+                    yield line
+                    if b'"errorDetail"' in line:
+                        return
+
+        return Response(200, {"Content-Type": "application/json"}, stream=chain())
+
+    async def _repository_tags(self, name: str) -> list[str]:
+        """The local ``repo:tag`` names of repository ``name`` (familiar form), sorted."""
+        reply = await call(self.b.image, "image.list", {"filters": {}})
+        repo = dockerfmt.familiar(name)
+        if repo.startswith("library/") and repo.count("/") == 1:
+            repo = repo[len("library/") :]
+        tags = sorted(
+            {t for i in reply.get("images") or [] for t in i.get("repo_tags") or [] if t.rpartition(":")[0] == repo}
+        )
+        if not tags:
+            raise errors.NotFound(f"An image does not exist locally with the tag: {name}")
+        return tags
 
     async def load(self, request: Request) -> Response:
         quiet = request.flag("quiet")

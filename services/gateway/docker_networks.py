@@ -41,7 +41,7 @@ def _match_one(net: dict[str, Any], key: str, value: str) -> bool:
 
 
 class NetworksAPI:
-    """``GET /networks`` and ``GET /networks/{id}`` (see module docstring)."""
+    """Docker's network endpoints (see module docstring)."""
 
     def routes(self, router: Router) -> None:
         router.add("GET", "/networks", self.list_networks)

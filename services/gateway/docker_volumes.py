@@ -6,7 +6,7 @@ from typing import Any
 
 from common import dockerfmt
 from services.gateway.backends import Backends, call
-from services.gateway.docker_api import filters_of
+from services.gateway.docker_api import api_version, filters_of
 from services.gateway.http import HTTPError, Request, Response, Router
 
 
@@ -66,6 +66,20 @@ class VolumesAPI:
         await call(self.b.execution, "execution.volume_remove", body, "volume", name)
         return Response(204)
 
-    async def prune(self, _request: Request) -> Response:
-        reply = await call(self.b.execution, "execution.volume_prune", {}, timeout_s=300)
-        return Response.json({"VolumesDeleted": list(reply.get("removed") or []) or None, "SpaceReclaimed": 0})
+    async def prune(self, request: Request) -> Response:
+        """Unused anonymous volumes; named ones too with the ``all`` filter, or for a client
+        speaking an API below 1.42 (which pruned every unused volume); ``label``/``label!``."""
+        filters = filters_of(request, {"all", "label", "label!"})
+        everything = api_version(request) < (1, 42)
+        for value in filters.get("all", []):
+            if value.lower() not in ("1", "true", "0", "false"):
+                raise HTTPError(400, f"invalid filter 'all={value}'")
+            everything = value.lower() in ("1", "true")
+        body = {"all": everything, "label": filters.get("label", []), "label_not": filters.get("label!", [])}
+        reply = await call(self.b.execution, "execution.volume_prune", body, timeout_s=300)
+        return Response.json(
+            {
+                "VolumesDeleted": list(reply.get("removed") or []) or None,
+                "SpaceReclaimed": int(reply.get("space_reclaimed") or 0),
+            }
+        )
