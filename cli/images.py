@@ -87,11 +87,19 @@ def _parse_filters(values: list[str] | None) -> dict[str, list[str]]:
 
 
 # -- pull / push -------------------------------------------------------------------------------------
-def pull_image(ref: str, platform: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Pull ``ref`` with per-layer progress; return the ``PullResult`` dict. Raises DockyardError."""
+def _names_a_version(ref: str) -> bool:
+    """True when ``ref`` carries a tag or a digest (``repo:tag``, ``repo@sha256:..``)."""
+    return "@" in ref or ":" in ref.rpartition("/")[2]
+
+
+def pull_image(ref: str, platform: str | None = None, quiet: bool = False, all_tags: bool = False) -> dict[str, Any]:
+    """Pull ``ref`` with per-layer progress; return the ``PullResult`` dict. Raises DockyardError.
+    ``all_tags``: every tag of the repository ``ref`` (which names no tag), as ``docker pull -a``."""
     body: dict[str, Any] = {"ref": ref}
     if platform:
         body["platform"] = platform
+    if all_tags:
+        body["all_tags"] = True
     result: dict[str, Any] = {}
     c = client("image", timeout_s=None)
     try:
@@ -113,9 +121,16 @@ def pull(
     ref: Annotated[str, typer.Argument(help="image reference, e.g. busybox or 127.0.0.1:5000/app:1")],
     platform: Annotated[str | None, typer.Option(help="os/arch or os/arch/variant, e.g. linux/arm64/v8")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the reference")] = False,
+    all_tags: Annotated[
+        bool, typer.Option("--all-tags", "-a", help="download every tagged image of the repository")
+    ] = False,
 ) -> None:
-    """Pull an image from a registry."""
-    result = pull_image(ref, platform, quiet)
+    """Pull an image (or, with -a, every tag of a repository) from a registry."""
+    if all_tags and _names_a_version(ref):
+        output.fail("tag can't be used with --all-tags/-a")
+    if not all_tags and not _names_a_version(ref) and not quiet:
+        output.line("Using default tag: latest")
+    result = pull_image(ref, platform, quiet, all_tags)
     output.line(str(result.get("name", ref)))  # the canonical name, as docker prints it last
 
 

@@ -147,6 +147,9 @@ class LayerProgress:
         """Show one frame: ``{status, id, current, total, message}``."""
         layer = str(frame.get("id") or "")
         status = str(frame.get("status") or "")
+        if status.startswith("Pulling from ") and layer:
+            self.message(f"{layer}: {status}")  # "<tag>: Pulling from <repo>", as docker prints it
+            return
         if not layer or len(layer) != 12:
             text = str(frame.get("message") or status)
             if status == "warning":

@@ -7,7 +7,8 @@
   certificate given to the registry as ``rootcertbundle``); counts its requests and
   records their scopes, checks Basic credentials.
 - ``Proxy``: a reverse proxy in front of a registry that logs every request and the bytes
-  it served, can corrupt a blob, throttle blobs and stall a blob after N bytes.
+  it served, can corrupt a blob, throttle blobs, stall a blob after N bytes and paginate
+  tag lists (``tags_page_size``; Debian's registry answers them whole).
 - ``skopeo_copy``: push an OCI archive to a registry (the test's "docker push").
 - ``multiarch_layout``: an OCI layout whose index lists the host platform and another one.
 """
@@ -387,6 +388,7 @@ class Proxy:
         self.corrupt: set[str] = set()
         self.rate_bps = 0
         self.stall_after: dict[str, int] = {}
+        self.tags_page_size = 0  # >0: answer tag lists page by page (distribution spec n/last + Link)
         self.log: list[tuple[str, str, str, int]] = []
         self._released = threading.Event()
         proxy = self
@@ -397,7 +399,43 @@ class Proxy:
             def log_message(self, *_a: Any) -> None:
                 return
 
+            def _tags_page(self) -> None:
+                """A page of the upstream's tag list: lexical order, ``n`` (at most the proxy's
+                page size) after ``last``, and ``Link: <...>; rel="next"`` when more remain."""
+                parsed = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(parsed.query)
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request("GET", parsed.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                if resp.status == 200:
+                    obj = json.loads(body)
+                    tags = sorted(obj.get("tags") or [])
+                    last = query.get("last", [""])[0]
+                    n = min(int(query.get("n", [proxy.tags_page_size])[0]), proxy.tags_page_size)
+                    rest = [t for t in tags if t > last] if last else tags
+                    page = rest[:n]
+                    body = json.dumps({"name": obj.get("name"), "tags": page}).encode()
+                link = ""
+                if resp.status == 200 and len(rest) > n:
+                    link = f'<{parsed.path}?n={n}&last={urllib.parse.quote(page[-1])}>; rel="next"'
+                self.send_response(resp.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if link:
+                    self.send_header("Link", link)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                proxy.log.append((self.command, self.path, "", len(body)))
+                self.close_connection = True
+
             def _forward(self) -> None:
+                if proxy.tags_page_size and self.command == "GET" and self.path.split("?")[0].endswith("/tags/list"):
+                    self._tags_page()
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}

@@ -13,6 +13,10 @@ Methods of the ``image`` service (every one takes the request's namespace):
 
 - ``image.pull`` ``PullRequest`` -> stream of ``Progress`` frames; the last one has
   ``status == "done"`` and ``result`` set (``PullResult``). Errors end the stream.
+  ``all_tags=True`` (``docker pull -a``) pulls every tag the registry lists for a
+  repository named without tag or digest, one after the other.
+- ``image.distribution`` ``DistributionRequest`` -> ``DistributionReply``: what the
+  registry holds for a reference (descriptor and platforms), without pulling it.
 - ``image.push`` ``PushRequest`` -> stream of ``Progress``; the last has ``result`` (``PushResult``).
 - ``image.import`` ``ImportRequest`` + client stream of ``bytes`` (a rootfs tar, optionally
   gzip/zstd compressed) until EOF -> stream of ``Progress``; last ``result`` = ``LoadedImage``.
@@ -87,6 +91,11 @@ class PullRequest(Request):
         description="optional credentials for this pull only: {username, password} or {identitytoken} "
         "(Docker's X-Registry-Auth); default: the config.json entry of the registry",
     )
+    all_tags: bool = Field(
+        default=False,
+        description="pull every tag of the repository (the registry's tag list, in its order); "
+        "``ref`` must then name no tag or digest",
+    )
 
 
 class PullResult(Reply):
@@ -96,6 +105,26 @@ class PullResult(Reply):
     manifest_digest: str
     status: str = Field(description="'Downloaded newer image for x' or 'Image is up to date for x'")
     downloaded: int = Field(default=0, description="bytes downloaded by this pull")
+    tags: list[str] = Field(
+        default_factory=list,
+        description="all-tags pulls: the record names pulled, in order ('name' is then the repository, "
+        "'digest'/'id'/'manifest_digest' those of the last tag)",
+    )
+
+
+class DistributionRequest(Request):
+    ref: str = Field(min_length=1, max_length=1024, description="required; reference (no tag means latest)")
+    auth: dict[str, str] | None = Field(default=None, description="optional credentials, as PullRequest.auth")
+
+
+class DistributionReply(Reply):
+    """Docker's ``DistributionInspect``: the reference's root descriptor at the registry
+    (``media_type``, ``digest``, ``size`` of the exact manifest or index bytes) and its
+    platforms (OCI platform JSON: ``architecture``, ``os``, optional ``variant``,
+    ``os.version``, ``os.features``): each index entry's, or the image config's."""
+
+    descriptor: Descriptor
+    platforms: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Progress(Reply):

@@ -1,6 +1,8 @@
 """Docker's image endpoints, answered by the image service.
 
-List, inspect, history, tag, delete, prune, pull (``POST /images/create?fromImage``) and
+List, inspect, history, tag, delete, prune, pull (``POST /images/create?fromImage``; every
+tag of a repository when neither ``fromImage`` nor ``tag`` names one), the registry's view
+of a reference (``GET /distribution/{name}/json``) and
 import (``fromSrc=-``) with chunked progress JSON, push, save (``/images/{name}/get``,
 ``/images/get?names=``) and load. A streaming call's first frame is awaited before the
 200 goes out, so an image that does not exist is a plain 404; errors after that arrive
@@ -60,6 +62,7 @@ class ImagesAPI:
         add("POST", "/images/{name:path}/tag", self.tag)
         add("POST", "/images/{name:path}/push", self.push)
         add("DELETE", "/images/{name:path}", self.remove)
+        add("GET", "/distribution/{name:path}/json", self.distribution)
 
     # -- read ----------------------------------------------------------------------------------------
     async def list_images(self, request: Request) -> Response:
@@ -78,6 +81,27 @@ class ImagesAPI:
         name = request.params["name"]
         reply = await call(self.b.image, "image.history", {"ref": name}, "image", name)
         return Response.json(dockerfmt.image_history(reply.get("history") or []))
+
+    async def distribution(self, request: Request) -> Response:
+        """``GET /distribution/{name}/json``: Docker's ``DistributionInspect`` of a reference at
+        its registry (nothing pulled): ``{"Descriptor": {mediaType, digest, size, urls?},
+        "Platforms": [{architecture, os, variant?, os.version?, os.features?}]}``.
+        A name without tag means ``latest``; X-Registry-Auth is used as for a pull."""
+        name = request.params["name"]
+        body: dict[str, Any] = {"ref": name}
+        auth = await registry_auth(request)
+        if auth:
+            body["auth"] = auth
+        reply = await call(self.b.image, "image.distribution", body, timeout_s=120)
+        desc = reply.get("descriptor") or {}
+        descriptor: dict[str, Any] = {
+            "mediaType": desc.get("mediaType") or desc.get("media_type") or "",
+            "digest": desc.get("digest") or "",
+            "size": int(desc.get("size") or 0),
+        }
+        if desc.get("urls"):
+            descriptor["urls"] = desc["urls"]
+        return Response.json({"Descriptor": descriptor, "Platforms": reply.get("platforms") or []})
 
     async def search(self, _request: Request) -> Response:
         raise errors.Unimplemented("image search is not supported: Dockyard has no registry index to search")
@@ -115,15 +139,22 @@ class ImagesAPI:
         from_image = request.arg("fromImage")
         from_src = request.arg("fromSrc")
         if from_image:
-            ref = _ref(from_image, request.arg("tag"))
+            # dockerd: "pull -a" may send the name with a trailing ':'; a name with neither tag
+            # nor digest and an empty ``tag`` pulls every tag (Engine API ImageCreate)
+            from_image = from_image.removesuffix(":")
+            tag = request.arg("tag")
+            ref = _ref(from_image, tag)
             body: dict[str, Any] = {"ref": ref}
+            if not tag and not _names_a_version(from_image):
+                body["all_tags"] = True
             if request.arg("platform"):
                 body["platform"] = request.arg("platform")
             auth = await registry_auth(request)
             if auth:
                 body["auth"] = auth
             pull = await self.b.image.start("image.pull", body, timeout_s=None)
-            return await self._progress(pull, ref, final=_pull_final)
+            # a registry's "manifest for x not found: manifest unknown: ..." is shown as is
+            return await self._progress(pull, ref, final=_pull_final, kind="")
         if from_src == "-":
             repo = request.arg("repo") or ""
             ref = _ref(repo, request.arg("tag")) if repo else ""
@@ -209,14 +240,16 @@ class ImagesAPI:
         final: Any,
         feeder: asyncio.Future[None] | None = None,
         convert: Any = dockerfmt.pull_progress,
+        kind: str = "image",
     ) -> Response:
-        """Stream a progress call as Docker's JSON lines; the first frame decides 200 vs an error."""
+        """Stream a progress call as Docker's JSON lines; the first frame decides 200 vs an error.
+        Errors get Docker's wording for ``kind`` (``No such image: x``); ``kind=""`` keeps them."""
         try:
             more, first = await running.next_frame()
         except errors.DockyardError as exc:
             if feeder is not None:
                 feeder.cancel()
-            raise docker_error(exc, "image", ref) from None
+            raise docker_error(exc, kind, ref) from None
 
         async def gen() -> AsyncIterator[bytes]:
             frame, m = first, more
@@ -234,7 +267,7 @@ class ImagesAPI:
                         return
                     m, frame = await running.next_frame()
             except errors.DockyardError as exc:
-                yield ndjson(dockerfmt.progress_error(docker_error(exc, "image", ref).message))
+                yield ndjson(dockerfmt.progress_error(docker_error(exc, kind, ref).message))
             finally:
                 if feeder is not None:
                     feeder.cancel()

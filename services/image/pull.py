@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
 
 _RETRIES = 3
+
+T = TypeVar("T")
 
 
 def short_id(digest: str) -> str:
@@ -276,6 +279,7 @@ class FetchedImage:
     config_desc: Descriptor
     config: oci.ImageConfig
     downloaded: int
+    present: set[str] = field(default_factory=set)  # layer digests that were already in the store
 
 
 class Puller:
@@ -303,6 +307,50 @@ class Puller:
                 errors.append(exc)
         raise errors[-1] if errors else Unavailable(f"no endpoint for {ref.domain}")
 
+    async def _on_endpoints(self, ref: Reference, work: Callable[[Endpoint], Awaitable[T]]) -> T:
+        """Run ``work`` on ``ref``'s mirrors then its registry (pinged first); the first answer wins.
+        A mirror's failure is logged and the next endpoint tried; the registry's is raised."""
+        errors: list[DockyardError] = []
+        for ep in self.client.pull_endpoints(ref.domain):
+            try:
+                await self.client.ping(ep)
+                return await work(ep)
+            except DockyardError as exc:
+                if not ep.mirror:
+                    raise
+                log.warning("mirror %s failed for %s: %s; trying the next endpoint", ep.host, ref, exc)
+                errors.append(exc)
+        raise errors[-1] if errors else Unavailable(f"no endpoint for {ref.domain}")
+
+    async def list_tags(self, ref: Reference, creds: Credentials | None) -> list[str]:
+        """The tags of ``ref``'s repository at its registry (mirrors first), in the registry's
+        order; see ``RegistryClient.list_tags`` for the errors."""
+        return await self._on_endpoints(ref, lambda ep: self.client.list_tags(ep, ref, creds))
+
+    async def distribution(self, ref: Reference, creds: Credentials | None) -> tuple[Descriptor, list[Platform]]:
+        """What the registry has for ``ref`` without pulling it (Docker's ``GET /distribution/{name}/json``):
+        the root descriptor and its platforms: every entry's of an index (in order, as listed),
+        or the one in a manifest's image config (fetched, not stored; none when the config
+        names no os/architecture). Errors as ``resolve``."""
+
+        async def inspect(ep: Endpoint) -> tuple[Descriptor, list[Platform]]:
+            root, body = await self.client.resolve(ep, ref, creds)
+            doc = oci.parse_document(body, root.media_type, where=f"manifest for {ref.familiar()}")
+            if isinstance(doc, oci.Index):
+                return root, [m.platform or Platform("", "") for m in doc.manifests]
+            limit = 2 * oci.MAX_MANIFEST_SIZE
+            config = await self.client.read_blob(ep, ref.repository, doc.config, creds, limit=limit)
+            try:
+                obj = json.loads(config)
+            except (ValueError, UnicodeDecodeError):
+                return root, []
+            found = Platform.from_json(obj)
+            if found is None or not (found.os or found.architecture):
+                return root, []
+            return root, [found]
+
+        return await self._on_endpoints(ref, inspect)
+
     async def fetch(
         self,
         ref: Reference,
@@ -317,8 +365,10 @@ class Puller:
         ``emit`` receives progress dicts (``Progress`` fields).
         """
         want = platforms.normalize(platform or platforms.host())
-        emit({"status": f"Pulling from {ref.familiar_name()}", "id": ref.tag or ref.digest})
         ep, root, root_body = await self.resolve(ref, creds)
+        # dockerd says "Pulling from" once the registry has answered for the manifest: an
+        # unknown tag or repository is an error with no progress line before it
+        emit({"status": f"Pulling from {ref.familiar_name()}", "id": ref.tag or ref.digest})
         doc = oci.parse_document(root_body, root.media_type, where=f"manifest for {ref.familiar()}")
         manifest_desc, manifest_body, manifest = root, root_body, doc
         if isinstance(doc, oci.Index):
@@ -352,8 +402,12 @@ class Puller:
                 }
             )
 
+        present: set[str] = set()  # layers already in the store: "Already exists" is all dockerd says of them
+
         def listener_for(layer: Descriptor) -> Callable[[int, int, str], None]:
             def listen(current: int, total: int, status: str) -> None:
+                if status == "Already exists":
+                    present.add(layer.digest)
                 emit(
                     {
                         "status": status,
@@ -402,5 +456,5 @@ class Puller:
 
         await asyncio.to_thread(write_docs)
         return FetchedImage(
-            ref, ep, root, manifest_desc, manifest, manifest.config, config, cfg_downloaded + sum(results)
+            ref, ep, root, manifest_desc, manifest, manifest.config, config, cfg_downloaded + sum(results), present
         )

@@ -23,8 +23,14 @@ the Bearer token cache and the scheme each registry answered on. What it does:
   before it is read whole. A blobs-endpoint response never types a manifest.
 - blobs: GET with ``Range`` to resume; 206 continues, 200 restarts, 416 restarts.
 
-Errors are ``common.errors``: NotFound (404, ``manifest unknown``), Unauthenticated (401/403),
-Unavailable (connection, 5xx), InvalidArgument (bad documents, digest mismatch).
+- tags (distribution spec "Listing Tags"): ``GET /v2/<name>/tags/list``, following the
+  ``Link: <...?n=&last=>; rel="next"`` header page after page (``next_tags_page``).
+
+Errors are ``common.errors``: NotFound (404) carrying the registry's error code and message
+the way dockerd words them (``manifest for x:t not found: manifest unknown: manifest
+unknown``, ``repository x not found: name unknown: ...``; ``details`` has
+``registry_code``/``registry_message``), Unauthenticated (401/403), Unavailable
+(connection, 5xx), InvalidArgument (bad documents, digest mismatch).
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ log = logging.getLogger(__name__)
 USER_AGENT = "dockyard/0.1 (+https://github.com/dockyard)"
 _MAX_REDIRECTS = 5
 _ERROR_BODY_MAX = 64 * 1024
+_TAG_PAGE_MAX = 4 * 1024 * 1024
+_MAX_TAG_PAGES = 10_000
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -144,6 +152,105 @@ def _registry_error(resp: httpx.Response, body: bytes) -> str:
         pass
     text = body[:200].decode(errors="replace").strip()
     return f"{resp.status_code} {resp.reason_phrase}" + (f": {text}" if text and "<html" not in text.lower() else "")
+
+
+def registry_errors(body: bytes) -> list[tuple[str, str]]:
+    """The ``(code, message)`` pairs of a distribution-spec error body
+    (``{"errors": [{"code", "message", "detail"}]}``); empty when it is not one."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errs = obj.get("errors") if isinstance(obj, dict) else None
+    if not isinstance(errs, list):
+        return []
+    return [
+        (str(e.get("code") or "UNKNOWN"), str(e.get("message") or ""))
+        for e in errs
+        if isinstance(e, dict) and (e.get("code") or e.get("message"))
+    ]
+
+
+def errcode_text(code: str, message: str) -> str:
+    """One registry error as Docker prints it (distribution's ``errcode.Error``):
+    the code in lower case with spaces, a colon, the message (``manifest unknown: manifest unknown``)."""
+    return f"{code.lower().replace('_', ' ')}: {message}"
+
+
+def not_found_error(resp: httpx.Response, body: bytes, *, manifest_of: str, repository: str) -> NotFound:
+    """A registry's 404 as dockerd words it (distribution/errors.go ``notFoundError``):
+
+    - ``MANIFEST_UNKNOWN`` -> ``manifest for <manifest_of> not found: manifest unknown: <message>``
+    - ``NAME_UNKNOWN`` -> ``repository <repository> not found: name unknown: <message>``
+    - any other code -> ``<code text>: <message>``; a body that is no error document ->
+      ``manifest for <manifest_of> not found: <status and text>``.
+
+    ``details``: ``registry_code``, ``registry_message`` (the first error's), ``ref``.
+    """
+    errs = registry_errors(body)
+    if not errs:
+        return NotFound(
+            f"manifest for {manifest_of} not found: {_registry_error(resp, body)}",
+            {"registry_code": "", "registry_message": "", "ref": manifest_of},
+        )
+    code, message = errs[0]
+    text = errcode_text(code, message)
+    if code == "MANIFEST_UNKNOWN":
+        text = f"manifest for {manifest_of} not found: {text}"
+    elif code == "NAME_UNKNOWN":
+        text = f"repository {repository} not found: {text}"
+    return NotFound(text, {"registry_code": code, "registry_message": message, "ref": manifest_of})
+
+
+def next_tags_page(current_url: str, link: str) -> str | None:
+    """The URL of the next page of a tag list, from the response's ``Link`` header
+    (RFC 8288, as the distribution spec uses it: ``</v2/<name>/tags/list?n=2&last=b>; rel="next"``).
+
+    ``current_url`` is the absolute URL just fetched; a relative target is resolved against
+    it. None when there is no ``rel="next"`` link. Raises InvalidArgument for a link that is
+    not ``<URL>; params`` or that points at another origin (its credentials would leak).
+    """
+    if not link.strip():
+        return None
+    for part in _split_links(link):
+        target, sep, params = part.partition(">")
+        target = target.strip()
+        if not sep or not target.startswith("<"):
+            raise InvalidArgument(f"registry tag list: malformed Link header {link!r}")
+        rels: list[str] = []
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "rel":
+                rels += value.strip().strip('"').lower().split()
+        if rels and "next" not in rels:
+            continue
+        url = urllib.parse.urljoin(current_url, target[1:].strip())
+        if urllib.parse.urlsplit(url)[:2] != urllib.parse.urlsplit(current_url)[:2]:
+            raise InvalidArgument(f"registry tag list: the next page {url!r} is on another origin")
+        return url
+    return None
+
+
+def _split_links(value: str) -> list[str]:
+    """Split a Link header at the commas between links (not those inside ``<...>`` or quotes)."""
+    parts: list[str] = []
+    buf: list[str] = []
+    in_url = in_quote = False
+    for ch in value:
+        if ch == "<" and not in_quote:
+            in_url = True
+        elif ch == ">" and not in_quote:
+            in_url = False
+        elif ch == '"' and not in_url:
+            in_quote = not in_quote
+        if ch == "," and not in_url and not in_quote:
+            parts.append("".join(buf).strip())
+            buf = []
+            continue
+        buf.append(ch)
+    if "".join(buf).strip():
+        parts.append("".join(buf).strip())
+    return [p for p in parts if p]
 
 
 class _Auth:
@@ -526,17 +633,16 @@ class RegistryClient:
         header_digest = ""
         if not ref.digest:
             resp = await self.request(ep, "HEAD", path, scopes=scope, headers=headers, creds=creds, what=what)
-            if resp.status_code == 404:
-                raise NotFound(f"{what} not found: manifest unknown")
             if resp.status_code == 200:
                 header_digest = resp.headers.get("docker-content-digest", "")
-            elif resp.status_code not in (405, 400, 501):
+            elif resp.status_code not in (404, 405, 400, 501):
                 raise self._status_error(resp, b"", what, ep)
+            # a HEAD error has no body: the GET below fetches the registry's words (as dockerd does)
         resp = await self.request(ep, "GET", path, scopes=scope, headers=headers, stream=True, creds=creds, what=what)
         if resp.status_code != 200:
-            body = await self._read_limited(resp, _ERROR_BODY_MAX, what) if resp.status_code != 404 else b""
+            body = await self._read_limited(resp, _ERROR_BODY_MAX, what)
             if resp.status_code == 404:
-                raise NotFound(f"{what} not found: manifest unknown")
+                raise not_found_error(resp, body, manifest_of=ref.familiar(), repository=ref.familiar_name())
             raise self._status_error(resp, body, what, ep)
         get_header = resp.headers.get("docker-content-digest", "")
         content_type = resp.headers.get("content-type", "").split(";")[0].strip()
@@ -574,12 +680,64 @@ class RegistryClient:
         )
         if resp.status_code != 200:
             body = await self._read_limited(resp, _ERROR_BODY_MAX, what)
+            if resp.status_code == 404:
+                raise not_found_error(
+                    resp, body, manifest_of=f"{ref.familiar_name()}@{desc.digest}", repository=ref.familiar_name()
+                )
             raise self._status_error(resp, body, what, ep)
         body = await self._read_limited(resp, oci.MAX_MANIFEST_SIZE, what)
         actual = oci.sha256_digest(body)
         if actual != desc.digest or len(body) != desc.size:
             raise InvalidArgument(f"{what}: digest mismatch: the registry sent content hashing to {actual}")
         return body
+
+    async def list_tags(self, ep: Endpoint, ref: Reference, creds: Credentials | None = None) -> list[str]:
+        """Every tag of ``ref``'s repository, in the registry's order (distribution spec
+        ``GET /v2/<name>/tags/list``, following ``Link`` rel="next" pages).
+
+        Raises NotFound (``repository x not found: name unknown: ...``) for an unknown
+        repository, InvalidArgument for a malformed answer, Unauthenticated / Unavailable as
+        ``request`` does.
+        """
+        repo = ref.repository
+        what = f"tags of {ref.familiar_name()}"
+        path = f"/v2/{repo}/tags/list"
+        tags: list[str] = []
+        for _page in range(_MAX_TAG_PAGES):
+            resp = await self.request(
+                ep, "GET", path, scopes=[f"repository:{repo}:pull"], stream=True, creds=creds, what=what
+            )
+            if resp.status_code != 200:
+                body = await self._read_limited(resp, _ERROR_BODY_MAX, what)
+                if resp.status_code == 404:
+                    raise not_found_error(resp, body, manifest_of=ref.familiar(), repository=ref.familiar_name())
+                raise self._status_error(resp, body, what, ep)
+            link = resp.headers.get("link", "")
+            current = str(resp.request.url)  # the URL that answered (after redirects)
+            body = await self._read_limited(resp, _TAG_PAGE_MAX, what)
+            tags += parse_tag_list(body, what)
+            nxt = next_tags_page(current, link)
+            if nxt is None:
+                return list(dict.fromkeys(tags))
+            parsed = urllib.parse.urlsplit(nxt)
+            path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+            if ep.path_prefix and path.startswith(ep.path_prefix):
+                path = path[len(ep.path_prefix) :]
+        raise InvalidArgument(f"registry {ep.domain}: {what}: more than {_MAX_TAG_PAGES} pages")
+
+    async def read_blob(
+        self, ep: Endpoint, repo: str, desc: oci.Descriptor, creds: Credentials | None = None, *, limit: int
+    ) -> bytes:
+        """GET a small blob (an image config) into memory, verified against ``desc``;
+        InvalidArgument when it is over ``limit`` bytes or does not match its digest."""
+        what = f"blob {desc.digest} of {repo}"
+        if desc.size > limit:
+            raise InvalidArgument(f"{what}: {desc.size} bytes is over the {limit} byte limit")
+        async with self.open_blob(ep, repo, desc, 0, creds) as (_start, resp):
+            data = await self._read_limited(resp, limit, what)
+        if oci.sha256_digest(data) != desc.digest or len(data) != desc.size:
+            raise InvalidArgument(f"{what}: digest mismatch: the registry sent other content")
+        return data
 
     @contextlib.asynccontextmanager
     async def open_blob(
@@ -741,6 +899,23 @@ class RegistryClient:
         if resp.status_code not in (200, 201, 202):
             raise self._status_error(resp, resp.content, what, ep)
         return resp.headers.get("docker-content-digest") or oci.sha256_digest(body)
+
+
+def parse_tag_list(body: bytes, what: str = "tag list") -> list[str]:
+    """The ``tags`` of one tag-list page (``{"name": "<name>", "tags": [...]}``; ``null``
+    tags mean none). Raises InvalidArgument naming ``what`` for anything else."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(f"{what}: the registry sent invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"{what}: the registry sent no tag list object")
+    tags = obj.get("tags")
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidArgument(f"{what}: 'tags' is not a list of strings")
+    return list(tags)
 
 
 def _content_range_start(value: str) -> int:

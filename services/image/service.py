@@ -216,11 +216,21 @@ class ImageService:
             return False
 
     async def _unpack_after_write(
-        self, namespace: str, view: ImageView, lease: str, emit: Callable[[dict[str, Any]], None]
+        self,
+        namespace: str,
+        view: ImageView,
+        lease: str,
+        emit: Callable[[dict[str, Any]], None],
+        present: set[str] | None = None,
     ) -> None:
         """Unpack after a pull/load/import. The snapshot service being down is a warning
-        (``resolve`` unpacks later); a layer it refuses (wrong diff ID...) is an error."""
+        (``resolve`` unpacks later); a layer it refuses (wrong diff ID...) is an error.
+        Layers in ``present`` (a pull found them ``Already exists``) get no Extracting /
+        Pull complete frames, as dockerd shows them."""
+        present = present or set()
         for layer in view.manifest.layers:
+            if layer.digest in present:
+                continue
             emit(
                 {
                     "status": "Extracting",
@@ -236,6 +246,8 @@ class ImageService:
             emit({"status": "warning", "message": f"layers not unpacked yet: {exc.message}"})
             return
         for layer in view.manifest.layers:
+            if layer.digest in present:
+                continue
             emit(
                 {
                     "status": "Pull complete",
@@ -313,12 +325,65 @@ class ImageService:
         InvalidArgument (digest mismatch, malformed documents; nothing is left behind),
         Unimplemented (schema 1, unknown layer types), Unavailable (registry unreachable).
         """
-        ref = refs.parse(req.ref)
+        ref = refs.parse(req.ref, default_tag=not req.all_tags)
+        if req.all_tags and (ref.tag or ref.digest):
+            raise errors.InvalidArgument("tag can't be used with --all-tags/-a")
         platform = platforms.parse(req.platform) if req.platform else None
         creds = basic_from_auth(req.auth)
         pump = ProgressPump()
-        async for frame in pump.run(self._pull(ctx.namespace, ref, platform, creds, req.unpack, pump.emit)):
+        if req.all_tags:
+            work = self._pull_all_tags(ctx.namespace, ref, platform, creds, req.unpack, pump.emit)
+        else:
+            work = self._pull_one(ctx.namespace, ref, platform, creds, req.unpack, pump.emit)
+        async for frame in pump.run(work):
             yield frame
+
+    async def _pull_one(
+        self,
+        namespace: str,
+        ref: refs.Reference,
+        platform: Platform | None,
+        creds: Credentials | None,
+        unpack: bool,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> dict[str, Any]:
+        result, _changed = await self._pull(namespace, ref, platform, creds, unpack, emit)
+        return result.model_dump()
+
+    async def _pull_all_tags(
+        self,
+        namespace: str,
+        repo: refs.Reference,
+        platform: Platform | None,
+        creds: Credentials | None,
+        unpack: bool,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> dict[str, Any]:
+        """``docker pull -a``, as dockerd's puller does it: the registry's tag list, then each
+        tag pulled in that order (a layer shared by tags is downloaded once: the next tag
+        finds it ``Already exists``); one ``Status`` for the repository at the end. The first
+        failing tag ends the pull (the tags before it stay pulled)."""
+        tags = await self.puller.list_tags(repo, creds)
+        changed = False
+        last: api.PullResult | None = None
+        names: list[str] = []
+        downloaded = 0
+        for tag in tags:
+            last, tag_changed = await self._pull(namespace, repo.with_tag(tag), platform, creds, unpack, emit)
+            changed = changed or tag_changed
+            names.append(last.name)
+            downloaded += last.downloaded
+        familiar = repo.familiar()
+        status = ("Downloaded newer image for " if changed else "Image is up to date for ") + familiar
+        return api.PullResult(
+            name=str(repo),
+            digest=last.digest if last else "",
+            id=last.id if last else "",
+            manifest_digest=last.manifest_digest if last else "",
+            status=status,
+            downloaded=downloaded,
+            tags=names,
+        ).model_dump()
 
     async def _pull(
         self,
@@ -328,7 +393,8 @@ class ImageService:
         creds: Credentials | None,
         unpack: bool,
         emit: Callable[[dict[str, Any]], None],
-    ) -> dict[str, Any]:
+    ) -> tuple[api.PullResult, bool]:
+        """Pull one reference; return its result and whether a name was created or moved."""
         lease = self._lease(namespace, PULL_LEASE_S, f"pull {ref}")
 
         def protect(digests: list[str]) -> None:
@@ -341,7 +407,7 @@ class ImageService:
             view = await asyncio.to_thread(view_of, self.content, fetched.manifest_desc, None)
             view.target = fetched.root
             if unpack:
-                await self._unpack_after_write(namespace, view, lease, emit)
+                await self._unpack_after_write(namespace, view, lease, emit, fetched.present)
             names = [str(ref)]
             if ref.digest and ref.tag:
                 names = [str(ref.with_digest(ref.digest)), str(ref.with_tag(ref.tag))]
@@ -366,14 +432,35 @@ class ImageService:
         familiar = ref.familiar()
         status = ("Image is up to date for " if outcome == "unchanged" else "Downloaded newer image for ") + familiar
         emit({"status": f"Digest: {fetched.root.digest}"})
-        return api.PullResult(
+        pulled = api.PullResult(
             name=names[-1],
             digest=fetched.root.digest,
             id=view.id,
             manifest_digest=fetched.manifest_desc.digest,
             status=status,
             downloaded=fetched.downloaded,
-        ).model_dump()
+        )
+        return pulled, outcome != "unchanged"
+
+    @rpc("image.distribution")
+    async def distribution(self, req: api.DistributionRequest, _ctx: Context) -> api.DistributionReply:
+        """Resolve ``req.ref`` at its registry without pulling (Docker's ``GET /distribution/{name}/json``):
+        the descriptor of the manifest or index the reference names, and its platforms (every
+        entry's of an index; a manifest's from its image config). Auth, mirrors and the
+        HTTP fallback as for ``image.pull``; nothing is stored.
+
+        Errors: InvalidArgument (malformed reference or documents), NotFound with the
+        registry's words (``manifest for x:t not found: manifest unknown: manifest unknown``),
+        Unauthenticated, Unavailable.
+        """
+        ref = refs.parse(req.ref)
+        root, found = await self.puller.distribution(ref, basic_from_auth(req.auth))
+        return api.DistributionReply(
+            descriptor=api.Descriptor(
+                mediaType=root.media_type, digest=root.digest, size=root.size, urls=list(root.urls) or None
+            ),
+            platforms=[p.to_json() for p in found],
+        )
 
     # -- push ------------------------------------------------------------------------------------------
     @rpc("image.push", stream=True)

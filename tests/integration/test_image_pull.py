@@ -134,8 +134,10 @@ def test_unknown_repository_and_tag_are_not_found(inst: Instance, registry: Regi
         assert proc.returncode == 1
         assert (
             proc.stderr.decode().strip()
-            == f"error: manifest for {ref if ':nope' in ref else ref + ':latest'} not found: manifest unknown"
+            == f"error: manifest for {ref if ':nope' in ref else ref + ':latest'} not found: "
+            "manifest unknown: manifest unknown"  # the registry's code and message, as dockerd shows them
         )
+        assert "Pulling from" not in proc.stdout.decode()
     proc = inst.cli("pull", "Bad/Name")
     assert proc.returncode == 1 and "invalid reference format" in proc.stderr.decode()
 
