@@ -35,7 +35,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,18 @@ GO_MODE_SETUID = 1 << 23
 GO_MODE_SETGID = 1 << 22
 GO_MODE_CHAR_DEVICE = 1 << 21
 GO_MODE_STICKY = 1 << 20
+
+
+class Reader(Protocol):
+    """What a tar is read from (a file, a pipe, a call's stream)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writer(Protocol):
+    """What a tar is written to."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 class ArchiveError(Exception):
@@ -327,7 +339,7 @@ def path_stat(scope: Scope, path: str) -> dict[str, Any]:
 
 
 # -- writing a tar -------------------------------------------------------------------------------
-class _FileReader(IO[bytes]):
+class _FileReader:
     """Exactly ``size`` bytes of an open file: zeros past a file that shrank meanwhile, nothing
     past ``size`` of one that grew (the tar header is written first)."""
 
@@ -335,7 +347,7 @@ class _FileReader(IO[bytes]):
         self.fd = fd
         self.left = size
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self.left:
             n = self.left
         n = min(n, COPY_CHUNK)
@@ -355,7 +367,7 @@ def _tarinfo(name: str, st: os.stat_result) -> tarfile.TarInfo:
     return ti
 
 
-def write_tar(scope: Scope, path: str, out: IO[bytes], *, arcname: str | None = None) -> None:
+def write_tar(scope: Scope, path: str, out: Writer, *, arcname: str | None = None) -> None:
     """Write the tar of ``path`` (file, symlink, device or a whole directory tree) to ``out``.
 
     Names as moby's ``TarResourceRebase(resolvedPath, filepath.Base(absPath))``: the top entry
@@ -375,7 +387,7 @@ def write_tar(scope: Scope, path: str, out: IO[bytes], *, arcname: str | None = 
             loc.lstat()
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=64 * 1024) as tar:
+        with tarfile.open(fileobj=cast(IO[bytes], out), mode="w|", format=tarfile.PAX_FORMAT, bufsize=64 * 1024) as tar:
             _TarWalk(scope, tar).run(loc.dir_fd, loc.name, top, loc.path)
     finally:
         loc.close()
@@ -457,7 +469,7 @@ class _TarWalk:
                 if not stat.S_ISREG(fst.st_mode):
                     return None  # swapped meanwhile
                 ti.size = fst.st_size
-                self.tar.addfile(ti, _FileReader(fd, fst.st_size))
+                self.tar.addfile(ti, cast(IO[bytes], _FileReader(fd, fst.st_size)))
             finally:
                 os.close(fd)
             if st.st_nlink > 1:
@@ -512,7 +524,7 @@ def _go_join(*parts: str) -> str:
 def extract_tar(
     scope: Scope,
     dest: str,
-    stream: IO[bytes],
+    stream: Reader,
     options: ExtractOptions | None = None,
     *,
     on_entry: Callable[[str], None] | None = None,
@@ -545,7 +557,7 @@ def extract_tar(
         return cache[path]
 
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|*") as tar:
             for member in tar:
                 name = member.name
                 if opts.rebase is not None:
