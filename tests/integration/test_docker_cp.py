@@ -229,6 +229,14 @@ def test_docker_py_get_and_put_archive(eng: Engine, running: str) -> None:
             assert sorted(m.name for m in t) == [".", "./sub", "./sub/f"]
         assert c.put_archive("/tmp/py", tar_of(("new", "d", b""), ("new/file", "f", b"put by docker-py\n")))
         assert sh(eng, running, "cat /tmp/py/new/file") == "put by docker-py\n"
+        # dockerd's events for a copy: archive-path (read) and extract-to-dir (write)
+        until = int(dt.datetime.now(dt.UTC).timestamp()) + 1
+        seen = {
+            e["Action"]
+            for e in client.events(since=0, until=until, decode=True, filters={"container": running})
+            if e.get("Type") == "container"
+        }
+        assert {"archive-path", "extract-to-dir"} <= seen
         with pytest.raises(docker.errors.NotFound):
             c.put_archive("/tmp/not-there", tar_of(("x", "f", b"x")))
         with pytest.raises(docker.errors.APIError) as err:
