@@ -223,7 +223,7 @@ def copy_from_container(container: str, src: str, dst: str, *, follow: bool, qui
         if follow:
             st = _container_stat(ex, container, src)
             if st is not None and int(st["mode"]) & GO_MODE_SYMLINK:
-                target = _link_target(src, str(st.get("linkTarget") or ""))
+                target = _link_target(src, str(st.get("link_target") or ""))
                 target, rebase = rebase_name_of(src, target)
                 src = target
         if dst == "-" and sys.stdout.isatty():
@@ -280,7 +280,7 @@ def copy_to_container(src: str, container: str, dst: str, *, follow: bool, copy_
         dst_info = CopyInfo(dst)
         st = _container_stat(ex, container, dst)
         if st is not None and int(st["mode"]) & GO_MODE_SYMLINK:
-            dst_info.path = _link_target(dst, str(st.get("linkTarget") or ""))
+            dst_info.path = _link_target(dst, str(st.get("link_target") or ""))
             st = _container_stat(ex, container, dst_info.path)
         if st is not None:
             if int(st["mode"]) & GO_MODE_DEVICE:

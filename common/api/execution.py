@@ -246,7 +246,9 @@ class PathStat(Reply):
     size: int = Field(description="bytes (lstat)")
     mode: int = Field(description="Go os.FileMode bits: permissions | ModeDir 1<<31 | ModeSymlink 1<<27 ...")
     mtime: str = Field(description="RFC 3339 (nanoseconds), UTC")
-    linkTarget: str = Field(default="", description="a symlink's target fully resolved in the container")
+    link_target: str = Field(
+        default="", description="a symlink's target fully resolved in the container (moby's linkTarget)"
+    )
 
 
 class StartReply(Reply):

@@ -182,7 +182,7 @@ class ArchiveService:
         rec = self.owner._find(ctx.namespace, req.id)
         opened = await self._open(rec)
         try:
-            return PathStat(**await asyncio.to_thread(_stat, opened.scope, req.path, req.id))
+            return await asyncio.to_thread(_stat, opened.scope, req.path, req.id)
         finally:
             await opened.close()
 
@@ -196,7 +196,7 @@ class ArchiveService:
         sink: _FrameSink | None = None
         try:
             stat = await asyncio.to_thread(_stat, opened.scope, req.path, req.id)
-            yield {"stat": stat}
+            yield {"stat": stat.model_dump()}
             self._event(rec, "archive-path")
             sink = _FrameSink(asyncio.get_running_loop())
             worker = asyncio.ensure_future(asyncio.to_thread(_produce, opened.scope, req.path, req.id, sink))
@@ -266,9 +266,12 @@ def _translate(exc: BaseException, path: str, container: str) -> errors.Dockyard
     return errors.Internal(f"{type(exc).__name__}: {exc}")
 
 
-def _stat(scope: Scope, path: str, container: str) -> dict[str, Any]:
+def _stat(scope: Scope, path: str, container: str) -> PathStat:
     try:
-        return path_stat(scope, path)
+        doc = path_stat(scope, path)
+        return PathStat(
+            name=doc["name"], size=doc["size"], mode=doc["mode"], mtime=doc["mtime"], link_target=doc["linkTarget"]
+        )
     except (OSError, ArchiveError) as exc:
         raise _translate(exc, path, container) from None
 

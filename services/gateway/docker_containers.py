@@ -810,7 +810,7 @@ def _path_stat_header(stat: dict[str, Any]) -> str:
         "size": int(stat.get("size") or 0),
         "mode": int(stat.get("mode") or 0),
         "mtime": str(stat.get("mtime") or ""),
-        "linkTarget": str(stat.get("linkTarget") or ""),
+        "linkTarget": str(stat.get("link_target") or ""),
     }
     return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
 
