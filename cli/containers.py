@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import cp as cp_mod
 from cli import files, output, resume, runner
 from cli.connect import client
 from common import errors
@@ -696,6 +697,7 @@ def register(app: typer.Typer) -> None:
         target.command("update")(update)
         target.command("commit")(commit)
         target.command("export")(export)
+        target.command("cp")(cp_mod.cp)
     app.command("ps")(ps)
     container_app.command("ls")(ps)
     container_app.command("ps")(ps)

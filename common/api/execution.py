@@ -61,6 +61,22 @@ Methods (service ``execution``; every method acts in the request's namespace):
 - ``execution.exec`` ``ExecRunRequest`` -> stream: ``exec_create`` and ``exec_start`` in
   one call (what ``dockyard exec`` uses): ``{"id"}`` first (errors before it are
   ``exec_create``'s), then ``exec_start``'s frames.
+- ``execution.archive_stat`` ``ArchivePathRequest`` -> ``PathStat`` (``docker cp``, moby's
+  ``HEAD /containers/{id}/archive``): the path resolved in the container's root (symlinks
+  followed in scope, never out of it; a volume or bind path in the mount's source), its last
+  component not followed. NotFound ``Could not find the file P in container C``.
+- ``execution.archive_get`` ``ArchivePathRequest`` -> stream: ``{"stat": PathStat}`` first
+  (errors before it as ``archive_stat``), then the tar as bytes frames (moby's names: the
+  path's basename is the top entry, ``dir/.`` gives ``./``). ``/containers/update``
+  action ``archive-path``.
+- ``execution.archive_put`` ``ArchivePutRequest`` -> stream: ``{"ready": true}`` once the
+  destination is known good (an existing directory, writable), then the call's own stream
+  (the tar, plain or compressed, then EOF) is extracted and ``{"entries": n}`` ends it.
+  NotFound as above; InvalidArgument ``extraction point is not a directory``, ``container
+  rootfs is marked read-only``, ``mounted volume is marked read-only``, a tar entry that
+  would leave the directory, ``cannot overwrite directory ...``, a stream that is no tar.
+  ``/containers/update`` action ``extract-to-dir``. A stopped container's snapshot is
+  mounted for the call (start and removal wait for it).
 - ``execution.volume_create`` ``VolumeCreateRequest`` -> ``Volume``;
   ``execution.volume_list`` ``{}`` -> ``VolumeListReply``; ``execution.volume_inspect``
   ``{name}`` -> ``Volume``; ``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}``
@@ -201,6 +217,38 @@ class CommitReply(Reply):
 
 class ExportRequest(Request):
     id: str = Field(min_length=1, description="required; the container")
+
+
+class ArchivePathRequest(Request):
+    """``execution.archive_stat`` / ``execution.archive_get``: a path in the container."""
+
+    id: str = Field(min_length=1, description="required; the container")
+    path: str = Field(min_length=1, description="required; absolute, or relative to /, in the container")
+
+
+class ArchivePutRequest(Request):
+    """``execution.archive_put``: where to extract the tar the client streams."""
+
+    id: str = Field(min_length=1, description="required; the container")
+    path: str = Field(min_length=1, description="required; an existing directory in the container")
+    no_overwrite_dir_non_dir: bool = Field(
+        default=False, description="refuse to replace a directory by a non-directory or the reverse"
+    )
+    copy_uid_gid: bool = Field(
+        default=False, description="entries owned by the container's user (its Config.User) instead of the tar's ids"
+    )
+
+
+class PathStat(Reply):
+    """moby's ``ContainerPathStat`` (the ``X-Docker-Container-Path-Stat`` header, base64 JSON)."""
+
+    name: str
+    size: int = Field(description="bytes (lstat)")
+    mode: int = Field(description="Go os.FileMode bits: permissions | ModeDir 1<<31 | ModeSymlink 1<<27 ...")
+    mtime: str = Field(description="RFC 3339 (nanoseconds), UTC")
+    link_target: str = Field(
+        default="", description="a symlink's target fully resolved in the container (moby's linkTarget)"
+    )
 
 
 class StartReply(Reply):

@@ -37,7 +37,7 @@ async def setup(host: ServiceHost) -> list[object]:
 
     host.on_close(close)
     await service.recover()
-    return [service, service.execs, VolumeService(service.volumes)]
+    return [service, service.execs, service.archive, VolumeService(service.volumes)]
 
 
 if __name__ == "__main__":

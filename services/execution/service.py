@@ -68,6 +68,7 @@ from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.execution import logs as logs_mod
 from services.execution import observe, shims, spec
+from services.execution.archive import ArchiveService
 from services.execution.detach import DetachScanner
 from services.execution.execs import ExecService, _drop, _until
 from services.execution.seccomp import default_seccomp
@@ -124,6 +125,7 @@ class ExecutionService:
             self.volume_users,
         )
         self.execs = ExecService(self)
+        self.archive = ArchiveService(self)
         self._backoff: dict[tuple[str, str], float] = {}
         self._restarts: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.image = image
@@ -205,6 +207,7 @@ class ExecutionService:
         trash = [d for d in _trash_dirs(self.settings) if os.path.isdir(d)]
         if trash:  # what a crash left between a removal's rename and its delete
             self._spawn(asyncio.to_thread(_empty_trash, trash), "empty-trash")
+        await self.archive.recover()  # before any task starts: a crash's temporary mounts of snapshots
         await self.tasks.recover()
         for rec in self.store.list(None):
             if rec.status == "removing":

@@ -12,8 +12,10 @@ starts the container).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import signal as signal_mod
@@ -88,8 +90,9 @@ class ContainersAPI:
         add("GET", "/containers/{id}/stats", self.stats)
         add("GET", "/containers/{id}/changes", self.changes)
         add("GET", "/containers/{id}/export", self.export)
-        add("GET", "/containers/{id}/archive", self.archive)
-        add("PUT", "/containers/{id}/archive", self.archive)
+        add("HEAD", "/containers/{id}/archive", self.archive_head)
+        add("GET", "/containers/{id}/archive", self.archive_get)
+        add("PUT", "/containers/{id}/archive", self.archive_put)
         add("POST", "/containers/{id}/exec", self.exec_create)
         add("POST", "/exec/{id}/start", self.exec_start)
         add("POST", "/exec/{id}/resize", self.exec_resize)
@@ -578,9 +581,93 @@ class ContainersAPI:
 
         return Response(200, {"Content-Type": "application/x-tar"}, stream=gen())
 
-    async def archive(self, request: Request) -> Response:
-        await self._container(request.params["id"])
-        raise missing_method("execution.archive_get / execution.archive_put", "{id, path} -> tar stream (docker cp)")
+    # -- archive (docker cp) ---------------------------------------------------------------------------
+    async def _archive_target(self, request: Request) -> tuple[str, str]:
+        """``(container id, path)`` of an archive request: moby's 400 for a missing path, 404 for
+        an unknown container."""
+        ref = request.params["id"]
+        path = request.arg("path") or ""
+        if not path:
+            raise HTTPError(400, "bad parameter: path cannot be empty")
+        c = await self._container(ref)
+        return str(c["id"]), path
+
+    async def _path_error(self, exc: errors.DockyardError, ref: str, path: str) -> errors.DockyardError:
+        """A service error with moby's texts: the user's own container reference in a missing path."""
+        if isinstance(exc, errors.NotFound) and exc.details.get("kind") == "path":
+            return errors.NotFound(f"Could not find the file {path} in container {ref}", exc.details)
+        if is_missing_method(exc):
+            return missing_method("execution.archive_*", "{id, path} -> stat / tar stream (docker cp)")
+        return docker_error(exc, "container", ref)
+
+    async def archive_head(self, request: Request) -> Response:
+        """``HEAD /containers/{id}/archive?path=``: the path's stat in ``X-Docker-Container-Path-Stat``."""
+        cid, path = await self._archive_target(request)
+        try:
+            stat = await self.b.execution.call("execution.archive_stat", {"id": cid, "path": path}, timeout_s=60)
+        except errors.DockyardError as exc:
+            raise await self._path_error(exc, request.params["id"], path) from None
+        return Response(200, {"X-Docker-Container-Path-Stat": _path_stat_header(stat)})
+
+    async def archive_get(self, request: Request) -> Response:
+        """``GET /containers/{id}/archive?path=``: the tar of the path (moby's names), its stat in
+        the header; errors (404 ``Could not find the file``) before the 200."""
+        cid, path = await self._archive_target(request)
+        ref = request.params["id"]
+        reading = await self.b.execution.start("execution.archive_get", {"id": cid, "path": path}, timeout_s=None)
+        try:
+            more, first = await reading.next_frame()
+        except errors.DockyardError as exc:
+            raise await self._path_error(exc, ref, path) from None
+        headers = {"Content-Type": "application/x-tar"}
+        if isinstance(first, dict) and first.get("stat"):
+            headers["X-Docker-Container-Path-Stat"] = _path_stat_header(first["stat"])
+
+        async def gen() -> AsyncIterator[bytes]:
+            going = more
+            try:
+                while going:
+                    going, chunk = await reading.next_frame()
+                    if isinstance(chunk, bytes | bytearray) and chunk:
+                        yield bytes(chunk)
+            except errors.DockyardError as exc:  # after the 200: the client sees a short tar
+                log.warning("archive of %s in %s ended early: %s", path, cid[:12], exc)
+            finally:
+                if not reading.done:
+                    await reading.cancel()
+
+        return Response(200, headers, stream=gen())
+
+    async def archive_put(self, request: Request) -> Response:
+        """``PUT /containers/{id}/archive?path=&noOverwriteDirNonDir=&copyUIDGID=``: extract the
+        body (a tar) into the directory ``path``; 200 with no body. The destination is checked
+        before the body is read (moby's 404 / 400 texts)."""
+        cid, path = await self._archive_target(request)
+        ref = request.params["id"]
+        body = {
+            "id": cid,
+            "path": path,
+            "no_overwrite_dir_non_dir": request.flag("noOverwriteDirNonDir"),
+            "copy_uid_gid": request.flag("copyUIDGID"),
+        }
+        putting = await self.b.execution.start("execution.archive_put", body, timeout_s=None)
+        feeder: asyncio.Future[None] | None = None
+        try:
+            try:
+                await putting.next_frame()  # {"ready": true}: the destination is good
+                feeder = asyncio.ensure_future(_feed_body(request, putting))
+                going = True
+                while going:
+                    going, _frame = await putting.next_frame()
+            except errors.DockyardError as exc:
+                raise await self._path_error(exc, ref, path) from None
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+            if not putting.done:
+                await putting.cancel()
+        return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
 
     # -- exec ----------------------------------------------------------------------------------------
     async def exec_create(self, request: Request) -> Response:
@@ -714,6 +801,29 @@ class ContainersAPI:
             "exec",
         )
         return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
+
+
+def _path_stat_header(stat: dict[str, Any]) -> str:
+    """moby's ``X-Docker-Container-Path-Stat``: base64 (standard) of the ContainerPathStat JSON."""
+    doc = {
+        "name": str(stat.get("name") or ""),
+        "size": int(stat.get("size") or 0),
+        "mode": int(stat.get("mode") or 0),
+        "mtime": str(stat.get("mtime") or ""),
+        "linkTarget": str(stat.get("link_target") or ""),
+    }
+    return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+
+
+async def _feed_body(request: Request, target: Any) -> None:
+    """The request body to the call's own stream (256 KiB frames, under its credit), then EOF."""
+    try:
+        async for chunk in request.stream_body():
+            for i in range(0, len(chunk), 256 * 1024):
+                await target.send(chunk[i : i + 256 * 1024])
+        await target.send_eof()
+    except errors.DockyardError as exc:
+        log.info("upload ended: %s", exc)
 
 
 def _familiar_ref(ref: str) -> str:
