@@ -19,6 +19,7 @@ No zmq here: the wiring in ``__main__`` passes the clients.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import datetime as dt
 import logging
@@ -1256,7 +1257,7 @@ class ExecutionService:
                 break
         return ListReply(containers=out)
 
-    async def _ancestor_refs(self, namespace: str, values: list[str]) -> list[str]:
+    async def _ancestor_refs(self, namespace: str, values: builtins.list[str]) -> builtins.list[str]:
         """``values`` plus the id of each local image one of them names (an unknown one adds nothing)."""
         out = list(values)
         for value in values:
