@@ -11,6 +11,10 @@ import pytest
 from tests.engine import Engine
 from tests.harness import Instance
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tests.gateway_util import Engine as GatewayEngine
+
 
 def need_root() -> None:
     """Skip unless running as root with runc on PATH (integration tests need both)."""
@@ -27,6 +31,17 @@ def engine() -> Iterator[Engine]:
         yield Engine(inst)
     finally:
         inst.cleanup()
+
+
+@pytest.fixture(scope="module")
+def eng() -> Iterator[GatewayEngine]:
+    """Dockyard with its gateway (``tests.gateway_util.engine``), one per test module; a module
+    that needs other settings, or something done first, defines its own ``eng``."""
+    need_root()
+    from tests.gateway_util import engine as gateway_engine
+
+    with gateway_engine() as e:
+        yield e
 
 
 @pytest.fixture

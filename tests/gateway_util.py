@@ -155,3 +155,15 @@ def engine(**settings: str) -> Iterator[Engine]:
         if eng is not None:
             eng.close()
         inst.cleanup()
+
+
+@contextlib.contextmanager
+def docker_py(eng: Engine, timeout_s: int = 60) -> Iterator[Any]:
+    """A docker-py client of ``eng``'s socket (``docker`` must be importable), closed afterwards."""
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=timeout_s)
+    try:
+        yield client
+    finally:
+        client.close()

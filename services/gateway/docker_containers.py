@@ -655,7 +655,7 @@ class ContainersAPI:
         try:
             try:
                 await putting.next_frame()  # {"ready": true}: the destination is good
-                feeder = asyncio.ensure_future(_feed_body(request, putting))
+                feeder = asyncio.ensure_future(streams.feed_body(request, putting))
                 going = True
                 while going:
                     going, _frame = await putting.next_frame()
@@ -813,17 +813,6 @@ def _path_stat_header(stat: dict[str, Any]) -> str:
         "linkTarget": str(stat.get("link_target") or ""),
     }
     return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
-
-
-async def _feed_body(request: Request, target: Any) -> None:
-    """The request body to the call's own stream (256 KiB frames, under its credit), then EOF."""
-    try:
-        async for chunk in request.stream_body():
-            for i in range(0, len(chunk), 256 * 1024):
-                await target.send(chunk[i : i + 256 * 1024])
-        await target.send_eof()
-    except errors.DockyardError as exc:
-        log.info("upload ended: %s", exc)
 
 
 def _familiar_ref(ref: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from common import dockerfmt, errors
 from common.rpc.aio import AsyncCall
+from services.gateway import streams
 from services.gateway.backends import Backends, call, docker_error
 from services.gateway.docker_api import api_version, filters_of, ndjson, registry_auth
 from services.gateway.http import HTTPError, Request, Response, Router
@@ -163,7 +164,7 @@ class ImagesAPI:
             if request.arg("platform"):
                 body["platform"] = request.arg("platform")
             imported = await self.b.image.start("image.import", body, timeout_s=None)
-            feeder = asyncio.ensure_future(_feed(request, imported))
+            feeder = asyncio.ensure_future(streams.feed_body(request, imported))
             return await self._progress(imported, ref, final=_import_final, feeder=feeder)
         if from_src:
             raise HTTPError(400, "importing from a URL is not supported: send the tar as the body with fromSrc=-")
@@ -220,7 +221,7 @@ class ImagesAPI:
     async def load(self, request: Request) -> Response:
         quiet = request.flag("quiet")
         loading = await self.b.image.start("image.load", {"quiet": quiet}, timeout_s=None)
-        feeder = asyncio.ensure_future(_feed(request, loading))
+        feeder = asyncio.ensure_future(streams.feed_body(request, loading))
 
         def convert(frame: dict[str, Any]) -> dict[str, Any] | None:
             message = str(frame.get("message") or "")
@@ -311,17 +312,6 @@ class ImagesAPI:
                     await saving.cancel()
 
         return Response(200, {"Content-Type": "application/x-tar"}, stream=gen())
-
-
-async def _feed(request: Request, target: AsyncCall) -> None:
-    """The request body to the call's own stream, then EOF."""
-    try:
-        async for chunk in request.stream_body():
-            for i in range(0, len(chunk), 256 * 1024):
-                await target.send(chunk[i : i + 256 * 1024])
-        await target.send_eof()
-    except errors.DockyardError as exc:
-        log.info("upload ended: %s", exc)
 
 
 def _pull_final(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -368,7 +368,9 @@ class Puller:
         ep, root, root_body = await self.resolve(ref, creds)
         # dockerd says "Pulling from" once the registry has answered for the manifest: an
         # unknown tag or repository is an error with no progress line before it
-        emit({"status": f"Pulling from {ref.familiar_name()}", "id": ref.tag or ref.digest})
+        # and names the repository's path at the registry, without its domain (moby's puller is
+        # made on ``reference.Path``): ``library/busybox``, ``walk/bb`` of ``127.0.0.1:5000/walk/bb``
+        emit({"status": f"Pulling from {ref.path}", "id": ref.tag or ref.digest})
         doc = oci.parse_document(root_body, root.media_type, where=f"manifest for {ref.familiar()}")
         manifest_desc, manifest_body, manifest = root, root_body, doc
         if isinstance(doc, oci.Index):

@@ -18,19 +18,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
-
-
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
+from tests.gateway_util import Engine
 
 
 def dy(eng: Engine, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -19,18 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
+from tests.gateway_util import Engine
 
 GO_MODE_DIR = 1 << 31
 GO_MODE_SYMLINK = 1 << 27
-
-
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
 
 
 @pytest.fixture

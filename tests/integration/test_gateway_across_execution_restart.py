@@ -18,24 +18,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
+from tests.gateway_util import Engine
 from tests.integration.test_gateway_docker_cli import _service_pids
 from tests.integration.test_run_output_across_execution_restart import _finish, _read_until
 
 SCRIPT = "echo one; echo err-one >&2; sleep 3; echo two; echo err-two >&2; exit 7"
-
-
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
 
 
 def _docker(eng: Engine, *args: str) -> subprocess.Popen[bytes]:

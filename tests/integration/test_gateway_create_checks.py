@@ -10,20 +10,9 @@ silently meant loopback only, and ``docker network ls`` answered ``page not foun
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from common import resources
-from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
-
-
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
+from tests.gateway_util import Engine
 
 
 def _cpu_range() -> str:

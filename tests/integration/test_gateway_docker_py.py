@@ -12,27 +12,16 @@ from typing import Any
 import pytest
 
 from common import dockerfmt
-from tests.conftest import need_root
-from tests.gateway_util import Engine, engine, read_all
+from tests.gateway_util import Engine, docker_py, read_all
 from tests.registry import Registry, skopeo_copy
 
 docker = pytest.importorskip("docker")
 
 
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
-
-
 @pytest.fixture
 def client(eng: Engine) -> Iterator[Any]:
-    c = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=60)
-    try:
+    with docker_py(eng) as c:
         yield c
-    finally:
-        c.close()
 
 
 def test_run_remove_returns_the_output(client: Any, eng: Engine) -> None:

@@ -22,7 +22,7 @@ import pytest
 from common import errors
 from deploy import mkimage
 from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
+from tests.gateway_util import Engine, docker_py, engine
 from tests.image_util import busybox_image, busybox_rootfs, random_layer
 from tests.registry import Proxy, Registry, multiarch_layout, skopeo_copy
 
@@ -102,11 +102,8 @@ def eng(pushed: Pushed) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(eng: Engine) -> Iterator[Any]:
-    c = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=120)
-    try:
+    with docker_py(eng, timeout_s=120) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _tags_of(eng: Engine, repo: str) -> list[str]:
@@ -135,12 +132,12 @@ def test_cli_pull_all_tags_follows_the_tag_list_pages_and_fetches_a_shared_layer
             assert proc.returncode == 0, proc.stderr.decode()
             lines = out.splitlines()
             pulling = [line for line in lines if "Pulling from" in line]
-            assert pulling == [f"{t}: Pulling from {repo}" for t in TAGS]  # the registry's (paged) order
+            assert pulling == [f"{t}: Pulling from walk/bb" for t in TAGS]  # the registry's (paged) order
             assert "Using default tag" not in out
             base, extra = _short(pushed.small.layer_digests[0]), _short(pushed.big.layer_digests[1])
             assert lines.count(f"{base}: Pull complete") == 1 and lines.count(f"{base}: Already exists") == 3
             assert lines.count(f"{extra}: Pull complete") == 1
-            assert f"{base}: Extracting" not in lines[lines.index(f"2: Pulling from {repo}") :]
+            assert f"{base}: Extracting" not in lines[lines.index("2: Pulling from walk/bb") :]
             digests = [line for line in lines if line.startswith("Digest: ")]
             assert digests == [f"Digest: {d}" for d in (pushed.small.manifest_digest, pushed.small.manifest_digest)] + [
                 f"Digest: {pushed.big.manifest_digest}",
@@ -197,7 +194,7 @@ def test_docker_cli_pull_all_tags_and_unknown_tag(eng: Engine, pushed: Pushed) -
         out = eng.ok("pull", "-a", repo, timeout=120)
         lines = out.splitlines()
         # the registry's own order (Debian's registry does not sort)
-        assert sorted(line.split(":")[0] for line in lines if f"Pulling from {repo}" in line) == sorted(TAGS)
+        assert sorted(line.split(":")[0] for line in lines if "Pulling from walk/bb" in line) == sorted(TAGS)
         assert lines[-2:] == [f"Status: Downloaded newer image for {repo}", repo]
         assert sum(1 for line in lines if line.startswith("Digest: sha256:")) == 4
         assert _tags_of(eng, repo) == sorted(TAGS)

@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import need_root
-from tests.gateway_util import Engine, busybox_archive, engine
+from tests.gateway_util import Engine, busybox_archive
 from tests.harness import PROJECT
-
-
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
 
 
 def test_docker_rename_changes_the_name_and_refuses_a_taken_one(eng: Engine) -> None:

@@ -12,27 +12,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
+from tests.gateway_util import Engine, docker_py
 from tests.registry import Registry
 
 docker = pytest.importorskip("docker")
 
 
-@pytest.fixture(scope="module")
-def eng() -> Iterator[Engine]:
-    need_root()
-    with engine() as e:
-        yield e
-
-
 @pytest.fixture
 def client(eng: Engine) -> Iterator[Any]:
-    c = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=60)
-    try:
+    with docker_py(eng) as c:
         yield c
-    finally:
-        c.close()
 
 
 def test_ps_ancestor_filter_matches_every_name_of_the_image(client: Any, eng: Engine) -> None:
