@@ -373,21 +373,21 @@ def _binds(config: Mapping[str, Any]) -> list[str]:
 
 
 def _mounts(c: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for m in (c.get("config") or {}).get("mounts") or []:
-        out.append(
-            {
-                "Type": m.get("type", "bind"),
-                "Name": m.get("source", "") if m.get("type") == "volume" else "",
-                "Source": m.get("source", ""),
-                "Destination": m.get("target", ""),
-                "Driver": "local" if m.get("type") == "volume" else "",
-                "Mode": "ro" if m.get("read_only") else "",
-                "RW": not m.get("read_only"),
-                "Propagation": "rprivate" if m.get("type") == "bind" else "",
-            }
-        )
-    return out
+    """A container's ``mounts`` (the execution service's MountPoints) -> Docker's ``Mounts``:
+    a volume by its name with its data's host directory as Source, a bind by its host path."""
+    return [
+        {
+            "Type": m.get("type", "bind"),
+            "Name": m.get("name", ""),
+            "Source": m.get("source", ""),
+            "Destination": m.get("destination", ""),
+            "Driver": m.get("driver", ""),
+            "Mode": m.get("mode", ""),
+            "RW": bool(m.get("rw", True)),
+            "Propagation": m.get("propagation", ""),
+        }
+        for m in c.get("mounts") or []
+    ]
 
 
 def _network_mode(config: Mapping[str, Any]) -> str:

@@ -1217,16 +1217,7 @@ class ExecutionService:
             runtime=rec.runtime,
             stop_signal=str(rec.extra.get("stop_signal") or "SIGTERM"),
             exec_ids=self.execs.for_container(rec.namespace, rec.id),
-            mounts=[
-                {
-                    "type": "volume" if m.get("volume") else m["type"],
-                    "name": m.get("volume", ""),
-                    "source": m.get("source", ""),
-                    "destination": m["target"],
-                    "rw": not m.get("read_only"),
-                }
-                for m in rec.extra.get("user_mounts") or []
-            ],
+            mounts=_mount_points(rec),
         )
 
     @rpc("execution.inspect", quiet=True)
@@ -1420,6 +1411,32 @@ async def _relay_stdin(ctx: Context, shim_call: Any, scanner: DetachScanner | No
                 return
             continue
         await shim_call.send(data)
+
+
+def _mount_points(rec: Record) -> builtins.list[dict[str, Any]]:
+    """The container's mounts as moby's ``MountPoint`` (``docker inspect``'s Mounts, snake_case):
+    ``{type: volume|bind|tmpfs, name, source, destination, driver, mode, rw, propagation}``;
+    a volume's ``source`` is the host directory of its data, a bind's its host path. The
+    ``--init`` binary's mount is the engine's own, left out (as Docker's docker-init)."""
+    out = []
+    for m in rec.extra.get("user_mounts") or []:
+        if rec.config.get("init") and m.get("target") == INIT_PATH:
+            continue
+        volume = str(m.get("volume") or "")
+        kind = "volume" if volume else str(m["type"])
+        out.append(
+            {
+                "type": kind,
+                "name": volume,
+                "source": str(m.get("source") or "") if kind != "tmpfs" else "",
+                "destination": str(m["target"]),
+                "driver": "local" if volume else "",
+                "mode": "ro" if m.get("read_only") else "",
+                "rw": not m.get("read_only"),
+                "propagation": "rprivate" if kind == "bind" else "",
+            }
+        )
+    return out
 
 
 def _ns(value: dt.datetime | None) -> int | None:

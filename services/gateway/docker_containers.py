@@ -186,9 +186,9 @@ class ContainersAPI:
             containers = [
                 c
                 for c in containers
-                if any(
-                    m.get("source") in wanted or m.get("target") in wanted
-                    for m in (c.get("config") or {}).get("mounts") or []
+                if any(  # moby: a volume by its name (a bind by its source) or any mount by its destination
+                    (m.get("name") or m.get("source")) in wanted or m.get("destination") in wanted
+                    for m in c.get("mounts") or []
                 )
             ]
         if filters.get("health"):

@@ -230,6 +230,7 @@ def _container(name: str, **over: Any) -> dict[str, Any]:
         "created_at": (NOW - dt.timedelta(seconds=30)).isoformat(),
         "labels": {"app": "x", "com.example.tier": "<web>"},
         "config": {"mounts": [{"type": "bind", "source": "/tmp", "target": "/mnt"}], "network_mode": "none"},
+        "mounts": [{"type": "bind", "source": "/tmp", "destination": "/mnt", "rw": True, "propagation": "rprivate"}],
         "path": "sleep",
         "args": ["1000"],
         "state": {"status": "running", "running": True, "pid": 4, "exit_code": 0, "started_at": NOW.isoformat()},
