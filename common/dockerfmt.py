@@ -227,7 +227,7 @@ def create_request(body: Any, name: str | None = None) -> dict[str, Any]:
     """Docker's ``POST /containers/create`` body -> ``CreateRequest`` fields.
 
     Maps Config (Image, Cmd, Entrypoint, Env, WorkingDir, User, Labels, Tty, OpenStdin,
-    StdinOnce, Hostname, Domainname, StopSignal, StopTimeout) and HostConfig (AutoRemove,
+    StdinOnce, Hostname, Domainname, StopSignal, StopTimeout, Volumes) and HostConfig (AutoRemove,
     NetworkMode, Binds, Mounts, Tmpfs, RestartPolicy, resources, CapAdd/CapDrop,
     Privileged, ReadonlyRootfs, Init, SecurityOpt, LogConfig, ConsoleSize, Runtime, GroupAdd).
     Docker's ``bridge``/``default`` network becomes Dockyard's loopback-only ``none``.
@@ -299,6 +299,8 @@ def create_request(body: Any, name: str | None = None) -> dict[str, Any]:
     for target, opts in _dict(host.get("Tmpfs"), "HostConfig.Tmpfs").items():
         mounts.append({"type": "tmpfs", "target": target, "options": [o for o in str(opts).split(",") if o]})
     req["mounts"] = mounts
+    # Config.Volumes (docker run -v /path): an anonymous volume each, unless a mount covers it
+    req["volumes"] = sorted(str(path) for path in _dict(body.get("Volumes"), "Volumes"))
     policy = _dict(host.get("RestartPolicy"), "HostConfig.RestartPolicy")
     if policy.get("Name"):
         req["restart_policy"] = {
@@ -564,7 +566,7 @@ def container_inspect(c: Mapping[str, Any]) -> dict[str, Any]:
             "Env": list(c.get("env") or config.get("env") or []),
             "Cmd": cmd,
             "Image": c.get("image", ""),
-            "Volumes": None,
+            "Volumes": {str(p): {} for p in c.get("volumes") or []} or None,
             "WorkingDir": config.get("working_dir") or "",
             "Entrypoint": config.get("entrypoint"),
             "OnBuild": None,

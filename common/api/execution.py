@@ -154,6 +154,11 @@ class CreateRequest(Request):
     stop_timeout: int | None = None
     read_only: bool = False
     mounts: list[Mount] = Field(default_factory=list)
+    volumes: list[str] = Field(
+        default_factory=list,
+        description="Docker's Config.Volumes: container paths that each get a new anonymous volume unless "
+        "a mount already covers them (the image's Volumes are added to these)",
+    )
     init: bool = False
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     resources: Resources = Field(default_factory=Resources)
@@ -341,6 +346,9 @@ class Container(Reply):
     runtime: str = ""
     exec_ids: list[str] = Field(default_factory=list)
     mounts: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[str] = Field(
+        default_factory=list, description="Docker's Config.Volumes: the request's paths and the image's, sorted"
+    )
     stop_signal: str = "SIGTERM"
 
 

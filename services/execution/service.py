@@ -28,7 +28,7 @@ import shutil
 import signal as signal_mod
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +328,8 @@ class ExecutionService:
             "/etc/hosts": os.path.join(cdir, "hosts"),
             "/etc/resolv.conf": os.path.join(cdir, "resolv.conf"),
         }
-        mounts, volume_names, copy_up = await asyncio.to_thread(self._resolve_mounts, ns, req)
+        config_volumes = _config_volumes(req.volumes, image_cfg.get("Volumes"))
+        mounts, volume_names, copy_up = await asyncio.to_thread(self._resolve_mounts, ns, req, config_volumes)
         if req.init:
             init_binary = spec.find_init()
             mounts.append({"type": "bind", "source": init_binary, "target": INIT_PATH, "read_only": True})
@@ -383,6 +384,7 @@ class ExecutionService:
                     "args": args,
                     "env": config_env,
                     "volumes": volume_names,
+                    "config_volumes": config_volumes,
                     "copy_up": copy_up,
                     "user_mounts": mounts,
                     **({RUN_CLIENT: True} if run_client and req.auto_remove else {}),
@@ -435,9 +437,13 @@ class ExecutionService:
                 raise errors.InvalidArgument("only seccomp=unconfined is supported (custom profiles are not)")
 
     def _resolve_mounts(
-        self, ns: str, req: CreateRequest
+        self, ns: str, req: CreateRequest, config_volumes: Sequence[str] = ()
     ) -> tuple[list[dict[str, Any]], list[str], list[dict[str, str]]]:
-        """Host sources for the request's mounts; creates missing bind dirs (like ``-v``) and volumes."""
+        """Host sources for the request's mounts; creates missing bind dirs (like ``-v``) and volumes.
+
+        Then, as moby's ``createContainerOSSpecificSettings``, a new anonymous volume for each of
+        ``config_volumes`` (Config.Volumes with the image's) that no mount already covers.
+        """
         out: list[dict[str, Any]] = []
         volume_names: list[str] = []
         copy_up: list[dict[str, str]] = []
@@ -473,6 +479,17 @@ class ExecutionService:
                     copy_up.append({"target": target, "source": vol.mountpoint})
             else:
                 out.append({"type": "tmpfs", "target": target, "read_only": m.read_only, "options": list(m.options)})
+        for path in config_volumes:
+            target = os.path.normpath(path)
+            if target in seen:
+                continue
+            seen.add(target)
+            vol, _ = self.volumes.ensure(ns)
+            volume_names.append(vol.name)
+            out.append(
+                {"type": "bind", "source": vol.mountpoint, "target": target, "read_only": False, "volume": vol.name}
+            )
+            copy_up.append({"target": target, "source": vol.mountpoint})
         return out, volume_names, copy_up
 
     async def _rollback_create(self, ns: str, container_id: str, bundle: str, cdir: str, prepared: bool) -> None:
@@ -1217,6 +1234,7 @@ class ExecutionService:
             runtime=rec.runtime,
             stop_signal=str(rec.extra.get("stop_signal") or "SIGTERM"),
             exec_ids=self.execs.for_container(rec.namespace, rec.id),
+            volumes=list(rec.extra.get("config_volumes") or []),
             mounts=_mount_points(rec),
         )
 
@@ -1439,6 +1457,24 @@ def _mount_points(rec: Record) -> builtins.list[dict[str, Any]]:
     return out
 
 
+def _config_volumes(requested: Sequence[str], image_volumes: Mapping[str, Any] | None) -> list[str]:
+    """Docker's Config.Volumes of a new container: the request's paths plus the image's
+    (moby merges the image's config into the container's), cleaned, each once, sorted.
+    A path from the image that is relative is taken from the root (as moby's
+    ``GetResourcePath``). InvalidArgument for a requested path that is not absolute or is /."""
+    out: set[str] = set()
+    for path in requested:
+        target = os.path.normpath(path) if path.startswith("/") else ""
+        if target in ("", "/"):
+            raise errors.InvalidArgument(f"invalid volume path {path!r}: must be an absolute path other than /")
+        out.add(target)
+    for path in image_volumes or {}:
+        target = os.path.normpath("/" + str(path).lstrip("/"))
+        if target != "/":
+            out.add(target)
+    return sorted(out)
+
+
 def _ns(value: dt.datetime | None) -> int | None:
     if value is None:
         return None
@@ -1595,4 +1631,7 @@ def _committed_config(image_config: dict[str, Any], rec: Record) -> dict[str, An
     out["Labels"] = labels or None
     if cfg.get("stop_signal"):
         out["StopSignal"] = cfg["stop_signal"]
+    volumes = rec.extra.get("config_volumes") or cfg.get("volumes") or []
+    if volumes:
+        out["Volumes"] = {**(image_config.get("Volumes") or {}), **{str(p): {} for p in volumes}}
     return {k: v for k, v in out.items() if v is not None}

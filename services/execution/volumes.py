@@ -2,7 +2,8 @@
 
 A volume is ``<data_dir>/volumes/<name>/_data`` plus a row in the execution store's
 database (name, created_at, labels, anonymous). ``-v name:/path`` creates the volume on
-first use; ``-v /path`` makes an anonymous one (64-hex name) that ``rm -v`` and ``--rm``
+first use; ``-v /path`` (and each path of Config.Volumes or of the image's Volumes that no mount
+covers) makes an anonymous one (64-hex name, label ``com.docker.volume.anonymous``) that ``rm -v`` and ``--rm``
 remove with the container. A volume in use by a container cannot be removed. New
 volumes are filled from the image at first start (copy-up, done by the shim).
 
@@ -39,6 +40,9 @@ from common.api.execution import (
     VolumeRemoveRequest,
 )
 from common.rpc.server import Context, rpc
+
+ANONYMOUS_LABEL = "com.docker.volume.anonymous"
+"""The label moby (23+) gives the volumes it makes without a name; Dockyard gives it too."""
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
@@ -97,6 +101,7 @@ class Volumes:
         anonymous = not name
         if anonymous:
             name = ids.new_id()
+            labels = {ANONYMOUS_LABEL: "", **(labels or {})}
         elif not _NAME_RE.match(name):
             raise errors.InvalidArgument(
                 f"invalid volume name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (2 or more characters)"

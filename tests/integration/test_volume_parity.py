@@ -1,6 +1,9 @@
 """Docker parity of volumes and sizes, through the gateway and the real docker CLI (and the
 native CLI where it has its own path): regression tests for what a fresh user found.
 
+- ``docker create -v /anon`` (sent as ``Config.Volumes``) and an image's ``Volumes`` make an
+  anonymous volume each, unless a mount covers the path (moby ``createContainerOSSpecificSettings``);
+  ``rm -v`` / ``--rm`` remove them with the container.
 - inspect's ``Mounts`` (docker and dockyard): a volume by its name with its data's host
   directory as Source (moby ``MountPoint``), a bind by its host path.
 """
@@ -54,6 +57,58 @@ def _inspect(eng: Engine, ref: str) -> dict[str, Any]:
 
 def _volumes(eng: Engine) -> set[str]:
     return set(eng.ok("volume", "ls", "-q").split())
+
+
+# -- 1. Config.Volumes and the image's Volumes --------------------------------------------------------
+def test_docker_create_v_anonymous_path_mounts_an_anonymous_volume(eng: Engine) -> None:
+    """``docker create -v /anon6`` arrives as ``Config.Volumes`` and was ignored (nothing mounted,
+    no volume): Docker makes an anonymous volume for it, and ``rm -v`` removes it."""
+    before = _volumes(eng)
+    eng.ok("create", "--name", "cv-anon", "-v", "/anon6", "busybox", "sh", "-c", "grep ' /anon6 ' /proc/mounts")
+    try:
+        info = _inspect(eng, "cv-anon")
+        assert info["Config"]["Volumes"] == {"/anon6": {}}
+        (mount,) = info["Mounts"]
+        assert mount["Type"] == "volume" and mount["Destination"] == "/anon6"
+        assert len(mount["Name"]) == 64
+        new = _volumes(eng) - before
+        assert new == {mount["Name"]}
+        vol = json.loads(eng.ok("volume", "inspect", mount["Name"]))[0]
+        assert vol["Labels"] == {"com.docker.volume.anonymous": ""}
+        assert eng.ok("start", "-a", "cv-anon").strip()  # the volume is mounted at /anon6
+    finally:
+        eng.ok("rm", "-v", "cv-anon")
+    assert _volumes(eng) == before
+
+
+def test_docker_run_rm_removes_the_config_volumes_volume(eng: Engine) -> None:
+    before = _volumes(eng)
+    out = eng.ok("run", "--rm", "-v", "/anon7", "busybox", "sh", "-c", "echo hi > /anon7/f && cat /anon7/f")
+    assert out == "hi\n"
+    assert _volumes(eng) == before
+
+
+def test_image_volumes_get_anonymous_volumes_filled_from_the_image(eng: Engine) -> None:
+    """An image's ``Volumes`` (Dockerfile VOLUME) were not mounted at all: Docker mounts a new
+    anonymous volume there, filled with the image's files; a ``-v`` on the same path wins."""
+    _load(eng, "withvol:1", [_layer({"data/seed": b"from the image\n"})], {"Volumes": {"/data": {}}})
+    before = _volumes(eng)
+    eng.ok("create", "--name", "iv", "withvol:1", "sh", "-c", "cat /data/seed; grep -c ' /data ' /proc/mounts")
+    try:
+        info = _inspect(eng, "iv")
+        assert info["Config"]["Volumes"] == {"/data": {}}
+        (mount,) = info["Mounts"]
+        assert mount["Type"] == "volume" and mount["Destination"] == "/data"
+        assert _volumes(eng) - before == {mount["Name"]}
+        assert eng.ok("start", "-a", "iv") == "from the image\n1\n"
+    finally:
+        eng.ok("rm", "-v", "iv")
+    assert _volumes(eng) == before
+    # a named volume on the image's path replaces the anonymous one (no second volume)
+    out = eng.ok("run", "--rm", "-v", "ivnamed:/data", "withvol:1", "cat", "/data/seed")
+    assert out == "from the image\n"
+    assert _volumes(eng) - before == {"ivnamed"}
+    eng.ok("volume", "rm", "ivnamed")
 
 
 # -- 2. inspect's Mounts --------------------------------------------------------------------------------
@@ -111,3 +166,10 @@ def test_inspect_mounts_name_a_volume_and_give_its_host_directory(eng: Engine, t
     finally:
         eng.ok("rm", "-f", "-v", "mp")
         eng.ok("volume", "rm", "proj_data")
+
+
+def test_config_volumes_path_must_be_absolute(eng: Engine) -> None:
+    status, _h, body = eng.api("POST", "/containers/create", {"Image": "busybox", "Volumes": {"rel": {}}})
+    assert status == 400, body
+    assert b"invalid volume path 'rel'" in body
+    assert not eng.leftovers()
