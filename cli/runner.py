@@ -177,6 +177,8 @@ def volume_mounts(volumes: list[str], tmpfs: list[str], mounts: list[str]) -> li
         source = fields.get("source") or fields.get("src") or ""
         ro = fields.get("readonly", fields.get("ro", "false")) in ("true", "1")
         entry: dict[str, Any] = {"type": kind, "source": source, "target": target, "read_only": ro}
+        if kind == "bind":  # unlike -v, --mount refuses a missing source (Docker's), unless asked to make it
+            entry["create_source"] = fields.get("bind-create-mountpoint", "false") in ("true", "1")
         if kind == "tmpfs":
             opts = []
             if "tmpfs-size" in fields:

@@ -292,6 +292,8 @@ def create_request(body: Any, name: str | None = None) -> dict[str, Any]:
             "target": str(m.get("Target") or ""),
             "read_only": bool(m.get("ReadOnly")),
         }
+        if kind == "bind":  # a missing source is refused, unless BindOptions.CreateMountpoint (API 1.44)
+            entry["create_source"] = bool(_dict(m.get("BindOptions"), "BindOptions").get("CreateMountpoint"))
         tmpfs_opts = _dict(m.get("TmpfsOptions"), "TmpfsOptions")
         if tmpfs_opts.get("SizeBytes"):
             entry["options"] = [f"size={int(tmpfs_opts['SizeBytes'])}"]

@@ -129,6 +129,11 @@ class Mount(Request):
     target: str = Field(min_length=1, description="absolute path in the container")
     read_only: bool = False
     options: list[str] = Field(default_factory=list, description="tmpfs options, e.g. size=64m, mode=1777")
+    create_source: bool = Field(
+        default=True,
+        description="bind: make a missing host path as a directory (-v, Binds); False refuses it "
+        "(--mount, HostConfig.Mounts: 'bind source path does not exist')",
+    )
 
 
 class CreateRequest(Request):

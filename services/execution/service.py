@@ -461,6 +461,10 @@ class ExecutionService:
                 if not m.source.startswith("/"):
                     raise errors.InvalidArgument(f"invalid bind source {m.source!r}: must be an absolute host path")
                 if not os.path.exists(m.source):
+                    if not m.create_source:  # --mount (HostConfig.Mounts): moby's validateMountConfig
+                        raise errors.InvalidArgument(
+                            f'invalid mount config for type "bind": bind source path does not exist: {m.source}'
+                        )
                     os.makedirs(m.source, exist_ok=True)
                 out.append({"type": "bind", "source": m.source, "target": target, "read_only": m.read_only})
             elif m.type == "volume":

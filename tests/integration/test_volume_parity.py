@@ -173,3 +173,36 @@ def test_config_volumes_path_must_be_absolute(eng: Engine) -> None:
     assert status == 400, body
     assert b"invalid volume path 'rel'" in body
     assert not eng.leftovers()
+
+
+# -- 3. a bind mount's missing source ------------------------------------------------------------------
+_MISSING_ERR = 'invalid mount config for type "bind": bind source path does not exist: '
+
+
+def test_mount_bind_of_a_missing_source_is_refused_not_created(eng: Engine, tmp_path: Any) -> None:
+    """``--mount type=bind,source=/missing`` quietly made the host directory: Docker refuses
+    it (400 through the API; the docker and dockyard CLIs print it); ``-v`` still makes it."""
+    missing = str(tmp_path / "missing")
+    r = eng.docker("run", "--rm", "--mount", f"type=bind,source={missing},target=/x", "busybox", "true")
+    assert r.returncode == 125, r.stderr.decode()
+    assert _MISSING_ERR + missing in r.stderr.decode()
+    status, _h, body = eng.api(
+        "POST",
+        "/containers/create",
+        {"Image": "busybox", "HostConfig": {"Mounts": [{"Type": "bind", "Source": missing, "Target": "/x"}]}},
+    )
+    assert status == 400 and json.loads(body)["message"] == _MISSING_ERR + missing
+    r = eng.inst.cli("run", "--rm", "--mount", f"type=bind,source={missing},target=/x", "busybox", "true")
+    assert r.returncode != 0
+    assert _MISSING_ERR + missing in r.stderr.decode()
+    assert not os.path.exists(missing)
+    assert not eng.leftovers()
+    # -v makes the missing directory (Docker's -v does), through either CLI
+    assert eng.ok("run", "--rm", "-v", f"{missing}:/d", "busybox", "ls", "-d", "/d") == "/d\n"
+    assert os.path.isdir(missing)
+    other = str(tmp_path / "other")
+    assert eng.inst.cli("run", "--rm", "-v", f"{other}:/d", "busybox", "true").returncode == 0
+    assert os.path.isdir(other)
+    # an existing source mounts as before
+    out = eng.ok("run", "--rm", "--mount", f"type=bind,source={missing},target=/x", "busybox", "ls", "-d", "/x")
+    assert out == "/x\n"
