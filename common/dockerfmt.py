@@ -1073,8 +1073,10 @@ def demux(buffer: bytearray) -> list[tuple[int, bytes]]:
 
 # -- volumes -------------------------------------------------------------------------------------------
 def volume(vol: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``Volume`` JSON -> Docker's volume object (``docker volume inspect``)."""
-    return {
+    """A ``Volume`` JSON -> Docker's volume object (``docker volume inspect``). ``UsageData``
+    (RefCount: the containers using it; Size: bytes of its data) only when the volume was
+    measured (``size`` set: ``/system/df``), as moby, which omits it elsewhere."""
+    out = {
         "Name": vol["name"],
         "Driver": vol.get("driver") or "local",
         "Mountpoint": vol.get("mountpoint") or "",
@@ -1082,5 +1084,7 @@ def volume(vol: Mapping[str, Any]) -> dict[str, Any]:
         "Labels": dict(vol.get("labels") or {}) or None,
         "Scope": "local",
         "Options": None,
-        "UsageData": {"RefCount": len(vol.get("in_use_by") or []), "Size": -1},
     }
+    if vol.get("size") is not None:
+        out["UsageData"] = {"RefCount": len(vol.get("in_use_by") or []), "Size": int(vol["size"])}
+    return out

@@ -78,7 +78,7 @@ Methods (service ``execution``; every method acts in the request's namespace):
   ``/containers/update`` action ``extract-to-dir``. A stopped container's snapshot is
   mounted for the call (start and removal wait for it).
 - ``execution.volume_create`` ``VolumeCreateRequest`` -> ``Volume``;
-  ``execution.volume_list`` ``{}`` -> ``VolumeListReply``; ``execution.volume_inspect``
+  ``execution.volume_list`` ``{size?}`` -> ``VolumeListReply`` (``size``: measure each); ``execution.volume_inspect``
   ``{name}`` -> ``Volume``; ``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}``
   (Conflict while a container uses it); ``execution.volume_prune`` ``{}`` -> ``{removed}``.
 
@@ -528,6 +528,10 @@ class Volume(Reply):
     labels: dict[str, str] = Field(default_factory=dict)
     anonymous: bool = False
     in_use_by: list[str] = Field(default_factory=list)
+    size: int | None = Field(
+        default=None,
+        description="bytes of its data (moby's directory.Size); only from volume_list with size=true",
+    )
 
 
 class VolumeCreateRequest(Request):

@@ -88,6 +88,11 @@ class Info(Reply):
 class Usage(Reply):
     size: int = Field(description="bytes used by this snapshot alone (not its parents)")
     inodes: int
+    content_size: int | None = Field(
+        default=None,
+        description="bytes of its non-directory entries (st_size, each inode once: moby's directory.Size, "
+        "Docker's SizeRw); measured for active and view snapshots only",
+    )
 
 
 class LayerToApply(Request):

@@ -2,15 +2,17 @@
 
 A volume is ``<data_dir>/volumes/<name>/_data`` plus a row in the execution store's
 database (name, created_at, labels, anonymous). ``-v name:/path`` creates the volume on
-first use; ``-v /path`` (and each path of Config.Volumes or of the image's Volumes that no mount
-covers) makes an anonymous one (64-hex name, label ``com.docker.volume.anonymous``) that ``rm -v`` and ``--rm``
-remove with the container. A volume in use by a container cannot be removed. New
-volumes are filled from the image at first start (copy-up, done by the shim).
+first use; ``-v /path`` (and each path of Config.Volumes or of the image's Volumes that
+no mount covers) makes an anonymous one (64-hex name, label ``com.docker.volume.anonymous``)
+that ``rm -v`` and ``--rm`` remove with the container. A volume in use by a container
+cannot be removed. New volumes are filled from the image at first start (copy-up, done by
+the shim).
 
 RPC methods (service ``execution``): ``execution.volume_create``
-``VolumeCreateRequest`` -> ``Volume``; ``execution.volume_list`` ``{}`` ->
-``VolumeListReply``; ``execution.volume_inspect`` ``{name}`` -> ``Volume``;
-``execution.volume_remove`` ``VolumeRemoveRequest`` -> ``{}`` (Conflict while in use,
+``VolumeCreateRequest`` -> ``Volume``; ``execution.volume_list`` ``{size?: bool}`` ->
+``VolumeListReply`` (with ``size``, each volume's bytes, as ``docker system df``);
+``execution.volume_inspect`` ``{name}`` -> ``Volume``; ``execution.volume_remove``
+``VolumeRemoveRequest`` -> ``{}`` (Conflict while in use,
 NotFound if unknown); ``execution.volume_prune`` ``VolumePruneRequest`` ->
 ``{removed: [name], space_reclaimed: bytes}`` (unused anonymous volumes, or every unused
 one with ``all``, as Docker's API 1.42+ prune).
@@ -21,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +40,7 @@ from common.api.execution import (
     VolumeRemoveRequest,
 )
 from common.rpc.server import Context, rpc
+from services.snapshot import fsutil
 
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"
 """The label moby (23+) gives the volumes it makes without a name; Dockyard gives it too."""
@@ -150,8 +151,18 @@ class VolumeService:
 
     @rpc("execution.volume_list", quiet=True)
     async def volume_list(self, req: dict[str, Any] | None, ctx: Context) -> VolumeListReply:
-        """Every volume of the namespace with the containers using it."""
-        return VolumeListReply(volumes=self.volumes.list(ctx.namespace))
+        """Every volume of the namespace with the containers using it; with ``size: true``
+        each one's ``size`` too (bytes of its files, moby's ``directory.Size``: a walk of every
+        volume, so only ``system df`` asks for it)."""
+        volumes = self.volumes.list(ctx.namespace)
+        if (req or {}).get("size"):
+
+            def measure() -> None:
+                for vol in volumes:
+                    vol.size = fsutil.content_size(vol.mountpoint)
+
+            await asyncio.to_thread(measure)
+        return VolumeListReply(volumes=volumes)
 
     @rpc("execution.volume_inspect", quiet=True)
     async def volume_inspect(self, req: dict[str, Any], ctx: Context) -> Volume:
@@ -182,7 +193,7 @@ class VolumeService:
                 continue
             if req.label_not and _labels_match(req.label_not, vol.labels):
                 continue
-            size = await asyncio.to_thread(_du, self.volumes.path(ctx.namespace, vol.name))
+            size = await asyncio.to_thread(fsutil.content_size, str(self.volumes.path(ctx.namespace, vol.name)))
             try:
                 await asyncio.to_thread(self.volumes.remove, ctx.namespace, vol.name)
             except (errors.NotFound, errors.Conflict):  # removed, or taken into use, meanwhile
@@ -199,17 +210,3 @@ def _labels_match(wanted: list[str], labels: dict[str, str]) -> bool:
         if key not in labels or (sep and labels[key] != value):
             return False
     return True
-
-
-def _du(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (0 if it is gone)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total

@@ -126,7 +126,8 @@ async def call(client: AsyncClient, method: str, body: Any, kind: str = "", ref:
 
 async def container_sizes(backends: Backends, containers: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """``{container id: (SizeRw, SizeRootFs)}``: the bytes of each container's writable
-    snapshot (``snapshot.usage`` of its ``snapshot_key``) and that plus its image's size,
+    snapshot (``snapshot.usage``'s ``content_size`` of its ``snapshot_key``: the files it
+    changed, as moby's ``directory.Size`` of the rw layer) and that plus its image's size,
     as ``docker ps -s``, ``inspect --size`` and ``system df`` show them. A snapshot or image
     that cannot be measured counts 0 (the listing is still answered)."""
     if not containers:
@@ -146,7 +147,9 @@ async def container_sizes(backends: Backends, containers: list[dict[str, Any]]) 
             async with gate:
                 try:
                     usage = await backends.snapshot.call("snapshot.usage", {"key": key}, timeout_s=60)
-                    rw = int(usage.get("size") or 0)
+                    # Docker's SizeRw: the changes' bytes (moby directory.Size), not allocated blocks
+                    content = usage.get("content_size")
+                    rw = int(content if content is not None else usage.get("size") or 0)
                 except errors.DockyardError as exc:
                     log.info("container %s: size of snapshot %r unknown: %s", str(c.get("id"))[:12], key, exc)
         return str(c["id"]), (rw, rw + image_sizes.get(str(c.get("image_id") or ""), 0))

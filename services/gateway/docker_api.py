@@ -262,7 +262,7 @@ class SystemAPI:
 
     async def df(self, request: Request) -> Response:
         containers, images = await self._counts()
-        volumes = await call(self.b.execution, "execution.volume_list", {})
+        volumes = await call(self.b.execution, "execution.volume_list", {"size": True}, timeout_s=300)
         now = dt.datetime.now(dt.UTC)
         summaries = dockerfmt.image_summaries(images, _version(request))
         used: dict[str, int] = {}
@@ -271,12 +271,15 @@ class SystemAPI:
         for s in summaries:
             s["Containers"] = used.get(s["Id"], 0)
         sizes = await container_sizes(self.b, containers)
-        shared = await self._shared_sizes([s["Id"] for s in summaries])
+        layers = await self._image_layers([s["Id"] for s in summaries])
+        shared = _shared_sizes(layers)
         for s in summaries:
             s["SharedSize"] = shared.get(s["Id"], -1)
+        # each layer once (moby sums its layer store), an image whose layers are unknown by its Size
+        unique: dict[str, int] = {d: size for own in layers.values() for d, size in own.items()}
         return Response.json(
             {
-                "LayersSize": sum(s["Size"] for s in summaries),
+                "LayersSize": sum(unique.values()) + sum(s["Size"] for s in summaries if s["Id"] not in layers),
                 "Images": summaries,
                 "Containers": [
                     dockerfmt.container_summary(c, now)
@@ -288,10 +291,8 @@ class SystemAPI:
             }
         )
 
-    async def _shared_sizes(self, image_ids: list[str]) -> dict[str, int]:
-        """``{image id: SharedSize}``: the bytes of its layers that another image also has
-        (what ``docker system df`` subtracts to tell how much removing it reclaims). An image
-        that cannot be resolved is left out (its SharedSize stays -1, "not computed")."""
+    async def _image_layers(self, image_ids: list[str]) -> dict[str, dict[str, int]]:
+        """``{image id: {layer digest: size}}``; an image that cannot be resolved is left out."""
         layers: dict[str, dict[str, int]] = {}
         for image_id in image_ids:
             try:
@@ -300,11 +301,7 @@ class SystemAPI:
                 log.info("system df: layers of %s unknown: %s", image_id[:19], exc)
                 continue
             layers[image_id] = {str(la["digest"]): int(la.get("size") or 0) for la in img.get("layers") or []}
-        users: dict[str, int] = {}
-        for own in layers.values():
-            for digest in own:
-                users[digest] = users.get(digest, 0) + 1
-        return {i: sum(size for d, size in own.items() if users[d] > 1) for i, own in layers.items()}
+        return layers
 
     async def auth(self, request: Request) -> Response:
         body = await request.json()
@@ -409,3 +406,14 @@ def make_app(router: Router) -> Any:
             return Response.json({"message": f"internal error: {type(exc).__name__}"}, 500)
 
     return app
+
+
+def _shared_sizes(layers: dict[str, dict[str, int]]) -> dict[str, int]:
+    """``{image id: SharedSize}``: the bytes of its layers that another image also has
+    (what ``docker system df`` subtracts to tell how much removing it reclaims). An image
+    left out of ``layers`` (not resolved) is left out here too (its SharedSize stays -1)."""
+    users: dict[str, int] = {}
+    for own in layers.values():
+        for digest in own:
+            users[digest] = users.get(digest, 0) + 1
+    return {i: sum(size for d, size in own.items() if users[d] > 1) for i, own in layers.items()}

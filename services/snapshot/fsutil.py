@@ -294,6 +294,42 @@ class Usage:
     inodes: int
 
 
+def content_size(path: str) -> int:
+    """Bytes of the entries under ``path`` that are not directories (their ``st_size``), each
+    inode once (hard links); 0 if ``path`` is gone. moby's ``pkg/directory.Size``, which Docker
+    uses for a container's SizeRw (the rw layer's changes) and a volume's size in ``system df``:
+    directories (e.g. those made for mount points) and empty files weigh nothing, unlike
+    ``disk_usage``'s allocated blocks. Symlinks are not followed; other file systems mounted
+    inside are not entered."""
+    try:
+        root = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    seen: set[int] = set()
+    size = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            it = os.scandir(current)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed while walking
+                    continue
+                if st.st_dev != root.st_dev:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif st.st_ino not in seen:
+                    seen.add(st.st_ino)
+                    size += st.st_size
+    return size
+
+
 def disk_usage(path: str) -> Usage:
     """Bytes allocated (``st_blocks * 512``) and inodes used by the tree at ``path``.
 

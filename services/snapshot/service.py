@@ -283,12 +283,18 @@ class SnapshotService:
     @rpc("snapshot.usage")
     async def usage(self, req: KeyRequest, ctx: Context) -> Usage:
         """Bytes (allocated blocks) and inodes of ``key``'s own directory, excluding its
-        parents; measured at commit for committed snapshots, now for the others."""
+        parents; measured at commit for committed snapshots, now for the others, which also
+        get ``content_size`` (what Docker shows as a container's SizeRw)."""
         row = await self._db(self.store.get, ctx.namespace, req.key)
         if row.kind is Kind.COMMITTED and row.size is not None and row.inodes is not None:
             return Usage(size=row.size, inodes=row.inodes)
-        u = await asyncio.to_thread(self.snapshotter.usage, row.id)
-        return Usage(size=u.size, inodes=u.inodes)
+
+        def measure() -> Usage:
+            u = self.snapshotter.usage(row.id)
+            content = self.snapshotter.content_size(row.id) if row.kind is not Kind.COMMITTED else None
+            return Usage(size=u.size, inodes=u.inodes, content_size=content)
+
+        return await asyncio.to_thread(measure)
 
     @rpc("snapshot.diff")
     async def diff(self, req: DiffRequest, ctx: Context) -> DiffReply:

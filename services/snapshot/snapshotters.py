@@ -109,6 +109,10 @@ class Snapshotter:
         """Bytes and inodes of this snapshot alone (its ``fs`` dir)."""
         return fsutil.disk_usage(self.fs(snapshot_id))
 
+    def content_size(self, snapshot_id: int) -> int:
+        """Bytes of the non-directory entries of this snapshot alone (``fsutil.content_size``)."""
+        return fsutil.content_size(self.fs(snapshot_id))
+
     def ids_on_disk(self) -> set[int]:
         """Ids of the snapshot directories present (anything else in ``snapshots/`` is ignored)."""
         found = set()

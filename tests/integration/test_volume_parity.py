@@ -206,3 +206,61 @@ def test_mount_bind_of_a_missing_source_is_refused_not_created(eng: Engine, tmp_
     # an existing source mounts as before
     out = eng.ok("run", "--rm", "--mount", f"type=bind,source={missing},target=/x", "busybox", "ls", "-d", "/x")
     assert out == "/x\n"
+
+
+# -- 4. system df and SizeRw ---------------------------------------------------------------------------
+def _df(eng: Engine) -> dict[str, Any]:
+    return eng.json("GET", "/system/df")  # type: ignore[no-any-return]
+
+
+def _image_size(eng: Engine, ref: str) -> int:
+    return int(eng.json("GET", f"/images/{ref}/json")["Size"])
+
+
+def test_system_df_counts_each_layer_once(eng: Engine) -> None:
+    """LayersSize was the sum of every image's Size (a shared base counted once per image):
+    Docker sums the layer store, each layer once."""
+    before = _df(eng)["LayersSize"]
+    _load(eng, "sz:1", [_layer({"one": b"1" * 3000})])
+    _load(eng, "sz:2", [_layer({"two": b"2" * 5000})])
+    try:
+        base = _image_size(eng, "busybox")
+        own = (_image_size(eng, "sz:1") - base) + (_image_size(eng, "sz:2") - base)
+        assert 0 < own < base
+        df = _df(eng)
+        assert df["LayersSize"] == before + own
+        assert df["LayersSize"] < sum(i["Size"] for i in df["Images"])
+    finally:
+        eng.ok("rmi", "sz:1", "sz:2")
+
+
+def test_system_df_measures_volumes(eng: Engine) -> None:
+    """A volume's UsageData.Size was -1 in /system/df (``docker system df -v`` showed -1B):
+    Docker measures its data and counts the containers using it; other endpoints omit it."""
+    eng.ok("run", "--name", "dfv", "-v", "dfvol:/d", "busybox", "sh", "-c", "head -c 123000 /dev/zero > /d/f")
+    try:
+        (vol,) = [v for v in _df(eng)["Volumes"] if v["Name"] == "dfvol"]
+        assert vol["UsageData"] == {"RefCount": 1, "Size": 123000}
+        line = next(ln for ln in eng.ok("system", "df", "-v").splitlines() if ln.startswith("dfvol "))
+        assert line.split()[1:] == ["1", "123kB"]
+        assert "UsageData" not in json.loads(eng.ok("volume", "inspect", "dfvol"))[0]
+    finally:
+        eng.ok("rm", "dfv")
+        eng.ok("volume", "rm", "dfvol")
+
+
+def test_size_rw_counts_the_files_changed_not_directories(eng: Engine) -> None:
+    """``docker ps -s`` showed 8.19kB for a container that changed nothing (the blocks of the
+    directories made for its mount points): moby's SizeRw is ``directory.Size`` of the rw layer,
+    the bytes of its files."""
+    eng.ok("run", "--name", "noop", "-v", "/anonx", "-v", "/tmp:/deep/host", "busybox", "true")
+    eng.ok("run", "--name", "wrote", "busybox", "sh", "-c", "head -c 5000 /dev/zero > /f; mkdir -p /a/b/c")
+    try:
+        assert eng.json("GET", "/containers/noop/json?size=1")["SizeRw"] == 0
+        assert eng.json("GET", "/containers/wrote/json?size=1")["SizeRw"] == 5000
+        out = eng.ok("ps", "-as", "--filter", "name=noop", "--format", "{{.Size}}")
+        assert out.startswith("0B (virtual "), out
+        sizes = {c["Names"][0]: c["SizeRw"] for c in _df(eng)["Containers"]}
+        assert sizes["/noop"] == 0 and sizes["/wrote"] == 5000
+    finally:
+        eng.ok("rm", "-v", "noop", "wrote")
