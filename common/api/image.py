@@ -29,7 +29,8 @@ Methods of the ``image`` service (every one takes the request's namespace):
 - ``image.tag`` ``TagRequest`` -> ``ImageSummary`` of the new name.
 - ``image.remove`` ``RemoveRequest`` -> ``RemoveReply`` (Docker ``rmi``: untag vs delete).
 - ``image.prune`` ``PruneRequest`` -> ``PruneReply`` (dangling, or all unused, images; then GC).
-- ``image.gc`` ``{}`` -> ``GcReply``: remove blobs and snapshots nothing references.
+- ``image.gc`` ``{}`` -> ``GcReply``: release expired and orphaned leases (their process is
+  gone), then remove blobs, snapshots and idle ingests (24 h) nothing references.
 - ``image.login`` ``LoginRequest`` -> ``{registry, status}`` (checked against the registry, then stored
   in the service's Docker-format config.json); ``image.logout`` ``LogoutRequest`` -> ``{registry}``.
 """
@@ -311,6 +312,9 @@ class GcReply(Reply):
     bytes_removed: int = 0
     snapshots_removed: int = 0
     ingests_removed: int = 0
+    leases_released: int = Field(
+        default=0, description="expired leases and leases of operations whose process no longer exists"
+    )
 
 
 class LoginRequest(Request):

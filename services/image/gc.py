@@ -7,8 +7,13 @@ manifest -> config and layers. ``sweep_content`` lists the blobs *before* markin
 holds the commit lock throughout, so a blob committed meanwhile (and protected by its
 writer's lease under the same lock) is never taken.
 
-Ingests are removed when no live lease holds them (``ingest`` resources, kept for
-resumable pulls) and no writer has them open.
+Ingests are removed when no writer has them open and no live lease holds them
+(``ingest`` resources). A download's ingest (its ref is the blob's digest: what a retried
+pull resumes from) has a lifetime of its own on top: it stays until its last write is
+older than ``ingest_max_age_s`` (``INGEST_EXPIRY_S``, 24 h, by default; ``image prune``
+passes 0). So a pull's lease can be released on every way out of the pull without losing
+what the next attempt needs. The ingests of a load, import or commit (``load-...``,
+``commit-...``: never resumed) go as soon as nothing holds them.
 
 Snapshots (per namespace, through the snapshot service): committed snapshots named by a
 chain ID (``sha256:...``) that no image record's layer chain and no lease references are
@@ -19,6 +24,7 @@ do its parents.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,9 @@ from services.image.content import ContentStore
 from services.image.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
+
+INGEST_EXPIRY_S = 24 * 3600.0
+"""An idle ingest nothing holds is kept this long after its last write (for a resume)."""
 
 
 @dataclass
@@ -77,8 +86,16 @@ def mark_content(meta: MetadataStore, store: ContentStore) -> set[str]:
     return marked
 
 
-def sweep_content(meta: MetadataStore, store: ContentStore) -> ContentSweep:
-    """Remove unreferenced blobs and abandoned ingests (blocking; run in a thread)."""
+def sweep_content(
+    meta: MetadataStore, store: ContentStore, ingest_max_age_s: float = INGEST_EXPIRY_S, now: float | None = None
+) -> ContentSweep:
+    """Remove unreferenced blobs and abandoned ingests (blocking; run in a thread).
+
+    An ingest is abandoned when no writer has it open, no live lease holds it and, for a
+    download's (resumable) ingest, it was last written more than ``ingest_max_age_s``
+    seconds before ``now`` (default: the clock).
+    """
+    now = time.time() if now is None else now
     out = ContentSweep(removed=[])
     with commit_lock():
         listed = list(store.walk())
@@ -95,9 +112,12 @@ def sweep_content(meta: MetadataStore, store: ContentStore) -> ContentSweep:
         for ing in store.ingest_statuses():
             if ing.ref in store.active or ing.ref in leased_ingests:
                 continue
+            resumable = ing.ref.startswith("sha256:")  # a download (its ref is the digest)
+            if resumable and ingest_max_age_s > 0 and now - ing.updated_at < ingest_max_age_s:
+                continue
             store.remove_ingest_dir(ing.path)
             out.ingests_removed += 1
-    if out.blobs_removed:
+    if out.blobs_removed or out.ingests_removed:
         log.info(
             "gc: removed %d blobs (%d bytes), %d ingests", out.blobs_removed, out.bytes_removed, out.ingests_removed
         )

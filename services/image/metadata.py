@@ -7,13 +7,37 @@ manifest), with labels and created/updated times. Two cached columns make lookup
 image id cheap: ``image_id`` (the config digest for the host platform, Docker's image
 id) and ``manifest_digest`` (the host platform's manifest).
 
-A lease (section 2) protects content and snapshots that are not yet reachable from an
-image record (a pull in progress) from the garbage collector until it is deleted or expires.
+Leases (containerd-model.md section 2) protect what an operation writes before an image
+record reaches it (blobs, ingests, chain-ID snapshots) from the garbage collector. A lease
+is ``{id, namespace, created_at, expires_at, labels}`` with resources ``(kind, ref)``:
+``content`` (a blob digest; the collector follows it to the manifest's config and layers),
+``ingest`` (an ingest ref) and ``snapshot:<namespace>`` (a chain ID). Lifecycle:
+
+- *created* by the image service for one operation (``pull <ref>``, ``load``, ``import``,
+  ``commit``, ``save``, ``push``), labelled ``purpose`` and ``dockyard.io/owner``: the
+  process that runs the operation (``<pid>:<start time in clock ticks>``, see
+  ``process_owner``; the start time tells a reused pid from the owner);
+- *resources* are added before anything is written (a pull names the blobs it is about
+  to download before the first byte, and the chain IDs before unpacking);
+- *released* (deleted) by its operation on every way out: success (the image record
+  holds everything now), an error, a cancelled client. A pull lives as long as the pull;
+- *expired*: ``expires_at`` (24 h for a pull, 1 h for the others, as containerd's client
+  default) is a backstop; the collector treats an expired lease as gone and deletes it;
+- *orphaned*: a lease whose owner process no longer exists (the image service was
+  SIGKILLed) is released by the next collection, the start-up one first. Only a dead
+  pull's lease outlives the start-up sweep (it is released right after it), so that a
+  retried pull finds the layers that had finished; the next collection (``image gc``,
+  ``rmi``, ``image prune``, a failed pull) takes them if nothing else did.
+
+What a pull needs to resume is the partial data of its ingests, and ingests have a
+lifetime of their own (``gc.INGEST_EXPIRY_S`` since their last write, unless a live lease
+or an open writer holds them; ``image prune`` drops them all): they do not depend on a lease.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -25,6 +49,11 @@ from typing import Any
 
 from common import ids
 from services.image.oci import Descriptor, Platform
+
+LABEL_OWNER = "dockyard.io/owner"
+"""Lease label: the process (``process_owner``) whose operation the lease belongs to."""
+LABEL_PURPOSE = "purpose"
+"""Lease label: what the lease is for (``pull docker.io/library/busybox:latest``, ``load``...)."""
 
 DANGLING_PREFIX = "<none>@"
 """Name prefix of an image record that lost its last tag (Docker shows it as <none>:<none>)."""
@@ -103,6 +132,35 @@ def _row_to_record(row: sqlite3.Row) -> ImageRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def _start_ticks(pid: int) -> str:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    or '' when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_owner(pid: int | None = None) -> str:
+    """The owner label of a lease taken by process ``pid`` (this one by default):
+    ``<pid>:<start ticks>``, unique across pid reuse within one boot."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{_start_ticks(pid)}"
+
+
+def owner_alive(owner: str) -> bool:
+    """True while the process named by ``owner`` (``process_owner``) still runs. A malformed
+    or empty owner (a lease of an older version) counts as dead; so does a process of an
+    earlier boot (its start ticks do not match the process that now has the pid)."""
+    pid_text, _sep, ticks = owner.partition(":")
+    if not pid_text.isdigit() or not ticks:
+        return False
+    return _start_ticks(int(pid_text)) == ticks
 
 
 class MetadataStore:
@@ -226,6 +284,7 @@ class MetadataStore:
             )
 
     def delete_lease(self, lease_id: str) -> None:
+        """Release a lease (and its resources); nothing happens when it is already gone."""
         with self._tx() as db:
             db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
 
@@ -240,9 +299,15 @@ class MetadataStore:
         return {(r["kind"], r["ref"]) for r in rows}
 
     def list_leases(self) -> list[dict[str, Any]]:
+        """Every lease, oldest first: ``{id, namespace, created_at, expires_at, labels}``
+        (times in seconds since the epoch, ``labels`` a dict)."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM leases ORDER BY created_at").fetchall()
-        return [dict(r) for r in rows]
+        return [dict(r) | {"labels": json.loads(r["labels"] or "{}")} for r in rows]
+
+    def orphaned_leases(self) -> list[dict[str, Any]]:
+        """The leases (as ``list_leases``) whose owner process no longer exists."""
+        return [lease for lease in self.list_leases() if not owner_alive(str(lease["labels"].get(LABEL_OWNER, "")))]
 
     def delete_expired_leases(self, now: float | None = None) -> int:
         now = time.time() if now is None else now

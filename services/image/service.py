@@ -37,7 +37,14 @@ from services.image import reference as refs
 from services.image.auth import Credentials, CredentialStore, write_config_entry
 from services.image.content import ContentStore
 from services.image.images import Catalog, ImageView, record_names, view_of
-from services.image.metadata import DANGLING_PREFIX, ImageRecord, MetadataStore
+from services.image.metadata import (
+    DANGLING_PREFIX,
+    LABEL_OWNER,
+    LABEL_PURPOSE,
+    ImageRecord,
+    MetadataStore,
+    process_owner,
+)
 from services.image.oci import Descriptor, Platform
 from services.image.pipe import ChunkPipe
 from services.image.progress import ProgressPump
@@ -48,8 +55,10 @@ from services.image.registry import RegistryClient, basic_from_auth
 log = logging.getLogger(__name__)
 
 PULL_LEASE_S = 24 * 3600.0
-"""A pull's lease outlives a killed service by this long, so the next pull can resume."""
+"""Backstop expiry of a pull's lease (containerd's client default). A pull releases its lease
+when it ends, however it ends; one of a killed service is released at the next start-up."""
 OP_LEASE_S = 3600.0
+"""Backstop expiry of the lease of a load, import, commit, save or push."""
 _CHUNK = 1024 * 1024
 
 
@@ -86,6 +95,7 @@ class ImageService:
         self.execution = execution
         self.publisher = publisher
         self.active_leases: set[str] = set()  # leases of operations running in this process
+        self.owner = process_owner()  # the owner label of this process's leases
         self._gc_lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -164,13 +174,39 @@ class ImageService:
         return await asyncio.to_thread(self._view, rec, platform, strict=strict)
 
     def _lease(self, namespace: str, expires_s: float, purpose: str) -> str:
-        lease = self.meta.create_lease(namespace, expires_s, {"purpose": purpose})
+        """Take a lease for one operation of this process (see ``metadata`` for the lifecycle)."""
+        lease = self.meta.create_lease(namespace, expires_s, {LABEL_PURPOSE: purpose, LABEL_OWNER: self.owner})
         self.active_leases.add(lease)
         return lease
 
     def _end_lease(self, lease: str) -> None:
+        """Release a lease of this process (idempotent)."""
         self.meta.delete_lease(lease)
         self.active_leases.discard(lease)
+
+    def _release_orphaned_leases(self, *, keep_pulls: bool = False) -> tuple[int, list[str]]:
+        """Release the leases whose owner process is gone (a killed image service's operations).
+
+        Returns how many were released and, with ``keep_pulls``, the ids of the dead pulls'
+        leases, which stay for the caller to release later (the start-up GC does, after its sweep).
+        """
+        released = 0
+        kept: list[str] = []
+        for lease in self.meta.orphaned_leases():
+            labels = lease["labels"]
+            purpose = str(labels.get(LABEL_PURPOSE, ""))
+            if keep_pulls and purpose.startswith("pull "):
+                kept.append(lease["id"])
+                continue
+            self.meta.delete_lease(lease["id"])
+            released += 1
+            log.info(
+                "released lease %s (%s) of process %s, which no longer exists",
+                lease["id"],
+                purpose or "no purpose",
+                labels.get(LABEL_OWNER) or "unknown",
+            )
+        return released, kept
 
     # -- unpack -------------------------------------------------------------------------------------
     async def _snapshot_call(self, method: str, body: dict[str, Any], namespace: str) -> Any:
@@ -259,11 +295,26 @@ class ImageService:
             )
 
     # -- GC -------------------------------------------------------------------------------------------
-    async def _collect(self, namespaces: set[str] | None = None) -> api.GcReply:
-        """Remove unreferenced blobs, abandoned ingests and (per namespace) snapshots."""
+    async def _collect(
+        self,
+        namespaces: set[str] | None = None,
+        *,
+        ingest_max_age_s: float = gc.INGEST_EXPIRY_S,
+        spare_dead_pulls: bool = False,
+    ) -> api.GcReply:
+        """Remove unreferenced blobs, abandoned ingests and (per namespace) snapshots.
+
+        First expired leases and those of processes that no longer exist are released.
+        ``spare_dead_pulls`` (the start-up GC): a dead pull's lease is released only after
+        the sweep, so that a retried pull finds the layers that had finished; the next
+        collection takes them. Ingests idle for ``ingest_max_age_s`` go (see ``gc``).
+        """
         async with self._gc_lock:
-            self.meta.delete_expired_leases()
-            sweep = await asyncio.to_thread(gc.sweep_content, self.meta, self.content)
+            expired = self.meta.delete_expired_leases()
+            if expired:
+                log.info("gc: %d expired leases released", expired)
+            released, dead_pulls = self._release_orphaned_leases(keep_pulls=spare_dead_pulls)
+            sweep = await asyncio.to_thread(gc.sweep_content, self.meta, self.content, ingest_max_age_s)
             removed_snapshots = 0
             if self.snapshot is not None:
                 for ns in sorted(namespaces or set()):
@@ -272,6 +323,9 @@ class ImageService:
                         removed_snapshots += await gc.sweep_snapshots(self._snapshot_call, ns, keep)
                     except errors.Unavailable as exc:
                         log.warning("gc: snapshots of namespace %s not collected: %s", ns, exc)
+            for lease in dead_pulls:
+                self.meta.delete_lease(lease)
+                log.info("released lease %s of a pull that died; what it kept goes at the next gc", lease)
             for digest in sweep.removed or []:
                 self._publish(topics.CONTENT_DELETE, {"digest": digest}, "default")
             return api.GcReply(
@@ -279,12 +333,15 @@ class ImageService:
                 bytes_removed=sweep.bytes_removed,
                 snapshots_removed=removed_snapshots,
                 ingests_removed=sweep.ingests_removed,
+                leases_released=expired + released + len(dead_pulls),
             )
 
     async def startup_gc(self) -> None:
-        """Drop expired leases and what a killed load/import left (run once at start)."""
+        """Run once at start: release expired leases and those of the operations a killed
+        service left (a dead pull's after the sweep, see ``_collect``), collect what a killed
+        load/import/commit left. Snapshots are collected by the next ``image gc``/``rmi``."""
         try:
-            await self._collect(None)
+            await self._collect(None, spare_dead_pulls=True)
         except Exception:
             log.exception("start-up garbage collection failed")
 
@@ -394,7 +451,14 @@ class ImageService:
         unpack: bool,
         emit: Callable[[dict[str, Any]], None],
     ) -> tuple[api.PullResult, bool]:
-        """Pull one reference; return its result and whether a name was created or moved."""
+        """Pull one reference; return its result and whether a name was created or moved.
+
+        The pull's lease protects what it downloads and unpacks until the image record
+        does; it is released however the pull ends. A transient failure (registry
+        unreachable or dropping the connection, deadline, cancelled client) leaves the
+        ingests for the next attempt to resume (they have their own lifetime, see ``gc``)
+        and the finished blobs for the next GC; any other failure collects at once.
+        """
         lease = self._lease(namespace, PULL_LEASE_S, f"pull {ref}")
 
         def protect(digests: list[str]) -> None:
@@ -418,17 +482,16 @@ class ImageService:
                 )
                 if result != "unchanged":
                     outcome = result
-        except (errors.Unavailable, errors.DeadlineExceeded, asyncio.CancelledError):
-            # transient: the lease keeps what arrived (and the ingests) so the next pull resumes
-            self.active_leases.discard(lease)
-            raise
+        except (errors.Unavailable, errors.DeadlineExceeded):
+            raise  # transient: the ingests stay for a resume (the lease goes below)
         except errors.DockyardError:
             # bad content (digest or diff ID mismatch), refused credentials, unknown manifest...:
             # leave nothing behind: drop the lease and collect what only it protected
             self._end_lease(lease)
             await self._collect({namespace})
             raise
-        self._end_lease(lease)
+        finally:
+            self._end_lease(lease)  # every way out, a cancelled client and unexpected errors too
         familiar = ref.familiar()
         status = ("Image is up to date for " if outcome == "unchanged" else "Downloaded newer image for ") + familiar
         emit({"status": f"Digest: {fetched.root.digest}"})
@@ -911,20 +974,19 @@ class ImageService:
                 reply.untagged.append(refs.familiar(rec.name))
             if not any((r.image_id or r.target.digest) == image_id for r in self.meta.records(ns)):
                 deleted_ids.add(image_id)
-        # what interrupted pulls kept for a resume is unused too: prune drops their leases
-        # (a plain GC keeps them until they expire)
-        for lease in self.meta.list_leases():
-            if lease["id"] not in self.active_leases:
-                self.meta.delete_lease(lease["id"])
+        # what interrupted pulls kept for a resume (their ingests) is unused too: prune drops
+        # it (a plain GC keeps an ingest for a day after its last write)
         namespaces = {ns} | {r.namespace for r in self.meta.records(None)}
-        collected = await self._collect(namespaces)
+        collected = await self._collect(namespaces, ingest_max_age_s=0)
         reply.deleted = sorted(deleted_ids)
         reply.space_reclaimed = collected.bytes_removed
         return reply
 
     @rpc("image.gc")
     async def gc(self, _req: dict[str, Any] | None, ctx: Context) -> api.GcReply:
-        """Remove blobs, ingests and snapshots nothing references (records, live leases)."""
+        """``dockyard image gc``: release expired leases and those of operations whose process
+        is gone (a killed service's pulls), then remove the blobs, snapshots and idle ingests
+        (older than a day) nothing references: image records and live leases are the roots."""
         namespaces = {ctx.namespace} | {r.namespace for r in self.meta.records(None)}
         return await self._collect(namespaces)
 

@@ -1,5 +1,7 @@
 """Interrupted and concurrent pulls: resume with Range after SIGKILL, shared layer downloads.
 
+(What a killed pull's lease leaves, and what gc/rmi free afterwards: ``test_pull_leases.py``.)
+
 A logging proxy (``tests.registry.Proxy``) sits between the image service and a real
 docker-registry, so the test sees exactly which bytes were fetched, and can stall one
 blob half way to make "half way" deterministic.
@@ -167,7 +169,7 @@ def test_gc_and_prune_during_a_pull_keep_what_the_pull_needs(
         assert call(instance, "image.resolve", {"ref": ref})["id"] == img.config_digest
 
 
-def test_prune_drops_what_an_interrupted_pull_kept_for_a_resume(
+def test_after_a_killed_pull_gc_frees_finished_layers_and_prune_drops_the_partial_one(
     instance: Instance, reg: tuple[Registry, mkimage.Image, mkimage.Image]
 ) -> None:
     registry, img, _ = reg
@@ -189,9 +191,11 @@ def test_prune_drops_what_an_interrupted_pull_kept_for_a_resume(
             proc.wait(timeout=30)
             proxy.release()
         instance.start("image")
-        # a plain GC keeps the resumable state (the pull's lease is still valid) ...
-        call(instance, "image.gc")
-        assert finished in blobs(instance) and ingests(instance)
-        # ... an image prune does not
+        # the dead pull's lease is released at start-up: a plain GC frees the layers that had
+        # finished, and keeps the partial one (an ingest lives a day after its last write) ...
+        gc = call(instance, "image.gc")
+        assert finished not in blobs(instance) and gc["bytes_removed"] >= 6 * MB
+        assert ingests(instance) and _ingest_bytes(instance) >= 1 * MB
+        # ... an image prune drops it too
         instance.cli("image", "prune", "-f", check=True)
         assert blobs(instance) == set() and ingests(instance) == []
