@@ -220,16 +220,15 @@ def unpause(containers: Annotated[list[str], typer.Argument(help="containers")])
 
 
 def wait(containers: Annotated[list[str], typer.Argument(help="containers")]) -> None:
-    """Block until the containers stop; print each exit code."""
-    ex = client("execution", timeout_s=None)
+    """Block until the containers stop; print each exit code. A restart of the execution
+    service meanwhile is waited out (``cli.resume.wait_exit``)."""
+    since_ns = time.time_ns()
     try:
         for ref in containers:
-            reply = ex.call("execution.wait", {"id": ref, "condition": "not-running"})
+            reply = resume.wait_exit(ref, since_ns)
             output.line(str(reply["exit_code"]))
     except errors.DockyardError as exc:
         output.fail(exc)
-    finally:
-        ex.close()
 
 
 # -- observation -----------------------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ Rotation: if the log lost its oldest part (``max-size``/``max-file``), counting 
 start would skip output never printed; ``common.resume.Skip`` notices and a one-line
 warning says part of the output is missing.
 
+``wait`` (``wait_exit``) rides through a restart as the gateway's ``docker wait`` does: once
+the service answers again, the container's state says whether it exited meanwhile
+(``common.resume.wait_outcome``) or is waited for again; a container removed meanwhile
+(``--rm``) has its exit status in the events journal.
+
 ``logs`` (``follow_logs``) rides through a restart the same way: it waits for the service,
 then asks for the log again from right after the last entry it printed, by the cursor the
 service puts in each frame (``common.resume.LogFollow``), and goes on until the log (with
@@ -42,7 +47,7 @@ import time
 from cli import output
 from cli.connect import client
 from common import errors
-from common.resume import LOG_GAP, POLL_S, RESUME_WAIT_S, ROTATED, LogFollow
+from common.resume import LOG_GAP, POLL_S, RESUME_WAIT_S, ROTATED, LogFollow, exit_replay, journal_exit, wait_outcome
 from common.resume import Skip as Skip  # re-exported: cli.resume was their home
 from common.resume import rfc3339 as rfc3339
 
@@ -141,6 +146,52 @@ def follow_logs(body: dict[str, Any]) -> None:
         if _answering(ref, lost, 1) is None:
             output.fail(f"container {ref} was removed before the rest of its log could be shown")
         request = state.resume_request()
+
+
+def wait_exit(ref: str, since_ns: int) -> dict[str, Any]:
+    """``execution.wait`` for ``not-running`` of the container ``ref`` (id, prefix or name),
+    waiting out restarts of the execution service (see module docstring); its reply
+    ``{exit_code, error}``. ``since_ns``: when the command began waiting (unix ns): an exit
+    since then is the one waited for. Raises the service's errors (NotFound ...) and
+    Unavailable when it is not there to begin with; exits 1 through ``output.fail`` when it
+    stays away longer than ``RESUME_WAIT_S``."""
+    c = client("execution", timeout_s=30)
+    try:  # its id: the journal knows a removed container by it, and a name may go to another one
+        cid = str(c.call("execution.inspect", {"id": ref})["id"])
+    finally:
+        c.close()
+    body: dict[str, Any] = {"id": cid, "condition": "not-running"}
+    while True:
+        c = client("execution", timeout_s=None)
+        call = None
+        try:
+            call = c.start("execution.wait", body)
+            return call.result()  # type: ignore[no-any-return]
+        except errors.Unavailable as exc:
+            if call is None or call.ended:
+                raise  # not up to begin with (or its own answer): as before
+            lost = exc
+        finally:
+            c.close()
+        info = _answering(cid, lost, 1)
+        if info is None:  # removed meanwhile (--rm): its exit is in the journal
+            return {"exit_code": _journal_exit(cid, since_ns), "error": ""}
+        reply, again = wait_outcome(info, str(body["condition"]), since_ns)
+        if reply is not None:
+            return reply
+        body = {"id": cid, "condition": again}
+
+
+def _journal_exit(cid: str, since_ns: int) -> int:
+    """The exit status of the removed container ``cid`` since ``since_ns`` from the events journal."""
+    c = client("events", timeout_s=10)
+    try:
+        return journal_exit(cid, c.stream("events.replay", exit_replay(cid, since_ns)))
+    except errors.DockyardError as exc:
+        output.warn(f"exit status of removed container {cid[:12]} not read from the events journal: {exc}")
+        return 0
+    finally:
+        c.close()
 
 
 def _answering(container_id: str, lost: errors.DockyardError, code: int = 125) -> dict[str, Any] | None:

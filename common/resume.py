@@ -17,7 +17,9 @@ with no I/O and nothing heavier than the standard library (the CLI's hot path im
   and rotation accounted for.
 - ``wait_outcome``: what an interrupted ``execution.wait`` comes to once the service is
   back: the exit it was waiting for (it happened during the outage), or the condition to
-  wait for again.
+  wait for again; ``exit_replay`` and ``journal_exit``: the exit status of a container
+  removed meanwhile (``--rm``), from the events journal (``/tasks/exit``, which the shim
+  publishes itself).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 RESUME_WAIT_S = float(os.environ.get("DOCKYARD_RESUME_WAIT_S") or 30.0)
@@ -133,6 +136,23 @@ def time_ns(value: Any) -> int | None:
     if value.year <= 1:
         return None  # Go's zero time
     return int(value.timestamp()) * 1_000_000_000 + int(value.microsecond) * 1000
+
+
+def exit_replay(cid: str, since_ns: int) -> dict[str, Any]:
+    """The ``events.replay`` request for the ``/tasks/exit`` events of container ``cid`` since
+    ``since_ns`` (unix ns)."""
+    return {"since_time": rfc3339(since_ns, 6), "filters": {"topic": ["/tasks/exit"], "container": [cid]}}
+
+
+def journal_exit(cid: str, envelopes: Iterable[dict[str, Any]]) -> int:
+    """The exit status of ``cid``'s last ``/tasks/exit`` (its init process's, not an exec's)
+    among the envelopes ``exit_replay`` gives; 0 if there is none."""
+    code = 0
+    for env in envelopes:
+        event = env.get("event") or {}
+        if event.get("container_id") == cid and event.get("id", cid) == cid:
+            code = int(event.get("exit_status") or 0)
+    return code
 
 
 def wait_outcome(info: dict[str, Any], condition: str, since_ns: int) -> tuple[dict[str, Any] | None, str]:

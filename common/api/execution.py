@@ -34,6 +34,13 @@ Methods (service ``execution``; every method acts in the request's namespace):
   ``force`` (kill first). Removes the snapshot, bundle and logs; ``/containers/delete``.
 - ``execution.wait`` ``WaitRequest`` -> ``WaitReply``: block until the condition
   (``not-running``, ``next-exit``, ``removed``) holds (no deadline).
+- Holds (``hold`` of ``attach``, and of ``wait`` for ``removed``): a client that follows an
+  ``auto_remove`` container through the execution service names itself with a token; the
+  record keeps it while the call runs, so that a restarted service which finds the container
+  exited holds its auto-removal (at most ``RUN_CLIENT_HOLD_S``, 60 s) until every client whose
+  call died with the previous process is back: a ``wait`` sent again with the same token takes
+  its hold over; a client that read the rest of the output from the log says so with
+  ``execution.release`` ``ReleaseRequest`` ``{id, hold}`` -> ``{}`` (NotFound once removed).
 - ``execution.list`` ``ListRequest`` -> ``ListReply``; ``execution.inspect``
   ``IdRequest`` -> ``Container``.
 - ``execution.logs`` ``LogsRequest`` -> stream of ``LogFrame`` ``{s, d, t}``
@@ -291,9 +298,23 @@ class RemoveRequest(Request):
     volumes: bool = Field(default=False, description="also remove anonymous volumes")
 
 
+HOLD_DESCRIPTION = (
+    "optional; a token (unique per client) under which this call holds the auto-removal of an "
+    "``auto_remove`` container for its client across a restart of the execution service"
+)
+
+
 class WaitRequest(Request):
     id: str = Field(min_length=1)
     condition: WaitCondition = "not-running"
+    hold: str = Field(default="", max_length=128, description=HOLD_DESCRIPTION + " (with ``removed``)")
+
+
+class ReleaseRequest(Request):
+    """``execution.release``: the client of a ``hold`` has what it needed."""
+
+    id: str = Field(min_length=1, description="required; the container")
+    hold: str = Field(min_length=1, max_length=128, description="required; the token the client held it under")
 
 
 class WaitReply(Reply):
@@ -416,6 +437,7 @@ class AttachRequest(Request):
     stderr: bool = True
     logs: bool = Field(default=False, description="replay the log before live output")
     detach_keys: str = ""
+    hold: str = Field(default="", max_length=128, description=HOLD_DESCRIPTION)
 
 
 class ResizeRequest(Request):

@@ -8,6 +8,12 @@ on how fast its consumer reads. The reader also applies the service's send credi
 none, so a relay (stdin from a client to a shim) moves at the pace of the far end.
 A caller that sends must consume the call's frames concurrently (another task):
 frames are credited to the service only as ``next_frame`` takes them.
+
+With ``watch_peer``, a client also watches its connection (a ZeroMQ socket monitor): when
+the service's process goes away (SIGKILL closes its socket), every call in flight fails
+at once with ``Unavailable`` (not ``ended``) instead of after ``liveness_s`` of silence.
+The socket sets ``IMMEDIATE``, so nothing sent before the disconnect waits to be delivered
+to the next process: each of those calls is lost for sure.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from common.rpc import protocol
 
 _GRACE_S = 0.5
 _UNSET: Any = object()
+_LOST: dict[str, Any] = {"lost": True}
+"""Queued to the calls in flight when the connection to the service dropped (``watch_peer``)."""
 
 
 class AsyncCall:
@@ -137,6 +145,9 @@ class AsyncCall:
                     continue  # a heartbeat refreshed last_frame meanwhile
                 self._finish()
                 raise self._fail_silent() from None
+            if msg is _LOST:
+                self._finish()
+                raise errors.Unavailable(f"{self.client.service} service not answering at {self.client.endpoint}")
             if not msg.get("ok"):
                 self._finish()
                 raise errors.from_wire(msg.get("error") or {})
@@ -191,6 +202,7 @@ class AsyncClient:
         liveness_s: float = 3.0,
         connect_timeout_s: float = 2.0,
         context: zmq.asyncio.Context | None = None,
+        watch_peer: bool = False,
     ) -> None:
         self.service = service
         self.endpoint = endpoint or endpoints.control_endpoint(service)
@@ -203,6 +215,9 @@ class AsyncClient:
         self._reader: asyncio.Task[None] | None = None
         self._calls: dict[str, AsyncCall] = {}
         self._send_lock = asyncio.Lock()
+        self.watch_peer = watch_peer
+        """Fail the calls in flight as soon as the connection drops (module docstring)."""
+        self._monitor: asyncio.Task[None] | None = None
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
@@ -212,7 +227,28 @@ class AsyncClient:
             sock.connect(self.endpoint)
             self._sock = sock
             self._reader = asyncio.create_task(self._read_loop(sock), name=f"rpc-client-{self.service}")
+            if self.watch_peer:
+                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                self._monitor = asyncio.create_task(self._watch(monitor), name=f"rpc-monitor-{self.service}")
         return self._sock
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        """Fail every call in flight when the connection to the service drops (``watch_peer``)."""
+        try:
+            while True:
+                frames = await monitor.recv_multipart()
+                event = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
+                if event != zmq.EVENT_DISCONNECTED:
+                    continue
+                for call in list(self._calls.values()):
+                    if call._answered:
+                        continue  # its last frame is in: nothing was lost
+                    call.queue.put_nowait(_LOST)
+                    call._credit_changed.set()
+        except (zmq.ZMQError, asyncio.CancelledError):
+            return
+        finally:
+            monitor.close(linger=0)
 
     async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -302,6 +338,14 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the socket and fail nothing: pending calls time out as Unavailable."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._monitor
+            self._monitor = None
+            if self._sock is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.disable_monitor()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):

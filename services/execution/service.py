@@ -7,11 +7,16 @@ wait, attach and logs act on the task through its shim or on the files it left.
 Exits come back through ``TaskManager`` and end here in ``_on_exit``: waiters,
 ``--rm`` and the restart policy.
 
-A foreground ``run --rm`` whose client lost us in a crash: the record keeps
-``extra["run_client"]`` while an ``execution.run`` streams it, so a restarted service
-that sees the container exit holds the auto-removal (``RUN_CLIENT_HOLD_S``) until the
-client, which resumes the output from the log (``cli.resume``), removes it itself; a run
-that ends in this process clears the mark.
+An ``auto_remove`` container whose clients lost us in a crash: the record keeps in
+``extra["run_client"]`` the tokens of the calls that follow it (a foreground
+``execution.run``, which marks it at insert; an ``attach`` or a ``wait`` for ``removed``
+with a ``hold``: the gateway's ``docker run --rm``), each dropped when its call ends in
+this process. A restarted service that sees the container exit while tokens of calls it
+does not serve are left (orphans) holds the auto-removal (``RUN_CLIENT_HOLD_S`` at most)
+until each of those clients is back: the CLI, which resumes the output from the log
+(``cli.resume``), removes the container itself; the gateway sends its ``wait`` again
+under the same token (taken over by the new call) and releases (``release``) an attachment's
+token once it read the rest of the output from the log (``services.gateway.resume``).
 
 No zmq here: the wiring in ``__main__`` passes the clients.
 """
@@ -48,6 +53,7 @@ from common.api.execution import (
     ListReply,
     ListRequest,
     LogsRequest,
+    ReleaseRequest,
     RemoveRequest,
     RenameRequest,
     ResizeRequest,
@@ -88,10 +94,12 @@ AFTER_EVENT_MAX_AGE_S = 60.0
 """A new task's events wait for the last action event (stop, attach) only if it is this recent."""
 RESTART_BACKOFF_MIN_S = 0.1
 RUN_CLIENT_HOLD_S = 60.0
-"""How long a restarted service keeps an exited ``run --rm`` container whose ``run`` call died
-with the previous process, for its client to read the log and remove it (``cli.resume``)."""
+"""How long a restarted service keeps an exited ``--rm`` container whose clients' calls died
+with the previous process, for them to come back and read the log (``cli.resume``,
+``services.gateway.resume``): the bound when one never does."""
 RUN_CLIENT = "run_client"
-"""``Record.extra`` key: an ``execution.run`` call streams this ``--rm`` container."""
+"""``Record.extra`` key: the hold tokens of the calls following this ``--rm`` container
+(a list; ``True``, as older records have it, is one ``run`` call's)."""
 RESTART_BACKOFF_MAX_S = 60.0
 RESTART_RESET_AFTER_S = 10.0
 INIT_PATH = "/sbin/docker-init"
@@ -136,10 +144,11 @@ class ExecutionService:
         self.tasks = TaskManager(settings, store, publisher, events, shim_client, self._on_exit)
         self._waiters: dict[tuple[str, str], list[tuple[str, asyncio.Future[WaitReply]]]] = {}
         self._pending: dict[tuple[str, str], list[_PendingAttach]] = {}
-        self._runs: dict[tuple[str, str], int] = {}
-        """``execution.run`` calls streaming each container in this process."""
+        self._holding: dict[tuple[str, str], set[str]] = {}
+        """The hold tokens of the calls following each container in this process (``RUN_CLIENT``)."""
         self._held: dict[tuple[str, str], asyncio.Event] = {}
-        """Auto-removals held for a ``run`` client that lost the previous process (set: removed)."""
+        """Auto-removals held for clients that lost the previous process (set: a token was
+        released or the container removed: look again)."""
         self._background: set[asyncio.Task[Any]] = set()
         self._available_caps = spec.host_capabilities()
         self._last_event: dict[tuple[str, str], tuple[str, float]] = {}
@@ -276,9 +285,9 @@ class ExecutionService:
             raise errors.NotFound(exc.message, {"kind": "image", "ref": ref}) from None
         return dict(await self.snapshot.call("snapshot.prepare", body, namespace=ns, timeout_s=60))
 
-    async def _create(self, req: CreateRequest, ns: str, *, run_client: bool = False) -> CreateReply:
-        """Create a container; ``run_client``: for a foreground ``execution.run`` (with ``--rm``,
-        the record is marked ``RUN_CLIENT`` at once)."""
+    async def _create(self, req: CreateRequest, ns: str, *, run_client: str = "") -> CreateReply:
+        """Create a container; ``run_client``: the hold token of a foreground ``execution.run``
+        (with ``--rm``, the record is marked ``RUN_CLIENT`` at insert)."""
         if req.name:
             name = ids.validate_name(req.name)
             if self.store.name_taken(ns, name):
@@ -387,7 +396,7 @@ class ExecutionService:
                     "config_volumes": config_volumes,
                     "copy_up": copy_up,
                     "user_mounts": mounts,
-                    **({RUN_CLIENT: True} if run_client and req.auto_remove else {}),
+                    **({RUN_CLIENT: [run_client]} if run_client and req.auto_remove else {}),
                 },
             )
             self.store.insert(rec)
@@ -839,7 +848,8 @@ class ExecutionService:
     async def run(self, req: RunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """``docker run`` in one call: create, attach, start, stream, wait (see ``common.api.execution``)."""
         # a foreground run --rm is marked from the start (RUN_CLIENT): no second write on its path
-        created = await self._create(req.create_request(), ctx.namespace, run_client=not req.detach)
+        token = "" if req.detach else f"run:{ctx.request_id}"
+        created = await self._create(req.create_request(), ctx.namespace, run_client=token)
         trace.mark("created")
         yield {"id": created.id, "name": created.name}
         rec = self.store.get(ctx.namespace, created.id)
@@ -852,7 +862,8 @@ class ExecutionService:
         waiter: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append(("removed" if req.auto_remove else "next-exit", waiter))
         attach = self._attach(AttachRequest(id=rec.id, stdin=req.stdin), ctx)
-        self._runs[key] = self._runs.get(key, 0) + 1
+        if req.auto_remove:
+            self._holding.setdefault(key, set()).add(token)  # persisted at insert
         ended = False
         try:
             yield await attach.__anext__()  # {"attached": true}: the subscription waits for the task
@@ -876,11 +887,9 @@ class ExecutionService:
             trace.mark("run exit")
             yield {"exit_code": result.exit_code, "error": result.error}
         finally:
-            self._runs[key] -= 1
-            if not self._runs[key]:
-                del self._runs[key]
-                if req.auto_remove and not ended:
-                    self._unmark_run_client(key)  # ended here, not in a crash: nobody will resume
+            if req.auto_remove:
+                # ended here, not in a crash: nobody will resume (removed with the container: nothing to write)
+                self._unhold(key, token, write=not ended)
             await attach.aclose()
             waiters = self._waiters.get(key)
             if waiters is not None:
@@ -888,12 +897,55 @@ class ExecutionService:
                 if not self._waiters[key]:
                     del self._waiters[key]
 
-    def _unmark_run_client(self, key: tuple[str, str]) -> None:
-        """Clear ``extra[RUN_CLIENT]`` of a container (no-op once it is removed)."""
+    def _hold(self, key: tuple[str, str], token: str) -> None:
+        """A call of this process follows the ``--rm`` container ``key`` under ``token``
+        (recorded in ``RUN_CLIENT`` unless it is already: a call sent again after a restart
+        takes the hold of its lost predecessor over)."""
+        self._holding.setdefault(key, set()).add(token)
         rec = self.store.get(*key)
-        if rec is None or not rec.extra.get(RUN_CLIENT):
-            return
-        self.store.update(*key, extra={k: v for k, v in rec.extra.items() if k != RUN_CLIENT})
+        if rec is not None and token not in _holders(rec):
+            self.store.update(*key, extra={**rec.extra, RUN_CLIENT: [*_holders(rec), token]})
+        held = self._held.get(key)
+        if held is not None:
+            held.set()  # one orphan fewer
+
+    def _unhold(self, key: tuple[str, str], token: str, *, write: bool = True) -> None:
+        """Drop the hold ``token`` on ``key`` (its call ended here, or its client has what it
+        needed: ``release``); a removal held for it looks again. ``write=False``: only this
+        process's part (the record is gone)."""
+        live = self._holding.get(key)
+        if live is not None:
+            live.discard(token)
+            if not live:
+                del self._holding[key]
+        rec = self.store.get(*key) if write else None
+        if rec is not None and token in _holders(rec):
+            left = [t for t in _holders(rec) if t != token]
+            extra = {k: v for k, v in rec.extra.items() if k != RUN_CLIENT}
+            self.store.update(*key, extra={**extra, RUN_CLIENT: left} if left else extra)
+        held = self._held.get(key)
+        if held is not None:
+            held.set()
+
+    def _orphans(self, rec: Record) -> set[str]:
+        """The hold tokens on ``rec`` of calls this process does not serve (they died with a
+        previous one); read again from the store when ``rec`` has some (they are only ever
+        dropped after ``rec`` was read)."""
+        key = (rec.namespace, rec.id)
+        if not set(_holders(rec)) - self._holding.get(key, set()):
+            return set()
+        current = self.store.get(*key)
+        return set(_holders(current)) - self._holding.get(key, set()) if current is not None else set()
+
+    @rpc("execution.release")
+    async def release(self, req: ReleaseRequest, ctx: Context) -> dict[str, Any]:
+        """``{id, hold}`` -> ``{}``: the client that followed an ``auto_remove`` container under
+        the token ``hold`` has what it needed (it read the rest of the output from the log after
+        a restart of this service): a removal held for it goes on once no other client is
+        missing. An unknown token is a no-op; NotFound when the container is gone."""
+        rec = self._find(ctx.namespace, req.id)
+        self._unhold((rec.namespace, rec.id), req.hold)
+        return {}
 
     async def _start_attached(self, rec: Record) -> StartReply:
         """``_start`` for ``run``: any failure also ends the attach waiting for the task."""
@@ -1058,10 +1110,7 @@ class ExecutionService:
         """A task ended (called once per incarnation by the TaskManager)."""
         self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
         if rec.config.get("auto_remove"):
-            key = (rec.namespace, rec.id)
-            # the mark is only ever cleared after it was read into rec: re-read only when set
-            orphaned = not self._runs.get(key) and rec.extra.get(RUN_CLIENT)
-            if orphaned and (self.store.get(*key) or rec).extra.get(RUN_CLIENT):
+            if self._orphans(rec):
                 self._spawn(self._auto_remove_held(rec), f"auto-remove-held-{rec.id[:12]}")
             else:
                 await self._auto_remove(rec)
@@ -1125,20 +1174,32 @@ class ExecutionService:
         return task is not None
 
     async def _auto_remove_held(self, rec: Record) -> None:
-        """``--rm`` of a container whose ``run`` client lost the previous process: that client
-        reads the log and removes the container (``cli.resume``); removed here only if it has
-        not done so within ``RUN_CLIENT_HOLD_S`` (the client died too)."""
+        """``--rm`` of a container whose clients lost the previous process (``_orphans``): each
+        reads the log and removes the container (``cli.resume``) or releases its hold (the
+        gateway); removed here once none is missing, or after ``RUN_CLIENT_HOLD_S`` (a client
+        died too)."""
         key = (rec.namespace, rec.id)
-        removed = self._held.setdefault(key, asyncio.Event())
-        log.info("auto-remove of %s held for its run client (at most %.0fs)", rec.id[:12], RUN_CLIENT_HOLD_S)
+        changed = self._held.setdefault(key, asyncio.Event())
+        log.info("auto-remove of %s held for its clients (at most %.0fs)", rec.id[:12], RUN_CLIENT_HOLD_S)
+        deadline = time.monotonic() + RUN_CLIENT_HOLD_S
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(removed.wait(), RUN_CLIENT_HOLD_S)
-            if not removed.is_set():
-                await self._auto_remove(rec)
+            while True:
+                changed.clear()
+                current = self.store.get(*key)
+                if current is None:
+                    return  # removed by its client
+                missing = self._orphans(current)
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    if missing:
+                        log.info("auto-remove of %s: clients %s did not come back", rec.id[:12], sorted(missing))
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
         finally:
-            if self._held.get(key) is removed:
+            if self._held.get(key) is changed:
                 del self._held[key]
+        await self._auto_remove(current)
 
     async def _auto_remove(self, rec: Record) -> None:
         delay = 0.2
@@ -1180,9 +1241,14 @@ class ExecutionService:
             return WaitReply(exit_code=rec.exit_code, error=rec.error)
         fut: asyncio.Future[WaitReply] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append((req.condition, fut))
+        hold = req.hold if req.condition == "removed" and rec.config.get("auto_remove") else ""
+        if hold:
+            self._hold(key, hold)  # sent again after a restart: the lost call's hold is taken over
         try:
             return await fut
         finally:
+            if hold:
+                self._unhold(key, hold)
             waiters = self._waiters.get(key)
             if waiters is not None:
                 self._waiters[key] = [w for w in waiters if w[1] is not fut]
@@ -1366,6 +1432,7 @@ class ExecutionService:
         live = self.tasks.get(*key)
         pending: _PendingAttach | None = None
         tty = bool(rec.config.get("tty"))
+        hold = req.hold if rec.config.get("auto_remove") else ""
         if live is None or live.done.is_set() or live.status not in ("running", "paused"):
             pending = _PendingAttach()
             self._pending.setdefault(key, []).append(pending)
@@ -1373,6 +1440,8 @@ class ExecutionService:
         stdin_task: asyncio.Task[None] | None = None
         detached = asyncio.Event()
         scanner = DetachScanner(req.detach_keys) if tty and req.stdin else None
+        if hold:
+            self._hold(key, hold)  # recorded before the client hears it is attached (and starts it)
         try:
             if req.logs:
                 reader = logs_mod.LogReader(str(rec.extra.get("log_path") or self._log_path(rec.namespace, rec.id)))
@@ -1405,6 +1474,8 @@ class ExecutionService:
             if detached.is_set():
                 yield {"detached": True}
         finally:
+            if hold:
+                self._unhold(key, hold)
             if pending is not None:
                 with contextlib.suppress(ValueError, KeyError):
                     self._pending[key].remove(pending)
@@ -1414,6 +1485,14 @@ class ExecutionService:
                 _drop(stdin_task)
             if shim_call is not None and not shim_call.done:
                 await shim_call.cancel()
+
+
+def _holders(rec: Record) -> list[str]:
+    """The hold tokens recorded on ``rec`` (``RUN_CLIENT``)."""
+    value = rec.extra.get(RUN_CLIENT)
+    if value is True:
+        return ["run"]  # a record of an older version: one run call
+    return [str(t) for t in value] if isinstance(value, list) else []
 
 
 async def _relay_stdin(ctx: Context, shim_call: Any, scanner: DetachScanner | None, detached: asyncio.Event) -> None:

@@ -38,6 +38,7 @@ class Backends:
                 namespace=settings.namespace,
                 timeout_s=settings.rpc_timeout_s,
                 liveness_s=settings.liveness_s,
+                watch_peer=True,  # a stream lost with a killed service is resumed at once
             )
             for name in SERVICES
         }

@@ -321,6 +321,9 @@ class ContainersAPI:
     async def remove(self, request: Request) -> Response:
         ref = request.params["id"]
         body = {"id": ref, "force": request.flag("force"), "volumes": request.flag("v")}
+        if resume.FOLLOWERS.any_interrupted():  # a stream of it may still be catching up after an outage
+            c = await self._container(ref)
+            await resume.caught_up(self.b.execution, c["id"])
         await call(self.b.execution, "execution.remove", body, "container", ref, timeout_s=120)
         return Response(204)
 
@@ -359,11 +362,17 @@ class ContainersAPI:
         # the waiter is registered (the request is on the wire, ahead of any later start on the
         # same socket) before the headers go out
         since_ns = time.time_ns()
-        waiting = await self.b.execution.start("execution.wait", {"id": ref, "condition": condition}, timeout_s=None)
+        req: dict[str, Any] = {"id": ref, "condition": condition}
+        if condition == "removed" and (c.get("config") or {}).get("auto_remove"):
+            req["hold"] = uuid.uuid4().hex  # a restarted service keeps it until this wait is back
+        waiting = await self.b.execution.start("execution.wait", req, timeout_s=None)
+        hold = str(req.get("hold") or "")
 
         async def body() -> AsyncIterator[bytes]:
             try:  # a restart of the execution service meanwhile is waited out (services.gateway.resume)
-                reply = await resume.wait_reply(self.b.execution, self.b.events, c["id"], condition, since_ns, waiting)
+                reply = await resume.wait_reply(
+                    self.b.execution, self.b.events, c["id"], condition, since_ns, waiting, hold
+                )
                 err = reply.get("error") or ""
                 yield json_bytes(
                     {"StatusCode": int(reply.get("exit_code", 0)), "Error": {"Message": err} if err else None}
@@ -441,6 +450,9 @@ class ContainersAPI:
             "logs": request.flag("logs"),
             "detach_keys": detach_keys,
         }
+        if config.get("auto_remove"):
+            body["hold"] = uuid.uuid4().hex  # a restarted service keeps it until we read its log
+
         ctype = streams.content_type(tty, api_version(request))
         if not request.flag("stream"):
             return self._attach_logs_only(request, c["id"], tty, ctype)
@@ -456,11 +468,13 @@ class ContainersAPI:
 
         def resumed(printed: dict[int, int], lost: errors.DockyardError) -> AsyncIterator[dict[str, Any]]:
             # the output stream was lost with the execution service: the rest comes from the log
-            wanted = {"stdout": body["stdout"], "stderr": body["stderr"]}
-            return resume.attach_output(self.b.execution, cid, printed, since_ns, lost, wanted)
+            wanted = {"stdout": bool(body["stdout"]), "stderr": bool(body["stderr"])}
+            hold = str(body.get("hold") or "")
+            return resume.attach_output(self.b.execution, cid, printed, since_ns, lost, wanted, hold)
 
         async def hijack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
-            await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin, resume=resumed)
+            with resume.FOLLOWERS.follow(cid):
+                await streams.pipe_hijacked(source, reader, writer, trailing, tty=tty, stdin=stdin, resume=resumed)
 
         return Response(200, {"Content-Type": ctype}, hijack=hijack)
 

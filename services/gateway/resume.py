@@ -15,6 +15,18 @@ answer again (``answering``: ``common.resume.RESUME_WAIT_S`` at most), and takes
 - ``attach_output``: an attachment's output, from the container's json-file log, skipping
   the bytes the client got already (``common.resume.Skip``).
 
+An ``auto_remove`` container (``docker run --rm``) must outlive the outage until its clients
+have what they follow: the gateway's attachment and its ``wait`` for ``removed`` carry a
+hold token (``common.api.execution``, holds), so that a restarted execution service keeps
+a container that exited meanwhile (60 s at most); the wait is sent again under its token,
+and ``attach_output`` releases the attachment's once it read the log to its end.
+
+A client's own ``DELETE /containers/{id}`` (docker-py's ``run(remove=True)``: ``logs``
+with ``follow``, ``wait``, then remove; its lazily read log stream is read last) must not
+cut off a log stream of the same container that is still catching up after the outage:
+``FOLLOWERS`` knows the gateway's streams following each container, and ``caught_up``
+lets the removal wait (``CATCH_UP_S`` at most) for those that the outage interrupted.
+
 Past the bounded wait the original error is raised: the wait answers it in its JSON body,
 a streamed body ends without its last chunk (the client sees a broken stream, not a
 clean end), a hijacked stream is closed.
@@ -23,16 +35,86 @@ clean end), a hijacked stream is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 from common import errors
-from common.resume import LOG_GAP, POLL_S, RESUME_WAIT_S, ROTATED, LogFollow, Skip, rfc3339, wait_outcome
+from common.resume import (
+    LOG_GAP,
+    POLL_S,
+    RESUME_WAIT_S,
+    ROTATED,
+    LogFollow,
+    Skip,
+    exit_replay,
+    journal_exit,
+    rfc3339,
+    wait_outcome,
+)
 from common.rpc.aio import AsyncCall, AsyncClient
 
 log = logging.getLogger(__name__)
+
+CATCH_UP_S = 10.0
+"""How long a removal waits for the gateway's streams of the container to catch up (seconds)."""
+
+
+class Followers:
+    """The gateway's streams following each container's output (``follow``), and when
+    the execution service was last lost (``lost_at``, monotonic; ``answering`` notes it)."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, dict[int, tuple[float, asyncio.Event]]] = {}
+        self.lost_at = float("-inf")
+
+    @contextlib.contextmanager
+    def follow(self, cid: str) -> Iterator[None]:
+        """Register one stream of ``cid`` for as long as the ``with`` block runs."""
+        ended = asyncio.Event()
+        entry = (time.monotonic(), ended)
+        mine = self.streams.setdefault(cid, {})
+        mine[id(entry)] = entry
+        try:
+            yield
+        finally:
+            ended.set()
+            mine.pop(id(entry), None)
+            if not mine and self.streams.get(cid) is mine:
+                del self.streams[cid]
+
+    def any_interrupted(self) -> bool:
+        """True when some stream began before the last loss of the service (cheap: no call)."""
+        return any(started <= self.lost_at for mine in self.streams.values() for started, _e in mine.values())
+
+    def interrupted(self, cid: str) -> list[asyncio.Event]:
+        """The end events of ``cid``'s streams that began before the last loss of the service
+        (they are resuming, or will notice the loss shortly)."""
+        return [ended for started, ended in self.streams.get(cid, {}).values() if started <= self.lost_at]
+
+
+FOLLOWERS = Followers()
+
+
+async def caught_up(execution: AsyncClient, cid: str) -> None:
+    """Before the removal of ``cid`` the client asked for: wait (``CATCH_UP_S`` at most) until
+    the gateway's streams of it that a restart of the execution service interrupted have sent
+    the rest of its log (they end once the container is not running and its log was read).
+    Returns at once when there are none, or while the container runs (``rm -f``)."""
+    pending = FOLLOWERS.interrupted(cid)
+    if not pending:
+        return
+    try:
+        info = await execution.call("execution.inspect", {"id": cid}, timeout_s=5)
+    except errors.DockyardError:
+        return  # the removal says what is wrong
+    if (info.get("state") or {}).get("running"):
+        return
+    log.info("removal of %s waits for %d stream(s) catching up", cid[:12], len(pending))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in pending)), CATCH_UP_S)
 
 
 def lost_contact(call: AsyncCall, exc: BaseException) -> bool:
@@ -44,6 +126,7 @@ async def answering(execution: AsyncClient, ref: str, lost: errors.DockyardError
     """Wait (``RESUME_WAIT_S`` at most) until the execution service answers; the container's
     inspect, None when it no longer exists. Raises ``lost`` when the service stays away."""
     deadline = time.monotonic() + RESUME_WAIT_S
+    FOLLOWERS.lost_at = time.monotonic()
     log.info("execution service lost (%s): waiting for it to resume %s", lost, ref[:12])
     while True:
         try:
@@ -63,10 +146,12 @@ async def wait_reply(
     condition: str,
     since_ns: int,
     call: AsyncCall,
+    hold: str = "",
 ) -> dict[str, Any]:
     """The reply (``{exit_code, error}``) of the ``execution.wait`` ``call`` for ``condition``,
-    begun at ``since_ns`` (unix ns), waiting out restarts of the execution service. Raises
-    the service's errors and, past the bounded wait, the Unavailable that lost the call."""
+    begun at ``since_ns`` (unix ns), waiting out restarts of the execution service; ``hold``:
+    the call's hold token, sent again with it. Raises the service's errors and, past the
+    bounded wait, the Unavailable that lost the call."""
     while True:
         try:
             return await call.result()  # type: ignore[no-any-return]
@@ -83,25 +168,20 @@ async def wait_reply(
         reply, again = wait_outcome(info, condition, since_ns)
         if reply is not None:
             return reply
-        call = await execution.start("execution.wait", {"id": cid, "condition": again}, timeout_s=None)
+        body = {"id": cid, "condition": again, **({"hold": hold} if hold else {})}
+        call = await execution.start("execution.wait", body, timeout_s=None)
 
 
 async def _exit_from_journal(events: AsyncClient, cid: str, since_ns: int) -> dict[str, Any]:
     """The exit status of ``cid``'s last ``/tasks/exit`` since ``since_ns`` in the events journal
     (the container was removed while the execution service was away); 0 if there is none."""
-    body = {
-        "since_time": rfc3339(since_ns, 6),
-        "filters": {"topic": ["/tasks/exit"], "container": [cid]},
-    }
-    code = 0
+    envelopes: list[dict[str, Any]] = []
     try:
-        async for env in events.stream("events.replay", body, timeout_s=10):
-            event = env.get("event") or {}
-            if event.get("container_id") == cid and event.get("id", cid) == cid:
-                code = int(event.get("exit_status") or 0)
+        async for env in events.stream("events.replay", exit_replay(cid, since_ns), timeout_s=10):
+            envelopes.append(env)
     except errors.DockyardError as exc:
         log.warning("exit status of removed container %s not read from the journal: %s", cid[:12], exc)
-    return {"exit_code": code, "error": ""}
+    return {"exit_code": journal_exit(cid, envelopes), "error": ""}
 
 
 async def log_frames(execution: AsyncClient, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -112,6 +192,14 @@ async def log_frames(execution: AsyncClient, body: dict[str, Any]) -> AsyncItera
     state = LogFollow(body)
     request = state.request
     cid = str(body["id"])
+    with FOLLOWERS.follow(cid):
+        async for frame in _log_frames(execution, state, request, cid):
+            yield frame
+
+
+async def _log_frames(
+    execution: AsyncClient, state: LogFollow, request: dict[str, Any], cid: str
+) -> AsyncIterator[dict[str, Any]]:
     while True:
         call = await execution.start("execution.logs", request, timeout_s=None)
         try:
@@ -147,12 +235,51 @@ async def attach_output(
     since_ns: int,
     lost: errors.DockyardError,
     wanted: dict[str, bool],
+    hold: str = "",
 ) -> AsyncIterator[dict[str, Any]]:
     """The rest of an attachment's output (``{s, d}`` frames) after its stream was ``lost``:
     from the container's log past ``since_ns`` (unix ns; when the attachment began) with the
     ``printed`` bytes per stream skipped (updated as frames are yielded), until the task ends.
-    ``wanted``: the attachment's ``{stdout, stderr}`` flags. Ends when the container is
-    removed; raises ``lost`` when the service stays away."""
+    ``wanted``: the attachment's ``{stdout, stderr}`` flags; ``hold``: its hold token,
+    released once the log was read to its end, or when the client is gone. Ends when the
+    container is removed; raises ``lost`` when the service stays away."""
+    try:
+        async for frame in _attach_output(execution, cid, printed, since_ns, lost, wanted):
+            yield frame
+    finally:
+        if hold:
+            _spawn(_release(execution, cid, hold))
+
+
+_releases: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even if the caller is cancelled (a client that went away)."""
+    task = asyncio.ensure_future(coro)
+    _releases.add(task)
+    task.add_done_callback(_releases.discard)
+
+
+async def _release(execution: AsyncClient, cid: str, hold: str) -> None:
+    """``execution.release`` of the hold ``hold`` on ``cid``; gone or unreachable: nothing to do
+    (a held removal goes on by itself after its bound)."""
+    try:
+        await execution.call("execution.release", {"id": cid, "hold": hold}, timeout_s=10)
+    except errors.NotFound:
+        pass
+    except errors.DockyardError as exc:
+        log.info("hold on %s not released: %s", cid[:12], exc)
+
+
+async def _attach_output(
+    execution: AsyncClient,
+    cid: str,
+    printed: dict[int, int],
+    since_ns: int,
+    lost: errors.DockyardError,
+    wanted: dict[str, bool],
+) -> AsyncIterator[dict[str, Any]]:
     warned = False
     while True:
         lost_at = rfc3339(time.time_ns())

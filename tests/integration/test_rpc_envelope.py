@@ -296,6 +296,47 @@ def test_a_service_dying_mid_call_is_unavailable_at_once(tmp_path: Path) -> None
         proc.join()
 
 
+def test_a_watching_async_client_fails_its_calls_at_once_when_the_service_dies(tmp_path: Path) -> None:
+    """What broke: the gateway noticed a SIGKILLed execution service only after the liveness
+    window (3 s of silence); with ``watch_peer`` the dropped connection fails the calls in flight."""
+    import multiprocessing
+
+    endpoint = f"ipc://{tmp_path}/dying.sock"
+
+    def serve() -> None:
+        async def main() -> None:
+            srv = RpcServer(endpoint, _Svc(), name="t")
+            await srv.start()
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+
+    proc = multiprocessing.get_context("fork").Process(target=serve, daemon=True)
+    proc.start()
+
+    async def main() -> float:
+        ac = AsyncClient("t", endpoint, liveness_s=10, watch_peer=True)
+        try:
+            assert (await ac.call("t.echo", {"text": "up"}))["text"] == "up"
+            call = await ac.start("t.forever", {"text": ""}, timeout_s=None)
+            assert await call.next_frame() == (True, 0)
+            proc.kill()
+            t0 = time.monotonic()
+            with pytest.raises(errors.Unavailable, match="t service not answering"):
+                while True:
+                    await call.next_frame()
+            assert not call.ended  # lost, not refused: a caller may resume
+            return time.monotonic() - t0
+        finally:
+            await ac.close()
+
+    try:
+        assert asyncio.run(main()) < 2
+    finally:
+        proc.kill()
+        proc.join()
+
+
 def test_close_removes_its_ipc_socket_file_but_not_a_successors(tmp_path: Path) -> None:
     async def main() -> None:
         path = tmp_path / "s.sock"
