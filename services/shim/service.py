@@ -25,7 +25,7 @@ import signal as signal_mod
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from common import codec, errors, topics, trace
 from common.api.shim import (
@@ -771,8 +771,9 @@ class Shim:
     async def exec_(self, req: ExecRequest, ctx: Context) -> dict[str, Any]:
         """Register an exec in the running task (``/tasks/exec-added``); start it with ``shim.start``.
 
-        FailedPrecondition unless the task runs; AlreadyExists for a used exec id; the
-        user is resolved inside the rootfs like the container's.
+        FailedPrecondition unless the task runs; AlreadyExists for a used exec id. The user
+        is resolved inside the rootfs like the container's, at the start (as dockerd's
+        ``ContainerExecStart``): an unknown user is a failed start (exit 126), not an error here.
         """
         init = self._process("")
         if init.state.status != TaskStatus.RUNNING:
@@ -780,19 +781,6 @@ class Shim:
         if req.exec_id in self.execs:
             raise errors.AlreadyExists(f"exec '{req.exec_id}' already exists")
         process = dict(req.process)
-        try:
-            # two small reads capped at MAX_FILE_BYTES, opened non-blocking (rootfs.py): in the loop,
-            # as a first thread of the shim would cost more than the lookup
-            user = rootfs.resolve_user(self.rootfs, req.user or self.launch.user, self.launch.group_add)
-        except rootfs.RootfsError as exc:
-            raise errors.InvalidArgument(str(exc)) from None
-        process["user"] = {"uid": user.uid, "gid": user.gid}
-        if user.additional_gids:
-            process["user"]["additionalGids"] = user.additional_gids
-        env = list(process.get("env") or [])
-        if not any(e.startswith("HOME=") for e in env):
-            env.append(f"HOME={user.home}")
-        process["env"] = env
         process["terminal"] = req.tty
         if req.tty and req.console_width and req.console_height:
             process["consoleSize"] = {"height": req.console_height, "width": req.console_width}
@@ -807,6 +795,7 @@ class Shim:
         )
         proc = Process(state, ProcessIO(None, open_stdin=req.stdin, stdin_once=True, tty=req.tty))
         proc.exec_spec = process
+        proc.exec_user = req.user or self.launch.user
         self.execs[req.exec_id] = proc
         args = [str(a) for a in process.get("args") or []]
         self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id, "args": args}, req.exec_id)
@@ -854,10 +843,14 @@ class Shim:
         exec_id = proc.state.exec_id
         async with proc.lock:
             proc.check(TaskStatus.RUNNING)
+            try:
+                process = self._exec_process(proc)
+            except rootfs.RootfsError as exc:  # dockerd's words (its getUser), no runtime prefix
+                self._exec_start_failed(proc, str(exc))
             process_file = os.path.join(self.bundle, f"exec-{self._next()}.json")
             pid_file = process_file[: -len(".json")] + ".pid"
             with open(process_file, "w", encoding="utf-8") as f:
-                f.write(json.dumps(proc.exec_spec))
+                f.write(json.dumps(process))
             console: ConsoleSocket | None = None
             receiving: asyncio.Task[int] | None = None
             if proc.io.tty:
@@ -875,15 +868,9 @@ class Shim:
                     pid = int(f.read().strip())
             except (RuntimeError_, OSError, TimeoutError) as exc:
                 message = exc.message if isinstance(exc, RuntimeError_) else str(exc)
-                status = EXEC_START_FAILED  # dockerd's ContainerExecStart: 126 whatever the cause
                 if isinstance(exc, RuntimeError_):  # what dockerd reports for a failed exec start
                     message = f"OCI runtime exec failed: {message}"
-                proc.record_exit(status)
-                proc.update(error=message)
-                proc.io.close()
-                proc.start_settled.set()
-                proc.exited.set()
-                raise errors.InvalidArgument(message, {"exit_status": status}) from None
+                self._exec_start_failed(proc, message)
             finally:
                 proc.io.close_child_ends()
                 if receiving is not None and not receiving.done():
@@ -902,6 +889,32 @@ class Shim:
             )
             proc.start_settled.set()
             return PidReply(pid=pid)
+
+    def _exec_process(self, proc: Process) -> dict[str, Any]:
+        """The exec's OCI Process with its user resolved inside the rootfs (uid, gid, additional
+        gids; ``HOME`` from passwd unless set). Raises ``rootfs.RootfsError`` for an unknown user
+        or group. Two small reads capped at MAX_FILE_BYTES, opened non-blocking (rootfs.py): in
+        the loop, as a first thread of the shim would cost more than the lookup."""
+        process = dict(proc.exec_spec or {})
+        user = rootfs.resolve_user(self.rootfs, proc.exec_user, self.launch.group_add)
+        process["user"] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            process["user"]["additionalGids"] = user.additional_gids
+        env = list(process.get("env") or [])
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
+        process["env"] = env
+        return process
+
+    def _exec_start_failed(self, proc: Process, message: str) -> NoReturn:
+        """Record a start that failed as dockerd's ``ContainerExecStart`` does (exit 126, whatever
+        the cause) and raise InvalidArgument with ``details.exit_status``."""
+        proc.record_exit(EXEC_START_FAILED)
+        proc.update(error=message)
+        proc.io.close()
+        proc.start_settled.set()
+        proc.exited.set()
+        raise errors.InvalidArgument(message, {"exit_status": EXEC_START_FAILED}) from None
 
     async def _delete_exec(self, proc: Process) -> ExitReply:
         if proc.state.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):

@@ -1,0 +1,108 @@
+"""Docker API parity defects a walkthrough with the real docker CLI and docker-py found, each
+checked against dockerd 20.10 and moby's sources:
+
+- ``exec_run("id", user="nosuch")`` got 400 at exec create. dockerd resolves an exec's user
+  at its start (``ContainerExecStart``), so the create succeeds and the start fails: exit
+  code 126, the stream says ``unable to find user nosuch: no matching entries in passwd
+  file``; ``docker exec -u nosuch`` exits 126, ``docker exec -d -u nosuch`` 1;
+- a detached exec start answered ``{}``; dockerd answers 200 with an empty body (docker-py
+  returns ``''``), as for a resize; start/stop/kill/pause/unpause/rename are 204/304;
+- ``HostConfig.Binds: ["/anon2"]`` (docker-py ``volumes=["/anon2"]``) got 400 ``invalid
+  bind mount spec``; moby's ``ParseMountRaw`` makes a lone container path an anonymous
+  volume (removed with ``v=1`` and ``--rm``) and refuses ``/data:ro`` (``invalid volume
+  specification``); ``Config.Volumes`` (``docker run -v /c``) is an anonymous volume too;
+- ``echo x | docker attach c`` of a ``run -d -i`` container (no TTY, StdinOnce false)
+  streamed until the container exited. moby (``container/stream/attach.go``: without
+  ``CloseStdin`` the stdin EOF closes the attach's stdout and stderr) ends the stream at
+  the client's half-close and leaves the container's stdin open; the docker CLI then waits
+  for the container's exit and exits with its code, printing nothing more.
+
+One instance started with ``dockyard up`` (every service, real runc, the gateway's socket)
+serves the module; the cases go through the real docker CLI, docker-py, raw HTTP and
+``dockyard``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import need_root
+from tests.gateway_util import Engine, engine
+
+docker = pytest.importorskip("docker")
+
+NO_USER = b"unable to find user nosuch: no matching entries in passwd file"
+
+
+@pytest.fixture(scope="module")
+def eng() -> Iterator[Engine]:
+    need_root()
+    with engine() as e:
+        yield e
+
+
+@pytest.fixture
+def client(eng: Engine) -> Iterator[Any]:
+    c = docker.DockerClient(base_url=f"unix://{eng.sock}", timeout=60)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def sleeper(eng: Engine) -> str:
+    eng.ok("run", "-d", "--name", "sleeper", "busybox", "sleep", "1000")
+    return "sleeper"
+
+
+def dy(eng: Engine, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return eng.inst.cli(*args, input=input, timeout=60)
+
+
+def volume_names(eng: Engine) -> set[str]:
+    return {v["Name"] for v in eng.json("GET", "/volumes")["Volumes"] or []}
+
+
+# -- 1. an unknown exec user fails at the start, with 126 ----------------------------------------------------
+
+
+def test_exec_as_unknown_user_is_created_then_fails_at_start_with_126(eng: Engine, client: Any, sleeper: str) -> None:
+    result = client.containers.get(sleeper).exec_run("id", user="nosuch")
+    assert result.exit_code == 126, result
+    assert result.output in (b"", NO_USER + b"\r\n"), result  # dockerd's own reply loses it to a race
+
+    status, _h, body = eng.api("POST", f"/containers/{sleeper}/exec", {"Cmd": ["id"], "User": "nosuch"})
+    assert status == 201, body
+    exec_id = json.loads(body)["Id"]
+    before = eng.json("GET", f"/exec/{exec_id}/json")
+    assert (before["Running"], before["ExitCode"], before["ProcessConfig"]["user"]) == (False, None, "nosuch")
+    status, _h, streamed = eng.api("POST", f"/exec/{exec_id}/start", {"Detach": False, "Tty": False})
+    assert status == 200 and NO_USER in streamed, (status, streamed)
+    after = eng.json("GET", f"/exec/{exec_id}/json")
+    assert (after["Running"], after["ExitCode"]) == (False, 126), after
+
+    exec_id = eng.json("POST", f"/containers/{sleeper}/exec", {"Cmd": ["id"], "User": "nosuch"})["Id"]
+    status, _h, body = eng.api("POST", f"/exec/{exec_id}/start", {"Detach": True})
+    assert status >= 400 and json.loads(body)["message"] == NO_USER.decode(), (status, body)
+    assert eng.json("GET", f"/exec/{exec_id}/json")["ExitCode"] == 126
+    assert client.containers.get(sleeper).exec_run(["id", "-u"], user="nobody") == (0, b"65534\n")
+
+
+def test_docker_and_dockyard_exec_as_unknown_user_exit_126(eng: Engine, sleeper: str) -> None:
+    r = eng.docker("exec", "-u", "nosuch", sleeper, "id")
+    assert r.returncode == 126 and NO_USER in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+    r = eng.docker("exec", "-d", "-u", "nosuch", sleeper, "id")
+    assert r.returncode == 1 and NO_USER in r.stderr, (r.returncode, r.stderr)
+    r = dy(eng, "exec", "-u", "nosuch", sleeper, "id")
+    assert r.returncode == 126 and r.stderr == b"error: " + NO_USER + b"\n", (r.returncode, r.stderr)
+    r = dy(eng, "exec", "-d", "-u", "nosuch", sleeper, "id")
+    assert r.returncode == 1 and NO_USER in r.stderr, (r.returncode, r.stderr)
+    r = dy(eng, "exec", "-u", "nosuch:nogroup", sleeper, "id")
+    assert r.returncode == 126 and NO_USER in r.stderr, (r.returncode, r.stderr)
+    assert eng.json("GET", f"/containers/{sleeper}/json")["State"]["Running"]
