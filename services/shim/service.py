@@ -966,10 +966,11 @@ class Shim:
 
     @rpc("shim.resize")
     async def resize(self, req: ResizeRequest, ctx: Context) -> dict[str, Any]:
-        """Set the pty size of the process (FailedPrecondition without a terminal)."""
+        """Set the pty size of the process; a process without a terminal is left alone (as
+        containerd's runc shim: no console, nothing to do)."""
         proc = self._process(req.exec_id)
         if proc.io.pty_master < 0:
-            raise errors.FailedPrecondition(f"{proc.what} of container '{self.id}' has no terminal")
+            return {}
         set_winsize(proc.io.pty_master, req.height, req.width)
         return {}
 

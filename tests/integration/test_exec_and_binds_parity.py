@@ -106,3 +106,46 @@ def test_docker_and_dockyard_exec_as_unknown_user_exit_126(eng: Engine, sleeper:
     r = dy(eng, "exec", "-u", "nosuch:nogroup", sleeper, "id")
     assert r.returncode == 126 and NO_USER in r.stderr, (r.returncode, r.stderr)
     assert eng.json("GET", f"/containers/{sleeper}/json")["State"]["Running"]
+
+
+# -- 2. no body where dockerd sends none --------------------------------------------------------------------
+
+
+def test_detached_exec_start_and_resizes_answer_200_with_an_empty_body(eng: Engine, client: Any, sleeper: str) -> None:
+    """Also a resize of what has no terminal: containerd's shim ignores it, dockerd says 200."""
+    c = client.containers.run("busybox", ["sleep", "300"], detach=True, tty=True, name="nobody-body")
+    try:
+        result = c.exec_run(["sh", "-c", "echo bg > /tmp/bg"], detach=True)
+        assert result.output == "", result  # docker-py returns the (empty) text of the 200
+        exec_ids = []
+        for tty, ref in ((True, c.id), (False, sleeper)):
+            exec_id = eng.json("POST", f"/containers/{ref}/exec", {"Cmd": ["sleep", "30"], "Tty": tty})["Id"]
+            status, headers, body = eng.api("POST", f"/exec/{exec_id}/start", {"Detach": True, "Tty": tty})
+            assert (status, body, headers.get("content-length")) == (200, b"", "0"), (status, headers, body)
+            assert "content-type" not in headers, headers
+            exec_ids.append(exec_id)
+        for path in (
+            *(f"/exec/{exec_id}/resize?h=10&w=20" for exec_id in exec_ids),
+            f"/containers/{c.id}/resize?h=10&w=20",
+            f"/containers/{sleeper}/resize?h=10&w=20",
+        ):
+            status, headers, body = eng.api("POST", path)
+            assert (status, body, headers.get("content-length")) == (200, b"", "0"), (path, status, headers, body)
+            assert "content-type" not in headers, (path, headers)
+        for method, path, want in (
+            ("POST", f"/containers/{c.id}/pause", 204),
+            ("POST", f"/containers/{c.id}/unpause", 204),
+            ("POST", f"/containers/{c.id}/rename?name=nobody-body2", 204),
+            ("POST", f"/containers/{c.id}/kill?signal=SIGWINCH", 204),
+            ("POST", f"/containers/{c.id}/start", 304),
+            ("POST", f"/containers/{c.id}/stop?t=0", 204),
+            ("POST", f"/containers/{c.id}/stop?t=0", 304),
+            ("POST", f"/containers/{c.id}/start", 204),
+            ("POST", f"/containers/{c.id}/restart?t=0", 204),
+        ):
+            status, headers, body = eng.api(method, path)
+            assert (status, body) == (want, b""), (path, status, body)
+            assert "content-type" not in headers and "content-length" not in headers, (path, headers)
+        assert eng.json("GET", f"/containers/{c.id}/json")["Name"] == "/nobody-body2"
+    finally:
+        c.remove(force=True)
