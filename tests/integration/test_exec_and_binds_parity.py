@@ -25,6 +25,7 @@ serves the module; the cases go through the real docker CLI, docker-py, raw HTTP
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -149,3 +150,76 @@ def test_detached_exec_start_and_resizes_answer_200_with_an_empty_body(eng: Engi
         assert eng.json("GET", f"/containers/{c.id}/json")["Name"] == "/nobody-body2"
     finally:
         c.remove(force=True)
+
+
+# -- 3. Binds with a container path alone -------------------------------------------------------------------
+
+
+def test_bind_of_a_container_path_alone_is_an_anonymous_volume(eng: Engine, client: Any) -> None:
+    known = volume_names(eng)
+    c = client.containers.create("busybox", ["sh", "-c", "echo kept > /anon2/f; cat /anon2/f"], volumes=["/anon2"])
+    try:
+        c.start()
+        assert c.wait(timeout=30)["StatusCode"] == 0
+        assert c.logs() == b"kept\n"
+        mounts = client.api.inspect_container(c.id)["Mounts"]
+        assert [(m["Type"], m["Destination"], m["RW"]) for m in mounts] == [("volume", "/anon2", True)], mounts
+        name = mounts[0]["Name"]
+        assert re.fullmatch(r"[0-9a-f]{64}", name) and mounts[0]["Source"].endswith(f"/{name}/_data"), mounts
+        assert volume_names(eng) - known == {name}
+    finally:
+        c.remove(v=True)
+    assert volume_names(eng) == known  # v=1 removes the anonymous volume with the container
+
+    created = eng.json(
+        "POST",
+        "/containers/create",
+        {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"Binds": ["/anon4/"], "AutoRemove": True}},
+    )
+    eng.json("POST", f"/containers/{created['Id']}/start")
+    eng.json("POST", f"/containers/{created['Id']}/wait?condition=removed")
+    assert volume_names(eng) == known  # so does AutoRemove
+
+
+def test_docker_run_rm_v_container_path_uses_and_removes_an_anonymous_volume(eng: Engine) -> None:
+    known = volume_names(eng)
+    out = eng.ok("run", "--rm", "-v", "/anon3", "busybox", "sh", "-c", "echo x > /anon3/f && cat /anon3/f")
+    assert out == "x\n"
+    assert volume_names(eng) == known
+    eng.ok("run", "--name", "keepsvol", "-v", "/anon5", "busybox", "true")  # Config.Volumes
+    try:
+        mounts = eng.json("GET", "/containers/keepsvol/json")["Mounts"]
+        assert [(m["Type"], m["Destination"]) for m in mounts] == [("volume", "/anon5")], mounts
+        assert volume_names(eng) - known == {mounts[0]["Name"]}
+    finally:
+        eng.ok("rm", "-v", "keepsvol")
+    assert volume_names(eng) == known
+
+
+@pytest.mark.parametrize(
+    ("binds", "message"),
+    [
+        (["/data:ro"], "invalid volume specification: '/data:ro'"),
+        (["/data:rw"], "invalid volume specification: '/data:rw'"),
+        (["/a:/b:/c:ro"], "invalid volume specification: '/a:/b:/c:ro'"),
+        (["/tmp:/x:bogus"], "invalid mode: bogus"),
+        (["/tmp:/x:ro,rw"], "invalid mode: ro,rw"),
+        (
+            ["rel"],
+            "invalid volume specification: 'rel': invalid mount config for type \"volume\": "
+            "invalid mount path: 'rel' mount path must be absolute",
+        ),
+        (
+            ["/"],
+            "invalid volume specification: '/': invalid mount config for type \"volume\": "
+            "invalid specification: destination can't be '/'",
+        ),
+    ],
+)
+def test_binds_moby_refuses_are_refused_with_its_words(eng: Engine, binds: list[str], message: str) -> None:
+    before = eng.leftovers()
+    status, _h, body = eng.api(
+        "POST", "/containers/create", {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"Binds": binds}}
+    )
+    assert (status, json.loads(body)["message"]) == (400, message)
+    assert eng.leftovers() == before
