@@ -23,7 +23,7 @@ import logging
 import os
 import signal as signal_mod
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -676,13 +676,22 @@ class Shim:
 
     @rpc("shim.attach", stream=True)
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        """Stream the process's output from now on (see ``common.api.shim``)."""
+        """Stream the process's output from now on (see ``common.api.shim``).
+
+        With ``stdin`` the caller's stream goes to the process's stdin. At its EOF, as moby's
+        ``container/stream/attach.go`` (``CloseStdin && !TTY``, else close stdout and stderr):
+        a process created ``stdin_once`` without a terminal has its stdin closed and the attach
+        goes on until the output ends; otherwise stdin stays open and, for the container's init
+        process, this attach ends (``echo x | docker attach c`` of a ``run -d -i`` container).
+        """
         proc = self._process(req.exec_id)
         streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
         sub = proc.io.subscribe(streams)
         stdin_task: asyncio.Task[None] | None = None
         if req.stdin and proc.io.has_stdin:
-            stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx))
+            # an exec's attach keeps its output to the end: its caller waits for the exit anyway
+            hangup = sub.close if not req.exec_id else None
+            stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx, hangup))
         try:
             yield {"attached": True, "tty": proc.io.tty}
             async for frame in _frames(sub):
@@ -701,12 +710,16 @@ class Shim:
             if _closes_stdin(proc):
                 self._spawn(proc.io.close_stdin(), "close-stdin")
 
-    async def _pump_stdin(self, proc: Process, ctx: Context) -> None:
+    async def _pump_stdin(self, proc: Process, ctx: Context, hangup: Callable[[], None] | None = None) -> None:
+        """The caller's stream -> the process's stdin; at its EOF, stdin is closed by
+        ``_closes_stdin``'s rule, else ``hangup`` (if any) ends the caller's output."""
         while True:
             item = await ctx.recv()
             if item is None:
                 if _closes_stdin(proc):
                     await proc.io.close_stdin()
+                elif hangup is not None:
+                    hangup()
                 return
             if isinstance(item, (bytes, bytearray)) and item and not await proc.io.write_stdin(bytes(item)):
                 return

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import need_root
-from tests.gateway_util import Engine, engine
+from tests.gateway_util import Engine, engine, read_all
 
 docker = pytest.importorskip("docker")
 
@@ -223,3 +225,49 @@ def test_binds_moby_refuses_are_refused_with_its_words(eng: Engine, binds: list[
     )
     assert (status, json.loads(body)["message"]) == (400, message)
     assert eng.leftovers() == before
+
+
+# -- 4. stdin EOF of an attach without StdinOnce ------------------------------------------------------------
+
+_COUNTER = "i=0; while [ $i -lt 8 ]; do echo n$i; i=$((i+1)); sleep 0.5; done; exit 3"
+
+
+def test_attach_stdin_eof_without_stdin_once_ends_the_stream(eng: Engine) -> None:
+    """Raw API: the half-close ends the attach at once; the container runs on, stdin open."""
+    cid = eng.ok("run", "-d", "-i", "busybox", "sh", "-c", "while true; do echo tick; sleep 0.2; done").strip()
+    try:
+        assert not eng.json("GET", f"/containers/{cid}/json")["Config"]["StdinOnce"]
+        head, sock = eng.hijack(f"/containers/{cid}/attach?stream=1&stdin=1&stdout=1&stderr=1", timeout=10)
+        with sock:
+            assert head.startswith("HTTP/1.1 101"), head
+            sock.sendall(b"y\n")
+            sock.shutdown(socket.SHUT_WR)
+            t0 = time.monotonic()
+            read_all(sock)  # a socket timeout (10 s) here is the defect: the stream went on
+            assert time.monotonic() - t0 < 5
+        time.sleep(0.5)
+        assert eng.json("GET", f"/containers/{cid}/json")["State"]["Running"]
+    finally:
+        eng.ok("rm", "-f", cid)
+
+
+@pytest.mark.parametrize("cli", ["docker", "dockyard"])
+def test_docker_attach_of_run_d_i_waits_for_the_exit_but_streams_no_more(eng: Engine, cli: str) -> None:
+    """``echo x | docker attach c``: no output after the stdin EOF, exit code of the container
+    (3) once it exits, as the docker CLI does against dockerd; ``dockyard attach`` the same."""
+    cid = eng.ok("run", "-d", "-i", "busybox", "sh", "-c", _COUNTER).strip()
+    try:
+        t0 = time.monotonic()
+        r = eng.docker("attach", cid, input=b"x\n") if cli == "docker" else dy(eng, "attach", cid, input=b"x\n")
+        took = time.monotonic() - t0
+        assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
+        assert b"n7" not in r.stdout and took > 1.5, (r.stdout, took)  # it waited for the exit, silent
+    finally:
+        eng.ok("rm", "-f", cid)
+
+
+def test_attach_stdin_eof_with_stdin_once_closes_the_container_stdin(eng: Engine) -> None:
+    """The other half of moby's rule: with StdinOnce (``docker run -i``) the EOF closes the
+    container's stdin and the output goes on until it ends."""
+    r = eng.docker("run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo got-eof", input=b"typed\n")
+    assert (r.returncode, r.stdout) == (0, b"typed\ngot-eof\n"), r.stderr
