@@ -627,7 +627,9 @@ def exec_(
 
     Exit codes: the command's; 1 when the container does not exist or does not run, or with
     ``-it`` when stdin is not a terminal (``check_tty``, after a missing container, as the
-    docker CLI checks); 126/127 when the command could not be started; 125 when the engine failed.
+    docker CLI checks); 126/127 when the command could not be started (an unknown ``-u`` user
+    too: the exec is created and its start fails, as in dockerd), 1 for that with ``-d``
+    (``docker exec -d`` prints the daemon's error); 125 when the engine failed.
     """
     if not detach and tty and interactive and not os.isatty(sys.stdin.fileno()):
         ex = client("execution", timeout_s=30)
@@ -666,7 +668,7 @@ def exec_(
             call.next_frame()  # started ({"attached": ..., "pid"})
         except errors.DockyardError as exc:
             sys.stderr.write(f"error: {output.error_text(exc)}\n")
-            return start_error(exc)
+            return 1 if detach else start_error(exc)  # docker exec -d: the daemon's error, exit 1
         if detach:
             call.result()
             return 0

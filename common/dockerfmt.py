@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import posixpath
 import re
 import struct
 from collections.abc import Iterable, Mapping
@@ -213,14 +214,64 @@ def _bool(value: Any, field: str) -> bool:
     return value
 
 
+_MODE_KINDS: dict[str, str] = {
+    **dict.fromkeys(("rw", "ro"), "rw"),
+    **dict.fromkeys(("z", "Z"), "label"),
+    **dict.fromkeys(("private", "rprivate", "shared", "rshared", "slave", "rslave"), "propagation"),
+    "nocopy": "copy",
+    **dict.fromkeys(("consistent", "cached", "delegated"), "consistency"),
+}
+
+
+def _valid_mount_mode(mode: str) -> bool:
+    """moby's ``linuxValidMountMode``: comma-separated options, at most one of each kind."""
+    if not mode:
+        return True
+    seen: set[str] = set()
+    for option in mode.split(","):
+        kind = _MODE_KINDS.get(option)
+        if kind is None or kind in seen:
+            return False
+        seen.add(kind)
+    return True
+
+
 def _bind_mount(spec: str) -> dict[str, Any]:
-    parts = spec.split(":")
-    if len(parts) < 2 or len(parts) > 3 or not parts[1].startswith("/"):
-        raise FormatError(f"invalid bind mount spec {spec!r}: expected source:/target[:options]")
-    source, target = parts[0], parts[1]
-    opts = parts[2].split(",") if len(parts) == 3 else []
+    """One ``HostConfig.Binds`` entry, parsed as moby's ``linuxParser.ParseMountRaw``.
+
+    ``/c`` (a container path alone) is an anonymous volume; ``src:/c[:mode]`` is a bind
+    when ``src`` is an absolute host path, else the named volume ``src``. ``/c:ro`` (a
+    destination with a mode and no source) is refused, as by moby. Raises FormatError with
+    moby's texts (``invalid volume specification: '<spec>'``, ``invalid mode: <mode>``).
+    """
+    invalid = f"invalid volume specification: '{spec}'"
+    parts = spec.split(":", 3)
+    if not parts[0]:
+        raise FormatError(invalid)
+    mode = ""
+    if len(parts) == 1:
+        source, target = "", parts[0]
+    elif len(parts) == 2:
+        if _valid_mount_mode(parts[1]):  # destination + mode: no volume is named by it
+            raise FormatError(invalid)
+        source, target = parts
+    elif len(parts) == 3:
+        source, target, mode = parts
+    else:
+        raise FormatError(invalid)
+    if not _valid_mount_mode(mode):
+        raise FormatError(f"invalid mode: {mode}")
     kind = "bind" if source.startswith("/") else "volume"
-    return {"type": kind, "source": source, "target": target, "read_only": "ro" in opts}
+    problem = ""
+    if not target:
+        problem = "field Target must not be empty"
+    elif posixpath.normpath(target) == "/":
+        problem = "invalid specification: destination can't be '/'"
+    elif not target.startswith("/"):
+        problem = f"invalid mount path: '{target}' mount path must be absolute"
+    if problem:
+        raise FormatError(f'{invalid}: invalid mount config for type "{kind}": {problem}')
+    return {"type": kind, "source": source, "target": target, "read_only": "ro" in mode.split(",")}
 
 
 def create_request(body: Any, name: str | None = None) -> dict[str, Any]:

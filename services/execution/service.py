@@ -602,11 +602,10 @@ class ExecutionService:
 
     @rpc("execution.resize")
     async def resize(self, req: ResizeRequest, ctx: Context) -> dict[str, Any]:
-        """Set the container's terminal size (TTY containers)."""
+        """Set the container's terminal size. Without a terminal there is nothing to resize and
+        it succeeds (containerd's runc shim ignores it; dockerd answers 200 and logs ``resize``)."""
         rec = self._find(ctx.namespace, req.id)
         live = self._live_or_conflict(rec, "running", "paused")
-        if not rec.config.get("tty"):
-            raise errors.FailedPrecondition(f"container '{rec.name}' has no terminal")
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
         self._publish_action(topics.CONTAINER_RESIZE, "resize", rec, {"height": req.height, "width": req.width})
         return {}

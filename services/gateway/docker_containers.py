@@ -3,7 +3,8 @@
 Lifecycle (create, start, stop, restart, kill, pause/unpause, rename, update, resize,
 delete, prune, wait), observation (list, inspect, logs, top, stats, changes, export) and
 the hijacked attach / exec start (``services.gateway.streams``). Status codes follow
-Docker: 201 create, 204 on success, 304 for a double start or stop (case C25), 404
+Docker: 201 create, 204 on success (200 with an empty body for a resize and a detached
+exec start, as dockerd), 304 for a double start or stop (case C25), 404
 ``No such container: x``, 409 conflicts; a wait flushes its headers at once and
 answers when the condition holds (the docker CLI waits for those headers before it
 starts the container).
@@ -316,7 +317,7 @@ class ContainersAPI:
         await self._needs(
             "execution.resize", "ResizeRequest {id, height, width} -> {}", {"id": ref, "height": h, "width": w}, ref
         )
-        return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
+        return Response(200)  # dockerd: 200 with no body and no Content-Type
 
     async def remove(self, request: Request) -> Response:
         ref = request.params["id"]
@@ -781,7 +782,7 @@ class ContainersAPI:
                 exec_id,
                 "exec",
             )
-            return Response.json({})
+            return Response(200)  # dockerd writes nothing: 200, Content-Length 0 (docker-py returns '')
         tty = bool(body.get("Tty"))
         stdin = bool(info.get("open_stdin"))
         ctype = streams.content_type(tty, api_version(request))
@@ -814,7 +815,7 @@ class ContainersAPI:
             exec_id,
             "exec",
         )
-        return Response(200, {"Content-Type": "text/plain; charset=utf-8"})
+        return Response(200)  # dockerd: 200 with no body and no Content-Type
 
 
 def _path_stat_header(stat: dict[str, Any]) -> str:

@@ -23,9 +23,9 @@ import logging
 import os
 import signal as signal_mod
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from common import codec, errors, topics, trace
 from common.api.shim import (
@@ -676,13 +676,22 @@ class Shim:
 
     @rpc("shim.attach", stream=True)
     async def attach(self, req: AttachRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
-        """Stream the process's output from now on (see ``common.api.shim``)."""
+        """Stream the process's output from now on (see ``common.api.shim``).
+
+        With ``stdin`` the caller's stream goes to the process's stdin. At its EOF, as moby's
+        ``container/stream/attach.go`` (``CloseStdin && !TTY``, else close stdout and stderr):
+        a process created ``stdin_once`` without a terminal has its stdin closed and the attach
+        goes on until the output ends; otherwise stdin stays open and, for the container's init
+        process, this attach ends (``echo x | docker attach c`` of a ``run -d -i`` container).
+        """
         proc = self._process(req.exec_id)
         streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
         sub = proc.io.subscribe(streams)
         stdin_task: asyncio.Task[None] | None = None
         if req.stdin and proc.io.has_stdin:
-            stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx))
+            # an exec's attach keeps its output to the end: its caller waits for the exit anyway
+            hangup = sub.close if not req.exec_id else None
+            stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx, hangup))
         try:
             yield {"attached": True, "tty": proc.io.tty}
             async for frame in _frames(sub):
@@ -701,12 +710,16 @@ class Shim:
             if _closes_stdin(proc):
                 self._spawn(proc.io.close_stdin(), "close-stdin")
 
-    async def _pump_stdin(self, proc: Process, ctx: Context) -> None:
+    async def _pump_stdin(self, proc: Process, ctx: Context, hangup: Callable[[], None] | None = None) -> None:
+        """The caller's stream -> the process's stdin; at its EOF, stdin is closed by
+        ``_closes_stdin``'s rule, else ``hangup`` (if any) ends the caller's output."""
         while True:
             item = await ctx.recv()
             if item is None:
                 if _closes_stdin(proc):
                     await proc.io.close_stdin()
+                elif hangup is not None:
+                    hangup()
                 return
             if isinstance(item, (bytes, bytearray)) and item and not await proc.io.write_stdin(bytes(item)):
                 return
@@ -771,8 +784,9 @@ class Shim:
     async def exec_(self, req: ExecRequest, ctx: Context) -> dict[str, Any]:
         """Register an exec in the running task (``/tasks/exec-added``); start it with ``shim.start``.
 
-        FailedPrecondition unless the task runs; AlreadyExists for a used exec id; the
-        user is resolved inside the rootfs like the container's.
+        FailedPrecondition unless the task runs; AlreadyExists for a used exec id. The user
+        is resolved inside the rootfs like the container's, at the start (as dockerd's
+        ``ContainerExecStart``): an unknown user is a failed start (exit 126), not an error here.
         """
         init = self._process("")
         if init.state.status != TaskStatus.RUNNING:
@@ -780,19 +794,6 @@ class Shim:
         if req.exec_id in self.execs:
             raise errors.AlreadyExists(f"exec '{req.exec_id}' already exists")
         process = dict(req.process)
-        try:
-            # two small reads capped at MAX_FILE_BYTES, opened non-blocking (rootfs.py): in the loop,
-            # as a first thread of the shim would cost more than the lookup
-            user = rootfs.resolve_user(self.rootfs, req.user or self.launch.user, self.launch.group_add)
-        except rootfs.RootfsError as exc:
-            raise errors.InvalidArgument(str(exc)) from None
-        process["user"] = {"uid": user.uid, "gid": user.gid}
-        if user.additional_gids:
-            process["user"]["additionalGids"] = user.additional_gids
-        env = list(process.get("env") or [])
-        if not any(e.startswith("HOME=") for e in env):
-            env.append(f"HOME={user.home}")
-        process["env"] = env
         process["terminal"] = req.tty
         if req.tty and req.console_width and req.console_height:
             process["consoleSize"] = {"height": req.console_height, "width": req.console_width}
@@ -807,6 +808,7 @@ class Shim:
         )
         proc = Process(state, ProcessIO(None, open_stdin=req.stdin, stdin_once=True, tty=req.tty))
         proc.exec_spec = process
+        proc.exec_user = req.user or self.launch.user
         self.execs[req.exec_id] = proc
         args = [str(a) for a in process.get("args") or []]
         self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id, "args": args}, req.exec_id)
@@ -854,10 +856,14 @@ class Shim:
         exec_id = proc.state.exec_id
         async with proc.lock:
             proc.check(TaskStatus.RUNNING)
+            try:
+                process = self._exec_process(proc)
+            except rootfs.RootfsError as exc:  # dockerd's words (its getUser), no runtime prefix
+                self._exec_start_failed(proc, str(exc))
             process_file = os.path.join(self.bundle, f"exec-{self._next()}.json")
             pid_file = process_file[: -len(".json")] + ".pid"
             with open(process_file, "w", encoding="utf-8") as f:
-                f.write(json.dumps(proc.exec_spec))
+                f.write(json.dumps(process))
             console: ConsoleSocket | None = None
             receiving: asyncio.Task[int] | None = None
             if proc.io.tty:
@@ -875,15 +881,9 @@ class Shim:
                     pid = int(f.read().strip())
             except (RuntimeError_, OSError, TimeoutError) as exc:
                 message = exc.message if isinstance(exc, RuntimeError_) else str(exc)
-                status = EXEC_START_FAILED  # dockerd's ContainerExecStart: 126 whatever the cause
                 if isinstance(exc, RuntimeError_):  # what dockerd reports for a failed exec start
                     message = f"OCI runtime exec failed: {message}"
-                proc.record_exit(status)
-                proc.update(error=message)
-                proc.io.close()
-                proc.start_settled.set()
-                proc.exited.set()
-                raise errors.InvalidArgument(message, {"exit_status": status}) from None
+                self._exec_start_failed(proc, message)
             finally:
                 proc.io.close_child_ends()
                 if receiving is not None and not receiving.done():
@@ -902,6 +902,32 @@ class Shim:
             )
             proc.start_settled.set()
             return PidReply(pid=pid)
+
+    def _exec_process(self, proc: Process) -> dict[str, Any]:
+        """The exec's OCI Process with its user resolved inside the rootfs (uid, gid, additional
+        gids; ``HOME`` from passwd unless set). Raises ``rootfs.RootfsError`` for an unknown user
+        or group. Two small reads capped at MAX_FILE_BYTES, opened non-blocking (rootfs.py): in
+        the loop, as a first thread of the shim would cost more than the lookup."""
+        process = dict(proc.exec_spec or {})
+        user = rootfs.resolve_user(self.rootfs, proc.exec_user, self.launch.group_add)
+        process["user"] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            process["user"]["additionalGids"] = user.additional_gids
+        env = list(process.get("env") or [])
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
+        process["env"] = env
+        return process
+
+    def _exec_start_failed(self, proc: Process, message: str) -> NoReturn:
+        """Record a start that failed as dockerd's ``ContainerExecStart`` does (exit 126, whatever
+        the cause) and raise InvalidArgument with ``details.exit_status``."""
+        proc.record_exit(EXEC_START_FAILED)
+        proc.update(error=message)
+        proc.io.close()
+        proc.start_settled.set()
+        proc.exited.set()
+        raise errors.InvalidArgument(message, {"exit_status": EXEC_START_FAILED}) from None
 
     async def _delete_exec(self, proc: Process) -> ExitReply:
         if proc.state.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):
@@ -953,10 +979,11 @@ class Shim:
 
     @rpc("shim.resize")
     async def resize(self, req: ResizeRequest, ctx: Context) -> dict[str, Any]:
-        """Set the pty size of the process (FailedPrecondition without a terminal)."""
+        """Set the pty size of the process; a process without a terminal is left alone (as
+        containerd's runc shim: no console, nothing to do)."""
         proc = self._process(req.exec_id)
         if proc.io.pty_master < 0:
-            raise errors.FailedPrecondition(f"{proc.what} of container '{self.id}' has no terminal")
+            return {}
         set_winsize(proc.io.pty_master, req.height, req.width)
         return {}
 

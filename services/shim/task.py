@@ -70,6 +70,7 @@ class Process:
         self.exited = asyncio.Event()
         self.start_settled = asyncio.Event()
         self.exec_spec: dict[str, Any] | None = None
+        self.exec_user = ""  # an exec's Docker ``User``, resolved inside the rootfs at its start
         self.lock = asyncio.Lock()
 
     @property

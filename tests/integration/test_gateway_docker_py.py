@@ -155,9 +155,7 @@ def test_the_rest_of_the_container_and_image_api(client: Any, eng: Engine) -> No
         assert c.status == "running" and c.attrs["State"]["StartedAt"] != started
         c.update(mem_limit="64m", memswap_limit="128m")
         assert client.api.inspect_container(c.id)["HostConfig"]["Memory"] == 64 << 20
-        with pytest.raises(docker.errors.APIError) as no_tty:
-            c.resize(30, 100)
-        assert no_tty.value.status_code == 409 and "terminal" in str(no_tty.value)
+        c.resize(30, 100)  # no terminal, nothing to resize: dockerd answers 200 (containerd's shim ignores it)
         one = c.stats(stream=False)
         assert one["pids_stats"]["current"] >= 1 and one["memory_stats"]["usage"] > 0
         stream = c.stats(stream=True, decode=True)

@@ -65,7 +65,7 @@ def _error(eng: Engine, method: str, path: str, body: Any = None, **kw: Any) -> 
         ({"Image": "busybox", "Env": [1, 2]}, "Env"),
         ({"Image": "busybox", "HostConfig": {"Memory": "1g"}}, "Memory"),
         ({"Image": "busybox", "HostConfig": {"Binds": ["../../etc:/x"]}}, "invalid volume name"),
-        ({"Image": "busybox", "HostConfig": {"Binds": ["/tmp:relative"]}}, "bind mount"),
+        ({"Image": "busybox", "HostConfig": {"Binds": ["/tmp:relative"]}}, "mount path must be absolute"),
         ({"Image": "busybox", "WorkingDir": "relative"}, "working directory"),
     ],
 )

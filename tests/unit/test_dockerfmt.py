@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pytest
 
@@ -120,6 +121,53 @@ def test_create_request_refuses_wrong_types_naming_the_field(body: object) -> No
     with pytest.raises(dockerfmt.FormatError) as err:
         dockerfmt.create_request(body)
     assert str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "mount"),
+    [
+        ("/anon2", {"type": "volume", "source": "", "target": "/anon2", "read_only": False}),
+        ("/h:/c", {"type": "bind", "source": "/h", "target": "/c", "read_only": False}),
+        ("/h:/c:ro,z", {"type": "bind", "source": "/h", "target": "/c", "read_only": True}),
+        ("named:/c:rw,nocopy", {"type": "volume", "source": "named", "target": "/c", "read_only": False}),
+    ],
+)
+def test_binds_parse_as_mobys_parse_mount_raw(spec: str, mount: dict[str, object]) -> None:
+    assert dockerfmt.create_request({"Image": "b", "HostConfig": {"Binds": [spec]}})["mounts"] == [mount]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("/data:ro", "invalid volume specification: '/data:ro'"),
+        (":/c", "invalid volume specification: ':/c'"),
+        ("/a:/b:ro:x", "invalid volume specification: '/a:/b:ro:x'"),
+        ("/h:/c:ro,ro", "invalid mode: ro,ro"),
+        (
+            "/h::ro",
+            "invalid volume specification: '/h::ro': invalid mount config for type \"bind\": "
+            "field Target must not be empty",
+        ),
+    ],
+)
+def test_binds_moby_refuses(spec: str, message: str) -> None:
+    with pytest.raises(dockerfmt.FormatError, match="^" + re.escape(message) + "$"):
+        dockerfmt.create_request({"Image": "b", "HostConfig": {"Binds": [spec]}})
+
+
+def test_config_volumes_not_covered_by_a_mount_are_anonymous_volumes() -> None:
+    """docker-py lists every bind's target in Config.Volumes too; ``docker run -v /c`` only there."""
+    body = {
+        "Image": "b",
+        "Volumes": {"/c": {}, "/anon/": {}, "/t": {}},
+        "HostConfig": {"Binds": ["/h:/c"], "Tmpfs": {"/t": ""}},
+    }
+    mounts = dockerfmt.create_request(body)["mounts"]
+    assert [(m["type"], m.get("source"), m["target"]) for m in mounts] == [
+        ("bind", "/h", "/c"),
+        ("tmpfs", None, "/t"),
+        ("volume", "", "/anon/"),
+    ]
 
 
 def test_container_summary_and_inspect_shapes() -> None:
