@@ -245,9 +245,12 @@ def ps(
     fmt: Annotated[
         str | None, typer.Option("--format", help="table, json, 'table TEMPLATE' or a Go template: '{{.Names}}'")
     ] = None,
+    size: Annotated[
+        bool, typer.Option("-s", "--size", help="total file sizes (also when --format uses .Size)")
+    ] = False,
 ) -> None:
     """List containers."""
-    runner.ps(all_=all_, quiet=quiet, no_trunc=no_trunc, filter_=filter_, last=last, fmt=fmt)
+    runner.ps(all_=all_, quiet=quiet, no_trunc=no_trunc, filter_=filter_, last=last, fmt=fmt, size=size)
 
 
 def _parse_since(value: str | None) -> str | None:

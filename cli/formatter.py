@@ -167,8 +167,9 @@ def _ellipsis(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def container_context(c: Mapping[str, Any], now: dt.datetime, *, trunc: bool = True) -> GoStruct:
-    """docker's ``ContainerContext`` of a container (the ``execution.list`` JSON)."""
+def container_context(c: Mapping[str, Any], now: dt.datetime, *, trunc: bool = True, size: str = "0B") -> GoStruct:
+    """docker's ``ContainerContext`` of a container (the ``execution.list`` JSON); ``size``: its
+    ``.Size`` text (``cli.runner.size_text``), ``0B`` as the docker CLI shows unless sizes were asked."""
     s = dockerfmt.container_summary(c, now)
     labels: dict[str, str] = s.get("Labels") or {}
     image = s["Image"]
@@ -200,7 +201,7 @@ def container_context(c: Mapping[str, Any], now: dt.datetime, *, trunc: bool = T
             "Ports": "",
             "State": s["State"],
             "Status": s["Status"],
-            "Size": "0B",
+            "Size": size,
             "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
             "Label": template.method_with_args(label),
             "Mounts": ",".join(mounts),
@@ -225,16 +226,16 @@ def image_context(
             "Digest": digest,
             "CreatedSince": dockerfmt.human_duration(now.timestamp() - unix) + " ago",
             "CreatedAt": _go_time(unix),
-            "Size": _human_size(size),
+            "Size": human_size(size),
             "Containers": "N/A",
-            "VirtualSize": _human_size(size),
+            "VirtualSize": human_size(size),
             "SharedSize": "N/A",
             "UniqueSize": "N/A",
         },
     )
 
 
-def _human_size(size: int) -> str:
+def human_size(size: int) -> str:
     """go-units ``HumanSizeWithPrecision(size, 3)``: ``2.14MB``."""
     value = float(size)
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):

@@ -77,6 +77,7 @@ OPTIONS: dict[str, dict[str, tuple[str, Any, tuple[str, ...]]]] = {
         "filter_": (MULTI, [], ("-f", "--filter")),
         "last": (INT, None, ("-n", "--last")),
         "fmt": (VALUE, None, ("--format",)),
+        "size": (FLAG, False, ("-s", "--size")),
     },
     "rm": {
         "force": (FLAG, False, ("-f", "--force")),

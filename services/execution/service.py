@@ -607,7 +607,12 @@ class ExecutionService:
         rec = self._find(ctx.namespace, req.id)
         live = self._live_or_conflict(rec, "running", "paused")
         await live.client.call("shim.resize", {"width": req.width, "height": req.height}, timeout_s=10)
-        self._publish_action(topics.CONTAINER_RESIZE, "resize", rec, {"height": req.height, "width": req.width})
+        # after the task's /tasks/start (the shim's outbox, another publisher): the docker CLI resizes
+        # a -t container right after its start, and dockerd's events say start, then resize
+        after = task_event_id(rec.id, live.incarnation, "start")
+        self._publish_action(
+            topics.CONTAINER_RESIZE, "resize", rec, {"height": req.height, "width": req.width}, after=after
+        )
         return {}
 
     @rpc("execution.commit")

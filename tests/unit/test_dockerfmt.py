@@ -162,12 +162,14 @@ def test_config_volumes_not_covered_by_a_mount_are_anonymous_volumes() -> None:
         "Volumes": {"/c": {}, "/anon/": {}, "/t": {}},
         "HostConfig": {"Binds": ["/h:/c"], "Tmpfs": {"/t": ""}},
     }
-    mounts = dockerfmt.create_request(body)["mounts"]
-    assert [(m["type"], m.get("source"), m["target"]) for m in mounts] == [
+    req = dockerfmt.create_request(body)
+    assert [(m["type"], m.get("source"), m["target"]) for m in req["mounts"]] == [
         ("bind", "/h", "/c"),
         ("tmpfs", None, "/t"),
-        ("volume", "", "/anon/"),
     ]
+    # every path goes on: the execution service gives an anonymous volume to each one no mount
+    # covers (here /anon/), merged with the image's own volumes (tests/integration/test_volume_parity.py)
+    assert req["volumes"] == ["/anon/", "/c", "/t"]
 
 
 def test_container_summary_and_inspect_shapes() -> None:
