@@ -293,19 +293,12 @@ class Puller:
 
     async def resolve(self, ref: Reference, creds: Credentials | None) -> tuple[Endpoint, Descriptor, bytes]:
         """Resolve ``ref`` on its mirrors then its registry; return the endpoint that answered."""
-        errors: list[DockyardError] = []
-        endpoints = self.client.pull_endpoints(ref.domain)
-        for ep in endpoints:
-            try:
-                await self.client.ping(ep)
-                desc, body = await self.client.resolve(ep, ref, creds)
-                return ep, desc, body
-            except DockyardError as exc:
-                if not ep.mirror:
-                    raise
-                log.warning("mirror %s failed for %s: %s; trying the next endpoint", ep.host, ref, exc)
-                errors.append(exc)
-        raise errors[-1] if errors else Unavailable(f"no endpoint for {ref.domain}")
+
+        async def on(ep: Endpoint) -> tuple[Endpoint, Descriptor, bytes]:
+            desc, body = await self.client.resolve(ep, ref, creds)
+            return ep, desc, body
+
+        return await self._on_endpoints(ref, on)
 
     async def _on_endpoints(self, ref: Reference, work: Callable[[Endpoint], Awaitable[T]]) -> T:
         """Run ``work`` on ``ref``'s mirrors then its registry (pinged first); the first answer wins.

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,36 @@ def content_size(path: str) -> int:
         return 0
     seen: set[int] = set()
     size = 0
+    for st in _tree(path, root.st_dev):
+        if not stat.S_ISDIR(st.st_mode) and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            size += st.st_size
+    return size
+
+
+def disk_usage(path: str) -> Usage:
+    """Bytes allocated (``st_blocks * 512``) and inodes used by the tree at ``path``.
+
+    Each inode is counted once (hard links), the top directory included; symlinks are not
+    followed and other file systems mounted inside are not entered. containerd's
+    ``fs.DiskUsage`` counts the same way.
+    """
+    try:
+        root = os.lstat(path)
+    except FileNotFoundError:
+        return Usage(0, 0)
+    seen = {root.st_ino}
+    size = root.st_blocks * 512
+    for st in _tree(path, root.st_dev):
+        if st.st_ino not in seen:
+            seen.add(st.st_ino)
+            size += st.st_blocks * 512
+    return Usage(size=size, inodes=len(seen))
+
+
+def _tree(path: str, dev: int) -> Iterator[os.stat_result]:
+    """The ``lstat`` of every entry below ``path`` on device ``dev`` (other file systems mounted
+    inside are not entered; an entry removed during the walk is skipped)."""
     stack = [path]
     while stack:
         current = stack.pop()
@@ -318,48 +349,10 @@ def content_size(path: str) -> int:
             for entry in it:
                 try:
                     st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:  # removed while walking
+                except FileNotFoundError:
                     continue
-                if st.st_dev != root.st_dev:
+                if st.st_dev != dev:
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(entry.path)
-                elif st.st_ino not in seen:
-                    seen.add(st.st_ino)
-                    size += st.st_size
-    return size
-
-
-def disk_usage(path: str) -> Usage:
-    """Bytes allocated (``st_blocks * 512``) and inodes used by the tree at ``path``.
-
-    Each inode is counted once (hard links), the top directory included; symlinks are not
-    followed and other file systems mounted inside are not entered. containerd's
-    ``fs.DiskUsage`` counts the same way.
-    """
-    seen: set[int] = set()
-    size = 0
-    try:
-        root = os.lstat(path)
-    except FileNotFoundError:
-        return Usage(0, 0)
-    seen.add(root.st_ino)
-    size += root.st_blocks * 512
-    stack = [path]
-    while stack:
-        current = stack.pop()
-        try:
-            it = os.scandir(current)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with it:
-            for entry in it:
-                st = entry.stat(follow_symlinks=False)
-                if st.st_dev != root.st_dev:
-                    continue
-                if st.st_ino not in seen:
-                    seen.add(st.st_ino)
-                    size += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-    return Usage(size=size, inodes=len(seen))
+                yield st
