@@ -205,11 +205,34 @@ class ContainersAPI:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, request: Request) -> Response:
+        """204, or 304 when it runs already. A start whose reply was lost with the execution
+        service (SIGKILLed once the task ran: an attached ``docker run`` has its first output by
+        then) is settled when the service is back, from the container's state: running, or
+        started since this request, is 204; a container still not started is started again."""
         ref = request.params["id"]
-        reply = await call(self.b.execution, "execution.start", {"id": ref}, "container", ref, timeout_s=120)
-        if reply.get("already_running"):
-            return Response(304)
-        return Response(204)
+        since = dt.datetime.now(dt.UTC)
+        for attempt in (1, 2):
+            starting = await self.b.execution.start("execution.start", {"id": ref}, timeout_s=120)
+            try:
+                reply = await starting.result()
+            except errors.DockyardError as exc:
+                if attempt == 2 or not resume.lost_contact(starting, exc):
+                    raise docker_error(exc, "container", ref) from None
+                info = await resume.answering(self.b.execution, ref, exc)
+                if info is None:
+                    raise docker_error(errors.NotFound(f"container '{ref}' not found"), "container", ref) from None
+                state = info.get("state") or {}
+                started = state.get("started_at")
+                if isinstance(started, str):
+                    started = dt.datetime.fromisoformat(started)
+                if state.get("running") or (isinstance(started, dt.datetime) and started >= since):
+                    return Response(204)
+                continue
+            finally:
+                if not starting.done:
+                    await starting.cancel()
+            return Response(304) if reply.get("already_running") else Response(204)
+        raise AssertionError("unreachable")  # the second attempt answers or raises
 
     async def stop(self, request: Request) -> Response:
         ref = request.params["id"]
