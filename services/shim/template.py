@@ -168,22 +168,13 @@ def _hand_to_spare(spare: socket.socket, conn: socket.socket, data: bytes) -> bo
 
 def _warm_lazy_imports() -> None:
     """Load now what a shim would otherwise load after the fork, at each start."""
-    import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread's pool (the unmount at exit)
-
     import common.mount  # noqa: F401 - imported inside services.shim.mount
     from common import codec
-    from common.api.shim import ShimLaunch
     from services.shim import mount, seccomp_cache
 
     mount.libc()
     seccomp_cache.warm()  # libseccomp's paths and uname, found once for every shim
     codec.load()  # msgpack, which the codec imports on first use
-    # pydantic-core builds parts of a validator on its first call: once here, not in every shim
-    ShimLaunch.model_validate_json(
-        ShimLaunch(
-            namespace="default", container_id="0" * 64, incarnation=1, runtime="runc", runtime_root="/", log_path="/"
-        ).model_dump_json()
-    )
 
 
 def _handle(conn: socket.socket, listener: socket.socket, spare: socket.socket | None) -> bool:
