@@ -241,35 +241,23 @@ def test_docker_py_sees_kill_die_stop(eng: Engine) -> None:
         client.close()
 
 
-@pytest.fixture
-def svc() -> Iterator[Instance]:
-    """Services started one by one (no supervisor: the test decides when events is down)."""
-    need_root()
-    inst = Instance()
-    try:
-        inst.start("events", "snapshot", "image", "execution")
-        inst.load_busybox()
-        yield inst
-    finally:
-        inst.cleanup()
-
-
-def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(svc: Instance) -> None:
+def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(dy: Instance) -> None:
+    # conftest's dy: services started one by one, no supervisor (the test decides when events is down)
     """The kill comes from the shim's outbox, the stop and restart from the execution service's,
     the second start from a new shim's: all held while events is down, then journaled once each,
     in dockerd's order (``after`` dependencies across the outboxes)."""
-    svc.cli("run", "-d", "--name", "down", "busybox", "sh", "-c", TRAP, check=True)
+    dy.cli("run", "-d", "--name", "down", "busybox", "sh", "-c", TRAP, check=True)
     time.sleep(0.3)
-    with svc.client("events") as c:
+    with dy.client("events") as c:
         head = int(c.call("events.head", {})["seq"])
-    svc.kill("events")
-    assert svc.cli("restart", "-t", "10", "down", timeout=60).returncode == 0
-    svc.cli("kill", "-s", "USR1", "down", check=True)
-    svc.start("events")
+    dy.kill("events")
+    assert dy.cli("restart", "-t", "10", "down", timeout=60).returncode == 0
+    dy.cli("kill", "-s", "USR1", "down", check=True)
+    dy.start("events")
     want = ["kill", "die", "stop", "start", "restart", "kill"]
     deadline = time.monotonic() + 40
     while True:
-        with svc.client("events") as c:
+        with dy.client("events") as c:
             envs = list(c.stream("events.replay", {"since": head}))
         evs = [e for e in (dockerfmt.docker_event(env) for env in envs) if e and e["Type"] == "container"]
         if len(evs) >= len(want) or time.monotonic() > deadline:
@@ -280,6 +268,6 @@ def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(svc:
     ids = [env["id"] for env in envs]
     assert len(ids) == len(set(ids))
     # dockyard events takes Docker's names for them
-    r = svc.cli("events", "--since", str(head), "--until", str(envs[-1]["seq"]), "-f", "event=stop", timeout=30)
+    r = dy.cli("events", "--since", str(head), "--until", str(envs[-1]["seq"]), "-f", "event=stop", timeout=30)
     assert [ln.split()[3] for ln in r.stdout.decode().splitlines()] == ["/containers/stop"], r.stdout
-    svc.cli("rm", "-f", "down", check=True)
+    dy.cli("rm", "-f", "down", check=True)
