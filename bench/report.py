@@ -54,7 +54,7 @@ def goals(data: dict[str, Any]) -> list[dict[str, Any]]:
     theirs = mem.get("containerd-shim-runc-v2 (ctr)", {}).get("pss_kib_median")
     r = None if not ours or not theirs else ours / theirs
     add("idle shim PSS / containerd-shim-runc-v2's", r, "<= 1.0", None if r is None else r <= 1.0,
-        "smaps_rollup Pss of each shim, 20 containers running")  # fmt: skip
+        "smaps_rollup Pss of each idle shim (asleep as its monitor after shim_idle_s), 20 running")  # fmt: skip
     r = ratio("run --rm true", "dockyard", "dockyard --runtime crun")
     add("run --rm with runc / with --runtime crun (speed-up)", r, ">= 1.3", None if r is None else r >= 1.3,
         "dockyard run --rm IMG true  vs  dockyard run --rm --runtime crun IMG true")  # fmt: skip

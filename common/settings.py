@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         description="a call whose service sends no frame (reply or heartbeat) for this long is Unavailable",
     )
     heartbeat_s: float = Field(default=1.0, description="interval of heartbeats on long-running calls")
+    shim_idle_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a shim with nothing to do for this long sleeps as a small native monitor until its task"
+        " exits, prints, or is called (services/shim/hibernate.py); 0: never",
+    )
 
     insecure_registries: list[str] = Field(
         default_factory=list,

@@ -2,7 +2,7 @@
 # Install what Dockyard needs on a Debian 12 host (idempotent), and create the venv.
 #   apt: runc crun busybox-static docker-registry skopeo umoci tini catatonit ...
 #   venv: .venv with Dockyard installed in editable mode (+ the extras in DOCKYARD_EXTRAS,
-#         default test,dev; `make bench` adds bench)
+#         default test,dev; `make bench` adds bench), and the shim's idle monitor in .venv/bin
 # Set DOCKYARD_SKIP_APT=1 to skip the apt step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ APT_PACKAGES=(
   runc crun busybox-static docker-registry skopeo umoci tini catatonit
   iproute2 procps psmisc util-linux curl file attr libcap2-bin python3-venv
   docker.io containerd  # the docker CLI (gateway tests); dockerd + containerd, started privately by the interop test
+  gcc libc6-dev  # builds the shim's idle monitor (services/shim/idle.c)
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -70,4 +71,11 @@ sys.path[1:1] = ["$PWD", "$site_packages"]
 from cli.__main__ import main
 sys.exit(main())
 EOF
+# the shim's idle monitor (an idle shim execs into it: ~0.2 MB instead of a Python interpreter);
+# rebuilt only when idle.c is newer, built aside and renamed so a running shim never sees half a file
+idle_src=services/shim/idle.c idle_bin=.venv/bin/dockyard-shim-idle
+if [ ! -x "$idle_bin" ] || [ "$idle_src" -nt "$idle_bin" ]; then
+  cc -O2 -Wall -Wextra -o "$idle_bin.tmp.$$" "$idle_src"
+  mv -f "$idle_bin.tmp.$$" "$idle_bin"
+fi
 echo "setup done: .venv ready ($(.venv/bin/python --version))"

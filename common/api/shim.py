@@ -183,6 +183,11 @@ class ExitReply(Reply):
     exited_at: dt.datetime | None = None
     oom_killed: bool = False
     error: str = ""
+    hibernated: bool = Field(
+        default=False,
+        description="``shim.wait`` only: the task still runs and the shim goes to sleep (its idle monitor);"
+        " wait with ``common.shimwake.wait_awake``, then call again",
+    )
 
 
 class KillRequest(Request):

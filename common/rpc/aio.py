@@ -240,6 +240,12 @@ class AsyncClient:
                 event = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
                 if event != zmq.EVENT_DISCONNECTED:
                     continue
+                # what the service sent before it went away is read first (the reader task takes it)
+                for _ in range(100):
+                    sock = self._sock
+                    if sock is None or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                        break
+                    await asyncio.sleep(0.001)
                 for call in list(self._calls.values()):
                     if call._answered:
                         continue  # its last frame is in: nothing was lost

@@ -216,6 +216,11 @@ class RpcServer:
         self._calls: dict[tuple[bytes, str], _Call] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self.last_activity = time.monotonic()
+        """``time.monotonic()`` when a call last came in or ended (an idle shim is one with none for a while)."""
+        self.listen_fd = -1
+        """A listening unix socket already bound at the endpoint's path to serve on (``ZMQ_USE_FD``),
+        with its pending connections; set before ``start`` (a shim waking from its idle monitor)."""
 
     def register(self, method: str, fn: Callable[..., Any], *, stream: bool = False, quiet: bool = False) -> None:
         """Serve ``fn`` as ``method`` without the ``@rpc`` marker (for generated methods)."""
@@ -235,7 +240,10 @@ class RpcServer:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         path = self.endpoint[len("ipc://") :] if self.endpoint.startswith("ipc://") else ""
-        if path and not path.startswith("@"):  # a file, not an abstract socket
+        if self.listen_fd >= 0:
+            sock.setsockopt(zmq.USE_FD, self.listen_fd)  # zmq owns (and closes) the fd from now on
+            self.listen_fd = -1
+        elif path and not path.startswith("@"):  # a file, not an abstract socket
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -282,6 +290,32 @@ class RpcServer:
             self._sock.close(linger=0)
             self._sock = None
         self._remove_ipc_file()
+
+    def busy(self, ignore: frozenset[str] = frozenset()) -> bool:
+        """Whether a call is in flight (other than calls of the methods in ``ignore``) or a
+        request waits unread in the socket."""
+        if any(c.ctx.method not in ignore for c in self._calls.values()):
+            return True
+        return self._sock is not None and bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+    def pending_replies(self) -> list[asyncio.Task[None]]:
+        """The tasks of the calls in flight (to wait until they sent their replies)."""
+        return [c.task for c in self._calls.values() if c.task is not None]
+
+    def abandon(self) -> None:
+        """Stop reading requests at once (no await: nothing more is taken after this returns)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+
+    def close_for_handover(self, linger_ms: int = 1000) -> None:
+        """Close the socket, flushing replies sent already (up to ``linger_ms``), and leave the
+        socket file in place: whoever serves next is bound there already (see ``abandon``)."""
+        self.abandon()
+        if self._sock is not None:
+            self._sock.close(linger=linger_ms)
+            self._sock = None
+        self._ipc_file = None
 
     def _remove_ipc_file(self) -> None:
         """Remove the socket file we bound, unless a successor has bound its own there since."""
@@ -348,6 +382,7 @@ class RpcServer:
             call.send_credit = None  # an older client: it does not wait for send credit
         ctx._grant = lambda n: self._grant(call, n)
         self._calls[(identity, request_id)] = call
+        self.last_activity = time.monotonic()
         trace.mark(f"recv {method}")
         call.task = asyncio.create_task(self._run(call, handler, msg.get("body")), name=f"{self.name}:{method}")
         # _run forgets the call in its finally; a task cancelled before its first step never gets there
@@ -434,6 +469,7 @@ class RpcServer:
         finally:
             trace.mark(f"done {ctx.method} {outcome}")
             self._calls.pop((call.identity, call.request_id), None)
+            self.last_activity = time.monotonic()
             level = logging.DEBUG if (handler and handler.spec.quiet and outcome == "ok") else logging.INFO
             log.log(
                 level,

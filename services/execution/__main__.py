@@ -5,6 +5,7 @@ from __future__ import annotations
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
 from common.service import ServiceHost, run
+from common.shimwake import ShimClient
 from services.execution.service import ExecutionService
 from services.execution.store import Store
 from services.execution.volumes import VolumeService
@@ -22,7 +23,7 @@ async def setup(host: ServiceHost) -> list[object]:
     publisher.start()
 
     def shim_client(endpoint: str, namespace: str) -> AsyncClient:
-        return AsyncClient("shim", endpoint, namespace=namespace, liveness_s=settings.liveness_s)
+        return ShimClient(endpoint, namespace=namespace, liveness_s=settings.liveness_s)
 
     service = ExecutionService(settings, store, image, snapshot, events, publisher, shim_client)
 

@@ -32,7 +32,16 @@ log = logging.getLogger(__name__)
 
 PROJECT = str(Path(__file__).resolve().parent.parent.parent)
 
-STALE_FILES = ("address", "shim.pid", "state.json", "init.pid", "shim.json", "address.tmp", "shim.pid.tmp")
+STALE_FILES = (
+    "address",
+    "shim.pid",
+    "state.json",
+    "init.pid",
+    "shim.json",
+    "address.tmp",
+    "shim.pid.tmp",
+    "hibernation.json",
+)
 
 
 async def launch(namespace: str, container_id: str, bundle: str, env: dict[str, str]) -> dict[str, Any]:
@@ -254,6 +263,8 @@ def remove_stale_socket(address: str) -> bool:
     import stat
 
     path = address.removeprefix("ipc://")
+    if not path.endswith(".w"):  # and the wake socket of a shim that died asleep (common.shimwake)
+        remove_stale_socket(address + ".w")
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             return False

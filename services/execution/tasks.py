@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import codec, endpoints, errors, topics, trace
+from common import codec, endpoints, errors, shimwake, topics, trace
 from common.api.shim import ShimLaunch, TaskStatus, container_event_id, event_id
 from common.events import drain_outbox
 from common.settings import Settings
@@ -315,6 +315,14 @@ class TaskManager:
                 await asyncio.wait([waiter, live.watch.died], return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done() and waiter.exception() is None:
                     reply = waiter.result()
+                    if reply.get("hibernated"):
+                        # the shim sleeps as its idle monitor: wait (without waking it) until it
+                        # wakes for whatever reason, then ask again
+                        awake: asyncio.Future[Any] = asyncio.ensure_future(shimwake.wait_awake(live.client.endpoint))
+                        both: list[asyncio.Future[Any]] = [awake, live.watch.died]
+                        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+                        awake.cancel()
+                        continue
                     await self._task_exited(live, reply)
                     return
                 if live.watch.died.done():

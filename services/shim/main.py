@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import trace
+from common import shimwake, trace
 from common.api.shim import ShimLaunch
 from common.events import EventPublisher
 from common.rpc.aio import AsyncClient
 from common.rpc.server import RpcServer
 from common.settings import Settings
-from services.shim import mount
+from services.shim import hibernate, mount
 from services.shim.reaper import Reaper
 from services.shim.service import SHUTDOWN_WAIT_S, CreateFailed, Shim
 
@@ -70,30 +70,36 @@ def serve(
     settings: Settings,
     ready_fd: int = -1,
     loop: asyncio.AbstractEventLoop | None = None,
+    saved: dict[str, Any] | None = None,
 ) -> int:
     """Run the shim of ``container_id`` on ``bundle`` until its task is deleted; return an exit code.
 
     ``loop``: an event loop made beforehand in this process (a spare's), else a new one.
+    ``saved``: this process slept as its idle monitor and takes its task back
+    (``services.shim.hibernate``) instead of creating one.
     """
     set_subreaper()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    pid_tmp = os.path.join(bundle, "shim.pid.tmp")
-    with open(pid_tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(pid_tmp, os.path.join(bundle, "shim.pid"))
+    if saved is None:
+        pid_tmp = os.path.join(bundle, "shim.pid.tmp")
+        with open(pid_tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(pid_tmp, os.path.join(bundle, "shim.pid"))
     try:
         if loop is not None:
             asyncio.set_event_loop(loop)
         with asyncio.Runner(loop_factory=None if loop is None else lambda: loop) as runner:
-            return runner.run(_serve(namespace, container_id, bundle, settings, ready_fd))
+            return runner.run(_serve(namespace, container_id, bundle, settings, ready_fd, saved))
     except BaseException as exc:
         log.exception("shim failed")
         _report(ready_fd, {"ok": False, "error": f"shim failed: {exc}", "exit_status": 128})
         return 1
 
 
-async def _serve(namespace: str, container_id: str, bundle: str, settings: Settings, ready_fd: int) -> int:
+async def _serve(
+    namespace: str, container_id: str, bundle: str, settings: Settings, ready_fd: int, saved: dict[str, Any] | None
+) -> int:
     t0 = time.perf_counter()
     loop = asyncio.get_running_loop()
     reaper = Reaper()
@@ -105,12 +111,21 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
     shim = Shim(launch, bundle, reaper, publisher)
     endpoint = settings.shim_endpoint(namespace, container_id)
     shim.console_base = endpoint[len("ipc://") :]
-    # the runtime's create (tens of ms, in other processes) starts first: the rootfs is mounted
-    # and the runtime spawned before the task yields, and the RPC server binds meanwhile; nobody
-    # calls the shim before it reports, which follows the create
-    creating = asyncio.ensure_future(shim.create())
-    await asyncio.sleep(0)
     server = RpcServer(endpoint, shim, name="shim", heartbeat_s=settings.heartbeat_s)
+    if saved is not None:
+        # back from the idle monitor: the ROUTER serves on the socket it kept, with the
+        # connections waiting there; the wake socket is stale now
+        server.listen_fd = int(saved["listen_fd"])
+        os.set_inheritable(server.listen_fd, False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(shimwake.wake_path(endpoint))
+        creating = asyncio.ensure_future(shim.restore(saved))
+    else:
+        # the runtime's create (tens of ms, in other processes) starts first: the rootfs is mounted
+        # and the runtime spawned before the task yields, and the RPC server binds meanwhile; nobody
+        # calls the shim before it reports, which follows the create
+        creating = asyncio.ensure_future(shim.create())
+        await asyncio.sleep(0)
     try:
         await server.start()
     except BaseException:
@@ -118,9 +133,10 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
         raise
     trace.mark("serving")
     address = Path(bundle, "address")
-    tmp = Path(bundle, "address.tmp")
-    tmp.write_text(endpoint)
-    os.replace(tmp, address)
+    if saved is None:
+        tmp = Path(bundle, "address.tmp")
+        tmp.write_text(endpoint)
+        os.replace(tmp, address)
     code = 0
     log.debug("shim serving after %.1f ms", (time.perf_counter() - t0) * 1000)
     try:
@@ -132,7 +148,7 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
         )
         code = 1
     except Exception as exc:
-        log.exception("create failed")
+        log.exception("create failed" if saved is None else "cannot take the task back after sleeping")
         _report(ready_fd, {"ok": False, "error": f"shim: {exc}", "exit_status": 128})
         code = 1
     else:
@@ -142,8 +158,17 @@ async def _serve(namespace: str, container_id: str, bundle: str, settings: Setti
         _report(ready_fd, report)
         trace.mark("reported")
         loop.call_later(TRIM_AFTER_S, _trim_heap)
+
+        async def close_clients() -> None:
+            await publisher.close()
+            await events.close()
+
+        sleeper = hibernate.sleeper(shim, server, settings.shim_idle_s, namespace, container_id, close_clients)
+        sleeping = asyncio.ensure_future(sleeper.run()) if sleeper is not None else None
         deleted = asyncio.ensure_future(shim.deleted.wait())
         await asyncio.wait([deleted, asyncio.ensure_future(shim.done.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if sleeping is not None:
+            sleeping.cancel()
         if not shim.done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(shim.done.wait(), SHUTDOWN_WAIT_S)

@@ -51,7 +51,7 @@ from services.shim.reaper import Reaper
 from services.shim.runtime import Runtime, RuntimeError_, start_error_status
 from services.shim.seccomp_cache import ANNOTATION, Lookup, SeccompCache, is_seccomp_error
 from services.shim.stdio import ConsoleSocket, ProcessIO, Subscriber, set_winsize
-from services.shim.task import Process
+from services.shim.task import Process, read_state_file
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class Publisher(Protocol):
     ) -> None: ...
 
     async def flush(self, timeout_s: float | None = None) -> bool: ...
+
+    def pending(self) -> int: ...
 
 
 async def _frames(sub: Subscriber) -> AsyncIterator[dict[str, Any]]:
@@ -185,6 +187,8 @@ class Shim:
         self.console_base = ""
         self.container_name = launch.container_name
         """The container's name for events: the launch's, then what ``shim.rename`` says."""
+        self.hibernating = asyncio.Event()
+        """Set when the shim goes to sleep (``services.shim.hibernate``): ``shim.wait`` answers ``hibernated``."""
 
     # -- helpers ---------------------------------------------------------------------------
     def _publish(
@@ -596,7 +600,18 @@ class Shim:
     async def wait(self, req: ProcessRequest, ctx: Context) -> ExitReply:
         """Block until the process exited and its output is drained; its exit status."""
         proc = self._process(req.exec_id)
-        await proc.exited.wait()
+        if req.exec_id:
+            await proc.exited.wait()
+        else:
+            sleeping = asyncio.ensure_future(self.hibernating.wait())
+            exited = asyncio.ensure_future(proc.exited.wait())
+            try:
+                await asyncio.wait([sleeping, exited], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeping.cancel()
+                exited.cancel()
+            if not proc.exited.is_set():
+                return ExitReply(pid=proc.state.pid, exit_status=0, hibernated=True)
         s = proc.state
         return ExitReply(
             pid=s.pid,
@@ -1022,6 +1037,83 @@ class Shim:
             raise errors.FailedPrecondition(f"cannot shut down the shim: task is {self.init.state.status.value}")
         asyncio.get_running_loop().call_soon(self.done.set)
         return {}
+
+    # -- sleeping as the idle monitor (services.shim.hibernate) ------------------------------------
+    def idle_since(self) -> float | None:
+        """``time.monotonic()`` since when the task has needed nothing of the shim, or None
+        if it needs the shim now (see ``services.shim.hibernate``)."""
+        proc = self.init
+        if proc is None or proc.state.status not in (TaskStatus.RUNNING, TaskStatus.PAUSED):
+            return None
+        if self.execs or self._tasks or self.deleted.is_set() or not proc.start_settled.is_set():
+            return None
+        if proc.exited.is_set() or proc.state.exit_status is not None or not proc.io.idle():
+            return None
+        if self.publisher.pending():
+            return None
+        return proc.io.last_output
+
+    def hand_over(self) -> dict[str, Any]:
+        """What the next image of this process needs to go on (``restore``), its fds made
+        inheritable; the output stops being read."""
+        proc = self.init
+        assert proc is not None
+        if self._oom_watch >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._oom_watch)
+            os.set_inheritable(self._oom_watch, True)
+        fds = proc.io.handover()
+        return {
+            "pid": proc.state.pid,
+            "fds": fds,
+            "oom_fd": self._oom_watch,
+            "oom_seen": self._oom_seen,
+            "partial": proc.io.log.partial() if proc.io.log is not None else {},
+            "counter": self._counter,
+            "mounted": self._mounted,
+            "cgroups_path": self.cgroups_path,
+            "own_pid_ns": self.own_pid_ns,
+            "container_name": self.container_name,
+        }
+
+    async def restore(self, saved: dict[str, Any]) -> TaskState:
+        """Take the task back from what ``hand_over`` saved (this process, a new image)."""
+        state_file = os.path.join(self.bundle, "state.json")
+        state = read_state_file(state_file)
+        if state is None or state.pid != saved["pid"]:
+            raise RuntimeError(f"state.json does not describe the task of pid {saved['pid']}")
+        log_writer = LogWriter(
+            self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
+        )
+        log_writer.restore_partial(saved.get("partial") or {})
+        io = ProcessIO.adopt(
+            log_writer,
+            {str(k): int(v) for k, v in saved["fds"].items()},
+            open_stdin=self.launch.open_stdin,
+            stdin_once=self.launch.stdin_once,
+            tty=self.launch.tty,
+        )
+        proc = Process(state, io, state_file)
+        proc.start_settled.set()
+        self.init = proc
+        self._counter = int(saved.get("counter", 0))
+        self._mounted = bool(saved.get("mounted"))
+        self._oom_seen = int(saved.get("oom_seen", 0))
+        self.cgroups_path = str(saved.get("cgroups_path", ""))
+        self.own_pid_ns = bool(saved.get("own_pid_ns"))
+        self.container_name = str(saved.get("container_name", self.container_name))
+        await io.start_pumps()
+        oom_fd = int(saved.get("oom_fd", -1))
+        if oom_fd >= 0:
+            os.set_inheritable(oom_fd, False)
+            self._oom_watch = oom_fd
+            asyncio.get_running_loop().add_reader(oom_fd, self._on_oom_event)
+        if state.exit_status is not None:  # reaped while the shim got ready to sleep: not published yet
+            self._spawn(self._finish_exit(proc), "exit-init")
+        else:
+            self.reaper.watch(state.pid, lambda status: self._on_exit(proc, status))
+            self.reaper.reap()  # it may have exited while the monitor held it (that woke us)
+        return state
 
     def bundle_path(self, name: str) -> Path:
         return Path(self.bundle) / name

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -159,6 +160,8 @@ class ProcessIO:
         # the container's ends, handed to the runtime and closed once it has started the process
         self.child_fds: dict[int, int] = {}
         self._our_fds: dict[int, int] = {}
+        self.last_output = 0.0
+        """``time.monotonic()`` of the last chunk of output read."""
 
     # -- set-up ------------------------------------------------------------------------------
     def make_pipes(self) -> None:
@@ -230,8 +233,56 @@ class ProcessIO:
     def pty_master(self) -> int:
         return self._pty_master
 
+    # -- handing the fds over to the idle monitor (``services.shim.hibernate``) ----------------
+    def idle(self) -> bool:
+        """Nothing in flight: the output is read (not held), no client attached, no stdin
+        queued in the shim."""
+        if not self.pumping.is_set() or self.subscribers:
+            return False
+        pipe = self._stdin_pipe
+        return not (pipe is not None and pipe.transport is not None and pipe.transport.get_write_buffer_size())
+
+    def handover(self) -> dict[str, int]:
+        """Stop reading and return the fds that must outlive an ``execve``, made inheritable:
+        ``{"1", "2"}`` the output pipes still open, ``"0"`` stdin's write end while open,
+        ``"pty"`` the terminal's master. The process's output waits in them meanwhile."""
+        fds: dict[str, int] = {}
+        for r in self._readers:
+            transport = r.transport
+            if transport is None or transport.is_closing() or r.closed.done():
+                continue
+            transport.pause_reading()
+            if self._pty_master < 0:
+                fds[str(r.stream)] = transport.get_extra_info("pipe").fileno()
+        pipe = self._stdin_pipe
+        if pipe is not None and pipe.open and pipe.transport is not None:
+            fds["0"] = pipe.transport.get_extra_info("pipe").fileno()
+        if self._pty_master >= 0:
+            fds["pty"] = self._pty_master
+        for fd in fds.values():
+            os.set_inheritable(fd, True)
+        return fds
+
+    @classmethod
+    def adopt(
+        cls, log_writer: LogWriter | None, fds: dict[str, int], *, open_stdin: bool, stdin_once: bool, tty: bool
+    ) -> ProcessIO:
+        """A ``ProcessIO`` on fds a previous image of this process handed over (``handover``);
+        ``start_pumps`` reads them. A stream missing from ``fds`` had ended already."""
+        io = cls(log_writer, open_stdin=open_stdin, stdin_once=stdin_once, tty=tty)
+        for key, fd in fds.items():
+            os.set_inheritable(fd, False)
+            if key == "pty":
+                io._pty_master = fd
+            elif key == "0":
+                io._stdin_w = fd
+            else:
+                io._our_fds[int(key)] = fd
+        return io
+
     # -- output --------------------------------------------------------------------------------
     def _output(self, stream: int, data: bytes) -> None:
+        self.last_output = time.monotonic()
         if self.log is not None:
             try:
                 self.log.write(stream, data)

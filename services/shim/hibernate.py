@@ -1,0 +1,205 @@
+"""An idle shim sleeps as a small native monitor, and wakes as itself again.
+
+A shim is a CPython process: once its task runs, ~6 MB of its pages are its own (a
+containerd shim costs 3 MB). When the task has needed nothing of it for
+``Settings.shim_idle_s`` — no call in flight but the execution service's ``shim.wait``,
+no exec, no client attached, no output, every event handed to the journal — the shim
+``execve``s ``dockyard-shim-idle`` (``services/shim/idle.c``, built by ``deploy/setup.sh``):
+the same process, so still the container's parent and subreaper, holding the same pipes,
+terminal and OOM eventfd, at ~0.2 MB. Before that it
+
+1. binds the wake socket (``common.shimwake``; it takes connections from now on),
+2. answers ``shim.wait`` with ``hibernated`` (the execution service then waits on the
+   wake socket, without waking it),
+3. puts a plain listening socket in place of its ROUTER's socket file (``rename``, so
+   a client finds something listening at every moment) and closes the ROUTER, flushing
+   its replies,
+4. writes what it holds to ``<bundle>/hibernation.json`` (``Shim.hand_over``).
+
+The monitor sleeps in ``poll(2)`` until the task's init exits, output or an OOM event
+arrives, or a client sends a byte on the wake socket; it never reaps the init. Then it
+execs ``python -m services.shim.resume <namespace> <id> <bundle>``: a new interpreter
+(~0.4 s of imports, the price of a wake) reads the file back (``Shim.restore``), reaps
+the init if it exited, and its ROUTER adopts the listening socket (``ZMQ_USE_FD``) with
+the connections that wait on it. Requests that reach the shim between its last look and
+the ROUTER's close are lost unread; ``common.shimwake.ShimClient`` sends them again.
+
+Without the monitor binary (no C compiler at install) or with ``shim_idle_s = 0``, a shim
+never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any, NoReturn
+
+import zmq
+import zmq.asyncio
+
+from common import shimwake
+from common.rpc.server import RpcServer
+from services.shim import idle
+from services.shim.service import Shim
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "hibernation.json"
+_WAITS = frozenset({"shim.wait"})
+
+
+def _listen_at(path: str, backlog: int) -> socket.socket:
+    """A listening unix socket at ``path``, put there atomically (bound aside, then renamed)."""
+    tmp = f"{path}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(tmp)
+        sock.listen(backlog)
+        os.replace(tmp, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return sock
+
+
+class Sleeper:
+    """Watches a serving shim and puts it to sleep once idle (module docstring)."""
+
+    def __init__(self, shim: Shim, server: RpcServer, idle_s: float, argv: list[str], close: Any, monitor: str) -> None:
+        self.shim = shim
+        self.server = server
+        self.idle_s = idle_s
+        self.argv = argv
+        """What the monitor execs to wake: ``python -m services.shim.resume ns id bundle``."""
+        self.close = close
+        """``async close()``: the shim's other zmq users (publisher, events client)."""
+        self.monitor = monitor
+        self.since = time.monotonic()
+
+    async def run(self) -> None:
+        """Sleep as soon as the shim is idle for ``idle_s``; returns only if the task ends first."""
+        while True:
+            now = time.monotonic()
+            since = self.shim.idle_since()
+            if since is None:
+                await asyncio.sleep(self.idle_s / 2)
+                continue
+            last = max(since, self.server.last_activity, self.since)
+            if now - last < self.idle_s:
+                await asyncio.sleep(last + self.idle_s - now + 0.01)
+                continue
+            if self.server.busy(_WAITS):
+                self.since = now
+                continue
+            with contextlib.suppress(_Busy):
+                await self._sleep()
+            self.since = time.monotonic()  # it did not: something came in meanwhile
+
+    def _ready(self) -> bool:
+        return self.shim.idle_since() is not None and not self.server.busy(_WAITS)
+
+    async def _sleep(self) -> None:
+        shim = self.shim
+        endpoint = self.server.endpoint
+        path = endpoint.removeprefix("ipc://")
+        wake = _listen_at(shimwake.wake_path(endpoint), 64)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        aside = f"{path}.{os.getpid()}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+            listener.bind(aside)
+            listener.listen(128)
+            await asyncio.sleep(0)  # a request already in the socket gets taken
+            if not self._ready():
+                raise _Busy
+        except BaseException:
+            for sock, name in ((wake, shimwake.wake_path(endpoint)), (listener, aside)):
+                sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+            raise
+        # from here on nothing is taken: the last look and the stop are one step of the loop
+        # (a request that comes later is lost unread; ShimClient sends it again)
+        self.server.abandon()
+        shim.hibernating.set()
+        os.replace(aside, path)  # what connects from now on waits in the listener's backlog
+        replies = self.server.pending_replies()
+        if replies:
+            await asyncio.wait(replies, timeout=1.0)
+        self.server.close_for_handover(linger_ms=1000)
+        await self.close()
+        zmq.asyncio.Context.instance().destroy(linger=0)  # waits for the ROUTER's replies
+        saved = shim.hand_over()
+        saved["listen_fd"] = listener.fileno()
+        os.set_inheritable(listener.fileno(), True)
+        os.set_inheritable(wake.fileno(), True)
+        try:
+            self._write_state(saved)
+        except OSError as exc:
+            log.critical("cannot save the shim's state to sleep (%s): exiting", exc)
+            os._exit(1)
+        self._exec(saved, wake.fileno())
+
+    def _write_state(self, saved: dict[str, Any]) -> None:
+        path = os.path.join(self.shim.bundle, STATE_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(saved, f)
+        os.replace(tmp, path)
+
+    def _exec(self, saved: dict[str, Any], wake_fd: int) -> NoReturn:
+        argv = [self.monitor, "--pid", str(saved["pid"]), "--park", str(wake_fd)]
+        watch = list(saved["fds"].get(k) for k in ("1", "2", "pty") if k in saved["fds"])
+        if saved["oom_fd"] >= 0:
+            watch.append(saved["oom_fd"])
+        for fd in watch:
+            argv += ["--watch", str(fd)]
+        argv += ["--", *self.argv]
+        log.info("idle for %.0f s: sleeping as %s", self.idle_s, os.path.basename(self.monitor))
+        logging.shutdown()
+        sys.stderr.flush()
+        try:
+            os.execv(self.monitor, argv)
+        except OSError as exc:  # then wake at once: the state file is written, the ROUTER closed
+            sys.stderr.write(f"cannot exec {self.monitor}: {exc}; staying awake\n")
+            sys.stderr.flush()
+            os.execv(self.argv[0], self.argv)
+        raise AssertionError("unreachable")
+
+
+class _Busy(Exception):
+    """Something came in while the shim got ready to sleep."""
+
+
+def sleeper(
+    shim: Shim, server: RpcServer, idle_s: float, namespace: str, container_id: str, close: Any
+) -> Sleeper | None:
+    """A ``Sleeper`` for this shim, or None when it must stay awake (``idle_s`` 0, no monitor)."""
+    monitor = idle.monitor_path()
+    if idle_s <= 0 or monitor is None:
+        return None
+    argv = [sys.executable, "-m", "services.shim.resume", namespace, container_id, shim.bundle]
+    return Sleeper(shim, server, idle_s, argv, close, monitor)
+
+
+def load_state(bundle: str) -> dict[str, Any]:
+    """What the shim saved before it slept (``Sleeper``); the file is removed. Raises
+    ``OSError`` / ``ValueError`` when it is missing or unreadable."""
+    path = os.path.join(bundle, STATE_FILE)
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    os.unlink(path)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return saved
