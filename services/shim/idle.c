@@ -12,7 +12,9 @@
  *                accepted here: the Python shim takes the socket over and accepts it.
  *   --watch FD   a pipe / pty master / eventfd is readable, or hung up, or in error.
  *   --pid PID    PID (the container's init, our child) exited; it is left
- *                unreaped so the Python shim reads its exit status. Any other
+ *                unreaped so the Python shim reads its exit status (and, in
+ *                DOCKYARD_SHIM_EXITED_AT, the time in ns since the epoch when the
+ *                monitor saw it gone: when it exited, to the poll). Any other
  *                child that exits (an orphan re-parented to us) is reaped silently.
  *   --park FD    a client of this listening AF_UNIX socket (the shim's wake socket,
  *                common/shimwake.py) sends a byte. Connections are accepted (64 kept
@@ -42,6 +44,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -122,9 +125,31 @@ static void park_accept(void)
 		parked[n_parked++] = c;
 }
 
+static pid_t init_pid;
+
+/* The init exited (a zombie we did not reap): tell the Python shim when, as the exit time
+ * it records would otherwise be that of its reap, an interpreter's start-up later. */
+static void note_exit_time(void)
+{
+	siginfo_t info;
+	struct timespec ts;
+	char buf[32];
+
+	if (init_pid <= 0)
+		return;
+	memset(&info, 0, sizeof(info));
+	if (waitid(P_PID, init_pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != init_pid)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(buf, sizeof(buf), "%lld", (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+	setenv("DOCKYARD_SHIM_EXITED_AT", buf, 1);
+}
+
 static _Noreturn void wake(char **argv)
 {
 	sigset_t chld;
+
+	note_exit_time();
 
 	if (park_fd >= 0)
 		close(park_fd);
@@ -187,6 +212,7 @@ int main(int argc, char **argv)
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
 	sig_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	init_pid = pid;
 	if (pid > 0) {
 		pid_fd = (int)syscall(SYS_pidfd_open, pid, 0);
 		if (pid_fd < 0 && errno == ESRCH)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -187,6 +188,8 @@ class Shim:
         self.console_base = ""
         self.container_name = launch.container_name
         """The container's name for events: the launch's, then what ``shim.rename`` says."""
+        self._exited_at_hint: dt.datetime | None = None
+        """When the idle monitor saw the init gone (it woke us for that): its exit time."""
         self.hibernating = asyncio.Event()
         """Set when the shim goes to sleep (``services.shim.hibernate``): ``shim.wait`` answers ``hibernated``."""
 
@@ -467,7 +470,10 @@ class Shim:
     # -- exits --------------------------------------------------------------------------------------
     def _on_exit(self, proc: Process, status: int) -> None:
         trace.mark("reaped exec" if proc.state.exec_id else "reaped init")
-        proc.record_exit(status)
+        at = None
+        if proc is self.init and self._exited_at_hint is not None:
+            at, self._exited_at_hint = self._exited_at_hint, None
+        proc.record_exit(status, at)
         self._spawn(self._finish_exit(proc), f"exit-{proc.state.exec_id or 'init'}")
 
     async def _finish_exit(self, proc: Process) -> None:
@@ -1111,6 +1117,9 @@ class Shim:
         if state.exit_status is not None:  # reaped while the shim got ready to sleep: not published yet
             self._spawn(self._finish_exit(proc), "exit-init")
         else:
+            exited_at = os.environ.pop("DOCKYARD_SHIM_EXITED_AT", "")
+            if exited_at.isdigit():
+                self._exited_at_hint = dt.datetime.fromtimestamp(int(exited_at) / 1e9, dt.UTC)
             self.reaper.watch(state.pid, lambda status: self._on_exit(proc, status))
             self.reaper.reap()  # it may have exited while the monitor held it (that woke us)
         return state

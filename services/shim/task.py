@@ -13,6 +13,7 @@ shim died.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 from typing import Any
@@ -99,10 +100,10 @@ class Process:
         if self.state_file:
             write_state_file(self.state_file, self.state)
 
-    def record_exit(self, status: int) -> None:
-        """The process exited with ``status``: stopped, exit status and time recorded."""
+    def record_exit(self, status: int, at: dt.datetime | None = None) -> None:
+        """The process exited with ``status`` (at ``at``, default now): stopped, exit status and time recorded."""
         self.state.exit_status = status
-        self.state.exited_at = codec.utcnow()
+        self.state.exited_at = at or codec.utcnow()
         if self.state.status != TaskStatus.DELETED:
             self.state.status = TaskStatus.STOPPED
         self.persist()

@@ -9,6 +9,7 @@ a user sees (output, exit codes, logs, events) and that the shim's pid never cha
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -72,6 +73,13 @@ def _state(dy: Instance, cid: str) -> dict[str, object]:
     return state
 
 
+def _time(text: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time with nanoseconds (Docker's)."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    seconds = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.UTC).timestamp()
+    return seconds + float("0." + (frac or "0"))
+
+
 def _pss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/smaps_rollup") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
@@ -113,6 +121,8 @@ def test_an_exit_while_asleep_is_recorded_and_published(dy: Instance) -> None:
     assert (waited.returncode, waited.stdout.strip()) == (0, b"7"), waited.stderr
     state = _state(dy, cid)
     assert (state["Status"], state["ExitCode"]) == ("exited", 7)
+    ran = _time(str(state["FinishedAt"])) - _time(str(state["StartedAt"]))
+    assert 1.9 <= ran < 2.35, f"FinishedAt is when the monitor saw the exit, not the later reap ({ran:.3f} s)"
     assert _until(lambda: not os.path.exists(f"/proc/{pid}")), "the shim ends once the task is deleted"
     with dy.client("events") as c:
         head = int(c.call("events.head", {})["seq"])

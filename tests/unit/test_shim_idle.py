@@ -227,6 +227,28 @@ def test_init_exit_wakes_and_is_left_for_the_program_to_reap(
     assert p.wait(timeout=3) == 0
 
 
+def test_the_init_exit_time_is_handed_to_the_program(
+    monitor: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    marker = tmp_path / "exited_at"
+    before = time.time_ns()
+    program = _PROLOGUE + "mark(os.environ.get('DOCKYARD_SHIM_EXITED_AT', 'unset'))\n"
+    _start_sh(procs, monitor, "sleep 0.3 & echo $!", program, marker)
+    assert _wait_for(marker.exists)
+    exited_at = int(marker.read_text())  # ns since the epoch, when the monitor saw the exit
+    assert before + 250_000_000 <= exited_at <= time.time_ns()
+    other = tmp_path / "other"
+    r, w = os.pipe()
+    try:
+        _start(procs, monitor, ["--watch", str(r)], _python(program, other), pass_fds=(r,))
+        os.write(w, b"x")
+        assert _wait_for(other.exists)
+        assert other.read_text() == "unset"  # woken by output, no init gone: no time
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_init_already_exited_wakes_at_once_and_is_left_unreaped(
     monitor: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
