@@ -45,6 +45,9 @@ PR_SET_NAME = 15
 _settings: Any = None
 """The ``Settings`` every shim uses, read once by the template (``main``)."""
 
+SPARE_ACK_S = 10.0
+"""How long the template waits for a spare to acknowledge a request (``_hand_to_spare``)."""
+
 SPARE_AFTER_S = 0.05
 """Idle time after which the template forks its next spare (not while a start is on its way)."""
 
@@ -118,6 +121,9 @@ def _be_spare(lifeline: socket.socket) -> None:
         data, fds, _, _ = socket.recv_fds(lifeline, 65536, 1)
     except OSError:
         os._exit(0)
+    if data:
+        with contextlib.suppress(OSError):
+            lifeline.send(b"k")  # taken (see _hand_to_spare)
     lifeline.close()
     if not data or len(fds) != 1:
         os._exit(0)  # the template is gone (or sent nonsense): nothing to serve
@@ -158,9 +164,18 @@ def _fork_spare(listener: socket.socket) -> socket.socket | None:
 
 
 def _hand_to_spare(spare: socket.socket, conn: socket.socket, data: bytes) -> bool:
-    """Give the request and its connection to the spare; False if the spare is gone."""
+    """Give the request and its connection to the spare; False if the spare is gone.
+
+    The spare acknowledges with one byte: a spare killed a moment before may still have its
+    end of the pair open (its threads are still exiting), so the send succeeds and only the
+    end of the pair (no byte) tells that nobody took the request (it is then forked on demand,
+    on the same connection). A spare that does not answer within ``SPARE_ACK_S`` (a very
+    loaded host) is taken to have the request: serving it twice would be worse."""
     try:
         socket.send_fds(spare, [data], [conn.fileno()])
+        spare.settimeout(SPARE_ACK_S)
+        return spare.recv(1) == b"k"
+    except TimeoutError:
         return True
     except OSError:
         return False
