@@ -106,7 +106,7 @@ class ShimClient(AsyncClient):
             try:
                 return await call.result()
             except errors.Unavailable:
-                if retried or call.heard or not await _sleeping(self.endpoint):
+                if retried or call.heard or not await sleeping(self.endpoint):
                     raise
                 retried = True
             except asyncio.CancelledError:
@@ -114,8 +114,9 @@ class ShimClient(AsyncClient):
                 raise
 
 
-async def _sleeping(endpoint: str) -> bool:
-    """The shim's wake socket takes connections: it sleeps, or is going to sleep."""
+async def sleeping(endpoint: str) -> bool:
+    """The shim's wake socket takes connections: it sleeps, or is going to sleep (then it
+    sleeps before anything it has not answered yet is answered: ``wait_awake`` on it)."""
     sock = await _connect(endpoint)
     if sock is None:
         return False

@@ -310,6 +310,10 @@ class TaskManager:
     async def _monitor(self, live: Live) -> None:
         try:
             while True:
+                if await shimwake.sleeping(live.client.endpoint):
+                    # adopted asleep (a restart of this service): wait for its wake, do not cause it
+                    await self._until_awake(live)
+                    continue
                 waiter = asyncio.ensure_future(live.client.call("shim.wait", {}, timeout_s=None))
                 assert live.watch is not None
                 await asyncio.wait([waiter, live.watch.died], return_when=asyncio.FIRST_COMPLETED)
@@ -318,10 +322,7 @@ class TaskManager:
                     if reply.get("hibernated"):
                         # the shim sleeps as its idle monitor: wait (without waking it) until it
                         # wakes for whatever reason, then ask again
-                        awake: asyncio.Future[Any] = asyncio.ensure_future(shimwake.wait_awake(live.client.endpoint))
-                        both: list[asyncio.Future[Any]] = [awake, live.watch.died]
-                        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-                        awake.cancel()
+                        await self._until_awake(live)
                         continue
                     await self._task_exited(live, reply)
                     return
@@ -341,6 +342,16 @@ class TaskManager:
         except Exception:
             log.exception("monitor of container %s failed", live.container_id)
             live.done.set()
+
+    async def _until_awake(self, live: Live) -> None:
+        """Wait until the sleeping shim of ``live`` wakes (``common.shimwake``) or dies."""
+        assert live.watch is not None
+        awake: asyncio.Future[Any] = asyncio.ensure_future(shimwake.wait_awake(live.client.endpoint))
+        both: list[asyncio.Future[Any]] = [awake, live.watch.died]
+        try:
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            awake.cancel()
 
     async def _task_exited(self, live: Live, reply: dict[str, Any]) -> None:
         trace.mark("task exited")
@@ -606,14 +617,21 @@ class TaskManager:
         client = self.shim_client(address, rec.namespace)
         try:
             info: dict[str, Any] = {}
-            for _ in range(50):
-                info = await client.call("shim.connect", {}, timeout_s=3)
-                if info.get("task_pid"):
-                    break
-                await asyncio.sleep(0.2)
+            saved = read_state_file(os.path.join(bundle, "state.json"))
+            if await shimwake.sleeping(address) and saved is not None and saved.status in ("running", "paused"):
+                # a sleeping shim's task is as its state file says (it sleeps only while its task
+                # runs or is paused, and wakes when it exits): adopted without waking it
+                info = {"container_id": saved.container_id, "incarnation": saved.incarnation}
+                state: dict[str, Any] = {"pid": saved.pid, "status": saved.status.value}
+            else:
+                for _ in range(50):
+                    info = await client.call("shim.connect", {}, timeout_s=3)
+                    if info.get("task_pid"):
+                        break
+                    await asyncio.sleep(0.2)
+                state = await client.call("shim.state", {}, timeout_s=3)
             if info.get("container_id") != rec.id:
                 raise errors.Unavailable(f"shim at {address} serves another container")
-            state = await client.call("shim.state", {}, timeout_s=3)
         except BaseException:
             await client.close()
             raise

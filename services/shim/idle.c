@@ -244,8 +244,16 @@ int main(int argc, char **argv)
 		if (fds[0].revents || fds[3].revents)
 			wake(program);
 		for (i = first_watch; i < first_parked; i++)
-			if (fds[i].revents)
+			if (fds[i].revents) {
+				if ((fds[i].revents & POLLHUP) && pid_fd >= 0) {
+					/* the output hung up: the init is most likely exiting, and
+					 * its pipes close before it turns waitable; give it 100 ms
+					 * so that its exit time is noted (note_exit_time) */
+					struct pollfd gone = {.fd = pid_fd, .events = POLLIN};
+					poll(&gone, 1, 100);
+				}
 				wake(program);
+			}
 		if (fds[2].revents) {
 			struct signalfd_siginfo si;
 			while (read(sig_fd, &si, sizeof(si)) > 0)

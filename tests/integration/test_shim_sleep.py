@@ -73,6 +73,12 @@ def _state(dy: Instance, cid: str) -> dict[str, object]:
     return state
 
 
+def _sleeps(shim_log: str) -> int:
+    """How many times the shim went to sleep (its log says so each time)."""
+    with open(shim_log) as f:
+        return f.read().count("sleeping as dockyard-shim-idle")
+
+
 def _time(text: str) -> float:
     """Seconds since the epoch of an RFC 3339 time with nanoseconds (Docker's)."""
     head, _, frac = text.rstrip("Z").partition(".")
@@ -171,15 +177,21 @@ def test_a_tty_container_and_stdin_survive_sleep(dy: Instance) -> None:
 
 def test_sleeping_shims_ride_through_an_execution_restart(dy: Instance) -> None:
     cid, pid = _run_asleep(dy, "busybox", "sh", "-c", "trap 'exit 3' TERM; sleep 600 & wait")
+    other, other_pid = _run_asleep(dy, "busybox", "sh", "-c", "sleep 3; exit 5")
+    log = os.path.join(endpoints.bundle_dir("default", cid, dy.env), "shim.log")
+    sleeps = _sleeps(log)
     dy.kill("execution")
     dy.start("execution")
     assert _state(dy, cid)["Status"] == "running"
-    assert _until(lambda: _asleep(pid)), "the restarted service's reconnect woke it; it sleeps again"
+    time.sleep(1)
+    assert _asleep(pid) and _sleeps(log) == sleeps, "the restarted service adopted it asleep, without a wake"
+    assert dy.cli("wait", other, timeout=30).stdout.strip() == b"5", "an adopted sleeping shim's exit is seen"
+    assert _until(lambda: not os.path.exists(f"/proc/{other_pid}"))
     assert dy.cli("exec", cid, "true").returncode == 0
     assert dy.cli("stop", cid).returncode == 0
     assert _state(dy, cid)["ExitCode"] == 3
     assert _until(lambda: not os.path.exists(f"/proc/{pid}"))
-    dy.cli("rm", cid, check=True)
+    dy.cli("rm", cid, other, check=True)
 
 
 def test_a_sigkilled_sleeping_shim_is_cleaned_up_as_an_awake_one(dy: Instance) -> None:
