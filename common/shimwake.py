@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from typing import Any
 
@@ -86,27 +87,37 @@ async def wait_awake(endpoint: str) -> bool:
 class ShimClient(AsyncClient):
     """An ``AsyncClient`` of a shim that wakes it (``wake``) before each call.
 
-    It watches its connection (``watch_peer``): a request that reached a shim in the moment
-    it went to sleep is lost unread, and is sent again once (after a wake) when nothing of
-    its answer came.
+    While the shim sleeps or wakes (its wake socket's file is there: from before it goes to
+    sleep until its new interpreter serves), a call waits up to ``WAKE_TIMEOUT_S`` for the
+    connection instead of ``connect_timeout_s``: many shims woken at once on a small host
+    take seconds to import. The client watches its connection (``watch_peer``): a request
+    that reached a shim in the moment it went to sleep is lost unread, and is sent again
+    once (after a wake) when nothing of its answer came. ``wake_shim=False`` (the exit watch's
+    ``shim.wait``) neither wakes the shim nor sends again.
     """
 
     def __init__(self, endpoint: str, **kw: Any) -> None:
         kw.setdefault("watch_peer", True)
         super().__init__("shim", endpoint, **kw)
 
-    async def start(self, method: str, body: Any = None, **kw: Any) -> Any:
-        await wake(self.endpoint)
+    def asleep_or_waking(self) -> bool:
+        return os.path.exists(wake_path(self.endpoint))
+
+    async def start(self, method: str, body: Any = None, *, wake_shim: bool = True, **kw: Any) -> Any:
+        if wake_shim:
+            await wake(self.endpoint)
+        if "connect_timeout_s" not in kw and self.asleep_or_waking():
+            kw["connect_timeout_s"] = WAKE_TIMEOUT_S
         return await super().start(method, body, **kw)
 
-    async def call(self, method: str, body: Any = None, **kw: Any) -> Any:
-        retried = False
+    async def call(self, method: str, body: Any = None, *, wake_shim: bool = True, **kw: Any) -> Any:
+        retried = not wake_shim
         while True:
-            call = await self.start(method, body, **kw)
+            call = await self.start(method, body, wake_shim=wake_shim, **kw)
             try:
                 return await call.result()
             except errors.Unavailable:
-                if retried or call.heard or not await sleeping(self.endpoint):
+                if retried or call.heard or not self.asleep_or_waking():
                     raise
                 retried = True
             except asyncio.CancelledError:

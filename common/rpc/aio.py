@@ -301,8 +301,12 @@ class AsyncClient:
         namespace: str | None = None,
         meta: dict[str, Any] | None = None,
         window: int = protocol.DEFAULT_WINDOW,
+        connect_timeout_s: float | None = None,
     ) -> AsyncCall:
-        """Send a request and return its ``AsyncCall`` (``timeout_s=None``: no deadline)."""
+        """Send a request and return its ``AsyncCall`` (``timeout_s=None``: no deadline).
+
+        ``connect_timeout_s``: how long to wait for a connection to the service (default the
+        client's; bounded by ``timeout_s``)."""
         timeout = self.timeout_s if timeout_s is _UNSET else timeout_s
         request_id = protocol.new_request_id()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -317,7 +321,8 @@ class AsyncClient:
             window=window,
             meta=meta,
         )
-        connect_wait = self.connect_timeout_s if timeout is None else min(self.connect_timeout_s, max(0.05, timeout))
+        connect_s = self.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
+        connect_wait = connect_s if timeout is None else min(connect_s, max(0.05, timeout))
         try:
             await self._send(payload, wait_s=connect_wait)
         except BaseException:

@@ -22,6 +22,7 @@ service's ROUTER and carry the same envelope.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from common import codec, endpoints, errors
@@ -176,10 +177,12 @@ class Call:
         self.client._send(protocol.control(protocol.EOF, self.request_id))
 
     def cancel(self) -> None:
-        """Give up on the call; the service cancels its handler."""
+        """Give up on the call; the service cancels its handler (a service that cannot be
+        reached is not told: it has nothing to cancel, or learns it from the liveness rule)."""
         if not self.done:
             self.done = True
-            self.client._send(protocol.control(protocol.CANCEL, self.request_id))
+            with contextlib.suppress(errors.Unavailable):
+                self.client._send(protocol.control(protocol.CANCEL, self.request_id))
 
     # -- server -> client ---------------------------------------------------------------
     def _timeout_ms(self) -> int:

@@ -314,7 +314,8 @@ class TaskManager:
                     # adopted asleep (a restart of this service): wait for its wake, do not cause it
                     await self._until_awake(live)
                     continue
-                waiter = asyncio.ensure_future(live.client.call("shim.wait", {}, timeout_s=None))
+                # not waking it (a shim that sleeps, or is going to, answers or is waited for above)
+                waiter = asyncio.ensure_future(live.client.call("shim.wait", {}, timeout_s=None, wake_shim=False))
                 assert live.watch is not None
                 await asyncio.wait([waiter, live.watch.died], return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done() and waiter.exception() is None:
@@ -335,6 +336,8 @@ class TaskManager:
                 exc = waiter.exception()
                 if isinstance(exc, errors.FailedPrecondition):
                     await asyncio.sleep(0.2)  # the shim is still creating the task
+                elif live.client.asleep_or_waking():
+                    continue  # it went to sleep (its answer lost) or is waking: looked at above
                 else:
                     log.warning("shim of %s not answering (%s); still watching it", live.container_id[:12], exc)
         except asyncio.CancelledError:

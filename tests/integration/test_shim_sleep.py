@@ -9,6 +9,7 @@ a user sees (output, exit codes, logs, events) and that the shim's pid never cha
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
 import os
@@ -204,3 +205,22 @@ def test_a_sigkilled_sleeping_shim_is_cleaned_up_as_an_awake_one(dy: Instance) -
     assert _until(lambda: not os.path.exists(sock) and not os.path.exists(sock + ".w")), "its sockets are removed"
     assert _state(dy, other)["Status"] == "running" and _asleep(other_pid), "the other shim sleeps on"
     dy.cli("rm", "-f", victim, other, check=True)
+
+
+def test_many_sleeping_shims_woken_at_once_all_answer(dy: Instance) -> None:
+    """Twelve interpreters starting at once on two cores take seconds: every call waits for
+    its shim (it used to fail after the client's 2 s connect wait, nothing done)."""
+    started = [_run_asleep(dy, "busybox", "sleep", "600") for _ in range(12)]
+    for _, pid in started:
+        assert _asleep(pid)
+    with concurrent.futures.ThreadPoolExecutor(len(started)) as pool:
+        execs = list(pool.map(lambda c: dy.cli("exec", c[0], "echo", "hi"), started))
+    assert [(r.returncode, r.stdout) for r in execs] == [(0, b"hi\n")] * len(started), [r.stderr for r in execs]
+    for _, pid in started:
+        assert _until(lambda pid=pid: _asleep(pid))
+    with concurrent.futures.ThreadPoolExecutor(len(started)) as pool:
+        kills = list(pool.map(lambda c: dy.cli("kill", c[0]), started))
+    assert [r.returncode for r in kills] == [0] * len(started), [r.stderr for r in kills]
+    for cid, _ in started:
+        assert dy.cli("wait", cid, timeout=60).stdout.strip() == b"137"
+    dy.cli("rm", *[c for c, _ in started], check=True)
