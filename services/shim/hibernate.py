@@ -51,6 +51,8 @@ from services.shim.service import Shim
 log = logging.getLogger(__name__)
 
 STATE_FILE = "hibernation.json"
+MAX_BACKOFF = 64
+"""A shim woken again and again waits at most this many times ``shim_idle_s`` before it sleeps."""
 _WAITS = frozenset({"shim.wait"})
 
 
@@ -141,7 +143,7 @@ class Sleeper:
         await self.close()
         zmq.asyncio.Context.instance().destroy(linger=0)  # waits for the ROUTER's replies
         saved = shim.hand_over()
-        saved["listen_fd"] = listener.fileno()
+        saved.update(listen_fd=listener.fileno(), idle_s=self.idle_s, slept_at=time.time())
         os.set_inheritable(listener.fileno(), True)
         os.set_inheritable(wake.fileno(), True)
         try:
@@ -183,14 +185,37 @@ class _Busy(Exception):
 
 
 def sleeper(
-    shim: Shim, server: RpcServer, idle_s: float, namespace: str, container_id: str, close: Any
+    shim: Shim,
+    server: RpcServer,
+    idle_s: float,
+    namespace: str,
+    container_id: str,
+    close: Any,
+    saved: dict[str, Any] | None = None,
 ) -> Sleeper | None:
-    """A ``Sleeper`` for this shim, or None when it must stay awake (``idle_s`` 0, no monitor)."""
+    """A ``Sleeper`` for this shim, or None when it must stay awake (``idle_s`` 0, no monitor).
+
+    ``saved``: what the shim saved when it last went to sleep (it just woke). A shim woken
+    before it slept as long as it had waited to sleep waits twice as long the next time (up
+    to ``MAX_BACKOFF`` times ``idle_s``): a container that prints every 40 s, or is exec'd
+    into that often, keeps an awake shim instead of paying a wake every time."""
     monitor = idle.monitor_path()
     if idle_s <= 0 or monitor is None:
         return None
+    idle_s = next_idle_s(idle_s, saved, time.time())
     argv = [sys.executable, "-m", "services.shim.resume", namespace, container_id, shim.bundle]
     return Sleeper(shim, server, idle_s, argv, close, monitor)
+
+
+def next_idle_s(idle_s: float, saved: dict[str, Any] | None, now: float) -> float:
+    """How long (s) a shim waits idle before it sleeps: ``idle_s``, or twice what it waited
+    last time when it was woken sooner than that after it slept (``sleeper``); ``now`` and
+    ``saved["slept_at"]`` are ``time.time()`` values."""
+    if saved is None:
+        return idle_s
+    waited = float(saved.get("idle_s") or idle_s)
+    slept = now - float(saved.get("slept_at") or 0)
+    return min(waited * 2, idle_s * MAX_BACKOFF) if slept < waited else idle_s
 
 
 def load_state(bundle: str) -> dict[str, Any]:

@@ -163,7 +163,7 @@ async def _serve(
             await publisher.close()
             await events.close()
 
-        sleeper = hibernate.sleeper(shim, server, settings.shim_idle_s, namespace, container_id, close_clients)
+        sleeper = hibernate.sleeper(shim, server, settings.shim_idle_s, namespace, container_id, close_clients, saved)
         sleeping = asyncio.ensure_future(sleeper.run()) if sleeper is not None else None
         deleted = asyncio.ensure_future(shim.deleted.wait())
         await asyncio.wait([deleted, asyncio.ensure_future(shim.done.wait())], return_when=asyncio.FIRST_COMPLETED)
