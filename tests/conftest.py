@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -54,14 +55,22 @@ def instance() -> Iterator[Instance]:
         inst.cleanup()
 
 
-@pytest.fixture
-def dy() -> Iterator[Instance]:
-    """A fresh instance running the services a container needs, with the busybox image loaded."""
+@contextlib.contextmanager
+def running_instance(**settings: str) -> Iterator[Instance]:
+    """A fresh instance (``settings``: ``Instance``'s) running the services a container needs,
+    with the busybox image loaded; everything it made is removed afterwards."""
     need_root()
-    inst = Instance()
+    inst = Instance(**settings)
     try:
         inst.start("events", "snapshot", "image", "execution")
         inst.load_busybox()
         yield inst
     finally:
         inst.cleanup()
+
+
+@pytest.fixture
+def dy() -> Iterator[Instance]:
+    """A fresh instance running the services a container needs, with the busybox image loaded."""
+    with running_instance() as inst:
+        yield inst

@@ -23,7 +23,7 @@ import pytest
 
 from common import endpoints
 from services.shim import idle
-from tests.conftest import need_root
+from tests.conftest import need_root, running_instance
 from tests.harness import PROJECT, Instance
 
 
@@ -31,13 +31,8 @@ from tests.harness import PROJECT, Instance
 def dy() -> Iterator[Instance]:
     need_root()
     assert idle.monitor_path() is not None, "deploy/setup.sh builds dockyard-shim-idle into the venv"
-    inst = Instance(shim_idle_s="0.5")
-    try:
-        inst.start("events", "snapshot", "image", "execution")
-        inst.load_busybox()
+    with running_instance(shim_idle_s="0.5") as inst:
         yield inst
-    finally:
-        inst.cleanup()
 
 
 def _shim_pid(dy: Instance, cid: str) -> int:
