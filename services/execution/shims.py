@@ -41,6 +41,8 @@ STALE_FILES = (
     "address.tmp",
     "shim.pid.tmp",
     "hibernation.json",
+    "partial.1",
+    "partial.2",
 )
 
 

@@ -3,7 +3,7 @@
 A shim is a CPython process: once its task runs, ~6 MB of its pages are its own (a
 containerd shim costs 3 MB). When the task has needed nothing of it for
 ``Settings.shim_idle_s`` — no call in flight but the execution service's ``shim.wait``,
-no exec, no client attached, no output, every event handed to the journal — the shim
+no exec, no client attached, every event handed to the journal (output does not count) — the shim
 ``execve``s ``dockyard-shim-idle`` (``services/shim/idle.c``, built by ``deploy/setup.sh``):
 the same process, so still the container's parent and subreaper, holding the same pipes,
 terminal and OOM eventfd, at ~0.2 MB. Before that it
@@ -16,8 +16,11 @@ terminal and OOM eventfd, at ~0.2 MB. Before that it
    its replies,
 4. writes what it holds to ``<bundle>/hibernation.json`` (``Shim.hand_over``).
 
-The monitor sleeps in ``poll(2)`` until the task's init exits, output or an OOM event
-arrives, or a client sends a byte on the wake socket; it never reaps the init. Then it
+The monitor sleeps in ``poll(2)``, writing what the container prints to its json-file log
+as the shim would (the unterminated line of each stream handed over in ``<bundle>/partial.N``
+both ways), until the task's init exits, an OOM event arrives, output comes that it must
+leave to the shim (not UTF-8, a log due for rotation), or a client sends a byte on the wake
+socket; it never reaps the init. Then it
 execs ``python -m services.shim.resume <namespace> <id> <bundle>``: a new interpreter
 (~0.4 s of imports, the price of a wake) reads the file back (``Shim.restore``), reaps
 the init if it exited, and its ROUTER adopts the listening socket (``ZMQ_USE_FD``) with
@@ -51,7 +54,7 @@ from services.shim.service import Shim
 log = logging.getLogger(__name__)
 
 STATE_FILE = "hibernation.json"
-MAX_BACKOFF = 64
+MAX_BACKOFF = 8
 """A shim woken again and again waits at most this many times ``shim_idle_s`` before it sleeps."""
 _WAITS = frozenset({"shim.wait"})
 
@@ -162,11 +165,16 @@ class Sleeper:
 
     def _exec(self, saved: dict[str, Any], wake_fd: int) -> NoReturn:
         argv = [self.monitor, "--pid", str(saved["pid"]), "--park", str(wake_fd)]
-        watch = list(saved["fds"].get(k) for k in ("1", "2", "pty") if k in saved["fds"])
+        fds = saved["fds"]
+        outs = [f"{fds[k]}:{1 if k == 'pty' else k}" for k in ("1", "2", "pty") if k in fds]
+        if outs:
+            launch = self.shim.launch
+            for out in outs:
+                argv += ["--out", out]
+            argv += ["--log", launch.log_path, "--log-max-size", str(launch.log_max_size)]
+            argv += ["--partial", os.path.join(self.shim.bundle, "partial")]
         if saved["oom_fd"] >= 0:
-            watch.append(saved["oom_fd"])
-        for fd in watch:
-            argv += ["--watch", str(fd)]
+            argv += ["--watch", str(saved["oom_fd"])]
         argv += ["--", *self.argv]
         log.info("idle for %.0f s: sleeping as %s", self.idle_s, os.path.basename(self.monitor))
         logging.shutdown()
@@ -197,8 +205,8 @@ def sleeper(
 
     ``saved``: what the shim saved when it last went to sleep (it just woke). A shim woken
     before it slept as long as it had waited to sleep waits twice as long the next time (up
-    to ``MAX_BACKOFF`` times ``idle_s``): a container that prints every 40 s, or is exec'd
-    into that often, keeps an awake shim instead of paying a wake every time."""
+    to ``MAX_BACKOFF`` times ``idle_s``): a container exec'd into every 40 s keeps an awake
+    shim instead of paying a wake every time."""
     monitor = idle.monitor_path()
     if idle_s <= 0 or monitor is None:
         return None

@@ -5,7 +5,8 @@
  * container's init. On any activity it execve()s back into the Python shim,
  * which resumes from its state file.
  *
- *   dockyard-shim-idle [--pid PID] [--listen FD] [--park FD] [--watch FD]... -- PROGRAM [ARG...]
+ *   dockyard-shim-idle [--pid PID] [--listen FD] [--park FD] [--watch FD]...
+ *                      [--out FD:N --log PATH --log-max-size N --partial PREFIX] -- PROGRAM [ARG...]
  *
  * Wakes (execvp(PROGRAM, ARGS) with the current environment) when:
  *   --listen FD  a listening AF_UNIX socket has a pending connection; never
@@ -16,12 +17,17 @@
  *                DOCKYARD_SHIM_EXITED_AT, the time in ns since the epoch when the
  *                monitor saw it gone: when it exited, to the poll). Any other
  *                child that exits (an orphan re-parented to us) is reaped silently.
+ *   --out FD:N   the container's stdout (N=1) or stderr (N=2) pipe, or its pty master
+ *                (1), at most two: what it writes is logged here (--log PATH, the
+ *                json-file log; --log-max-size N, 0 for none; --partial PREFIX, see
+ *                the log section below); it wakes at the stream's end, or for output
+ *                the Python shim must log itself.
  *   --park FD    a client of this listening AF_UNIX socket (the shim's wake socket,
  *                common/shimwake.py) sends a byte. Connections are accepted (64 kept
  *                at most); one that sends nothing just waits: it sees EOF when the
  *                monitor wakes, for whatever reason.
  *
- * The listen and watch fds pass through the exec untouched (the caller clears
+ * The listen, watch and out fds pass through the exec untouched (the caller clears
  * their close-on-exec flag); the park fd and its clients are closed. SIGINT,
  * SIGHUP, SIGTERM, SIGQUIT and SIGPIPE are ignored, and stay so across the
  * exec; SIGCHLD (read here through a signalfd) is unblocked and SIG_DFL again.
@@ -43,6 +49,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -125,6 +132,230 @@ static void park_accept(void)
 		parked[n_parked++] = c;
 }
 
+
+/* --- the container's json-file log, written here while the shim sleeps --------------------
+ *
+ * The same entries as services/shim/jsonlog.py's LogWriter (Docker's json-file format):
+ * {"log":"<text>","stream":"stdout"|"stderr","time":"<RFC 3339, ns>Z"}, one per line of
+ * output (with its \n), lines of 16 KiB or more split into 16 KiB entries, every entry of
+ * one read stamped with that read's time, the JSON string escaped as Python's
+ * json.encoder.encode_basestring does. What this cannot write exactly as Python would (bytes
+ * that are not UTF-8, a file at its --log-max-size, a write error) is kept unwritten and the
+ * Python shim is woken to write it. The unterminated line of each stream is handed over in
+ * the files PREFIX.1 / PREFIX.2 both ways (read at start, written at the wake).
+ */
+#define MAX_ENTRY 16384
+#define READ_SIZE 65536
+#define MAX_HELD (2 * MAX_ENTRY) /* more than the Python shim ever hands over */
+
+struct stream {
+	int fd, id;
+	size_t len;
+	unsigned char buf[MAX_HELD + READ_SIZE];
+};
+
+static struct stream stream_store[2]; /* in .bss: a page counts once written */
+static struct stream *streams[2];
+static int n_streams;
+static int log_fd = -1;
+static long long log_max_size;
+static const char *partial_prefix;
+
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned c = s[i];
+		size_t k;
+		unsigned cp, min;
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if ((c & 0xe0) == 0xc0) {
+			k = 1, cp = c & 0x1f, min = 0x80;
+		} else if ((c & 0xf0) == 0xe0) {
+			k = 2, cp = c & 0x0f, min = 0x800;
+		} else if ((c & 0xf8) == 0xf0) {
+			k = 3, cp = c & 0x07, min = 0x10000;
+		} else {
+			return 0;
+		}
+		if (i + k >= n)
+			return 0;
+		for (size_t j = 1; j <= k; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				return 0;
+			cp = (cp << 6) | (s[i + j] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+		i += k + 1;
+	}
+	return 1;
+}
+
+/* Append data[0:n] as a JSON string body to out (room for 6 * n bytes); return its length. */
+static size_t json_escape(char *out, const unsigned char *data, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	char *o = out;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = data[i];
+		switch (c) {
+		case '"': *o++ = '\\', *o++ = '"'; break;
+		case '\\': *o++ = '\\', *o++ = '\\'; break;
+		case '\n': *o++ = '\\', *o++ = 'n'; break;
+		case '\r': *o++ = '\\', *o++ = 'r'; break;
+		case '\t': *o++ = '\\', *o++ = 't'; break;
+		case '\b': *o++ = '\\', *o++ = 'b'; break;
+		case '\f': *o++ = '\\', *o++ = 'f'; break;
+		default:
+			if (c < 0x20) {
+				memcpy(o, "\\u00", 4);
+				o += 4;
+				*o++ = hex[c >> 4], *o++ = hex[c & 15];
+			} else {
+				*o++ = (char)c;
+			}
+		}
+	}
+	return (size_t)(o - out);
+}
+
+/* Log the complete entries held by st; 0 when done (or nothing to do), -1 when the Python
+ * shim must write them (nothing was written, st unchanged). */
+static int log_entries(struct stream *st)
+{
+	char tail[96], stamp[40];
+	struct timespec ts;
+	struct tm tm;
+	static size_t bounds[MAX_HELD + READ_SIZE + 1]; /* entry ends: at most one per byte */
+	size_t start = 0, nb = 0, cap, used = 0;
+	char *out;
+	int tail_len;
+
+	while (start < st->len) { /* the boundaries, as LogWriter.write splits (see jsonlog.py) */
+		size_t rem = st->len - start, lim = rem < MAX_ENTRY ? rem : MAX_ENTRY, stop;
+		unsigned char *nl = memchr(st->buf + start, '\n', lim);
+		if (nl != NULL)
+			stop = (size_t)(nl - st->buf) + 1;
+		else if (rem >= MAX_ENTRY)
+			stop = start + MAX_ENTRY;
+		else
+			break;
+		if (!utf8_valid(st->buf + start, stop - start))
+			return -1;
+		bounds[nb++] = stop;
+		start = stop;
+	}
+	if (nb == 0)
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+	tail_len = snprintf(tail, sizeof(tail), "\",\"stream\":\"%s\",\"time\":\"%s.%09ldZ\"}\n",
+			    st->id == 2 ? "stderr" : "stdout", stamp, ts.tv_nsec);
+	cap = start * 6 + nb * (8 + (size_t)tail_len);
+	out = malloc(cap);
+	if (out == NULL)
+		return -1;
+	start = 0;
+	for (size_t b = 0; b < nb; b++) {
+		memcpy(out + used, "{\"log\":\"", 8);
+		used += 8;
+		used += json_escape(out + used, st->buf + start, bounds[b] - start);
+		memcpy(out + used, tail, (size_t)tail_len);
+		used += (size_t)tail_len;
+		start = bounds[b];
+	}
+	if (log_max_size > 0) { /* rotation is the Python shim's (LogWriter._rotate) */
+		struct stat sb;
+		if (fstat(log_fd, &sb) != 0 || sb.st_size + (long long)used > log_max_size) {
+			free(out);
+			return -1;
+		}
+	}
+	for (size_t off = 0; off < used;) {
+		ssize_t w = write(log_fd, out + off, used - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			free(out);
+			return -1; /* what a short write left out the Python shim writes again */
+		}
+		off += (size_t)w;
+	}
+	free(out);
+	memmove(st->buf, st->buf + start, st->len - start);
+	st->len -= start;
+	return 0;
+}
+
+/* Read what st's fd holds and log it: 0 to go on sleeping, 1 at the end of the stream (or
+ * a read error: a pty's EIO once the container's side closed), -1 when the Python shim must
+ * write what was read. */
+static int pump(struct stream *st)
+{
+	ssize_t r;
+	if (st->len > MAX_HELD)
+		return -1;
+	r = read(st->fd, st->buf + st->len, READ_SIZE);
+	if (r < 0)
+		return (errno == EAGAIN || errno == EINTR) ? 0 : 1;
+	if (r == 0)
+		return 1;
+	st->len += (size_t)r;
+	return log_entries(st);
+}
+
+static void partial_path(char *out, size_t size, int id)
+{
+	snprintf(out, size, "%s.%d", partial_prefix, id);
+}
+
+static void load_partial(struct stream *st)
+{
+	char path[PATH_MAX];
+	int fd;
+	ssize_t r;
+	partial_path(path, sizeof(path), st->id);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	while ((r = read(fd, st->buf + st->len, MAX_HELD + 1 - st->len)) > 0)
+		st->len += (size_t)r;
+	close(fd);
+}
+
+static void save_partials(void)
+{
+	for (int i = 0; i < n_streams; i++) {
+		struct stream *st = streams[i];
+		char path[PATH_MAX], tmp[PATH_MAX + 8];
+		int fd;
+		partial_path(path, sizeof(path), st->id);
+		if (st->len == 0) {
+			unlink(path);
+			continue;
+		}
+		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			fprintf(stderr, "dockyard-shim-idle: %s: %s\n", tmp, strerror(errno));
+			continue;
+		}
+		for (size_t off = 0; off < st->len;) {
+			ssize_t w = write(fd, st->buf + off, st->len - off);
+			if (w <= 0 && errno != EINTR)
+				break;
+			if (w > 0)
+				off += (size_t)w;
+		}
+		close(fd);
+		rename(tmp, path);
+	}
+}
+
 static pid_t init_pid;
 
 /* The init exited (a zombie we did not reap): tell the Python shim when, as the exit time
@@ -150,6 +381,7 @@ static _Noreturn void wake(char **argv)
 	sigset_t chld;
 
 	note_exit_time();
+	save_partials();
 
 	if (park_fd >= 0)
 		close(park_fd);
@@ -169,11 +401,13 @@ static _Noreturn void wake(char **argv)
 int main(int argc, char **argv)
 {
 	static const int ignored[] = {SIGINT, SIGHUP, SIGTERM, SIGQUIT, SIGPIPE};
-	struct pollfd fds[4 + MAX_WATCH + MAX_PARKED];
+	struct pollfd fds[4 + MAX_WATCH + 2 + MAX_PARKED];
 	int watch[MAX_WATCH], n_watch = 0, listen_fd = -1, sig_fd, pid_fd = -1, i;
 	pid_t pid = 0;
 	char **program = NULL;
+	const char *log_path = NULL;
 	sigset_t chld;
+	int must_wake = 0;
 
 	for (i = 1; i < argc; i++) {
 		const char *opt = argv[i];
@@ -186,6 +420,33 @@ int main(int argc, char **argv)
 			listen_fd = parse_num(opt, argv[++i], 0);
 		} else if (strcmp(opt, "--park") == 0) {
 			park_fd = parse_num(opt, argv[++i], 0);
+		} else if (strcmp(opt, "--out") == 0) {
+			const char *v = argv[++i];
+			char *colon = v ? strchr(v, ':') : NULL;
+			if (colon == NULL || (strcmp(colon, ":1") != 0 && strcmp(colon, ":2") != 0))
+				usage_error("--out wants FD:1 or FD:2, not '%s'", v ? v : "");
+			if (n_streams == 2)
+				usage_error("at most two --out");
+			*colon = '\0';
+			streams[n_streams] = &stream_store[n_streams];
+			streams[n_streams]->fd = parse_num(opt, v, 0);
+			streams[n_streams]->id = colon[1] - '0';
+			n_streams++;
+		} else if (strcmp(opt, "--log") == 0) {
+			log_path = argv[++i];
+			if (log_path == NULL)
+				usage_error("--log needs a value");
+		} else if (strcmp(opt, "--log-max-size") == 0) {
+			char *end;
+			const char *v = argv[++i];
+			errno = 0;
+			log_max_size = v ? strtoll(v, &end, 10) : -1;
+			if (v == NULL || errno != 0 || end == v || *end != '\0' || log_max_size < 0)
+				usage_error("--log-max-size: not a valid number: '%s'", v ? v : "");
+		} else if (strcmp(opt, "--partial") == 0) {
+			partial_prefix = argv[++i];
+			if (partial_prefix == NULL)
+				usage_error("--partial needs a value");
 		} else if (strcmp(opt, "--watch") == 0) {
 			if (n_watch == MAX_WATCH)
 				usage_error("too many --watch (at most %d)", MAX_WATCH);
@@ -198,6 +459,10 @@ int main(int argc, char **argv)
 		usage_error("missing '-- PROGRAM'");
 	if (program[0] == NULL)
 		usage_error("missing PROGRAM after '--'");
+	if (n_streams > 0 && (log_path == NULL || partial_prefix == NULL))
+		usage_error("--out needs --log and --partial");
+	for (i = 0; i < n_streams; i++)
+		check_open("--out", streams[i]->fd);
 	check_open("--listen", listen_fd);
 	check_open("--park", park_fd);
 	for (i = 0; i < n_watch; i++)
@@ -212,6 +477,16 @@ int main(int argc, char **argv)
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
 	sig_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (n_streams > 0) {
+		log_fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		for (i = 0; i < n_streams; i++) {
+			load_partial(streams[i]);
+			if (streams[i]->len > MAX_HELD || (log_fd >= 0 && log_entries(streams[i]) < 0))
+				must_wake = 1;
+		}
+		if (log_fd < 0)
+			must_wake = 1; /* the Python shim says why */
+	}
 	init_pid = pid;
 	if (pid > 0) {
 		pid_fd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -219,11 +494,11 @@ int main(int argc, char **argv)
 			wake(program);
 		/* other errors: the SIGCHLD sweep alone sees the init exit */
 	}
-	if (sweep(pid))
+	if (sweep(pid) || must_wake)
 		wake(program);
 
 	for (;;) {
-		int n = 0, first_watch, first_parked;
+		int n = 0, first_watch, first_parked, first_out;
 		fds[n++] = (struct pollfd){.fd = listen_fd, .events = POLLIN};
 		fds[n++] = (struct pollfd){.fd = park_fd, .events = POLLIN};
 		fds[n++] = (struct pollfd){.fd = sig_fd, .events = POLLIN};
@@ -231,6 +506,9 @@ int main(int argc, char **argv)
 		first_watch = n;
 		for (i = 0; i < n_watch; i++)
 			fds[n++] = (struct pollfd){.fd = watch[i], .events = POLLIN | POLLPRI};
+		first_out = n;
+		for (i = 0; i < n_streams; i++)
+			fds[n++] = (struct pollfd){.fd = streams[i]->fd, .events = POLLIN};
 		first_parked = n;
 		for (i = 0; i < n_parked; i++)
 			fds[n++] = (struct pollfd){.fd = parked[i], .events = POLLIN};
@@ -243,17 +521,23 @@ int main(int argc, char **argv)
 		/* listen, pidfd, watch: any event (POLLHUP, POLLERR too) wakes */
 		if (fds[0].revents || fds[3].revents)
 			wake(program);
-		for (i = first_watch; i < first_parked; i++)
-			if (fds[i].revents) {
-				if ((fds[i].revents & POLLHUP) && pid_fd >= 0) {
-					/* the output hung up: the init is most likely exiting, and
-					 * its pipes close before it turns waitable; give it 100 ms
-					 * so that its exit time is noted (note_exit_time) */
-					struct pollfd gone = {.fd = pid_fd, .events = POLLIN};
-					poll(&gone, 1, 100);
-				}
+		for (i = first_watch; i < first_out; i++)
+			if (fds[i].revents)
 				wake(program);
+		for (i = first_out; i < first_parked; i++) {
+			short ev = fds[i].revents;
+			int r = ev == 0 ? 0 : (ev & POLLIN) ? pump(streams[i - first_out]) : 1;
+			if (r == 0)
+				continue;
+			if (r == 1 && pid_fd >= 0) {
+				/* the output ended: the init is most likely exiting, and its
+				 * pipes close before it turns waitable; give it 100 ms so that
+				 * its exit time is noted (note_exit_time) */
+				struct pollfd gone = {.fd = pid_fd, .events = POLLIN};
+				poll(&gone, 1, 100);
 			}
+			wake(program);
+		}
 		if (fds[2].revents) {
 			struct signalfd_siginfo si;
 			while (read(sig_fd, &si, sizeof(si)) > 0)

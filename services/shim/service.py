@@ -146,6 +146,13 @@ def proc_start_time(pid: int) -> int:
         return 0
 
 
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _write_spec(config_path: str, spec: dict[str, Any]) -> None:
     """Replace ``config.json`` with ``spec`` (temporary file + rename)."""
     tmp = config_path + ".tmp"
@@ -1057,7 +1064,7 @@ class Shim:
             return None
         if self.publisher.pending():
             return None
-        return proc.io.last_output
+        return 0.0  # output does not count: the idle monitor writes it to the log
 
     def hand_over(self) -> dict[str, Any]:
         """What the next image of this process needs to go on (``restore``), its fds made
@@ -1069,12 +1076,14 @@ class Shim:
                 asyncio.get_running_loop().remove_reader(self._oom_watch)
             os.set_inheritable(self._oom_watch, True)
         fds = proc.io.handover()
+        if proc.io.log is not None:  # the idle monitor logs on from the unterminated lines (idle.c)
+            for stream, text in proc.io.log.partial().items():
+                _write_atomic(self.partial_path(int(stream)), text.encode("latin-1"))
         return {
             "pid": proc.state.pid,
             "fds": fds,
             "oom_fd": self._oom_watch,
             "oom_seen": self._oom_seen,
-            "partial": proc.io.log.partial() if proc.io.log is not None else {},
             "counter": self._counter,
             "mounted": self._mounted,
             "cgroups_path": self.cgroups_path,
@@ -1091,7 +1100,14 @@ class Shim:
         log_writer = LogWriter(
             self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
         )
-        log_writer.restore_partial(saved.get("partial") or {})
+        held: dict[str, str] = {}
+        for number in (1, 2):  # what the idle monitor left unterminated (or could not log)
+            with contextlib.suppress(FileNotFoundError):
+                path = self.partial_path(number)
+                with open(path, "rb") as f:
+                    held[str(number)] = f.read().decode("latin-1")
+                os.unlink(path)
+        log_writer.restore_partial(held)
         io = ProcessIO.adopt(
             log_writer,
             {str(k): int(v) for k, v in saved["fds"].items()},
@@ -1109,6 +1125,11 @@ class Shim:
         self.own_pid_ns = bool(saved.get("own_pid_ns"))
         self.container_name = str(saved.get("container_name", self.container_name))
         await io.start_pumps()
+        for key in held:  # complete lines the idle monitor left to us (not UTF-8, a full log)
+            try:
+                log_writer.write(int(key), b"")
+            except OSError as exc:
+                log.error("cannot write the container log: %s", exc)
         oom_fd = int(saved.get("oom_fd", -1))
         if oom_fd >= 0:
             os.set_inheritable(oom_fd, False)
@@ -1123,6 +1144,10 @@ class Shim:
             self.reaper.watch(state.pid, lambda status: self._on_exit(proc, status))
             self.reaper.reap()  # it may have exited while the monitor held it (that woke us)
         return state
+
+    def partial_path(self, stream: int) -> str:
+        """The file that holds a stream's unterminated line while the shim sleeps (idle.c's ``--partial``)."""
+        return os.path.join(self.bundle, f"partial.{stream}")
 
     def bundle_path(self, name: str) -> Path:
         return Path(self.bundle) / name

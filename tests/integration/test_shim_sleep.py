@@ -105,15 +105,26 @@ def test_an_idle_shim_sleeps_small_and_an_exec_wakes_it(dy: Instance) -> None:
     assert not os.path.exists(endpoints.shim_endpoint("default", cid, dy.env).removeprefix("ipc://") + ".w")
 
 
-def test_output_while_asleep_reaches_the_log_in_order(dy: Instance) -> None:
+def test_output_while_asleep_is_logged_by_the_monitor_in_order(dy: Instance) -> None:
     cid, pid = _run_asleep(
         dy, "busybox", "sh", "-c", "sleep 1.5; printf part; sleep 1.5; echo ial; echo err >&2; sleep 600"
     )
+    shim_log = os.path.join(endpoints.bundle_dir("default", cid, dy.env), "shim.log")
+    sleeps = _sleeps(shim_log)
     assert _until(lambda: b"partial" in dy.cli("logs", cid).stdout, 20), dy.cli("logs", cid).stdout
     logs = dy.cli("logs", cid)
     assert logs.stdout == b"partial\n" and logs.stderr == b"err\n"
-    assert _until(lambda: _asleep(pid)), "asleep again after the output"
+    assert _asleep(pid) and _sleeps(shim_log) == sleeps, "the monitor logged it: the shim never woke"
     assert _shim_pid(dy, cid) == pid
+    dy.cli("rm", "-f", cid, check=True)
+
+
+def test_output_the_monitor_leaves_to_the_shim_is_logged_exactly(dy: Instance) -> None:
+    script = "sleep 1.5; echo text; printf 'not utf-8: \\377\\376\\n'; sleep 600"
+    cid, pid = _run_asleep(dy, "busybox", "sh", "-c", script)
+    assert _until(lambda: b"not utf-8" in dy.cli("logs", cid).stdout, 20)
+    assert dy.cli("logs", cid).stdout == b"text\nnot utf-8: \xff\xfe\n"
+    assert _until(lambda: _asleep(pid)), "it sleeps again once it wrote them"
     dy.cli("rm", "-f", cid, check=True)
 
 

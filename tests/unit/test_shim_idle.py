@@ -7,7 +7,9 @@ No root needed: no mounts, no namespaces.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from services.shim.idle import build
+from services.shim.jsonlog import LogWriter
 
 if shutil.which("cc") is None:
     pytest.skip("no C compiler (cc) to build the idle monitor", allow_module_level=True)
@@ -410,3 +413,84 @@ def test_failed_exec_is_reported_and_retried_without_exiting(
     finally:
         os.close(r)
         os.close(w)
+
+
+# -- the log it writes while the shim sleeps: byte for byte what jsonlog.LogWriter writes ---------------------
+
+SAMPLES: list[tuple[int, bytes]] = [
+    (1, b"plain line\n"),
+    (2, b'quotes " and \\ backslashes, \t tabs, \r returns, \x08\x0c\x01\x1f\x7f controls\n'),
+    (1, "accents é, 中文, emoji 🚢 and U+2028 \u2028\n".encode()),
+    (1, b"two\nlines\n" + b"x" * 16383 + b"\n"),
+    (2, b"y" * 16384 + b"\n" + b"z" * 16385 + b"\n"),
+    (1, b"w" * 40000 + b"\nand an unterminated tail"),
+]
+
+
+def _entries(path: Path) -> list[tuple[str, str]]:
+    out = []
+    for line in path.read_bytes().splitlines():
+        entry = json.loads(line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", entry["time"]), entry["time"]
+        assert list(entry) == ["log", "stream", "time"]
+        out.append((entry["stream"], entry["log"]))
+    return out
+
+
+def _log_monitor(
+    procs: list[subprocess.Popen[bytes]], monitor: str, tmp_path: Path, max_size: int = 0
+) -> tuple[subprocess.Popen[bytes], dict[int, int], Path, Path]:
+    """A monitor logging two pipes (stdout, stderr) to tmp_path/log; (process, write ends, log, marker)."""
+    marker = tmp_path / "woke"
+    ends, opts, keep = {}, [], []
+    for stream in (1, 2):
+        r, w = os.pipe()
+        ends[stream] = w
+        keep.append(r)
+        opts += ["--out", f"{r}:{stream}"]
+    log = tmp_path / "log"
+    opts += ["--log", str(log), "--log-max-size", str(max_size), "--partial", str(tmp_path / "partial")]
+    p = _start(procs, monitor, opts, _python(WOKE, marker), pass_fds=tuple(keep))
+    for r in keep:
+        os.close(r)
+    return p, ends, log, marker
+
+
+def test_output_is_logged_as_the_shim_logs_it_without_waking(
+    monitor: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    (tmp_path / "partial.1").write_bytes(b"held by the shim: ")  # its unterminated line, handed over
+    p, ends, log, marker = _log_monitor(procs, monitor, tmp_path)
+    ref_path = str(tmp_path / "reference")
+    reference = LogWriter(ref_path)
+    reference.write(1, b"held by the shim: ")
+    for stream, data in SAMPLES:
+        os.write(ends[stream], data)
+        reference.write(stream, data)
+        time.sleep(0.02)
+    _assert_asleep(p, marker)
+    assert _wait_for(lambda: len(_entries(log)) == len(_entries(Path(ref_path))))
+    assert _entries(log) == _entries(Path(ref_path))
+    os.close(ends[2])  # the end of a stream wakes it, with the unterminated line handed back
+    assert _wait_for(marker.exists)
+    os.close(ends[1])
+    assert (tmp_path / "partial.1").read_bytes() == b"and an unterminated tail" == reference.partial()["1"].encode()
+    assert not (tmp_path / "partial.2").exists()
+
+
+@pytest.mark.parametrize(
+    ("max_size", "data"),
+    [(0, b"ok\nnot utf-8: \xff\xfe\n"), (64, b"a line that takes the log past its max-size of 64 bytes\n")],
+)
+def test_output_it_cannot_log_as_the_shim_would_wakes_it_unwritten(
+    monitor: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path, max_size: int, data: bytes
+) -> None:
+    _, ends, log, marker = _log_monitor(procs, monitor, tmp_path, max_size)
+    try:
+        os.write(ends[1], data)
+        assert _wait_for(marker.exists)
+        assert log.read_bytes() == b""  # nothing of that read is written: the shim writes it all
+        assert (tmp_path / "partial.1").read_bytes() == data
+    finally:
+        for w in ends.values():
+            os.close(w)
