@@ -42,10 +42,12 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -154,7 +156,7 @@ struct stream {
 	unsigned char buf[MAX_HELD + READ_SIZE];
 };
 
-static struct stream stream_store[2]; /* in .bss: a page counts once written */
+static struct stream stream_store[2]; /* in .bss: a page counts once written (see release) */
 static struct stream *streams[2];
 static int n_streams;
 static int log_fd = -1;
@@ -222,73 +224,109 @@ static size_t json_escape(char *out, const unsigned char *data, size_t n)
 	return (size_t)(o - out);
 }
 
-/* Log the complete entries held by st; 0 when done (or nothing to do), -1 when the Python
- * shim must write them (nothing was written, st unchanged). */
+/* Where the entry that starts at start ends (LogWriter.write's split, see jsonlog.py), or 0
+ * when what is held from start on is not a complete entry yet. */
+static size_t entry_end(const struct stream *st, size_t start)
+{
+	size_t rem = st->len - start, lim = rem < MAX_ENTRY ? rem : MAX_ENTRY;
+	const unsigned char *nl = memchr(st->buf + start, '\n', lim);
+	if (nl != NULL)
+		return (size_t)(nl - st->buf) + 1;
+	return rem >= MAX_ENTRY ? start + MAX_ENTRY : 0;
+}
+
+static size_t escaped_len(const unsigned char *data, size_t n)
+{
+	size_t len = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = data[i];
+		len += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f') ? 2
+		       : c < 0x20 ? 6 : 1;
+	}
+	return len;
+}
+
+/* Give the kernel back the pages of [from, from + len) that hold nothing (a burst of output
+ * would otherwise leave the sleeping monitor megabytes larger). */
+static void release(void *from, size_t len)
+{
+	uintptr_t lo = ((uintptr_t)from + 4095) & ~(uintptr_t)4095, hi = ((uintptr_t)from + len) & ~(uintptr_t)4095;
+	if (hi > lo)
+		madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+	while (len > 0) {
+		ssize_t w = write(fd, data, len);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		data += w, len -= (size_t)w;
+	}
+	return 0;
+}
+
+static char out_buf[8 * MAX_ENTRY] __attribute__((aligned(4096))); /* > one entry at its largest */
+
+/* Log the complete entries held by st: 0 when done (or nothing to do), -1 when the Python
+ * shim must write them (then st holds what is not written yet). */
 static int log_entries(struct stream *st)
 {
 	char tail[96], stamp[40];
 	struct timespec ts;
 	struct tm tm;
-	static size_t bounds[MAX_HELD + READ_SIZE + 1]; /* entry ends: at most one per byte */
-	size_t start = 0, nb = 0, cap, used = 0;
-	char *out;
-	int tail_len;
+	size_t start = 0, stop, end, done = 0, used = 0;
+	long long total = 0;
+	int tail_len, failed = 0;
 
-	while (start < st->len) { /* the boundaries, as LogWriter.write splits (see jsonlog.py) */
-		size_t rem = st->len - start, lim = rem < MAX_ENTRY ? rem : MAX_ENTRY, stop;
-		unsigned char *nl = memchr(st->buf + start, '\n', lim);
-		if (nl != NULL)
-			stop = (size_t)(nl - st->buf) + 1;
-		else if (rem >= MAX_ENTRY)
-			stop = start + MAX_ENTRY;
-		else
-			break;
-		if (!utf8_valid(st->buf + start, stop - start))
-			return -1;
-		bounds[nb++] = stop;
-		start = stop;
-	}
-	if (nb == 0)
-		return 0;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
 	tail_len = snprintf(tail, sizeof(tail), "\",\"stream\":\"%s\",\"time\":\"%s.%09ldZ\"}\n",
 			    st->id == 2 ? "stderr" : "stdout", stamp, ts.tv_nsec);
-	cap = start * 6 + nb * (8 + (size_t)tail_len);
-	out = malloc(cap);
-	if (out == NULL)
-		return -1;
-	start = 0;
-	for (size_t b = 0; b < nb; b++) {
-		memcpy(out + used, "{\"log\":\"", 8);
-		used += 8;
-		used += json_escape(out + used, st->buf + start, bounds[b] - start);
-		memcpy(out + used, tail, (size_t)tail_len);
-		used += (size_t)tail_len;
-		start = bounds[b];
+	/* first every entry is checked (and measured): all of this read, or none, is ours to write */
+	while (start < st->len && (stop = entry_end(st, start)) != 0) {
+		if (!utf8_valid(st->buf + start, stop - start))
+			return -1;
+		total += 8 + (long long)escaped_len(st->buf + start, stop - start) + tail_len;
+		start = stop;
 	}
+	end = start;
+	if (end == 0)
+		return 0;
 	if (log_max_size > 0) { /* rotation is the Python shim's (LogWriter._rotate) */
 		struct stat sb;
-		if (fstat(log_fd, &sb) != 0 || sb.st_size + (long long)used > log_max_size) {
-			free(out);
+		if (fstat(log_fd, &sb) != 0 || sb.st_size + total > log_max_size)
 			return -1;
-		}
 	}
-	for (size_t off = 0; off < used;) {
-		ssize_t w = write(log_fd, out + off, used - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			free(out);
-			return -1; /* what a short write left out the Python shim writes again */
+	for (start = 0; start < end; start = stop) {
+		stop = entry_end(st, start);
+		if (used + 8 + 6 * (stop - start) + (size_t)tail_len > sizeof(out_buf)) {
+			if (write_all(log_fd, out_buf, used) != 0) {
+				failed = 1;
+				break;
+			}
+			done = start, used = 0;
 		}
-		off += (size_t)w;
+		memcpy(out_buf + used, "{\"log\":\"", 8);
+		used += 8;
+		used += json_escape(out_buf + used, st->buf + start, stop - start);
+		memcpy(out_buf + used, tail, (size_t)tail_len);
+		used += (size_t)tail_len;
 	}
-	free(out);
-	memmove(st->buf, st->buf + start, st->len - start);
-	st->len -= start;
-	return 0;
+	if (!failed) {
+		if (write_all(log_fd, out_buf, used) == 0)
+			done = end;
+		else
+			failed = 1;
+	}
+	release(out_buf, sizeof(out_buf));
+	memmove(st->buf, st->buf + done, st->len - done);
+	st->len -= done;
+	release(st->buf + st->len, sizeof(st->buf) - st->len);
+	return failed ? -1 : 0;
 }
 
 /* Read what st's fd holds and log it: 0 to go on sleeping, 1 at the end of the stream (or

@@ -245,20 +245,23 @@ class ProcessIO:
     def handover(self) -> dict[str, int]:
         """Stop reading and return the fds that must outlive an ``execve``, made inheritable:
         ``{"1", "2"}`` the output pipes still open, ``"0"`` stdin's write end while open,
-        ``"pty"`` the terminal's master. The process's output waits in them meanwhile."""
+        ``"pty"`` the terminal's master (``"pty_ended"`` once nothing holds the terminal's other
+        side: nothing to watch there). The process's output waits in them meanwhile."""
         fds: dict[str, int] = {}
+        reading = False
         for r in self._readers:
             transport = r.transport
             if transport is None or transport.is_closing() or r.closed.done():
                 continue
             transport.pause_reading()
+            reading = True
             if self._pty_master < 0:
                 fds[str(r.stream)] = transport.get_extra_info("pipe").fileno()
         pipe = self._stdin_pipe
         if pipe is not None and pipe.open and pipe.transport is not None:
             fds["0"] = pipe.transport.get_extra_info("pipe").fileno()
         if self._pty_master >= 0:
-            fds["pty"] = self._pty_master
+            fds["pty" if reading else "pty_ended"] = self._pty_master
         for fd in fds.values():
             os.set_inheritable(fd, True)
         return fds
@@ -272,7 +275,7 @@ class ProcessIO:
         io = cls(log_writer, open_stdin=open_stdin, stdin_once=stdin_once, tty=tty)
         for key, fd in fds.items():
             os.set_inheritable(fd, False)
-            if key == "pty":
+            if key in ("pty", "pty_ended"):
                 io._pty_master = fd
             elif key == "0":
                 io._stdin_w = fd

@@ -182,6 +182,19 @@ def test_a_tty_container_and_stdin_survive_sleep(dy: Instance) -> None:
     dy.cli("rm", "-f", tty, cat, check=True)
 
 
+def test_a_terminal_nobody_holds_any_more_does_not_keep_waking_the_shim(dy: Instance) -> None:
+    script = "sleep 1.5; echo hi; exec sleep 600 >/dev/null 2>&1 </dev/null"
+    cid, pid = _run_asleep(dy, "-t", "busybox", "sh", "-c", script)
+    shim_log = os.path.join(endpoints.bundle_dir("default", cid, dy.env), "shim.log")
+    assert _until(lambda: b"hi" in dy.cli("logs", cid).stdout, 20)
+    assert _until(lambda: _asleep(pid) and _sleeps(shim_log) >= 2), "woken once by the terminal's end"
+    settled = _sleeps(shim_log)
+    time.sleep(2)
+    assert _asleep(pid) and _sleeps(shim_log) == settled, "asleep for good: nothing to watch on that terminal"
+    assert dy.cli("exec", cid, "true").returncode == 0
+    dy.cli("rm", "-f", cid, check=True)
+
+
 def test_sleeping_shims_ride_through_an_execution_restart(dy: Instance) -> None:
     cid, pid = _run_asleep(dy, "busybox", "sh", "-c", "trap 'exit 3' TERM; sleep 600 & wait")
     other, other_pid = _run_asleep(dy, "busybox", "sh", "-c", "sleep 3; exit 5")
