@@ -101,9 +101,13 @@ class ShimClient(AsyncClient):
         super().__init__("shim", endpoint, **kw)
 
     def asleep_or_waking(self) -> bool:
+        """The shim's wake socket file is there: it sleeps, is going to, or is waking (its new
+        interpreter removes the file once it imported the shim and is about to serve)."""
         return os.path.exists(wake_path(self.endpoint))
 
     async def start(self, method: str, body: Any = None, *, wake_shim: bool = True, **kw: Any) -> Any:
+        """``AsyncClient.start`` after a ``wake`` (unless ``wake_shim`` is False); raises what
+        ``wake`` and ``AsyncClient.start`` raise (``errors.Unavailable``)."""
         if wake_shim:
             await wake(self.endpoint)
         if "connect_timeout_s" not in kw and self.asleep_or_waking():
@@ -111,6 +115,8 @@ class ShimClient(AsyncClient):
         return await super().start(method, body, **kw)
 
     async def call(self, method: str, body: Any = None, *, wake_shim: bool = True, **kw: Any) -> Any:
+        """``AsyncClient.call``, waking the shim first and sending again once a request lost
+        unread as the shim went to sleep (see the class docstring)."""
         retried = not wake_shim
         while True:
             call = await self.start(method, body, wake_shim=wake_shim, **kw)
