@@ -611,7 +611,8 @@ class Shim:
 
     @rpc("shim.wait")
     async def wait(self, req: ProcessRequest, ctx: Context) -> ExitReply:
-        """Block until the process exited and its output is drained; its exit status."""
+        """Block until the process exited and its output is drained; its exit status. For the
+        init, also ends when the shim goes to sleep: ``hibernated`` (``services.shim.hibernate``)."""
         proc = self._process(req.exec_id)
         if req.exec_id:
             await proc.exited.wait()
