@@ -50,6 +50,7 @@ from common import shimwake
 from common.rpc.server import RpcServer
 from services.shim import idle
 from services.shim.service import Shim
+from services.shim.task import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +60,26 @@ MAX_BACKOFF = 8
 _WAITS = frozenset({"shim.wait"})
 
 
-def _listen_at(path: str, backlog: int) -> socket.socket:
-    """A listening unix socket at ``path``, put there atomically (bound aside, then renamed)."""
-    tmp = f"{path}.{os.getpid()}"
+def _listen_aside(path: str, backlog: int) -> tuple[socket.socket, str]:
+    """A unix socket listening beside ``path`` (at ``<path>.<pid>``, which is returned too), to
+    be renamed over ``path`` when it is to take connections there."""
+    aside = f"{path}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+        os.unlink(aside)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.bind(tmp)
+        sock.bind(aside)
         sock.listen(backlog)
-        os.replace(tmp, path)
     except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _discard(sock, aside)
         raise
-    return sock
+    return sock, aside
+
+
+def _discard(sock: socket.socket, path: str) -> None:
+    sock.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class Sleeper:
@@ -95,11 +100,10 @@ class Sleeper:
         """Sleep as soon as the shim is idle for ``idle_s``; returns only if the task ends first."""
         while True:
             now = time.monotonic()
-            since = self.shim.idle_since()
-            if since is None:
+            if not self.shim.can_sleep():
                 await asyncio.sleep(self.idle_s / 2)
                 continue
-            last = max(since, self.server.last_activity, self.since)
+            last = max(self.server.last_activity, self.since)
             if now - last < self.idle_s:
                 await asyncio.sleep(last + self.idle_s - now + 0.01)
                 continue
@@ -111,28 +115,26 @@ class Sleeper:
             self.since = time.monotonic()  # it did not: something came in meanwhile
 
     def _ready(self) -> bool:
-        return self.shim.idle_since() is not None and not self.server.busy(_WAITS)
+        return self.shim.can_sleep() and not self.server.busy(_WAITS)
 
     async def _sleep(self) -> None:
         shim = self.shim
         endpoint = self.server.endpoint
         path = endpoint.removeprefix("ipc://")
-        wake = _listen_at(shimwake.wake_path(endpoint), 64)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        aside = f"{path}.{os.getpid()}"
+        wake, wake_aside = _listen_aside(shimwake.wake_path(endpoint), 64)
+        os.replace(wake_aside, shimwake.wake_path(endpoint))  # clients park and wake from now on
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(aside)
-            listener.bind(aside)
-            listener.listen(128)
+            listener, aside = _listen_aside(path, 128)
+        except BaseException:
+            _discard(wake, shimwake.wake_path(endpoint))
+            raise
+        try:
             await asyncio.sleep(0)  # a request already in the socket gets taken
             if not self._ready():
                 raise _Busy
-        except BaseException:
-            for sock, name in ((wake, shimwake.wake_path(endpoint)), (listener, aside)):
-                sock.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
+        except BaseException:  # busy, or the task ended meanwhile (this task is cancelled)
+            _discard(wake, shimwake.wake_path(endpoint))
+            _discard(listener, aside)
             raise
         # from here on nothing is taken: the last look and the stop are one step of the loop
         # (a request that comes later is lost unread; ShimClient sends it again)
@@ -150,18 +152,11 @@ class Sleeper:
         os.set_inheritable(listener.fileno(), True)
         os.set_inheritable(wake.fileno(), True)
         try:
-            self._write_state(saved)
+            write_atomic(os.path.join(shim.bundle, STATE_FILE), json.dumps(saved).encode())
         except OSError as exc:
             log.critical("cannot save the shim's state to sleep (%s): exiting", exc)
             os._exit(1)
         self._exec(saved, wake.fileno())
-
-    def _write_state(self, saved: dict[str, Any]) -> None:
-        path = os.path.join(self.shim.bundle, STATE_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(saved, f)
-        os.replace(tmp, path)
 
     def _exec(self, saved: dict[str, Any], wake_fd: int) -> NoReturn:
         argv = [self.monitor, "--pid", str(saved["pid"]), "--park", str(wake_fd)]

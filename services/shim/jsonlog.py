@@ -120,14 +120,14 @@ class LogWriter:
         if out:
             self._append_entries(out)
 
-    def partial(self) -> dict[str, str]:
-        """What waits for its line's end, per stream (latin-1 text, for a JSON state file)."""
-        return {str(s): bytes(b).decode("latin-1") for s, b in self._partial.items() if b}
+    def partial(self) -> dict[int, bytes]:
+        """What waits for its line's end, per stream (1, 2) that has some."""
+        return {s: bytes(b) for s, b in self._partial.items() if b}
 
-    def restore_partial(self, saved: dict[str, str]) -> None:
+    def restore_partial(self, held: dict[int, bytes]) -> None:
         """Take back what ``partial`` returned (a shim back from its idle monitor)."""
-        for s, text in saved.items():
-            self._partial[int(s)] = bytearray(text.encode("latin-1"))
+        for s, data in held.items():
+            self._partial[s] = bytearray(data)
 
     def flush_partial(self, stream: int | None = None) -> None:
         """Write what is left of a line without newline (the stream ended)."""

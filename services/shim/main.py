@@ -31,6 +31,7 @@ from common.settings import Settings
 from services.shim import hibernate, mount
 from services.shim.reaper import Reaper
 from services.shim.service import SHUTDOWN_WAIT_S, CreateFailed, Shim
+from services.shim.task import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,7 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     if saved is None:
-        pid_tmp = os.path.join(bundle, "shim.pid.tmp")
-        with open(pid_tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(pid_tmp, os.path.join(bundle, "shim.pid"))
+        write_atomic(os.path.join(bundle, "shim.pid"), f"{os.getpid()}\n".encode())
     try:
         if loop is not None:
             asyncio.set_event_loop(loop)
@@ -134,9 +132,7 @@ async def _serve(
     trace.mark("serving")
     address = Path(bundle, "address")
     if saved is None:
-        tmp = Path(bundle, "address.tmp")
-        tmp.write_text(endpoint)
-        os.replace(tmp, address)
+        write_atomic(str(address), endpoint.encode())
     code = 0
     log.debug("shim serving after %.1f ms", (time.perf_counter() - t0) * 1000)
     try:

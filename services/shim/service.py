@@ -52,7 +52,7 @@ from services.shim.reaper import Reaper
 from services.shim.runtime import Runtime, RuntimeError_, start_error_status
 from services.shim.seccomp_cache import ANNOTATION, Lookup, SeccompCache, is_seccomp_error
 from services.shim.stdio import ConsoleSocket, ProcessIO, Subscriber, set_winsize
-from services.shim.task import Process, read_state_file
+from services.shim.task import Process, read_state_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +146,9 @@ def proc_start_time(pid: int) -> int:
         return 0
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _write_spec(config_path: str, spec: dict[str, Any]) -> None:
     """Replace ``config.json`` with ``spec`` (temporary file + rename)."""
-    tmp = config_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(spec))  # the C encoder: json.dump streams in Python, ~10 ms for a spec
-    os.replace(tmp, config_path)
+    write_atomic(config_path, json.dumps(spec).encode())  # the C encoder: json.dump streams in Python, ~10 ms
 
 
 class Shim:
@@ -195,8 +185,6 @@ class Shim:
         self.console_base = ""
         self.container_name = launch.container_name
         """The container's name for events: the launch's, then what ``shim.rename`` says."""
-        self._exited_at_hint: dt.datetime | None = None
-        """When the idle monitor saw the init gone (it woke us for that): its exit time."""
         self.hibernating = asyncio.Event()
         """Set when the shim goes to sleep (``services.shim.hibernate``): ``shim.wait`` answers ``hibernated``."""
 
@@ -475,11 +463,8 @@ class Shim:
             log.error("cannot unmount the rootfs: %s", exc)
 
     # -- exits --------------------------------------------------------------------------------------
-    def _on_exit(self, proc: Process, status: int) -> None:
+    def _on_exit(self, proc: Process, status: int, at: dt.datetime | None = None) -> None:
         trace.mark("reaped exec" if proc.state.exec_id else "reaped init")
-        at = None
-        if proc is self.init and self._exited_at_hint is not None:
-            at, self._exited_at_hint = self._exited_at_hint, None
         proc.record_exit(status, at)
         self._spawn(self._finish_exit(proc), f"exit-{proc.state.exec_id or 'init'}")
 
@@ -1053,19 +1038,18 @@ class Shim:
         return {}
 
     # -- sleeping as the idle monitor (services.shim.hibernate) ------------------------------------
-    def idle_since(self) -> float | None:
-        """``time.monotonic()`` since when the task has needed nothing of the shim, or None
-        if it needs the shim now (see ``services.shim.hibernate``)."""
+    def can_sleep(self) -> bool:
+        """The task needs nothing of the shim now but its RPC server (``services.shim.hibernate``):
+        it runs or is paused, no exec, background work, attached client or unsent event.
+        Output does not count: the idle monitor writes it to the log."""
         proc = self.init
         if proc is None or proc.state.status not in (TaskStatus.RUNNING, TaskStatus.PAUSED):
-            return None
+            return False
         if self.execs or self._tasks or self.deleted.is_set() or not proc.start_settled.is_set():
-            return None
+            return False
         if proc.exited.is_set() or proc.state.exit_status is not None or not proc.io.idle():
-            return None
-        if self.publisher.pending():
-            return None
-        return 0.0  # output does not count: the idle monitor writes it to the log
+            return False
+        return not self.publisher.pending()
 
     def hand_over(self) -> dict[str, Any]:
         """What the next image of this process needs to go on (``restore``), its fds made
@@ -1078,8 +1062,8 @@ class Shim:
             os.set_inheritable(self._oom_watch, True)
         fds = proc.io.handover()
         if proc.io.log is not None:  # the idle monitor logs on from the unterminated lines (idle.c)
-            for stream, text in proc.io.log.partial().items():
-                _write_atomic(self.partial_path(int(stream)), text.encode("latin-1"))
+            for stream, data in proc.io.log.partial().items():
+                write_atomic(self.partial_path(stream), data)
         return {
             "pid": proc.state.pid,
             "fds": fds,
@@ -1101,12 +1085,12 @@ class Shim:
         log_writer = LogWriter(
             self.launch.log_path, max_size=self.launch.log_max_size, max_files=self.launch.log_max_files
         )
-        held: dict[str, str] = {}
-        for number in (1, 2):  # what the idle monitor left unterminated (or could not log)
+        held: dict[int, bytes] = {}
+        for stream in (1, 2):  # what the idle monitor left unterminated (or could not log)
             with contextlib.suppress(FileNotFoundError):
-                path = self.partial_path(number)
+                path = self.partial_path(stream)
                 with open(path, "rb") as f:
-                    held[str(number)] = f.read().decode("latin-1")
+                    held[stream] = f.read()
                 os.unlink(path)
         log_writer.restore_partial(held)
         io = ProcessIO.adopt(
@@ -1126,9 +1110,9 @@ class Shim:
         self.own_pid_ns = bool(saved.get("own_pid_ns"))
         self.container_name = str(saved.get("container_name", self.container_name))
         await io.start_pumps()
-        for key in held:  # complete lines the idle monitor left to us (not UTF-8, a full log)
+        for stream in held:  # complete lines the idle monitor left to us (not UTF-8, a full log)
             try:
-                log_writer.write(int(key), b"")
+                log_writer.write(stream, b"")
             except OSError as exc:
                 log.error("cannot write the container log: %s", exc)
         oom_fd = int(saved.get("oom_fd", -1))
@@ -1139,10 +1123,10 @@ class Shim:
         if state.exit_status is not None:  # reaped while the shim got ready to sleep: not published yet
             self._spawn(self._finish_exit(proc), "exit-init")
         else:
-            exited_at = os.environ.pop("DOCKYARD_SHIM_EXITED_AT", "")
-            if exited_at.isdigit():
-                self._exited_at_hint = dt.datetime.fromtimestamp(int(exited_at) / 1e9, dt.UTC)
-            self.reaper.watch(state.pid, lambda status: self._on_exit(proc, status))
+            # when the idle monitor saw the init gone (it woke us for that): its exit time
+            seen = os.environ.pop("DOCKYARD_SHIM_EXITED_AT", "")
+            at = dt.datetime.fromtimestamp(int(seen) / 1e9, dt.UTC) if seen.isdigit() else None
+            self.reaper.watch(state.pid, lambda status: self._on_exit(proc, status, at))
             self.reaper.reap()  # it may have exited while the monitor held it (that woke us)
         return state
 

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -160,8 +159,6 @@ class ProcessIO:
         # the container's ends, handed to the runtime and closed once it has started the process
         self.child_fds: dict[int, int] = {}
         self._our_fds: dict[int, int] = {}
-        self.last_output = 0.0
-        """``time.monotonic()`` of the last chunk of output read."""
 
     # -- set-up ------------------------------------------------------------------------------
     def make_pipes(self) -> None:
@@ -285,7 +282,6 @@ class ProcessIO:
 
     # -- output --------------------------------------------------------------------------------
     def _output(self, stream: int, data: bytes) -> None:
-        self.last_output = time.monotonic()
         if self.log is not None:
             try:
                 self.log.write(stream, data)

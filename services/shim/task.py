@@ -44,12 +44,17 @@ def check_move(current: TaskStatus, to: TaskStatus, verb: str | None = None, wha
         raise errors.FailedPrecondition(f"cannot {verb or _VERBS.get(to, to.value)} {what} in {current.value} state")
 
 
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (``<path>.tmp``, then a rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def write_state_file(path: str, state: TaskState) -> None:
     """Write ``state`` as JSON to ``path`` atomically (temp name, rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(state.model_dump(mode="json")))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state.model_dump(mode="json")).encode())
 
 
 def read_state_file(path: str) -> TaskState | None:

@@ -474,7 +474,7 @@ def test_output_is_logged_as_the_shim_logs_it_without_waking(
     os.close(ends[2])  # the end of a stream wakes it, with the unterminated line handed back
     assert _wait_for(marker.exists)
     os.close(ends[1])
-    assert (tmp_path / "partial.1").read_bytes() == b"and an unterminated tail" == reference.partial()["1"].encode()
+    assert (tmp_path / "partial.1").read_bytes() == b"and an unterminated tail" == reference.partial()[1]
     assert not (tmp_path / "partial.2").exists()
 
 
