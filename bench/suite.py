@@ -44,6 +44,7 @@ from bench import peers
 from bench.dockyard import PrivateDockyard
 from common.settings import Settings
 from deploy import mkimage
+from services.shim import idle
 from tests.registry import Registry, skopeo_copy
 
 Cmd = list[str]
@@ -471,9 +472,9 @@ class Suite:
             pids = [p for p in peers.pids_by_comm("dockyard-shim") if _env_of(p).get("DOCKYARD_STATE") == self.dy.state]
             self._record_memory("dockyard-shim (awake, 2 s after start)", pids)
             deadline = time.monotonic() + Settings().shim_idle_s + 30
-            while time.monotonic() < deadline and not all(_asleep(p) for p in pids):
+            while time.monotonic() < deadline and not all(idle.asleep(p) for p in pids):
                 time.sleep(0.5)
-            pids = [p for p in pids if _asleep(p)]
+            pids = [p for p in pids if idle.asleep(p)]
             label = "dockyard-shim"
         elif tool in ("ctr", "docker"):
             pids = peers.pids_by_exe("containerd-shim-runc-v2")
@@ -608,14 +609,6 @@ def _cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     return ""
-
-
-def _asleep(pid: int) -> bool:
-    """The shim ``pid`` sleeps as its idle monitor (``services.shim.hibernate``)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe").endswith("/dockyard-shim-idle")
-    except OSError:
-        return False
 
 
 def _env_of(pid: int) -> dict[str, str]:

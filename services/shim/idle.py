@@ -24,6 +24,14 @@ def monitor_path() -> str | None:
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
+def asleep(pid: int) -> bool:
+    """Whether the process ``pid`` is a shim sleeping as this monitor (its executable is it)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").endswith("/" + BINARY_NAME)
+    except OSError:
+        return False
+
+
 def build(out: str) -> None:
     """Compile ``idle.c`` with ``cc -O2 -Wall -Wextra`` into the executable ``out``.
 

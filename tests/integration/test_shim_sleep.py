@@ -40,13 +40,6 @@ def _shim_pid(dy: Instance, cid: str) -> int:
         return int(f.read())
 
 
-def _asleep(pid: int) -> bool:
-    try:
-        return os.readlink(f"/proc/{pid}/exe").endswith("/dockyard-shim-idle")
-    except OSError:
-        return False
-
-
 def _until(pred: object, timeout_s: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -60,7 +53,7 @@ def _run_asleep(dy: Instance, *args: str) -> tuple[str, int]:
     """``run -d args``; wait until its shim sleeps; (container id, shim pid)."""
     cid = dy.cli("run", "-d", *args, check=True).stdout.decode().strip()
     pid = _shim_pid(dy, cid)
-    assert _until(lambda: _asleep(pid)), f"the shim of {cid[:12]} did not go to sleep"
+    assert _until(lambda: idle.asleep(pid)), f"the shim of {cid[:12]} did not go to sleep"
     return cid, pid
 
 
@@ -95,7 +88,7 @@ def test_an_idle_shim_sleeps_small_and_an_exec_wakes_it(dy: Instance) -> None:
     out = dy.cli("exec", cid, "sh", "-c", "echo hello from $(hostname)")
     assert (out.returncode, out.stdout) == (0, f"hello from {cid[:12]}\n".encode()), out.stderr
     assert _shim_pid(dy, cid) == pid
-    assert _until(lambda: _asleep(pid)), "it sleeps again once idle"
+    assert _until(lambda: idle.asleep(pid)), "it sleeps again once idle"
     state = _state(dy, cid)
     assert state["Status"] == "running"
     with open(f"/proc/{state['Pid']}/status") as f:
@@ -114,7 +107,7 @@ def test_output_while_asleep_is_logged_by_the_monitor_in_order(dy: Instance) -> 
     assert _until(lambda: b"partial" in dy.cli("logs", cid).stdout, 20), dy.cli("logs", cid).stdout
     logs = dy.cli("logs", cid)
     assert logs.stdout == b"partial\n" and logs.stderr == b"err\n"
-    assert _asleep(pid) and _sleeps(shim_log) == sleeps, "the monitor logged it: the shim never woke"
+    assert idle.asleep(pid) and _sleeps(shim_log) == sleeps, "the monitor logged it: the shim never woke"
     assert _shim_pid(dy, cid) == pid
     dy.cli("rm", "-f", cid, check=True)
 
@@ -124,7 +117,7 @@ def test_output_the_monitor_leaves_to_the_shim_is_logged_exactly(dy: Instance) -
     cid, pid = _run_asleep(dy, "busybox", "sh", "-c", script)
     assert _until(lambda: b"not utf-8" in dy.cli("logs", cid).stdout, 20)
     assert dy.cli("logs", cid).stdout == b"text\nnot utf-8: \xff\xfe\n"
-    assert _until(lambda: _asleep(pid)), "it sleeps again once it wrote them"
+    assert _until(lambda: idle.asleep(pid)), "it sleeps again once it wrote them"
     dy.cli("rm", "-f", cid, check=True)
 
 
@@ -187,10 +180,10 @@ def test_a_terminal_nobody_holds_any_more_does_not_keep_waking_the_shim(dy: Inst
     cid, pid = _run_asleep(dy, "-t", "busybox", "sh", "-c", script)
     shim_log = os.path.join(endpoints.bundle_dir("default", cid, dy.env), "shim.log")
     assert _until(lambda: b"hi" in dy.cli("logs", cid).stdout, 20)
-    assert _until(lambda: _asleep(pid) and _sleeps(shim_log) >= 2), "woken once by the terminal's end"
+    assert _until(lambda: idle.asleep(pid) and _sleeps(shim_log) >= 2), "woken once by the terminal's end"
     settled = _sleeps(shim_log)
     time.sleep(2)
-    assert _asleep(pid) and _sleeps(shim_log) == settled, "asleep for good: nothing to watch on that terminal"
+    assert idle.asleep(pid) and _sleeps(shim_log) == settled, "asleep for good: nothing to watch on that terminal"
     assert dy.cli("exec", cid, "true").returncode == 0
     dy.cli("rm", "-f", cid, check=True)
 
@@ -204,7 +197,7 @@ def test_sleeping_shims_ride_through_an_execution_restart(dy: Instance) -> None:
     dy.start("execution")
     assert _state(dy, cid)["Status"] == "running"
     time.sleep(1)
-    assert _asleep(pid) and _sleeps(log) == sleeps, "the restarted service adopted it asleep, without a wake"
+    assert idle.asleep(pid) and _sleeps(log) == sleeps, "the restarted service adopted it asleep, without a wake"
     assert dy.cli("wait", other, timeout=30).stdout.strip() == b"5", "an adopted sleeping shim's exit is seen"
     assert _until(lambda: not os.path.exists(f"/proc/{other_pid}"))
     assert dy.cli("exec", cid, "true").returncode == 0
@@ -222,7 +215,7 @@ def test_a_sigkilled_sleeping_shim_is_cleaned_up_as_an_awake_one(dy: Instance) -
     assert _state(dy, victim)["ExitCode"] == 255
     sock = endpoints.shim_endpoint("default", victim, dy.env).removeprefix("ipc://")
     assert _until(lambda: not os.path.exists(sock) and not os.path.exists(sock + ".w")), "its sockets are removed"
-    assert _state(dy, other)["Status"] == "running" and _asleep(other_pid), "the other shim sleeps on"
+    assert _state(dy, other)["Status"] == "running" and idle.asleep(other_pid), "the other shim sleeps on"
     dy.cli("rm", "-f", victim, other, check=True)
 
 
@@ -231,12 +224,12 @@ def test_many_sleeping_shims_woken_at_once_all_answer(dy: Instance) -> None:
     its shim (it used to fail after the client's 2 s connect wait, nothing done)."""
     started = [_run_asleep(dy, "busybox", "sleep", "600") for _ in range(12)]
     for _, pid in started:
-        assert _asleep(pid)
+        assert idle.asleep(pid)
     with concurrent.futures.ThreadPoolExecutor(len(started)) as pool:
         execs = list(pool.map(lambda c: dy.cli("exec", c[0], "echo", "hi"), started))
     assert [(r.returncode, r.stdout) for r in execs] == [(0, b"hi\n")] * len(started), [r.stderr for r in execs]
     for _, pid in started:
-        assert _until(lambda pid=pid: _asleep(pid))
+        assert _until(lambda pid=pid: idle.asleep(pid))
     with concurrent.futures.ThreadPoolExecutor(len(started)) as pool:
         kills = list(pool.map(lambda c: dy.cli("kill", c[0]), started))
     assert [r.returncode for r in kills] == [0] * len(started), [r.stderr for r in kills]
