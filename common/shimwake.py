@@ -35,10 +35,13 @@ def wake_path(endpoint: str) -> str:
 
 
 async def _connect(endpoint: str) -> socket.socket | None:
+    path = wake_path(endpoint)
+    if not os.path.exists(path):  # the usual case, before every call to an awake shim: one stat
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.setblocking(False)
     try:
-        await asyncio.get_running_loop().sock_connect(sock, wake_path(endpoint))
+        await asyncio.get_running_loop().sock_connect(sock, path)
     except OSError:  # no such file, or nobody listens there: the shim is awake (or gone)
         sock.close()
         return None
