@@ -22,7 +22,6 @@ service's ROUTER and carry the same envelope.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from common import codec, endpoints, errors
@@ -181,8 +180,10 @@ class Call:
         reached is not told: it has nothing to cancel, or learns it from the liveness rule)."""
         if not self.done:
             self.done = True
-            with contextlib.suppress(errors.Unavailable):
+            try:  # not contextlib.suppress: contextlib (collections, functools...) is ~5 ms of a CLI's start
                 self.client._send(protocol.control(protocol.CANCEL, self.request_id))
+            except errors.Unavailable:
+                pass
 
     # -- server -> client ---------------------------------------------------------------
     def _timeout_ms(self) -> int:

@@ -61,7 +61,8 @@ def test_exit_while_execution_is_down_shows_real_status(engine: Engine) -> None:
     engine.inst.start("execution")
     info = engine.inspect("b")
     assert info["state"]["status"] == "exited" and info["state"]["exit_code"] == 3
-    assert engine.cli("logs", "b").stdout == b"bye\n"
+    logs = engine.cli("logs", "b")
+    assert (logs.returncode, logs.stdout) == (0, b"bye\n"), logs.stderr
     engine.wait_until(lambda: "r" not in ps_names(engine), what="--rm container removed")
     engine.wait_until(lambda: "/tasks/delete" in engine.topics(cid), what="delete event")
     exits = [e for e in engine.events(cid) if e["topic"] == "/tasks/exit"]
