@@ -232,6 +232,11 @@ class AsyncClient:
                 self._monitor = asyncio.create_task(self._watch(monitor), name=f"rpc-monitor-{self.service}")
         return self._sock
 
+    def connect(self) -> None:
+        """Open the connection now; it completes in the background (the service need not be
+        listening yet: ZeroMQ retries), so the first call need not wait for the handshake."""
+        self._socket()
+
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
         """Fail every call in flight when the connection to the service drops (``watch_peer``)."""
         try:

@@ -1465,9 +1465,11 @@ class ExecutionService:
                 live = await pending.live
             assert live is not None
             body = {"stdin": req.stdin, "stdout": req.stdout, "stderr": req.stderr}
+            trace.mark("attach sent")
             shim_call = await live.client.start("shim.attach", body, timeout_s=None)
             try:
                 await shim_call.next_frame()
+                trace.mark("attached")
             finally:
                 if pending is not None and not pending.connected.done():
                     pending.connected.set_result(None)

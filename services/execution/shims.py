@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,19 @@ class Launcher:
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    async def launch(self, namespace: str, container_id: str, bundle: str) -> dict[str, Any]:
-        """Launch a shim and return its report (see ``launch``)."""
+    async def launch(
+        self,
+        namespace: str,
+        container_id: str,
+        bundle: str,
+        on_serving: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Launch a shim and return its report (see ``launch``).
+
+        ``on_serving(address)`` is called when a shim forked from the template says it serves
+        (``services.shim.main``), before its report: while the runtime creates the task, the
+        caller can open its connection to the shim.
+        """
         if self._starting is not None and not self._starting.done():
             await asyncio.shield(self._starting)
         if self._alive():
@@ -137,6 +149,11 @@ class Launcher:
                     writer.write(json.dumps(request).encode() + b"\n")
                     await writer.drain()
                     line = await reader.readline()
+                    if line.startswith(b'{"serving"'):
+                        if on_serving is not None:
+                            with contextlib.suppress(ValueError, KeyError, TypeError):
+                                on_serving(str(json.loads(line)["serving"]))
+                        line = await reader.readline()
                 finally:
                     writer.close()
                     with contextlib.suppress(OSError):

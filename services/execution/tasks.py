@@ -227,10 +227,31 @@ class TaskManager:
         rec.incarnation = incarnation
         trace.mark("bundle written")
         t1 = time.perf_counter()
-        report = await self.launcher.launch(rec.namespace, rec.id, bundle)
+        early: list[Any] = []
+
+        def serving(address: str) -> None:
+            # connect while the runtime creates the task: the first call (shim.attach) then goes
+            # out at once, not after a handshake between four threads (~3-5 ms of run --rm here)
+            client = self.shim_client(address, rec.namespace)
+            client.connect()
+            early.append(client)
+            trace.mark("connecting to the shim")
+
+        try:
+            report = await self.launcher.launch(rec.namespace, rec.id, bundle, serving)
+        except BaseException:
+            for unused in early:
+                await unused.close()
+            raise
         t2 = time.perf_counter()
         trace.mark("shim launched")
+        client = early[0] if early and early[0].endpoint == report.get("address") else None
+        for unused in early:
+            if unused is not client:
+                await unused.close()
         if not report.get("ok"):
+            if client is not None:
+                await client.close()
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
             self.store.update(
@@ -244,7 +265,7 @@ class TaskManager:
             incarnation,
             bundle,
             rec.runtime,
-            self.shim_client(str(report["address"]), rec.namespace),
+            client or self.shim_client(str(report["address"]), rec.namespace),
             int(report["shim_pid"]),
             task_pid=int(report["pid"]),
         )

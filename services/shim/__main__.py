@@ -59,7 +59,9 @@ def main(argv: list[str]) -> int:
         if not data:
             break
         chunks.append(data)
-    report = b"".join(chunks).strip()
+    # the shim's {"serving": ...} line comes first: only its report (the last line) is printed
+    lines = b"".join(chunks).strip().splitlines()
+    report = lines[-1] if lines and b'"serving"' not in lines[-1] else b""
     if not report:
         report = b'{"ok": false, "error": "shim exited before reporting", "exit_status": 128}'
     sys.stdout.write(report.decode(errors="replace") + "\n")

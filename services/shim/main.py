@@ -3,9 +3,12 @@
 ``serve(namespace, container_id, bundle, settings, ready_fd)`` is a plain function so
 it can run in a fresh interpreter (``python -m services.shim``, which daemonizes
 first) or in a child forked from a pre-imported template process. It reports
-readiness as one JSON line on ``ready_fd``: ``{"ok": true, "pid", "shim_pid",
-"address"}`` once the task is created (plus ``"started_at"``, ISO 8601, when
-``ShimLaunch.start`` started it too), or ``{"ok": false, "error", "exit_status"}``.
+readiness as JSON lines on ``ready_fd``: first ``{"serving": address}`` as soon as its
+RPC server listens (while the runtime still creates the task: the caller can open its
+connection meanwhile, and its first call need not wait for the handshake), then the
+report, ``{"ok": true, "pid", "shim_pid", "address"}`` once the task is created (plus
+``"started_at"``, ISO 8601, when ``ShimLaunch.start`` started it too), or ``{"ok": false,
+"error", "exit_status"}``. Only the report is sure to come.
 """
 
 from __future__ import annotations
@@ -55,11 +58,17 @@ def set_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _report(ready_fd: int, payload: dict[str, Any]) -> None:
+def _announce(ready_fd: int, payload: dict[str, Any]) -> None:
     if ready_fd < 0:
         return
     with contextlib.suppress(OSError):
         os.write(ready_fd, json.dumps(payload).encode() + b"\n")
+
+
+def _report(ready_fd: int, payload: dict[str, Any]) -> None:
+    if ready_fd < 0:
+        return
+    _announce(ready_fd, payload)
     with contextlib.suppress(OSError):
         os.close(ready_fd)
 
@@ -133,6 +142,7 @@ async def _serve(
     address = Path(bundle, "address")
     if saved is None:
         write_atomic(str(address), endpoint.encode())
+        _announce(ready_fd, {"serving": endpoint})
     code = 0
     log.debug("shim serving after %.1f ms", (time.perf_counter() - t0) * 1000)
     try:

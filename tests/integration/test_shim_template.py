@@ -92,12 +92,9 @@ class Template:
             s.connect(self.socket)
             s.sendall(json.dumps({"namespace": "t", "container_id": name, "bundle": str(bundle)}).encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
+            while chunk := s.recv(4096):  # a serving shim's {"serving": ...} line, then its report
                 data += chunk
-        return dict(json.loads(data))
+        return dict(json.loads(data.splitlines()[-1]))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
