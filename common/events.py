@@ -1,14 +1,25 @@
 """Publishing events so that none is lost: an on-disk outbox plus acknowledged delivery.
 
-``EventPublisher.publish()`` writes the event to the outbox directory (one small
-msgpack file per event, named by a local sequence number) and returns; a single
-sender task hands the events, in order, to ``events.publish`` and deletes each
-file only once the events service acknowledged it. If the events service is
-down, the sender retries with back-off; if the publishing process dies, the
-files stay and are sent by the next ``EventPublisher`` opened on the same
-directory (a restarted service, or the execution service draining a dead
-shim's outbox). The events service deduplicates by event id, so a resend after
-a lost acknowledgement is harmless: delivery is at least once, journaling exactly once.
+``EventPublisher.publish()`` appends the event to the outbox's log (``<outbox>/events.log``)
+and returns; a single sender task hands the events, in order, to ``events.publish`` and
+appends an acknowledgement record once the events service acknowledged one. If the events
+service is down, the sender retries with back-off; if the publishing process dies, the log
+stays and what it holds past the last acknowledgement is sent by the next
+``EventPublisher`` opened on the same directory (a restarted service, a shim woken from
+its sleep, or the execution service draining a dead shim's outbox). The events service
+deduplicates by event id, so a resend after a lost acknowledgement is harmless: delivery
+is at least once, journaling exactly once.
+
+The log is a sequence of records, each written with one ``write(2)`` (so a process killed
+at any moment leaves whole records, and a torn tail is dropped on reading): ``b"E"`` + a
+4-byte big-endian length + the msgpack event, or ``b"A"`` + an 8-byte big-endian count
+(the first ``count`` events of the file are acknowledged: delivery is in order). It is
+emptied (``ftruncate``) once everything in it is acknowledged and it outgrew
+``COMPACT_BYTES``. One append per event and one per acknowledgement, where a file per
+event cost a create, a rename and an unlink: on an ext4 state directory such as this
+project's test hosts' ``/run``, ~0.4-0.7 ms of system time each against ~3 us for an
+append. Outboxes written by older versions (one ``NNNNNNNNNNNN.ev`` file per event) are
+read and sent first.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import contextlib
 import logging
 import os
 import re
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,16 +42,96 @@ log = logging.getLogger(__name__)
 _FILE_RE = re.compile(r"^(\d{12})\.ev$")
 _MAX_BACKOFF_S = 2.0
 
+LOG_NAME = "events.log"
+"""The outbox's log file (module docstring)."""
 
-def _outbox_files(outbox: Path) -> list[tuple[int, Path]]:
+COMPACT_BYTES = 64 * 1024
+"""A log this large is emptied once everything in it is acknowledged."""
+
+_EVENT = struct.Struct(">cI")
+_ACK = struct.Struct(">cQ")
+
+
+def _legacy_files(outbox: Path) -> list[tuple[int, Path]]:
+    """One file per event (the outbox of older versions), oldest first."""
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(outbox):
             m = _FILE_RE.match(entry.name)
             if m:
                 found.append((int(m.group(1)), Path(entry.path)))
     found.sort()
     return found
+
+
+def read_log(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
+    """Parse an outbox log: ``(events, acknowledged, size)``.
+
+    ``events`` in the order they were appended (an undecodable one as ``{}``),
+    ``acknowledged`` how many of the first of them were acknowledged, ``size`` the length of
+    the whole records (a torn last record, from a process killed mid-write, is not counted).
+    """
+    events: list[dict[str, Any]] = []
+    acked = 0
+    pos = 0
+    while pos < len(data):
+        kind = data[pos : pos + 1]
+        if kind == b"E" and pos + _EVENT.size <= len(data):
+            (length,) = struct.unpack_from(">I", data, pos + 1)
+            end = pos + _EVENT.size + length
+            if end > len(data):
+                break
+            try:
+                item = codec.decode(data[pos + _EVENT.size : end])
+            except ValueError:
+                item = None
+            events.append(item if isinstance(item, dict) else {})
+            pos = end
+        elif kind == b"A" and pos + _ACK.size <= len(data):
+            (count,) = struct.unpack_from(">Q", data, pos + 1)
+            acked = max(acked, count)
+            pos += _ACK.size
+        else:
+            break
+    return events, min(acked, len(events)), pos
+
+
+def _read_log_file(path: Path) -> tuple[list[dict[str, Any]], int, int]:
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return [], 0, 0
+    return read_log(data)
+
+
+def has_leftovers(outbox: Path) -> bool:
+    """Whether ``outbox`` holds an event that was never acknowledged (one read of a small file)."""
+    events, acked, _ = _read_log_file(outbox / LOG_NAME)
+    return len(events) > acked or bool(_legacy_files(outbox))
+
+
+def take_leftovers(outbox: Path) -> list[dict[str, Any]]:
+    """The events of ``outbox`` never acknowledged, oldest first, removed from it.
+
+    For an outbox whose publisher is gone (a dead shim's): the caller publishes them itself.
+    Unreadable ones are logged and dropped.
+    """
+    items: list[dict[str, Any]] = []
+    for _, path in _legacy_files(outbox):
+        try:
+            items.append(dict(codec.decode(path.read_bytes())))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("dropping unreadable outbox file %s: %s", path, exc)
+        path.unlink(missing_ok=True)
+    events, acked, _ = _read_log_file(outbox / LOG_NAME)
+    for item in events[acked:]:
+        if item:
+            items.append(item)
+        else:
+            log.warning("dropping an unreadable event in %s", outbox / LOG_NAME)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        (outbox / LOG_NAME).unlink()
+    return items
 
 
 class EventPublisher:
@@ -54,26 +146,57 @@ class EventPublisher:
         self.client = client
         self.outbox = outbox
         self.call_timeout_s = call_timeout_s
-        self._queue: asyncio.Queue[tuple[Path, dict[str, Any]]] = asyncio.Queue()
+        # (number, index in the log or -1, an older version's file or None, the event)
+        self._queue: asyncio.Queue[tuple[int, int, Path | None, dict[str, Any]]] = asyncio.Queue()
         self._next = 0
         self._sender: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._acked = -1
         self._progress = asyncio.Condition()
+        self._fd = -1
+        self._in_flight = 0  # taken from the queue, not acknowledged yet
+        self._count = 0  # events in the log file
+        self._size = 0  # its length in bytes
+
+    def _open_log(self) -> None:
+        if self._fd < 0:
+            self.outbox.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.outbox / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _append(self, record: bytes) -> None:
+        self._open_log()
+        written = os.write(self._fd, record)
+        if written != len(record):  # a full disk: drop the torn record, so the log stays readable
+            os.ftruncate(self._fd, self._size)
+            raise OSError(f"outbox {self.outbox}: short write")
+        self._size += written
 
     def start(self) -> None:
         """Load leftovers from the outbox and start the sender task."""
         self.outbox.mkdir(parents=True, exist_ok=True)
-        for number, path in _outbox_files(self.outbox):
+        for _, path in _legacy_files(self.outbox):
             try:
-                item = codec.decode(path.read_bytes())
-            except (OSError, ValueError):
+                item = dict(codec.decode(path.read_bytes()))
+            except (OSError, ValueError, TypeError):
                 log.warning("dropping unreadable outbox file %s", path)
                 path.unlink(missing_ok=True)
                 continue
-            self._next = max(self._next, number + 1)
-            self._queue.put_nowait((path, item))
+            self._queue.put_nowait((self._next, -1, path, item))
+            self._next += 1
+        log_path = self.outbox / LOG_NAME
+        events, acked, size = _read_log_file(log_path)
+        with contextlib.suppress(FileNotFoundError):
+            if log_path.stat().st_size > size:
+                os.truncate(log_path, size)  # a record torn by a process killed mid-write
+        self._count, self._size = len(events), size
+        for index in range(acked, len(events)):
+            if not events[index]:
+                log.warning("dropping an unreadable event in %s", log_path)
+                continue
+            self._queue.put_nowait((self._next, index, None, events[index]))
+            self._next += 1
+        if not self._queue.empty():
             self._idle.clear()
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_loop(), name="event-publisher")
@@ -94,7 +217,7 @@ class EventPublisher:
     def publish_numbered(
         self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str, after: str | None = None
     ) -> int:
-        """``publish``, returning the event's number in this outbox (for ``delivered``)."""
+        """``publish``, returning the event's number in this publisher (for ``delivered``)."""
         item: dict[str, Any] = {
             "id": event_id,
             "topic": topic,
@@ -104,14 +227,13 @@ class EventPublisher:
         }
         if after:
             item["after"] = after
-        number = self._next
-        path = self.outbox / f"{number:012d}.ev"
+        payload = codec.encode(item)
+        self._append(_EVENT.pack(b"E", len(payload)) + payload)
+        number, index = self._next, self._count
         self._next += 1
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(codec.encode(item))
-        os.replace(tmp, path)
+        self._count += 1
         self._idle.clear()
-        self._queue.put_nowait((path, item))
+        self._queue.put_nowait((number, index, None, item))
         return number
 
     async def delivered(self, number: int, timeout_s: float | None = None) -> bool:
@@ -138,7 +260,7 @@ class EventPublisher:
 
     def pending(self) -> int:
         """Number of events not yet acknowledged."""
-        return self._queue.qsize()
+        return self._queue.qsize() + self._in_flight
 
     async def close(self) -> None:
         """Stop sending; unacknowledged events stay in the outbox for the next publisher."""
@@ -147,12 +269,29 @@ class EventPublisher:
             with contextlib.suppress(BaseException):
                 await self._sender
             self._sender = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _acknowledge(self, index: int, legacy: Path | None) -> None:
+        """Record that the event at ``index`` of the log (or an older version's file) is journaled."""
+        if legacy is not None:
+            legacy.unlink(missing_ok=True)
+            return
+        try:
+            self._append(_ACK.pack(b"A", index + 1))
+            if self._queue.empty() and self._size >= COMPACT_BYTES:
+                os.ftruncate(self._fd, 0)  # everything in it is journaled
+                self._count = self._size = 0
+        except OSError as exc:  # not recorded: the event is sent again by the next publisher (deduplicated)
+            log.warning("outbox %s: cannot record an acknowledgement: %s", self.outbox, exc)
 
     async def _send_loop(self) -> None:
         while True:
             if self._queue.empty():
                 self._idle.set()
-            path, item = await self._queue.get()
+            number, index, legacy, item = await self._queue.get()
+            self._in_flight = 1
             backoff = 0.05
             while True:
                 try:
@@ -166,9 +305,10 @@ class EventPublisher:
                 except errors.DockyardError as exc:
                     log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
                     break
-            path.unlink(missing_ok=True)
+            self._acknowledge(index, legacy)
+            self._in_flight = 0
             async with self._progress:
-                self._acked = max(self._acked, int(path.stem))
+                self._acked = max(self._acked, number)
                 self._progress.notify_all()
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from common import codec, endpoints, errors, shimwake, topics, trace
 from common.api.shim import ShimLaunch, TaskStatus, container_event_id, event_id
-from common.events import drain_outbox
+from common.events import drain_outbox, has_leftovers, take_leftovers
 from common.settings import Settings
 from services.execution import shims
 from services.execution.store import Record, Store
@@ -574,16 +574,15 @@ class TaskManager:
     async def _drain_leftovers(self, bundle: str) -> None:
         """Deliver what a shim left in its outbox; hand it to our own outbox if events is down."""
         outbox = Path(bundle) / "outbox"
-        if not outbox.is_dir() or not any(p.suffix == ".ev" for p in outbox.iterdir()):
+        if not has_leftovers(outbox):
             return
         try:
             if await drain_outbox(self.events_client, outbox, 1.0):
                 return
         except Exception as exc:
             log.warning("draining %s: %s", outbox, exc)
-        for path in sorted(outbox.glob("*.ev")):
+        for item in take_leftovers(outbox):
             try:
-                item = codec.decode(path.read_bytes())
                 self.publisher.publish(
                     item["topic"],
                     item["event"],
@@ -591,9 +590,8 @@ class TaskManager:
                     event_id=item["id"],
                     after=item.get("after"),
                 )
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("dropping unreadable outbox file %s: %s", path, exc)
-            path.unlink(missing_ok=True)
+            except (OSError, KeyError, TypeError) as exc:
+                log.warning("dropping an event of %s: %s", outbox, exc)
 
     # -- recovery -----------------------------------------------------------------------------------------
     async def recover(self) -> None:
