@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,28 +110,32 @@ def has_leftovers(outbox: Path) -> bool:
     return len(events) > acked or bool(_legacy_files(outbox))
 
 
-def take_leftovers(outbox: Path) -> list[dict[str, Any]]:
-    """The events of ``outbox`` never acknowledged, oldest first, removed from it.
+def take_leftovers(outbox: Path, into: Callable[[dict[str, Any]], None]) -> None:
+    """Hand the events of ``outbox`` never acknowledged to ``into``, oldest first, then remove them.
 
-    For an outbox whose publisher is gone (a dead shim's): the caller publishes them itself.
-    Unreadable ones are logged and dropped.
+    For an outbox whose publisher is gone (a dead shim's): ``into`` publishes each event in
+    the caller's own outbox. Each source is removed only after all it held was handed over,
+    so a caller killed meanwhile leaves them for the next attempt (handed over twice at
+    worst: the journal keeps each event id once). Unreadable events are logged and dropped;
+    an ``OSError`` of ``into`` (the caller's outbox cannot be written) stops the hand-over,
+    leaving the rest in place, and is raised.
     """
-    items: list[dict[str, Any]] = []
     for _, path in _legacy_files(outbox):
         try:
-            items.append(dict(codec.decode(path.read_bytes())))
+            item = dict(codec.decode(path.read_bytes()))
         except (OSError, ValueError, TypeError) as exc:
             log.warning("dropping unreadable outbox file %s: %s", path, exc)
+        else:
+            into(item)
         path.unlink(missing_ok=True)
     events, acked, _ = _read_log_file(outbox / LOG_NAME)
     for item in events[acked:]:
         if item:
-            items.append(item)
+            into(item)
         else:
             log.warning("dropping an unreadable event in %s", outbox / LOG_NAME)
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         (outbox / LOG_NAME).unlink()
-    return items
 
 
 class EventPublisher:

@@ -581,7 +581,8 @@ class TaskManager:
                 return
         except Exception as exc:
             log.warning("draining %s: %s", outbox, exc)
-        for item in take_leftovers(outbox):
+
+        def into_ours(item: dict[str, Any]) -> None:
             try:
                 self.publisher.publish(
                     item["topic"],
@@ -590,8 +591,13 @@ class TaskManager:
                     event_id=item["id"],
                     after=item.get("after"),
                 )
-            except (OSError, KeyError, TypeError) as exc:
-                log.warning("dropping an event of %s: %s", outbox, exc)
+            except (KeyError, TypeError) as exc:
+                log.warning("dropping a malformed event of %s: %s", outbox, exc)
+
+        try:
+            take_leftovers(outbox, into_ours)
+        except OSError as exc:  # our outbox cannot be written: the shim's keeps them for the next try
+            log.error("cannot take over the events of %s: %s", outbox, exc)
 
     # -- recovery -----------------------------------------------------------------------------------------
     async def recover(self) -> None:
@@ -635,7 +641,12 @@ class TaskManager:
             self.store.update(rec.namespace, rec.id, status="exited", pid=0)
 
     async def _adopt(self, rec: Record, bundle: str, pid: int) -> None:
-        address = Path(bundle, "address").read_text().strip()
+        try:
+            address = Path(bundle, "address").read_text().strip()
+        except OSError:
+            # a shim removes its address once it deleted its task, and may live on for a while
+            # (shim.shutdown, events to flush): nothing to adopt, it is cleaned up as a dead one
+            raise errors.Unavailable(f"the shim of {rec.id[:12]} serves no task (no address file)") from None
         client = self.shim_client(address, rec.namespace)
         try:
             info: dict[str, Any] = {}

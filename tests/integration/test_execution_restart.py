@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,33 @@ def test_exit_while_execution_is_down_shows_real_status(engine: Engine) -> None:
     assert len(exits) == 1 and exits[0]["event"]["exit_status"] == 3
     assert engine.topics(cid)[-2:] == ["/tasks/exit", "/tasks/delete"]
     assert engine.cli("rm", "b").returncode == 0
+    engine.assert_clean()
+
+
+def test_restart_beside_a_shim_that_deleted_its_task_and_lingers(engine: Engine) -> None:
+    """A shim removes its address file once it deleted its task, then may live on for seconds
+    (here: flushing its events to a stopped events service). An execution service restarted
+    in that moment (SIGKILLed during ``rm -f``) cleans the shim up as a dead one; its start
+    failed on the missing file before. The container's events end up complete, once each."""
+    assert engine.run("-d", "--name", "g", "busybox", "sleep", "600").returncode == 0
+    info = engine.inspect("g")
+    address = Path(info["bundle"], "address")
+    engine.inst.kill("events")
+    rm = threading.Thread(target=engine.cli, args=("rm", "-f", "g"), kwargs={"timeout": 60})
+    rm.start()
+    try:
+        engine.wait_until(lambda: not address.exists(), 30, "task deleted by its shim")
+        engine.inst.kill("execution")
+    finally:
+        rm.join()
+    engine.inst.start("execution")
+    engine.inst.start("events")
+    if "g" in ps_names(engine):
+        assert engine.cli("rm", "-f", "g").returncode == 0
+    engine.wait_until(lambda: "/containers/delete" in engine.topics(info["id"]), 30, "delete journaled")
+    topics = engine.topics(info["id"])
+    for topic in ("/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete"):
+        assert topics.count(topic) == 1, topics
     engine.assert_clean()
 
 

@@ -142,10 +142,42 @@ def test_take_leftovers_empties_a_dead_publishers_outbox(tmp_path: Path) -> None
     asyncio.run(go())
     old = {"id": "old", "topic": "/t", "namespace": "d", "event": {}}
     (tmp_path / "000000000007.ev").write_bytes(codec.encode(old))
-    assert [e["id"] for e in take_leftovers(tmp_path)] == ["old", "b", "c"]
+    taken: list[dict[str, Any]] = []
+    take_leftovers(tmp_path, taken.append)
+    assert [e["id"] for e in taken] == ["old", "b", "c"]
     assert not has_leftovers(tmp_path)
     assert list(tmp_path.iterdir()) == []
-    assert take_leftovers(tmp_path) == []
+    take_leftovers(tmp_path, taken.append)
+    assert len(taken) == 3
+
+
+def test_leftovers_stay_until_all_of_them_were_handed_over(tmp_path: Path) -> None:
+    """The taker dies (or its own outbox fails) in the middle: nothing is lost, the next
+    attempt hands them over again (the journal keeps each id once)."""
+    journal = Journal()
+    journal.down = True
+
+    async def go() -> None:
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, "a", "b", "c")
+        await pub.close()
+
+    asyncio.run(go())
+    taken: list[str] = []
+
+    def full_after_one(item: dict[str, Any]) -> None:
+        if taken:
+            raise OSError(28, "No space left on device")
+        taken.append(item["id"])
+
+    with pytest.raises(OSError):
+        take_leftovers(tmp_path, full_after_one)
+    assert has_leftovers(tmp_path) and _state(tmp_path) == (["a", "b", "c"], 0)
+    again: list[dict[str, Any]] = []
+    take_leftovers(tmp_path, again.append)
+    assert [e["id"] for e in again] == ["a", "b", "c"]
+    assert not has_leftovers(tmp_path)
 
 
 def test_a_log_that_grew_is_emptied_once_all_is_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
