@@ -74,3 +74,32 @@ def dy() -> Iterator[Instance]:
     """A fresh instance running the services a container needs, with the busybox image loaded."""
     with running_instance() as inst:
         yield inst
+
+
+def _instance_of(value: object) -> Instance | None:
+    """The ``Instance`` behind a fixture value (an instance, or an engine holding one)."""
+    for candidate in (value, getattr(value, "inst", None)):
+        if isinstance(candidate, Instance):
+            return candidate
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used an instance gets the last lines of each service's log in its
+    report (the instance and its logs are gone once the fixtures are torn down), so a
+    failure seen once in CI can be read afterwards."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    seen: set[str] = set()
+    for value in getattr(item, "funcargs", {}).values():
+        inst = _instance_of(value)
+        if inst is None or inst.state in seen:
+            continue
+        seen.add(inst.state)
+        with contextlib.suppress(OSError):
+            for log in sorted(os.listdir(inst.logs)):
+                name = log.removesuffix(".log")
+                report.sections.append((f"{name} log ({inst.state})", inst.log_tail(name, 30)))
