@@ -218,6 +218,7 @@ class AsyncClient:
         self.watch_peer = watch_peer
         """Fail the calls in flight as soon as the connection drops (module docstring)."""
         self._monitor: asyncio.Task[None] | None = None
+        self._monitor_sock: zmq.asyncio.Socket | None = None
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
@@ -229,6 +230,7 @@ class AsyncClient:
             self._reader = asyncio.create_task(self._read_loop(sock), name=f"rpc-client-{self.service}")
             if self.watch_peer:
                 monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                self._monitor_sock = monitor
                 self._monitor = asyncio.create_task(self._watch(monitor), name=f"rpc-monitor-{self.service}")
         return self._sock
 
@@ -259,6 +261,18 @@ class AsyncClient:
         except (zmq.ZMQError, asyncio.CancelledError):
             return
         finally:
+            self._stop_monitor(monitor)
+
+    def _stop_monitor(self, monitor: zmq.asyncio.Socket) -> None:
+        """Stop the socket's monitor, then close our end of its PAIR, in that order: libzmq
+        writes each event there with a blocking send from the context's I/O thread, and an
+        event with nobody at this end (a disconnect at that moment) blocked the thread for
+        good, and every socket of the process with it."""
+        sock = self._sock
+        if sock is not None and not sock.closed:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+        if not monitor.closed:
             monitor.close(linger=0)
 
     async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
@@ -355,13 +369,13 @@ class AsyncClient:
     async def close(self) -> None:
         """Close the socket and fail nothing: pending calls time out as Unavailable."""
         if self._monitor is not None:
-            self._monitor.cancel()
+            self._monitor.cancel()  # its task stops the monitor (a task never started: here)
             with contextlib.suppress(BaseException):
                 await self._monitor
             self._monitor = None
-            if self._sock is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sock.disable_monitor()
+        if self._monitor_sock is not None:
+            self._stop_monitor(self._monitor_sock)
+            self._monitor_sock = None
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):

@@ -1,0 +1,79 @@
+"""Closing an ``AsyncClient`` that watches its peer (``watch_peer``) while the peer goes away.
+
+libzmq writes each monitor event to the monitor's PAIR socket with a blocking send from the
+context's I/O thread: with our end of that PAIR closed while the socket still monitored, a
+disconnect at that moment blocked the I/O thread for good, and every socket of the process
+with it (the execution service stopped answering after a failed start: its early client of
+the shim was closed as the shim exited). The monitor is now disabled before its PAIR closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from common import errors
+from common.rpc.aio import AsyncClient
+
+PROJECT = Path(__file__).resolve().parent.parent.parent
+
+SCRIPT = r"""
+import asyncio, sys, zmq, zmq.asyncio
+from common.rpc.aio import AsyncClient
+
+async def main(base: str) -> None:
+    ctx = zmq.asyncio.Context.instance()
+    peers = zmq.Context()
+    for i in range(40):
+        endpoint = f"ipc://{base}/p{i}"
+        router = peers.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        client = AsyncClient("shim", endpoint, watch_peer=True, context=ctx)
+        client.connect()
+        await asyncio.sleep(0.005)
+        router.close(linger=0)  # the peer goes away as the client is closed
+        await client.close()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind(f"ipc://{base}/check")
+    b.connect(f"ipc://{base}/check")
+    await b.send(b"x")
+    print("alive" if await a.poll(3000) else "stuck", flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_closing_a_watching_client_as_its_peer_leaves_keeps_the_io_thread(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, timeout=30, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the process hung: its zmq I/O thread is blocked") from None
+    assert proc.stdout.decode().strip() == "alive", proc.stderr.decode()[-2000:]
+
+
+def test_the_watch_still_fails_calls_when_the_peer_goes(tmp_path: Path) -> None:
+    async def go() -> None:
+        peers = zmq.asyncio.Context()
+        router = peers.socket(zmq.ROUTER)
+        endpoint = f"ipc://{tmp_path}/r"
+        router.bind(endpoint)
+        client = AsyncClient("shim", endpoint, watch_peer=True)
+        call = await client.start("shim.state", {})
+        await router.recv_multipart()
+        router.close(linger=0)  # SIGKILL of the service, as the client sees it
+        with pytest.raises(errors.Unavailable):
+            await asyncio.wait_for(call.result(), 5)
+        await client.close()
+        peers.term()
+
+    asyncio.run(go())
