@@ -16,6 +16,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,8 +120,12 @@ def store_layer(
     blob = compress(raw, media_type) if blob is None else blob
     digest = sha256(blob)
     path = os.path.join(directory, digest.split(":")[1])
-    with open(path, "wb") as f:
+    # as a content store does: never a partial blob at its final path (two threads storing the
+    # same layer at once truncated it under the other's unpack: "is 0 bytes" in one CI run)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as f:
         f.write(blob)
+    os.replace(tmp, path)
     return {
         "digest": digest,
         "media_type": media_type,
