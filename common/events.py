@@ -77,7 +77,7 @@ def read_log(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
     while pos < len(data):
         kind = data[pos : pos + 1]
         if kind == b"E" and pos + _EVENT.size <= len(data):
-            (length,) = struct.unpack_from(">I", data, pos + 1)
+            _, length = _EVENT.unpack_from(data, pos)
             end = pos + _EVENT.size + length
             if end > len(data):
                 break
@@ -88,12 +88,21 @@ def read_log(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
             events.append(item if isinstance(item, dict) else {})
             pos = end
         elif kind == b"A" and pos + _ACK.size <= len(data):
-            (count,) = struct.unpack_from(">Q", data, pos + 1)
+            _, count = _ACK.unpack_from(data, pos)
             acked = max(acked, count)
             pos += _ACK.size
         else:
             break
     return events, min(acked, len(events)), pos
+
+
+def _read_legacy_file(path: Path) -> dict[str, Any] | None:
+    """The event in an older version's outbox file; None (logged) when it cannot be read."""
+    try:
+        return dict(codec.decode(path.read_bytes()))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("dropping unreadable outbox file %s: %s", path, exc)
+        return None
 
 
 def _read_log_file(path: Path) -> tuple[list[dict[str, Any]], int, int]:
@@ -121,11 +130,8 @@ def take_leftovers(outbox: Path, into: Callable[[dict[str, Any]], None]) -> None
     leaving the rest in place, and is raised.
     """
     for _, path in _legacy_files(outbox):
-        try:
-            item = dict(codec.decode(path.read_bytes()))
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("dropping unreadable outbox file %s: %s", path, exc)
-        else:
+        item = _read_legacy_file(path)
+        if item is not None:
             into(item)
         path.unlink(missing_ok=True)
     events, acked, _ = _read_log_file(outbox / LOG_NAME)
@@ -180,10 +186,8 @@ class EventPublisher:
         """Load leftovers from the outbox and start the sender task."""
         self.outbox.mkdir(parents=True, exist_ok=True)
         for _, path in _legacy_files(self.outbox):
-            try:
-                item = dict(codec.decode(path.read_bytes()))
-            except (OSError, ValueError, TypeError):
-                log.warning("dropping unreadable outbox file %s", path)
+            item = _read_legacy_file(path)
+            if item is None:
                 path.unlink(missing_ok=True)
                 continue
             self._queue.put_nowait((self._next, -1, path, item))

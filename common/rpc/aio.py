@@ -261,19 +261,21 @@ class AsyncClient:
         except (zmq.ZMQError, asyncio.CancelledError):
             return
         finally:
-            self._stop_monitor(monitor)
+            self._stop_monitor()
 
-    def _stop_monitor(self, monitor: zmq.asyncio.Socket) -> None:
+    def _stop_monitor(self) -> None:
         """Stop the socket's monitor, then close our end of its PAIR, in that order: libzmq
         writes each event there with a blocking send from the context's I/O thread, and an
         event with nobody at this end (a disconnect at that moment) blocked the thread for
         good, and every socket of the process with it."""
+        monitor, self._monitor_sock = self._monitor_sock, None
+        if monitor is None:
+            return
         sock = self._sock
         if sock is not None and not sock.closed:
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
-        if not monitor.closed:
-            monitor.close(linger=0)
+        monitor.close(linger=0)
 
     async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -373,9 +375,7 @@ class AsyncClient:
             with contextlib.suppress(BaseException):
                 await self._monitor
             self._monitor = None
-        if self._monitor_sock is not None:
-            self._stop_monitor(self._monitor_sock)
-            self._monitor_sock = None
+        self._stop_monitor()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):

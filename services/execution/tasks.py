@@ -227,7 +227,7 @@ class TaskManager:
         rec.incarnation = incarnation
         trace.mark("bundle written")
         t1 = time.perf_counter()
-        early: list[Any] = []
+        early: list[Any] = []  # the client opened when the shim said it serves (once at most)
 
         def serving(address: str) -> None:
             # connect while the runtime creates the task: the first call (shim.attach) then goes
@@ -240,18 +240,16 @@ class TaskManager:
         try:
             report = await self.launcher.launch(rec.namespace, rec.id, bundle, serving)
         except BaseException:
-            for unused in early:
-                await unused.close()
+            if early:
+                await early[0].close()
             raise
         t2 = time.perf_counter()
         trace.mark("shim launched")
-        client = early[0] if early and early[0].endpoint == report.get("address") else None
-        for unused in early:
-            if unused is not client:
-                await unused.close()
+        client = early[0] if early else None
+        if client is not None and not (report.get("ok") and client.endpoint == report.get("address")):
+            await client.close()
+            client = None
         if not report.get("ok"):
-            if client is not None:
-                await client.close()
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
             self.store.update(

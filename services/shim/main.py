@@ -66,11 +66,10 @@ def _announce(ready_fd: int, payload: dict[str, Any]) -> None:
 
 
 def _report(ready_fd: int, payload: dict[str, Any]) -> None:
-    if ready_fd < 0:
-        return
     _announce(ready_fd, payload)
-    with contextlib.suppress(OSError):
-        os.close(ready_fd)
+    if ready_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(ready_fd)
 
 
 def serve(
