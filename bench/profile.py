@@ -79,28 +79,35 @@ def split_runs(marks: list[tuple[int, int, str, str]]) -> list[list[tuple[float,
     return runs
 
 
-def _proc_cpu_ms(pid: int) -> float:
+def _proc_cpu_ms(pid: int) -> tuple[float, float]:
+    """CPU time of ``pid`` so far, ms: (user + system, system); zeros if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+        tick = 1000 / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) * tick, int(fields[12]) * tick
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0.0, 0.0
 
 
-def cpu_per_run(marks: list[tuple[int, int, str, str]]) -> dict[str, float]:
-    """Median CPU ms per run of the shims and the runtime they ran, from the ``cpu=`` marks."""
+def cpu_per_run(marks: list[tuple[int, int, str, str]]) -> dict[str, tuple[float, float]]:
+    """Median CPU ms per run of the shims and the runtime they ran, from the ``cpu=`` marks:
+    ``{name: (user + system, system)}``."""
     shim, runtime = [], []
     for _ns, _pid, process, step in marks:
         if " cpu=" in step and process == "shim":
             fields = dict(part.split("=", 1) for part in step.split()[1:] if "=" in part)
-            shim.append(float(fields["cpu"]))
-            runtime.append(float(fields["children"]))
+            shim.append((float(fields["cpu"]), float(fields.get("sys", 0))))
+            runtime.append((float(fields["children"]), float(fields.get("children_sys", 0))))
     out = {}
     if shim:
-        out["shim"] = statistics.median(shim)
-        out["runtime (children of the shim)"] = statistics.median(runtime)
+        out["shim"] = _medians(shim)
+        out["runtime (children of the shim)"] = _medians(runtime)
     return out
+
+
+def _medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def summarize(runs: list[list[tuple[float, str]]]) -> list[dict[str, Any]]:
@@ -157,20 +164,26 @@ def main(argv: list[str] | None = None) -> int:
         open(trace_path, "w").close()
         services = dy.service_pids()
         before = {name: _proc_cpu_ms(pid) for name, pid in services.items()}
-        cli_cpu = []
+        cli_cpu: list[tuple[float, float]] = []
         for _ in range(opts.runs):
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             _append(trace_path, "bench", "spawn")
             proc = subprocess.run([*dy.cli, *args], env=dy.env, cwd=PROJECT, capture_output=True)
             _append(trace_path, "bench", "exit")
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cli_cpu.append((after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) * 1000)
+            cli_cpu.append(
+                (
+                    (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) * 1000,
+                    (after.ru_stime - usage.ru_stime) * 1000,
+                )
+            )
             if proc.returncode != 0:
                 sys.stderr.write(f"run failed ({proc.returncode}): {proc.stderr.decode()[-500:]}\n")
             time.sleep(0.2)  # let background work (event delivery) settle between runs
-        cpu = {"cli": statistics.median(cli_cpu)}
+        cpu = {"cli": _medians(cli_cpu)}
         for name, pid in services.items():
-            cpu[name] = (_proc_cpu_ms(pid) - before[name]) / max(1, opts.runs)
+            total, system = _proc_cpu_ms(pid)
+            cpu[name] = ((total - before[name][0]) / max(1, opts.runs), (system - before[name][1]) / max(1, opts.runs))
     marks = read_marks(trace_path)
     cpu.update(cpu_per_run(marks))
     runs = split_runs(marks)
@@ -181,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         flag = "" if r["runs"] == len(runs) else f"  (in {r['runs']} runs)"
         print(f"{r['at_ms']:8.1f} {r['delta_ms']:7.1f}  {r['step']}{flag}")
-    print("CPU ms per run: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
+    ranked = sorted(cpu.items(), key=lambda kv: -kv[1][0])
+    print("CPU ms per run [of which system]: " + ", ".join(f"{k} {v[0]:.1f} [{v[1]:.1f}]" for k, v in ranked))
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"args": args, "runtime": opts.runtime, "rows": rows, "cpu_ms": cpu, "runs": runs}, f, indent=1)

@@ -12,7 +12,8 @@ Methods (request -> reply):
 - ``shim.state`` ``ProcessRequest`` -> ``TaskState``: the authoritative state of the task
   (or of one exec), also kept in ``<bundle>/state.json``.
 - ``shim.start`` ``ProcessRequest`` -> ``PidReply``: ``runc start`` (or start an exec).
-  FailedPrecondition (``cannot start task in running state``) on an illegal move.
+  FailedPrecondition (``cannot start task in running state``) on an illegal move. The first
+  start of a task the launch started (``ShimLaunch.start``) only releases its held output.
 - ``shim.kill`` ``KillRequest`` -> ``{}``: send a signal (number) to the init process
   (``all``: to every process of the container). FailedPrecondition when it is not running.
 - ``shim.wait`` ``ProcessRequest`` -> ``ExitReply``: blocks until the process exited and
@@ -25,6 +26,11 @@ Methods (request -> reply):
   ``stdin=true`` the client's own stream (``bytes`` items, then EOF) is written to the
   process's stdin; EOF (or the client gone) closes it when the process has ``stdin_once``
   and no terminal (Docker's rule: a terminal's stdin stays open after an attach).
+  The only call served before the shim's report: an attach of the init process that comes
+  while the launch still creates the task waits for it (FailedPrecondition ``task not
+  created: <why>`` if that fails). ``release=true``: the held output is released once the
+  subscription is in place, and the first frame says ``"released": true`` (``shim.start``
+  then has nothing left to do).
 - ``shim.exec`` ``ExecRequest`` -> ``{}``: register an exec (``/tasks/exec-added``);
   ``shim.start`` with its ``exec_id`` runs it (``runc exec``, ``/tasks/exec-started``).
 - ``shim.exec_run`` ``ExecRequest`` -> stream: ``shim.exec``, ``shim.attach``, ``shim.start``,
@@ -208,6 +214,11 @@ class AttachRequest(Request):
     stdout: bool = True
     stderr: bool = True
     detach_keys: str = Field(default="", description="e.g. 'ctrl-p,ctrl-q': detaches when seen on stdin")
+    release: bool = Field(
+        default=False,
+        description="the task's held output (ShimLaunch.hold_output) is released once this attach is"
+        " subscribed, as shim.start would: the attached frame then says released",
+    )
 
 
 class OutputFrame(Reply):

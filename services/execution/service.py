@@ -106,10 +106,17 @@ INIT_PATH = "/sbin/docker-init"
 
 
 class _PendingAttach:
+    """An attach waiting for its container's task. ``client``: the shim's client, given when
+    the shim says it serves (the runtime still creating the task: the shim holds the attach
+    until it exists) or with the started task; ``release``: this attach releases the task's
+    held output (the only one waiting: no ``shim.start`` after it); ``connected``: its
+    subscription is in place (True: and it released the output)."""
+
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
-        self.live: asyncio.Future[Live] = loop.create_future()
-        self.connected: asyncio.Future[None] = loop.create_future()
+        self.client: asyncio.Future[Any] = loop.create_future()
+        self.release = False
+        self.connected: asyncio.Future[bool] = loop.create_future()
 
 
 class ExecutionService:
@@ -823,6 +830,7 @@ class ExecutionService:
                     self._connect_pending,
                     attaching=bool(self._pending.get((rec.namespace, rec.id))),
                     after_event=self._after_event(rec),
+                    on_client=self._attach_early,
                 )
             except StartFailed as exc:
                 self._fail_pending(rec, exc.message)
@@ -834,18 +842,33 @@ class ExecutionService:
                 raise cls(exc.message, {"exit_status": exc.exit_status}) from None
             return StartReply(id=rec.id, pid=live.task_pid)
 
-    async def _connect_pending(self, live: Live) -> None:
+    def _attach_early(self, key: tuple[str, str], client: Any) -> None:
+        """The shim of ``key``'s starting task serves (its runtime still creating the task):
+        the attaches waiting for it go out now, on ``client``. One alone releases the held
+        output as soon as it is subscribed, which saves the ``shim.start`` round trip."""
+        pending = self._pending.get(key, [])
+        for p in pending:
+            if not p.client.done():
+                p.release = len(pending) == 1
+                p.client.set_result(client)
+
+    async def _connect_pending(self, live: Live) -> bool:
+        """Hand the started ``live`` task to the attaches waiting for it and wait (at most
+        ``ATTACH_CONNECT_S``) until they are subscribed. True if one of them released the
+        task's held output (``shim.start`` has nothing left to do)."""
         pending = self._pending.pop(live.key, [])
         for p in pending:
-            if not p.live.done():
-                p.live.set_result(live)
-        if pending:
-            await asyncio.wait([p.connected for p in pending], timeout=ATTACH_CONNECT_S)
+            if not p.client.done():
+                p.client.set_result(live.client)
+        if not pending:
+            return False
+        await asyncio.wait([p.connected for p in pending], timeout=ATTACH_CONNECT_S)
+        return any(p.connected.done() and p.connected.result() for p in pending)
 
     def _fail_pending(self, rec: Record, message: str) -> None:
         for p in self._pending.pop((rec.namespace, rec.id), []):
-            if not p.live.done():
-                p.live.set_exception(errors.FailedPrecondition(message))
+            if not p.client.done():
+                p.client.set_exception(errors.FailedPrecondition(message))
 
     # -- run -----------------------------------------------------------------------------
     @rpc("execution.run", stream=True)
@@ -877,8 +900,11 @@ class ExecutionService:
                     yield frame
                     if frame.get("detached"):
                         return  # the detach keys: the container goes on running
-            except errors.FailedPrecondition:
-                if not start.done():
+            except errors.DockyardError:
+                # an attach sent early ends when the start fails, maybe before the launch's
+                # report says why: the start's error is the one to report
+                await asyncio.wait([start])
+                if start.cancelled() or start.exception() is None:
                     raise
             try:
                 await asyncio.shield(start)
@@ -1462,17 +1488,23 @@ class ExecutionService:
                 self._publish_action(topics.CONTAINER_ATTACH, "attach", rec)
             yield {"attached": True, "tty": tty}
             if pending is not None:
-                live = await pending.live
-            assert live is not None
+                client = await pending.client
+            else:
+                assert live is not None
+                client = live.client
             body = {"stdin": req.stdin, "stdout": req.stdout, "stderr": req.stderr}
+            if pending is not None and pending.release:
+                body["release"] = True
             trace.mark("attach sent")
-            shim_call = await live.client.start("shim.attach", body, timeout_s=None)
+            shim_call = await client.start("shim.attach", body, timeout_s=None)
+            released = False
             try:
-                await shim_call.next_frame()
+                _more, first = await shim_call.next_frame()
+                released = isinstance(first, dict) and bool(first.get("released"))
                 trace.mark("attached")
             finally:
                 if pending is not None and not pending.connected.done():
-                    pending.connected.set_result(None)
+                    pending.connected.set_result(released)
             if req.stdin:
                 stdin_task = asyncio.create_task(_relay_stdin(ctx, shim_call, scanner, detached))
             async for frame in _until(shim_call, detached):
@@ -1486,7 +1518,7 @@ class ExecutionService:
                 with contextlib.suppress(ValueError, KeyError):
                     self._pending[key].remove(pending)
                 if not pending.connected.done():
-                    pending.connected.set_result(None)
+                    pending.connected.set_result(False)
             if stdin_task is not None:
                 _drop(stdin_task)
             if shim_call is not None and not shim_call.done:

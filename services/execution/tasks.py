@@ -198,16 +198,20 @@ class TaskManager:
     async def start(
         self,
         rec: Record,
-        before_start: Callable[[Live], Awaitable[None]],
+        before_start: Callable[[Live], Awaitable[bool]],
         *,
         attaching: bool = False,
         after_event: str = "",
+        on_client: Callable[[tuple[str, str], Any], None] | None = None,
     ) -> Live:
         """Launch a shim that creates and starts the task (call with the container's lock held).
 
         ``attaching``: clients wait to attach; the shim holds the task's output until
         ``before_start(live)`` attached them, then ``shim.start`` releases it (no runtime
-        call: the task runs since the shim's report). ``after_event``: see
+        call: the task runs since the shim's report) unless ``before_start`` says an attach
+        released it already. ``on_client((namespace, id), client)``: with ``attaching``, the
+        client opened when the shim said it serves (attaches may go out on it at once; it
+        is ``live.client`` if the launch succeeds). ``after_event``: see
         ``write_bundle_files``. Raises ``StartFailed`` (the exit is recorded) or a DockyardError.
         """
         incarnation = rec.incarnation + 1
@@ -236,6 +240,8 @@ class TaskManager:
             client.connect()
             early.append(client)
             trace.mark("connecting to the shim")
+            if attaching and on_client is not None:
+                on_client((rec.namespace, rec.id), client)
 
         try:
             report = await self.launcher.launch(rec.namespace, rec.id, bundle, serving)
@@ -270,8 +276,8 @@ class TaskManager:
         live.watch = shims.ShimWatch(live.shim_pid)
         self.live[live.key] = live
         try:
-            await before_start(live)  # also hands the task to attaches that came during the launch
-            if attaching:
+            released = await before_start(live)  # also hands the task to attaches that came during the launch
+            if attaching and not released:
                 reply = await live.client.call("shim.start", {}, timeout_s=60)
             else:
                 reply = {"pid": live.task_pid, "started_at": _parse_time(report.get("started_at"))}

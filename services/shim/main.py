@@ -128,9 +128,10 @@ async def _serve(
         creating = asyncio.ensure_future(shim.restore(saved))
     else:
         # the runtime's create (tens of ms, in other processes) starts first: the rootfs is mounted
-        # and the runtime spawned before the task yields, and the RPC server binds meanwhile; nobody
-        # calls the shim before it reports, which follows the create
+        # and the runtime spawned before the task yields, and the RPC server binds meanwhile; the
+        # only call served before the report is an attach, which waits for the create
         creating = asyncio.ensure_future(shim.create())
+        shim.creating = creating
         await asyncio.sleep(0)
     try:
         await server.start()

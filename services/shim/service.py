@@ -170,6 +170,8 @@ class Shim:
         self.deleted = asyncio.Event()
         """Set by ``shim.delete``: the task is gone; the shim exits on ``shim.shutdown`` (or soon anyway)."""
         self.init: Process | None = None
+        self.creating: asyncio.Future[TaskState] | None = None
+        """The launch's ``create`` while it runs (set by ``services.shim.main``): an early attach waits for it."""
         self.execs: dict[str, Process] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._mounted = False
@@ -535,6 +537,7 @@ class Shim:
             return await self._start_exec(proc)
         if self.launch.start and not proc.io.pumping.is_set():
             # started by the create (ShimLaunch.start): the first start releases the held output
+            # (if an attach did not already: AttachRequest.release)
             await proc.io.start_pumps()
             return PidReply(pid=proc.state.pid, started_at=proc.state.started_at)
         async with proc.lock:
@@ -698,6 +701,8 @@ class Shim:
         goes on until the output ends; otherwise stdin stays open and, for the container's init
         process, this attach ends (``echo x | docker attach c`` of a ``run -d -i`` container).
         """
+        if self.init is None and not req.exec_id and self.creating is not None:
+            await self._until_created()
         proc = self._process(req.exec_id)
         streams = {s for s, on in ((1, req.stdout), (2, req.stderr)) if on}
         sub = proc.io.subscribe(streams)
@@ -707,13 +712,28 @@ class Shim:
             hangup = sub.close if not req.exec_id else None
             stdin_task = asyncio.create_task(self._pump_stdin(proc, ctx, hangup))
         try:
-            yield {"attached": True, "tty": proc.io.tty}
+            first: dict[str, Any] = {"attached": True, "tty": proc.io.tty}
+            if req.release and not req.exec_id and self.launch.start:
+                await proc.io.start_pumps()  # subscribed: nothing it reads is missed
+                first["released"] = True
+            yield first
             async for frame in _frames(sub):
                 yield frame
         finally:
             proc.io.unsubscribe(sub)
             if stdin_task is not None:
                 self._end_stdin(proc, stdin_task)
+
+    async def _until_created(self) -> None:
+        """Wait for the launch's create (an attach sent while the runtime still runs: the
+        caller connected when the shim said it serves); FailedPrecondition if it failed."""
+        assert self.creating is not None
+        try:
+            await asyncio.shield(self.creating)
+        except CreateFailed as exc:
+            raise errors.FailedPrecondition(f"task not created: {exc.message}") from None
+        except Exception as exc:  # the launch reports it; the attach only needs to end
+            raise errors.FailedPrecondition(f"task not created: {exc}") from None
 
     def _end_stdin(self, proc: Process, pump: asyncio.Task[None]) -> None:
         """An attach that carried stdin ended. Its client went away before sending EOF (the

@@ -187,6 +187,76 @@ def test_started_at_create_holds_its_output_for_the_attach(events: Instance) -> 
     ]
 
 
+def _slow_create(b: Bundle, hook: str) -> subprocess.Popen[str]:
+    """Launch ``b`` with a ``createRuntime`` hook running ``sh -c hook`` (the runtime's create
+    takes that long), in the background: the report comes when the create ended."""
+    config = json.loads(Path(b.path, "config.json").read_text())
+    config["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", hook]}]}
+    Path(b.path, "config.json").write_text(json.dumps(config))
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.shim", "default", b.container_id, b.path],
+        env=b.inst.env,
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _report_of(launcher: subprocess.Popen[str]) -> dict:
+    out, _ = launcher.communicate(timeout=60)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_an_attach_sent_while_the_task_is_created_waits_and_releases_the_output(events: Instance) -> None:
+    """The execution service attaches as soon as the shim serves, before its report: the shim
+    holds that attach until the task exists, then (``release``) starts reading the held output
+    itself, so every byte reaches the attach and no ``shim.start`` is needed."""
+    b = make_bundle(events, BIG, start=True, hold_output=True)
+    launcher = _slow_create(b, "sleep 1")
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(b.path, "address")))
+        with b.client() as a:
+            att = a.start("shim.attach", {"release": True}, timeout_s=None)
+            assert launcher.poll() is None  # no report yet: the runtime is still creating the task
+            first = att.next_frame()[1]
+            assert first["attached"] is True and first["released"] is True
+            frames = list(att)
+        report = _report_of(launcher)
+        assert report["ok"] and report["pid"] > 0
+        assert b"".join(f["d"] for f in frames if f["s"] == 1) == BIG_OUT
+        assert b"".join(f["d"] for f in frames if f["s"] == 2) == b"done\n"
+        with b.client() as c:
+            assert c.call("shim.wait", {}, timeout_s=None)["exit_status"] == 6
+            c.call("shim.delete", {})
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    wait_for(lambda: not os.path.exists(os.path.join(b.path, "address")))
+
+
+def test_an_attach_sent_while_the_create_fails_ends_with_why(events: Instance) -> None:
+    """The create fails after the attach came: the attach ends with ``task not created`` and
+    the runtime's reason, the report says the same, nothing is left running."""
+    b = make_bundle(events, ["true"], start=True, hold_output=True)
+    launcher = _slow_create(b, "sleep 1; echo the hook refused >&2; exit 3")
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(b.path, "address")))
+        with b.client() as a:
+            att = a.start("shim.attach", {"release": True}, timeout_s=None)
+            with pytest.raises(errors.FailedPrecondition, match=r"task not created: .*hook"):
+                att.next_frame()
+        report = _report_of(launcher)
+        assert report["ok"] is False and "hook" in report["error"]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    runtime = os.environ.get("DOCKYARD_RUNTIME", "runc")
+    assert not os.path.exists(os.path.join(endpoints.runtime_root(runtime, events.env), b.container_id))
+    assert b.state_file()["status"] == "deleted"
+
+
 def test_held_output_is_logged_when_nobody_starts(events: Instance) -> None:
     """Nobody calls ``shim.start`` (the caller went away): the output reaches the log anyway."""
     b = make_bundle(events, BIG, start=True, hold_output=True)
