@@ -1,8 +1,9 @@
 """Publishing events so that none is lost: an on-disk outbox plus acknowledged delivery.
 
 ``EventPublisher.publish()`` appends the event to the outbox's log (``<outbox>/events.log``)
-and returns; a single sender task hands the events, in order, to ``events.publish`` and
-appends an acknowledgement record once the events service acknowledged one. If the events
+and returns; a single sender task hands the events, in order, to ``events.publish`` (or,
+when several queued up while a call was out, all of them to one ``events.publish_batch``)
+and appends an acknowledgement record once the events service acknowledged them. If the events
 service is down, the sender retries with back-off; if the publishing process dies, the log
 stays and what it holds past the last acknowledgement is sent by the next
 ``EventPublisher`` opened on the same directory (a restarted service, a shim woken from
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common import codec, errors
+from common.api.events import MAX_PUBLISH_BATCH
 from common.rpc.aio import AsyncClient
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ class EventPublisher:
         self._progress = asyncio.Condition()
         self._fd = -1
         self._in_flight = 0  # taken from the queue, not acknowledged yet
+        self._batches = True  # False once the events service said it has no events.publish_batch
         self._count = 0  # events in the log file
         self._size = 0  # its length in bytes
 
@@ -281,13 +284,19 @@ class EventPublisher:
             os.close(self._fd)
             self._fd = -1
 
-    def _acknowledge(self, index: int, legacy: Path | None) -> None:
-        """Record that the event at ``index`` of the log (or an older version's file) is journaled."""
-        if legacy is not None:
-            legacy.unlink(missing_ok=True)
+    def _acknowledge(self, batch: list[tuple[int, int, Path | None, dict[str, Any]]]) -> None:
+        """Record that the events of ``batch`` (log entries, or an older version's files) are
+        journaled: one acknowledgement record for the log (a count covers all before it)."""
+        last = -1
+        for _number, index, legacy, _item in batch:
+            if legacy is not None:
+                legacy.unlink(missing_ok=True)
+            else:
+                last = max(last, index)
+        if last < 0:
             return
         try:
-            self._append(_ACK.pack(b"A", index + 1))
+            self._append(_ACK.pack(b"A", last + 1))
             if self._queue.empty() and self._size >= COMPACT_BYTES:
                 os.ftruncate(self._fd, 0)  # everything in it is journaled
                 self._count = self._size = 0
@@ -298,26 +307,59 @@ class EventPublisher:
         while True:
             if self._queue.empty():
                 self._idle.set()
-            number, index, legacy, item = await self._queue.get()
-            self._in_flight = 1
-            backoff = 0.05
-            while True:
-                try:
-                    await self.client.call(
-                        "events.publish", item, namespace=item["namespace"], timeout_s=self.call_timeout_s
-                    )
-                    break
-                except (errors.Unavailable, errors.DeadlineExceeded):
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
-                except errors.DockyardError as exc:
-                    log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
-                    break
-            self._acknowledge(index, legacy)
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_PUBLISH_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())  # what queued up while the last call was out
+            self._in_flight = len(batch)
+            if len(batch) == 1 or not await self._send_batch([item for *_, item in batch]):
+                for *_, item in batch:
+                    await self._send_one(item)
+            self._acknowledge(batch)
             self._in_flight = 0
             async with self._progress:
-                self._acked = max(self._acked, number)
+                self._acked = max(self._acked, batch[-1][0])
                 self._progress.notify_all()
+
+    async def _send_one(self, item: dict[str, Any]) -> None:
+        """``events.publish`` of ``item`` until it is journaled (or refused: logged, dropped)."""
+        backoff = 0.05
+        while True:
+            try:
+                await self.client.call(
+                    "events.publish", item, namespace=item["namespace"], timeout_s=self.call_timeout_s
+                )
+                return
+            except (errors.Unavailable, errors.DeadlineExceeded):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except errors.DockyardError as exc:
+                log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
+                return
+
+    async def _send_batch(self, items: list[dict[str, Any]]) -> bool:
+        """``events.publish_batch`` of ``items`` until they are journaled: True. False when the
+        service refused the batch (an event it refuses, or an older service without the
+        method): the caller sends them one by one, so that only a refused event is dropped."""
+        if not self._batches:
+            return False
+        backoff = 0.05
+        while True:
+            try:
+                await self.client.call(
+                    "events.publish_batch",
+                    {"events": items},
+                    namespace=items[0]["namespace"],
+                    timeout_s=self.call_timeout_s,
+                )
+                return True
+            except (errors.Unavailable, errors.DeadlineExceeded):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except errors.Unimplemented:
+                self._batches = False
+                return False
+            except errors.DockyardError:
+                return False
 
 
 async def drain_outbox(client: AsyncClient, outbox: Path, timeout_s: float) -> bool:

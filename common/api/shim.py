@@ -200,6 +200,11 @@ class KillRequest(Request):
     exec_id: str = ""
     signal: int = Field(ge=1, le=64, description="signal number")
     all: bool = Field(default=False, description="signal every process in the container")
+    after: str = Field(
+        default="",
+        max_length=200,
+        description="id of the caller's last event about the container: /tasks/kill follows it in the journal",
+    )
 
 
 class RenameRequest(Request):

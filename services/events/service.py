@@ -22,7 +22,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from common import codec, errors
-from common.api.events import LOST_TOPIC, EventFilters, HeadReply, PublishReply, PublishRequest, ReplayRequest
+from common.api.events import (
+    LOST_TOPIC,
+    EventFilters,
+    HeadReply,
+    PublishBatchReply,
+    PublishBatchRequest,
+    PublishReply,
+    PublishRequest,
+    ReplayRequest,
+)
 from common.rpc.server import Context, rpc
 from services.events.journal import Journal, NewEvent, Record
 
@@ -154,9 +163,18 @@ class EventsService:
 
     async def append(self, ev: NewEvent) -> tuple[Record, bool]:
         """Journal ``ev`` (idempotent by id); return its record and whether it was a duplicate."""
-        fut: asyncio.Future[tuple[Record, bool]] = asyncio.get_running_loop().create_future()
-        await self._pending.put((ev, fut))
-        return await fut
+        return (await self.append_many([ev]))[0]
+
+    async def append_many(self, evs: list[NewEvent]) -> list[tuple[Record, bool]]:
+        """Journal ``evs`` in their order (one transaction unless the writer's batch ends
+        among them); ``(record, duplicate)`` for each."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[tuple[Record, bool]]] = []
+        for ev in evs:
+            fut: asyncio.Future[tuple[Record, bool]] = loop.create_future()
+            self._pending.put_nowait((ev, fut))
+            futs.append(fut)
+        return [await fut for fut in futs]
 
     def ingest_nowait(self, ev: NewEvent) -> None:
         """Queue a fire-and-forget event (from the XSUB socket) without waiting for it."""
@@ -179,6 +197,33 @@ class EventsService:
         )
         self._held_since.pop(req.id, None)
         return PublishReply(seq=record.seq, duplicate=duplicate)
+
+    @rpc("events.publish_batch", quiet=True)
+    async def publish_batch(self, req: PublishBatchRequest, ctx: Context) -> PublishBatchReply:
+        """Journal one publisher's events in order, as ``events.publish`` of each in turn
+        would; see ``common.api.events``. The events before one whose ``after`` is not
+        journaled yet are journaled first (so that a dependency on one of them cannot wait
+        for this batch); Unavailable from that wait leaves them journaled, and the sender's
+        retry of the batch finds them as duplicates. Raises Internal if the journal cannot
+        be written."""
+        replies: list[PublishReply] = []
+        ready: list[NewEvent] = []
+
+        async def flush() -> None:
+            for record, duplicate in await self.append_many(ready):
+                replies.append(PublishReply(seq=record.seq, duplicate=duplicate))
+                self._held_since.pop(record.id, None)
+            ready.clear()
+
+        for ev in req.events:
+            if ev.after and ev.after not in self._recent:
+                await flush()
+                await self._wait_for(ev.after, ev.id, ctx)
+            ready.append(
+                NewEvent(ev.id, ev.timestamp or codec.utcnow(), ev.namespace or ctx.namespace, ev.topic, ev.event)
+            )
+        await flush()
+        return PublishBatchReply(replies=replies)
 
     async def _wait_for(self, after: str, event_id: str, ctx: Context) -> None:
         """Hold ``event_id`` back until ``after`` is journaled (bounded, see ``events.publish``).

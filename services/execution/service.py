@@ -203,6 +203,14 @@ class ExecutionService:
         self._last_event[(rec.namespace, rec.id)] = (event_id, time.monotonic())
         return event_id
 
+    def _follows(self, key: tuple[str, str]) -> str:
+        """The last action event published here about the container ``key``, if lately, else
+        "": a shim's event that this service's call causes (``/tasks/kill``) follows it."""
+        last = self._last_event.get(key)
+        if last is None or time.monotonic() - last[1] > AFTER_EVENT_MAX_AGE_S:
+            return ""
+        return last[0]
+
     def _after_event(self, rec: Record) -> str:
         """The event a new task of ``rec`` must follow in the journal ("" for the default): the
         last action event published here, if lately (an old one may be compacted away)."""
@@ -1027,9 +1035,21 @@ class ExecutionService:
         async with self.tasks.lock(rec.namespace, rec.id):
             pass
 
+    async def _shim_kill(self, live: Live, sig: int) -> None:
+        """``shim.kill`` of the task's init; its ``/tasks/kill`` follows our last action event
+        about the container (``_follows``). Raises as ``shim.kill``."""
+        after = self._follows(live.key)
+        try:
+            await live.client.call("shim.kill", {"signal": sig, **({"after": after} if after else {})}, timeout_s=10)
+        except errors.InvalidArgument:
+            if not after:
+                raise
+            # a shim of an older version (it outlived an upgrade) refuses the field: no order then
+            await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
+
     async def _signal(self, live: Live, sig: int) -> None:
         try:
-            await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
+            await self._shim_kill(live, sig)
         except errors.FailedPrecondition:
             pass  # it exited meanwhile
         except errors.Unavailable:
@@ -1047,7 +1067,7 @@ class ExecutionService:
         if sig in (signal_mod.SIGKILL, signal_mod.SIGTERM, signal_mod.SIGINT):
             self.store.update(rec.namespace, rec.id, manual_stop=True)
         try:
-            await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
+            await self._shim_kill(live, sig)
         except errors.FailedPrecondition:
             raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
         if live.status == "paused" and sig == signal_mod.SIGKILL:

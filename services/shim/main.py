@@ -112,6 +112,7 @@ async def _serve(
     reaper.install(loop)
     launch = ShimLaunch.model_validate_json(Path(bundle, "shim.json").read_text())
     events = AsyncClient("events", launch.events_endpoint or settings.control_endpoint("events"), namespace=namespace)
+    events.connect()  # the handshake while the runtime runs: the task's first events go out at once
     publisher = EventPublisher(events, Path(bundle) / "outbox")
     publisher.start()
     shim = Shim(launch, bundle, reaper, publisher)

@@ -567,8 +567,9 @@ class Shim:
 
         A signal delivered to the init is published as ``/tasks/kill`` ``{signal}`` (Docker's
         ``kill`` event), queued before the task's ``/tasks/exit`` (same outbox; nothing runs
-        between the signal and the queueing). FailedPrecondition when the process is not
-        created, running or paused.
+        between the signal and the queueing), and journaled after ``after`` (the caller's last
+        event about the container: a ``restart`` before this ``kill``, from another outbox).
+        FailedPrecondition when the process is not created, running or paused.
         """
         proc = self._process(req.exec_id)
         if proc.state.status not in (TaskStatus.CREATED, TaskStatus.RUNNING, TaskStatus.PAUSED):
@@ -578,18 +579,18 @@ class Shim:
                 await self.runtime.kill(self.id, req.signal, all_processes=True)
             except RuntimeError_ as exc:
                 raise errors.FailedPrecondition(exc.message) from None
-            self._publish_kill(req.signal)
+            self._publish_kill(req.signal, req.after)
             return {}
         try:
             os.kill(proc.state.pid, req.signal)
         except ProcessLookupError:
             raise errors.FailedPrecondition(f"cannot kill {proc.what}: process {proc.state.pid} is gone") from None
         if not req.exec_id:
-            self._publish_kill(req.signal)
+            self._publish_kill(req.signal, req.after)
         return {}
 
-    def _publish_kill(self, signal: int) -> None:
-        self._publish(topics.TASK_KILL, f"kill/{self._next()}", {"signal": signal})
+    def _publish_kill(self, signal: int, after: str = "") -> None:
+        self._publish(topics.TASK_KILL, f"kill/{self._next()}", {"signal": signal}, after=after or None)
 
     @rpc("shim.rename")
     async def rename(self, req: RenameRequest, ctx: Context) -> dict[str, Any]:

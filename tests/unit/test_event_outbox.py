@@ -12,22 +12,43 @@ from typing import Any
 import pytest
 
 from common import codec, errors, events
+from common.api.events import MAX_PUBLISH_BATCH
 from common.events import LOG_NAME, EventPublisher, has_leftovers, read_log, take_leftovers
 
 
 class Journal:
-    """``events.publish`` as the publisher sees it: journals the event, or is down."""
+    """``events.publish`` and ``events.publish_batch`` as the publisher sees them: journals the
+    events, or is down; ``calls`` the number of events of each call; ``refuse`` ids it refuses
+    (InvalidArgument, a batch holding one is refused whole); ``batches=False`` an older
+    service without the batch method; ``gate`` (if set) holds every call until it is set."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.calls: list[int] = []
         self.down = False
+        self.batches = True
+        self.refuse: set[str] = set()
+        self.gate: asyncio.Event | None = None
 
     async def call(self, method: str, body: dict[str, Any], **_kw: Any) -> dict[str, Any]:
-        assert method == "events.publish"
+        if self.gate is not None:
+            await self.gate.wait()
         if self.down:
             raise errors.Unavailable("events service not answering")
-        self.ids.append(body["id"])
-        return {"seq": len(self.ids), "duplicate": False}
+        if method == "events.publish_batch":
+            if not self.batches:
+                raise errors.Unimplemented("events service has no method 'events.publish_batch'")
+            items = body["events"]
+            assert 1 < len(items) <= MAX_PUBLISH_BATCH
+        else:
+            assert method == "events.publish"
+            items = [body]
+        if any(i["id"] in self.refuse for i in items):
+            raise errors.InvalidArgument("refused")
+        self.calls.append(len(items))
+        self.ids.extend(i["id"] for i in items)
+        replies = [{"seq": len(self.ids) - len(items) + n + 1, "duplicate": False} for n in range(len(items))]
+        return replies[0] if method == "events.publish" else {"replies": replies}
 
 
 def _publish(pub: EventPublisher, *ids: str) -> None:
@@ -200,3 +221,75 @@ def test_a_log_that_grew_is_emptied_once_all_is_acknowledged(tmp_path: Path, mon
     assert journal.ids == [f"e{i}" for i in range(5)] + ["last"]
     ids, acked = _state(tmp_path)
     assert acked == len(ids) and set(ids) < set(journal.ids)  # what is left in it is acknowledged
+
+
+def _batched(journal: Journal, first: list[str], queued: list[str], tmp_path: Path) -> None:
+    """Publish ``first``, then ``queued`` while the call that carries ``first`` is held."""
+
+    async def go() -> None:
+        journal.gate = asyncio.Event()
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, *first)
+        await asyncio.sleep(0.01)  # the sender took them and waits on the service
+        _publish(pub, *queued)
+        assert pub.pending() == len(first) + len(queued)
+        journal.gate.set()
+        assert await pub.flush(5)
+        assert pub.pending() == 0
+        await pub.close()
+
+    asyncio.run(go())
+
+
+def test_events_that_queued_while_a_call_was_out_go_in_one_batch(tmp_path: Path) -> None:
+    journal = Journal()
+    _batched(journal, ["a"], ["b", "c", "d"], tmp_path)
+    assert journal.ids == ["a", "b", "c", "d"]
+    assert journal.calls == [1, 3]  # one round trip for the three
+    assert _state(tmp_path) == (["a", "b", "c", "d"], 4)
+
+
+def test_a_batch_holds_at_most_the_services_limit(tmp_path: Path) -> None:
+    journal = Journal()
+    queued = [f"e{i}" for i in range(MAX_PUBLISH_BATCH + 5)]
+    _batched(journal, ["a"], queued, tmp_path)
+    assert journal.ids == ["a", *queued]
+    assert journal.calls == [1, MAX_PUBLISH_BATCH, 5]
+
+
+def test_an_older_service_without_batches_gets_the_events_one_by_one(tmp_path: Path) -> None:
+    journal = Journal()
+    journal.batches = False
+    _batched(journal, ["a"], ["b", "c"], tmp_path)
+    assert journal.ids == ["a", "b", "c"] and journal.calls == [1, 1, 1]
+
+
+def test_a_refused_event_in_a_batch_is_the_only_one_dropped(tmp_path: Path) -> None:
+    journal = Journal()
+    journal.refuse = {"c"}
+    _batched(journal, ["a"], ["b", "c", "d"], tmp_path)
+    assert journal.ids == ["a", "b", "d"]
+    assert _state(tmp_path)[1] == 4  # the refused one is not sent again either
+
+
+def test_a_log_emptied_at_a_batchs_acknowledgement_loses_nothing_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acknowledgement of a batch is one record for its last event: an emptied log does
+    not get a count that would cover the events appended after it."""
+    monkeypatch.setattr(events, "COMPACT_BYTES", 100)
+    journal = Journal()
+    _batched(journal, ["a"], ["b", "c", "d", "e"], tmp_path)
+
+    async def crash_with_one_unsent() -> None:
+        journal.down = True
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, "f")
+        await asyncio.sleep(0.01)
+        await pub.close()
+
+    asyncio.run(crash_with_one_unsent())
+    ids, acked = _state(tmp_path)
+    assert ids[acked:] == ["f"]  # the next publisher sends it
