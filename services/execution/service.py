@@ -151,6 +151,9 @@ class ExecutionService:
         self.tasks = TaskManager(settings, store, publisher, events, shim_client, self._on_exit)
         self._waiters: dict[tuple[str, str], list[tuple[str, asyncio.Future[WaitReply]]]] = {}
         self._pending: dict[tuple[str, str], list[_PendingAttach]] = {}
+        self._early: dict[tuple[str, str], Any] = {}
+        """Per container whose task is being started: the client of its shim once it serves
+        (``_attach_early``); an attach that comes meanwhile goes out on it at once."""
         self._holding: dict[tuple[str, str], set[str]] = {}
         """The hold tokens of the calls following each container in this process (``RUN_CLIENT``)."""
         self._held: dict[tuple[str, str], asyncio.Event] = {}
@@ -848,12 +851,15 @@ class ExecutionService:
                 user_error = exc.exit_status in (126, 127) or exc.user_error
                 cls = errors.InvalidArgument if user_error else errors.Internal
                 raise cls(exc.message, {"exit_status": exc.exit_status}) from None
+            finally:
+                self._early.pop((rec.namespace, rec.id), None)
             return StartReply(id=rec.id, pid=live.task_pid)
 
     def _attach_early(self, key: tuple[str, str], client: Any) -> None:
         """The shim of ``key``'s starting task serves (its runtime still creating the task):
         the attaches waiting for it go out now, on ``client``. One alone releases the held
         output as soon as it is subscribed, which saves the ``shim.start`` round trip."""
+        self._early[key] = client
         pending = self._pending.get(key, [])
         for p in pending:
             if not p.client.done():
@@ -1486,6 +1492,11 @@ class ExecutionService:
         if live is None or live.done.is_set() or live.status not in ("running", "paused"):
             pending = _PendingAttach()
             self._pending.setdefault(key, []).append(pending)
+            early = self._early.get(key)
+            if early is not None:
+                # the shim serves, its task being created: this attach reaches it before the task
+                # exists, so it is subscribed before an earlier attach releases the output
+                pending.client.set_result(early)
         shim_call = None
         stdin_task: asyncio.Task[None] | None = None
         detached = asyncio.Event()
