@@ -26,6 +26,7 @@ read and sent first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -159,7 +160,8 @@ class EventPublisher:
         self.outbox = outbox
         self.call_timeout_s = call_timeout_s
         # (number, index in the log or -1, an older version's file or None, the event)
-        self._queue: asyncio.Queue[tuple[int, int, Path | None, dict[str, Any]]] = asyncio.Queue()
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._queued = asyncio.Event()  # set while the queue holds something
         self._next = 0
         self._sender: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -193,7 +195,7 @@ class EventPublisher:
             if item is None:
                 path.unlink(missing_ok=True)
                 continue
-            self._queue.put_nowait((self._next, -1, path, item))
+            self._queue.append((self._next, -1, path, item))
             self._next += 1
         log_path = self.outbox / LOG_NAME
         events, acked, size = _read_log_file(log_path)
@@ -205,9 +207,10 @@ class EventPublisher:
             if not events[index]:
                 log.warning("dropping an unreadable event in %s", log_path)
                 continue
-            self._queue.put_nowait((self._next, index, None, events[index]))
+            self._queue.append((self._next, index, None, events[index]))
             self._next += 1
-        if not self._queue.empty():
+        if self._queue:
+            self._queued.set()
             self._idle.clear()
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_loop(), name="event-publisher")
@@ -244,7 +247,8 @@ class EventPublisher:
         self._next += 1
         self._count += 1
         self._idle.clear()
-        self._queue.put_nowait((number, index, None, item))
+        self._queue.append((number, index, None, item))
+        self._queued.set()
         return number
 
     async def delivered(self, number: int, timeout_s: float | None = None) -> bool:
@@ -271,7 +275,7 @@ class EventPublisher:
 
     def pending(self) -> int:
         """Number of events not yet acknowledged."""
-        return self._queue.qsize() + self._in_flight
+        return len(self._queue) + self._in_flight
 
     async def close(self) -> None:
         """Stop sending; unacknowledged events stay in the outbox for the next publisher."""
@@ -284,7 +288,7 @@ class EventPublisher:
             os.close(self._fd)
             self._fd = -1
 
-    def _acknowledge(self, batch: list[tuple[int, int, Path | None, dict[str, Any]]]) -> None:
+    def _acknowledge(self, batch: list[_Queued]) -> None:
         """Record that the events of ``batch`` (log entries, or an older version's files) are
         journaled: one acknowledgement record for the log (a count covers all before it)."""
         last = -1
@@ -297,7 +301,7 @@ class EventPublisher:
             return
         try:
             self._append(_ACK.pack(b"A", last + 1))
-            if self._queue.empty() and self._size >= COMPACT_BYTES:
+            if not self._queue and self._size >= COMPACT_BYTES:
                 os.ftruncate(self._fd, 0)  # everything in it is journaled
                 self._count = self._size = 0
         except OSError as exc:  # not recorded: the event is sent again by the next publisher (deduplicated)
@@ -305,11 +309,12 @@ class EventPublisher:
 
     async def _send_loop(self) -> None:
         while True:
-            if self._queue.empty():
+            if not self._queue:
                 self._idle.set()
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_PUBLISH_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())  # what queued up while the last call was out
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            batch = self._take()
             self._in_flight = len(batch)
             if len(batch) == 1 or not await self._send_batch([item for *_, item in batch]):
                 for *_, item in batch:
@@ -317,8 +322,28 @@ class EventPublisher:
             self._acknowledge(batch)
             self._in_flight = 0
             async with self._progress:
-                self._acked = max(self._acked, batch[-1][0])
+                self._acked = max(self._acked, *(number for number, *_ in batch))
                 self._progress.notify_all()
+
+    def _take(self) -> list[_Queued]:
+        """The next batch: what queued up while the last call was out (at most ``BATCH``,
+        from the front: acknowledgements count from the front), made
+        longer if one of its events must follow an event queued behind it (events a dead shim
+        left, handed to this outbox after ours that follow them), and in an order where each
+        such event comes after the one it follows. The events service would otherwise hold
+        the first until its wait for the other ran out (``events_after_wait_s``), and journal
+        them the wrong way round."""
+        queue = self._queue
+        size = min(len(queue), BATCH)
+        position = {item["id"]: n for n, (*_, item) in enumerate(queue)} if len(queue) > 1 else {}
+        n = 0
+        while n < size:
+            behind = position.get(queue[n][3].get("after") or "", -1)
+            if behind >= size:
+                size = min(behind + 1, MAX_PUBLISH_BATCH)
+            n += 1
+        batch = [queue.popleft() for _ in range(size)]
+        return _in_causal_order(batch)
 
     async def _send_one(self, item: dict[str, Any]) -> None:
         """``events.publish`` of ``item`` until it is journaled (or refused: logged, dropped)."""
@@ -360,6 +385,41 @@ class EventPublisher:
                 return False
             except errors.DockyardError:
                 return False
+
+
+_Queued = tuple[int, int, Path | None, dict[str, Any]]
+"""A queued event: (number in this publisher, index in the log or -1, an older version's file or None, the event)."""
+
+BATCH = 64
+"""Most events a publisher sends in one call, unless one of them must follow an event queued
+behind them: the batch then grows to take that one in (up to ``MAX_PUBLISH_BATCH``)."""
+
+
+def _in_causal_order(batch: list[_Queued]) -> list[_Queued]:
+    """``batch`` with each event whose ``after`` names a later event of the batch moved to
+    just after that event (stable otherwise; a cycle is cut where it points back)."""
+    later = {item["id"]: n for n, (*_, item) in enumerate(batch)}
+    if not any(later.get(item.get("after") or "", -1) > n for n, (*_, item) in enumerate(batch)):
+        return batch
+    out: list[_Queued] = []
+    done: set[str] = set()
+    waiting: dict[str, list[_Queued]] = {}
+
+    def emit(entry: _Queued) -> None:
+        out.append(entry)
+        done.add(entry[3]["id"])
+        for follower in waiting.pop(entry[3]["id"], []):
+            emit(follower)
+
+    for n, entry in enumerate(batch):
+        after = entry[3].get("after") or ""
+        if later.get(after, -1) > n and after not in done:
+            waiting.setdefault(after, []).append(entry)
+        else:
+            emit(entry)
+    for followers in waiting.values():  # none: every chain ends in an event that was emitted
+        out.extend(followers)
+    return out
 
 
 async def drain_outbox(client: AsyncClient, outbox: Path, timeout_s: float) -> bool:

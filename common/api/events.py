@@ -12,7 +12,8 @@ Methods (service ``events``):
 - ``events.publish_batch`` ``PublishBatchRequest`` -> ``PublishBatchReply``: several events
   of one publisher (``events``, 1 to ``MAX_PUBLISH_BATCH``) in its order, journaled as
   ``events.publish`` of each in turn would (idempotent by ``id``, each ``after`` honoured,
-  in one journal transaction when none waits); ``replies`` in the same order. When it
+  in one journal transaction when none waits: an ``after`` naming an earlier event of the
+  batch costs no wait); ``replies`` in the same order. When it
   answers Unavailable (an ``after`` not journaled yet) the events before that one may be
   journaled already: the sender sends the whole batch again and they are acknowledged as
   duplicates. Senders whose outbox holds several events use it: one round trip instead
@@ -58,7 +59,7 @@ class PublishReply(Reply):
     duplicate: bool = False
 
 
-MAX_PUBLISH_BATCH = 64
+MAX_PUBLISH_BATCH = 1024
 """Most events in one ``events.publish_batch``."""
 
 

@@ -208,6 +208,7 @@ class EventsService:
         be written."""
         replies: list[PublishReply] = []
         ready: list[NewEvent] = []
+        earlier: set[str] = set()  # ids of this batch journaled or about to be, before the current one
 
         async def flush() -> None:
             for record, duplicate in await self.append_many(ready):
@@ -216,9 +217,10 @@ class EventsService:
             ready.clear()
 
         for ev in req.events:
-            if ev.after and ev.after not in self._recent:
+            if ev.after and ev.after not in self._recent and ev.after not in earlier:
                 await flush()
                 await self._wait_for(ev.after, ev.id, ctx)
+            earlier.add(ev.id)
             ready.append(
                 NewEvent(ev.id, ev.timestamp or codec.utcnow(), ev.namespace or ctx.namespace, ev.topic, ev.event)
             )

@@ -250,12 +250,12 @@ def test_events_that_queued_while_a_call_was_out_go_in_one_batch(tmp_path: Path)
     assert _state(tmp_path) == (["a", "b", "c", "d"], 4)
 
 
-def test_a_batch_holds_at_most_the_services_limit(tmp_path: Path) -> None:
+def test_a_batch_holds_at_most_batch_events(tmp_path: Path) -> None:
     journal = Journal()
-    queued = [f"e{i}" for i in range(MAX_PUBLISH_BATCH + 5)]
+    queued = [f"e{i}" for i in range(events.BATCH + 5)]
     _batched(journal, ["a"], queued, tmp_path)
     assert journal.ids == ["a", *queued]
-    assert journal.calls == [1, MAX_PUBLISH_BATCH, 5]
+    assert journal.calls == [1, events.BATCH, 5]
 
 
 def test_an_older_service_without_batches_gets_the_events_one_by_one(tmp_path: Path) -> None:
@@ -293,3 +293,66 @@ def test_a_log_emptied_at_a_batchs_acknowledgement_loses_nothing_after_it(
     asyncio.run(crash_with_one_unsent())
     ids, acked = _state(tmp_path)
     assert ids[acked:] == ["f"]  # the next publisher sends it
+
+
+def _publish_after(pub: EventPublisher, event_id: str, after: str) -> None:
+    pub.publish("/containers/stop", {"id": event_id}, namespace="default", event_id=event_id, after=after)
+
+
+def test_an_event_goes_after_the_queued_one_it_must_follow(tmp_path: Path) -> None:
+    """What a dead shim left (``c1/1/exit``) is handed to this outbox behind our own event that
+    follows it (``c1/stop``): the batch sends the shim's first, so the events service need not
+    hold ours back until its wait runs out."""
+    journal = Journal()
+
+    async def go() -> None:
+        journal.gate = asyncio.Event()
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, "first")
+        await asyncio.sleep(0.01)
+        _publish_after(pub, "c1/stop", "c1/1/exit")
+        _publish(pub, "other", "c1/1/exit", "c1/1/delete")
+        journal.gate.set()
+        assert await pub.flush(5)
+        await pub.close()
+
+    asyncio.run(go())
+    assert journal.ids == ["first", "other", "c1/1/exit", "c1/stop", "c1/1/delete"]
+    assert journal.calls == [1, 4]
+    ids, acked = _state(tmp_path)
+    assert acked == len(ids) == 5
+
+
+def test_a_batch_grows_to_take_in_the_event_one_of_it_must_follow(tmp_path: Path) -> None:
+    journal = Journal()
+    fillers = [f"f{i}" for i in range(events.BATCH + 10)]
+
+    async def go() -> None:
+        journal.gate = asyncio.Event()
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, "first")
+        await asyncio.sleep(0.01)
+        _publish_after(pub, "late/stop", "late/exit")
+        _publish(pub, *fillers, "late/exit", "after-all")
+        journal.gate.set()
+        assert await pub.flush(5)
+        await pub.close()
+
+    asyncio.run(go())
+    assert journal.ids == ["first", *fillers, "late/exit", "late/stop", "after-all"]
+    assert journal.calls == [1, events.BATCH + 12, 1]  # from the front, up to the one it follows
+
+
+def test_causal_order_of_a_batch_follows_chains_and_cuts_cycles() -> None:
+    def q(event_id: str, after: str = "") -> tuple[int, int, None, dict[str, Any]]:
+        return (0, 0, None, {"id": event_id, **({"after": after} if after else {})})
+
+    def ids(batch: list[tuple[int, int, None, dict[str, Any]]]) -> list[str]:
+        return [item["id"] for *_, item in events._in_causal_order(batch)]  # type: ignore[arg-type]
+
+    assert ids([q("a"), q("b", "a")]) == ["a", "b"]  # already in order: untouched
+    assert ids([q("c", "b"), q("x"), q("b", "a"), q("a")]) == ["x", "a", "b", "c"]
+    assert ids([q("p", "q"), q("q", "p"), q("z")]) == ["q", "p", "z"]  # a cycle is cut where it points back
+    assert ids([q("d", "elsewhere"), q("e")]) == ["d", "e"]  # another publisher's: the service waits

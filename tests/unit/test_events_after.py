@@ -121,3 +121,21 @@ def test_a_batch_journals_what_comes_before_an_event_that_must_wait(tmp_path: Pa
             svc.journal.close()
 
     assert asyncio.run(scenario()) == ["ctr/create", "task/delete", "ctr/delete"]
+
+
+def test_an_event_following_an_earlier_one_of_its_batch_costs_no_wait(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        svc = EventsService(Journal(tmp_path / "journal.db"), after_wait_s=30.0)
+        writer = asyncio.create_task(svc.writer_loop())
+        try:
+            batch = _batch(
+                PublishRequest(id="c/1/exit", topic="/tasks/exit"),
+                PublishRequest(id="c/stop", topic="/containers/stop", after="c/1/exit"),
+            )
+            await asyncio.wait_for(svc.publish_batch(batch, _ctx()), 1)
+            return [r.id for r in svc.journal.read(0, 10, None)]
+        finally:
+            writer.cancel()
+            svc.journal.close()
+
+    assert asyncio.run(scenario()) == ["c/1/exit", "c/stop"]
