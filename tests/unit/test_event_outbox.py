@@ -6,6 +6,7 @@ emptied. The events service is a stand-in here (``call`` only); the real one is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +224,9 @@ def test_a_log_that_grew_is_emptied_once_all_is_acknowledged(tmp_path: Path, mon
     assert acked == len(ids) and set(ids) < set(journal.ids)  # what is left in it is acknowledged
 
 
-def _batched(journal: Journal, first: list[str], queued: list[str], tmp_path: Path) -> None:
-    """Publish ``first``, then ``queued`` while the call that carries ``first`` is held."""
+def _held(journal: Journal, tmp_path: Path, first: list[str], then: Callable[[EventPublisher], None]) -> None:
+    """Publish ``first``, then what ``then`` publishes while the call that carries ``first`` is
+    held; everything is delivered before this returns."""
 
     async def go() -> None:
         journal.gate = asyncio.Event()
@@ -232,14 +234,23 @@ def _batched(journal: Journal, first: list[str], queued: list[str], tmp_path: Pa
         pub.start()
         _publish(pub, *first)
         await asyncio.sleep(0.01)  # the sender took them and waits on the service
-        _publish(pub, *queued)
-        assert pub.pending() == len(first) + len(queued)
+        then(pub)
         journal.gate.set()
         assert await pub.flush(5)
         assert pub.pending() == 0
         await pub.close()
 
     asyncio.run(go())
+
+
+def _batched(journal: Journal, first: list[str], queued: list[str], tmp_path: Path) -> None:
+    """Publish ``first``, then ``queued`` while the call that carries ``first`` is held."""
+
+    def then(pub: EventPublisher) -> None:
+        _publish(pub, *queued)
+        assert pub.pending() == len(first) + len(queued)
+
+    _held(journal, tmp_path, first, then)
 
 
 def test_events_that_queued_while_a_call_was_out_go_in_one_batch(tmp_path: Path) -> None:
@@ -305,19 +316,11 @@ def test_an_event_goes_after_the_queued_one_it_must_follow(tmp_path: Path) -> No
     hold ours back until its wait runs out."""
     journal = Journal()
 
-    async def go() -> None:
-        journal.gate = asyncio.Event()
-        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
-        pub.start()
-        _publish(pub, "first")
-        await asyncio.sleep(0.01)
+    def then(pub: EventPublisher) -> None:
         _publish_after(pub, "c1/stop", "c1/1/exit")
         _publish(pub, "other", "c1/1/exit", "c1/1/delete")
-        journal.gate.set()
-        assert await pub.flush(5)
-        await pub.close()
 
-    asyncio.run(go())
+    _held(journal, tmp_path, ["first"], then)
     assert journal.ids == ["first", "other", "c1/1/exit", "c1/stop", "c1/1/delete"]
     assert journal.calls == [1, 4]
     ids, acked = _state(tmp_path)
@@ -328,19 +331,11 @@ def test_a_batch_grows_to_take_in_the_event_one_of_it_must_follow(tmp_path: Path
     journal = Journal()
     fillers = [f"f{i}" for i in range(events.BATCH + 10)]
 
-    async def go() -> None:
-        journal.gate = asyncio.Event()
-        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
-        pub.start()
-        _publish(pub, "first")
-        await asyncio.sleep(0.01)
+    def then(pub: EventPublisher) -> None:
         _publish_after(pub, "late/stop", "late/exit")
         _publish(pub, *fillers, "late/exit", "after-all")
-        journal.gate.set()
-        assert await pub.flush(5)
-        await pub.close()
 
-    asyncio.run(go())
+    _held(journal, tmp_path, ["first"], then)
     assert journal.ids == ["first", *fillers, "late/exit", "late/stop", "after-all"]
     assert journal.calls == [1, events.BATCH + 12, 1]  # from the front, up to the one it follows
 
