@@ -345,21 +345,24 @@ class EventPublisher:
         batch = [queue.popleft() for _ in range(size)]
         return _in_causal_order(batch)
 
-    async def _send_one(self, item: dict[str, Any]) -> None:
-        """``events.publish`` of ``item`` until it is journaled (or refused: logged, dropped)."""
+    async def _call(self, method: str, body: dict[str, Any], namespace: str) -> None:
+        """``method`` until the events service answers: retried with back-off while it is
+        down or slow; raises the DockyardError it answers with otherwise."""
         backoff = 0.05
         while True:
             try:
-                await self.client.call(
-                    "events.publish", item, namespace=item["namespace"], timeout_s=self.call_timeout_s
-                )
+                await self.client.call(method, body, namespace=namespace, timeout_s=self.call_timeout_s)
                 return
             except (errors.Unavailable, errors.DeadlineExceeded):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            except errors.DockyardError as exc:
-                log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
-                return
+
+    async def _send_one(self, item: dict[str, Any]) -> None:
+        """``events.publish`` of ``item`` until it is journaled (or refused: logged, dropped)."""
+        try:
+            await self._call("events.publish", item, item["namespace"])
+        except errors.DockyardError as exc:
+            log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
 
     async def _send_batch(self, items: list[dict[str, Any]]) -> bool:
         """``events.publish_batch`` of ``items`` until they are journaled: True. False when the
@@ -367,24 +370,14 @@ class EventPublisher:
         method): the caller sends them one by one, so that only a refused event is dropped."""
         if not self._batches:
             return False
-        backoff = 0.05
-        while True:
-            try:
-                await self.client.call(
-                    "events.publish_batch",
-                    {"events": items},
-                    namespace=items[0]["namespace"],
-                    timeout_s=self.call_timeout_s,
-                )
-                return True
-            except (errors.Unavailable, errors.DeadlineExceeded):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            except errors.Unimplemented:
-                self._batches = False
-                return False
-            except errors.DockyardError:
-                return False
+        try:
+            await self._call("events.publish_batch", {"events": items}, items[0]["namespace"])
+            return True
+        except errors.Unimplemented:
+            self._batches = False
+            return False
+        except errors.DockyardError:
+            return False
 
 
 _Queued = tuple[int, int, Path | None, dict[str, Any]]
@@ -417,8 +410,8 @@ def _in_causal_order(batch: list[_Queued]) -> list[_Queued]:
             waiting.setdefault(after, []).append(entry)
         else:
             emit(entry)
-    for followers in waiting.values():  # none: every chain ends in an event that was emitted
-        out.extend(followers)
+    for followers in waiting.values():  # a guard: every chain ends in an emitted event, so none
+        out.extend(followers)  # is left here, and an event left out would be acknowledged unsent
     return out
 
 

@@ -161,10 +161,6 @@ class EventsService:
         for follower in self._followers:
             follower.offer(record)
 
-    async def append(self, ev: NewEvent) -> tuple[Record, bool]:
-        """Journal ``ev`` (idempotent by id); return its record and whether it was a duplicate."""
-        return (await self.append_many([ev]))[0]
-
     async def append_many(self, evs: list[NewEvent]) -> list[tuple[Record, bool]]:
         """Journal ``evs`` in their order (one transaction unless the writer's batch ends
         among them); ``(record, duplicate)`` for each."""
@@ -190,13 +186,7 @@ class EventsService:
         ``duplicate=True`` and is not fanned out again. Raises Internal if the journal
         cannot be written (the sender keeps the event and retries).
         """
-        if req.after:
-            await self._wait_for(req.after, req.id, ctx)
-        record, duplicate = await self.append(
-            NewEvent(req.id, req.timestamp or codec.utcnow(), req.namespace or ctx.namespace, req.topic, req.event)
-        )
-        self._held_since.pop(req.id, None)
-        return PublishReply(seq=record.seq, duplicate=duplicate)
+        return (await self._journal([req], ctx))[0]
 
     @rpc("events.publish_batch", quiet=True)
     async def publish_batch(self, req: PublishBatchRequest, ctx: Context) -> PublishBatchReply:
@@ -206,6 +196,11 @@ class EventsService:
         for this batch); Unavailable from that wait leaves them journaled, and the sender's
         retry of the batch finds them as duplicates. Raises Internal if the journal cannot
         be written."""
+        return PublishBatchReply(replies=await self._journal(req.events, ctx))
+
+    async def _journal(self, events: list[PublishRequest], ctx: Context) -> list[PublishReply]:
+        """Journal ``events`` in order, each after its ``after`` (``_wait_for``); see
+        ``publish_batch``."""
         replies: list[PublishReply] = []
         ready: list[NewEvent] = []
         earlier: set[str] = set()  # ids of this batch journaled or about to be, before the current one
@@ -216,7 +211,7 @@ class EventsService:
                 self._held_since.pop(record.id, None)
             ready.clear()
 
-        for ev in req.events:
+        for ev in events:
             if ev.after and ev.after not in self._recent and ev.after not in earlier:
                 await flush()
                 await self._wait_for(ev.after, ev.id, ctx)
@@ -225,7 +220,7 @@ class EventsService:
                 NewEvent(ev.id, ev.timestamp or codec.utcnow(), ev.namespace or ctx.namespace, ev.topic, ev.event)
             )
         await flush()
-        return PublishBatchReply(replies=replies)
+        return replies
 
     async def _wait_for(self, after: str, event_id: str, ctx: Context) -> None:
         """Hold ``event_id`` back until ``after`` is journaled (bounded, see ``events.publish``).
