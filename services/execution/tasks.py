@@ -72,6 +72,8 @@ class Live:
     monitor: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit: TaskExit | None = None
+    early_wait: asyncio.Future[Any] | None = None
+    """``shim.wait`` sent when the shim said it serves (the monitor's first wait)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -232,6 +234,7 @@ class TaskManager:
         trace.mark("bundle written")
         t1 = time.perf_counter()
         early: list[Any] = []  # the client opened when the shim said it serves (once at most)
+        early_wait: list[asyncio.Future[Any]] = []
 
         def serving(address: str) -> None:
             # connect while the runtime creates the task: the first call (shim.attach) then goes
@@ -242,17 +245,24 @@ class TaskManager:
             trace.mark("connecting to the shim")
             if attaching and on_client is not None:
                 on_client((rec.namespace, rec.id), client)
+            # the monitor's first shim.wait, held by the shim until the task exists: an exit
+            # right after the start reaches us with the shim's report, not a round trip later
+            waiter = asyncio.ensure_future(client.call("shim.wait", {}, timeout_s=None, wake_shim=False))
+            waiter.add_done_callback(_retrieved)
+            early_wait.append(waiter)
 
         try:
             report = await self.launcher.launch(rec.namespace, rec.id, bundle, serving)
         except BaseException:
             if early:
+                early_wait[0].cancel()
                 await early[0].close()
             raise
         t2 = time.perf_counter()
         trace.mark("shim launched")
         client = early[0] if early else None
         if client is not None and not (report.get("ok") and client.endpoint == report.get("address")):
+            early_wait[0].cancel()
             await client.close()
             client = None
         if not report.get("ok"):
@@ -272,6 +282,7 @@ class TaskManager:
             client or self.shim_client(str(report["address"]), rec.namespace),
             int(report["shim_pid"]),
             task_pid=int(report["pid"]),
+            early_wait=early_wait[0] if client is not None else None,
         )
         live.watch = shims.ShimWatch(live.shim_pid)
         self.live[live.key] = live
@@ -340,7 +351,9 @@ class TaskManager:
                     await self._until_awake(live)
                     continue
                 # not waking it (a shim that sleeps, or is going to, answers or is waited for above)
-                waiter = asyncio.ensure_future(live.client.call("shim.wait", {}, timeout_s=None, wake_shim=False))
+                waiter, live.early_wait = live.early_wait, None
+                if waiter is None:
+                    waiter = asyncio.ensure_future(live.client.call("shim.wait", {}, timeout_s=None, wake_shim=False))
                 assert live.watch is not None
                 await asyncio.wait([waiter, live.watch.died], return_when=asyncio.FIRST_COMPLETED)
                 if waiter.done() and waiter.exception() is None:
@@ -761,3 +774,10 @@ def _parse_size(value: str) -> int:
         return int(float(number) * (mult or 1))
     except ValueError:
         raise errors.InvalidArgument(f"invalid size {value!r}") from None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Done callback of a call nobody may await (an early ``shim.wait`` of a failed launch):
+    its exception is retrieved, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -601,7 +601,11 @@ class Shim:
     @rpc("shim.wait")
     async def wait(self, req: ProcessRequest, ctx: Context) -> ExitReply:
         """Block until the process exited and its output is drained; its exit status. For the
-        init, also ends when the shim goes to sleep: ``hibernated`` (``services.shim.hibernate``)."""
+        init, also ends when the shim goes to sleep: ``hibernated`` (``services.shim.hibernate``).
+        A wait for the init sent while the runtime creates the task is held until it exists
+        (FailedPrecondition ``task not created: <why>`` if that fails)."""
+        if self.init is None and not req.exec_id and self.creating is not None:
+            await self._until_created()
         proc = self._process(req.exec_id)
         if req.exec_id:
             await proc.exited.wait()
@@ -726,8 +730,8 @@ class Shim:
                 self._end_stdin(proc, stdin_task)
 
     async def _until_created(self) -> None:
-        """Wait for the launch's create (an attach sent while the runtime still runs: the
-        caller connected when the shim said it serves); FailedPrecondition if it failed."""
+        """Wait for the launch's create (an attach or a wait sent while the runtime still runs:
+        the caller connected when the shim said it serves); FailedPrecondition if it failed."""
         assert self.creating is not None
         try:
             await asyncio.shield(self.creating)

@@ -208,19 +208,22 @@ def _report_of(launcher: subprocess.Popen[str]) -> dict:
 
 
 def test_an_attach_sent_while_the_task_is_created_waits_and_releases_the_output(events: Instance) -> None:
-    """The execution service attaches as soon as the shim serves, before its report: the shim
-    holds that attach until the task exists, then (``release``) starts reading the held output
-    itself, so every byte reaches the attach and no ``shim.start`` is needed."""
+    """The execution service attaches, and sends its first ``shim.wait``, as soon as the shim
+    serves, before its report: the shim holds both until the task exists; the attach then
+    (``release``) starts reading the held output itself, so every byte reaches it and no
+    ``shim.start`` is needed, and the wait ends with the exit."""
     b = make_bundle(events, BIG, start=True, hold_output=True)
     launcher = _slow_create(b, "sleep 1")
     try:
         wait_for(lambda: os.path.exists(os.path.join(b.path, "address")))
-        with b.client() as a:
+        with b.client() as a, b.client() as w:
             att = a.start("shim.attach", {"release": True}, timeout_s=None)
+            waiting = w.start("shim.wait", {}, timeout_s=None)
             assert launcher.poll() is None  # no report yet: the runtime is still creating the task
             first = att.next_frame()[1]
             assert first["attached"] is True and first["released"] is True
             frames = list(att)
+            assert waiting.result()["exit_status"] == 6
         report = _report_of(launcher)
         assert report["ok"] and report["pid"] > 0
         assert b"".join(f["d"] for f in frames if f["s"] == 1) == BIG_OUT
@@ -236,16 +239,19 @@ def test_an_attach_sent_while_the_task_is_created_waits_and_releases_the_output(
 
 
 def test_an_attach_sent_while_the_create_fails_ends_with_why(events: Instance) -> None:
-    """The create fails after the attach came: the attach ends with ``task not created`` and
-    the runtime's reason, the report says the same, nothing is left running."""
+    """The create fails after an attach and a wait came: both end with ``task not created``
+    and the runtime's reason, the report says the same, nothing is left running."""
     b = make_bundle(events, ["true"], start=True, hold_output=True)
     launcher = _slow_create(b, "sleep 1; echo the hook refused >&2; exit 3")
     try:
         wait_for(lambda: os.path.exists(os.path.join(b.path, "address")))
-        with b.client() as a:
+        with b.client() as a, b.client() as w:
             att = a.start("shim.attach", {"release": True}, timeout_s=None)
+            waiting = w.start("shim.wait", {}, timeout_s=None)
             with pytest.raises(errors.FailedPrecondition, match=r"task not created: .*hook"):
                 att.next_frame()
+            with pytest.raises(errors.FailedPrecondition, match=r"task not created: .*hook"):
+                waiting.result()
         report = _report_of(launcher)
         assert report["ok"] is False and "hook" in report["error"]
     finally:
