@@ -101,7 +101,8 @@ class Reaper:
         """Start ``argv`` (searched in PATH) with the given fds as 0/1/2; return its pid.
 
         Fds not given are ``/dev/null``. No other fd is inherited (every fd Python opens
-        is close-on-exec). Raises ``OSError`` when the program cannot be started.
+        is close-on-exec). ``env`` defaults to ``PATH`` alone (``child_env``). Raises
+        ``OSError`` when the program cannot be started.
         """
         devnull = -1
         actions: list[tuple[int, ...]] = []
@@ -112,7 +113,7 @@ class Reaper:
                         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                     fd = devnull
                 actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-            return os.posix_spawnp(argv[0], list(argv), env if env is not None else _child_env(), file_actions=actions)
+            return os.posix_spawnp(argv[0], list(argv), env if env is not None else child_env(), file_actions=actions)
         finally:
             if devnull >= 0:
                 os.close(devnull)
@@ -126,11 +127,12 @@ class Reaper:
         stderr: int | None = None,
         capture: bool = False,
         input_data: bytes | None = None,
+        env: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Run ``argv`` to completion; return ``(exit status, captured stdout)``.
 
         ``capture=True`` collects stdout through a pipe (stderr too unless given).
-        ``input_data`` is written to stdin through a pipe.
+        ``input_data`` is written to stdin through a pipe. ``env`` as for ``spawn``.
         """
         assert self._loop is not None
         out_r = out_w = in_r = in_w = -1
@@ -144,7 +146,7 @@ class Reaper:
             if input_data is not None:
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 stdin = in_r
-            pid = self.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+            pid = self.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
             done = self.wait(pid)
             if out_w >= 0:
                 os.close(out_w)
@@ -208,5 +210,6 @@ class _PipeReader:
         return chunks
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a child: ``PATH`` alone."""
     return {"PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
