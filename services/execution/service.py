@@ -90,6 +90,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
 REMOVE_EVENT_WAIT_S = 1.0
+TRASH_DELAY_S = 0.05
+"""A removal's trash is deleted this long after its renames: by then ``rm`` or ``run --rm``
+has its answer (a thread's ``rmtree`` beside the event loop slowed the answer's last hops)."""
 AFTER_EVENT_MAX_AGE_S = 60.0
 """A new task's events wait for the last action event (stop, attach) only if it is this recent."""
 RESTART_BACKOFF_MIN_S = 0.1
@@ -1130,7 +1133,7 @@ class ExecutionService:
             trash = _trash_dirs(self.settings)
             left = _discard_dirs(bundle, cdir, trash)  # renames; the deleting happens off the critical path
             if left:
-                self._spawn(asyncio.to_thread(_empty_trash, left), f"trash-{cid[:12]}")
+                self._spawn(_empty_trash_later(left), f"trash-{cid[:12]}")
             trace.mark("directories removed")
             self.store.delete(ns, cid)
             self.execs.forget_container(ns, cid)
@@ -1714,6 +1717,12 @@ def _empty_trash(entries: list[str]) -> None:
     """Delete trash entries (``_discard_dirs``); a whole trash directory when given one."""
     for path in entries:
         shutil.rmtree(path, ignore_errors=True)
+
+
+async def _empty_trash_later(entries: list[str]) -> None:
+    """``_empty_trash`` in a thread, ``TRASH_DELAY_S`` from now."""
+    await asyncio.sleep(TRASH_DELAY_S)
+    await asyncio.to_thread(_empty_trash, entries)
 
 
 def _swap_accounting() -> bool:
