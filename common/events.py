@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 _FILE_RE = re.compile(r"^(\d{12})\.ev$")
 _MAX_BACKOFF_S = 2.0
+_INTERNAL_LOG_EVERY = 30
+"""A journal failure is logged at its first retry and then once every this many (~1 min)."""
 
 LOG_NAME = "events.log"
 """The outbox's log file (module docstring)."""
@@ -345,33 +347,46 @@ class EventPublisher:
         batch = [queue.popleft() for _ in range(size)]
         return _in_causal_order(batch)
 
-    async def _call(self, method: str, body: dict[str, Any], namespace: str) -> None:
-        """``method`` until the events service answers: retried with back-off while it is
-        down or slow; raises the DockyardError it answers with otherwise."""
+    async def _call(self, method: str, body: dict[str, Any], namespace: str, *, retry_internal: bool) -> None:
+        """``method`` until the events service answers: retried with back-off (50 ms doubling
+        up to ``_MAX_BACKOFF_S``) while it is down or slow, and with ``retry_internal`` while
+        it cannot journal (``Internal``: a journal write that failed, such as on a full disk;
+        the events stay queued and in the outbox meanwhile). Raises the DockyardError it
+        answers with otherwise."""
         backoff = 0.05
+        failures = 0
         while True:
             try:
                 await self.client.call(method, body, namespace=namespace, timeout_s=self.call_timeout_s)
                 return
             except (errors.Unavailable, errors.DeadlineExceeded):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                pass
+            except errors.Internal as exc:
+                if not retry_internal:
+                    raise
+                if failures % _INTERNAL_LOG_EVERY == 0:
+                    log.warning("events service cannot journal (%s); the events are kept and sent again", exc)
+                failures += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     async def _send_one(self, item: dict[str, Any]) -> None:
-        """``events.publish`` of ``item`` until it is journaled (or refused: logged, dropped)."""
+        """``events.publish`` of ``item`` until it is journaled; an event the service refuses
+        (a DockyardError but ``Internal``, which is retried) is logged and dropped."""
         try:
-            await self._call("events.publish", item, item["namespace"])
+            await self._call("events.publish", item, item["namespace"], retry_internal=True)
         except errors.DockyardError as exc:
             log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
 
     async def _send_batch(self, items: list[dict[str, Any]]) -> bool:
         """``events.publish_batch`` of ``items`` until they are journaled: True. False when the
-        service refused the batch (an event it refuses, or an older service without the
-        method): the caller sends them one by one, so that only a refused event is dropped."""
+        service refused the batch (an event it refuses, an older service without the method,
+        or a journal failure): the caller sends them one by one, so that only a refused event
+        is dropped (and a journal failure is retried event by event)."""
         if not self._batches:
             return False
         try:
-            await self._call("events.publish_batch", {"events": items}, items[0]["namespace"])
+            await self._call("events.publish_batch", {"events": items}, items[0]["namespace"], retry_internal=False)
             return True
         except errors.Unimplemented:
             self._batches = False

@@ -21,7 +21,8 @@ class Journal:
     """``events.publish`` and ``events.publish_batch`` as the publisher sees them: journals the
     events, or is down; ``calls`` the number of events of each call; ``refuse`` ids it refuses
     (InvalidArgument, a batch holding one is refused whole); ``batches=False`` an older
-    service without the batch method; ``gate`` (if set) holds every call until it is set."""
+    service without the batch method; ``gate`` (if set) holds every call until it is set;
+    ``failing`` the number of calls still to fail as a journal write does (Internal)."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -30,12 +31,16 @@ class Journal:
         self.batches = True
         self.refuse: set[str] = set()
         self.gate: asyncio.Event | None = None
+        self.failing = 0
 
     async def call(self, method: str, body: dict[str, Any], **_kw: Any) -> dict[str, Any]:
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
             raise errors.Unavailable("events service not answering")
+        if self.failing:
+            self.failing -= 1
+            raise errors.Internal("events journal append failed: database or disk is full")
         if method == "events.publish_batch":
             if not self.batches:
                 raise errors.Unimplemented("events service has no method 'events.publish_batch'")
@@ -282,6 +287,25 @@ def test_a_refused_event_in_a_batch_is_the_only_one_dropped(tmp_path: Path) -> N
     _batched(journal, ["a"], ["b", "c", "d"], tmp_path)
     assert journal.ids == ["a", "b", "d"]
     assert _state(tmp_path)[1] == 4  # the refused one is not sent again either
+
+
+def test_events_the_journal_cannot_take_are_kept_and_sent_again(tmp_path: Path) -> None:
+    """A journal write that fails (Internal: a full disk, say) loses nothing: the batch falls
+    back to single events, and the first is sent again with back-off until the journal takes
+    it; all arrive in order and the outbox acknowledges only what was journaled."""
+
+    async def go() -> None:
+        journal = Journal()
+        journal.failing = 3  # the batch of three, then "a" twice
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, "a", "b", "c")  # before the sender runs: one batch
+        assert await pub.flush(5)
+        assert journal.ids == ["a", "b", "c"] and journal.calls == [1, 1, 1] and journal.failing == 0
+        await pub.close()
+
+    asyncio.run(go())
+    assert _state(tmp_path) == (["a", "b", "c"], 3)
 
 
 def test_a_log_emptied_at_a_batchs_acknowledgement_loses_nothing_after_it(
