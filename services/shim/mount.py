@@ -14,6 +14,7 @@ import ctypes
 import errno
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -123,9 +124,43 @@ def unmount(target: str, *, detach: bool = False) -> bool:
     return unmounted
 
 
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX_SIZE = 256  # struct statx (linux/stat.h): u64 stx_attributes at 8, u64 stx_attributes_mask at 56
+
+
+def _statx_mount_root(path: str) -> bool | None:
+    """``STATX_ATTR_MOUNT_ROOT`` of ``path`` (statx(2), Linux 5.8): True if it is the root of a
+    mount; None where the kernel or the C library cannot tell (then read mountinfo)."""
+    lib = libc()
+    statx = getattr(lib, "statx", None)
+    if statx is None:
+        return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if statx(_AT_FDCWD, path.encode(), _AT_SYMLINK_NOFOLLOW, 0, buf) != 0:
+        return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
+    attributes = int.from_bytes(buf.raw[8:16], "little" if sys.byteorder == "little" else "big")
+    supported = int.from_bytes(buf.raw[56:64], "little" if sys.byteorder == "little" else "big")
+    if not supported & _STATX_ATTR_MOUNT_ROOT:
+        return None
+    return bool(attributes & _STATX_ATTR_MOUNT_ROOT)
+
+
 def is_mountpoint(path: str) -> bool:
-    """True if something is mounted exactly at ``path`` (per /proc/self/mountinfo)."""
+    """True if something is mounted exactly at ``path``.
+
+    Asks ``statx`` first (one syscall); reads ``/proc/self/mountinfo`` where it cannot tell
+    (a kernel before 5.8). The kernel writes mountinfo out in full at each read, ~1 ms here
+    with a few dozen mounts and more with every running container, and this runs on the
+    start path (the shim, before it mounts) and on the removal's."""
     real = os.path.realpath(path)
+    known = _statx_mount_root(real)
+    return known if known is not None else in_mountinfo(real)
+
+
+def in_mountinfo(real: str) -> bool:
+    """True if ``/proc/self/mountinfo`` lists a mount at ``real`` (a resolved path)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -53,6 +53,7 @@ from services.shim.runtime import Runtime, RuntimeError_, start_error_status
 from services.shim.seccomp_cache import ANNOTATION, Lookup, SeccompCache, is_seccomp_error
 from services.shim.stdio import ConsoleSocket, ProcessIO, Subscriber, set_winsize
 from services.shim.task import Process, read_state_file, write_atomic
+from services.shim.threads import in_new_thread
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +460,7 @@ class Shim:
             return
         try:
             # in a thread: an overlay's unmount takes ~5 ms (the kernel waits out an RCU grace period)
-            await asyncio.to_thread(mount.unmount, self.rootfs, detach=True)
+            await in_new_thread(lambda: mount.unmount(self.rootfs, detach=True))
             self._mounted = False
         except OSError as exc:
             log.error("cannot unmount the rootfs: %s", exc)

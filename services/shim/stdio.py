@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.shim.jsonlog import LogWriter
+from services.shim.threads import in_new_thread
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +459,7 @@ class ConsoleSocket:
         try:
             conn.setblocking(True)
             conn.settimeout(timeout_s)
-            _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, conn, 4096, 4)
+            _msg, fds, _flags, _addr = await in_new_thread(socket.recv_fds, conn, 4096, 4)
         finally:
             conn.close()
         if not fds:
