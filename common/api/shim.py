@@ -241,6 +241,11 @@ class ExecRequest(Request):
     stdin: bool = False
     console_width: int = 0
     console_height: int = 0
+    after: str = Field(
+        default="",
+        max_length=200,
+        description="id of the caller's last event about the container: /tasks/exec-added follows it in the journal",
+    )
 
 
 class ResizeRequest(Request):

@@ -80,13 +80,22 @@ class ExecService:
     async def exec_create(self, req: ExecCreateRequest, ctx: Context) -> ExecCreateReply:
         """Register an exec in a running container; Conflict if it does not run."""
         live, ex, body = self._prepare(req, ctx)
-        await live.client.call("shim.exec", body, timeout_s=30)
+        try:
+            await live.client.call("shim.exec", body, timeout_s=30)
+        except errors.InvalidArgument:
+            if not body.pop("after", ""):
+                raise
+            # a shim of an older version (it outlived an upgrade) refuses the field: no order then
+            await live.client.call("shim.exec", body, timeout_s=30)
         self.execs[ex.id] = ex
         return ExecCreateReply(id=ex.id)
 
     def _prepare(self, req: ExecCreateRequest, ctx: Context) -> tuple[Any, ExecRecord, dict[str, Any]]:
         """The container's ``Live``, a new ``ExecRecord`` and the shim's ``ExecRequest`` body.
 
+        The body's ``after`` is this service's last action event about the container, if
+        lately (``_follows``): the exec's events follow a ``restart`` or ``attach`` made just
+        before, also when they wait in two outboxes while the events service is down.
         Conflict when the container does not run; InvalidArgument for a relative working dir.
         """
         rec = self.owner._find(ctx.namespace, req.id)
@@ -120,6 +129,9 @@ class ExecService:
             "console_width": width,
             "console_height": height,
         }
+        after = self.owner._follows((rec.namespace, rec.id))
+        if after:
+            shim_req["after"] = after
         ex = ExecRecord(exec_id, rec.namespace, rec.id, list(req.cmd), req.tty, req.stdin, req.user, req.detach_keys)
         return live, ex, shim_req
 
@@ -148,7 +160,14 @@ class ExecService:
         finished = False
         try:
             try:
-                await call.next_frame()  # {"registered": true}
+                try:
+                    await call.next_frame()  # {"registered": true}
+                except errors.InvalidArgument:
+                    if not body.pop("after", ""):
+                        raise
+                    # a shim of an older version refuses the field (see exec_create): no order then
+                    call = await client.start("shim.exec_run", body, timeout_s=None)
+                    await call.next_frame()
             except errors.DockyardError:
                 self.execs.pop(ex.id, None)
                 finished = True

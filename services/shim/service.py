@@ -827,6 +827,8 @@ class Shim:
         FailedPrecondition unless the task runs; AlreadyExists for a used exec id. The user
         is resolved inside the rootfs like the container's, at the start (as dockerd's
         ``ContainerExecStart``): an unknown user is a failed start (exit 126), not an error here.
+        ``/tasks/exec-added`` is journaled after ``req.after`` (the caller's last event about
+        the container, if any), and the exec's later events after it.
         """
         init = self._process("")
         if init.state.status != TaskStatus.RUNNING:
@@ -851,7 +853,13 @@ class Shim:
         proc.exec_user = req.user or self.launch.user
         self.execs[req.exec_id] = proc
         args = [str(a) for a in process.get("args") or []]
-        self._publish(topics.TASK_EXEC_ADDED, "exec-added", {"exec_id": req.exec_id, "args": args}, req.exec_id)
+        self._publish(
+            topics.TASK_EXEC_ADDED,
+            "exec-added",
+            {"exec_id": req.exec_id, "args": args},
+            req.exec_id,
+            after=req.after or None,
+        )
         return {}
 
     @rpc("shim.exec_run", stream=True)

@@ -275,6 +275,36 @@ def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(dy: 
     dy.cli("rm", "-f", "down", check=True)
 
 
+def test_an_exec_right_after_a_restart_while_the_events_service_is_down_follows_it(dy: Instance) -> None:
+    """``exec`` just after ``restart``, both while events is down: the exec's events come from
+    the new shim's outbox, the restart from the execution service's; the exec's first event
+    names the restart as the one it follows (``ExecRequest.after``), so the journal keeps
+    dockerd's order once events is back (it could journal the exec first before)."""
+    dy.cli("run", "-d", "--name", "rx", "busybox", "sh", "-c", TRAP, check=True)
+    time.sleep(0.3)
+    with dy.client("events") as c:
+        head = int(c.call("events.head", {})["seq"])
+    dy.kill("events")
+    assert dy.cli("restart", "-t", "10", "rx", timeout=60).returncode == 0
+    r = dy.cli("exec", "rx", "sh", "-c", "exit 4", timeout=60)
+    assert r.returncode == 4, r.stderr
+    dy.start("events")
+    want = ["kill", "die", "stop", "start", "restart", "exec_create", "exec_start", "exec_die"]
+    deadline = time.monotonic() + 40
+    while True:
+        with dy.client("events") as c:
+            envs = list(c.stream("events.replay", {"since": head}))
+        evs = [e for e in (dockerfmt.docker_event(env) for env in envs) if e and e["Type"] == "container"]
+        if len(evs) >= len(want) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert [e["Action"].split(":")[0] for e in evs] == want, evs
+    assert evs[-1]["Actor"]["Attributes"].get("exitCode") == "4"
+    ids = [env["id"] for env in envs]
+    assert len(ids) == len(set(ids))
+    dy.cli("rm", "-f", "rx", check=True)
+
+
 OUTAGE = {
     "kill": ["create", "start", "kill:9", "die:137"],
     "stop": ["create", "start", "kill:15", "die:3", "stop"],
