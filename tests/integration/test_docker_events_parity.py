@@ -243,28 +243,40 @@ def test_docker_py_sees_kill_die_stop(eng: Engine) -> None:
         client.close()
 
 
-def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(dy: Instance) -> None:
-    # conftest's dy: services started one by one, no supervisor (the test decides when events is down)
-    """The kill comes from the shim's outbox, the stop and restart from the execution service's,
-    the second start from a new shim's: all held while events is down, then journaled once each,
-    in dockerd's order (``after`` dependencies across the outboxes)."""
-    dy.cli("run", "-d", "--name", "down", "busybox", "sh", "-c", TRAP, check=True)
+def _restarted_while_events_is_down(dy: Instance, name: str) -> int:
+    """Run ``name`` (``TRAP``), kill the events service, restart ``name``; the journal's head before."""
+    dy.cli("run", "-d", "--name", name, "busybox", "sh", "-c", TRAP, check=True)
     time.sleep(0.3)
     with dy.client("events") as c:
         head = int(c.call("events.head", {})["seq"])
     dy.kill("events")
-    assert dy.cli("restart", "-t", "10", "down", timeout=60).returncode == 0
-    dy.cli("kill", "-s", "USR1", "down", check=True)
-    dy.start("events")
-    want = ["kill", "die", "stop", "start", "restart", "kill"]
+    assert dy.cli("restart", "-t", "10", name, timeout=60).returncode == 0
+    return head
+
+
+def _container_events_since(dy: Instance, head: int, count: int) -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
+    """The journal's envelopes after ``head`` and their Docker container events, once there are
+    ``count`` of these (or 40 s passed)."""
     deadline = time.monotonic() + 40
     while True:
         with dy.client("events") as c:
             envs = list(c.stream("events.replay", {"since": head}))
         evs = [e for e in (dockerfmt.docker_event(env) for env in envs) if e and e["Type"] == "container"]
-        if len(evs) >= len(want) or time.monotonic() > deadline:
-            break
+        if len(evs) >= count or time.monotonic() > deadline:
+            return envs, evs
         time.sleep(0.3)
+
+
+def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(dy: Instance) -> None:
+    # conftest's dy: services started one by one, no supervisor (the test decides when events is down)
+    """The kill comes from the shim's outbox, the stop and restart from the execution service's,
+    the second start from a new shim's: all held while events is down, then journaled once each,
+    in dockerd's order (``after`` dependencies across the outboxes)."""
+    head = _restarted_while_events_is_down(dy, "down")
+    dy.cli("kill", "-s", "USR1", "down", check=True)
+    dy.start("events")
+    want = ["kill", "die", "stop", "start", "restart", "kill"]
+    envs, evs = _container_events_since(dy, head, len(want))
     assert [e["Action"] for e in evs] == want, evs
     assert [e["Actor"]["Attributes"].get("signal") for e in evs if e["Action"] == "kill"] == ["15", "10"]
     ids = [env["id"] for env in envs]
@@ -280,24 +292,12 @@ def test_an_exec_right_after_a_restart_while_the_events_service_is_down_follows_
     the new shim's outbox, the restart from the execution service's; the exec's first event
     names the restart as the one it follows (``ExecRequest.after``), so the journal keeps
     dockerd's order once events is back (it could journal the exec first before)."""
-    dy.cli("run", "-d", "--name", "rx", "busybox", "sh", "-c", TRAP, check=True)
-    time.sleep(0.3)
-    with dy.client("events") as c:
-        head = int(c.call("events.head", {})["seq"])
-    dy.kill("events")
-    assert dy.cli("restart", "-t", "10", "rx", timeout=60).returncode == 0
+    head = _restarted_while_events_is_down(dy, "rx")
     r = dy.cli("exec", "rx", "sh", "-c", "exit 4", timeout=60)
     assert r.returncode == 4, r.stderr
     dy.start("events")
     want = ["kill", "die", "stop", "start", "restart", "exec_create", "exec_start", "exec_die"]
-    deadline = time.monotonic() + 40
-    while True:
-        with dy.client("events") as c:
-            envs = list(c.stream("events.replay", {"since": head}))
-        evs = [e for e in (dockerfmt.docker_event(env) for env in envs) if e and e["Type"] == "container"]
-        if len(evs) >= len(want) or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+    envs, evs = _container_events_since(dy, head, len(want))
     assert [e["Action"].split(":")[0] for e in evs] == want, evs
     assert evs[-1]["Actor"]["Attributes"].get("exitCode") == "4"
     ids = [env["id"] for env in envs]
