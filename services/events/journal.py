@@ -12,6 +12,7 @@ Blocking; call it from a thread (the service does).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 import threading
@@ -126,7 +127,11 @@ class Journal:
                 )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # a COMMIT that failed (a full disk) may have ended the transaction already: the
+            # error to raise is its own, not the ROLLBACK's "no transaction is active"
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         return out
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from common.api.events import EventFilters
 from services.events.journal import Journal, NewEvent
@@ -78,3 +81,19 @@ def test_has_tells_whether_an_event_is_journaled(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.db")
     j.append([_ev("present")])
     assert j.has("present") and not j.has("absent")
+
+
+def test_a_full_disk_is_the_error_raised_and_the_journal_goes_on_after(tmp_path: Path) -> None:
+    """An append that cannot be written (``SQLITE_FULL``, here by a page limit) raises the
+    write's own error, not the rollback's, and leaves nothing half-written: once there is
+    room again the same events are appended, with dense sequence numbers."""
+    j = Journal(tmp_path / "j.db")
+    j.append([_ev("a")])
+    pages = j._writer.execute("PRAGMA page_count").fetchone()[0]
+    j._writer.execute(f"PRAGMA max_page_count = {pages}")
+    big = [_ev(f"big{i}", blob="x" * 20000) for i in range(5)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        j.append(big)
+    assert j.head() == 1 and [r.id for r in j.read(0, 10)] == ["a"]
+    j._writer.execute("PRAGMA max_page_count = 1073741823")
+    assert [rec.seq for rec, _ in j.append(big)] == [2, 3, 4, 5, 6]
