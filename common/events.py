@@ -43,12 +43,39 @@ from common.rpc.aio import AsyncClient
 log = logging.getLogger(__name__)
 
 _FILE_RE = re.compile(r"^(\d{12})\.ev$")
+_MIN_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
 _INTERNAL_LOG_EVERY = 30
 """A journal failure is logged at its first retry and then once every this many (~1 min)."""
 
 LOG_NAME = "events.log"
 """The outbox's log file (module docstring)."""
+
+
+def shim_outbox(bundle: str, incarnation: int) -> Path:
+    """The outbox of the shim of task ``incarnation`` in ``bundle``: ``<bundle>/outbox/task-<n>``.
+
+    One per incarnation, so that a shim never shares its log with the next one. With the
+    events service down, a restarted container's new shim starts while the old one's events
+    still wait to be taken over by the execution service (``take_leftovers``, once the old
+    shim is gone): in one shared log, the new shim's acknowledgement records counted the old
+    one's events, and the take-over removed the log the new shim was writing, which lost its
+    later events. Shims of an older version wrote ``<bundle>/outbox`` itself."""
+    return Path(bundle) / "outbox" / f"task-{incarnation}"
+
+
+def bundle_outboxes(bundle: str, incarnation: int | None = None) -> list[Path]:
+    """The shim outboxes of ``bundle`` to drain: ``<bundle>/outbox`` (shims of an older version)
+    and that of ``incarnation``, or (None) of every incarnation, oldest first."""
+    root = Path(bundle) / "outbox"
+    if incarnation is not None:
+        return [root, shim_outbox(bundle, incarnation)]
+    try:
+        tasks = [p for p in root.iterdir() if p.name.startswith("task-") and p.name[5:].isdigit()]
+    except (FileNotFoundError, NotADirectoryError):
+        return [root]
+    return [root, *sorted(tasks, key=lambda p: int(p.name[5:]))]
+
 
 COMPACT_BYTES = 64 * 1024
 """A log this large is emptied once everything in it is acknowledged."""
@@ -310,6 +337,7 @@ class EventPublisher:
             log.warning("outbox %s: cannot record an acknowledgement: %s", self.outbox, exc)
 
     async def _send_loop(self) -> None:
+        backoff = _MIN_BACKOFF_S
         while True:
             if not self._queue:
                 self._idle.set()
@@ -318,7 +346,21 @@ class EventPublisher:
                 continue
             batch = self._take()
             self._in_flight = len(batch)
-            if len(batch) == 1 or not await self._send_batch([item for *_, item in batch]):
+            if len(batch) == 1:
+                sent = await self._send_one(batch[0][3], retry=False)
+            else:
+                sent = await self._send_batch([item for *_, item in batch])
+            if sent is None:
+                # not reached (down, slow, or holding an event for one it must follow): back to the
+                # front in their order, taken again after a pause with whatever queued up meanwhile,
+                # such as a dead shim's event that one of them follows (handed over behind them)
+                self._queue.extendleft(sorted(batch, key=lambda entry: entry[0], reverse=True))
+                self._in_flight = 0
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            backoff = _MIN_BACKOFF_S
+            if not sent:
                 for *_, item in batch:
                     await self._send_one(item)
             self._acknowledge(batch)
@@ -347,20 +389,24 @@ class EventPublisher:
         batch = [queue.popleft() for _ in range(size)]
         return _in_causal_order(batch)
 
-    async def _call(self, method: str, body: dict[str, Any], namespace: str, *, retry_internal: bool) -> None:
+    async def _call(
+        self, method: str, body: dict[str, Any], namespace: str, *, retry_internal: bool, retry: bool = True
+    ) -> None:
         """``method`` until the events service answers: retried with back-off (50 ms doubling
-        up to ``_MAX_BACKOFF_S``) while it is down or slow, and with ``retry_internal`` while
-        it cannot journal (``Internal``: a journal write that failed, such as on a full disk;
-        the events stay queued and in the outbox meanwhile). Raises the DockyardError it
-        answers with otherwise."""
-        backoff = 0.05
+        up to ``_MAX_BACKOFF_S``) while it is down or slow (unless not ``retry``: Unavailable
+        or DeadlineExceeded is raised then), and with ``retry_internal`` while it cannot
+        journal (``Internal``: a journal write that failed, such as on a full disk; the events
+        stay queued and in the outbox meanwhile). Raises the DockyardError it answers with
+        otherwise."""
+        backoff = _MIN_BACKOFF_S
         failures = 0
         while True:
             try:
                 await self.client.call(method, body, namespace=namespace, timeout_s=self.call_timeout_s)
                 return
             except (errors.Unavailable, errors.DeadlineExceeded):
-                pass
+                if not retry:
+                    raise
             except errors.Internal as exc:
                 if not retry_internal:
                     raise
@@ -370,24 +416,36 @@ class EventPublisher:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
-    async def _send_one(self, item: dict[str, Any]) -> None:
-        """``events.publish`` of ``item`` until it is journaled; an event the service refuses
-        (a DockyardError but ``Internal``, which is retried) is logged and dropped."""
+    async def _send_one(self, item: dict[str, Any], *, retry: bool = True) -> bool | None:
+        """``events.publish`` of ``item`` until it is journaled (True); an event the service
+        refuses (a DockyardError but ``Internal``, which is retried) is logged and dropped
+        (True too). Not ``retry``: None as soon as the service is not reached (see ``_call``)."""
         try:
-            await self._call("events.publish", item, item["namespace"], retry_internal=True)
+            await self._call("events.publish", item, item["namespace"], retry_internal=True, retry=retry)
+        except (errors.Unavailable, errors.DeadlineExceeded):
+            if retry:
+                raise
+            return None
         except errors.DockyardError as exc:
             log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)
+        return True
 
-    async def _send_batch(self, items: list[dict[str, Any]]) -> bool:
-        """``events.publish_batch`` of ``items`` until they are journaled: True. False when the
-        service refused the batch (an event it refuses, an older service without the method,
-        or a journal failure): the caller sends them one by one, so that only a refused event
-        is dropped (and a journal failure is retried event by event)."""
+    async def _send_batch(self, items: list[dict[str, Any]]) -> bool | None:
+        """``events.publish_batch`` of ``items``: True once they are journaled; None when the
+        service was not reached (down, slow, or holding one of them for an event it must follow:
+        the caller takes the batch again); False when it refused the batch (an event it
+        refuses, an older service without the method, or a journal failure): the caller sends
+        them one by one, so that only a refused event is dropped (and a journal failure is
+        retried event by event)."""
         if not self._batches:
             return False
         try:
-            await self._call("events.publish_batch", {"events": items}, items[0]["namespace"], retry_internal=False)
+            await self._call(
+                "events.publish_batch", {"events": items}, items[0]["namespace"], retry_internal=False, retry=False
+            )
             return True
+        except (errors.Unavailable, errors.DeadlineExceeded):
+            return None
         except errors.Unimplemented:
             self._batches = False
             return False

@@ -32,7 +32,7 @@ from typing import Any
 
 from common import codec, endpoints, errors, shimwake, topics, trace
 from common.api.shim import ShimLaunch, TaskStatus, container_event_id, event_id
-from common.events import drain_outbox, has_leftovers, take_leftovers
+from common.events import bundle_outboxes, drain_outbox, has_leftovers, take_leftovers
 from common.settings import Settings
 from services.execution import shims
 from services.execution.store import Record, Store
@@ -271,7 +271,7 @@ class TaskManager:
             self.store.update(
                 rec.namespace, rec.id, exit_code=status, error=message, handled=incarnation, finished_at=codec.utcnow()
             )
-            await self._drain_leftovers(bundle)
+            await self._drain_leftovers(bundle, incarnation)
             raise StartFailed(message, status, user_error=bool(report.get("user_error")))
         live = Live(
             rec.namespace,
@@ -453,7 +453,7 @@ class TaskManager:
             await asyncio.wait_for(asyncio.shield(live.watch.died), 5.0)
         if call is not None:
             await call.cancel()
-        await self._drain_leftovers(live.bundle)
+        await self._drain_leftovers(live.bundle, live.incarnation)
         await self._forget(live)
 
     async def _shim_died(self, live: Live) -> None:
@@ -493,7 +493,7 @@ class TaskManager:
             code,
             " (from its state file)" if code != 255 else "",
         )
-        await self._drain_leftovers(bundle)
+        await self._drain_leftovers(bundle, incarnation)
         await shims.clean_dead_task(runtime, self.runtime_root(runtime), container_id, bundle)
         named = self.store.get(namespace, container_id)
         if not deleted or (state is not None and state.pid):
@@ -588,9 +588,21 @@ class TaskManager:
             except Exception:
                 log.exception("exit handling of container %s failed", live.container_id)
 
-    async def _drain_leftovers(self, bundle: str) -> None:
-        """Deliver what a shim left in its outbox; hand it to our own outbox if events is down."""
-        outbox = Path(bundle) / "outbox"
+    async def _drain_leftovers(self, bundle: str, incarnation: int | None = None) -> None:
+        """Deliver what the gone shim of task ``incarnation`` left in its outbox (None: every
+        shim of ``bundle``, all gone); hand it to our own outbox if events is down. Only a gone
+        shim's: a later incarnation's shim, alive, has an outbox of its own (``shim_outbox``)."""
+        for outbox in bundle_outboxes(bundle, incarnation):
+            await self._drain_outbox(outbox)
+
+    async def _drain_outbox(self, outbox: Path) -> None:
+        try:
+            await self._deliver_leftovers(outbox)
+        finally:
+            if outbox.name.startswith("task-") and not has_leftovers(outbox):
+                shutil.rmtree(outbox, ignore_errors=True)  # a gone shim's, all delivered or taken over
+
+    async def _deliver_leftovers(self, outbox: Path) -> None:
         if not has_leftovers(outbox):
             return
         try:

@@ -27,7 +27,7 @@ from typing import Any
 
 from common import shimwake, trace
 from common.api.shim import ShimLaunch
-from common.events import EventPublisher
+from common.events import EventPublisher, shim_outbox
 from common.rpc.aio import AsyncClient
 from common.rpc.server import RpcServer
 from common.settings import Settings
@@ -113,7 +113,7 @@ async def _serve(
     launch = ShimLaunch.model_validate_json(Path(bundle, "shim.json").read_text())
     events = AsyncClient("events", launch.events_endpoint or settings.control_endpoint("events"), namespace=namespace)
     events.connect()  # the handshake while the runtime runs: the task's first events go out at once
-    publisher = EventPublisher(events, Path(bundle) / "outbox")
+    publisher = EventPublisher(events, shim_outbox(bundle, launch.incarnation))
     publisher.start()
     shim = Shim(launch, bundle, reaper, publisher)
     endpoint = settings.shim_endpoint(namespace, container_id)

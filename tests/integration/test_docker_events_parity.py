@@ -305,6 +305,41 @@ def test_an_exec_right_after_a_restart_while_the_events_service_is_down_follows_
     dy.cli("rm", "-f", "rx", check=True)
 
 
+def test_restarts_while_the_events_service_is_down_lose_no_task_event(dy: Instance) -> None:
+    """Three restarts while events is down, with a pause after each one for the take-over of
+    the old shim's outbox. The shims of two incarnations once shared one outbox log: the
+    take-over removed the log the next shim was writing to, and that shim's exit and delete
+    were never journaled (found by a walkthrough). Each incarnation now has an outbox of its
+    own (``common.events.shim_outbox``): every task event of every incarnation arrives, once,
+    in its shim's order. (The order between the outboxes is not checked here: README, known
+    gaps.)"""
+    head = _restarted_while_events_is_down(dy, "rr")
+    time.sleep(2.5)  # the old shim's outbox taken over (its drain waits 1 s for events)
+    for _ in range(2):
+        assert dy.cli("restart", "-t", "10", "rr", timeout=60).returncode == 0
+        time.sleep(2.5)
+    dy.start("events")
+    want = {n: ["create", "start", "kill/1", "exit", "delete"] for n in (2, 3)}
+    want[1] = ["kill/1", "exit", "delete"]
+    want[4] = ["create", "start"]
+    deadline = time.monotonic() + 45  # events held for one in another outbox may wait 30 s
+    while True:
+        with dy.client("events") as c:
+            envs = list(c.stream("events.replay", {"since": head}))
+        per: dict[int, list[str]] = {}
+        for env in envs:
+            if env["topic"].startswith("/tasks/"):
+                _cid, incarnation, verb = env["id"].split("/", 2)
+                per.setdefault(int(incarnation), []).append(verb)
+        if per == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert per == want, per
+    ids = [env["id"] for env in envs]
+    assert len(ids) == len(set(ids))
+    dy.cli("rm", "-f", "rr", check=True)
+
+
 OUTAGE = {
     "kill": ["create", "start", "kill:9", "die:137"],
     "stop": ["create", "start", "kill:15", "die:3", "stop"],

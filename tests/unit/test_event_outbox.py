@@ -22,7 +22,10 @@ class Journal:
     events, or is down; ``calls`` the number of events of each call; ``refuse`` ids it refuses
     (InvalidArgument, a batch holding one is refused whole); ``batches=False`` an older
     service without the batch method; ``gate`` (if set) holds every call until it is set;
-    ``failing`` the number of calls still to fail as a journal write does (Internal)."""
+    ``failing`` the number of calls still to fail as a journal write does (Internal);
+    ``follows=True``: an event whose ``after`` is neither journaled nor earlier in its call
+    is held, and the call answered Unavailable, as the events service does once its wait
+    within the call's deadline ran out."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -32,6 +35,7 @@ class Journal:
         self.refuse: set[str] = set()
         self.gate: asyncio.Event | None = None
         self.failing = 0
+        self.follows = False
 
     async def call(self, method: str, body: dict[str, Any], **_kw: Any) -> dict[str, Any]:
         if self.gate is not None:
@@ -51,6 +55,12 @@ class Journal:
             items = [body]
         if any(i["id"] in self.refuse for i in items):
             raise errors.InvalidArgument("refused")
+        if self.follows:
+            seen = set(self.ids)
+            for i in items:
+                if i.get("after") and i["after"] not in seen:
+                    raise errors.Unavailable(f"event {i['id']} waits for event {i['after']}")
+                seen.add(i["id"])
         self.calls.append(len(items))
         self.ids.extend(i["id"] for i in items)
         replies = [{"seq": len(self.ids) - len(items) + n + 1, "duplicate": False} for n in range(len(items))]
@@ -306,6 +316,31 @@ def test_events_the_journal_cannot_take_are_kept_and_sent_again(tmp_path: Path) 
 
     asyncio.run(go())
     assert _state(tmp_path) == (["a", "b", "c"], 3)
+
+
+@pytest.mark.parametrize("before", [[], ["a", "b"]])
+def test_an_event_held_for_one_queued_behind_it_is_taken_again_with_it(tmp_path: Path, before: list[str]) -> None:
+    """The execution service's ``/containers/stop`` (``after`` a ``/tasks/exit``) is out, held by
+    the events service, when a dead shim's ``/tasks/exit`` is handed to the same outbox behind
+    it: the held call is not repeated as it was until the service's wait ran out (and the two
+    journaled the wrong way round), it goes back to the queue and is taken again with the exit,
+    which goes first. Alone, or in a batch."""
+
+    async def go() -> None:
+        journal = Journal()
+        journal.follows = True
+        pub = EventPublisher(journal, tmp_path)  # type: ignore[arg-type]
+        pub.start()
+        _publish(pub, *before)
+        pub.publish("/containers/stop", {"id": "c"}, namespace="default", event_id="stop", after="exit")
+        await asyncio.sleep(0.02)  # sent, and held
+        _publish(pub, "exit")  # the take-over of the shim's outbox
+        assert await pub.flush(2)
+        assert journal.ids == [*before, "exit", "stop"]
+        await pub.close()
+
+    asyncio.run(go())
+    assert _state(tmp_path)[1] == len(before) + 2
 
 
 def test_a_log_emptied_at_a_batchs_acknowledgement_loses_nothing_after_it(
