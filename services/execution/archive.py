@@ -70,6 +70,16 @@ class _Opened:
         self.temp_mount = temp_mount
         self.lock = lock
 
+    async def close_after(self, worker: asyncio.Future[Any] | None = None) -> None:
+        """``close`` once ``worker`` (the call's thread, if any) ended. Callers await it
+        shielded in their ``finally``: a call cancelled again while it cleans up (the client
+        left: its cancel, then a send that finds it gone) still unmounts and releases the
+        lock, where the second cancellation used to cut the clean-up short and leave the
+        temporary mount behind."""
+        if worker is not None:
+            await asyncio.gather(worker, return_exceptions=True)
+        await self.close()
+
     async def close(self) -> None:
         try:
             self.scope.close()
@@ -184,7 +194,7 @@ class ArchiveService:
         try:
             return await asyncio.to_thread(_stat, opened.scope, req.path, req.id)
         finally:
-            await opened.close()
+            await asyncio.shield(opened.close_after())
 
     # -- get -------------------------------------------------------------------------------------
     @rpc("execution.archive_get", stream=True)
@@ -209,9 +219,7 @@ class ArchiveService:
         finally:
             if sink is not None:
                 sink.abort()
-            if worker is not None:
-                await asyncio.gather(worker, return_exceptions=True)
-            await opened.close()
+            await asyncio.shield(opened.close_after(worker))
 
     # -- put -------------------------------------------------------------------------------------
     @rpc("execution.archive_put", stream=True)
@@ -236,9 +244,7 @@ class ArchiveService:
         finally:
             if reader is not None:
                 reader.abort()
-            if worker is not None:
-                await asyncio.gather(worker, return_exceptions=True)
-            await opened.close()
+            await asyncio.shield(opened.close_after(worker))
 
 
 # -- the thread side -----------------------------------------------------------------------------
