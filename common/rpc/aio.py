@@ -25,10 +25,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from common import codec, endpoints, errors
-from common.rpc import protocol
+from common.rpc import protocol, zasync
 
 _GRACE_S = 0.5
 _UNSET: Any = object()
@@ -201,7 +200,7 @@ class AsyncClient:
         timeout_s: float | None = 30.0,
         liveness_s: float = 3.0,
         connect_timeout_s: float = 2.0,
-        context: zmq.asyncio.Context | None = None,
+        context: zasync.Context | None = None,
         watch_peer: bool = False,
     ) -> None:
         self.service = service
@@ -210,17 +209,17 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self.liveness_s = liveness_s
         self.connect_timeout_s = connect_timeout_s
-        self._zctx = context or zmq.asyncio.Context.instance()
-        self._sock: zmq.asyncio.Socket | None = None
+        self._zctx = context or zasync.Context.instance()
+        self._sock: zasync.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._calls: dict[str, AsyncCall] = {}
         self._send_lock = asyncio.Lock()
         self.watch_peer = watch_peer
         """Fail the calls in flight as soon as the connection drops (module docstring)."""
         self._monitor: asyncio.Task[None] | None = None
-        self._monitor_sock: zmq.asyncio.Socket | None = None
+        self._monitor_sock: zasync.Socket | None = None
 
-    def _socket(self) -> zmq.asyncio.Socket:
+    def _socket(self) -> zasync.Socket:
         if self._sock is None:
             sock = self._zctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -239,7 +238,7 @@ class AsyncClient:
         listening yet: ZeroMQ retries), so the first call need not wait for the handshake."""
         self._socket()
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+    async def _watch(self, monitor: zasync.Socket) -> None:
         """Fail every call in flight when the connection to the service drops (``watch_peer``)."""
         try:
             while True:
@@ -277,7 +276,7 @@ class AsyncClient:
                 sock.disable_monitor()
         monitor.close(linger=0)
 
-    async def _read_loop(self, sock: zmq.asyncio.Socket) -> None:
+    async def _read_loop(self, sock: zasync.Socket) -> None:
         while True:
             try:
                 payload = await sock.recv()
@@ -306,7 +305,7 @@ class AsyncClient:
     async def _send(self, payload: bytes, wait_s: float = 0.0) -> None:
         sock = self._socket()
         async with self._send_lock:
-            if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):  # type: ignore[call-arg]
+            if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):
                 raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
             try:
                 await sock.send(payload, zmq.NOBLOCK)

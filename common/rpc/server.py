@@ -30,10 +30,9 @@ from typing import Any
 
 import pydantic
 import zmq
-import zmq.asyncio
 
 from common import codec, errors, ids, trace
-from common.rpc import protocol
+from common.rpc import protocol, zasync
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +201,15 @@ class RpcServer:
         name: str,
         heartbeat_s: float = 1.0,
         client_timeout_s: float = 30.0,
-        zmq_context: zmq.asyncio.Context | None = None,
+        zmq_context: zasync.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = name
         self.heartbeat_s = heartbeat_s
         self.client_timeout_s = client_timeout_s
         self._handlers = collect_handlers(*services)
-        self._zctx = zmq_context or zmq.asyncio.Context.instance()
-        self._sock: zmq.asyncio.Socket | None = None
+        self._zctx = zmq_context or zasync.Context.instance()
+        self._sock: zasync.Socket | None = None
         self._ipc_file: tuple[str, int] | None = None
         """The ipc socket file this server bound, and its inode (removed again by ``close``)."""
         self._calls: dict[tuple[bytes, str], _Call] = {}

@@ -8,9 +8,9 @@ import logging
 import os
 
 import zmq
-import zmq.asyncio
 
 from common import codec, endpoints
+from common.rpc import zasync
 from common.service import ServiceHost, run
 from services.events.journal import Journal, NewEvent, Record
 from services.events.service import EventsService, compactor
@@ -18,7 +18,7 @@ from services.events.service import EventsService, compactor
 log = logging.getLogger(__name__)
 
 
-def _bind(sock: zmq.asyncio.Socket, endpoint: str) -> tuple[str, int] | None:
+def _bind(sock: zasync.Socket, endpoint: str) -> tuple[str, int] | None:
     """Bind ``endpoint``, replacing a stale ipc socket file (a SIGKILLed predecessor's).
 
     Returns the socket file and its inode, for ``_remove_if_ours`` (None: not a file).
@@ -48,7 +48,7 @@ def _remove_if_ours(bound: tuple[str, int] | None) -> None:
             os.unlink(path)
 
 
-async def _intake(sock: zmq.asyncio.Socket, service: EventsService) -> None:
+async def _intake(sock: zasync.Socket, service: EventsService) -> None:
     """Journal fire-and-forget events arriving on the XSUB socket: [topic, msgpack event]."""
     await sock.send(b"\x01")  # subscribe to everything the publishers send
     while True:
@@ -72,7 +72,7 @@ async def setup(host: ServiceHost) -> list[object]:
     settings = host.settings
     journal = Journal(host.data_dir / "journal.db")
     host.on_close(lambda: asyncio.to_thread(journal.close))
-    zctx = zmq.asyncio.Context.instance()
+    zctx = zasync.Context.instance()
     env = settings.env()
 
     xpub = zctx.socket(zmq.XPUB)
@@ -82,7 +82,7 @@ async def setup(host: ServiceHost) -> list[object]:
 
     def fanout(record: Record) -> None:
         with contextlib.suppress(zmq.Again):
-            xpub.send_multipart([record.topic.encode(), codec.encode(record.to_wire())], zmq.NOBLOCK)
+            xpub.send_multipart_nowait([record.topic.encode(), codec.encode(record.to_wire())])
 
     xsub = zctx.socket(zmq.XSUB)
     xsub.setsockopt(zmq.LINGER, 0)
@@ -109,7 +109,7 @@ async def setup(host: ServiceHost) -> list[object]:
     return [service]
 
 
-async def _drain_xpub(sock: zmq.asyncio.Socket) -> None:
+async def _drain_xpub(sock: zasync.Socket) -> None:
     """Read (and ignore) subscription messages so the XPUB socket's queue never fills."""
     while True:
         await sock.recv()

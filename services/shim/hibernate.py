@@ -43,10 +43,8 @@ import sys
 import time
 from typing import Any, NoReturn
 
-import zmq
-import zmq.asyncio
-
 from common import shimwake
+from common.rpc import zasync
 from common.rpc.server import RpcServer
 from services.shim import idle
 from services.shim.service import Shim
@@ -146,7 +144,7 @@ class Sleeper:
             await asyncio.wait(replies, timeout=1.0)
         self.server.close_for_handover(linger_ms=1000)
         await self.close()
-        zmq.asyncio.Context.instance().destroy(linger=0)  # waits for the ROUTER's replies
+        zasync.Context.instance().destroy(linger=0)  # waits for the ROUTER's replies
         saved = shim.hand_over()
         saved.update(listen_fd=listener.fileno(), idle_s=self.idle_s, slept_at=time.time())
         os.set_inheritable(listener.fileno(), True)

@@ -139,9 +139,10 @@ def _start_zmq() -> None:
     """Make the shim's zmq context and start its I/O threads (libzmq does at the first socket):
     a spare does it while nobody waits, a shim forked on demand at its first socket."""
     import zmq
-    import zmq.asyncio
 
-    zmq.Context.shadow(zmq.asyncio.Context.instance().underlying).socket(zmq.DEALER).close(linger=0)
+    from common.rpc import zasync
+
+    zmq.Context.shadow(zasync.Context.instance().underlying).socket(zmq.DEALER).close(linger=0)
 
 
 def _fork_spare(listener: socket.socket) -> socket.socket | None:

@@ -17,19 +17,20 @@ from pathlib import Path
 
 import pytest
 import zmq
-import zmq.asyncio
 
 from common import errors
+from common.rpc import zasync
 from common.rpc.aio import AsyncClient
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 
 SCRIPT = r"""
-import asyncio, sys, zmq, zmq.asyncio
+import asyncio, sys, zmq
+from common.rpc import zasync
 from common.rpc.aio import AsyncClient
 
 async def main(base: str) -> None:
-    ctx = zmq.asyncio.Context.instance()
+    ctx = zasync.Context.instance()
     peers = zmq.Context()
     for i in range(40):
         endpoint = f"ipc://{base}/p{i}"
@@ -63,7 +64,7 @@ def test_closing_a_watching_client_as_its_peer_leaves_keeps_the_io_thread(tmp_pa
 
 def test_the_watch_still_fails_calls_when_the_peer_goes(tmp_path: Path) -> None:
     async def go() -> None:
-        peers = zmq.asyncio.Context()
+        peers = zasync.Context()
         router = peers.socket(zmq.ROUTER)
         endpoint = f"ipc://{tmp_path}/r"
         router.bind(endpoint)
