@@ -1,0 +1,183 @@
+"""``common.rpc.zasync``: awaitable zmq sockets on the descriptor's edge-triggered contract."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from common.rpc import zasync
+
+
+def _pair(ctx: zasync.Context, tmp_path: Path, name: str = "p") -> tuple[zasync.Socket, zasync.Socket]:
+    a, b = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    for s in (a, b):
+        s.setsockopt(zmq.LINGER, 0)
+    a.bind(f"ipc://{tmp_path}/{name}")
+    b.connect(f"ipc://{tmp_path}/{name}")
+    return a, b
+
+
+def test_messages_both_ways_while_each_side_also_waits_to_receive(tmp_path: Path) -> None:
+    """Each side's sends run while its own reader waits: a send that consumes the descriptor's
+    edge must not leave the reader asleep (the re-check after every operation)."""
+
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        n = 2000
+        got_a: list[bytes] = []
+        got_b: list[bytes] = []
+
+        async def reader(sock: zasync.Socket, into: list[bytes]) -> None:
+            while len(into) < n:
+                into.append(await sock.recv())
+
+        async def writer(sock: zasync.Socket, tag: bytes) -> None:
+            for i in range(n):
+                await sock.send(tag + str(i).encode())
+                if i % 7 == 0:
+                    await asyncio.sleep(0)
+
+        await asyncio.wait_for(asyncio.gather(reader(a, got_a), reader(b, got_b), writer(a, b"a"), writer(b, b"b")), 20)
+        assert got_b == [b"a" + str(i).encode() for i in range(n)]
+        assert got_a == [b"b" + str(i).encode() for i in range(n)]
+        a.close()
+        b.close()
+        ctx.term()
+
+    asyncio.run(go())
+
+
+def test_multipart_frames_arrive_whole(tmp_path: Path) -> None:
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        waiting = asyncio.ensure_future(b.recv_multipart())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        await a.send_multipart([b"one", b"", b"three"])
+        assert await asyncio.wait_for(waiting, 5) == [b"one", b"", b"three"]
+        a.send_multipart_nowait([b"x", b"y"])
+        assert await asyncio.wait_for(b.recv_multipart(), 5) == [b"x", b"y"]
+        a.close()
+        b.close()
+        ctx.term()
+
+    asyncio.run(go())
+
+
+def test_noblock_raises_again_instead_of_waiting(tmp_path: Path) -> None:
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        with pytest.raises(zmq.Again):
+            await b.recv(zmq.NOBLOCK)
+        lone = ctx.socket(zmq.DEALER)
+        lone.setsockopt(zmq.LINGER, 0)
+        lone.setsockopt(zmq.IMMEDIATE, 1)
+        lone.connect(f"ipc://{tmp_path}/nobody")
+        with pytest.raises(zmq.Again):  # no peer: nothing can be queued
+            await lone.send(b"x", zmq.NOBLOCK)
+        for s in (a, b, lone):
+            s.close()
+        ctx.term()
+
+    asyncio.run(go())
+
+
+def test_poll_times_out_then_sees_a_message(tmp_path: Path) -> None:
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await b.poll(100) == 0
+        assert loop.time() - t0 >= 0.09
+        assert await a.poll(1000, zmq.POLLOUT) & zmq.POLLOUT
+        loop.call_later(0.05, a.send_multipart_nowait, [b"late"])
+        assert await b.poll(5000) & zmq.POLLIN
+        assert await b.recv() == b"late"
+        a.close()
+        b.close()
+        ctx.term()
+
+    asyncio.run(go())
+
+
+def test_close_cancels_whoever_waits(tmp_path: Path) -> None:
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        waiting = asyncio.ensure_future(b.recv())
+        polling = asyncio.ensure_future(b.poll(None))
+        await asyncio.sleep(0.01)
+        b.close()
+        for fut in (waiting, polling):
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(fut, 5)
+        with pytest.raises(zmq.ZMQError):  # closed: no use of the socket after
+            await b.recv(zmq.NOBLOCK)
+        a.close()
+        ctx.term()
+
+    asyncio.run(go())
+
+
+def test_a_cancelled_wait_leaves_no_waiter_behind(tmp_path: Path) -> None:
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        for _ in range(50):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(b.recv(), 0.001)
+        assert not b.__dict__["_waiting"].readers
+        await a.send(b"after")
+        assert await asyncio.wait_for(b.recv(), 5) == b"after"
+        a.close()
+        b.close()
+        ctx.term()
+
+    asyncio.run(go())
+
+
+def test_a_socket_moves_to_the_next_event_loop(tmp_path: Path) -> None:
+    ctx = zasync.Context()
+    a, b = _pair(ctx, tmp_path)
+
+    async def exchange(payload: bytes) -> bytes:
+        asyncio.get_running_loop().call_later(0.02, a.send_multipart_nowait, [payload])
+        return await asyncio.wait_for(b.recv(), 5)
+
+    assert asyncio.run(exchange(b"first")) == b"first"
+    assert asyncio.run(exchange(b"second")) == b"second"
+    a.close()
+    b.close()
+    ctx.term()
+
+
+def test_a_send_that_consumes_the_edge_still_wakes_the_waiting_reader(tmp_path: Path) -> None:
+    """The message arrives while the loop is busy; the socket's own send then processes the
+    commands that made its descriptor readable, so the descriptor never fires for the reader:
+    the re-check after the send must wake it."""
+
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        await a.send(b"hello")  # connected both ways
+        assert await asyncio.wait_for(b.recv(), 5) == b"hello"
+        reading = asyncio.ensure_future(b.recv())
+        await asyncio.sleep(0.01)
+        a.send_multipart_nowait([b"m"])
+        time.sleep(0.05)  # the loop is blocked: the message and its command reach b meanwhile
+        await b.send(b"x")  # runs before the loop polls again, and takes b's commands
+        assert await asyncio.wait_for(reading, 2) == b"m"
+        assert await asyncio.wait_for(a.recv(), 5) == b"x"
+        a.close()
+        b.close()
+        ctx.term()
+
+    asyncio.run(go())
