@@ -90,6 +90,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT_S = 10
 ATTACH_CONNECT_S = 10.0
 REMOVE_EVENT_WAIT_S = 1.0
+SHIM_DEATH_GRACE_S = 2.0
+"""How long a call that failed ``Unavailable`` waits to see its shim's process gone (its
+socket closes a moment before its pidfd reports the exit) before the error stands."""
 TRASH_DELAY_S = 0.05
 """A removal's trash is deleted this long after its renames: by then ``rm`` or ``run --rm``
 has its answer (a thread's ``rmtree`` beside the event loop slowed the answer's last hops)."""
@@ -1057,13 +1060,21 @@ class ExecutionService:
             await live.client.call("shim.kill", {"signal": sig}, timeout_s=10)
 
     async def _signal(self, live: Live, sig: int) -> None:
+        """Send ``sig`` to the task of ``live`` (``shim.kill``, as ``_shim_kill``). Returns
+        quietly when the task exited meanwhile, or when its shim is gone: a shim SIGKILLed as
+        the call went out fails it ``Unavailable`` before its monitor cleaned up after it
+        (``TaskManager.shim_died``); the caller waits for ``live.done``, which that clean-up
+        sets with the exit it records (255, or its state file's). Raises ``Unavailable`` when
+        the shim lives on and does not answer, or what ``shim.kill`` raises otherwise."""
         try:
             await self._shim_kill(live, sig)
         except errors.FailedPrecondition:
             pass  # it exited meanwhile
         except errors.Unavailable:
-            if not live.done.is_set():
-                raise
+            if live.done.is_set() or await self.tasks.shim_died(live, SHIM_DEATH_GRACE_S):
+                log.info("shim of %s gone while signalling it; its clean-up ends the task", live.container_id[:12])
+                return
+            raise
 
     @rpc("execution.kill")
     async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:

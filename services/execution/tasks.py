@@ -131,6 +131,19 @@ class TaskManager:
     def get(self, namespace: str, container_id: str) -> Live | None:
         return self.live.get((namespace, container_id))
 
+    async def shim_died(self, live: Live, within_s: float) -> bool:
+        """True if the shim process of ``live`` is gone, or goes within ``within_s`` seconds
+        (a call to it that failed ``Unavailable``: its socket closes before its exit is
+        reported); False if it still runs then. Its monitor cleans up after a gone shim
+        (``clean_dead_shim``) and sets ``live.done``; this only looks. Raises nothing."""
+        if live.watch is None:
+            return not shims.shim_alive(live.bundle)
+        try:
+            await asyncio.wait_for(asyncio.shield(live.watch.died), within_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def close(self) -> None:
         """Stop watching (shims and containers keep running)."""
         await self.launcher.close()
