@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from common import codec, endpoints, errors, shimwake, topics, trace
-from common.api.shim import ShimLaunch, TaskStatus, container_event_id, event_id
+from common.api.shim import ShimLaunch, TaskState, TaskStatus, container_event_id, event_id
 from common.events import bundle_outboxes, drain_outbox, has_leftovers, take_leftovers
 from common.settings import Settings
 from services.execution import shims
@@ -492,8 +492,10 @@ class TaskManager:
         oom = False
         error = ""
         pid = 0
+        started: dict[str, Any] = {}
         if state is not None and state.incarnation in (0, incarnation):
             pid = state.pid
+            started = _start_fields(state, incarnation)
             if state.exit_status is not None:
                 code = state.exit_status
                 exited_at = state.exited_at or exited_at
@@ -538,6 +540,7 @@ class TaskManager:
                 pid=0,
                 handled=incarnation,
                 **({"error": error} if error else {}),
+                **started,  # we may have died before we recorded its start
             )
         # last: no wait between the shim's end and the events and record the journal and store owe
         await asyncio.to_thread(shims.remove_stale_socket, self.settings.shim_endpoint(namespace, container_id))
@@ -697,7 +700,11 @@ class TaskManager:
                 # a sleeping shim's task is as its state file says (it sleeps only while its task
                 # runs or is paused, and wakes when it exits): adopted without waking it
                 info = {"container_id": saved.container_id, "incarnation": saved.incarnation}
-                state: dict[str, Any] = {"pid": saved.pid, "status": saved.status.value}
+                state: dict[str, Any] = {
+                    "pid": saved.pid,
+                    "status": saved.status.value,
+                    "started_at": saved.started_at,
+                }
             else:
                 for _ in range(50):
                     info = await client.call("shim.connect", {}, timeout_s=3)
@@ -718,6 +725,11 @@ class TaskManager:
         if incarnation != rec.incarnation or rec.tasked < incarnation:
             # a live shim created its task: its /tasks/delete is owed
             self.store.update(rec.namespace, rec.id, incarnation=incarnation, tasked=incarnation)
+        started_at = _as_time(state.get("started_at"))
+        if rec.handled < incarnation and started_at is not None and rec.started_at != started_at:
+            # we died between the shim's start and recording it (``start``): the task ran, and
+            # shows so (Up for as long as it runs, or Exited), never Created
+            self.store.update(rec.namespace, rec.id, started_at=started_at, error="")
         if live.status in ("running", "paused") and rec.handled < incarnation:
             self.store.update(rec.namespace, rec.id, status=live.status, pid=live.task_pid)
         elif live.status == "stopped" and rec.handled < incarnation and state.get("exit_status") is not None:
@@ -769,6 +781,20 @@ def _parse_time(value: Any) -> dt.datetime | None:
         return dt.datetime.fromisoformat(str(value)) if value else None
     except ValueError:
         return None
+
+
+def _as_time(value: Any) -> dt.datetime | None:
+    """A time from a shim's reply (a datetime, or ISO 8601 text); None when absent or malformed."""
+    return value if isinstance(value, dt.datetime) else _parse_time(value)
+
+
+def _start_fields(state: TaskState, incarnation: int) -> dict[str, Any]:
+    """What ``start`` records of a started task (``started_at``, ``tasked``, no error), from
+    the state file of the shim of ``incarnation`` that the service did not hear from (it was
+    down); {} if that task never started (its runtime refused it: ``StartFailed``'s case)."""
+    if state.started_at is None or not state.pid:
+        return {}
+    return {"started_at": state.started_at, "tasked": incarnation, **({} if state.error else {"error": ""})}
 
 
 def _names(rec: Record | None) -> dict[str, str]:
