@@ -117,6 +117,17 @@ def test_unknown_user_fails_to_start(engine: Engine) -> None:
     assert p.returncode == 125 and p.stderr.startswith(b"error: unable to find user ghost")
 
 
+def test_unknown_user_records_what_docker_records(engine: Engine) -> None:
+    """Docker 20.10 here: ``run -d -u nosuch`` exits 125 and leaves the container ``created``
+    with ExitCode 128 and the error (its FinishedAt stays unset, ours is the failure's time)."""
+    p = engine.run("-d", "--name", "ghostly", "-u", "ghost", "busybox", "true")
+    assert p.returncode == 125, p.stderr
+    state = engine.inspect("ghostly")["state"]
+    assert (state["status"], state["exit_code"], state["started_at"]) == ("created", 128, None)
+    assert state["error"].startswith("unable to find user ghost")
+    assert engine.cli("rm", "ghostly").returncode == 0
+
+
 @pytest.mark.parametrize("image", ["zero", "zerorel", "fifo"])
 def test_hostile_passwd_fails_fast_without_reading_host_files(engine: Engine, image: str) -> None:
     t0 = time.monotonic()
