@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import os
 import re
@@ -245,7 +246,14 @@ class EventPublisher:
             self._sender = asyncio.create_task(self._send_loop(), name="event-publisher")
 
     def publish(
-        self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str, after: str | None = None
+        self,
+        topic: str,
+        event: dict[str, Any],
+        *,
+        namespace: str,
+        event_id: str,
+        after: str | None = None,
+        source: str | None = None,
     ) -> None:
         """Queue one event for delivery; durable once this returns.
 
@@ -253,12 +261,22 @@ class EventPublisher:
         ``"<container_id>/<task incarnation>/exit"``); the journal stores each id once.
         ``after`` names an event of another publisher that must be journaled first (the
         events service holds this one back for a while until it is; see ``events.publish``).
-        Raises ``OSError`` if the outbox cannot be written.
+        ``source``: None for this publisher's own event; for one handed over from a gone
+        publisher's outbox (``take_leftovers``), that outbox (any string naming it alone): a
+        batch keeps the order of each source's events and may move a handed-over one ahead
+        of ours (``_in_causal_order``). Raises ``OSError`` if the outbox cannot be written.
         """
-        self.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after)
+        self.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after, source=source)
 
     def publish_numbered(
-        self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str, after: str | None = None
+        self,
+        topic: str,
+        event: dict[str, Any],
+        *,
+        namespace: str,
+        event_id: str,
+        after: str | None = None,
+        source: str | None = None,
     ) -> int:
         """``publish``, returning the event's number in this publisher (for ``delivered``)."""
         item: dict[str, Any] = {
@@ -270,6 +288,8 @@ class EventPublisher:
         }
         if after:
             item["after"] = after
+        if source:
+            item[SOURCE_KEY] = source  # kept in the log, not sent (_wire)
         payload = codec.encode(item)
         self._append(_EVENT.pack(b"E", len(payload)) + payload)
         number, index = self._next, self._count
@@ -347,9 +367,9 @@ class EventPublisher:
             batch = self._take()
             self._in_flight = len(batch)
             if len(batch) == 1:
-                sent = await self._send_one(batch[0][3], retry=False)
+                sent = await self._send_one(_wire(batch[0][3]), retry=False)
             else:
-                sent = await self._send_batch([item for *_, item in batch])
+                sent = await self._send_batch([_wire(item) for *_, item in batch])
             if sent is None:
                 # not reached (down, slow, or holding an event for one it must follow): back to the
                 # front in their order, taken again after a pause with whatever queued up meanwhile,
@@ -362,7 +382,7 @@ class EventPublisher:
             backoff = _MIN_BACKOFF_S
             if not sent:
                 for *_, item in batch:
-                    await self._send_one(item)
+                    await self._send_one(_wire(item))
             self._acknowledge(batch)
             self._in_flight = 0
             async with self._progress:
@@ -374,9 +394,9 @@ class EventPublisher:
         from the front: acknowledgements count from the front), made
         longer if one of its events must follow an event queued behind it (events a dead shim
         left, handed to this outbox after ours that follow them), and in an order where each
-        such event comes after the one it follows. The events service would otherwise hold
-        the first until its wait for the other ran out (``events_after_wait_s``), and journal
-        them the wrong way round."""
+        such event comes after the one it follows (``_in_causal_order``). The events service
+        would otherwise hold the first until its wait for the other ran out
+        (``events_after_wait_s``), and journal them the wrong way round."""
         queue = self._queue
         size = min(len(queue), BATCH)
         position = {item["id"]: n for n, (*_, item) in enumerate(queue)} if len(queue) > 1 else {}
@@ -454,36 +474,78 @@ class EventPublisher:
 _Queued = tuple[int, int, Path | None, dict[str, Any]]
 """A queued event: (number in this publisher, index in the log or -1, an older version's file or None, the event)."""
 
+SOURCE_KEY = "source"
+"""The key of a queued event (in the outbox log, never sent) naming the gone publisher's outbox
+it was handed over from; absent for the publisher's own events (``publish``'s ``source``)."""
+
 BATCH = 64
 """Most events a publisher sends in one call, unless one of them must follow an event queued
 behind them: the batch then grows to take that one in (up to ``MAX_PUBLISH_BATCH``)."""
 
 
 def _in_causal_order(batch: list[_Queued]) -> list[_Queued]:
-    """``batch`` with each event whose ``after`` names a later event of the batch moved to
-    just after that event (stable otherwise; a cycle is cut where it points back)."""
-    later = {item["id"]: n for n, (*_, item) in enumerate(batch)}
-    if not any(later.get(item.get("after") or "", -1) > n for n, (*_, item) in enumerate(batch)):
+    """``batch`` in an order the events service journals without holding an event for another
+    event of the same batch: each event after the one its ``after`` names, if that one is in the
+    batch, and the events of each source (this publisher's own, and those handed over from each
+    gone publisher's outbox: ``SOURCE_KEY``) in their order. Of such orders, the one nearest the
+    queue's: the earliest queued event whose predecessors are out goes next. So a handed-over
+    event that one of ours follows moves ahead of ours, with the events of its outbox before it;
+    ours never move behind a later one of ours. They did (``after`` was honoured by moving the
+    follower), and with the events service down across several restarts of a container, a
+    ``restart`` (which follows the new task's start, in that task's live shim's outbox) went out
+    before the ``stop`` that moved behind its dead shim's ``exit``, while the new task's first
+    event follows that ``stop``: the two outboxes waited on each other until the service's
+    ``events_after_wait_s`` ran out, and were journaled out of order.
+
+    An ``after`` that cannot be honoured so (a cycle; or one naming a later event of its own
+    source, as an outbox written by an older version, which did not mark handed-over events,
+    may hold) is cut: when no event is free, the earliest left goes, at its turn in its
+    source's order, and the events service holds it for the other as long as it waits. Stable
+    when no ``after`` names a later event of the batch (the common case: returned as is)."""
+    first: dict[str, int] = {}
+    for n, (*_, item) in enumerate(batch):
+        first.setdefault(item["id"], n)
+    dependency = [first.get(item.get("after") or "", -1) for *_, item in batch]
+    if all(d < n for n, d in enumerate(dependency)):
         return batch
+    followers: list[list[int]] = [[] for _ in batch]
+    blockers = [0] * len(batch)
+    last_of: dict[str, int] = {}
+    for n, (*_, item) in enumerate(batch):
+        source = str(item.get(SOURCE_KEY) or "")
+        for before in {last_of.get(source, -1), dependency[n]}:
+            if 0 <= before != n:
+                followers[before].append(n)
+                blockers[n] += 1
+        last_of[source] = n
+    free = [n for n in range(len(batch)) if blockers[n] == 0]
+    heapq.heapify(free)
+    done = [False] * len(batch)
     out: list[_Queued] = []
-    done: set[str] = set()
-    waiting: dict[str, list[_Queued]] = {}
-
-    def emit(entry: _Queued) -> None:
-        out.append(entry)
-        done.add(entry[3]["id"])
-        for follower in waiting.pop(entry[3]["id"], []):
-            emit(follower)
-
-    for n, entry in enumerate(batch):
-        after = entry[3].get("after") or ""
-        if later.get(after, -1) > n and after not in done:
-            waiting.setdefault(after, []).append(entry)
-        else:
-            emit(entry)
-    for followers in waiting.values():  # a guard: every chain ends in an emitted event, so none
-        out.extend(followers)  # is left here, and an event left out would be acknowledged unsent
+    earliest_left = 0
+    while len(out) < len(batch):
+        if free:
+            n = heapq.heappop(free)
+        else:  # a cycle: cut it at the earliest event left (its source's predecessors are out)
+            while done[earliest_left]:
+                earliest_left += 1
+            n = earliest_left
+        if done[n]:
+            continue
+        done[n] = True
+        out.append(batch[n])
+        for follower in followers[n]:
+            blockers[follower] -= 1
+            if blockers[follower] == 0 and not done[follower]:
+                heapq.heappush(free, follower)
     return out
+
+
+def _wire(item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as the events service takes it: without what only the outbox keeps."""
+    if SOURCE_KEY not in item:
+        return item
+    return {key: value for key, value in item.items() if key != SOURCE_KEY}
 
 
 async def drain_outbox(client: AsyncClient, outbox: Path, timeout_s: float) -> bool:

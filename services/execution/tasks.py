@@ -635,6 +635,7 @@ class TaskManager:
                     namespace=item["namespace"],
                     event_id=item["id"],
                     after=item.get("after"),
+                    source=str(outbox),  # its order kept apart from ours (common.events._in_causal_order)
                 )
             except (KeyError, TypeError) as exc:
                 log.warning("dropping a malformed event of %s: %s", outbox, exc)
