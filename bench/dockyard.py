@@ -3,10 +3,12 @@
 ``PrivateDockyard`` picks a fresh ``state`` under ``/run/dyb-XXXXXX`` and ``root`` under
 ``/var/lib/dyb-XXXXXX`` (the file systems of the defaults ``/run/dockyard`` and
 ``/var/lib/dockyard``, and of containerd's ``/run/containerd`` and
-``/var/lib/containerd``, so both pay the same for their files), runs
-``dockyard up`` there (the supervisor starts events, snapshot, image, execution and
-gateway), loads the busybox image built by ``deploy/mkimage.py`` and gives the argv of
-the CLI (``cli_argv``) and the environment (``env``) that talk to that instance.
+``/var/lib/containerd``), runs ``dockyard up`` there (the supervisor starts events,
+snapshot, image, execution and gateway; ``up`` puts the empty state directory on a tmpfs
+of its own when ``/run`` is not one, ``common.statefs``, where containerd keeps its state
+on ``/run`` as Debian's package sets it up: ext4 on this project's CI machines), loads the
+busybox image built by ``deploy/mkimage.py`` and gives the argv of the CLI (``cli_argv``)
+and the environment (``env``) that talk to that instance.
 ``close()`` removes everything it made, through ``tests.harness.Instance.cleanup``
 (every process of the instance, runtime containers, mounts, directories).
 
@@ -46,6 +48,7 @@ class PrivateDockyard:
         self.inst.root = os.path.join(self.root_base, "root")
         os.makedirs(self.inst.root)
         os.rmdir(os.path.join(base, "root"))
+        os.rmdir(os.path.join(base, "state", "logs"))  # `up` finds the state directory empty, as a user's
         self.inst.env["DOCKYARD_ROOT"] = self.inst.root
         if trace_path:
             self.inst.env["DOCKYARD_TRACE"] = trace_path

@@ -33,7 +33,10 @@ def _supervisor_status(timeout_s: float = 2.0) -> dict[str, Any] | None:
 
 
 def _spawn_supervisor() -> None:
+    from common import statefs
+
     state = Path(endpoints.state_dir())
+    statefs.ensure_tmpfs(str(state))  # before the first file: only an empty directory is mounted over
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from common import codec, logsetup, trace
+from common import codec, logsetup, statefs, trace
 from common.rpc.server import RpcServer
 from common.settings import Settings
 
@@ -134,6 +134,8 @@ def run(name: str, setup: Callable[[ServiceHost], Awaitable[list[object]]]) -> N
     trace.set_process(name)
     settings = Settings()
     logsetup.configure(name, settings.log_level)
+    if name == "supervisor":  # started by systemd (deploy/systemd), not by `dockyard up`
+        statefs.ensure_tmpfs(str(settings.state), on=settings.state_tmpfs)
     settings.state.mkdir(parents=True, exist_ok=True)
     settings.service_dir(name).mkdir(parents=True, exist_ok=True)
     lock_fd = _lock(settings, name)

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
 
     root: Path = Field(default=Path(endpoints.DEFAULT_ROOT), description="persistent data directory")
     state: Path = Field(default=Path(endpoints.DEFAULT_STATE), description="runtime state directory")
+    state_tmpfs: bool = Field(
+        default=True,
+        description="mount a tmpfs on an empty state directory that is not on one (common.statefs)",
+    )
     namespace: str = Field(default="default", description="namespace used when a request names none")
     log_level: str = Field(default="info", description="debug, info, warning or error")
 
