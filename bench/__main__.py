@@ -12,7 +12,8 @@ Dockyard's sources are byte-compiled first (``compileall``): an installed packag
 its ``.pyc`` files, and a process that compiles its modules at every start would measure
 the compiler, not Dockyard.
 
-Usage: ``python -m bench [--runs 20] [--cases run,run-d,exec,conc20,conc100,pull,memory] [--out DIR]``
+Usage: ``python -m bench [--runs 20] [--cases run,run-d,exec,conc20,conc100,pull,memory] [--out DIR]
+[--peer-state-tmpfs]``
 (needs root; about 10 minutes with every peer). The other benches: ``bench.profile``
 (where the start path spends its time), ``bench.events``, ``bench.pull``, ``bench.unpack``.
 """
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated subset of " + ",".join(ALL_CASES))
     parser.add_argument("--out", default=str(PROJECT / "bench" / "results"))
     parser.add_argument("--work", default="/var/tmp/dockyard-bench", help="bundles, images, registry data, logs")
+    parser.add_argument(
+        "--peer-state-tmpfs",
+        action="store_true",
+        help="put containerd's /run/containerd on a tmpfs too, as Dockyard puts its state directory"
+        " when /run is a disk file system (default: as Debian's package sets it up)",
+    )
     opts = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.stderr.write("error: the bench needs root (it runs containers)\n")
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         compileall.compile_dir(str(PROJECT / pkg), quiet=1)
     started = time.time()
     suite = Suite(Path(opts.work), runs=opts.runs, warmup=opts.warmup, big_mb=opts.big_mb,
-                  pull_runs=opts.pull_runs, conc_iters=opts.conc_iters,
+                  pull_runs=opts.pull_runs, conc_iters=opts.conc_iters, peer_state_tmpfs=opts.peer_state_tmpfs,
                   log=lambda m: print(f"[{time.time() - started:6.1f}s] {m}", file=sys.stderr, flush=True))  # fmt: skip
     try:
         suite.setup()

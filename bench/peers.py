@@ -97,10 +97,12 @@ def _hard_limit(name: str) -> int:
 class Daemon:
     """A daemon process the bench started (or found running: then ``ours`` is False)."""
 
-    def __init__(self, name: str, proc: subprocess.Popen[bytes] | None, ours: bool) -> None:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes] | None, ours: bool, tmpfs: str = "") -> None:
         self.name = name
         self.proc = proc
         self.ours = ours
+        self.tmpfs = tmpfs
+        """A tmpfs the bench mounted on the daemon's state directory (``state_on_tmpfs``), unmounted by ``stop``."""
 
     @property
     def pid(self) -> int:
@@ -116,18 +118,36 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        if self.tmpfs:
+            subprocess.run(["umount", "-l", self.tmpfs], capture_output=True, check=False)
 
 
-def start_containerd(work: Path) -> Daemon | None:
-    """``containerd`` (Debian's config), or the one already answering; None if not installed."""
+def state_on_tmpfs(state: str, shim_exe: str) -> str:
+    """Mount a tmpfs on a peer daemon's state directory ``state`` before the bench starts it,
+    as a systemd host's ``/run`` is (``python -m bench --peer-state-tmpfs``). Not when it is on
+    one already, nor while a shim of that daemon (``shim_exe``) still runs (its state is
+    there). Returns the mount point, or "" when nothing was mounted."""
+    from common import statefs
+
+    os.makedirs(state, exist_ok=True)
+    if statefs.is_volatile(state) or pids_by_exe(shim_exe):
+        return ""
+    statefs.mount_tmpfs(state)
+    return state
+
+
+def start_containerd(work: Path, state_tmpfs: bool = False) -> Daemon | None:
+    """``containerd`` (Debian's config), or the one already answering; None if not installed.
+    ``state_tmpfs``: its ``/run/containerd`` on a tmpfs (``state_on_tmpfs``) when it starts it."""
     if not have("containerd") or not have(CTR):
         return None
     if os.path.exists(CONTAINERD_SOCK) and _ok([CTR, "--connect-timeout", "1s", "version"]):
         return Daemon("containerd", None, ours=False)
+    tmpfs = state_on_tmpfs("/run/containerd", "containerd-shim-runc-v2") if state_tmpfs else ""
     log = open(work / "containerd.log", "ab")  # noqa: SIM115 - handed to the daemon
     proc = subprocess.Popen(["containerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd="/")
     log.close()
-    daemon = Daemon("containerd", proc, ours=True)
+    daemon = Daemon("containerd", proc, ours=True, tmpfs=tmpfs)
     if not wait_for([CTR, "--connect-timeout", "200ms", "version"], 30):
         daemon.stop()
         raise RuntimeError(f"containerd did not come up; see {work}/containerd.log")

@@ -107,13 +107,15 @@ class Suite:
     """See module docstring. ``work`` holds bundles, logs and the registry's data."""
 
     def __init__(self, work: Path, *, runs: int = 20, warmup: int = 3, big_mb: int = 140,
-                 pull_runs: int = 3, conc_iters: int = 3, log: Callable[[str], None] = print) -> None:  # fmt: skip
+                 pull_runs: int = 3, conc_iters: int = 3, log: Callable[[str], None] = print,
+                 peer_state_tmpfs: bool = False) -> None:  # fmt: skip
         self.work = work
         self.runs = runs
         self.warmup = warmup
         self.big_mb = big_mb
         self.pull_runs = pull_runs
         self.conc_iters = conc_iters
+        self.peer_state_tmpfs = peer_state_tmpfs
         self.log = log
         self.results: dict[str, dict[str, Sample]] = {}
         self.memory: dict[str, dict[str, Any]] = {}
@@ -159,9 +161,13 @@ class Suite:
         self._bundles(layer)
         self.log("starting the peers' daemons")
         if self.have["ctr"]:
-            d = peers.start_containerd(self.work)
+            d = peers.start_containerd(self.work, state_tmpfs=self.peer_state_tmpfs)
             if d is not None:
                 self.daemons.append(d)
+                if d.tmpfs:
+                    self.notes.append(f"containerd's state directory {d.tmpfs} on a tmpfs (--peer-state-tmpfs)")
+                elif self.peer_state_tmpfs:
+                    self.notes.append("--peer-state-tmpfs: containerd's state directory left as it was")
         if self.have["docker"] and self.have["ctr"]:
             d = peers.start_dockerd(self.work)
             if d is not None:

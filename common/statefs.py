@@ -73,10 +73,19 @@ def ensure_tmpfs(state: str, on: bool | None = None) -> str:
         return "volatile"
     if os.listdir(state):
         return "in use"
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.mount(b"tmpfs", os.fsencode(state), b"tmpfs", MS_NOSUID | MS_NODEV, OPTIONS.encode()) != 0:
-        err = ctypes.get_errno()
-        log.warning("state directory %s stays on its file system: mount tmpfs: %s", state, os.strerror(err))
-        return f"failed: {os.strerror(err)}"
+    try:
+        mount_tmpfs(state)
+    except OSError as exc:
+        log.warning("state directory %s stays on its file system: %s", state, exc.strerror)
+        return f"failed: {exc.strerror}"
     log.info("state directory %s is on a tmpfs of its own (its file system was not one)", state)
     return "mounted"
+
+
+def mount_tmpfs(path: str) -> None:
+    """Mount a tmpfs with ``OPTIONS`` (nosuid, nodev) on the directory ``path``, whatever it
+    holds; raises ``OSError`` (EPERM without CAP_SYS_ADMIN). ``ensure_tmpfs`` decides when."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, OPTIONS.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
