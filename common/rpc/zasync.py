@@ -250,3 +250,8 @@ class Context(zmq.Context[Socket]):
     a new one after a fork)."""
 
     _socket_class = Socket
+    # a singleton slot of its own: ``instance()`` reads ``cls._instance``, which would otherwise
+    # be ``zmq.Context``'s plain context once anything in the process (the synchronous RPC
+    # client) made that one, and its blocking sockets would hang the loop
+    _instance: Context | None = None
+    _instance_pid: int | None = None

@@ -181,3 +181,15 @@ def test_a_send_that_consumes_the_edge_still_wakes_the_waiting_reader(tmp_path: 
         ctx.term()
 
     asyncio.run(go())
+
+
+def test_the_process_wide_context_is_ours_whatever_was_made_before() -> None:
+    """``zmq.Context.instance()`` first (the synchronous client does), then ours: a plain
+    context here made blocking sockets, and a test's event loop hung in ``recv``."""
+    plain = zmq.Context.instance()
+    ours = zasync.Context.instance()
+    assert isinstance(ours, zasync.Context) and ours is not plain
+    assert zasync.Context.instance() is ours
+    sock = ours.socket(zmq.DEALER)
+    assert isinstance(sock, zasync.Socket)
+    sock.close(linger=0)
