@@ -305,12 +305,22 @@ class AsyncClient:
     async def _send(self, payload: bytes, wait_s: float = 0.0) -> None:
         sock = self._socket()
         async with self._send_lock:
-            if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):
-                raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
             try:
-                await sock.send(payload, zmq.NOBLOCK)
-            except zmq.Again:
-                raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}") from None
+                if wait_s and not await sock.poll(int(wait_s * 1000), zmq.POLLOUT):
+                    raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}")
+                try:
+                    await sock.send(payload, zmq.NOBLOCK)
+                except zmq.Again:
+                    raise errors.Unavailable(f"{self.service} service not answering at {self.endpoint}") from None
+            except asyncio.CancelledError:
+                # ``close`` (e.g. the clean-up after a dead shim) cancels what waits on the socket: that
+                # is no cancellation of the caller, whose call failed as any call to a gone peer does
+                task = asyncio.current_task()
+                if sock.closed and (task is None or not task.cancelling()):
+                    raise errors.Unavailable(
+                        f"{self.service} service not answering at {self.endpoint} (connection closed)"
+                    ) from None
+                raise
 
     async def start(
         self,

@@ -78,3 +78,35 @@ def test_the_watch_still_fails_calls_when_the_peer_goes(tmp_path: Path) -> None:
         peers.term()
 
     asyncio.run(go())
+
+
+def test_a_call_waiting_for_its_connection_fails_unavailable_when_the_client_closes(tmp_path: Path) -> None:
+    """``close`` while a call waits for the connection (a sleeping shim's wake: up to 30 s) makes
+    the call fail ``Unavailable``, as a call to a gone peer does, not cancel its caller. The
+    execution service closes a dead shim's client in its clean-up; ``rm -f`` of a container
+    whose sleeping shim was SIGKILLed as the removal woke it got the ``CancelledError`` in the
+    handler, answered nothing, and the CLI said "execution service not answering" 3 s later
+    with the container left behind (4 of 8 tries, DOCKYARD_SHIM_IDLE_S=2)."""
+
+    async def go() -> None:
+        client = AsyncClient("shim", f"ipc://{tmp_path}/nobody", connect_timeout_s=10)
+        call = asyncio.ensure_future(client.call("shim.kill", {"signal": 9}, timeout_s=10))
+        await asyncio.sleep(0.2)
+        await client.close()
+        with pytest.raises(errors.Unavailable):
+            await asyncio.wait_for(call, 5)
+
+    asyncio.run(go())
+
+
+def test_a_cancelled_caller_waiting_for_its_connection_is_still_cancelled(tmp_path: Path) -> None:
+    async def go() -> None:
+        client = AsyncClient("shim", f"ipc://{tmp_path}/nobody", connect_timeout_s=10)
+        call = asyncio.ensure_future(client.call("shim.kill", {"signal": 9}, timeout_s=10))
+        await asyncio.sleep(0.2)
+        call.cancel()
+        await client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(go())
