@@ -101,6 +101,21 @@ class Socket(zmq.Socket[bytes]):
             w.check_scheduled = True
             w.loop.call_soon(self._check)
 
+    def get(self, option: int) -> Any:
+        """``zmq.Socket.get``. Reading ``zmq.EVENTS`` (``RpcServer.busy``, ``AsyncClient``'s
+        watch) processes the socket's commands, and so may consume the descriptor's edge a
+        waiter needs: the waiters are looked at again, as after an operation. (pyzmq's
+        ``zmq.asyncio`` does this in ``get`` only, and its ``getsockopt`` is the base class's:
+        a request that came in as ``busy`` looked was never read, nor any later one.)"""
+        value = super().get(option)
+        if option == _EVENTS:
+            w: _Waiting | None = self.__dict__.get("_waiting")
+            if w is not None:
+                self._after_op(w)
+        return value
+
+    getsockopt = get
+
     async def _wait(self, waiters: deque[asyncio.Future[None]]) -> None:
         loop = self._loop()
         fut: asyncio.Future[None] = loop.create_future()

@@ -193,3 +193,39 @@ def test_the_process_wide_context_is_ours_whatever_was_made_before() -> None:
     sock = ours.socket(zmq.DEALER)
     assert isinstance(sock, zasync.Socket)
     sock.close(linger=0)
+
+
+def test_reading_events_between_an_arrival_and_the_loops_look_still_wakes_the_reader(tmp_path: Path) -> None:
+    """``getsockopt(zmq.EVENTS)`` outside the awaitable calls (``RpcServer.busy``, the shim's
+    Sleeper once idle; ``AsyncClient``'s watch) processes the socket's commands: run between a
+    message's arrival and the loop's next look at the descriptor, it consumed the edge, and the
+    waiting reader never woke, for that message or any later one on the same pipe (the shim
+    stopped answering the execution service). ``zmq.asyncio`` did the same (its override is on
+    ``get``, not ``getsockopt``)."""
+
+    async def go() -> None:
+        ctx = zasync.Context()
+        a, b = _pair(ctx, tmp_path)
+        got: list[bytes] = []
+
+        async def reader() -> None:
+            while True:
+                got.append(await a.recv())
+
+        task = asyncio.ensure_future(reader())
+        await asyncio.sleep(0.05)
+        for i, read_events in enumerate((a.getsockopt, a.get)):
+            await b.send(b"%d" % i)
+            time.sleep(0.05)  # it arrives while the loop runs something else
+            assert read_events(zmq.EVENTS) & zmq.POLLIN
+            await asyncio.sleep(0.2)
+            assert len(got) == i + 1, "the reader was not woken"
+        await b.send(b"later")
+        await asyncio.sleep(0.2)
+        assert got == [b"0", b"1", b"later"]
+        task.cancel()
+        a.close()
+        b.close()
+        ctx.term()
+
+    asyncio.run(go())
