@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 
@@ -69,15 +70,25 @@ def ensure_tmpfs(state: str, on: bool | None = None) -> str:
     if not (enabled() if on is None else on):
         return "off"
     os.makedirs(state, exist_ok=True)
-    if is_volatile(state):
-        return "volatile"
-    if os.listdir(state):
-        return "in use"
+    # one look-and-mount at a time: two `dockyard up` at once both found the directory empty on
+    # its disk and both mounted, the second tmpfs over the first (and over whatever the first
+    # `up` had put there meanwhile). The lock is the directory's own: whoever opened it before a
+    # mount waits here and then finds the tmpfs by its path; whoever opens it after holds the
+    # tmpfs's root, and finds the same.
+    fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        mount_tmpfs(state)
-    except OSError as exc:
-        log.warning("state directory %s stays on its file system: %s", state, exc.strerror)
-        return f"failed: {exc.strerror}"
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if is_volatile(state):
+            return "volatile"
+        if os.listdir(state):
+            return "in use"
+        try:
+            mount_tmpfs(state)
+        except OSError as exc:
+            log.warning("state directory %s stays on its file system: %s", state, exc.strerror)
+            return f"failed: {exc.strerror}"
+    finally:
+        os.close(fd)
     log.info("state directory %s is on a tmpfs of its own (its file system was not one)", state)
     return "mounted"
 
