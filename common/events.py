@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import heapq
 import logging
 import os
@@ -254,6 +255,7 @@ class EventPublisher:
         event_id: str,
         after: str | None = None,
         source: str | None = None,
+        timestamp: dt.datetime | None = None,
     ) -> None:
         """Queue one event for delivery; durable once this returns.
 
@@ -264,9 +266,12 @@ class EventPublisher:
         ``source``: None for this publisher's own event; for one handed over from a gone
         publisher's outbox (``take_leftovers``), that outbox (any string naming it alone): a
         batch keeps the order of each source's events and may move a handed-over one ahead
-        of ours (``_in_causal_order``). Raises ``OSError`` if the outbox cannot be written.
+        of ours (``_in_causal_order``). ``timestamp``: when it happened (None: now); a
+        handed-over event keeps its own. Raises ``OSError`` if the outbox cannot be written.
         """
-        self.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after, source=source)
+        self.publish_numbered(
+            topic, event, namespace=namespace, event_id=event_id, after=after, source=source, timestamp=timestamp
+        )
 
     def publish_numbered(
         self,
@@ -277,13 +282,14 @@ class EventPublisher:
         event_id: str,
         after: str | None = None,
         source: str | None = None,
+        timestamp: dt.datetime | None = None,
     ) -> int:
         """``publish``, returning the event's number in this publisher (for ``delivered``)."""
         item: dict[str, Any] = {
             "id": event_id,
             "topic": topic,
             "namespace": namespace,
-            "timestamp": codec.utcnow(),
+            "timestamp": timestamp or codec.utcnow(),
             "event": event,
         }
         if after:

@@ -636,6 +636,7 @@ class TaskManager:
                     event_id=item["id"],
                     after=item.get("after"),
                     source=str(outbox),  # its order kept apart from ours (common.events._in_causal_order)
+                    timestamp=_as_time(item.get("timestamp")),  # when it happened, not when it was taken over
                 )
             except (KeyError, TypeError) as exc:
                 log.warning("dropping a malformed event of %s: %s", outbox, exc)

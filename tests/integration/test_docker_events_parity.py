@@ -368,6 +368,11 @@ def test_restarts_while_the_events_service_is_down_keep_dockerd_order_without_a_
     took = time.monotonic() - t0
     assert [e["Action"] for e in evs] == want, f"{took:.1f} s: {' '.join(e['Action'] for e in evs)}"
     assert took < 10, f"the outboxes drained in {took:.1f} s: one waited for another"
+    # the times run with the order, as dockerd's: a dead shim's events handed over to the
+    # execution service's outbox keep their own (they were stamped when taken over, ~2 s after
+    # the stop and restart that follow them, and `docker events --until` ended at the first)
+    times = [int(e["timeNano"]) for e in evs]
+    assert times == sorted(times), " ".join(f"{e['Action']}@{int(e['timeNano']) % 10**11 / 1e9:.3f}" for e in evs)
     ids = [env["id"] for env in envs]
     assert len(ids) == len(set(ids))
     # every task event of every incarnation, in its shim's order

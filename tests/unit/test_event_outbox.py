@@ -6,6 +6,7 @@ emptied. The events service is a stand-in here (``call`` only); the real one is 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -605,3 +606,40 @@ def test_a_handed_over_events_source_stays_in_the_outbox_and_is_not_sent(tmp_pat
     assert [e.get(events.SOURCE_KEY) for e in found] == [None, None, "t1", "t1"]
     asyncio.run(restarted())
     assert journal.ids == ["1/kill", "1/exit", "stop", "other"]
+
+
+def test_an_event_handed_over_keeps_the_time_it_happened(tmp_path: Path) -> None:
+    """A dead shim's events taken into the execution service's outbox (``take_leftovers``) keep
+    their own timestamps: they were stamped again when taken over (seconds later, after the
+    ``stop`` and ``restart`` that follow them), so ``docker events`` showed times out of order and
+    a follow with ``--until`` ended at the first of them."""
+    journal = Journal()
+    journal.down = True
+    shim_box, ours = tmp_path / "shim", tmp_path / "ours"
+    shim_box.mkdir()
+    ours.mkdir()
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC)
+
+    async def go() -> None:
+        shim = EventPublisher(journal, shim_box)  # type: ignore[arg-type]
+        shim.publish("/tasks/exit", {"n": 1}, namespace="d", event_id="exit", timestamp=when)
+        await shim.close()
+        pub = EventPublisher(journal, ours)  # type: ignore[arg-type]
+        taken: list[dict[str, Any]] = []
+        take_leftovers(shim_box, taken.append)
+        for item in taken:
+            pub.publish(
+                item["topic"],
+                item["event"],
+                namespace=item["namespace"],
+                event_id=item["id"],
+                source=str(shim_box),
+                timestamp=item["timestamp"],
+            )
+        pub.publish("/containers/stop", {}, namespace="d", event_id="stop")
+        await pub.close()
+
+    asyncio.run(go())
+    events, _, _ = read_log((ours / LOG_NAME).read_bytes())
+    assert (events[0]["id"], events[0]["timestamp"]) == ("exit", when)
+    assert events[1]["timestamp"] > when
