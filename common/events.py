@@ -256,7 +256,7 @@ class EventPublisher:
         after: str | None = None,
         source: str | None = None,
         timestamp: dt.datetime | None = None,
-    ) -> None:
+    ) -> int:
         """Queue one event for delivery; durable once this returns.
 
         ``event_id`` must be unique per event and stable across retries (e.g.
@@ -267,24 +267,9 @@ class EventPublisher:
         publisher's outbox (``take_leftovers``), that outbox (any string naming it alone): a
         batch keeps the order of each source's events and may move a handed-over one ahead
         of ours (``_in_causal_order``). ``timestamp``: when it happened (None: now); a
-        handed-over event keeps its own. Raises ``OSError`` if the outbox cannot be written.
+        handed-over event keeps its own. Returns the event's number in this publisher (for
+        ``delivered``). Raises ``OSError`` if the outbox cannot be written.
         """
-        self.publish_numbered(
-            topic, event, namespace=namespace, event_id=event_id, after=after, source=source, timestamp=timestamp
-        )
-
-    def publish_numbered(
-        self,
-        topic: str,
-        event: dict[str, Any],
-        *,
-        namespace: str,
-        event_id: str,
-        after: str | None = None,
-        source: str | None = None,
-        timestamp: dt.datetime | None = None,
-    ) -> int:
-        """``publish``, returning the event's number in this publisher (for ``delivered``)."""
         item: dict[str, Any] = {
             "id": event_id,
             "topic": topic,
@@ -305,6 +290,9 @@ class EventPublisher:
         self._queue.append((number, index, None, item))
         self._queued.set()
         return number
+
+    publish_numbered = publish
+    """``publish`` (its number is what callers of this name use)."""
 
     async def delivered(self, number: int, timeout_s: float | None = None) -> bool:
         """Wait until event ``number`` (and so every one published before it) was acknowledged.

@@ -68,7 +68,7 @@ EXTRACT_PREFIX = "extract-"
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> None: ...
+    def publish(self, topic: str, event: dict[str, Any], *, namespace: str, event_id: str) -> object: ...
 
 
 def _info(row: Row) -> Info:

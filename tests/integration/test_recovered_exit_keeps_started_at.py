@@ -78,15 +78,12 @@ def _time(value: object) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value))
 
 
-@pytest.mark.parametrize("shim", ["alive", "dead"])
-def test_exit_recovered_after_a_crash_during_run_keeps_its_start(engine: Engine, tmp_path: Path, shim: str) -> None:
-    """``alive``: the restarted service adopts the shim of the exited task; ``dead``: the shim
-    was SIGKILLed too, after it recorded the exit in its state file (clean-up of a dead shim)."""
-    wrapper, mark = _wrapper(tmp_path)
-    before = codec.utcnow()
+def _run_d_then_kill_execution(engine: Engine, wrapper: Path, mark: Path, name: str, *cmd: str) -> None:
+    """``run -d --name <name> busybox <cmd>`` through the runtime ``wrapper``; SIGKILL the
+    execution service once the task started (``mark`` written), before the start is recorded."""
     run = threading.Thread(
         target=engine.run,
-        args=("-d", "--runtime", str(wrapper), "--name", "c", "busybox", "sh", "-c", "exit 3"),
+        args=("-d", "--runtime", str(wrapper), "--name", name, "busybox", *cmd),
         kwargs={"timeout": 60},
     )
     run.start()
@@ -95,6 +92,15 @@ def test_exit_recovered_after_a_crash_during_run_keeps_its_start(engine: Engine,
         engine.inst.kill("execution")
     finally:
         run.join()
+
+
+@pytest.mark.parametrize("shim", ["alive", "dead"])
+def test_exit_recovered_after_a_crash_during_run_keeps_its_start(engine: Engine, tmp_path: Path, shim: str) -> None:
+    """``alive``: the restarted service adopts the shim of the exited task; ``dead``: the shim
+    was SIGKILLed too, after it recorded the exit in its state file (clean-up of a dead shim)."""
+    wrapper, mark = _wrapper(tmp_path)
+    before = codec.utcnow()
+    _run_d_then_kill_execution(engine, wrapper, mark, "c", "sh", "-c", "exit 3")
     bundle = _bundle(engine)
     engine.wait_until(lambda: _task_state(bundle).get("exit_status") == 3, 30, "the exit in the shim's state file")
     recorded = _task_state(bundle)
@@ -119,17 +125,7 @@ def test_running_container_adopted_after_a_crash_during_run_keeps_its_start(engi
     """The task still runs when the service comes back: ``Up`` for as long as it really runs."""
     wrapper, mark = _wrapper(tmp_path)
     before = codec.utcnow()
-    run = threading.Thread(
-        target=engine.run,
-        args=("-d", "--runtime", str(wrapper), "--name", "u", "busybox", "sleep", "300"),
-        kwargs={"timeout": 60},
-    )
-    run.start()
-    try:
-        engine.wait_until(lambda: mark.exists() and mark.read_text().strip() != "", 30, "the task started")
-        engine.inst.kill("execution")
-    finally:
-        run.join()
+    _run_d_then_kill_execution(engine, wrapper, mark, "u", "sleep", "300")
     bundle = _bundle(engine)
     engine.wait_until(lambda: _task_state(bundle).get("status") == "running", 30, "the task in the shim's state file")
     recorded = _task_state(bundle)
