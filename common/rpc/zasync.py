@@ -1,10 +1,10 @@
 """ZeroMQ sockets whose send, receive and poll are awaitable on the running asyncio loop.
 
 What ``zmq.asyncio`` does, for the few calls Dockyard's RPC layer and events service make
-(``recv``, ``recv_multipart``, ``send``, ``send_multipart``, ``poll``), at a fraction of its
-CPU: it keeps one future per operation, timers and IntFlag arithmetic on every event,
-an in-process RPC round trip (client and server) costs ~25-40% less CPU with this. Here an operation first tries the non-blocking call and only
-waits when that says ``EAGAIN``.
+(``recv``, ``recv_multipart``, ``send``, ``send_multipart``, ``poll``), for less CPU:
+``zmq.asyncio`` keeps one future per operation, timers and IntFlag arithmetic on every
+event; here an operation first tries the non-blocking call and only waits when that says
+``EAGAIN``. An in-process RPC round trip (client and server) costs ~25-40% less CPU.
 
 How the wait works (libzmq's ``ZMQ_FD`` contract, zmq_getsockopt(3)): the socket's file
 descriptor becomes readable when libzmq has queued commands for the socket, which may
