@@ -18,7 +18,10 @@ from a call that did not end: ``Call.ended``), ``follow`` takes over:
 3. It gets the exit code (``execution.wait``, ``not-running``) and, for ``run --rm``,
    removes the container itself (a restarted service holds the auto-removal of a
    container whose ``run`` client it lost, for that client to read the log first; a
-   NotFound there means it is gone already, never a second removal).
+   NotFound there means it is gone already, never a second removal). A ``run --rm`` whose
+   container was removed before the lost call's answer went out (the service was killed
+   while it waited for ``/containers/delete`` to be journaled) asks for the exit status
+   the removal left under the call's hold token (``execution.wait`` with ``hold``).
 
 A restart while ``follow`` resumes is ridden through the same way (the counts go on).
 Stdin cannot be resumed exactly (what was in flight is lost, and the shim closes a
@@ -72,6 +75,7 @@ def follow(
     auto_remove: bool = False,
     stdin: bool = False,
     start_if_created: bool = False,
+    hold: str = "",
 ) -> int:
     """Resume a lost output stream of ``container_id`` (see module docstring); the exit code.
 
@@ -80,8 +84,10 @@ def follow(
     this attachment's output starts in the log (RFC 3339; None: the log's start);
     ``auto_remove``: remove the container once it exited (``run --rm``); ``stdin``: stdin was
     forwarded (a warning says it is no more); ``start_if_created``: start the container if
-    the lost call had not started it yet (``run``). Exits 125 through ``output.fail`` when
-    the service stays away or the container is gone.
+    the lost call had not started it yet (``run``); ``hold``: the lost call's hold token
+    (``run --rm``: ``common.resume.run_hold``), under which a service that removed the
+    container before the exit status went out kept it (``_removed_exit``). Exits 125 through
+    ``output.fail`` when the service stays away or the container is gone without a status.
     """
     if stdin:
         output.warn(STDIN_LOST)
@@ -90,6 +96,9 @@ def follow(
         lost_at = rfc3339(time.time_ns())
         info = _answering(container_id, lost)
         if info is None:
+            removed = _removed_exit(container_id, hold)
+            if removed is not None:
+                return removed
             output.fail(f"container {container_id[:12]} was removed before its output could be shown", 125)
         try:
             if start_if_created and info["state"]["status"] == "created":
@@ -106,6 +115,9 @@ def follow(
         except (errors.Unavailable, errors.DeadlineExceeded) as exc:
             lost = exc  # gone again: wait for it again, the counts go on
         except errors.NotFound:
+            removed = _removed_exit(container_id, hold)
+            if removed is not None:
+                return removed
             output.fail(f"container {container_id[:12]} was removed before its exit status could be read", 125)
         except errors.DockyardError as exc:
             status = (exc.details or {}).get("exit_status")
@@ -210,6 +222,22 @@ def _answering(container_id: str, lost: errors.DockyardError, code: int = 125) -
         finally:
             c.close()
         time.sleep(POLL_S)
+
+
+def _removed_exit(container_id: str, hold: str) -> int | None:
+    """The exit status the removed container ``container_id`` left for the call that held it
+    under ``hold`` (``execution.wait`` for ``removed`` with the hold: its tombstone), None
+    without a hold or a tombstone, or when the service cannot say."""
+    if not hold:
+        return None
+    c = client("execution", timeout_s=10)
+    try:
+        reply = c.call("execution.wait", {"id": container_id, "condition": "removed", "hold": hold})
+    except errors.DockyardError:
+        return None
+    finally:
+        c.close()
+    return int(reply.get("exit_code", 0))
 
 
 def _resume_output(container_id: str, printed: dict[int, int], since: str | None, lost_at: str, warned: bool) -> bool:

@@ -532,8 +532,13 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
 
                     if not resume.lost_contact(call, exc):
                         raise
+                    from common.resume import run_hold
+
                     opts_rm = bool(opts.get("rm"))
-                    return resume.follow(cid, printed, exc, auto_remove=opts_rm, stdin=stdin, start_if_created=True)
+                    hold = run_hold(call.request_id) if opts_rm else ""
+                    return resume.follow(
+                        cid, printed, exc, auto_remove=opts_rm, stdin=stdin, start_if_created=True, hold=hold
+                    )
         except errors.DockyardError as exc:
             sys.stderr.write(f"error: {output.error_text(exc)}\n")
             sys.stderr.flush()

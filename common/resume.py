@@ -20,6 +20,8 @@ with no I/O and nothing heavier than the standard library (the CLI's hot path im
   wait for again; ``exit_replay`` and ``journal_exit``: the exit status of a container
   removed meanwhile (``--rm``), from the events journal (``/tasks/exit``, which the shim
   publishes itself).
+- ``run_hold``: the hold token of a ``run`` call (a container removed while the call held it
+  left its exit status under it: ``execution.wait`` with that ``hold``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ RESUME_WAIT_S = float(os.environ.get("DOCKYARD_RESUME_WAIT_S") or 30.0)
 """How long an outage of the execution service is waited out before giving up (seconds)."""
 POLL_S = 0.2
 """Pause between two tries to reach the execution service again (seconds)."""
+
+
+def run_hold(request_id: str) -> str:
+    """The hold token of a foreground ``execution.run`` call with ``request_id``
+    (``common.api.execution``, holds): the one its client names when it asks after the
+    exit status of its ``--rm`` container once the service is back."""
+    return f"run:{request_id}"
+
 
 ROTATED = "part of the container's output was rotated out of its log before it could be shown again; some is missing"
 LOG_GAP = "part of the container's log was rotated out while the execution service restarted; some output is missing"

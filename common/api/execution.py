@@ -41,6 +41,10 @@ Methods (service ``execution``; every method acts in the request's namespace):
   call died with the previous process is back: a ``wait`` sent again with the same token takes
   its hold over; a client that read the rest of the output from the log says so with
   ``execution.release`` ``ReleaseRequest`` ``{id, hold}`` -> ``{}`` (NotFound once removed).
+  A container removed while calls held it keeps its exit status for each of their tokens
+  (10 minutes): an ``execution.wait`` with such a ``hold`` (a ``run``'s token is
+  ``common.resume.run_hold`` of its request id) gets it instead of NotFound, so a call cut
+  off by a SIGKILL right after the removal still learns how the container exited.
 - ``execution.list`` ``ListRequest`` -> ``ListReply``; ``execution.inspect``
   ``IdRequest`` -> ``Container``.
 - ``execution.logs`` ``LogsRequest`` -> stream of ``LogFrame`` ``{s, d, t}``

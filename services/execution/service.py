@@ -11,7 +11,10 @@ An ``auto_remove`` container whose clients lost us in a crash: the record keeps 
 ``extra["run_client"]`` the tokens of the calls that follow it (a foreground
 ``execution.run``, which marks it at insert; an ``attach`` or a ``wait`` for ``removed``
 with a ``hold``: the gateway's ``docker run --rm``), each dropped when its call ends in
-this process. A restarted service that sees the container exit while tokens of calls it
+this process. The removal leaves a tombstone per token still recorded (its exit status,
+``Store.delete``): a call sent again after a SIGKILL between the removal and its answer
+(``wait`` with its ``hold``; a ``run``'s token is ``common.resume.run_hold``) gets it.
+A restarted service that sees the container exit while tokens of calls it
 does not serve are left (orphans) holds the auto-removal (``RUN_CLIENT_HOLD_S`` at most)
 until each of those clients is back: the CLI, which resumes the output from the log
 (``cli.resume``), removes the container itself; the gateway sends its ``wait`` again
@@ -71,6 +74,7 @@ from common.api.execution import (
 )
 from common.api.shim import container_event_id
 from common.api.shim import event_id as task_event_id
+from common.resume import run_hold
 from common.rpc.server import Context, rpc
 from common.settings import Settings
 from services.execution import logs as logs_mod
@@ -895,7 +899,7 @@ class ExecutionService:
     async def run(self, req: RunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """``docker run`` in one call: create, attach, start, stream, wait (see ``common.api.execution``)."""
         # a foreground run --rm is marked from the start (RUN_CLIENT): no second write on its path
-        token = "" if req.detach else f"run:{ctx.request_id}"
+        token = "" if req.detach else run_hold(ctx.request_id)
         created = await self._create(req.create_request(), ctx.namespace, run_client=token)
         trace.mark("created")
         yield {"id": created.id, "name": created.name}
@@ -1146,7 +1150,11 @@ class ExecutionService:
             if left:
                 self._spawn(_empty_trash_later(left), f"trash-{cid[:12]}")
             trace.mark("directories removed")
-            self.store.delete(ns, cid)
+            # the calls holding it get its exit status from a tombstone if this process dies
+            # before they have their answer (the wait for /containers/delete below); a hold taken
+            # here since ``current`` was read is in ``_holding``
+            holds = [*_holders(current), *sorted(self._holding.get((ns, cid), ()))]
+            self.store.delete(ns, cid, tombstones=holds)
             self.execs.forget_container(ns, cid)
             self._backoff.pop((ns, cid), None)
             self._last_event.pop((ns, cid), None)
@@ -1302,8 +1310,16 @@ class ExecutionService:
 
     @rpc("execution.wait")
     async def wait(self, req: WaitRequest, ctx: Context) -> WaitReply:
-        """Block until ``condition`` holds; ``{exit_code, error}``."""
-        rec = self._find(ctx.namespace, req.id)
+        """Block until ``condition`` holds; ``{exit_code, error}``. A ``hold`` whose container
+        was removed while it held it (by this process or an earlier one, ``Store.tombstone``)
+        gets the exit status it was removed with; NotFound otherwise."""
+        try:
+            rec = self._find(ctx.namespace, req.id)
+        except errors.NotFound:
+            gone = self.store.tombstone(ctx.namespace, req.hold) if req.hold else None
+            if gone is None or not gone.names(req.id):
+                raise
+            return WaitReply(exit_code=gone.exit_code, error=gone.error)
         key = (rec.namespace, rec.id)
         live = self.tasks.get(*key)
         running = live is not None and not live.done.is_set()

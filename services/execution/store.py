@@ -9,6 +9,13 @@ the task and what ``ps``/``inspect`` show.
 Names are unique per namespace (a UNIQUE index, so two racing creates cannot both
 win). Every write is one transaction; WAL with ``synchronous=NORMAL`` survives a
 SIGKILL of the process at any point.
+
+Tombstones: a container removed while calls held it (the hold tokens of ``run --rm`` and
+the gateway, ``services.execution.service``) leaves one row per token with its exit status,
+written in the same transaction as the delete, so that a call sent again after a SIGKILL of
+the service (which may come right after the delete, before the answer went out) still gets
+the exit status (``tombstone``). Rows expire after ``TOMBSTONE_TTL_S``: pruned when the
+store opens and at each delete that writes some.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -54,7 +62,21 @@ CREATE TABLE IF NOT EXISTS containers (
     PRIMARY KEY (namespace, id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS containers_name ON containers (namespace, name);
+CREATE TABLE IF NOT EXISTS tombstones (
+    namespace TEXT NOT NULL,
+    hold TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    exit_code INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    removed_at TEXT NOT NULL,
+    PRIMARY KEY (namespace, hold)
+);
+CREATE INDEX IF NOT EXISTS tombstones_removed_at ON tombstones (removed_at);
 """
+
+TOMBSTONE_TTL_S = 600.0
+"""How long the exit status of a removed container is kept for the calls that held it (seconds)."""
 
 _JSON_FIELDS = ("config", "spec", "labels", "extra")
 _TIME_FIELDS = ("created_at", "started_at", "finished_at")
@@ -97,6 +119,32 @@ class Record:
 _COLUMNS_BUT_SPEC = ", ".join("'{}' AS spec" if f.name == "spec" else f.name for f in fields(Record))
 
 
+@dataclass(frozen=True)
+class Tombstone:
+    """What a removed container left for the call that held it under ``hold`` (all immutable):
+    its id and name, the exit status and error of its last task, when it was removed (UTC)."""
+
+    namespace: str
+    hold: str
+    container_id: str
+    name: str
+    exit_code: int
+    error: str
+    removed_at: dt.datetime
+
+    def names(self, ref: str) -> bool:
+        """True when ``ref`` (full id, unique id prefix, name with or without ``/``) named this container."""
+        ref = ref.strip()
+        if ref.removeprefix("/") == self.name:
+            return True
+        return ids.is_id_prefix(ref) and self.container_id.startswith(ref)
+
+
+def _stamp(when: dt.datetime) -> str:
+    """A fixed-width UTC time, so that the text order of ``removed_at`` is the time order."""
+    return when.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
 def _to_row(rec: Record) -> dict[str, Any]:
     # a shallow copy: ``asdict`` would deep-copy the OCI spec (seccomp profile and all) only for
     # json.dumps to read it once
@@ -135,6 +183,7 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(containers)")}
         if "tasked" not in columns:  # a store written before the column existed
             self._db.execute("ALTER TABLE containers ADD COLUMN tasked INTEGER NOT NULL DEFAULT 0")
+        self.prune_tombstones()
 
     def close(self) -> None:
         with self._lock:
@@ -178,9 +227,60 @@ class Store:
             except sqlite3.IntegrityError:
                 raise errors.AlreadyExists(f"the container name {fields.get('name')!r} is already in use") from None
 
-    def delete(self, namespace: str, container_id: str) -> None:
+    def delete(
+        self,
+        namespace: str,
+        container_id: str,
+        *,
+        tombstones: Sequence[str] = (),
+        now: dt.datetime | None = None,
+    ) -> None:
+        """Delete one container (no-op if it is gone). ``tombstones``: hold tokens whose calls
+        get its exit status (its record's ``exit_code`` and ``error``) from ``tombstone`` after
+        the delete; written in the same transaction, expired ones pruned then. ``now``: the
+        removal's time (default: the clock's, UTC)."""
+        if not tombstones:
+            with self._lock:
+                self._db.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", (namespace, container_id))
+            return
+        now = now or dt.datetime.now(dt.UTC)
+        stamp, cutoff = _stamp(now), _stamp(now - dt.timedelta(seconds=TOMBSTONE_TTL_S))
         with self._lock:
-            self._db.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", (namespace, container_id))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM tombstones WHERE removed_at < ?", (cutoff,))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO tombstones (namespace, hold, container_id, name, exit_code, error,"
+                    " removed_at) SELECT namespace, ?, id, name, exit_code, error, ? FROM containers"
+                    " WHERE namespace = ? AND id = ?",
+                    [(hold, stamp, namespace, container_id) for hold in dict.fromkeys(tombstones)],
+                )
+                self._db.execute("DELETE FROM containers WHERE namespace = ? AND id = ?", (namespace, container_id))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def tombstone(self, namespace: str, hold: str, *, now: dt.datetime | None = None) -> Tombstone | None:
+        """The unexpired tombstone left for the call that held a removed container under
+        ``hold`` in ``namespace`` (see module docstring), or None."""
+        cutoff = _stamp((now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=TOMBSTONE_TTL_S))
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM tombstones WHERE namespace = ? AND hold = ? AND removed_at >= ?",
+                (namespace, hold, cutoff),
+            ).fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        data["removed_at"] = dt.datetime.fromisoformat(data["removed_at"])
+        return Tombstone(**data)
+
+    def prune_tombstones(self, *, now: dt.datetime | None = None) -> int:
+        """Drop the tombstones older than ``TOMBSTONE_TTL_S``; how many were dropped."""
+        cutoff = _stamp((now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=TOMBSTONE_TTL_S))
+        with self._lock:
+            return self._db.execute("DELETE FROM tombstones WHERE removed_at < ?", (cutoff,)).rowcount
 
     def get(self, namespace: str, container_id: str) -> Record | None:
         with self._lock:

@@ -8,8 +8,9 @@ or a hijacked stream in flight just sends nothing meanwhile), waits for the serv
 answer again (``answering``: ``common.resume.RESUME_WAIT_S`` at most), and takes up:
 
 - ``wait_reply``: the wait, by what the container's state says now
-  (``common.resume.wait_outcome``); a container removed meanwhile (``--rm``) gets its exit
-  status from the events journal (``/tasks/exit``, which the shim publishes itself).
+  (``common.resume.wait_outcome``); a container removed meanwhile (``--rm``) gets the exit
+  status its removal kept for the wait's hold token (``execution.wait`` with the ``hold``),
+  else the one in the events journal (``/tasks/exit``, which the shim publishes itself).
 - ``log_frames``: a ``logs`` stream, right after the last entry sent
   (``common.resume.LogFollow``).
 - ``attach_output``: an attachment's output, from the container's json-file log, skipping
@@ -163,13 +164,29 @@ async def wait_reply(
             if not call.done:
                 await call.cancel()
         info = await answering(execution, cid, lost)
-        if info is None:  # removed meanwhile (--rm): its exit is in the journal
-            return await _exit_from_journal(events, cid, since_ns)
+        if info is None:  # removed meanwhile (--rm): its tombstone has its exit, else the journal
+            removed = await _removed_exit(execution, cid, hold)
+            return removed if removed is not None else await _exit_from_journal(events, cid, since_ns)
         reply, again = wait_outcome(info, condition, since_ns)
         if reply is not None:
             return reply
         body = {"id": cid, "condition": again, **({"hold": hold} if hold else {})}
         call = await execution.start("execution.wait", body, timeout_s=None)
+
+
+async def _removed_exit(execution: AsyncClient, cid: str, hold: str) -> dict[str, Any] | None:
+    """The exit status (``{exit_code, error}``) the removed container ``cid`` left for the wait
+    that held it under ``hold`` (``execution.wait`` with the hold: its tombstone; the service
+    may have been killed right after the removal, before its answer went out); None without
+    a hold or a tombstone."""
+    if not hold:
+        return None
+    try:
+        body = {"id": cid, "condition": "removed", "hold": hold}
+        return await execution.call("execution.wait", body, timeout_s=10)  # type: ignore[no-any-return]
+    except errors.DockyardError as exc:
+        log.info("no exit status kept for the wait on removed container %s: %s", cid[:12], exc)
+        return None
 
 
 async def _exit_from_journal(events: AsyncClient, cid: str, since_ns: int) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""The container store: lookup by id, prefix and name; unique names per namespace."""
+"""The container store: lookup by id, prefix and name; unique names per namespace; tombstones."""
 
 from __future__ import annotations
 
+import datetime as dt
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from common import codec, errors
-from services.execution.store import Record, Store
+from services.execution.store import TOMBSTONE_TTL_S, Record, Store
 
 
 def _rec(cid: str, name: str, ns: str = "default") -> Record:
@@ -108,3 +110,80 @@ def test_a_store_written_before_the_tasked_column_opens(tmp_path: Path) -> None:
     assert old is not None and (old.incarnation, old.tasked) == (3, 0)
     s.update("default", "1" * 64, tasked=4)
     assert s.list("default", with_spec=False)[0].tasked == 4
+
+
+# -- tombstones: the exit status a removed --rm container keeps for the calls that held it ---------------------
+
+
+def _exited(s: Store, cid: str, name: str, code: int = 7, error: str = "") -> None:
+    s.insert(_rec(cid, name))
+    s.update("default", cid, status="exited", exit_code=code, error=error)
+
+
+def test_delete_keeps_the_exit_status_for_each_hold(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    cid = "ab" + "0" * 62
+    _exited(s, cid, "web", 7, "oops")
+    s.delete("default", cid, tombstones=["run:r1", "gw-hold", "run:r1"])
+    assert s.get("default", cid) is None
+    for hold in ("run:r1", "gw-hold"):
+        t = s.tombstone("default", hold)
+        assert t is not None
+        assert (t.container_id, t.name, t.exit_code, t.error) == (cid, "web", 7, "oops")
+        assert t.removed_at.tzinfo is not None
+    assert s.tombstone("default", "someone-else") is None
+    assert s.tombstone("other", "run:r1") is None  # tokens are kept per namespace
+    again = Store(tmp_path / "c.db")  # durable: a restarted service finds it
+    kept = again.tombstone("default", "run:r1")
+    assert kept is not None and kept.exit_code == 7
+
+
+def test_tombstone_names_its_container_by_id_prefix_or_name(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    cid = "ab" + "0" * 62
+    _exited(s, cid, "web")
+    s.delete("default", cid, tombstones=["h"])
+    t = s.tombstone("default", "h")
+    assert t is not None
+    assert t.names(cid) and t.names("ab") and t.names("web") and t.names("/web")
+    assert not t.names("db") and not t.names("ac") and not t.names("1" * 64)
+
+
+def test_no_tombstone_without_a_hold_or_a_container(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    _exited(s, "1" * 64, "web")
+    s.delete("default", "1" * 64)
+    s.delete("default", "2" * 64, tombstones=["gone"])  # nothing to remove: nothing kept
+    assert s.tombstone("default", "gone") is None
+    assert s._db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0] == 0
+
+
+def test_the_delete_and_its_tombstones_are_one_transaction(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    _exited(s, "1" * 64, "web")
+    s._db.execute("DROP TABLE tombstones")  # the tombstone's write fails ...
+    with pytest.raises(sqlite3.OperationalError):
+        s.delete("default", "1" * 64, tombstones=["h"])
+    assert s.get("default", "1" * 64) is not None  # ... so the record stays, for the removal to be retried
+
+
+def test_tombstones_expire_and_are_pruned_at_open_and_delete(tmp_path: Path) -> None:
+    s = Store(tmp_path / "c.db")
+    now = dt.datetime.now(dt.UTC)
+    old = now - dt.timedelta(seconds=TOMBSTONE_TTL_S + 1)
+    _exited(s, "1" * 64, "old")
+    s.delete("default", "1" * 64, tombstones=["old"], now=old)
+    assert s.tombstone("default", "old") is None  # expired: no longer answered ...
+    assert s.tombstone("default", "old", now=old) is not None  # ... though still stored
+
+    assert Store(tmp_path / "c.db").tombstone("default", "old", now=old) is None  # pruned when a store opens
+
+    s.delete("default", "x" * 64, tombstones=["old"], now=old)  # no-op: no such container
+    _exited(s, "2" * 64, "old2")
+    s.delete("default", "2" * 64, tombstones=["old2"], now=old)
+    _exited(s, "3" * 64, "new")
+    s.delete("default", "3" * 64, tombstones=["new"], now=now)  # a delete that keeps some prunes first
+    assert s.tombstone("default", "old2", now=old) is None
+    assert s.tombstone("default", "new") is not None
+    assert s.prune_tombstones(now=now + dt.timedelta(seconds=TOMBSTONE_TTL_S + 1)) == 1
+    assert s.tombstone("default", "new") is None
