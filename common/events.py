@@ -291,9 +291,6 @@ class EventPublisher:
         self._queued.set()
         return number
 
-    publish_numbered = publish
-    """``publish`` (its number is what callers of this name use)."""
-
     async def delivered(self, number: int, timeout_s: float | None = None) -> bool:
         """Wait until event ``number`` (and so every one published before it) was acknowledged.
 

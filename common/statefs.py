@@ -22,7 +22,6 @@ containers and their shims keep running); a reboot removes it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import logging
 import os
@@ -36,11 +35,15 @@ MS_NODEV = 0x4
 OPTIONS = "mode=0755,size=20%"
 
 
+def _libc() -> ctypes.CDLL:
+    """This process's C library (``find_library`` would run ``ldconfig`` in a subprocess)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def fs_type(path: str) -> int:
     """``statfs(2)``'s ``f_type`` of the file system holding ``path``; raises ``OSError``."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    if libc.statfs(os.fsencode(path), buf) != 0:
+    if _libc().statfs(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"statfs {path}: {os.strerror(err)}")
     # f_type is the first field, a C long (__fsword_t)
@@ -96,7 +99,6 @@ def ensure_tmpfs(state: str, on: bool | None = None) -> str:
 def mount_tmpfs(path: str) -> None:
     """Mount a tmpfs with ``OPTIONS`` (nosuid, nodev) on the directory ``path``, whatever it
     holds; raises ``OSError`` (EPERM without CAP_SYS_ADMIN). ``ensure_tmpfs`` decides when."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, OPTIONS.encode()) != 0:
+    if _libc().mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, OPTIONS.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")

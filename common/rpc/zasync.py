@@ -124,9 +124,7 @@ class Socket(zmq.Socket[bytes]):
         w: _Waiting = self.__dict__["_waiting"]
         # the call that just said EAGAIN may have consumed the descriptor's edge for the
         # other direction's waiters, or the state changed since: look once more
-        if not w.check_scheduled:
-            w.check_scheduled = True
-            loop.call_soon(self._check)
+        self._after_op(w)
         try:
             await fut
         finally:

@@ -203,7 +203,7 @@ class ExecutionService:
         self, topic: str, verb: str, namespace: str, container_id: str, event: dict[str, Any], after: str | None = None
     ) -> int:
         event_id = container_event_id(container_id, verb)
-        return int(self.publisher.publish_numbered(topic, event, namespace=namespace, event_id=event_id, after=after))
+        return int(self.publisher.publish(topic, event, namespace=namespace, event_id=event_id, after=after))
 
     def _publish_action(
         self, topic: str, verb: str, rec: Record, extra: dict[str, Any] | None = None, after: str | None = None
@@ -682,7 +682,7 @@ class ExecutionService:
             )
             # dockerd: pause, commit, unpause (its unpause is deferred): the commit event is in
             # the journal before the shim's /tasks/resumed (bounded wait: events may be down)
-            number = self.publisher.publish_numbered(
+            number = self.publisher.publish(
                 topics.CONTAINER_UPDATE,
                 {
                     "id": rec.id,
