@@ -13,12 +13,72 @@ Docker's short ``l/`` links, solve the same limit).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from typing import Any
 
 PAGE_LIMIT = 4096 - 512
 """Longest option string passed as is (containerd keeps the same margin)."""
+
+
+VOLATILE_MARKER = ("work", "incompat", "volatile")
+"""Where overlayfs leaves its mark of a ``volatile`` mount, under the mount's ``workdir``."""
+
+
+def volatile_supported(release: str | None = None) -> bool:
+    """Whether this kernel's overlayfs takes the ``volatile`` option (Linux 5.10 and later).
+
+    ``release`` is a ``uname -r`` string (this kernel's by default)."""
+    parts = (release or os.uname().release).split(".")
+    try:
+        major, minor = int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (5, 10)
+
+
+def with_volatile(mounts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``mounts`` (dicts of ``common.api.snapshot.Mount``) with ``volatile`` added to each
+    writable overlay (one with an ``upperdir``); the others unchanged.
+
+    A volatile overlay ignores ``fsync``/``syncfs`` and does not sync its upper file system
+    when it is unmounted (Documentation/filesystems/overlayfs.rst, "Volatile mount"):
+    without it, the unmount at a container's exit waits for a ``syncfs`` of the whole
+    file system under the snapshots, whatever else has dirty pages there. Its contents
+    may not survive a crash of the host, so it is only for containers that do not outlive
+    their process (``run --rm``, as Podman does since 3.2 and CRI-O for all containers).
+    """
+    out = []
+    for m in mounts:
+        options = list(m.get("options") or [])
+        if m.get("type") == "overlay" and any(o.startswith("upperdir=") for o in options) and "volatile" not in options:
+            m = {**m, "options": [*options, "volatile"]}
+        out.append(dict(m))
+    return out
+
+
+def clear_volatile_marker(options: Sequence[str]) -> None:
+    """Before a ``volatile`` overlay is mounted: remove the mark an earlier volatile mount of
+    the same ``workdir`` left (``<workdir>/work/incompat/volatile``).
+
+    overlayfs refuses to mount a workdir with that mark (``EINVAL``), which is how it
+    protects an upper directory that may be inconsistent after a crash. A volatile mount
+    is only used for contents thrown away with their container, so mounting them again
+    (``restart``, ``cp`` or ``export`` after the exit) is what we want. Options without
+    ``volatile`` are left alone: a mark there means a volatile mount is still in use.
+    """
+    if "volatile" not in options:
+        return
+    for opt in options:
+        if opt.startswith("workdir="):
+            marker = os.path.join(opt[len("workdir=") :], *VOLATILE_MARKER)
+            try:
+                os.rmdir(marker)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                shutil.rmtree(marker, ignore_errors=True)
 
 
 def _opt(mount: Any, attr: str) -> Any:
@@ -66,6 +126,7 @@ def mount_all(mounts: Sequence[Any], target: str) -> None:
             point = os.path.join(target, sub.lstrip("/")) if sub else target
             options = list(_opt(m, "options") or [])
             mtype = _opt(m, "type")
+            clear_volatile_marker(options)
             cwd, options = compact_options(options)
             args = ["mount", "-t", mtype] if mtype != "bind" else ["mount"]
             bind = [o for o in options if o in ("bind", "rbind")]

@@ -74,6 +74,7 @@ from common.api.execution import (
 )
 from common.api.shim import container_event_id
 from common.api.shim import event_id as task_event_id
+from common.mount import volatile_supported, with_volatile
 from common.resume import run_hold
 from common.rpc.server import Context, rpc
 from common.settings import Settings
@@ -414,7 +415,7 @@ class ExecutionService:
                 hostname=hostname,
                 labels=labels,
                 extra={
-                    "mounts": list(reply.get("mounts") or []),
+                    "mounts": _rootfs_mounts(reply, bool(req.auto_remove)),
                     "log_path": self._log_path(ns, container_id),
                     "user": user,
                     "stop_signal": stop_signal,
@@ -1688,6 +1689,14 @@ def _matches(c: Container, filters: dict[str, list[str]]) -> bool:
                 if k not in c.labels or (sep and c.labels[k] != want):
                     return False
     return True
+
+
+def _rootfs_mounts(reply: Mapping[str, Any], auto_remove: bool) -> list[dict[str, Any]]:
+    """The container's rootfs mounts from ``snapshot.prepare``'s reply: an ``auto_remove``
+    container's writable overlay is ``volatile`` (``common.mount.with_volatile``) where the
+    kernel has it; its writable layer goes with it, so nothing needs syncing at its exit."""
+    mounts = [dict(m) for m in reply.get("mounts") or []]
+    return with_volatile(mounts) if auto_remove and volatile_supported() else mounts
 
 
 def _write_etc_files(cdir: str, hostname: str, network_mode: str) -> None:

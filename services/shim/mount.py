@@ -181,14 +181,17 @@ def mount_all(mounts: Iterable[Mapping[str, Any]], rootfs: str) -> None:
 
     All or nothing: on failure every mount made so far is taken down again. An overlay
     whose options exceed a page is mounted from the layers' common parent with relative
-    paths (``common.mount.compact_options``, containerd's ``compactLowerdirOption``).
+    paths (``common.mount.compact_options``, containerd's ``compactLowerdirOption``). A
+    ``volatile`` overlay's mark from an earlier mount is removed first
+    (``common.mount.clear_volatile_marker``).
     """
-    from common.mount import compact_options
+    from common.mount import clear_volatile_marker, compact_options
 
     done: list[str] = []
     try:
         for m in mounts:
             target = os.path.join(rootfs, str(m.get("target") or "").lstrip("/"))
+            clear_volatile_marker(list(m.get("options") or ()))
             cwd, options = compact_options(list(m.get("options") or ()))
             if cwd is None:
                 mount(str(m["source"]), target, str(m["type"]), options)
