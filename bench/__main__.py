@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report
+from bench import host, report
 from bench.suite import Suite
 from tests.harness import PROJECT
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(Path(opts.work), runs=opts.runs, warmup=opts.warmup, big_mb=opts.big_mb,
                   pull_runs=opts.pull_runs, conc_iters=opts.conc_iters, peer_state_tmpfs=opts.peer_state_tmpfs,
                   log=lambda m: print(f"[{time.time() - started:6.1f}s] {m}", file=sys.stderr, flush=True))  # fmt: skip
+    tuning = host.host_tuning()  # before anything runs: the probe wants a quiet host
     try:
         suite.setup()
         suite.run_all(cases)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.teardown()
     data = {
         "host": f"{platform.node()} {platform.release()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+        "kernel_tuning": tuning,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": _versions(),
         "runs": opts.runs,

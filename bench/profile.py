@@ -32,6 +32,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from bench import host
 from bench.dockyard import PROJECT, PrivateDockyard
 from deploy import mkimage
 
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = opts.args or ["run", "--rm", "busybox", "true"]
     for pkg in ("common", "cli", "services"):  # as an installed package would have them (see bench/__main__.py)
         compileall.compile_dir(str(PROJECT / pkg), quiet=1)
+    tuning = host.host_tuning()
     trace_fd, trace_path = tempfile.mkstemp(prefix="dockyard-trace-", suffix=".txt")
     os.close(trace_fd)
     with PrivateDockyard(trace_path=trace_path, runtime=opts.runtime) as dy, tempfile.TemporaryDirectory() as tmp:
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(runs)
     total = statistics.median(run[-1][0] for run in runs) if runs else 0.0
     print(f"dockyard {' '.join(args)}: {len(runs)} runs, median {total:.1f} ms (runtime {opts.runtime})")
+    print(f"kernel: {host.describe(tuning)}")
     print(f"{'at ms':>8} {'+ms':>7}  step")
     for r in rows:
         flag = "" if r["runs"] == len(runs) else f"  (in {r['runs']} runs)"

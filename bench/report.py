@@ -64,6 +64,10 @@ def goals(data: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(data: dict[str, Any]) -> str:
     """The whole report as markdown."""
     lines = [f"Host: {data.get('host', '')}", ""]
+    if data.get("kernel_tuning"):
+        from bench.host import describe
+
+        lines[1:1] = [f"Kernel: {describe(data['kernel_tuning'])}"]
     for case, tools in data["cases"].items():
         bare = BARE.get(case)
         bare_ms = _median(tools, bare) if bare else None

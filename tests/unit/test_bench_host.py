@@ -1,0 +1,27 @@
+"""``bench.host``: which cgroup hierarchy the probe writes in, and the report's line."""
+
+from __future__ import annotations
+
+from bench.host import _probe_hierarchy, describe
+
+
+def test_the_probe_prefers_v1_pids_then_a_writable_cgroup2() -> None:
+    hybrid = [
+        ("/sys/fs/cgroup/unified", "cgroup2", "rw"),
+        ("/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"),
+        ("/sys/fs/cgroup/pids", "cgroup", "rw,pids"),
+    ]
+    assert _probe_hierarchy(hybrid) == "/sys/fs/cgroup/pids"
+    assert _probe_hierarchy([("/sys/fs/cgroup/memory", "cgroup", "rw,memory")]) is None
+    assert _probe_hierarchy([]) is None
+
+
+def test_the_report_line_names_each_setting() -> None:
+    tuning = {"cgroup": "hybrid", "favordynmods": ["/sys/fs/cgroup/unified"], "rcu_expedited": "0"}
+    line = describe({**tuning, "lone_procs_write_ms": 14.2})
+    assert line == (
+        "cgroup hybrid; favordynmods on: /sys/fs/cgroup/unified; rcu_expedited 0; "
+        "a lone cgroup.procs write (after 0.25 s quiet): 14.20 ms"
+    )
+    assert "favordynmods on: none" in describe({"cgroup": "v2", "favordynmods": [], "lone_procs_write_ms": None})
+    assert "not measured" in describe({"cgroup": "v2", "favordynmods": [], "lone_procs_write_ms": None})
