@@ -76,27 +76,57 @@ def unix_seconds(value: Any) -> int:
     return int(when.timestamp()) if when else 0
 
 
-def parse_docker_time(value: str, now: dt.datetime | None = None) -> dt.datetime:
-    """``since``/``until`` as clients send them: unix seconds (``1700000000`` or
-    ``1700000000.123456789``), RFC 3339, or a Go duration relative to ``now`` (``10m``, ``1h30m``).
+_UNIX_TIME = re.compile(r"(-?\d+)(?:\.(\d{1,9}))?")
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)"
+_DURATION = re.compile(rf"([-+]?)((?:{_DURATION_PART})+)")
+_DURATION_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)"  # a date alone, or with hours, minutes, seconds and a fraction
+    r"(?:T(\d\d)(?::(\d\d)(?::(\d\d)(?:\.(\d{1,9}))?)?)?)?"
+    r"(Z|[+-]\d\d:\d\d)?"
+)
 
-    Raises FormatError naming the value.
+
+def parse_docker_time(value: str, now: dt.datetime | None = None, zone: dt.tzinfo = dt.UTC) -> dt.datetime:
+    """``since``/``until`` as Docker reads them (moby's ``api/types/time.GetTimestamp``), as an
+    aware UTC datetime:
+
+    - unix seconds: ``1700000000`` or ``1700000000.123456789`` (kept to the microsecond);
+    - a Go duration before ``now`` (default: the clock): ``10m``, ``1h30m``, ``1.5h``, ``90s``,
+      ``500ms``; a leading ``-`` is after ``now``;
+    - RFC 3339 and its shorter forms: ``2026-11-30T10:00:00Z``, ``2026-11-30T10:00:00.5+01:00``,
+      ``2026-11-30T10:00``, ``2026-11-30T10``, ``2026-11-30``, each with or without a zone;
+      without one the time is in ``zone`` (default UTC; the docker CLI reads it in its local zone).
+
+    Raises FormatError naming the value (also for a time no datetime can hold).
     """
     text = value.strip()
-    if re.fullmatch(r"-?\d+(\.\d{1,9})?", text):
-        secs, _, frac = text.partition(".")
-        nanos = int((frac + "000000000")[:9]) if frac else 0
-        return dt.datetime.fromtimestamp(int(secs), dt.UTC) + dt.timedelta(microseconds=nanos // 1000)
-    if re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", text):
-        total = 0.0
-        units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-        for num, _frac, unit in re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|s|m|h)", text):
-            total += float(num) * units[unit]
-        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=total)
-    when = to_datetime(text)
-    if when is None or not re.match(r"^\d{4}-\d\d-\d\d", text):
-        raise FormatError(f"invalid time value {value!r}: expected unix seconds, RFC 3339 or a duration")
-    return when
+    try:
+        unix = _UNIX_TIME.fullmatch(text)
+        if unix:
+            nanos = int((unix.group(2) or "").ljust(9, "0"))
+            return dt.datetime.fromtimestamp(int(unix.group(1)), dt.UTC) + dt.timedelta(microseconds=nanos // 1000)
+        duration = _DURATION.fullmatch(text)
+        if duration:
+            total = sum(float(n) * _DURATION_UNITS_S[u] for n, u in re.findall(_DURATION_PART, duration.group(2)))
+            ago = dt.timedelta(seconds=-total if duration.group(1) == "-" else total)
+            return (now or dt.datetime.now(dt.UTC)) - ago
+        rfc = _RFC3339.fullmatch(text)
+        if rfc:
+            year, month, day, hour, minute, second = (int(g or 0) for g in rfc.groups()[:6])
+            micro = int((rfc.group(7) or "").ljust(6, "0")[:6])
+            offset = rfc.group(8)
+            tz = zone if offset is None else dt.UTC if offset == "Z" else _fixed_zone(offset)
+            return dt.datetime(year, month, day, hour, minute, second, micro, tz).astimezone(dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise FormatError(f"invalid time value {value!r}: out of range") from None
+    raise FormatError(f"invalid time value {value!r}: expected unix seconds, RFC 3339 or a duration")
+
+
+def _fixed_zone(offset: str) -> dt.tzinfo:
+    """``+01:00`` / ``-05:30`` as a fixed zone."""
+    sign = -1 if offset[0] == "-" else 1
+    return dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
 
 
 def human_duration(seconds: float) -> str:

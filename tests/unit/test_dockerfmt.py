@@ -296,6 +296,24 @@ def test_docker_times() -> None:
     assert dockerfmt.rfc3339("2024-05-01T12:00:00.123456789Z") == "2024-05-01T12:00:00.123456000Z"
 
 
+def test_docker_times_take_docker_forms() -> None:
+    """moby's ``GetTimestamp``: compound Go durations, RFC 3339's shorter forms, a zone or ``zone``."""
+    parse = dockerfmt.parse_docker_time
+    assert parse("1h30m", NOW) == parse("90m", NOW) == NOW - dt.timedelta(minutes=90)
+    assert parse("1.5s", NOW) == parse("1500ms", NOW) == NOW - dt.timedelta(seconds=1.5)
+    assert parse("-1m", NOW) == NOW + dt.timedelta(minutes=1)
+    assert parse("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    assert parse("2024-05-01T13:00:00+01:00") == NOW
+    assert parse("2024-05-01T13:00:00+01:00").tzinfo == dt.UTC
+    assert parse("2024-05-01+02:00") == dt.datetime(2024, 4, 30, 22, tzinfo=dt.UTC)
+    eastern = dt.timezone(dt.timedelta(hours=-5))
+    assert parse("2024-05-01T07", zone=eastern) == parse("2024-05-01T07:00", zone=eastern) == NOW
+    assert parse("2024-05-01T07:00:00Z", zone=eastern) == NOW - dt.timedelta(hours=5)  # a zone given wins
+    for bad in ("1d", "1h30", "2024-05-01 12:00", "2024-05-32", "99999999999999999999", "2024-05-01T12:00:00.5.5"):
+        with pytest.raises(dockerfmt.FormatError, match="invalid time value"):
+            parse(bad, NOW)
+
+
 def test_pull_progress_lines() -> None:
     assert dockerfmt.pull_progress({"status": "Pulling fs layer", "id": "abc"}) == {
         "status": "Pulling fs layer",
