@@ -148,30 +148,71 @@ def version() -> None:
             c.close()
 
 
-def _parse_since(value: str | None) -> dict[str, Any]:
-    if value is None or value == "":
-        return {}
-    if value.isdigit():
-        return {"since": int(value)}
-    return {"since_time": _parse_time(value)}
+TIME_FORMS = (
+    "unix seconds (1700000000, 1700000000.5), RFC 3339 (2026-11-30T10:00:00Z, 2026-11-30) or a duration (10m, 1h30m)"
+)
+"""What ``--since`` and ``--until`` take, as ``docker events`` does."""
 
 
-def _parse_time(value: str) -> dt.datetime:
-    """Accept RFC 3339, unix seconds (``1700000000.5``) or a duration ago (``10m``, ``2h``, ``30s``)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(value[:-1]) * units[value[-1]])
+def replay_bounds(
+    since: str | None,
+    until: str | None,
+    since_seq: int | None,
+    until_seq: int | None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The ``events.replay`` fields of ``dockyard events``' four bounds (``common.api.events.ReplayRequest``).
+
+    ``since``/``until`` are times as ``docker events`` takes them (``parse_time``) and become
+    ``since_time`` (events at or after it) and ``until`` (events at or before it; a future time
+    ends the follow then). ``since_seq``/``until_seq`` are journal sequence numbers (the second
+    column of the plain output) and become ``since`` (events with ``seq > since_seq``) and
+    ``until_seq`` (``seq <= until_seq``). An empty string is no bound. Durations count back
+    from ``now`` (default: the clock).
+
+    Raises InvalidArgument when a bound is given both ways or a time is not one (``parse_time``).
+    """
+    for option, value, seq_option, seq in (
+        ("--since", since, "--since-seq", since_seq),
+        ("--until", until, "--until-seq", until_seq),
+    ):
+        if value and seq is not None:
+            raise errors.InvalidArgument(f"{option} and {seq_option} cannot be used together: give a time or a seq")
+    now = now or dt.datetime.now(dt.UTC)
+    body: dict[str, Any] = {}
+    if since:
+        body["since_time"] = parse_time("--since", since, now)
+    if since_seq is not None:
+        body["since"] = since_seq
+    if until:
+        body["until"] = parse_time("--until", until, now)
+    if until_seq is not None:
+        body["until_seq"] = until_seq
+    return body
+
+
+def parse_time(option: str, value: str, now: dt.datetime) -> dt.datetime:
+    """``value`` of ``option`` (``--since``, ``--until``) as an aware UTC datetime, read as the
+    docker CLI reads it (``common.dockerfmt.parse_docker_time``): unix seconds (``1700000000``,
+    ``1700000000.5``), RFC 3339 with or without a zone (local, as docker's) or its shorter forms
+    (``2026-11-30T10:00``, ``2026-11-30``), or a Go duration before ``now`` (``10m``, ``1h30m``).
+
+    Raises InvalidArgument naming the option, the value and the forms it takes (or the range
+    the journal's times cover).
+    """
+    from common import dockerfmt
+    from common.api.events import JOURNAL_TIME_MAX, JOURNAL_TIME_MIN
+
     try:
-        return dt.datetime.fromtimestamp(float(value), dt.UTC)
-    except ValueError:
-        pass
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        when = dockerfmt.parse_docker_time(value, now, zone=now.astimezone().tzinfo or dt.UTC)
+    except dockerfmt.FormatError:
+        raise errors.InvalidArgument(f"invalid value {value!r} for {option}: use {TIME_FORMS}") from None
+    if not JOURNAL_TIME_MIN <= when <= JOURNAL_TIME_MAX:
         raise errors.InvalidArgument(
-            f"invalid time {value!r}: use RFC 3339, unix seconds or a duration like 10m"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+            f"invalid value {value!r} for {option}: "
+            f"the time must be between {JOURNAL_TIME_MIN:%Y-%m-%d} and {JOURNAL_TIME_MAX:%Y-%m-%d}"
+        )
+    return when
 
 
 def _parse_filters(items: list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -216,9 +257,21 @@ def _docker_action_in(env: dict[str, Any], actions: list[str]) -> bool:
 
 def events(
     since: Annotated[
-        str | None, typer.Option(help="sequence number, RFC 3339 time, unix time or duration (10m)")
+        str | None,
+        typer.Option(
+            help="replay from this time: unix seconds, RFC 3339 (2026-11-30T10:00:00) or a duration ago (10m)"
+        ),
     ] = None,
-    until: Annotated[str | None, typer.Option(help="sequence number or time to stop at")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="stop at this time: unix seconds, RFC 3339 or a duration ago")
+    ] = None,
+    since_seq: Annotated[
+        int | None,
+        typer.Option("--since-seq", min=0, help="replay the journal after this sequence number (the second column)"),
+    ] = None,
+    until_seq: Annotated[
+        int | None, typer.Option("--until-seq", min=0, help="stop after the event with this sequence number")
+    ] = None,
     filter_: Annotated[
         list[str],
         typer.Option(
@@ -229,20 +282,16 @@ def events(
     ] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="one JSON envelope per line")] = False,
 ) -> None:
-    """Print live events; with --since, replay the journal from that point first (like docker events)."""
-    body: dict[str, Any] = _parse_since(since)
-    if until is not None:
-        if until.isdigit():
-            body["until_seq"] = int(until)
-        else:
-            body["until"] = _parse_time(until)
+    """Print live events; with --since (a time, as docker events takes it) or --since-seq (a
+    sequence number: the second column), replay the journal from that point first."""
+    body = replay_bounds(since, until, since_seq, until_seq)
     body["follow"] = True
     filters, actions = _parse_filters(filter_)
     if "namespace" not in filters and namespace() != "default":
         filters["namespace"] = [namespace()]
     body["filters"] = filters
     c = client("events", timeout_s=None)
-    if since is None:  # live only: start at the journal's head
+    if "since" not in body and "since_time" not in body:  # live only: start at the journal's head
         try:
             body["since"] = int(c.call("events.head", {}, timeout_s=10)["seq"])
         except errors.DockyardError as exc:

@@ -117,13 +117,15 @@ class ReplayRequest(Request):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        if not _EPOCH <= value <= _NS_MAX:
+        if not JOURNAL_TIME_MIN <= value <= JOURNAL_TIME_MAX:
             raise ValueError("time must be between 1970-01-01 and 2262-04-11")
         return value
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_NS_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.UTC)
+JOURNAL_TIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+"""The earliest ``since_time``/``until`` a replay takes (journal times are int64 ns since 1970)."""
+JOURNAL_TIME_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.UTC)
+"""The latest ``since_time``/``until`` a replay takes."""
 
 
 class HeadReply(Reply):

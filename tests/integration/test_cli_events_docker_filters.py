@@ -13,7 +13,7 @@ from tests.harness import Instance
 
 def _events(dy: Instance, until: int, *filters: str) -> list[str]:
     args = [a for f in filters for a in ("-f", f)]
-    r = dy.cli("events", "--since", "0", "--until", str(until), *args, timeout=30, check=True)
+    r = dy.cli("events", "--since-seq", "0", "--until-seq", str(until), *args, timeout=30, check=True)
     return r.stdout.decode().splitlines()
 
 

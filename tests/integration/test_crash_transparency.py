@@ -2,7 +2,7 @@
 
 Issue 6's promises, checked with real processes: lifecycle events produced while
 the events service is down reach the journal exactly once when it returns; a
-subscriber that restarts with ``--since <last seq>`` misses nothing; every
+subscriber that restarts with ``--since-seq <last seq>`` misses nothing; every
 service stops cleanly (exit 0) on SIGTERM.
 """
 
@@ -75,7 +75,7 @@ def test_lifecycle_events_made_while_events_is_down_arrive_exactly_once(svc: Ins
 def test_a_subscriber_resuming_from_its_last_seq_misses_nothing(svc: Instance) -> None:
     def follow(since: int, count: int) -> list[dict]:  # type: ignore[type-arg]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "events", "--since", str(since), "--json", "--filter", "type=task"],
+            [sys.executable, "-m", "cli", "events", "--since-seq", str(since), "--json", "--filter", "type=task"],
             env=svc.env,
             cwd=PROJECT,
             stdout=subprocess.PIPE,

@@ -282,7 +282,7 @@ def test_restart_while_the_events_service_is_down_keeps_the_docker_sequence(dy: 
     ids = [env["id"] for env in envs]
     assert len(ids) == len(set(ids))
     # dockyard events takes Docker's names for them
-    r = dy.cli("events", "--since", str(head), "--until", str(envs[-1]["seq"]), "-f", "event=stop", timeout=30)
+    r = dy.cli("events", "--since-seq", str(head), "--until-seq", str(envs[-1]["seq"]), "-f", "event=stop", timeout=30)
     assert [ln.split()[3] for ln in r.stdout.decode().splitlines()] == ["/containers/stop"], r.stdout
     dy.cli("rm", "-f", "down", check=True)
 

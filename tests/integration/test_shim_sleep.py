@@ -132,7 +132,7 @@ def test_an_exit_while_asleep_is_recorded_and_published(dy: Instance) -> None:
     assert _until(lambda: not os.path.exists(f"/proc/{pid}")), "the shim ends once the task is deleted"
     with dy.client("events") as c:
         head = int(c.call("events.head", {})["seq"])
-    died = dy.cli("events", "--since", "0", "--until", str(head), "-f", "event=die", check=True)
+    died = dy.cli("events", "--since-seq", "0", "--until-seq", str(head), "-f", "event=die", check=True)
     exits = [line for line in died.stdout.decode().splitlines() if cid in line]
     assert len(exits) == 1 and "exit_status=7" in exits[0], died.stdout
     dy.cli("rm", cid, check=True)

@@ -139,7 +139,7 @@ def test_events_show_the_lifecycle_of_a_run_rm_in_order(up: Instance) -> None:
     up.cli("run", "--rm", "--name", "ev", "busybox", "true", check=True)
     lines = []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "events", "--since", str(head), "--filter", "type=task", "--json"],
+        [sys.executable, "-m", "cli", "events", "--since-seq", str(head), "--filter", "type=task", "--json"],
         env=up.env,
         cwd=PROJECT,
         stdout=subprocess.PIPE,
