@@ -253,25 +253,29 @@ def ps(
     runner.ps(all_=all_, quiet=quiet, no_trunc=no_trunc, filter_=filter_, last=last, fmt=fmt, size=size)
 
 
-def _parse_since(value: str | None) -> str | None:
+def _parse_since(option: str, value: str | None) -> str | None:
+    """``--since``/``--until`` of ``logs`` as the docker CLI reads them (``cli.system.parse_time``'s
+    forms) -> an ISO 8601 UTC time for ``execution.logs``; a bad value fails in one line."""
     if not value:
         return None
-    v = value.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if v[-1] in units and v[:-1].replace(".", "", 1).isdigit():
-        when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(v[:-1]) * units[v[-1]])
-        return when.isoformat()
-    if v.replace(".", "", 1).isdigit():
-        return dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat()
-    return v
+    from cli.system import TIME_FORMS
+    from common import dockerfmt
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        return dockerfmt.parse_docker_time(value.strip(), now, zone=now.astimezone().tzinfo or dt.UTC).isoformat()
+    except dockerfmt.FormatError:
+        output.fail(f"invalid value {value!r} for {option}: use {TIME_FORMS}")
 
 
 def logs(
     container: Annotated[str, typer.Argument(help="container")],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="keep streaming new output")] = False,
     tail: Annotated[str, typer.Option("-n", "--tail", help="number of lines from the end, or 'all'")] = "all",
-    since: Annotated[str | None, typer.Option("--since", help="RFC 3339 time, unix time or relative (10m)")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="RFC 3339 time, unix time or relative")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="unix time, RFC 3339 time or Go duration before now (10m, 1h30m)")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="unix time, RFC 3339 time or Go duration")] = None,
     timestamps: Annotated[bool, typer.Option("-t", "--timestamps", help="prefix each line with its time")] = False,
 ) -> None:
     """Print a container's output (stdout and stderr, as written); a restart of the execution
@@ -282,9 +286,9 @@ def logs(
             output.fail(f"invalid tail {tail!r}")
         body["tail"] = int(tail)
     if since:
-        body["since"] = _parse_since(since)
+        body["since"] = _parse_since("--since", since)
     if until:
-        body["until"] = _parse_since(until)
+        body["until"] = _parse_since("--until", until)
     resume.follow_logs(body)  # timestamps come written into "d"; rides through a restart of the service
 
 

@@ -280,3 +280,19 @@ def test_events_seq_options_take_only_whole_numbers(
         code, _out, err, fake = _dockyard(monkeypatch, capsys, "--since-seq", bad)
         assert code == 2 and "--since-seq" in err, err  # a usage error, as for any option of the wrong type
         assert fake.requests == []
+
+
+def test_logs_since_and_until_take_the_same_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.containers import _parse_since
+
+    assert _parse_since("--since", "1700000000") == "2023-11-14T22:13:20+00:00"
+    assert _parse_since("--since", "1700000000.5") == "2023-11-14T22:13:20.500000+00:00"
+    assert _parse_since("--until", "2026-11-30T10:00:00Z") == "2026-11-30T10:00:00+00:00"
+    ago = dt.datetime.fromisoformat(str(_parse_since("--since", "1h30m")))
+    assert abs((dt.datetime.now(UTC) - ago).total_seconds() - 5400) < 60
+    assert _parse_since("--since", "") is None
+    with pytest.raises(SystemExit) as ended:
+        _parse_since("--until", "yesterday")
+    assert ended.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid value 'yesterday' for --until: use unix seconds") and err.count("\n") == 1
