@@ -21,6 +21,18 @@ until each of those clients is back: the CLI, which resumes the output from the 
 under the same token (taken over by the new call) and releases (``release``) an attachment's
 token once it read the rest of the output from the log (``services.gateway.resume``).
 
+A ``restart`` of a running ``auto_remove`` container keeps it, as dockerd's does (daemon/restart.go
+sets ``HasBeenManuallyRestarted`` before the stop, daemon/monitor.go skips ``autoRemove`` while it
+is set, ``containerStart`` clears it): the exit it causes is not followed by the removal, the task
+starts again (same id, same writable layer) and the next exit removes the container. The mark is
+this process's alone (``_restarting``; dockerd does not persist it either): a restart cut short by a
+SIGKILL of this process leaves a running container to be removed at its next exit, and one that
+exited meanwhile is removed by ``recover`` (dockerd's restore removes an exited AutoRemove
+container). A client following the container (``run``; the gateway's attach and ``wait`` for
+``removed``) sees what dockerd's see: the output ends with the first task (dockerd closes the
+attached streams at the exit), the wait for the removal goes on, and ends with the status of the
+exit that removed it. A restart of one that exited already (its removal under way) is refused.
+
 No zmq here: the wiring in ``__main__`` passes the clients.
 """
 
@@ -170,6 +182,9 @@ class ExecutionService:
         self._held: dict[tuple[str, str], asyncio.Event] = {}
         """Auto-removals held for clients that lost the previous process (set: a token was
         released or the container removed: look again)."""
+        self._restarting: dict[tuple[str, str], int] = {}
+        """Per ``auto_remove`` container: the ``restart`` calls in flight here; an exit meanwhile
+        does not remove it (dockerd's ``HasBeenManuallyRestarted``)."""
         self._background: set[asyncio.Task[Any]] = set()
         self._available_caps = spec.host_capabilities()
         self._last_event: dict[tuple[str, str], tuple[str, float]] = {}
@@ -251,6 +266,16 @@ class ExecutionService:
         for rec in self.store.list(None):
             if rec.status == "removing":
                 self._spawn(self._remove(rec), f"resume-remove-{rec.id[:12]}")
+            elif (
+                rec.status == "exited"
+                and rec.config.get("auto_remove")
+                and self.tasks.get(rec.namespace, rec.id) is None
+            ):
+                # exited with no removal under way (a restart, or a removal held for its clients,
+                # cut short by our crash): removed now, as dockerd's restore removes an exited
+                # AutoRemove container. A task adopted by tasks.recover ends in _on_exit instead;
+                # a second removal (tasks.recover's _on_exit of a dead shim's task) is a no-op.
+                self._spawn(self._auto_remove_exited(rec), f"resume-auto-remove-{rec.id[:12]}")
             elif rec.status == "restarting" and self.tasks.get(rec.namespace, rec.id) is None:
                 # its back-off timer died with the previous process
                 self.store.update(rec.namespace, rec.id, restart_count=max(0, rec.restart_count - 1))
@@ -556,18 +581,51 @@ class ExecutionService:
     @rpc("execution.restart")
     async def restart(self, req: StopRequest, ctx: Context) -> StartReply:
         """Stop (as ``execution.stop``) if running, then start; ``/containers/restart`` once
-        started (Docker's events: kill, die, stop, start, restart)."""
-        await self.stop(req, ctx)
+        started (Docker's events: kill, die, stop, start, restart).
+
+        An ``auto_remove`` container is kept across it and removed at its next exit (see module
+        docstring); Conflict ``container 'x' is being removed`` for one that exited already, and
+        removed then if the start fails. dockerd: daemon/restart.go ``containerRestart``."""
         rec = self._find(ctx.namespace, req.id)
-        live = self.tasks.get(rec.namespace, rec.id)
-        if live is not None:
-            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
-        reply = await self._start(self.store.get(rec.namespace, rec.id) or rec)
+        key = (rec.namespace, rec.id)
+        keep = bool(rec.config.get("auto_remove"))
+        if keep:
+            await self._start_settled(rec)  # a start in flight first: its task is the one to restart
+            rec = self.store.get(*key) or rec
+            if rec.status != "created" and self._not_running(rec) and not self._restarting.get(key):
+                raise errors.Conflict(f"container '{rec.name}' is being removed", {"id": rec.id})
+            self._restarting[key] = self._restarting.get(key, 0) + 1
+        try:
+            await self.stop(req, ctx)
+            live = self.tasks.get(*key)
+            if live is not None:
+                await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+            reply = await self._start(self.store.get(*key) or rec)
+        finally:
+            if keep:
+                self._restart_ended(key)
         if not reply.already_running:
             current = self.store.get(rec.namespace, rec.id) or rec
             started = task_event_id(rec.id, current.incarnation, "start")
             self._publish_action(topics.CONTAINER_RESTART, "restart", current, after=started)
         return reply
+
+    def _not_running(self, rec: Record) -> bool:
+        """True when ``rec`` has no task that runs, is paused, or is being started here."""
+        live = self.tasks.get(rec.namespace, rec.id)
+        return live is None or live.done.is_set() or live.status not in ("running", "paused", "created")
+
+    def _restart_ended(self, key: tuple[str, str]) -> None:
+        """A ``restart`` of the ``auto_remove`` container ``key`` ended. The last one in flight
+        that leaves it exited (its stop worked, its start did not) hands it to ``--rm`` now."""
+        left = self._restarting.get(key, 0) - 1
+        if left > 0:
+            self._restarting[key] = left
+            return
+        self._restarting.pop(key, None)
+        rec = self.store.get(*key)
+        if rec is not None and rec.status == "exited" and self._not_running(rec):
+            self._spawn(self._auto_remove_exited(rec), f"auto-remove-{rec.id[:12]}")
 
     @rpc("execution.pause")
     async def pause(self, req: IdRequest, ctx: Context) -> dict[str, Any]:
@@ -1189,10 +1247,10 @@ class ExecutionService:
         """A task ended (called once per incarnation by the TaskManager)."""
         self._notify(rec.namespace, rec.id, ex.exit_code, ex.error, removed=False)
         if rec.config.get("auto_remove"):
-            if self._orphans(rec):
-                self._spawn(self._auto_remove_held(rec), f"auto-remove-held-{rec.id[:12]}")
-            else:
-                await self._auto_remove(rec)
+            if self._restarting.get((rec.namespace, rec.id)):
+                log.info("container %s exited for its restart: kept", rec.id[:12])
+                return
+            await self._auto_remove_exited(rec)
         elif self._should_restart(rec, ex):
             self._schedule_restart(rec)
 
@@ -1252,13 +1310,23 @@ class ExecutionService:
             return True
         return task is not None
 
+    async def _auto_remove_exited(self, rec: Record) -> None:
+        """``--rm`` of the exited ``rec``: removed now, or held for its clients that lost a
+        previous process (``_auto_remove_held``, in the background)."""
+        if self._orphans(rec):
+            self._spawn(self._auto_remove_held(rec), f"auto-remove-held-{rec.id[:12]}")
+        else:
+            await self._auto_remove(rec)
+
     async def _auto_remove_held(self, rec: Record) -> None:
         """``--rm`` of a container whose clients lost the previous process (``_orphans``): each
         reads the log and removes the container (``cli.resume``) or releases its hold (the
         gateway); removed here once none is missing, or after ``RUN_CLIENT_HOLD_S`` (a client
-        died too)."""
+        died too). One at a time per container: a second one returns at once."""
         key = (rec.namespace, rec.id)
-        changed = self._held.setdefault(key, asyncio.Event())
+        if key in self._held:
+            return
+        changed = self._held[key] = asyncio.Event()
         log.info("auto-remove of %s held for its clients (at most %.0fs)", rec.id[:12], RUN_CLIENT_HOLD_S)
         deadline = time.monotonic() + RUN_CLIENT_HOLD_S
         try:
