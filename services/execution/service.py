@@ -185,6 +185,9 @@ class ExecutionService:
         self._restarting: dict[tuple[str, str], int] = {}
         """Per ``auto_remove`` container: the ``restart`` calls in flight here; an exit meanwhile
         does not remove it (dockerd's ``HasBeenManuallyRestarted``)."""
+        self._force_removing: dict[tuple[str, str], int] = {}
+        """Per container: the ``rm -f`` calls in flight here; nothing starts it meanwhile
+        (dockerd's ``RemovalInProgress``), not a ``restart`` whose stop the kill ended."""
         self._background: set[asyncio.Task[Any]] = set()
         self._available_caps = spec.host_capabilities()
         self._last_event: dict[tuple[str, str], tuple[str, float]] = {}
@@ -896,7 +899,12 @@ class ExecutionService:
                     f"the previous task of container '{rec.name}' is still being cleaned up"
                 ) from None
         async with self.tasks.lock(rec.namespace, rec.id):
-            rec = self.store.get(rec.namespace, rec.id) or rec
+            current = self.store.get(rec.namespace, rec.id)
+            if current is None:  # removed meanwhile (an rm -f while a restart stopped it): start nothing
+                raise errors.NotFound(f"container '{rec.name}' not found")
+            rec = current
+            if self._force_removing.get((rec.namespace, rec.id)):
+                raise errors.Conflict(f"container '{rec.name}' is marked for removal and cannot be started")
             live = self.tasks.get(rec.namespace, rec.id)
             if live is not None and live.status == "paused":
                 raise errors.Conflict(f"cannot start a paused container '{rec.name}', try unpause instead")
@@ -1164,25 +1172,33 @@ class ExecutionService:
     async def remove(self, req: RemoveRequest, ctx: Context) -> dict[str, Any]:
         """Remove a container; Conflict while it runs unless ``force``."""
         rec = self._find(ctx.namespace, req.id)
+        key = (rec.namespace, rec.id)
         self._cancel_restart(rec)
         if req.force:
             await self._start_settled(rec)
-        live = self.tasks.get(rec.namespace, rec.id)
-        if live is not None and not live.done.is_set():
-            if not req.force:
-                raise errors.Conflict(
-                    f"you cannot remove a running container {rec.id}. "
-                    "Stop the container before attempting removal or force remove",
-                    {"id": rec.id},
-                )
-            self.store.update(rec.namespace, rec.id, manual_stop=True)
-            await self._signal(live, signal_mod.SIGKILL)
-            if live.status == "paused":  # a frozen process dies once thawed
-                with contextlib.suppress(errors.DockyardError):
-                    await live.client.call("shim.resume", {}, timeout_s=10)
-            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
-        rec = self.store.get(rec.namespace, rec.id) or rec
-        await self._remove(rec, volumes=req.volumes)
+            self._force_removing[key] = self._force_removing.get(key, 0) + 1
+        try:
+            live = self.tasks.get(*key)
+            if live is not None and not live.done.is_set():
+                if not req.force:
+                    raise errors.Conflict(
+                        f"you cannot remove a running container {rec.id}. "
+                        "Stop the container before attempting removal or force remove",
+                        {"id": rec.id},
+                    )
+                self.store.update(rec.namespace, rec.id, manual_stop=True)
+                await self._signal(live, signal_mod.SIGKILL)
+                if live.status == "paused":  # a frozen process dies once thawed
+                    with contextlib.suppress(errors.DockyardError):
+                        await live.client.call("shim.resume", {}, timeout_s=10)
+                await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+            rec = self.store.get(*key) or rec
+            await self._remove(rec, volumes=req.volumes)
+        finally:
+            if req.force:
+                left = self._force_removing.pop(key, 1) - 1
+                if left:
+                    self._force_removing[key] = left
         return {}
 
     async def _remove(self, rec: Record, volumes: bool = False) -> None:
