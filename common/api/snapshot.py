@@ -22,6 +22,9 @@ Methods (service ``snapshot``); every method takes the request's namespace:
 - ``snapshot.export`` ``ExportRequest`` -> ``DiffReply``: the whole merged tree of ``key``
   as one uncompressed tar at ``path`` (for ``dockyard export``).
 - ``snapshot.cleanup`` -> ``{removed: int}``: delete snapshot directories no metadata refers to.
+- ``snapshot.diff_sizes`` ``DiffSizesRequest`` -> ``DiffSizesReply``: the diff size (Docker's
+  DiffSize: the bytes of the files a layer unpacked to) of each committed snapshot named; for
+  image sizes (``docker images``). Never waits for an unpack.
 - ``snapshot.unpack`` ``UnpackRequest`` -> ``UnpackReply``: apply an image's layers in
   order into committed snapshots named by chain ID (skipping those already there),
   verifying each layer's diff ID; the same chain ID is never unpacked twice at once.
@@ -92,6 +95,21 @@ class Usage(Reply):
         default=None,
         description="bytes of its non-directory entries (st_size, each inode once: moby's directory.Size, "
         "Docker's SizeRw); measured for active and view snapshots only",
+    )
+
+
+class DiffSizesRequest(Request):
+    keys: list[str] = Field(
+        max_length=100_000, description="required; names of committed snapshots (chain IDs); others are left out"
+    )
+
+
+class DiffSizesReply(Reply):
+    diff_sizes: dict[str, int] = Field(
+        description="{name: bytes} for each requested name that is a committed snapshot: its changes' "
+        "bytes as Docker counts a layer's DiffSize (overlayfs: moby's directory.Size of the layer's own "
+        "directory, measured at commit; native: the unpacked tar members' sizes, as moby's vfs). A name "
+        "that is absent, not committed (an unpack still running) or cannot be measured is left out"
     )
 
 

@@ -55,14 +55,29 @@ class CancelledError(Exception):
 
 
 @dataclass
+class Applied:
+    """What applying a tar stream did: ``entries`` (tar members read), the ``warnings``
+    logged and ``content_size``: the sum of the members' sizes (their data bytes: regular
+    files; links, directories, devices and whiteouts weigh nothing), the size moby's
+    ``archive.UnpackLayer`` returns ("the size in bytes of the contents of the layer"),
+    which its naive diff driver (``vfs``) records as the layer's DiffSize."""
+
+    entries: int
+    warnings: list[str]
+    content_size: int
+
+
+@dataclass
 class ApplyResult:
     """What an apply did: ``diff_id`` (sha256 of the uncompressed tar), ``size`` (its
-    bytes), ``entries`` (tar members applied) and the ``warnings`` logged."""
+    bytes), ``entries`` (tar members applied), the ``warnings`` logged and ``content_size``
+    (``Applied.content_size``)."""
 
     diff_id: str
     size: int
     entries: int
     warnings: list[str] = field(default_factory=list)
+    content_size: int = 0
 
 
 class Applier:
@@ -80,6 +95,7 @@ class Applier:
         self.dir_times: dict[Path, tuple[int, int]] = {}
         self.warnings: list[str] = []
         self.entries = 0
+        self.content_size = 0
 
     # -- helpers -----------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -176,6 +192,7 @@ class Applier:
     def apply(self, entry: Entry, tar: TarReader) -> None:
         """Apply one tar member (reading its data from ``tar``)."""
         self.entries += 1
+        self.content_size += entry.size  # every member, skipped ones included, as UnpackLayer counts
         try:
             comps = clean(entry.name)
         except PathError as exc:
@@ -467,10 +484,10 @@ def apply_stream(
     what: str = "layer",
     cancel: threading.Event | None = None,
     sync: bool = True,
-) -> tuple[int, list[str]]:
+) -> Applied:
     """Apply the uncompressed tar ``stream`` to ``upper`` (over ``lowers``, nearest first).
 
-    Returns ``(entries, warnings)``. Raises InvalidArgument for a malformed archive or a
+    Returns what it did (``Applied``). Raises InvalidArgument for a malformed archive or a
     refused entry (naming it), ``CancelledError`` if ``cancel`` was set, OSError for I/O
     failures of the host (e.g. ENOSPC). ``sync``: syncfs the upper directory at the end.
     """
@@ -488,7 +505,7 @@ def apply_stream(
         applier.finish()
         if sync:
             fsutil.syncfs(fsutil.proc_path(tree.upper_fd(())))
-        return applier.entries, applier.warnings
+        return Applied(applier.entries, applier.warnings, applier.content_size)
     finally:
         tree.close()
 
@@ -519,6 +536,8 @@ def apply_layer(
         reader = layers.open_layer(raw, media_type, digest)
         with contextlib.closing(reader):
             reader.start_thread()
-            entries, warnings = apply_stream(reader, upper, lowers, overlay=overlay, what=what, cancel=cancel)
+            applied = apply_stream(reader, upper, lowers, overlay=overlay, what=what, cancel=cancel)
             reader.drain()
-            return ApplyResult(reader.diff_id(), reader.uncompressed_size, entries, warnings)
+            return ApplyResult(
+                reader.diff_id(), reader.uncompressed_size, applied.entries, applied.warnings, applied.content_size
+            )

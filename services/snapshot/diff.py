@@ -10,6 +10,8 @@
   (containerd's double walk: type, mode, owner, size, mtime, rdev, link target, xattrs,
   and content when only the mtime differs).
 - ``write_flat(source, out)``: every entry the merged tree shows (``docker export``).
+- ``diff_size(source)``: the bytes of a snapshot's change set, as Docker's graph drivers
+  report a layer's DiffSize (an image's size is the sum over its layers).
 
 Both write through ``tarstream.TarWriter`` in a fixed order (parents before children,
 names sorted), keep hard links inside the written set, and read nothing outside the
@@ -26,7 +28,7 @@ import stat
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import zstandard
 
@@ -67,6 +69,14 @@ def _typeflag(mode: int) -> bytes | None:
     if stat.S_ISFIFO(mode):
         return tarstream.FIFO
     return None  # sockets and anything else are not archived (as tar does)
+
+
+class _Changes(Protocol):
+    """What the walks report a change to: an added or modified entry, a deleted path."""
+
+    def entry(self, dirfd: int, name: bytes, path: Path, st: os.stat_result) -> None: ...
+
+    def whiteout(self, path: Path, st: os.stat_result | None = None) -> None: ...
 
 
 class _Emitter:
@@ -204,7 +214,7 @@ def _same(a_fd: int, b_fd: int, name: bytes, a: os.stat_result, b: os.stat_resul
         os.close(fb)
 
 
-def _emit_all(emit: _Emitter, tree: Tree, layer: int, path: Path) -> None:
+def _emit_all(emit: _Changes, tree: Tree, layer: int, path: Path) -> None:
     fd = tree.dirfd(layer, path)
     for name in _names(fd):
         st = fsutil.lstat_at(fd, name)
@@ -215,7 +225,7 @@ def _emit_all(emit: _Emitter, tree: Tree, layer: int, path: Path) -> None:
             _emit_all(emit, tree, layer, (*path, name))
 
 
-def _double_walk(emit: _Emitter, tree: Tree, path: Path) -> None:
+def _double_walk(emit: _Changes, tree: Tree, path: Path) -> None:
     """Native snapshot: compare the tree (layer 0) with its parent's copy (layer 1)."""
     new_fd = tree.dirfd(0, path)
     old_fd = tree.dirfd(1, path)
@@ -262,6 +272,52 @@ def write_changes(source: ApplyTarget, out: BinaryIO) -> None:
         finally:
             tree.close()
     writer.close()
+
+
+class _ChangeSizer:
+    """Adds up the ``st_size`` of the added and modified non-directories, each inode once:
+    moby's ``archive.ChangesSize`` (what its naive diff driver's DiffSize returns)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.seen: set[tuple[int, int]] = set()
+
+    def entry(self, dirfd: int, name: bytes, path: Path, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            return
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        self.size += st.st_size
+
+    def whiteout(self, path: Path, st: os.stat_result | None = None) -> None:
+        pass  # a deletion weighs nothing
+
+
+def diff_size(source: ApplyTarget, *, walked: int | None = None) -> int:
+    """Bytes of the change set of the snapshot ``source`` describes, as Docker reports a
+    layer's DiffSize (``docker history``; an image's Size is the sum over its layers).
+
+    A directory that holds the changes alone (an overlay snapshot's upper directory, a
+    first layer) is measured as moby's overlay2 does, ``pkg/directory.Size`` of the layer's
+    ``diff`` directory (``fsutil.content_size``: regular files and symlinks by ``st_size``,
+    hard links once, directories and whiteouts nothing); ``walked`` is that figure when the
+    caller has it already. A native snapshot with a parent holds its parent's files too:
+    its change set against the parent's copy (the double walk of ``write_changes``) is
+    measured as moby's naive diff driver does (``archive.ChangesSize``: the added and
+    modified non-directories, hard links once). OSError if the directories go away.
+    """
+    if source.overlay or not source.lowers:
+        return walked if walked is not None else fsutil.content_size(source.upper)
+    sizer = _ChangeSizer()
+    tree = Tree(source.upper, source.lowers[:1], overlay=False)
+    try:
+        _double_walk(sizer, tree, ())
+    finally:
+        tree.close()
+    return sizer.size
 
 
 def _walk_merged(emit: _Emitter, tree: Tree, path: Path) -> None:

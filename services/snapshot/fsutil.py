@@ -8,7 +8,8 @@ hostile links can be copied, measured or removed without touching anything outsi
 - ``remove_at``/``remove_tree``: remove a tree without following links or crossing mounts;
 - ``copy_node``: copy one non-directory (file data sparse-aware, owner, mode, xattrs, times);
 - ``copy_tree``: copy a whole tree keeping hard links (the native snapshotter's prepare);
-- ``disk_usage``: bytes (allocated blocks) and inodes of a tree, each inode counted once;
+- ``disk_usage``: bytes (allocated blocks), inodes and content bytes of a tree, each inode
+  counted once; ``content_size``: the content bytes alone (moby's ``directory.Size``);
 - ``syncfs``: flush the file system holding a directory (before committing metadata).
 """
 
@@ -291,17 +292,23 @@ def _copy_children(
 
 @dataclass
 class Usage:
+    """A tree's ``size`` (bytes allocated), ``inodes`` and ``content`` (what ``content_size``
+    counts: the ``st_size`` of its non-directories, each inode once)."""
+
     size: int
     inodes: int
+    content: int = 0
 
 
 def content_size(path: str) -> int:
     """Bytes of the entries under ``path`` that are not directories (their ``st_size``), each
     inode once (hard links); 0 if ``path`` is gone. moby's ``pkg/directory.Size``, which Docker
-    uses for a container's SizeRw (the rw layer's changes) and a volume's size in ``system df``:
-    directories (e.g. those made for mount points) and empty files weigh nothing, unlike
-    ``disk_usage``'s allocated blocks. Symlinks are not followed; other file systems mounted
-    inside are not entered."""
+    uses for a container's SizeRw (the rw layer's changes), a volume's size in ``system df``
+    and, with overlay2, an image layer's DiffSize (the size of its ``diff`` directory once the
+    layer is applied): directories (e.g. those made for mount points) and empty files weigh
+    nothing, a symlink weighs the length of its target, a whiteout (a 0/0 device) nothing,
+    unlike ``disk_usage``'s allocated blocks. Symlinks are not followed; other file systems
+    mounted inside are not entered."""
     try:
         root = os.lstat(path)
     except FileNotFoundError:
@@ -316,7 +323,8 @@ def content_size(path: str) -> int:
 
 
 def disk_usage(path: str) -> Usage:
-    """Bytes allocated (``st_blocks * 512``) and inodes used by the tree at ``path``.
+    """Bytes allocated (``st_blocks * 512``) and inodes used by the tree at ``path``, and in
+    the same walk its ``content`` bytes (``content_size``'s count).
 
     Each inode is counted once (hard links), the top directory included; symlinks are not
     followed and other file systems mounted inside are not entered. containerd's
@@ -328,11 +336,14 @@ def disk_usage(path: str) -> Usage:
         return Usage(0, 0)
     seen = {root.st_ino}
     size = root.st_blocks * 512
+    content = 0
     for st in _tree(path, root.st_dev):
         if st.st_ino not in seen:
             seen.add(st.st_ino)
             size += st.st_blocks * 512
-    return Usage(size=size, inodes=len(seen))
+            if not stat.S_ISDIR(st.st_mode):
+                content += st.st_size
+    return Usage(size=size, inodes=len(seen), content=content)
 
 
 def _tree(path: str, dev: int) -> Iterator[os.stat_result]:

@@ -14,6 +14,12 @@ only by the final (metadata-only) commit, after its diff ID was verified and the
 system synced; a failure removes the active snapshot. On start ``recover()`` drops
 what a crash left: ``extract-*`` actives and directories no metadata refers to.
 
+Diff sizes: a commit records, in the statement that commits it, the snapshot's diff size
+(``diff.diff_size``: what Docker reports as the layer's DiffSize), measured in the walk
+that measures its usage (overlayfs) or counted by the applier (native). A committed
+snapshot without one (committed by an older version) is measured once, when
+``snapshot.diff_sizes`` first asks for it, and recorded.
+
 Events (``/snapshots/prepare|commit|remove``, containerd's payloads plus ``namespace``)
 go through the durable outbox; publishing never blocks or fails a call.
 """
@@ -37,6 +43,8 @@ from common.api.snapshot import (
     CommitRequest,
     DiffReply,
     DiffRequest,
+    DiffSizesReply,
+    DiffSizesRequest,
     ExportRequest,
     Info,
     KeyRequest,
@@ -53,7 +61,7 @@ from common.api.snapshot import (
 )
 from common.ids import new_id
 from common.rpc.server import Context, rpc
-from services.snapshot import apply, filters, layers
+from services.snapshot import apply, filters, layers, rootfs
 from services.snapshot import diff as differ
 from services.snapshot.snapshotters import Snapshotter
 from services.snapshot.store import Row, Store
@@ -92,7 +100,8 @@ class SnapshotService:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-db")
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._chain_users: dict[tuple[str, str], int] = {}
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._measuring: dict[int, asyncio.Future[int | None]] = {}  # snapshot id -> its diff size walk
 
     async def close(self) -> None:
         await self.drain()
@@ -220,7 +229,13 @@ class SnapshotService:
         """
         return _info(await self._commit(ctx.namespace, req.key, req.name, req.labels))
 
-    async def _commit(self, namespace: str, key: str, name: str, labels: dict[str, str]) -> Row:
+    async def _commit(
+        self, namespace: str, key: str, name: str, labels: dict[str, str], applied_size: int | None = None
+    ) -> Row:
+        """Commit ``key`` as ``name`` with its usage and diff size. ``applied_size``: the
+        ``content_size`` of the layer just applied into it, which a native snapshot records
+        as its diff size (moby's vfs records what ``archive.UnpackLayer`` counted); an
+        overlay snapshot's is the walk of its directory, as overlay2's."""
         row = await self._db(self.store.get, namespace, key)
         if row.kind is not Kind.ACTIVE:
             raise errors.FailedPrecondition(
@@ -228,8 +243,16 @@ class SnapshotService:
             )
         if await self._db(self.store.find, namespace, name) is not None:
             raise errors.AlreadyExists(f"snapshot {name!r} already exists")
-        usage = await asyncio.to_thread(self.snapshotter.usage, row.id)
-        committed = await self._db(self.store.commit, namespace, key, name, labels, usage.size, usage.inodes)
+        source = self.snapshotter.diff_source(row.id, row.parent_ids)
+
+        def measure() -> tuple[int, int, int]:
+            usage = self.snapshotter.usage(row.id)
+            if applied_size is not None and not source.overlay:
+                return usage.size, usage.inodes, applied_size
+            return usage.size, usage.inodes, differ.diff_size(source, walked=usage.content)
+
+        size, inodes, diff_size = await asyncio.to_thread(measure)
+        committed = await self._db(self.store.commit, namespace, key, name, labels, size, inodes, diff_size)
         await asyncio.to_thread(self.snapshotter.commit, row.id)
         self._publish(topics.SNAPSHOT_COMMIT, namespace, {"key": key, "name": name, "parent": row.parent})
         return committed
@@ -295,6 +318,56 @@ class SnapshotService:
             return Usage(size=u.size, inodes=u.inodes, content_size=content)
 
         return await asyncio.to_thread(measure)
+
+    @rpc("snapshot.diff_sizes")
+    async def diff_sizes(self, req: DiffSizesRequest, ctx: Context) -> DiffSizesReply:
+        """``{keys}`` -> ``{diff_sizes: {name: bytes}}`` for the committed snapshots among
+        ``keys`` (image layers by chain ID): Docker's DiffSize of each (see
+        ``diff.diff_size``), recorded at commit. One committed before diff sizes were
+        recorded is measured now, once (a walk of its directory, in a worker thread; the walk
+        goes on if the caller gives up, and its result is recorded for the next call). Names
+        that are not committed snapshots (absent, or an unpack still running) are left out:
+        this never waits for an unpack. Never fails for a snapshot that cannot be measured
+        (it is left out and logged)."""
+        rows = await self._db(self.store.committed, ctx.namespace, req.keys)
+        out: dict[str, int] = {}
+        for row in rows:
+            size = row.diff_size
+            if size is None:
+                size = await asyncio.shield(self._measure_later(row))
+            if size is not None:
+                out[row.key] = size
+        return DiffSizesReply(diff_sizes=out)
+
+    def _measure_later(self, row: Row) -> asyncio.Future[int | None]:
+        """The diff size walk of committed ``row`` (one at a time per snapshot), recorded when
+        done; None if it could not be measured."""
+        running = self._measuring.get(row.id)
+        if running is not None:
+            return running
+
+        async def measure() -> int | None:
+            source = self.snapshotter.diff_source(row.id, row.parent_ids)
+            try:
+                size = await asyncio.to_thread(differ.diff_size, source)
+            except (OSError, rootfs.PathError) as exc:  # removed meanwhile, or unreadable
+                log.warning("cannot measure the diff size of snapshot %r: %s", row.key, exc)
+                return None
+            await self._db(self.store.set_diff_size, row.id, size)
+            log.info("measured the diff size of snapshot %r (committed before it was recorded): %d", row.key, size)
+            return size
+
+        task = asyncio.ensure_future(measure())
+        self._measuring[row.id] = task
+        self._background.add(task)
+
+        def done(t: asyncio.Future[int | None]) -> None:
+            self._background.discard(t)
+            if self._measuring.get(row.id) is t:
+                del self._measuring[row.id]
+
+        task.add_done_callback(done)
+        return task
 
     @rpc("snapshot.diff")
     async def diff(self, req: DiffRequest, ctx: Context) -> DiffReply:
@@ -419,7 +492,7 @@ class SnapshotService:
                 )
             final_labels = {**labels, LABEL_DIFF_ID: layer.diff_id}
             try:
-                await self._commit(namespace, key, chain_id, final_labels)
+                await self._commit(namespace, key, chain_id, final_labels, applied_size=result.content_size)
                 committed = True
             except errors.AlreadyExists:
                 log.info("chain %s was committed concurrently; dropping our copy", chain_id)

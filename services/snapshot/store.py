@@ -5,7 +5,10 @@ name for committed ones; one key space per namespace), a numeric ``id`` that nam
 its directory and never gets reused (``AUTOINCREMENT``), ``kind``, ``parent_id`` (a
 committed snapshot of the same namespace), ``labels`` (JSON), ``created_at``,
 ``updated_at`` and, for committed snapshots, their ``size``/``inodes`` usage measured
-at commit. The methods are synchronous and must be called from one thread (the
+at commit and their ``diff_size`` (the bytes of their changes as Docker counts a layer's
+DiffSize, ``diff.diff_size``), written by the same statement that commits them; NULL for
+a snapshot committed before that column existed (``set_diff_size`` fills it in once it
+has been measured). The methods are synchronous and must be called from one thread (the
 service runs them on a dedicated executor). Errors are Dockyard errors naming the
 snapshot: NotFound, AlreadyExists, FailedPrecondition.
 
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     updated_at TEXT NOT NULL,
     size       INTEGER,
     inodes     INTEGER,
+    diff_size  INTEGER,
     UNIQUE (namespace, key)
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
@@ -65,6 +69,8 @@ class Row:
     updated_at: dt.datetime
     size: int | None = None
     inodes: int | None = None
+    diff_size: int | None = None
+    """Committed snapshots: Docker's DiffSize of its changes (None: not measured yet)."""
     parent_ids: list[int] = field(default_factory=list)
     """Ids of every ancestor, nearest first (filled by ``get``/``chain``)."""
 
@@ -87,6 +93,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(snapshots)")}
+        if "diff_size" not in columns:  # a database made before diff sizes were recorded
+            self._db.execute("ALTER TABLE snapshots ADD COLUMN diff_size INTEGER")
 
     def close(self) -> None:
         self._db.close()
@@ -109,7 +118,7 @@ class Store:
 
     _SELECT = (
         "SELECT s.id, s.namespace, s.key, s.kind, s.parent_id, COALESCE(p.key, ''), s.labels, s.created_at,"
-        " s.updated_at, s.size, s.inodes FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
+        " s.updated_at, s.size, s.inodes, s.diff_size FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
     )
 
     def _row(self, r: tuple) -> Row:  # type: ignore[type-arg]
@@ -125,6 +134,7 @@ class Store:
             updated_at=_time(r[8]),
             size=r[9],
             inodes=r[10],
+            diff_size=r[11],
         )
 
     def _chain(self, parent_id: int | None) -> list[int]:
@@ -177,8 +187,18 @@ class Store:
                 raise errors.AlreadyExists(f"snapshot {key!r} already exists") from None
         return self.get(namespace, key)
 
-    def commit(self, namespace: str, key: str, name: str, labels: dict[str, str], size: int, inodes: int) -> Row:
-        """Turn active ``key`` into committed ``name`` (same id and directory).
+    def commit(
+        self,
+        namespace: str,
+        key: str,
+        name: str,
+        labels: dict[str, str],
+        size: int,
+        inodes: int,
+        diff_size: int | None = None,
+    ) -> Row:
+        """Turn active ``key`` into committed ``name`` (same id and directory), recording its
+        usage (``size``, ``inodes``) and ``diff_size`` in the same statement.
 
         ``labels`` are merged over the active snapshot's. NotFound, FailedPrecondition
         (not active), AlreadyExists (``name`` taken).
@@ -192,8 +212,8 @@ class Store:
             merged = {**row.labels, **labels}
             try:
                 self._db.execute(
-                    "UPDATE snapshots SET key = ?, kind = ?, labels = ?, updated_at = ?, size = ?, inodes = ?"
-                    " WHERE id = ?",
+                    "UPDATE snapshots SET key = ?, kind = ?, labels = ?, updated_at = ?, size = ?, inodes = ?,"
+                    " diff_size = ? WHERE id = ?",
                     (
                         name,
                         Kind.COMMITTED.value,
@@ -201,6 +221,7 @@ class Store:
                         _now().isoformat(),
                         size,
                         inodes,
+                        diff_size,
                         row.id,
                     ),
                 )
@@ -246,6 +267,32 @@ class Store:
 
     def set_usage(self, snapshot_id: int, size: int, inodes: int) -> None:
         self._db.execute("UPDATE snapshots SET size = ?, inodes = ? WHERE id = ?", (size, inodes, snapshot_id))
+
+    def set_diff_size(self, snapshot_id: int, diff_size: int) -> None:
+        """Record the diff size measured for committed snapshot ``snapshot_id`` if it has none
+        yet (one statement; a snapshot removed meanwhile is left alone)."""
+        self._db.execute(
+            "UPDATE snapshots SET diff_size = ? WHERE id = ? AND kind = ? AND diff_size IS NULL",
+            (diff_size, snapshot_id, Kind.COMMITTED.value),
+        )
+
+    def committed(self, namespace: str, keys: builtins.list[str]) -> builtins.list[Row]:
+        """The committed snapshots of ``namespace`` among ``keys`` (others are left out), in
+        the order of ``keys``; ``parent_ids`` filled for those whose ``diff_size`` is unknown."""
+        found: dict[str, Row] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):  # under SQLite's limit of bound parameters
+            batch = unique[start : start + 500]
+            marks = ", ".join("?" * len(batch))
+            for r in self._db.execute(
+                self._SELECT + f" WHERE s.namespace = ? AND s.kind = ? AND s.key IN ({marks})",
+                (namespace, Kind.COMMITTED.value, *batch),
+            ):
+                row = self._row(r)
+                if row.diff_size is None:
+                    row.parent_ids = self._chain(row.parent_id)
+                found[row.key] = row
+        return [found[k] for k in unique if k in found]
 
     def list(self, namespace: str) -> builtins.list[Row]:
         """Every snapshot of ``namespace``, by key."""

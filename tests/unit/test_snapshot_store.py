@@ -109,3 +109,61 @@ def test_a_root_belongs_to_one_snapshotter(store: Store) -> None:
     store.claim("overlayfs")
     with pytest.raises(errors.FailedPrecondition, match="made by the overlayfs snapshotter, not native"):
         store.claim("native")
+
+
+def test_commit_records_the_diff_size_with_the_commit(store: Store) -> None:
+    store.create("default", "x", Kind.ACTIVE, "", {})
+    assert store.get("default", "x").diff_size is None
+    row = store.commit("default", "x", "X", {}, 8192, 3, 3_000_000)
+    assert (row.size, row.inodes, row.diff_size) == (8192, 3, 3_000_000)
+    store.set_diff_size(row.id, 1)  # only fills in a missing one
+    assert store.get("default", "X").diff_size == 3_000_000
+
+
+def test_committed_returns_named_committed_snapshots_in_order(store: Store) -> None:
+    store.create("default", "a", Kind.ACTIVE, "", {})
+    store.commit("default", "a", "A", {}, 0, 0, 10)
+    store.create("default", "b", Kind.ACTIVE, "A", {})
+    b = store.commit("default", "b", "B", {}, 0, 0)  # no diff size: parents given for measuring it
+    store.create("default", "active", Kind.ACTIVE, "B", {})
+    store.create("other", "C", Kind.ACTIVE, "", {})
+    rows = store.committed("default", ["B", "active", "missing", "A", "B", "C"])
+    assert [(r.key, r.diff_size) for r in rows] == [("B", None), ("A", 10)]
+    assert rows[0].parent_ids == [rows[1].id]
+    store.set_diff_size(b.id, 20)
+    assert [r.diff_size for r in store.committed("default", ["A", "B"])] == [10, 20]
+    many = [f"k{i}" for i in range(1200)] + ["A"]  # more names than SQLite binds at once
+    assert [r.key for r in store.committed("default", many)] == ["A"]
+
+
+def test_a_database_from_before_diff_sizes_gets_the_column(tmp_path: Path) -> None:
+    """Snapshots committed by a version that did not record diff sizes keep working: the column
+    is added on open, their diff size is unknown (None) until measured."""
+    import sqlite3
+
+    path = tmp_path / "metadata.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE snapshots (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL, key TEXT NOT NULL,
+            kind TEXT NOT NULL, parent_id INTEGER REFERENCES snapshots(id), labels TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, size INTEGER, inodes INTEGER,
+            UNIQUE (namespace, key)
+        );
+        INSERT INTO snapshots (namespace, key, kind, labels, created_at, updated_at, size, inodes)
+        VALUES ('default', 'old', 'committed', '{}', '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00', 4096, 2);
+        """
+    )
+    db.close()
+    store = Store(path)
+    try:
+        (old,) = store.committed("default", ["old"])
+        assert (old.size, old.diff_size) == (4096, None)
+        store.set_diff_size(old.id, 77)
+        assert store.get("default", "old").diff_size == 77
+        store.create("default", "new", Kind.ACTIVE, "old", {})
+        assert store.commit("default", "new", "NEW", {}, 0, 0, 5).diff_size == 5
+    finally:
+        store.close()
+    Store(path).close()  # opening it again leaves it as it is

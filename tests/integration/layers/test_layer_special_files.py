@@ -64,7 +64,7 @@ target = sys.argv[2]
 warnings = []
 for path in sys.argv[3:]:
     with open(path, "rb") as f:
-        _, w = apply.apply_stream(io.BytesIO(f.read()), target, [], overlay=False, what=os.path.basename(path))
+        w = apply.apply_stream(io.BytesIO(f.read()), target, [], overlay=False, what=os.path.basename(path)).warnings
     warnings += w
 out = {}
 for rel in ("dev/null", "dev/sda", "run/fifo", "usr/bin/su", "etc/motd"):
