@@ -67,8 +67,14 @@ class ResolveRequest(Request):
 class LayerRef(Reply):
     digest: str
     media_type: str
-    size: int
+    size: int = Field(description="bytes of the layer blob (compressed)")
     diff_id: str
+    chain_id: str = Field(default="", description="chain ID of the layer (its snapshot's name)")
+    diff_size: int | None = Field(
+        default=None,
+        description="bytes of the files the layer unpacked to (Docker's DiffSize); set by image.get for an "
+        "unpacked layer, None otherwise (not unpacked, snapshot service unavailable, image.resolve)",
+    )
 
 
 class ResolvedImage(Reply):
@@ -231,7 +237,11 @@ class ImageSummary(Reply):
     created: dt.datetime | None = Field(default=None, description="the image config's 'created'")
     created_at: dt.datetime
     updated_at: dt.datetime
-    size: int = Field(description="sum of layer blob sizes (bytes)")
+    size: int = Field(
+        description="Docker's image Size: the sum of the layers' diff sizes (bytes of the unpacked files) once "
+        "every layer is unpacked; until then (or when the snapshot service cannot say) the sum of the layer "
+        "blob sizes (compressed)"
+    )
     dangling: bool = False
 
 
@@ -244,7 +254,11 @@ class HistoryEntry(Reply):
     id: str = Field(description="image id on the top entry, '<missing>' below (Docker's convention)")
     created: dt.datetime | None = None
     created_by: str = ""
-    size: int = Field(default=0, description="bytes of the layer this step made (uncompressed if known)")
+    size: int = Field(
+        default=0,
+        description="bytes of the layer this step made: its diff size, or its blob size when the image is "
+        "not wholly unpacked (as ImageSummary.size)",
+    )
     comment: str = ""
     empty_layer: bool = False
     tags: list[str] = Field(default_factory=list)
@@ -263,7 +277,7 @@ class ImageInspect(Reply):
     architecture: str = ""
     variant: str = ""
     os: str = ""
-    size: int
+    size: int = Field(description="as ImageSummary.size")
     config: dict[str, Any] = Field(description="the config section of the image config")
     rootfs: dict[str, Any] = Field(description="{type: layers, layers: [diff IDs]}")
     layers: list[LayerRef]
@@ -274,7 +288,7 @@ class ImageInspect(Reply):
     names: list[str] = Field(description="every record name pointing at this image")
     labels: dict[str, str] = Field(default_factory=dict)
     image_config: dict[str, Any] = Field(description="the whole image config JSON")
-    unpacked: bool | None = None
+    unpacked: bool | None = Field(default=None, description="top layer unpacked; None when unknown")
     metadata: dict[str, Any] = Field(default_factory=dict, description="{last_tag_time}")
 
 

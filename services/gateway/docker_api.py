@@ -275,7 +275,8 @@ class SystemAPI:
         shared = _shared_sizes(layers)
         for s in summaries:
             s["SharedSize"] = shared.get(s["Id"], -1)
-        # each layer once (moby sums its layer store), an image whose layers are unknown by its Size
+        # each layer once (moby sums the DiffSize of its layer store's layers that images use), an
+        # image whose layers are unknown by its Size
         unique: dict[str, int] = {d: size for own in layers.values() for d, size in own.items()}
         return Response.json(
             {
@@ -292,15 +293,22 @@ class SystemAPI:
         )
 
     async def _image_layers(self, image_ids: list[str]) -> dict[str, dict[str, int]]:
-        """``{image id: {layer digest: size}}``; an image that cannot be resolved is left out."""
+        """``{image id: {layer chain ID: size}}`` (``image.get``): the layers' diff sizes once the
+        image is wholly unpacked, else their blob sizes, as the image's Size counts them; by
+        chain ID, as moby's layer store. An image that cannot be read is left out."""
         layers: dict[str, dict[str, int]] = {}
         for image_id in image_ids:
             try:
-                img = await self.b.image.call("image.resolve", {"ref": image_id, "unpack": False}, timeout_s=30)
+                img = await self.b.image.call("image.get", {"ref": image_id}, timeout_s=30)
             except errors.DockyardError as exc:
                 log.info("system df: layers of %s unknown: %s", image_id[:19], exc)
                 continue
-            layers[image_id] = {str(la["digest"]): int(la.get("size") or 0) for la in img.get("layers") or []}
+            refs = [la for la in img.get("layers") or [] if isinstance(la, dict)]
+            unpacked = all(la.get("diff_size") is not None for la in refs)
+            layers[image_id] = {
+                str(la.get("chain_id") or la["digest"]): int((la["diff_size"] if unpacked else la.get("size")) or 0)
+                for la in refs
+            }
         return layers
 
     async def auth(self, request: Request) -> Response:

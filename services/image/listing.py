@@ -2,6 +2,14 @@
 
 Pure functions over image records and ``ImageView``s (no RPC, no events): the service
 hands them what it read and returns what they build (``common.api.image`` models).
+
+Sizes are Docker's: an image's size is the sum of its layers' diff sizes, the bytes of the
+files each layer unpacked to (moby: ``layer.Size()`` of the image's top layer, the DiffSize
+of every layer of its chain), which the service gets from the snapshot service by chain ID
+(``DiffSizes``). An image with a layer not unpacked (yet), or whose diff sizes could not be
+had (the snapshot service down), gets the sum of its layer blob sizes instead: the
+compressed size, what ``ctr images ls`` shows (containerd adds the manifest's and config's
+bytes too).
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ import datetime as dt
 import fnmatch
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from common import errors
 from common.api import image as api
@@ -21,6 +29,23 @@ from services.image.metadata import ImageRecord, MetadataStore
 from services.image.oci import Descriptor
 
 CreatedOf = Callable[[str], float]
+DiffSizes = Mapping[str, int]
+"""``{chain ID: diff size}`` of the unpacked layers (``snapshot.diff_sizes``)."""
+
+
+def layer_diff_sizes(view: ImageView, diff_sizes: DiffSizes | None) -> list[int] | None:
+    """The diff size of each layer of ``view`` (lowest first), or None unless every one of
+    them is known (the whole image unpacked)."""
+    if diff_sizes is None or any(c not in diff_sizes for c in view.chain_ids):
+        return None
+    return [diff_sizes[c] for c in view.chain_ids]
+
+
+def image_size(view: ImageView, diff_sizes: DiffSizes | None) -> int:
+    """Docker's image Size: the sum of the layers' diff sizes once all are unpacked, else the
+    sum of the layer blob sizes (compressed; see the module docstring)."""
+    sizes = layer_diff_sizes(view, diff_sizes)
+    return sum(sizes) if sizes is not None else view.size
 
 
 def desc_api(desc: Descriptor) -> api.Descriptor:
@@ -78,8 +103,11 @@ def parse_until(value: str) -> float:
     return parsed.timestamp()
 
 
-def summary(rec: ImageRecord, view: ImageView | None, all_records: list[ImageRecord]) -> api.ImageSummary:
-    """One ``docker images`` row: the record, its image's id, tags, digests, labels and size."""
+def summary(
+    rec: ImageRecord, view: ImageView | None, all_records: list[ImageRecord], diff_sizes: DiffSizes | None = None
+) -> api.ImageSummary:
+    """One ``docker images`` row: the record, its image's id, tags, digests, labels and size
+    (``image_size``)."""
     same = [
         r for r in all_records if (r.image_id and r.image_id == rec.image_id) or r.target.digest == rec.target.digest
     ]
@@ -103,25 +131,43 @@ def summary(rec: ImageRecord, view: ImageView | None, all_records: list[ImageRec
         created=created,
         created_at=ts(rec.created_at),
         updated_at=ts(rec.updated_at),
-        size=view.size if view is not None else 0,
+        size=image_size(view, diff_sizes) if view is not None else 0,
         dangling=rec.dangling,
     )
 
 
-def list_images(
-    meta: MetadataStore, store: ContentStore, namespace: str, filters: dict[str, list[str]], created_of: CreatedOf
-) -> list[api.ImageSummary]:
-    """``docker images`` (blocking: reads the store). ``created_of(ref)`` gives another image's
-    record creation time for ``before``/``since``."""
+Views = dict[str, ImageView | None]
+"""``{target digest: its view}`` (None: its content cannot be read)."""
+
+
+def read_images(meta: MetadataStore, store: ContentStore, namespace: str) -> tuple[list[ImageRecord], Views]:
+    """The records of ``namespace`` and the view of each target (blocking: reads the store)."""
     records = meta.records(namespace)
-    views: dict[str, ImageView | None] = {}
+    views: Views = {}
     for rec in records:
         if rec.target.digest not in views:
             try:
                 views[rec.target.digest] = view_of(store, rec.target, None, strict=False)
             except errors.DockyardError:
                 views[rec.target.digest] = None
-    summaries = [summary(r, views[r.target.digest], records) for r in records]
+    return records, views
+
+
+def chain_ids_of(views: Views) -> list[str]:
+    """Every chain ID of the readable ``views`` (what to ask the snapshot service about)."""
+    return sorted({c for v in views.values() if v is not None for c in v.chain_ids})
+
+
+def list_images(
+    records: list[ImageRecord],
+    views: Views,
+    diff_sizes: DiffSizes | None,
+    filters: dict[str, list[str]],
+    created_of: CreatedOf,
+) -> list[api.ImageSummary]:
+    """``docker images`` of ``read_images``' records and views. ``created_of(ref)`` gives
+    another image's record creation time for ``before``/``since``."""
+    summaries = [summary(r, views[r.target.digest], records, diff_sizes) for r in records]
     return [s for s in summaries if matches(s, filters, created_of)]
 
 
@@ -164,10 +210,15 @@ def matches(s: api.ImageSummary, filters: dict[str, list[str]], created_of: Crea
     return True
 
 
-def inspect(rec: ImageRecord, view: ImageView, records: list[ImageRecord], unpacked: bool | None) -> api.ImageInspect:
-    """``docker image inspect`` of ``view`` (``records``: every record of the same image)."""
+def inspect(
+    rec: ImageRecord, view: ImageView, records: list[ImageRecord], diff_sizes: DiffSizes | None
+) -> api.ImageInspect:
+    """``docker image inspect`` of ``view`` (``records``: every record of the same image;
+    ``diff_sizes``: None when the snapshot service could not say which layers are unpacked)."""
     tags, digests = record_names(records)
     raw = view.config.raw
+    unpacked = None if diff_sizes is None else (not view.chain_id or view.chain_id in diff_sizes)
+    sizes = diff_sizes or {}
     return api.ImageInspect(
         id=view.id,
         repo_tags=tags,
@@ -179,11 +230,14 @@ def inspect(rec: ImageRecord, view: ImageView, records: list[ImageRecord], unpac
         architecture=str(raw.get("architecture") or ""),
         variant=str(raw.get("variant") or ""),
         os=str(raw.get("os") or ""),
-        size=view.size,
+        size=image_size(view, diff_sizes),
         config=view.config.config,
         rootfs={"type": "layers", "layers": list(view.config.diff_ids)},
         layers=[
-            api.LayerRef(digest=d.digest, media_type=d.media_type, size=d.size, diff_id=i) for d, i in view.layers()
+            api.LayerRef(
+                digest=d.digest, media_type=d.media_type, size=d.size, diff_id=i, chain_id=c, diff_size=sizes.get(c)
+            )
+            for (d, i), c in zip(view.layers(), view.chain_ids, strict=True)
         ],
         chain_id=view.chain_id,
         manifest_digest=view.manifest_desc.digest,
@@ -197,11 +251,15 @@ def inspect(rec: ImageRecord, view: ImageView, records: list[ImageRecord], unpac
     )
 
 
-def history(view: ImageView, tags: list[str]) -> list[api.HistoryEntry]:
+def history(view: ImageView, tags: list[str], diff_sizes: DiffSizes | None = None) -> list[api.HistoryEntry]:
     """``docker history``: the config's history, newest first; non-empty steps get their layer's
-    blob size; the top entry carries the image id and tags, the others ``<missing>``."""
+    diff size (moby: the layer's DiffSize), or its blob size for an image not wholly unpacked
+    (as ``image_size``, so that the steps add up to the image's size); the top entry carries
+    the image id and tags, the others ``<missing>``."""
     entries = view.config.raw.get("history") or []
     layers = list(view.manifest.layers)
+    unpacked = layer_diff_sizes(view, diff_sizes)
+    layer_sizes = unpacked if unpacked is not None else [layer.size for layer in layers]
     out: list[api.HistoryEntry] = []
     layer_index = 0
     for entry in entries if isinstance(entries, list) else []:
@@ -209,8 +267,8 @@ def history(view: ImageView, tags: list[str]) -> list[api.HistoryEntry]:
             continue
         empty = bool(entry.get("empty_layer"))
         size = 0
-        if not empty and layer_index < len(layers):
-            size = layers[layer_index].size
+        if not empty and layer_index < len(layer_sizes):
+            size = layer_sizes[layer_index]
             layer_index += 1
         out.append(
             api.HistoryEntry(
@@ -223,7 +281,7 @@ def history(view: ImageView, tags: list[str]) -> list[api.HistoryEntry]:
             )
         )
     if not out:
-        out = [api.HistoryEntry(id="<missing>", size=layer.size) for layer in layers]
+        out = [api.HistoryEntry(id="<missing>", size=size) for size in layer_sizes]
     out.reverse()
     out[0].id = view.id
     out[0].tags = tags

@@ -59,6 +59,9 @@ PULL_LEASE_S = 24 * 3600.0
 when it ends, however it ends; one of a killed service is released at the next start-up."""
 OP_LEASE_S = 3600.0
 """Backstop expiry of the lease of a load, import, commit, save or push."""
+DIFF_SIZES_TIMEOUT_S = 10.0
+"""How long image sizes wait for the snapshot service's ``snapshot.diff_sizes`` (a layer
+committed by an older version is measured on that call) before showing compressed sizes."""
 _CHUNK = 1024 * 1024
 
 
@@ -242,6 +245,26 @@ class ImageService:
             raise errors.Internal(f"snapshot service unpacked chain {chain}, expected {view.chain_id}")
         return view.chain_id
 
+    async def _diff_sizes(self, namespace: str, chain_ids: list[str]) -> listing.DiffSizes | None:
+        """``{chain ID: diff size}`` of those of ``chain_ids`` that are unpacked (for image sizes);
+        None when the snapshot service cannot say in ``DIFF_SIZES_TIMEOUT_S`` (down, busy
+        measuring layers committed by an older version): the callers then show compressed
+        sizes, and a listing never waits long on the snapshot service."""
+        keys = sorted({c for c in chain_ids if c})
+        if not keys:
+            return {}
+        if self.snapshot is None:
+            return None
+        try:
+            reply = await self.snapshot.call(
+                "snapshot.diff_sizes", {"keys": keys}, namespace=namespace, timeout_s=DIFF_SIZES_TIMEOUT_S
+            )
+        except errors.DockyardError as exc:  # down, slow, older (Unimplemented): never fails a listing
+            log.warning("image sizes: diff sizes of the layers unknown, compressed sizes shown: %s", exc)
+            return None
+        sizes = reply.get("diff_sizes") if isinstance(reply, dict) else None
+        return {str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None
+
     async def _is_unpacked(self, namespace: str, chain_id: str) -> bool:
         if not chain_id:
             return True
@@ -365,8 +388,8 @@ class ImageService:
             manifest_digest=view.manifest_desc.digest,
             config=view.config.raw,
             layers=[
-                api.LayerRef(digest=d.digest, media_type=d.media_type, size=d.size, diff_id=diff_id)
-                for d, diff_id in view.layers()
+                api.LayerRef(digest=d.digest, media_type=d.media_type, size=d.size, diff_id=diff_id, chain_id=chain)
+                for (d, diff_id), chain in zip(view.layers(), view.chain_ids, strict=True)
             ],
             chain_id=view.chain_id,
             size=view.size,
@@ -809,35 +832,34 @@ class ImageService:
         def created_of(ref: str) -> float:
             return self._find(ctx.namespace, ref)[0].created_at
 
-        images = await asyncio.to_thread(
-            listing.list_images, self.meta, self.content, ctx.namespace, req.filters, created_of
-        )
+        records, views = await asyncio.to_thread(listing.read_images, self.meta, self.content, ctx.namespace)
+        diff_sizes = await self._diff_sizes(ctx.namespace, listing.chain_ids_of(views))
+        images = await asyncio.to_thread(listing.list_images, records, views, diff_sizes, req.filters, created_of)
         return {"images": [i.model_dump() for i in images]}
 
     @rpc("image.get")
     async def get(self, req: api.GetRequest, ctx: Context) -> api.ImageInspect:
-        """``docker image inspect``: config, RootFS diff IDs, RepoTags, RepoDigests, size, layers."""
+        """``docker image inspect``: config, RootFS diff IDs, RepoTags, RepoDigests, size (Docker's:
+        the unpacked size, see ``listing``), layers (with their diff sizes once unpacked)."""
         rec, _how = self._find(ctx.namespace, req.ref)
         platform = platforms.parse(req.platform) if req.platform else None
         view = await self._view_async(rec, platform, strict=platform is not None)
         records = [
             r for r in self.meta.records(ctx.namespace) if r.image_id == view.id or r.target.digest == rec.target.digest
         ]
-        unpacked: bool | None
-        try:
-            unpacked = await self._is_unpacked(ctx.namespace, view.chain_id)
-        except errors.DockyardError:
-            unpacked = None
-        return listing.inspect(rec, view, records, unpacked)
+        diff_sizes = await self._diff_sizes(ctx.namespace, view.chain_ids)
+        return listing.inspect(rec, view, records, diff_sizes)
 
     @rpc("image.history")
     async def history(self, req: api.GetRequest, ctx: Context) -> dict[str, Any]:
-        """``docker history``: ``{history: [HistoryEntry]}``, newest first. Sizes are layer blob sizes."""
+        """``docker history``: ``{history: [HistoryEntry]}``, newest first. Sizes are the layers' diff
+        sizes (their blob sizes while the image is not wholly unpacked)."""
         rec, _how = self._find(ctx.namespace, req.ref)
         platform = platforms.parse(req.platform) if req.platform else None
         view = await self._view_async(rec, platform, strict=platform is not None)
         tags, _digests = record_names([r for r in self.meta.records(ctx.namespace) if r.image_id == view.id])
-        return {"history": [e.model_dump() for e in listing.history(view, tags)]}
+        diff_sizes = await self._diff_sizes(ctx.namespace, view.chain_ids)
+        return {"history": [e.model_dump() for e in listing.history(view, tags, diff_sizes)]}
 
     # -- tag / remove / prune / gc ---------------------------------------------------------------------
     @rpc("image.tag")
@@ -855,7 +877,8 @@ class ImageService:
         self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest, action="tag")
         new = self.meta.get(ctx.namespace, str(target_ref))
         assert new is not None
-        return listing.summary(new, view, self.meta.records(ctx.namespace))
+        diff_sizes = await self._diff_sizes(ctx.namespace, view.chain_ids)
+        return listing.summary(new, view, self.meta.records(ctx.namespace), diff_sizes)
 
     async def _containers_using(self, namespace: str) -> dict[str, list[tuple[str, bool]]] | None:
         """``{image id: [(container name, running)]}`` from the execution service, None if unknown."""
