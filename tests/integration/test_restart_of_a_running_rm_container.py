@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,23 +154,38 @@ def test_docker_restart_keeps_the_rm_container(gateway: GatewayEngine) -> None:
     assert "destroy" in _actions(_events(gateway, t0, cid, 15, *lifecycle))
 
 
+def _follow_through_a_restart(
+    proc: subprocess.Popen[bytes], restart: Callable[[], None], stop: Callable[[], bool]
+) -> tuple[bytes, bytes, int]:
+    """``proc`` follows a ``--rm`` container printing ``hello``: once it has, ``restart`` the
+    container, check ``proc`` is still following it a second later, ``stop`` it, and return
+    ``proc``'s ``(stdout, stderr, exit code)``. ``proc`` is killed if anything fails."""
+    try:
+        head = _read_until(proc, b"hello\n", timeout_s=30)
+        restart()
+        time.sleep(1.0)
+        assert proc.poll() is None, "the following client ended at the restart"
+        assert stop()
+        return _finish(proc, head)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_foreground_run_rm_ends_when_the_restarted_container_is_removed(engine: Engine) -> None:
     """dockerd's ``docker run --rm`` client after ``docker restart``: the output ends with the
     first task, the client waits on (the container is not removed) and exits with the status
     of the exit that removed it."""
     proc = _cli(engine.inst, "run", "--rm", "--name", "fg", "busybox", "sh", "-c", FOLLOWED)
-    try:
-        head = _read_until(proc, b"hello\n", timeout_s=30)
+
+    def restart() -> None:
         assert engine.cli("restart", "-t", "5", "fg").returncode == 0
         assert engine.inspect("fg")["state"]["running"]
-        time.sleep(1.0)
-        assert proc.poll() is None, "the run ended at the restart"
-        assert engine.cli("stop", "-t", "5", "fg").returncode == 0
-        out, err, code = _finish(proc, head)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    out, err, code = _follow_through_a_restart(
+        proc, restart, lambda: engine.cli("stop", "-t", "5", "fg").returncode == 0
+    )
     assert code == 4, err
     assert out == b"hello\n", err
     assert "fg" not in ps_names(engine)
@@ -179,18 +194,12 @@ def test_a_foreground_run_rm_ends_when_the_restarted_container_is_removed(engine
 
 def test_a_foreground_docker_run_rm_ends_when_the_restarted_container_is_removed(gateway: GatewayEngine) -> None:
     proc = _docker(gateway, "run", "--rm", "--name", "fgd", "busybox", "sh", "-c", FOLLOWED)
-    try:
-        head = _read_until(proc, b"hello\n", timeout_s=30)
+
+    def restart() -> None:
         gateway.ok("restart", "-t", "5", "fgd")
         assert gateway.ok("inspect", "-f", "{{.State.Running}}", "fgd").strip() == "true"
-        time.sleep(1.0)
-        assert proc.poll() is None, "docker run ended at the restart"
-        gateway.ok("stop", "-t", "5", "fgd")
-        out, err, code = _finish(proc, head)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    out, err, code = _follow_through_a_restart(proc, restart, lambda: bool(gateway.ok("stop", "-t", "5", "fgd")))
     assert code == 4, err
     assert out == b"hello\n", err
     assert gateway.docker("inspect", "fgd").returncode != 0
