@@ -519,8 +519,8 @@ def run(image: str, cmd: list[str] | None, *, detach: bool = False, **opts: Any)
         cid = str(created["id"])
         try:
             if detach:
+                output.line(cid)  # as the docker CLI prints it: once created, whatever the start does
                 call.result()
-                output.line(cid)
                 return 0
             tty = bool(opts.get("tty"))
             printed: dict[int, int] = {}

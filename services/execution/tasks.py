@@ -281,9 +281,9 @@ class TaskManager:
         if not report.get("ok"):
             message = str(report.get("error") or "shim failed")
             status = int(report.get("exit_status") or 128)
-            self.store.update(
-                rec.namespace, rec.id, exit_code=status, error=message, handled=incarnation, finished_at=codec.utcnow()
-            )
+            # dockerd records the exit code and the error of a start that failed, not a finish
+            # (``FinishedAt`` keeps the last real exit's, or stays unset)
+            self.store.update(rec.namespace, rec.id, exit_code=status, error=message, handled=incarnation)
             await self._drain_leftovers(bundle, incarnation)
             raise StartFailed(message, status, user_error=bool(report.get("user_error")))
         live = Live(
@@ -315,7 +315,6 @@ class TaskManager:
                 error=exc.message,
                 handled=incarnation,
                 tasked=incarnation,
-                finished_at=codec.utcnow(),
             )
             if shims.shim_alive(bundle):
                 with contextlib.suppress(errors.DockyardError):

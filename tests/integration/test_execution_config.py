@@ -118,12 +118,18 @@ def test_unknown_user_fails_to_start(engine: Engine) -> None:
 
 
 def test_unknown_user_records_what_docker_records(engine: Engine) -> None:
-    """Docker 20.10 here: ``run -d -u nosuch`` exits 125 and leaves the container ``created``
-    with ExitCode 128 and the error (its FinishedAt stays unset, ours is the failure's time)."""
+    """Docker 20.10 here: ``run -d -u nosuch`` prints the container's ID (once created), exits 125
+    and leaves the container ``created`` with ExitCode 128 and the error, its FinishedAt unset."""
     p = engine.run("-d", "--name", "ghostly", "-u", "ghost", "busybox", "true")
     assert p.returncode == 125, p.stderr
+    assert p.stdout.decode().strip() == engine.inspect("ghostly")["id"]
     state = engine.inspect("ghostly")["state"]
-    assert (state["status"], state["exit_code"], state["started_at"]) == ("created", 128, None)
+    assert (state["status"], state["exit_code"], state["started_at"], state["finished_at"]) == (
+        "created",
+        128,
+        None,
+        None,
+    )
     assert state["error"].startswith("unable to find user ghost")
     assert engine.cli("rm", "ghostly").returncode == 0
 
