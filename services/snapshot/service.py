@@ -102,6 +102,7 @@ class SnapshotService:
         self._chain_users: dict[tuple[str, str], int] = {}
         self._background: set[asyncio.Future[Any]] = set()
         self._measuring: dict[int, asyncio.Future[int | None]] = {}  # snapshot id -> its diff size walk
+        self._walks = asyncio.Semaphore(1)  # those walks, one at a time (created lazily in a loop, 3.10+)
 
     async def close(self) -> None:
         await self.drain()
@@ -324,17 +325,21 @@ class SnapshotService:
         """``{keys}`` -> ``{diff_sizes: {name: bytes}}`` for the committed snapshots among
         ``keys`` (image layers by chain ID): Docker's DiffSize of each (see
         ``diff.diff_size``), recorded at commit. One committed before diff sizes were
-        recorded is measured now, once (a walk of its directory, in a worker thread; the walk
-        goes on if the caller gives up, and its result is recorded for the next call). Names
+        recorded is measured now, once (a walk of its directory, in a worker thread; the walks
+        of all such snapshots asked for start at once and run one after the other, and go on
+        if the caller gives up: their results are recorded for the next call). Names
         that are not committed snapshots (absent, or an unpack still running) are left out:
         this never waits for an unpack. Never fails for a snapshot that cannot be measured
         (it is left out and logged)."""
         rows = await self._db(self.store.committed, ctx.namespace, req.keys)
+        # every walk under way before the first wait: a caller that gives up (the image service
+        # does after DIFF_SIZES_TIMEOUT_S) must not leave the later ones unstarted
+        walks = {row.id: self._measure_later(row) for row in rows if row.diff_size is None}
         out: dict[str, int] = {}
         for row in rows:
             size = row.diff_size
             if size is None:
-                size = await asyncio.shield(self._measure_later(row))
+                size = await asyncio.shield(walks[row.id])
             if size is not None:
                 out[row.key] = size
         return DiffSizesReply(diff_sizes=out)
@@ -349,7 +354,8 @@ class SnapshotService:
         async def measure() -> int | None:
             source = self.snapshotter.diff_source(row.id, row.parent_ids)
             try:
-                size = await asyncio.to_thread(differ.diff_size, source)
+                async with self._walks:
+                    size = await asyncio.to_thread(differ.diff_size, source)
             except (OSError, rootfs.PathError) as exc:  # removed meanwhile, or unreadable
                 log.warning("cannot measure the diff size of snapshot %r: %s", row.key, exc)
                 return None

@@ -10,7 +10,10 @@ measured later).
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+import pytest
 
 from tests.snapshot_util import Direct, Layer, mounted
 
@@ -67,3 +70,40 @@ def test_a_commit_of_an_active_snapshot_records_its_diff_size(direct: Direct) ->
         os.unlink(os.path.join(root, "data", "top"))
     direct.call("snapshot.commit", {"key": "work", "name": "done"})
     assert _sizes(direct, ["done"]) == {"done": 4321}
+
+
+def test_old_snapshots_are_all_measured_when_the_first_asker_gives_up(
+    direct: Direct, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What broke: ``snapshot.diff_sizes`` measured an old database's layers one after the
+    other inside the call; the image service gives up after ``DIFF_SIZES_TIMEOUT_S`` (its call
+    is cancelled), which stopped the walks of the layers not yet begun. Those waited for the
+    next listing, each listing waited out its 10 s again and showed compressed sizes, and
+    nothing was measured while no one listed. Every walk is now under way once asked for."""
+    import asyncio
+    import time
+
+    from services.snapshot import service as snapshot_service
+
+    chain = direct.unpack(_layers())["chain_ids"]
+    store = direct.service.store
+    store._db.execute("UPDATE snapshots SET diff_size = NULL")
+    slow = snapshot_service.differ.diff_size
+
+    def slow_walk(source: object, **kw: object) -> int:
+        time.sleep(0.3)
+        return slow(source, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot_service.differ, "diff_size", slow_walk)
+    from common.api.snapshot import DiffSizesRequest
+    from common.rpc.server import Context
+
+    ctx = Context("test", "snapshot.diff_sizes", "default", {}, None)
+
+    async def ask_and_give_up() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(direct.service.diff_sizes(DiffSizesRequest(keys=chain), ctx), 0.1)
+        await asyncio.sleep(1.5)  # no one asks again: the walks go on by themselves
+
+    direct.loop.run_until_complete(ask_and_give_up())
+    assert all(r.diff_size is not None for r in store.committed("default", chain))
