@@ -170,7 +170,8 @@ def replay_bounds(
     ``until_seq`` (``seq <= until_seq``). An empty string is no bound. Durations count back
     from ``now`` (default: the clock).
 
-    Raises InvalidArgument when a bound is given both ways or a time is not one (``parse_time``).
+    Raises InvalidArgument when a bound is given both ways, a time is not one (``parse_time``),
+    or ``since`` is after ``until`` (as dockerd's ``GET /events``).
     """
     for option, value, seq_option, seq in (
         ("--since", since, "--since-seq", since_seq),
@@ -188,6 +189,8 @@ def replay_bounds(
         body["until"] = parse_time("--until", until, now)
     if until_seq is not None:
         body["until_seq"] = until_seq
+    if since and until and body["until"] < body["since_time"]:  # dockerd's getEvents refuses it too
+        raise errors.InvalidArgument(f"`since` time ({since}) cannot be after `until` time ({until})")
     return body
 
 

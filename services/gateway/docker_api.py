@@ -334,6 +334,10 @@ class SystemAPI:
             until = dockerfmt.parse_docker_time(request.arg("until") or "", now) if request.arg("until") else None
         except dockerfmt.FormatError as exc:
             raise HTTPError(400, str(exc)) from None
+        if since is not None and until is not None and until < since:  # moby's getEvents
+            raise HTTPError(
+                400, f"`since` time ({request.arg('since')}) cannot be after `until` time ({request.arg('until')})"
+            )
         body: dict[str, Any] = {"filters": {"namespace": [self.b.namespace]}}
         if since is not None:
             body["since_time"] = since.isoformat()

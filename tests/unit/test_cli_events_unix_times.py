@@ -144,6 +144,16 @@ def test_a_time_outside_the_journal_is_refused_here(value: str) -> None:
         system.replay_bounds(value, None, None, None, NOW)
 
 
+def test_a_since_after_the_until_is_refused_as_dockerd_does() -> None:
+    """What broke: ``events --since 1m --until 5m`` printed nothing and exited 0; dockerd's
+    getEvents answers 400 "`since` time (...) cannot be after `until` time (...)"."""
+    with pytest.raises(errors.InvalidArgument) as exc:
+        system.replay_bounds("1m", "5m", None, None, NOW)
+    assert exc.value.message == "`since` time (1m) cannot be after `until` time (5m)"
+    same = system.replay_bounds("1700000000", "1700000000", None, None, NOW)  # equal is allowed
+    assert same["since_time"] == same["until"]
+
+
 # -- sequence numbers ---------------------------------------------------------------------------------
 
 
