@@ -255,8 +255,9 @@ def ps(
 
 def _parse_since(option: str, value: str | None) -> str | None:
     """``--since``/``--until`` of ``logs`` as the docker CLI reads them (``cli.system.parse_time``'s
-    forms) -> an ISO 8601 UTC time for ``execution.logs``; a bad value fails in one line."""
-    if not value:
+    forms) -> an ISO 8601 UTC time for ``execution.logs``; a bad value fails in one line. An
+    ``--until`` of ``0`` is no bound, as moby's daemon/logs.go reads it (``docker logs --until 0``)."""
+    if not value or (option == "--until" and value.strip() == "0"):
         return None
     from cli.system import TIME_FORMS
     from common import dockerfmt

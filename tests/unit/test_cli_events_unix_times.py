@@ -306,3 +306,12 @@ def test_logs_since_and_until_take_the_same_forms(capsys: pytest.CaptureFixture[
     assert ended.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: invalid value 'yesterday' for --until: use unix seconds") and err.count("\n") == 1
+
+
+def test_logs_until_0_is_no_bound_as_in_dockerd() -> None:
+    """What broke: ``dockyard logs --until 0`` printed nothing (the epoch), where ``docker logs
+    --until 0`` prints everything: moby's daemon/logs.go reads an ``until`` of ``"0"`` as none."""
+    from cli.containers import _parse_since
+
+    assert _parse_since("--until", "0") is None
+    assert _parse_since("--since", "0") == "1970-01-01T00:00:00+00:00"  # the epoch: everything
