@@ -866,7 +866,9 @@ class ImageService:
     async def tag(self, req: api.TagRequest, ctx: Context) -> api.ImageSummary:
         """``docker tag SOURCE TARGET``: point the name ``target`` (``:latest`` added when no tag)
         at the image ``source`` names. NotFound for an unknown source, InvalidArgument for a
-        malformed target (a digest is not allowed)."""
+        malformed target (a digest is not allowed). Returns the new name's summary, whose
+        ``size`` is the layers' blob sum: a tag does not wait for the snapshot service's diff
+        sizes (``image.list``/``image.inspect`` give the unpacked size)."""
         rec, _how = self._find(ctx.namespace, req.source)
         target_ref = refs.parse(req.target)
         if target_ref.digest:
@@ -877,8 +879,7 @@ class ImageService:
         self._set_name(ctx.namespace, str(target_ref), rec.target, view.id, view.manifest_desc.digest, action="tag")
         new = self.meta.get(ctx.namespace, str(target_ref))
         assert new is not None
-        diff_sizes = await self._diff_sizes(ctx.namespace, view.chain_ids)
-        return listing.summary(new, view, self.meta.records(ctx.namespace), diff_sizes)
+        return listing.summary(new, view, self.meta.records(ctx.namespace), None)
 
     async def _containers_using(self, namespace: str) -> dict[str, list[tuple[str, bool]]] | None:
         """``{image id: [(container name, running)]}`` from the execution service, None if unknown."""

@@ -11,6 +11,8 @@ recorded size) are measured on the first listing.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -135,3 +137,20 @@ def test_an_image_not_unpacked_shows_its_compressed_size(eng: Engine, pushed: tu
     assert _sizes_shown(eng, ref, img.config_digest) == {"cli": human_size(blobs), **compressed}
     call(eng.inst, "image.resolve", {"ref": ref, "unpack": True})  # what a `run` does first
     assert _sizes_shown(eng, ref, img.config_digest) == _expected()
+
+
+def test_a_tag_does_not_wait_for_a_hung_snapshot_service(eng: Engine, pushed: tuple[str, mkimage.Image]) -> None:
+    """Sizes are for listings: ``tag`` names the image without asking for them."""
+    ref, _img = pushed
+    eng.inst.cli("pull", ref, check=True)
+    pid = eng.inst.pid("snapshot")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = eng.inst.cli("tag", ref, "zeros-again:1")
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert r.returncode == 0, r.stderr
+    assert took < 2.0, took  # the liveness rule alone would take 3 s, the sizes' wait 10
+    assert eng.inst.cli("rmi", "zeros-again:1").returncode == 0
