@@ -1212,11 +1212,14 @@ class ExecutionService:
             if live is not None and not live.done.is_set():
                 raise errors.Conflict(f"container '{rec.name}' is running")
             self.store.update(ns, cid, status="removing")
+            bundle = str(self.settings.bundle_dir(ns, cid))
+            # a task left by a shim that died in its delete, and whose clean-up failed or was cut
+            # short (TaskManager.clean_left_task): deleted, and its rootfs unmounted, before its snapshot goes
+            await self.tasks.clean_left_task(ns, cid, current.runtime, bundle)
             try:
                 await self.snapshot.call("snapshot.remove", {"key": rec.snapshot_key}, namespace=ns, timeout_s=60)
             except errors.NotFound:
                 pass
-            bundle = str(self.settings.bundle_dir(ns, cid))
             cdir = str(self.settings.container_dir(ns, cid))
             await self.tasks._drain_leftovers(bundle)  # the shim's undelivered events outlive its bundle
             trace.mark("outbox drained")

@@ -12,7 +12,9 @@ handles the end of every task exactly once per incarnation:
   publish ``/tasks/exit`` + ``/tasks/delete`` under the ids the shim would have used.
 
 ``recover()`` rebuilds all of this after the execution service restarts (it may have
-been SIGKILLed anywhere): it reconnects to every live shim and cleans up after dead ones.
+been SIGKILLed anywhere): it reconnects to every live shim and cleans up after dead ones,
+including one that died in the delete of a task whose exit was already recorded
+(``clean_left_task``: its runtime container and rootfs mount, which nothing else deletes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from common.events import bundle_outboxes, drain_outbox, has_leftovers, take_lef
 from common.settings import Settings
 from services.execution import shims
 from services.execution.store import Record, Store
+from services.shim import mount
 from services.shim.task import read_state_file
 
 log = logging.getLogger(__name__)
@@ -480,6 +483,29 @@ class TaskManager:
             await self._forget(live)
         await self._after_exit(live, ex)
 
+    async def clean_left_task(self, namespace: str, container_id: str, runtime: str, bundle: str) -> bool:
+        """Finish the delete of a task whose shim is gone, if it did not: ``<runtime> delete
+        --force`` under the shim's runtime root and unmount the rootfs (``shims.clean_dead_task``)
+        when the runtime still has the container or the rootfs is still mounted.
+
+        For a task whose exit was handled and whose shim was SIGKILLed during its delete (its
+        ``runtime delete`` killed with it, or not run yet) while this service was down too:
+        ``clean_dead_shim`` never ran for it. Call it with no shim serving the container (its
+        task ended, its shim died or is killed). Idempotent and crash-safe: it looks at what is
+        left, not at what was recorded, and the runtime's state stays until its delete ends
+        (runc removes it after the cgroups), so a clean-up cut short or failed is done again by
+        the next call (the next recovery, the removal). True when there was something to clean up.
+        """
+        root = self.runtime_root(runtime)
+        rootfs = os.path.join(bundle, "rootfs")
+        if not os.path.isdir(os.path.join(root, container_id)) and not (
+            os.path.isdir(rootfs) and mount.is_mountpoint(rootfs)
+        ):
+            return False
+        log.warning("the task of container %s/%s was left by its dead shim; deleting it", namespace, container_id[:12])
+        await shims.clean_dead_task(runtime, root, container_id, bundle)
+        return True
+
     async def clean_dead_shim(
         self, namespace: str, container_id: str, incarnation: int, bundle: str, runtime: str
     ) -> TaskExit:
@@ -683,8 +709,12 @@ class TaskManager:
             fresh = self.store.get(rec.namespace, rec.id)
             if fresh is not None:
                 self._spawn(self.on_exit(fresh, ex), f"recover-exit-{rec.id[:12]}")
-        elif rec.status in ("running", "paused"):
+            return
+        if rec.status in ("running", "paused"):
             self.store.update(rec.namespace, rec.id, status="exited", pid=0)
+        # its exit was handled, but its shim may have died in its delete (we died too, before
+        # we saw that and cleaned up after it): what the shim would have deleted is ours to delete
+        await self.clean_left_task(rec.namespace, rec.id, rec.runtime, bundle)
 
     async def _adopt(self, rec: Record, bundle: str, pid: int) -> None:
         try:
