@@ -261,11 +261,14 @@ class RpcServer:
             asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-rpc-heartbeat"),
         ]
 
-    async def close(self, grace_s: float = 5.0) -> None:
+    async def close(self, grace_s: float = 5.0, linger_ms: int = 0) -> None:
         """Stop taking requests, let unary calls finish within ``grace_s``, cancel the rest.
 
-        A reply sent just before may be lost (ZeroMQ drops what a closing ROUTER has not
-        written yet): end with a call whose reply nobody needs (``shim.shutdown``).
+        With ``linger_ms`` 0, a reply sent just before may be lost (ZeroMQ drops what a
+        closing ROUTER has not written yet): end with a call whose reply nobody needs
+        (``shim.shutdown``). A positive ``linger_ms`` leaves what is queued to ZeroMQ's I/O
+        thread for that long instead (this process must then not terminate the context
+        before it is out, or wait for it: ``zmq_ctx_term`` blocks up to the linger).
         """
         self._closing = True
         for task in self._tasks[:1]:
@@ -286,7 +289,7 @@ class RpcServer:
         with contextlib.suppress(BaseException):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._sock is not None:
-            self._sock.close(linger=0)
+            self._sock.close(linger=linger_ms)
             self._sock = None
         self._remove_ipc_file()
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,24 @@ PR_SET_CHILD_SUBREAPER = 36
 
 TRIM_AFTER_S = 2.0
 """When the shim hands its free heap back (its task has started by then; it stays idle)."""
+
+FAILED_REPLIES_S = 1.0
+"""After a failed create: how long the calls held for the task get to send its error."""
+
+FAILED_LINGER_MS = 1000
+"""After a failed create: how long the closing socket keeps those replies (ZMQ_LINGER)."""
+
+
+def _flush_replies(timeout_s: float) -> None:
+    """Before the shim's ``os._exit``: let ZeroMQ's I/O thread write what the closed sockets
+    still hold (a lingering server's last replies), at most ``timeout_s``. The context's term
+    waits for exactly that once every socket is closed; it runs in a daemon thread so that a
+    socket left open costs the timeout, not a hang."""
+    from common.rpc import zasync
+
+    term = threading.Thread(target=zasync.Context.instance().term, name="zmq-term", daemon=True)
+    term.start()
+    term.join(timeout_s)
 
 
 def _trim_heap() -> None:
@@ -180,12 +199,20 @@ async def _serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(shim.done.wait(), SHUTDOWN_WAIT_S)
         deleted.cancel()
+    if code != 0:
+        # the calls held for the task (an attach, a wait) end with the create's error: they
+        # send it before the server closes them, and the closing socket keeps it until it is
+        # out (the shim exits with os._exit, after the clients below close: no context term)
+        pending = server.pending_replies()
+        if pending:
+            await asyncio.wait(pending, timeout=FAILED_REPLIES_S)
     await publisher.flush(1.0)
-    await server.close(grace_s=2.0)
+    await server.close(grace_s=2.0, linger_ms=FAILED_LINGER_MS if code != 0 else 0)
     await publisher.close()
     await events.close()
     if code != 0:  # a deleted task's shim removed it already (a new shim may own the bundle now)
         with contextlib.suppress(FileNotFoundError):
             address.unlink()
+        _flush_replies(FAILED_LINGER_MS / 1000)
     trace.mark_cpu("exiting")
     return code
