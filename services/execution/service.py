@@ -261,7 +261,7 @@ class ExecutionService:
     async def recover(self) -> None:
         """Rebuild the live view after a restart (see ``TaskManager.recover``)."""
         started = codec.utcnow()
-        trash = [d for d in _trash_dirs(self.settings) if os.path.isdir(d)]
+        trash = [os.path.join(d, n) for d in _trash_dirs(self.settings) if os.path.isdir(d) for n in os.listdir(d)]
         if trash:  # what a crash left between a removal's rename and its delete
             self._spawn(asyncio.to_thread(_empty_trash, trash), "empty-trash")
         await self.archive.recover()  # before any task starts: a crash's temporary mounts of snapshots
@@ -1832,14 +1832,31 @@ def _discard_dirs(bundle: str, cdir: str, trash: tuple[str, str]) -> list[str]:
             os.rename(path, target)
             moved.append(target)
         except OSError:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
     return moved
 
 
+def _remove_tree(path: str) -> None:
+    """Delete a bundle or container directory, never through a rootfs still mounted in it.
+
+    A rootfs that is still a mount point (its unmount in ``_discard_dirs`` failed) is
+    unmounted lazily first; if it stays mounted the directory is left, with a warning, for
+    the next start's ``_empty_trash``: ``rmtree`` would delete the container's files through
+    the mount, and whatever else is mounted below it."""
+    rootfs = os.path.join(path, "rootfs")
+    if os.path.isdir(rootfs) and mount.is_mountpoint(rootfs):
+        with contextlib.suppress(OSError):
+            mount.unmount(rootfs, detach=True)
+        if mount.is_mountpoint(rootfs):
+            log.warning("left %s: its rootfs is still mounted", path)
+            return
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _empty_trash(entries: list[str]) -> None:
-    """Delete trash entries (``_discard_dirs``); a whole trash directory when given one."""
+    """Delete trash entries (``_discard_dirs``'s, or what a crash left in the trash directories)."""
     for path in entries:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_tree(path)
 
 
 async def _empty_trash_later(entries: list[str]) -> None:
