@@ -377,6 +377,18 @@ class AsyncClient:
         async for item in call:
             yield item
 
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every call in flight has its final frame: a
+        service that answers them and goes away (a shim whose create failed ends its held
+        calls with why) is heard before ``close``, which would leave them to time out after
+        ``liveness_s``. True if none is left unanswered."""
+        deadline = time.monotonic() + timeout_s
+        while any(not c._answered for c in self._calls.values()):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
     async def close(self) -> None:
         """Close the socket and fail nothing: pending calls time out as Unavailable."""
         if self._monitor is not None:

@@ -43,6 +43,10 @@ from services.shim.task import read_state_file
 
 log = logging.getLogger(__name__)
 
+FAILED_CALLS_S = 1.5
+"""A launch that failed: how long the calls held by its shim get to bring back its error
+(the shim waits up to 1 s for them, ``services.shim.main.FAILED_REPLIES_S``)."""
+
 ShimClientFactory = Callable[[str, str], Any]
 """``factory(endpoint, namespace)`` -> an ``AsyncClient``-like object of a shim."""
 
@@ -278,6 +282,11 @@ class TaskManager:
         trace.mark("shim launched")
         client = early[0] if early else None
         if client is not None and not (report.get("ok") and client.endpoint == report.get("address")):
+            if not report.get("ok"):
+                # the shim ends the calls it held for the task (an attach sent early, our wait)
+                # with the create's error before it exits: hear them before closing, or an
+                # attach (run's) waits out the liveness window (3 s) for a reply we dropped
+                await client.settle(FAILED_CALLS_S)
             early_wait[0].cancel()
             await client.close()
             client = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,26 @@ def test_commands_that_cannot_start(engine: Engine, cmd: str, code: int) -> None
     # no task was ever created, so no /tasks/delete is owed: /containers/delete is journaled
     # by the time rm returns, and holds up no later event of the execution service
     assert engine.topics(cid) == ["/containers/create", "/containers/delete"]
+    engine.assert_clean()
+
+
+def test_a_foreground_run_that_cannot_start_ends_at_once(engine: Engine) -> None:
+    """The shim ends the attach that ``run`` sent while its create ran with why; the
+    execution service hears it before it closes its client to the shim: the run ends with
+    the start's error at once, not after the attach's liveness window (3 s)."""
+    for args in (
+        ("--rm", "busybox", "/nonexistent"),
+        ("--name", "kept", "busybox", "/etc"),
+        ("--rm", "-u", "x", "busybox"),
+    ):
+        for _ in range(3):
+            t0 = time.monotonic()
+            p = engine.run(*args)
+            took = time.monotonic() - t0
+            assert p.returncode in (125, 126, 127) and p.stderr.startswith(b"error: ")
+            assert took < 2.0, (args, took)
+            if "kept" in args:
+                assert engine.cli("rm", "kept").returncode == 0
     engine.assert_clean()
 
 
