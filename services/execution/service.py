@@ -1850,6 +1850,16 @@ def _remove_tree(path: str) -> None:
         if mount.is_mountpoint(rootfs):
             log.warning("left %s: its rootfs is still mounted", path)
             return
+    # anything else mounted below it (on a rootfs directory that is no mount itself, say) would
+    # be deleted through as well: unmounted lazily first, deepest first, or the directory is left
+    below = mount.mounts_under(path)
+    if below:
+        for point in sorted(below, reverse=True):
+            with contextlib.suppress(OSError):
+                mount.unmount(point, detach=True)
+        if mount.mounts_under(path):
+            log.warning("left %s: something is still mounted in it", path)
+            return
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -8,6 +8,8 @@ first, and a bundle whose rootfs stays mounted is left where it is.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,22 @@ def test_unmounted_bundles_and_container_directories_are_deleted(tmp_path: Path)
     (cdir / "hostname").write_text("abc\n")
     service._empty_trash([str(bundle), str(cdir), str(tmp_path / "gone")])
     assert not bundle.exists() and not cdir.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_a_mount_below_a_rootfs_that_is_no_mount_is_not_deleted_through(tmp_path: Path) -> None:
+    """Only the rootfs itself was checked: a mount below it (or anywhere in the bundle) had
+    its files deleted by the rmtree. It is unmounted first; its files stay."""
+    bundle = _bundle(tmp_path)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "precious").write_text("x")
+    target = bundle / "rootfs" / "mnt"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        service._empty_trash([str(bundle)])
+        assert (source / "precious").exists()
+        assert not bundle.exists()
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
