@@ -383,11 +383,22 @@ class AsyncClient:
         calls with why) is heard before ``close``, which would leave them to time out after
         ``liveness_s``. True if none is left unanswered."""
         deadline = time.monotonic() + timeout_s
-        while any(not c._answered for c in self._calls.values()):
-            if time.monotonic() >= deadline:
+        while True:
+            # no await between the look and the clear: a frame read meanwhile sets the event again
+            unanswered = [c for c in self._calls.values() if not c._answered]
+            if not unanswered:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            await asyncio.sleep(0.002)
-        return True
+            for call in unanswered:
+                call._credit_changed.clear()  # set by the reader at each frame of the call
+            waits = [asyncio.ensure_future(call._credit_changed.wait()) for call in unanswered]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     async def close(self) -> None:
         """Close the socket and fail nothing: pending calls time out as Unavailable."""
