@@ -47,6 +47,7 @@ import os
 import shutil
 import signal as signal_mod
 import sqlite3
+import stat as stat_mod
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -1837,30 +1838,45 @@ def _discard_dirs(bundle: str, cdir: str, trash: tuple[str, str]) -> list[str]:
 
 
 def _remove_tree(path: str) -> None:
-    """Delete a bundle or container directory, never through a rootfs still mounted in it.
+    """Delete a bundle or container directory, never through a mount in it (``_remove_within``):
+    what stays mounted is left, with the directories above it and a warning, for the next
+    start's ``_empty_trash``. An ``rmtree`` would delete a still-mounted rootfs's files, and
+    those of anything mounted below, through the mount."""
+    if not _remove_within(path):
+        log.warning("left %s: something is still mounted in it", path)
 
-    A rootfs that is still a mount point (its unmount in ``_discard_dirs`` failed) is
-    unmounted lazily first; if it stays mounted the directory is left, with a warning, for
-    the next start's ``_empty_trash``: ``rmtree`` would delete the container's files through
-    the mount, and whatever else is mounted below it."""
-    rootfs = os.path.join(path, "rootfs")
-    if os.path.isdir(rootfs) and mount.is_mountpoint(rootfs):
+
+def _remove_within(path: str) -> bool:
+    """Delete ``path`` and what is in it without entering a mount point (``mount.is_mountpoint``:
+    statx's mount-root attribute, one syscall a directory, no mountinfo): one found is
+    unmounted lazily first, one that stays mounted is kept. True when all of it is gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat_mod.S_ISDIR(st.st_mode):
         with contextlib.suppress(OSError):
-            mount.unmount(rootfs, detach=True)
-        if mount.is_mountpoint(rootfs):
-            log.warning("left %s: its rootfs is still mounted", path)
-            return
-    # anything else mounted below it (on a rootfs directory that is no mount itself, say) would
-    # be deleted through as well: unmounted lazily first, deepest first, or the directory is left
-    below = mount.mounts_under(path)
-    if below:
-        for point in sorted(below, reverse=True):
-            with contextlib.suppress(OSError):
-                mount.unmount(point, detach=True)
-        if mount.mounts_under(path):
-            log.warning("left %s: something is still mounted in it", path)
-            return
-    shutil.rmtree(path, ignore_errors=True)
+            os.unlink(path)
+        return True
+    if mount.is_mountpoint(path):
+        with contextlib.suppress(OSError):
+            mount.unmount(path, detach=True)
+        if mount.is_mountpoint(path):
+            return False
+    try:
+        with os.scandir(path) as it:
+            children = [entry.path for entry in it]
+    except OSError:
+        return False
+    gone = True
+    for child in children:
+        gone = _remove_within(child) and gone
+    if gone:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    return gone
 
 
 def _empty_trash(entries: list[str]) -> None:

@@ -172,21 +172,6 @@ def in_mountinfo(real: str) -> bool:
     return False
 
 
-def mounts_under(path: str) -> list[str]:
-    """The mount points strictly below ``path`` (resolved), from ``/proc/self/mountinfo``."""
-    prefix = os.path.realpath(path).rstrip("/") + "/"
-    found: list[str] = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                point = _unescape(line.split(" ", 5)[4])
-                if point.startswith(prefix):
-                    found.append(point)
-    except OSError:
-        return []
-    return found
-
-
 def _unescape(path: str) -> str:
     return path.encode().decode("unicode_escape") if "\\" in path else path
 
