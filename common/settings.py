@@ -35,6 +35,10 @@ class Settings(BaseSettings):
 
     runtime: str = Field(default="runc", description="OCI runtime binary: runc or crun (name or path)")
     snapshotter: str = Field(default="overlayfs", description="overlayfs or native")
+    prime_cgroup_move: bool = Field(
+        default=True,
+        description="start the kernel's grace period for a task's cgroup move as a start or exec arrives",
+    )
 
     rpc_timeout_s: float = Field(default=30.0, description="default deadline of a control call")
     liveness_s: float = Field(

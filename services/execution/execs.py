@@ -142,6 +142,7 @@ class ExecService:
         Errors before ``{"id"}`` are ``exec_create``'s (Conflict: not running), after it
         ``exec_start``'s (InvalidArgument with ``details.exit_status`` 126, as dockerd's).
         """
+        self.owner.primer.prime()  # runc exec moves the process ~7 ms later (common.cgroupmove)
         if req.detach:
             created = await self.exec_create(req.create_request(), ctx)
             yield {"id": created.id}
@@ -217,6 +218,7 @@ class ExecService:
         if live is None or live.status != "running":
             raise errors.Conflict(f"container '{ex.container_id[:12]}' is not running")
         ex.started = True
+        self.owner.primer.prime()
         client = live.client
         if req.detach:
             await self._start_process(ex, client)

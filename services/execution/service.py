@@ -87,6 +87,7 @@ from common.api.execution import (
 )
 from common.api.shim import container_event_id
 from common.api.shim import event_id as task_event_id
+from common.cgroupmove import MovePrimer
 from common.mount import volatile_supported, with_volatile
 from common.resume import run_hold
 from common.rpc.server import Context, rpc
@@ -173,6 +174,9 @@ class ExecutionService:
         self.events = events
         self.publisher = publisher
         self.tasks = TaskManager(settings, store, publisher, events, shim_client, self._on_exit)
+        self.primer = MovePrimer.for_this_process(settings.prime_cgroup_move)
+        """Starts the kernel's grace period for the runtime's cgroup move when a request that
+        ends in one arrives (``common.cgroupmove``)."""
         self._waiters: dict[tuple[str, str], list[tuple[str, asyncio.Future[WaitReply]]]] = {}
         self._pending: dict[tuple[str, str], list[_PendingAttach]] = {}
         self._early: dict[tuple[str, str], Any] = {}
@@ -253,6 +257,7 @@ class ExecutionService:
         return last[0]
 
     async def close(self) -> None:
+        self.primer.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -890,6 +895,7 @@ class ExecutionService:
             await asyncio.sleep(1.0)
 
     async def _start(self, rec: Record) -> StartReply:
+        self.primer.prime()  # (again, for a run: the window past the grace period grows)
         previous = self.tasks.get(rec.namespace, rec.id)
         if previous is not None and previous.status == "stopped" and not previous.done.is_set():
             # the last incarnation is still being cleaned up (its runtime container shares our id)
@@ -966,6 +972,7 @@ class ExecutionService:
     @rpc("execution.run", stream=True)
     async def run(self, req: RunRequest, ctx: Context) -> AsyncIterator[dict[str, Any]]:
         """``docker run`` in one call: create, attach, start, stream, wait (see ``common.api.execution``)."""
+        self.primer.prime()  # the runtime's cgroup move comes ~15 ms later (common.cgroupmove)
         # a foreground run --rm is marked from the start (RUN_CLIENT): no second write on its path
         token = "" if req.detach else run_hold(ctx.request_id)
         created = await self._create(req.create_request(), ctx.namespace, run_client=token)

@@ -1,0 +1,136 @@
+"""Starting the kernel's grace period for a cgroup move before the runtime needs it.
+
+Every OCI runtime puts a task's first process, and each exec'd one, into its cgroups by
+writing the pid to ``cgroup.procs``. The kernel takes ``cgroup_threadgroup_rwsem`` for
+writing there. In its default per-CPU mode the first writer after a quiet spell waits out
+an RCU grace period in ``rcu_sync_enter`` (8-16 ms on the 250 Hz VM of the README's
+figures, most of a lone ``crun run``); a writer that comes while that wait is on shares it,
+and one that comes within about a grace period after the last writer left
+(``GP_PASSED``/``GP_EXIT``) does not wait at all. A hierarchy mounted with
+``favordynmods`` has no such wait (README, The kernel's part).
+
+``MovePrimer`` makes that first write earlier and off the start path: as soon as the
+execution service has a request that will end in a runtime's move (``run``, ``start``,
+``exec``), a thread of its own writes the service's own pid to the ``cgroup.procs`` of the
+cgroup the service is already in. The kernel takes the lock and waits out the grace period
+while the service resolves the image, prepares the snapshot, writes the bundle and hands the
+launch over; the migration itself is empty (the process is there already). The runtime's
+write then finds the grace period behind it, or shares the one still running. Nothing is
+moved anywhere, no cgroup is created, and the write costs ~0.1 ms of the service's CPU when
+the kernel needs no grace period (a busy host, ``favordynmods``).
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def own_procs_file(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self/cgroup") -> str | None:
+    """The ``cgroup.procs`` file of this process's own cgroup: in the unified (v2) hierarchy
+    where one is mounted (a v2 or hybrid host), else in a mounted v1 hierarchy; None when no
+    hierarchy of this process is mounted with its root visible here (the cgroup file system
+    mounted for another namespace, or none).
+
+    ``/proc/self/cgroup`` lines are ``ID:CONTROLLERS:PATH`` (cgroups(7)); a mount's super
+    options name its v1 controllers (``rw,cpu,cpuacct``, ``rw,name=systemd``).
+    """
+    mounts: list[tuple[str, str, set[str]]] = []  # (mount point, fs type, controllers)
+    try:
+        with open(mountinfo, encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                fstype = fields[sep + 1]
+                if fstype in ("cgroup", "cgroup2") and fields[3] == "/":
+                    supers = set(fields[sep + 3].split(",")) if len(fields) > sep + 3 else set()
+                    mounts.append((fields[4].replace("\\040", " "), fstype, supers - {"rw", "ro"}))
+        with open(cgroup, encoding="utf-8") as f:
+            lines = [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
+    except (OSError, ValueError):
+        return None
+    for hid, controllers, path in lines:
+        if hid == "0" and not controllers:
+            for point, fstype, _ in mounts:
+                if fstype == "cgroup2":
+                    return os.path.join(point, path.lstrip("/"), "cgroup.procs")
+    for _, controllers, path in lines:
+        wanted = set(controllers.split(",")) if controllers else set()
+        for point, fstype, supers in mounts:
+            if fstype == "cgroup" and wanted and wanted <= supers:
+                return os.path.join(point, path.lstrip("/"), "cgroup.procs")
+    return None
+
+
+class MovePrimer:
+    """Writes this process's pid to its own ``cgroup.procs`` in a thread, on demand.
+
+    ``prime()`` returns at once; the write happens in a thread started at the first call.
+    ``locate`` gives the file at each write (``own_procs_file``: a service that an
+    administrator or systemd moved meanwhile is written where it is now, not moved back).
+    Calls made while a write is under way are folded into one more write right after it,
+    which keeps the kernel's state past the grace period a little longer. The first write
+    that fails, or finds no file (no permission, a read-only or unmounted cgroup file
+    system), turns the primer off for good, with one log line.
+    """
+
+    def __init__(self, locate: Callable[[], str | None] | None) -> None:
+        self._locate = locate
+        self.writes = 0
+        """Writes made so far (for tests and the profile)."""
+        self._wanted = threading.Event()
+        self._started = False
+
+    @classmethod
+    def for_this_process(cls, enabled: bool = True) -> MovePrimer:
+        """A primer on this process's own cgroup (``own_procs_file``), or one that does
+        nothing when ``enabled`` is false."""
+        return cls(own_procs_file if enabled else None)
+
+    @property
+    def enabled(self) -> bool:
+        """False once off: disabled, a failed write, or closed."""
+        return self._locate is not None
+
+    def prime(self) -> None:
+        """Ask for a write of this process's pid to its own ``cgroup.procs``; never blocks,
+        never raises."""
+        if self._locate is None:
+            return
+        self._wanted.set()
+        if not self._started:
+            self._started = True
+            _thread.start_new_thread(self._run, ())
+
+    def close(self) -> None:
+        """Stop the thread after any write under way; later ``prime()`` calls do nothing."""
+        self._locate = None
+        self._wanted.set()
+
+    def _run(self) -> None:
+        pid = str(os.getpid()).encode()
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            locate = self._locate
+            if locate is None:
+                return
+            path = locate()
+            try:
+                if path is None:
+                    raise FileNotFoundError("no cgroup hierarchy of this process is mounted here")
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, pid)
+                finally:
+                    os.close(fd)
+                self.writes += 1
+            except OSError as exc:
+                log.info("cgroup move priming off: writing %s: %s", path, exc.strerror or exc)
+                self._locate = None
+                return

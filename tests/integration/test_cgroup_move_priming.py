@@ -1,0 +1,78 @@
+"""The execution service's priming of the runtime's cgroup move moves nothing.
+
+``common.cgroupmove``: when a ``run``, ``start`` or ``exec`` arrives, the execution service
+writes its own pid to the ``cgroup.procs`` of the cgroup it is in, so that the kernel's grace
+period for the runtime's move starts early. That write must leave the service where it is:
+also when it was moved to another cgroup after it started (by systemd, an administrator), it
+must not be put back where it was, and its other hierarchies stay as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_root, running_instance
+from tests.harness import Instance
+
+pytestmark = pytest.mark.root
+
+
+def _unified_mount() -> str | None:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2" and fields[3] == "/":
+                return fields[4]
+    return None
+
+
+def _cgroups(pid: int) -> dict[str, str]:
+    """``{hierarchy id and controllers: path}`` of ``/proc/PID/cgroup``."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        hid, controllers, path = line.split(":", 2)
+        out[f"{hid}:{controllers}"] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def inst() -> Iterator[Instance]:
+    need_root()
+    with running_instance() as i:
+        yield i
+
+
+def test_the_execution_service_stays_in_the_cgroup_it_was_moved_to(inst: Instance) -> None:
+    unified = _unified_mount()
+    if unified is None:
+        pytest.skip("no cgroup2 hierarchy mounted here")
+    pid = inst.pid("execution")
+    before = _cgroups(pid)
+    home = before["0:"]
+    group = f"/dockyard-test-prime-{os.getpid()}"
+    os.mkdir(unified + group)
+    try:
+        Path(unified + group, "cgroup.procs").write_text(str(pid))
+        assert _cgroups(pid)["0:"] == group
+        r = inst.cli("run", "--rm", "busybox", "true")
+        assert r.returncode == 0, r.stderr
+        inst.cli("run", "-d", "--name", "primed", "busybox", "sleep", "60", check=True)
+        try:
+            r = inst.cli("exec", "primed", "true")
+            assert r.returncode == 0, r.stderr
+            inst.cli("restart", "-t", "0", "primed", check=True)
+        finally:
+            inst.cli("rm", "-f", "primed")
+        after = _cgroups(pid)
+        assert after["0:"] == group  # written where it is now, not moved back home
+        assert {k: v for k, v in after.items() if k != "0:"} == {k: v for k, v in before.items() if k != "0:"}
+    finally:
+        with contextlib.suppress(OSError):
+            Path(unified + home, "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            os.rmdir(unified + group)
