@@ -90,25 +90,7 @@ class Engine:
 
     def leftovers(self) -> dict[str, list[str]]:
         """Container mounts, shims and runtime containers still present (all should be empty)."""
-        state = self.inst.state
-        mounts = mounts_under(os.path.join(state, "tasks"))
-        shims = []
-        for pid in pids_of_instance(state):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            if "services.shim " in cmd + " " or comm == "dockyard-shim":
-                shims.append(f"{pid} {cmd}")
-        runtime = []
-        rt_dir = Path(state) / "runtime"
-        if rt_dir.is_dir():
-            for root in rt_dir.iterdir():
-                binary = shutil.which(root.name) or root.name
-                out = subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
-                runtime += out.split()
-        return {"mounts": mounts, "shims": shims, "runtime": runtime}
+        return leftovers(self.inst.state)
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout_s
@@ -121,6 +103,29 @@ class Engine:
     def assert_clean(self) -> None:
         """No container mounts, shims or runtime containers left (after removing every container)."""
         self.wait_until(lambda: not any(self.leftovers().values()), 10, f"clean ({self.leftovers()})")
+
+
+def leftovers(state: str) -> dict[str, list[str]]:
+    """The container mounts, shims (``pid cmdline``) and runtime containers of the instance
+    whose state directory is ``state``."""
+    mounts = mounts_under(os.path.join(state, "tasks"))
+    shims = []
+    for pid in pids_of_instance(state):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if "services.shim " in cmd + " " or comm == "dockyard-shim":
+            shims.append(f"{pid} {cmd}")
+    runtime = []
+    rt_dir = Path(state) / "runtime"
+    if rt_dir.is_dir():
+        for root in rt_dir.iterdir():
+            binary = shutil.which(root.name) or root.name
+            out = subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
+            runtime += out.split()
+    return {"mounts": mounts, "shims": shims, "runtime": runtime}
 
 
 def ps_names(engine: Engine) -> dict[str, dict[str, Any]]:

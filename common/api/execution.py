@@ -54,6 +54,8 @@ Methods (service ``execution``; every method acts in the request's namespace):
   it starts), then ``{s, d}`` frames until the output ends. With ``stdin`` the
   client's own stream (bytes, then EOF) goes to the container's stdin.
 - ``execution.restart`` ``StopRequest`` -> ``StartReply``: stop (as ``stop``) then start.
+  Restarts of one container at once take turns, each a whole stop and start (events kill,
+  die, stop, start, restart each); a ``stop`` meanwhile waits for the same exit.
   An ``auto_remove`` container is kept across it (same id, same writable layer) and removed
   at its next exit, as dockerd does; a ``run`` or a ``wait`` for ``removed`` following it goes
   on until that removal and gets that exit's status (the output of an attach ends with the

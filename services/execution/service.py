@@ -190,6 +190,9 @@ class ExecutionService:
         self._restarting: dict[tuple[str, str], int] = {}
         """Per ``auto_remove`` container: the ``restart`` calls in flight here; an exit meanwhile
         does not remove it (dockerd's ``HasBeenManuallyRestarted``)."""
+        self._restart_turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        """Per container with ``restart`` calls in flight here: the lock they take turns on and
+        how many hold or wait for it (``_restart_turn``)."""
         self._force_removing: dict[tuple[str, str], int] = {}
         """Per container: the ``rm -f`` calls in flight here; nothing starts it meanwhile
         (dockerd's ``RemovalInProgress``), not a ``restart`` whose stop the kill ended."""
@@ -592,32 +595,59 @@ class ExecutionService:
         """Stop (as ``execution.stop``) if running, then start; ``/containers/restart`` once
         started (Docker's events: kill, die, stop, start, restart).
 
-        An ``auto_remove`` container is kept across it and removed at its next exit (see module
-        docstring); Conflict ``container 'x' is being removed`` for one that exited already, and
-        removed then if the start fails. dockerd: daemon/restart.go ``containerRestart``."""
+        Restarts of one container take turns (``_restart_turn``): each is a whole stop and start
+        with its own events, and all succeed, as they do on dockerd when they come one after the
+        other. An ``auto_remove`` container is kept across it and removed at its next exit (see
+        module docstring); Conflict ``container 'x' is being removed`` for one that exited already,
+        and removed then if the start fails. dockerd: daemon/restart.go ``containerRestart``."""
         rec = self._find(ctx.namespace, req.id)
         key = (rec.namespace, rec.id)
-        keep = bool(rec.config.get("auto_remove"))
-        if keep:
-            await self._start_settled(rec)  # a start in flight first: its task is the one to restart
-            rec = self.store.get(*key) or rec
-            if rec.status != "created" and self._not_running(rec) and not self._restarting.get(key):
-                raise errors.Conflict(f"container '{rec.name}' is being removed", {"id": rec.id})
-            self._restarting[key] = self._restarting.get(key, 0) + 1
-        try:
-            await self.stop(req, ctx)
-            live = self.tasks.get(*key)
-            if live is not None:
-                await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
-            reply = await self._start(self.store.get(*key) or rec)
-        finally:
+        async with self._restart_turn(key):
+            # as an earlier restart (or an rm -f) left it
+            current = self.store.get(*key)
+            if current is None:
+                raise errors.NotFound(f"container '{req.id}' not found")
+            rec = current
+            keep = bool(rec.config.get("auto_remove"))
             if keep:
-                self._restart_ended(key)
-        if not reply.already_running:
-            current = self.store.get(rec.namespace, rec.id) or rec
-            started = task_event_id(rec.id, current.incarnation, "start")
-            self._publish_action(topics.CONTAINER_RESTART, "restart", current, after=started)
-        return reply
+                await self._start_settled(rec)  # a start in flight first: its task is the one to restart
+                rec = self.store.get(*key) or rec
+                if rec.status != "created" and self._not_running(rec) and not self._restarting.get(key):
+                    raise errors.Conflict(f"container '{rec.name}' is being removed", {"id": rec.id})
+                self._restarting[key] = self._restarting.get(key, 0) + 1
+            try:
+                await self.stop(req, ctx)
+                live = self.tasks.get(*key)
+                if live is not None:
+                    await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+                reply = await self._start(self.store.get(*key) or rec)
+            finally:
+                if keep:
+                    self._restart_ended(key)
+            if not reply.already_running:
+                current = self.store.get(rec.namespace, rec.id) or rec
+                started = task_event_id(rec.id, current.incarnation, "start")
+                self._publish_action(topics.CONTAINER_RESTART, "restart", current, after=started)
+            return reply
+
+    @contextlib.asynccontextmanager
+    async def _restart_turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Hold the restart turn of container ``key`` (``restart`` calls of one container run one
+        after the other, each a whole stop and start). Without it, a second restart's stop acted
+        on the task the first was stopping, and its start found the first's new task running:
+        ``already running``, no ``restart`` event, one task started for two restarts. The entry
+        goes with the last caller."""
+        lock, users = self._restart_turns.get(key, (asyncio.Lock(), 0))
+        self._restart_turns[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._restart_turns[key]
+            if users > 1:
+                self._restart_turns[key] = (lock, users - 1)
+            else:
+                del self._restart_turns[key]
 
     def _not_running(self, rec: Record) -> bool:
         """True when ``rec`` has no task that runs, is paused, or is being started here."""
