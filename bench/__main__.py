@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(PROJECT / "bench" / "results"))
     parser.add_argument("--work", default="/var/tmp/dockyard-bench", help="bundles, images, registry data, logs")
     parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=100.0,
+        help="quiet before each timed command (default 100; 0: back to back, each command then may ride on"
+        " the previous one's kernel grace period)",
+    )
+    parser.add_argument(
         "--peer-state-tmpfs",
         action="store_true",
         help="put containerd's /run/containerd on a tmpfs too, as Dockyard puts its state directory"
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     suite = Suite(Path(opts.work), runs=opts.runs, warmup=opts.warmup, big_mb=opts.big_mb,
                   pull_runs=opts.pull_runs, conc_iters=opts.conc_iters, peer_state_tmpfs=opts.peer_state_tmpfs,
+                  gap_ms=opts.gap_ms,
                   log=lambda m: print(f"[{time.time() - started:6.1f}s] {m}", file=sys.stderr, flush=True))  # fmt: skip
     tuning = host.host_tuning()  # before anything runs: the probe wants a quiet host
     try:
@@ -96,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": _versions(),
         "runs": opts.runs,
+        "gap_ms": opts.gap_ms,
         "commands": suite.commands,
         "cases": {c: {t: s.as_dict() for t, s in tools.items()} for c, tools in suite.results.items()},
         "memory": suite.memory,

@@ -68,6 +68,10 @@ def markdown(data: dict[str, Any]) -> str:
         from bench.host import describe
 
         lines[1:1] = [f"Kernel: {describe(data['kernel_tuning'])}"]
+    if "gap_ms" in data:
+        lines.insert(
+            len(lines) - 1, f"Runs: {data.get('runs')} rounds, each timed command after {data['gap_ms']:g} ms of quiet"
+        )
     for case, tools in data["cases"].items():
         bare = BARE.get(case)
         bare_ms = _median(tools, bare) if bare else None

@@ -2,7 +2,11 @@
 
 Every latency case runs each tool once per round, tools in a rotated order, for
 ``runs`` rounds (after ``warmup`` rounds that are not kept), so load that comes and
-goes on the host is spread over every tool alike. Times are wall-clock milliseconds
+goes on the host is spread over every tool alike. Each timed command starts after
+``gap_ms`` of quiet (100 ms by default): a command right after another tool's rode on
+that tool's kernel grace period for cgroup moves (README, The kernel's part), so the
+figures depended on the order of the tools; after a gap every command pays what a lone
+one pays. Times are wall-clock milliseconds
 of the whole command, measured around the process from the bench (the same way for
 every tool). A sample whose command failed is recorded as an error, not as a time.
 
@@ -108,8 +112,9 @@ class Suite:
 
     def __init__(self, work: Path, *, runs: int = 20, warmup: int = 3, big_mb: int = 140,
                  pull_runs: int = 3, conc_iters: int = 3, log: Callable[[str], None] = print,
-                 peer_state_tmpfs: bool = False) -> None:  # fmt: skip
+                 peer_state_tmpfs: bool = False, gap_ms: float = 100.0) -> None:  # fmt: skip
         self.work = work
+        self.gap_s = gap_ms / 1000
         self.runs = runs
         self.warmup = warmup
         self.big_mb = big_mb
@@ -261,6 +266,8 @@ class Suite:
                 if prepare and tool in prepare:
                     prepare[tool]()
                 for suffix, cmd in steps[tool](r):
+                    if self.gap_s:
+                        time.sleep(self.gap_s)
                     ms, err = timed(cmd, env=self._env(tool))
                     if r < 0:
                         continue
