@@ -112,6 +112,9 @@ REMOVE_EVENT_WAIT_S = 1.0
 SHIM_DEATH_GRACE_S = 2.0
 """How long a call that failed ``Unavailable`` waits to see its shim's process gone (its
 socket closes a moment before its pidfd reports the exit) before the error stands."""
+KILLED_PAUSE_LOOK_S = 0.5
+"""How often a stop or ``rm -f`` waiting for its SIGKILLed task looks whether a ``pause``
+froze it meanwhile (``_kill_and_wait``)."""
 TRASH_DELAY_S = 0.05
 """A removal's trash is deleted this long after its renames: by then ``rm`` or ``run --rm``
 has its answer (a thread's ``rmtree`` beside the event loop slowed the answer's last hops)."""
@@ -1142,8 +1145,7 @@ class ExecutionService:
             await asyncio.wait_for(asyncio.shield(live.done.wait()), timeout)
         except TimeoutError:
             log.info("container %s did not stop within %ss; killing it", rec.id[:12], timeout)
-            await self._signal(live, signal_mod.SIGKILL)
-            await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+            await self._kill_and_wait(live)
         code = live.exit.exit_code if live.exit else None
         exited = task_event_id(rec.id, live.incarnation, "exit")
         self._publish_action(topics.CONTAINER_STOP, "stop", self.store.get(rec.namespace, rec.id) or rec, after=exited)
@@ -1185,6 +1187,32 @@ class ExecutionService:
                 return
             raise
 
+    async def _kill_and_wait(self, live: Live, timeout_s: float = 60.0) -> None:
+        """SIGKILL the task of ``live`` and wait for its end (``live.done``); TimeoutError after
+        ``timeout_s``. A frozen process dies only once thawed, so a task found paused, before
+        the kill or while it is awaited, is resumed: a ``pause`` that came during a stop's grace
+        period (or while its kill was out) left the stop waiting 60 s on a frozen task and the
+        container paused with the kill pending. dockerd's ``killWithSignal`` resumes a paused
+        container after its signal the same way, at each kill of its stop."""
+        await self._signal(live, signal_mod.SIGKILL)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            if live.status == "paused" and not live.done.is_set():
+                with contextlib.suppress(errors.DockyardError):
+                    await live.client.call("shim.resume", {}, timeout_s=10)
+                    if not live.done.is_set():  # as unpause leaves it, until its exit is recorded
+                        live.status = "running"
+                        self.store.update(*live.key, status="running")
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                # a pause still in flight when we looked is seen at the next look
+                await asyncio.wait_for(asyncio.shield(live.done.wait()), min(left, KILLED_PAUSE_LOOK_S))
+                return
+            except TimeoutError:
+                continue
+
     @rpc("execution.kill")
     async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:
         """Send a signal to the running task; Conflict when it is not running."""
@@ -1225,11 +1253,7 @@ class ExecutionService:
                         {"id": rec.id},
                     )
                 self.store.update(rec.namespace, rec.id, manual_stop=True)
-                await self._signal(live, signal_mod.SIGKILL)
-                if live.status == "paused":  # a frozen process dies once thawed
-                    with contextlib.suppress(errors.DockyardError):
-                        await live.client.call("shim.resume", {}, timeout_s=10)
-                await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
+                await self._kill_and_wait(live)
             rec = self.store.get(*key) or rec
             await self._remove(rec, volumes=req.volumes)
         finally:
