@@ -23,6 +23,8 @@ the kernel needs no grace period (a busy host, ``favordynmods``).
 from __future__ import annotations
 
 import _thread
+import errno
+import functools
 import logging
 import os
 import threading
@@ -31,11 +33,22 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def own_procs_file(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self/cgroup") -> str | None:
+class ThreadsApart(OSError):
+    """The process's threads are not all in the cgroup its ``cgroup.procs`` write would use."""
+
+
+def own_procs_file(
+    mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self/cgroup", tasks: str | None = None
+) -> str | None:
     """The ``cgroup.procs`` file of this process's own cgroup: in the unified (v2) hierarchy
     where one is mounted (a v2 or hybrid host), else in a mounted v1 hierarchy; None when no
     hierarchy of this process is mounted with its root visible here (the cgroup file system
     mounted for another namespace, or none).
+
+    With ``tasks`` (``/proc/self/task``), raises ThreadsApart when a thread of the process is
+    in another cgroup of that hierarchy than the one found (``/proc/self/cgroup`` is the main
+    thread's): an administrator placed threads apart (v2 threaded cgroups, v1's ``tasks``
+    file), and a pid written to ``cgroup.procs`` moves every thread of the process there.
 
     ``/proc/self/cgroup`` lines are ``ID:CONTROLLERS:PATH`` (cgroups(7)); a mount's super
     options name its v1 controllers (``rw,cpu,cpuacct``, ``rw,name=systemd``).
@@ -54,17 +67,44 @@ def own_procs_file(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc
             lines = [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
     except (OSError, ValueError):
         return None
+    found = _hierarchy(mounts, lines)
+    if found is None:
+        return None
+    hid, path, procs = found
+    if tasks is not None:
+        _check_threads(tasks, hid, path)
+    return procs
+
+
+def _hierarchy(mounts: list[tuple[str, str, set[str]]], lines: list[list[str]]) -> tuple[str, str, str] | None:
+    """``(hierarchy ID, cgroup path, its cgroup.procs file)`` for ``own_procs_file``."""
     for hid, controllers, path in lines:
         if hid == "0" and not controllers:
             for point, fstype, _ in mounts:
                 if fstype == "cgroup2":
-                    return os.path.join(point, path.lstrip("/"), "cgroup.procs")
-    for _, controllers, path in lines:
+                    return hid, path, os.path.join(point, path.lstrip("/"), "cgroup.procs")
+    for hid, controllers, path in lines:
         wanted = set(controllers.split(",")) if controllers else set()
         for point, fstype, supers in mounts:
             if fstype == "cgroup" and wanted and wanted <= supers:
-                return os.path.join(point, path.lstrip("/"), "cgroup.procs")
+                return hid, path, os.path.join(point, path.lstrip("/"), "cgroup.procs")
     return None
+
+
+def _check_threads(tasks: str, hid: str, path: str) -> None:
+    """Raise ThreadsApart when a thread under ``tasks`` is in hierarchy ``hid`` elsewhere than
+    ``path``; a thread that ended meanwhile is skipped."""
+    for tid in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, tid, "cgroup"), encoding="utf-8") as f:
+                for line in f:
+                    parts = line.rstrip("\n").split(":", 2)
+                    if len(parts) == 3 and parts[0] == hid and parts[2] != path:
+                        raise ThreadsApart(
+                            errno.EBUSY, f"thread {tid} is in {parts[2]}, not {path}: the write would move it"
+                        )
+        except (FileNotFoundError, ProcessLookupError):
+            continue
 
 
 class MovePrimer:
@@ -76,7 +116,10 @@ class MovePrimer:
     Calls made while a write is under way are folded into one more write right after it,
     which keeps the kernel's state past the grace period a little longer. The first write
     that fails, or finds no file (no permission, a read-only or unmounted cgroup file
-    system), turns the primer off for good, with one log line.
+    system), or finds threads of the process in other cgroups than the main thread's (the
+    write would gather them: ``ThreadsApart``), turns the primer off for good, with one log
+    line. A move of the process by someone else between ``locate`` and the write (a few
+    microseconds, or a GIL switch) is still undone: the write names the cgroup looked at.
     """
 
     def __init__(self, locate: Callable[[], str | None] | None) -> None:
@@ -90,7 +133,7 @@ class MovePrimer:
     def for_this_process(cls, enabled: bool = True) -> MovePrimer:
         """A primer on this process's own cgroup (``own_procs_file``), or one that does
         nothing when ``enabled`` is false."""
-        return cls(own_procs_file if enabled else None)
+        return cls(functools.partial(own_procs_file, tasks="/proc/self/task") if enabled else None)
 
     @property
     def enabled(self) -> bool:
@@ -120,8 +163,9 @@ class MovePrimer:
             locate = self._locate
             if locate is None:
                 return
-            path = locate()
+            path: str | None = None
             try:
+                path = locate()
                 if path is None:
                     raise FileNotFoundError("no cgroup hierarchy of this process is mounted here")
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -131,6 +175,6 @@ class MovePrimer:
                     os.close(fd)
                 self.writes += 1
             except OSError as exc:
-                log.info("cgroup move priming off: writing %s: %s", path, exc.strerror or exc)
+                log.info("cgroup move priming off: writing %s: %s", path or "cgroup.procs", exc.strerror or exc)
                 self._locate = None
                 return

@@ -76,3 +76,34 @@ def test_the_execution_service_stays_in_the_cgroup_it_was_moved_to(inst: Instanc
             Path(unified + home, "cgroup.procs").write_text(str(pid))
         with contextlib.suppress(OSError):
             os.rmdir(unified + group)
+
+
+def test_threads_placed_in_another_threaded_cgroup_stay_there(inst: Instance) -> None:
+    """The service's threads split over a threaded subtree (v2 thread mode): a pid written to
+    the main thread's ``cgroup.procs`` moved every thread there; the primer now turns itself
+    off instead (one log line), and containers start as before."""
+    unified = _unified_mount()
+    if unified is None:
+        pytest.skip("no cgroup2 hierarchy mounted here")
+    pid = inst.pid("execution")
+    home = _cgroups(pid)["0:"]
+    group = f"/dockyard-test-threads-{os.getpid()}"
+    os.makedirs(unified + group + "/a")
+    os.makedirs(unified + group + "/b")
+    try:
+        for sub in ("a", "b"):
+            Path(unified + group, sub, "cgroup.type").write_text("threaded")
+        Path(unified + group, "a", "cgroup.procs").write_text(str(pid))
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        Path(unified + group, "b", "cgroup.threads").write_text(str(tids[0]))
+        r = inst.cli("run", "--rm", "busybox", "true")
+        assert r.returncode == 0, r.stderr
+        assert _cgroups(pid)["0:"] == group + "/a"
+        assert Path(f"/proc/{pid}/task/{tids[0]}/cgroup").read_text().splitlines()[-1] == f"0::{group}/b"
+        assert "cgroup move priming off" in (inst.logs / "execution.log").read_text()
+    finally:
+        with contextlib.suppress(OSError):
+            Path(unified + home, "cgroup.procs").write_text(str(pid))
+        for sub in ("/a", "/b", ""):
+            with contextlib.suppress(OSError):
+                os.rmdir(unified + group + sub)

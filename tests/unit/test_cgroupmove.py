@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from common.cgroupmove import MovePrimer, own_procs_file
+import pytest
+
+from common.cgroupmove import MovePrimer, ThreadsApart, own_procs_file
 
 HYBRID_MOUNTINFO = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -105,3 +107,36 @@ def test_a_primer_disabled_or_closed_does_nothing(tmp_path: Path) -> None:
     closed.prime()
     time.sleep(0.05)
     assert closed.writes == 0 and procs.read_text() == ""
+
+
+def _tasks(tmp_path: Path, threads: dict[str, str]) -> str:
+    for tid, cgroup in threads.items():
+        (tmp_path / "task" / tid).mkdir(parents=True)
+        (tmp_path / "task" / tid / "cgroup").write_text(cgroup)
+    return str(tmp_path / "task")
+
+
+def test_threads_placed_in_other_cgroups_are_not_gathered(tmp_path: Path) -> None:
+    # a threaded v2 subtree: the main thread in /svc/a, the zmq I/O thread in /svc/b; writing the
+    # pid to /svc/a's cgroup.procs moved the I/O thread back to /svc/a
+    files = _files(tmp_path, HYBRID_MOUNTINFO, "8:pids:/\n0::/svc/a\n")
+    tasks = _tasks(tmp_path, {"10": "8:pids:/\n0::/svc/a\n", "11": "8:pids:/\n0::/svc/b\n"})
+    with pytest.raises(ThreadsApart):
+        own_procs_file(*files, tasks=tasks)
+    assert own_procs_file(*files) == "/sys/fs/cgroup/unified/svc/a/cgroup.procs"  # not asked to look
+
+
+def test_threads_apart_in_a_hierarchy_not_written_do_not_matter(tmp_path: Path) -> None:
+    files = _files(tmp_path, HYBRID_MOUNTINFO, "8:pids:/\n0::/svc\n")
+    tasks = _tasks(tmp_path, {"10": "8:pids:/\n0::/svc\n", "11": "8:pids:/other\n0::/svc\n"})
+    assert own_procs_file(*files, tasks=tasks) == "/sys/fs/cgroup/unified/svc/cgroup.procs"
+
+
+def test_threads_apart_turn_the_primer_off(tmp_path: Path) -> None:
+    def apart() -> str:
+        raise ThreadsApart(16, "thread 11 is in /b")
+
+    primer = MovePrimer(apart)
+    primer.prime()
+    _until(lambda: not primer.enabled)
+    assert primer.writes == 0
