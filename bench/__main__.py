@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import math
 import os
 import platform
 import subprocess
@@ -53,6 +54,19 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def gap_ms(value: str) -> float:
+    """``--gap-ms``: a finite number of milliseconds, 0 or more. A negative or NaN gap passed
+    the parser and failed ``time.sleep`` at the first timed command, after the set-up had
+    started the peers' daemons (minutes in)."""
+    try:
+        ms = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not math.isfinite(ms) or ms < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of milliseconds, 0 or more: {value!r}")
+    return ms
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="rounds of each latency case (default 20)")
@@ -65,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/var/tmp/dockyard-bench", help="bundles, images, registry data, logs")
     parser.add_argument(
         "--gap-ms",
-        type=float,
+        type=gap_ms,
         default=100.0,
         help="quiet before each timed command (default 100; 0: back to back, each command then may ride on"
         " the previous one's kernel grace period)",
