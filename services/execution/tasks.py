@@ -157,11 +157,21 @@ class TaskManager:
         for live in list(self.live.values()):
             if live.monitor is not None:
                 live.monitor.cancel()
+            if live.early_wait is not None:  # not taken by its monitor yet (it goes with the monitor)
+                live.early_wait.cancel()
             if live.watch is not None:
                 live.watch.close()
         for task in list(self._background):
             task.cancel()
-        tasks = [t for t in (*[lv.monitor for lv in self.live.values()], *self._background) if t is not None]
+        tasks = [
+            t
+            for t in (
+                *[lv.monitor for lv in self.live.values()],
+                *[lv.early_wait for lv in self.live.values()],
+                *self._background,
+            )
+            if t is not None
+        ]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for live in list(self.live.values()):
@@ -368,6 +378,7 @@ class TaskManager:
 
     # -- watching ------------------------------------------------------------------------------------
     async def _monitor(self, live: Live) -> None:
+        waiter: asyncio.Future[Any] | None = None
         try:
             while True:
                 if await shimwake.sleeping(live.client.endpoint):
@@ -403,6 +414,12 @@ class TaskManager:
                 else:
                     log.warning("shim of %s not answering (%s); still watching it", live.container_id[:12], exc)
         except asyncio.CancelledError:
+            # its shim.wait goes with it (``close``): left running, it outlived the client's
+            # close, opened the socket again, and its tasks were destroyed pending at the exit
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiter
             raise
         except Exception:
             log.exception("monitor of container %s failed", live.container_id)
