@@ -1215,7 +1215,11 @@ class ExecutionService:
 
     @rpc("execution.kill")
     async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:
-        """Send a signal to the running task; Conflict when it is not running."""
+        """Send a signal to the running task; Conflict when it is not running.
+
+        A paused task is resumed after SIGKILL or the container's stop signal, so that the
+        signal that ends it is received (dockerd's ``killWithSignal``; another signal stays
+        pending until an ``unpause``)."""
         rec = self._find(ctx.namespace, req.id)
         sig = spec.parse_signal(req.signal, signal_mod.SIGKILL)
         live = self.tasks.get(rec.namespace, rec.id)
@@ -1227,10 +1231,13 @@ class ExecutionService:
             await self._shim_kill(live, sig)
         except errors.FailedPrecondition:
             raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
-        if live.status == "paused" and sig == signal_mod.SIGKILL:
-            with contextlib.suppress(errors.DockyardError):  # a frozen process dies once thawed
+        stop_sig = spec.parse_signal(rec.extra.get("stop_signal") or "SIGTERM")
+        if live.status == "paused" and sig in (signal_mod.SIGKILL, stop_sig):
+            with contextlib.suppress(errors.DockyardError):  # a frozen process acts on it once thawed
                 await live.client.call("shim.resume", {}, timeout_s=10)
-                live.status = "running"
+                if not live.done.is_set():  # as unpause leaves it, until its exit is recorded
+                    live.status = "running"
+                    self.store.update(*live.key, status="running")
         return {}
 
     # -- remove --------------------------------------------------------------------------

@@ -70,3 +70,30 @@ def test_a_pause_during_the_stop_timeout_does_not_hang_the_stop(inst: Instance) 
         time.sleep(0.1)
     left = leftovers(inst.state)
     assert not left["mounts"] and not left["runtime"], left
+
+
+EXITS_ON_TERM_AND_HUP = "trap 'exit 3' TERM; trap 'exit 4' HUP; while true; do sleep 0.1; done"
+
+
+def test_kill_with_the_stop_signal_resumes_a_paused_container_and_another_signal_does_not(inst: Instance) -> None:
+    """dockerd's ``killWithSignal``: a paused container is resumed after SIGKILL or its stop
+    signal, which it then receives; another signal waits, pending, for an ``unpause``. The
+    old code resumed it after SIGKILL only: ``kill -s TERM`` left it paused."""
+    inst.cli("run", "-d", "--name", "pk", "busybox", "sh", "-c", EXITS_ON_TERM_AND_HUP, check=True)
+    try:
+        time.sleep(0.3)  # the traps are set
+        inst.cli("pause", "pk", check=True)
+        inst.cli("kill", "-s", "HUP", "pk", check=True)
+        time.sleep(0.5)
+        r = inst.cli("inspect", "-f", "{{.State.Status}}", "pk", check=True)
+        assert r.stdout.decode().strip() == "paused"  # not the stop signal: still frozen
+        inst.cli("kill", "-s", "TERM", "pk", check=True)
+        r = inst.cli("wait", "pk", timeout=20)
+        assert r.returncode == 0, r.stderr.decode()
+        # the HUP was pending while frozen: whichever trap ran first ended it, once resumed
+        assert r.stdout.decode().strip() in ("3", "4"), r.stdout
+        r = inst.cli("inspect", "-f", "{{.State.Status}}", "pk", check=True)
+        assert r.stdout.decode().strip() == "exited"
+    finally:
+        inst.cli("unpause", "pk")
+        inst.cli("rm", "-f", "pk")
