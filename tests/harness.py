@@ -190,6 +190,18 @@ class Instance:
             raise AssertionError(f"dockyard {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}")
         return proc
 
+    def cli_popen(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``dockyard <args>`` against this instance without waiting: stdin from
+        /dev/null, stdout and stderr piped (bytes)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", *args],
+            env=self.env,
+            cwd=PROJECT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     # -- cleanup -----------------------------------------------------------------------------
     def cleanup(self) -> None:
         """Remove every process, container, mount and file this instance made."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from tests.harness import Instance
-from tests.integration.test_run_output_across_execution_restart import _cli, _finish, _read_until
+from tests.integration.test_run_output_across_execution_restart import _finish, _read_until
 
 SCRIPT = "echo one; echo err-one >&2; sleep 2; echo two; echo err-two >&2; exit 3"
 
@@ -28,7 +28,7 @@ def _wait_logged(dy: Instance, name: str, want: bytes, timeout_s: float = 15) ->
 
 def test_logs_follow_goes_on_after_execution_is_killed(dy: Instance) -> None:
     dy.cli("run", "-d", "--name", "chatty", "busybox", "sh", "-c", SCRIPT, check=True)
-    proc = _cli(dy, "logs", "-f", "chatty")
+    proc = dy.cli_popen("logs", "-f", "chatty")
     head = _read_until(proc, b"one\n")
     dy.kill("execution")
     dy.start("execution")
@@ -41,7 +41,7 @@ def test_logs_follow_of_a_fast_writer_loses_and_repeats_no_line(dy: Instance) ->
     shim), so only the cursor's count of entries at that time resumes exactly."""
     n = 200_000
     dy.cli("run", "-d", "--name", "fast", "busybox", "sh", "-c", f"seq 1 {n}; sleep 1; echo end", check=True)
-    proc = _cli(dy, "logs", "-f", "-t", "fast")
+    proc = dy.cli_popen("logs", "-f", "-t", "fast")
     head = _read_until(proc, b" 1000\n")
     dy.kill("execution")
     dy.start("execution")
@@ -57,7 +57,7 @@ def test_logs_tail_follow_keeps_the_tail_and_shows_what_came_during_the_outage(d
     script = "seq 1 5; sleep 2; echo six; sleep 1; echo seven"
     dy.cli("run", "-d", "--name", "tailed", "busybox", "sh", "-c", script, check=True)
     _wait_logged(dy, "tailed", b"5\n")
-    proc = _cli(dy, "logs", "-f", "--tail", "2", "tailed")
+    proc = dy.cli_popen("logs", "-f", "--tail", "2", "tailed")
     head = _read_until(proc, b"4\n5\n")
     dy.kill("execution")
     time.sleep(2.5)  # "six" is logged while nobody serves
@@ -72,7 +72,7 @@ def test_logs_follow_with_tail_0_that_had_printed_nothing(dy: Instance) -> None:
     script = "echo before; sleep 3; echo during; sleep 2; echo after"
     dy.cli("run", "-d", "--name", "quiet", "busybox", "sh", "-c", script, check=True)
     _wait_logged(dy, "quiet", b"before\n")
-    proc = _cli(dy, "logs", "-f", "--tail", "0", "quiet")
+    proc = dy.cli_popen("logs", "-f", "--tail", "0", "quiet")
     time.sleep(1.5)  # the CLI is up and its call in (it prints nothing to wait for)
     dy.kill("execution")
     time.sleep(2.5)  # "during" is logged while nobody serves
@@ -84,7 +84,7 @@ def test_logs_follow_with_tail_0_that_had_printed_nothing(dy: Instance) -> None:
 def test_logs_follow_gives_up_when_execution_stays_away(dy: Instance) -> None:
     dy.env["DOCKYARD_RESUME_WAIT_S"] = "2"
     dy.cli("run", "-d", "--name", "alone", "busybox", "sh", "-c", SCRIPT, check=True)
-    proc = _cli(dy, "logs", "-f", "alone")
+    proc = dy.cli_popen("logs", "-f", "alone")
     head = _read_until(proc, b"one\n")
     dy.kill("execution")
     out, err, code = _finish(proc, head)
@@ -98,7 +98,7 @@ def test_logs_follow_warns_when_the_log_rotated_past_it_during_the_outage(dy: In
     script = "echo first; sleep 3; seq 1 2000; sleep 1; echo last"
     opts = ("--log-opt", "max-size=1k", "--log-opt", "max-file=2")
     dy.cli("run", "-d", *opts, "--name", "rotated", "busybox", "sh", "-c", script, check=True)
-    proc = _cli(dy, "logs", "-f", "rotated")
+    proc = dy.cli_popen("logs", "-f", "rotated")
     head = _read_until(proc, b"first\n")
     dy.kill("execution")
     time.sleep(3)  # seq writes some 9 KB: "first" is rotated out meanwhile

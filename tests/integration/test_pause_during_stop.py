@@ -12,8 +12,6 @@ paused while its kill was out.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -21,7 +19,7 @@ import pytest
 
 from tests.conftest import need_root, running_instance
 from tests.engine import leftovers
-from tests.harness import PROJECT, Instance
+from tests.harness import Instance
 
 pytestmark = pytest.mark.root
 
@@ -35,22 +33,11 @@ def inst() -> Iterator[Instance]:
         yield i
 
 
-def _cli(inst: Instance, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", *args],
-        env=inst.env,
-        cwd=PROJECT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_a_pause_during_the_stop_timeout_does_not_hang_the_stop(inst: Instance) -> None:
     inst.cli("run", "-d", "--name", "frozen", "busybox", "sh", "-c", IGNORES_TERM, check=True)
     try:
         t0 = time.monotonic()
-        stop = _cli(inst, "stop", "-t", "2", "frozen")
+        stop = inst.cli_popen("stop", "-t", "2", "frozen")
         time.sleep(0.7)  # the SIGTERM is out, the wait for the exit runs
         r = inst.cli("pause", "frozen")
         assert r.returncode == 0, r.stderr.decode()

@@ -42,7 +42,7 @@ from tests.gateway_util import Engine as GatewayEngine
 from tests.harness import Instance
 from tests.integration.test_docker_events_parity import _actions, _events
 from tests.integration.test_gateway_across_execution_restart import _docker
-from tests.integration.test_run_output_across_execution_restart import _cli, _finish, _read_until
+from tests.integration.test_run_output_across_execution_restart import _finish, _read_until
 from tests.integration.test_volatile_rootfs import ROOT_LINE
 
 pytestmark = pytest.mark.root
@@ -177,7 +177,7 @@ def test_a_foreground_run_rm_ends_when_the_restarted_container_is_removed(engine
     """dockerd's ``docker run --rm`` client after ``docker restart``: the output ends with the
     first task, the client waits on (the container is not removed) and exits with the status
     of the exit that removed it."""
-    proc = _cli(engine.inst, "run", "--rm", "--name", "fg", "busybox", "sh", "-c", FOLLOWED)
+    proc = engine.inst.cli_popen("run", "--rm", "--name", "fg", "busybox", "sh", "-c", FOLLOWED)
 
     def restart() -> None:
         assert engine.cli("restart", "-t", "5", "fg").returncode == 0

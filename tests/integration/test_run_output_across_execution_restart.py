@@ -13,25 +13,13 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.harness import PROJECT, Instance
+from tests.harness import Instance
 
 SCRIPT = "echo one; echo err-one >&2; sleep 2; echo two; echo err-two >&2; exit 7"
-
-
-def _cli(inst: Instance, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", *args],
-        env=inst.env,
-        cwd=PROJECT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _read_until(proc: subprocess.Popen[bytes], want: bytes, timeout_s: float = 15) -> bytes:
@@ -67,7 +55,7 @@ def _names(inst: Instance) -> list[str]:
 
 
 def test_run_output_resumes_once_after_execution_is_killed_mid_run(dy: Instance) -> None:
-    proc = _cli(dy, "run", "--name", "inflight", "busybox", "sh", "-c", SCRIPT)
+    proc = dy.cli_popen("run", "--name", "inflight", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"one\n")
     dy.kill("execution")
     dy.start("execution")  # back while the container still sleeps
@@ -83,7 +71,7 @@ def test_run_output_resumes_once_after_execution_is_killed_mid_run(dy: Instance)
 def test_run_rm_container_exiting_while_execution_is_down(dy: Instance) -> None:
     """The container exits during the outage: the restarted service holds its removal for
     the client, which prints the rest from the log, gets 7 and removes it (once)."""
-    proc = _cli(dy, "run", "--rm", "--name", "gone", "busybox", "sh", "-c", SCRIPT)
+    proc = dy.cli_popen("run", "--rm", "--name", "gone", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"one\n")
     dy.kill("execution")
     time.sleep(2.5)  # "two" is written and the container exits while nobody serves
@@ -99,7 +87,7 @@ def test_run_tty_output_resumes_once(dy: Instance) -> None:
     baseline = dy.cli("run", "--rm", "-t", "busybox", "true")
     if b"console:" in baseline.stderr:  # the host gives containers no terminal (test_execution_io fails too)
         pytest.skip(f"no container terminal on this host: {baseline.stderr.decode().strip()}")
-    proc = _cli(dy, "run", "-t", "busybox", "sh", "-c", "echo one; sleep 2; echo two; exit 7")
+    proc = dy.cli_popen("run", "-t", "busybox", "sh", "-c", "echo one; sleep 2; echo two; exit 7")
     head = _read_until(proc, b"one\r\n")
     dy.kill("execution")
     dy.start("execution")
@@ -114,7 +102,7 @@ def test_start_attached_resumes_after_the_earlier_runs_output(dy: Instance) -> N
     dy.cli("create", "--name", "again", "busybox", "sh", "-c", SCRIPT, check=True)
     first = dy.cli("start", "-a", "again")
     assert first.returncode == 7 and first.stdout == b"one\ntwo\n", first.stderr
-    proc = _cli(dy, "start", "-a", "again")
+    proc = dy.cli_popen("start", "-a", "again")
     head = _read_until(proc, b"one\n")
     dy.kill("execution")
     dy.start("execution")
@@ -127,7 +115,7 @@ def test_start_attached_resumes_after_the_earlier_runs_output(dy: Instance) -> N
 def test_run_gives_up_when_execution_stays_away(dy: Instance) -> None:
     """Not back within the wait: the original one-line error and 125 (the wait shortened here)."""
     dy.env["DOCKYARD_RESUME_WAIT_S"] = "2"
-    proc = _cli(dy, "run", "busybox", "sh", "-c", SCRIPT)
+    proc = dy.cli_popen("run", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"one\n")
     dy.kill("execution")
     out, err, code = _finish(proc, head)

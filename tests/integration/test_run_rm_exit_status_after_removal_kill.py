@@ -23,7 +23,7 @@ import time
 from tests.gateway_util import Engine
 from tests.harness import Instance
 from tests.integration.test_gateway_across_execution_restart import _docker
-from tests.integration.test_run_output_across_execution_restart import _cli, _finish, _names, _read_until
+from tests.integration.test_run_output_across_execution_restart import _finish, _names, _read_until
 
 SCRIPT = "echo one; sleep 1; echo two; exit 7"
 
@@ -39,7 +39,7 @@ def _wait_for_log(inst: Instance, service: str, text: str, timeout_s: float = 30
 
 def test_run_rm_exit_status_survives_a_kill_right_after_the_removal(dy: Instance) -> None:
     dy.kill("events")  # the removal's event cannot be journaled: the run's answer waits 1 s for it
-    proc = _cli(dy, "run", "--rm", "--name", "tomb", "busybox", "sh", "-c", SCRIPT)
+    proc = dy.cli_popen("run", "--rm", "--name", "tomb", "busybox", "sh", "-c", SCRIPT)
     head = _read_until(proc, b"two\n", timeout_s=30)
     _wait_for_log(dy, "execution", "removed container")  # the record is deleted, the answer not sent
     dy.kill("execution")
