@@ -251,7 +251,10 @@ def resolve_user(root: str, spec: str, extra_groups: list[str] | None = None) ->
             gid = g.gid
     else:
         gid = entry.gid if entry is not None else 0
-    additional: list[int] = []
+    # the primary group first, as dockerd's getUser (daemon/oci_linux.go, since 20.10.18:
+    # CVE-2022-36109) puts it, so that `id` lists it among the groups and a setgroups() in
+    # the container cannot drop it
+    additional: list[int] = [gid]
     if entry is not None:
         for g in groups:
             if entry.name in g.members and g.gid != gid and g.gid not in additional:

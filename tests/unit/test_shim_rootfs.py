@@ -35,9 +35,19 @@ def test_name_with_supplementary_groups(tmp_path: Path) -> None:
     root = _root(tmp_path, "app:x:1001:1002::/home/app:/bin/sh\n", "app:x:1002:\nextra:x:2000:app,other\n")
     u = resolve_user(root, "app")
     assert (u.uid, u.gid, u.home) == (1001, 1002, "/home/app")
-    assert u.additional_gids == [2000]
+    assert u.additional_gids == [1002, 2000]
     assert resolve_user(root, "app:extra").gid == 2000
     assert resolve_user(root, "1001").gid == 1002
+
+
+def test_the_primary_group_is_the_first_additional_gid(tmp_path: Path) -> None:
+    """dockerd's getUser (CVE-2022-36109) lists the primary gid first among the additional ones:
+    `docker run -u nobody busybox id` says groups=65534(nogroup), `-u 1234:55` groups=55."""
+    root = _root(tmp_path, "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n", "root:x:0:\n")
+    assert resolve_user(root, "").additional_gids == [0]
+    assert resolve_user(root, "nobody").additional_gids == [65534]
+    assert resolve_user(root, "1234:55").additional_gids == [55]
+    assert resolve_user(root, "nobody", ["0"]).additional_gids == [65534, 0]
 
 
 def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
