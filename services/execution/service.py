@@ -591,7 +591,7 @@ class ExecutionService:
         pending = self._restarts.pop((rec.namespace, rec.id), None)
         if pending is not None:
             pending.cancel()
-        return await self._start(rec)
+        return await self._start(rec, manual=True)
 
     @rpc("execution.restart")
     async def restart(self, req: StopRequest, ctx: Context) -> StartReply:
@@ -623,7 +623,7 @@ class ExecutionService:
                 live = self.tasks.get(*key)
                 if live is not None:
                     await asyncio.wait_for(asyncio.shield(live.done.wait()), 60)
-                reply = await self._start(self.store.get(*key) or rec)
+                reply = await self._start(self.store.get(*key) or rec, manual=True)
             finally:
                 if keep:
                     self._restart_ended(key)
@@ -927,7 +927,10 @@ class ExecutionService:
             prev = cur
             await asyncio.sleep(1.0)
 
-    async def _start(self, rec: Record) -> StartReply:
+    async def _start(self, rec: Record, *, manual: bool = False) -> StartReply:
+        """Start ``rec``'s task. ``manual``: a user's start or restart, which sets ``RestartCount``
+        back to 0 as dockerd's does (daemon/start.go, ``ResetRestartManager(true)``); a restart
+        by the container's policy keeps counting."""
         self.primer.prime()  # (again, for a run: the window past the grace period grows)
         previous = self.tasks.get(rec.namespace, rec.id)
         if previous is not None and previous.status == "stopped" and not previous.done.is_set():
@@ -952,6 +955,9 @@ class ExecutionService:
                 return StartReply(id=rec.id, pid=live.task_pid, already_running=True)
             if rec.status == "removing":
                 raise errors.Conflict(f"container '{rec.name}' is being removed")
+            if manual and rec.restart_count:
+                self.store.update(rec.namespace, rec.id, restart_count=0)
+                rec = self.store.get(rec.namespace, rec.id) or rec
             try:
                 live = await self.tasks.start(
                     rec,
@@ -963,14 +969,23 @@ class ExecutionService:
             except StartFailed as exc:
                 self._fail_pending(rec, exc.message)
                 self._notify(rec.namespace, rec.id, exc.exit_status, exc.message, removed=False)
-                if rec.config.get("auto_remove"):
-                    self._spawn(self._remove(rec), f"auto-remove-{rec.id[:12]}")
                 user_error = exc.exit_status in (126, 127) or exc.user_error
                 cls = errors.InvalidArgument if user_error else errors.Internal
-                raise cls(exc.message, {"exit_status": exc.exit_status}) from None
+                failed = cls(exc.message, {"exit_status": exc.exit_status})
+            else:
+                return StartReply(id=rec.id, pid=live.task_pid)
             finally:
                 self._early.pop((rec.namespace, rec.id), None)
-            return StartReply(id=rec.id, pid=live.task_pid)
+        if rec.config.get("auto_remove"):
+            # removed before the start answers, as dockerd's containerStart does: the docker CLI's
+            # wait for `removed` has its answer before the start's error, which makes the CLI
+            # cancel that wait (20.10 printed "error waiting for container: context canceled")
+            try:
+                await self._remove(rec)
+            except errors.DockyardError as exc:
+                log.warning("auto-remove of %s after its failed start waits: %s", rec.id[:12], exc)
+                self._spawn(self._auto_remove(rec), f"auto-remove-{rec.id[:12]}")
+        raise failed
 
     def _attach_early(self, key: tuple[str, str], client: Any) -> None:
         """The shim of ``key``'s starting task serves (its runtime still creating the task):

@@ -66,6 +66,9 @@ class ContainersAPI:
 
     def __init__(self, backends: Backends) -> None:
         self.b = backends
+        # per container id (and the reference it was asked by): the waits for `removed` whose
+        # answer is not yet written; a failed start of a --rm container lets them go first
+        self._removed_waits: dict[str, list[asyncio.Event]] = {}
 
     def routes(self, router: Router) -> None:
         add = router.add
@@ -217,6 +220,7 @@ class ContainersAPI:
                 reply = await starting.result()
             except errors.DockyardError as exc:
                 if attempt == 2 or not resume.lost_contact(starting, exc):
+                    await self._removed_waits_answered(ref)
                     raise docker_error(exc, "container", ref) from None
                 info = await resume.answering(self.b.execution, ref, exc)
                 if info is None:
@@ -233,6 +237,15 @@ class ContainersAPI:
                     await starting.cancel()
             return Response(304) if reply.get("already_running") else Response(204)
         raise AssertionError("unreachable")  # the second attempt answers or raises
+
+    async def _removed_waits_answered(self, ref: str, timeout_s: float = 2.0) -> None:
+        """Wait (bounded) until the waits for ``removed`` of ``ref`` have written their answer:
+        the execution service removed a --rm container whose start failed before it answered,
+        as dockerd does, and the docker CLI cancels its wait once the start's error is in (20.10
+        printed "error waiting for container: context canceled" when the wait came second)."""
+        pending = [e.wait() for e in self._removed_waits.get(ref, [])]
+        if pending:
+            await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=timeout_s)
 
     async def stop(self, request: Request) -> Response:
         ref = request.params["id"]
@@ -391,13 +404,29 @@ class ContainersAPI:
             req["hold"] = uuid.uuid4().hex  # a restarted service keeps it until this wait is back
         waiting = await self.b.execution.start("execution.wait", req, timeout_s=None)
         hold = str(req.get("hold") or "")
+        answered = asyncio.Event()
+        keys = {ref, c["id"]} if condition == "removed" else set()
+        for key in keys:
+            self._removed_waits.setdefault(key, []).append(answered)
+
+        def forget() -> None:
+            answered.set()
+            for key in keys:
+                left = [e for e in self._removed_waits.get(key, []) if e is not answered]
+                if left:
+                    self._removed_waits[key] = left
+                else:
+                    self._removed_waits.pop(key, None)
 
         async def body() -> AsyncIterator[bytes]:
             try:  # a restart of the execution service meanwhile is waited out (services.gateway.resume)
                 reply = await resume.wait_reply(
                     self.b.execution, self.b.events, c["id"], condition, since_ns, waiting, hold
                 )
-                err = reply.get("error") or ""
+                # dockerd answers a wait for `removed` without the container's error (the
+                # failed start of a --rm container: {"Error": null, "StatusCode": 127}); the
+                # docker CLI prints "Error waiting for container: ..." for one that has it
+                err = "" if condition == "removed" else reply.get("error") or ""
                 yield json_bytes(
                     {"StatusCode": int(reply.get("exit_code", 0)), "Error": {"Message": err} if err else None}
                 )
@@ -407,6 +436,7 @@ class ContainersAPI:
             except errors.DockyardError as exc:
                 yield json_bytes({"StatusCode": -1, "Error": {"Message": exc.message}})
             finally:
+                forget()
                 if not waiting.done:
                     await waiting.cancel()
 
