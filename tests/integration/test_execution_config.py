@@ -97,7 +97,7 @@ def engine() -> Iterator[Engine]:
 
 
 def test_numeric_user_without_passwd(engine: Engine) -> None:
-    assert engine.run("--rm", "nopasswd", "id").stdout == b"uid=1000 gid=1000\n"
+    assert engine.run("--rm", "nopasswd", "id").stdout == b"uid=1000 gid=1000 groups=1000\n"  # dockerd since 20.10.18
 
 
 def test_numeric_uid_not_in_passwd_gets_gid_0(engine: Engine) -> None:
