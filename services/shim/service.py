@@ -72,6 +72,10 @@ EXEC_START_FAILED = 126
 too): dockerd's ``ContainerExecStart`` records 126 for every start failure, where ``run``
 distinguishes 127 (``start_error_status``)."""
 
+RESUMED_EXIT_WAIT_S = 0.25
+"""How long ``shim.resume`` of a task signalled while frozen waits for its exit before it
+publishes ``/tasks/resumed`` (none when the exit comes first, as dockerd's ``unpause``)."""
+
 DELETE_FLUSH_S = 1.0
 """How long ``shim.delete`` waits for the events service to acknowledge the task's events."""
 
@@ -586,6 +590,8 @@ class Shim:
             os.kill(proc.state.pid, req.signal)
         except ProcessLookupError:
             raise errors.FailedPrecondition(f"cannot kill {proc.what}: process {proc.state.pid} is gone") from None
+        if proc.state.status == TaskStatus.PAUSED:
+            proc.signalled_while_paused = True
         if not req.exec_id:
             self._publish_kill(req.signal, req.after)
         return {}
@@ -1011,7 +1017,13 @@ class Shim:
 
     @rpc("shim.resume")
     async def resume(self, req: ProcessRequest, ctx: Context) -> dict[str, Any]:
-        """Thaw the task (``runtime resume``): paused -> running; ``/tasks/resumed``."""
+        """Thaw the task (``runtime resume``): paused -> running; ``/tasks/resumed``.
+
+        A task that was signalled while frozen (a kill or a stop of a paused container) may end
+        as soon as it is thawed: its exit is awaited for up to ``RESUMED_EXIT_WAIT_S`` and, if
+        it comes, no ``/tasks/resumed`` is published, as dockerd logs no ``unpause`` for a
+        resume whose container's exit was handled first (daemon/monitor.go, ``EventResumed``
+        when ``c.Paused``): ``pause, kill, die``, not ``pause, kill, unpause, die``."""
         proc = self._process("")
         async with proc.lock:
             if proc.state.status != TaskStatus.PAUSED:
@@ -1022,6 +1034,13 @@ class Shim:
                 raise errors.FailedPrecondition(exc.message) from None
             if proc.state.exit_status is None:
                 proc.move(TaskStatus.RUNNING)
+            signalled, proc.signalled_while_paused = proc.signalled_while_paused, False
+            if not signalled:
+                self._publish(topics.TASK_RESUMED, f"resumed/{self._next()}", {})
+                return {}
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.exited.wait()), RESUMED_EXIT_WAIT_S)
+        if not proc.exited.is_set():
             self._publish(topics.TASK_RESUMED, f"resumed/{self._next()}", {})
         return {}
 

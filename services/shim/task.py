@@ -78,6 +78,8 @@ class Process:
         self.exec_spec: dict[str, Any] | None = None
         self.exec_user = ""  # an exec's Docker ``User``, resolved inside the rootfs at its start
         self.lock = asyncio.Lock()
+        self.signalled_while_paused = False
+        """A signal went to the frozen process: it acts on it once thawed (``shim.resume``)."""
 
     @property
     def what(self) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from common import dockerfmt
 from tests.conftest import need_root, running_instance
 from tests.engine import leftovers
 from tests.harness import Instance
@@ -84,3 +85,51 @@ def test_kill_with_the_stop_signal_resumes_a_paused_container_and_another_signal
     finally:
         inst.cli("unpause", "pk")
         inst.cli("rm", "-f", "pk")
+
+
+def _docker_actions(inst: Instance, head: int, cid: str, last: str, timeout_s: float = 15.0) -> list[str]:
+    """The Docker actions journaled about ``cid`` after ``head``, once ``last`` is among them
+    (read again half a second later: nothing may follow it)."""
+
+    def journal() -> list[str]:
+        with inst.client("events") as c:
+            envs = list(c.stream("events.replay", {"since": head}))
+        events = [dockerfmt.docker_event(env) for env in envs]
+        return [ev["Action"] for ev in events if ev and ev["Type"] == "container" and ev["Actor"]["ID"] == cid]
+
+    deadline = time.monotonic() + timeout_s
+    while last not in journal():
+        assert time.monotonic() < deadline, journal()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return journal()
+
+
+def _since(inst: Instance) -> int:
+    with inst.client("events") as c:
+        return int(c.call("events.head", {})["seq"])
+
+
+def test_a_paused_container_that_a_kill_ends_has_no_unpause_event(inst: Instance) -> None:
+    """dockerd logs no ``unpause`` for the resume of a paused container that its SIGKILL ends
+    (the exit is handled first): ``pause, kill, die``. A stop whose SIGTERM the paused
+    process ignores is resumed and lives on: that ``unpause`` stays, before the SIGKILL."""
+    r = inst.cli("run", "-d", "--name", "pkill", "busybox", "sleep", "600", check=True)
+    cid = r.stdout.decode().strip()
+    try:
+        inst.cli("pause", "pkill", check=True)
+        head = _since(inst)
+        inst.cli("kill", "pkill", check=True)
+        assert _docker_actions(inst, head, cid, "die") == ["kill", "die"]
+    finally:
+        inst.cli("rm", "-f", "pkill")
+    r = inst.cli("run", "-d", "--name", "pstop", "busybox", "sh", "-c", IGNORES_TERM, check=True)
+    cid = r.stdout.decode().strip()
+    try:
+        time.sleep(0.3)  # the trap is set
+        inst.cli("pause", "pstop", check=True)
+        head = _since(inst)
+        inst.cli("stop", "-t", "1", "pstop", check=True)
+        assert _docker_actions(inst, head, cid, "stop") == ["kill", "unpause", "kill", "die", "stop"]
+    finally:
+        inst.cli("rm", "-f", "pstop")
