@@ -24,21 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.cgroupmove import CgroupMount, cgroup_mounts
+
 PROBE_IDLE_S = 0.25
 """Quiet time before each timed write: longer than a grace period, so none is shared."""
-
-
-def _cgroup_mounts() -> list[tuple[str, str, str]]:
-    """``(mount point, fs type, super options)`` of each cgroup file system mounted."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype = fields[sep + 1]
-            if fstype in ("cgroup", "cgroup2"):
-                out.append((fields[4], fstype, fields[sep + 3] if len(fields) > sep + 3 else ""))
-    return out
 
 
 def _read(path: str) -> str | None:
@@ -48,12 +37,12 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _probe_hierarchy(mounts: list[tuple[str, str, str]]) -> str | None:
+def _probe_hierarchy(mounts: list[CgroupMount]) -> str | None:
     """A cgroup hierarchy to time a write in: v1 ``pids`` (cheap, no limits), else cgroup2."""
-    for point, fstype, opts in mounts:
-        if fstype == "cgroup" and "pids" in opts.split(","):
+    for point, fstype, _root, supers in mounts:
+        if fstype == "cgroup" and "pids" in supers:
             return point
-    for point, fstype, _ in mounts:
+    for point, fstype, _root, _supers in mounts:
         if fstype == "cgroup2" and os.access(os.path.join(point, "cgroup.procs"), os.W_OK):
             return point
     return None
@@ -63,7 +52,7 @@ def lone_procs_write_ms(runs: int = 5) -> float | None:
     """Median ms of writing a sleeping child's pid to a new cgroup's ``cgroup.procs``, each
     write after ``PROBE_IDLE_S`` of quiet (what a lone container start pays for it); None
     when no cgroup hierarchy can be written here. The cgroup and the child are removed."""
-    hierarchy = _probe_hierarchy(_cgroup_mounts())
+    hierarchy = _probe_hierarchy(cgroup_mounts())
     if hierarchy is None:
         return None
     group = os.path.join(hierarchy, f"dockyard-bench-probe-{os.getpid()}")
@@ -99,8 +88,8 @@ def lone_procs_write_ms(runs: int = 5) -> float | None:
 def host_tuning() -> dict[str, Any]:
     """``{"cgroup": "v1"|"v2"|"hybrid", "favordynmods": [mount points with it],
     "rcu_expedited": "0"|"1"|None, "lone_procs_write_ms": float|None}``."""
-    mounts = _cgroup_mounts()
-    kinds = {fstype for _, fstype, _ in mounts}
+    mounts = cgroup_mounts()
+    kinds = {m.fstype for m in mounts}
     if kinds == {"cgroup2"}:
         mode = "v2"
     elif kinds == {"cgroup"}:
@@ -109,7 +98,7 @@ def host_tuning() -> dict[str, Any]:
         mode = "hybrid" if kinds else "none"
     return {
         "cgroup": mode,
-        "favordynmods": [p for p, _, opts in mounts if "favordynmods" in opts.split(",")],
+        "favordynmods": [m.point for m in mounts if "favordynmods" in m.supers],
         "rcu_expedited": _read("/sys/kernel/rcu_expedited"),
         "lone_procs_write_ms": lone_procs_write_ms(),
     }

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -37,37 +38,61 @@ class ThreadsApart(OSError):
     """The process's threads are not all in the cgroup its ``cgroup.procs`` write would use."""
 
 
+class CgroupMount(NamedTuple):
+    """A mounted cgroup file system (``/proc/self/mountinfo``)."""
+
+    point: str
+    fstype: str
+    """``cgroup`` (v1) or ``cgroup2``."""
+    root: str
+    """The cgroup the mount shows at its point (``/`` unless mounted for a namespace)."""
+    supers: frozenset[str]
+    """Super options without ``rw``/``ro``: a v1 mount's controllers (``cpu``, ``name=systemd``),
+    ``favordynmods``, ``nsdelegate``."""
+
+
+def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[CgroupMount]:
+    """Every cgroup file system mounted (proc(5) mountinfo fields: root 4, mount point 5, fs
+    type and super options after ``-``). Raises OSError when ``mountinfo`` cannot be read."""
+    out = []
+    with open(mountinfo, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype = fields[sep + 1]
+            if fstype in ("cgroup", "cgroup2"):
+                supers = frozenset(fields[sep + 3].split(",")) if len(fields) > sep + 3 else frozenset()
+                out.append(CgroupMount(fields[4].replace("\\040", " "), fstype, fields[3], supers - {"rw", "ro"}))
+    return out
+
+
 def own_procs_file(
-    mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self/cgroup", tasks: str | None = None
+    mountinfo: str = "/proc/self/mountinfo",
+    cgroup: str = "/proc/self/cgroup",
+    tasks: str | None = None,
+    mounts: list[CgroupMount] | None = None,
 ) -> str | None:
     """The ``cgroup.procs`` file of this process's own cgroup: in the unified (v2) hierarchy
     where one is mounted (a v2 or hybrid host), else in a mounted v1 hierarchy; None when no
     hierarchy of this process is mounted with its root visible here (the cgroup file system
-    mounted for another namespace, or none).
+    mounted for another namespace, or none). ``mounts``: ``cgroup_mounts()`` read earlier
+    (``mountinfo`` is not read then).
 
     With ``tasks`` (``/proc/self/task``), raises ThreadsApart when a thread of the process is
     in another cgroup of that hierarchy than the one found (``/proc/self/cgroup`` is the main
     thread's): an administrator placed threads apart (v2 threaded cgroups, v1's ``tasks``
     file), and a pid written to ``cgroup.procs`` moves every thread of the process there.
 
-    ``/proc/self/cgroup`` lines are ``ID:CONTROLLERS:PATH`` (cgroups(7)); a mount's super
-    options name its v1 controllers (``rw,cpu,cpuacct``, ``rw,name=systemd``).
+    ``/proc/self/cgroup`` lines are ``ID:CONTROLLERS:PATH`` (cgroups(7)).
     """
-    mounts: list[tuple[str, str, set[str]]] = []  # (mount point, fs type, controllers)
     try:
-        with open(mountinfo, encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                fstype = fields[sep + 1]
-                if fstype in ("cgroup", "cgroup2") and fields[3] == "/":
-                    supers = set(fields[sep + 3].split(",")) if len(fields) > sep + 3 else set()
-                    mounts.append((fields[4].replace("\\040", " "), fstype, supers - {"rw", "ro"}))
+        if mounts is None:
+            mounts = cgroup_mounts(mountinfo)
         with open(cgroup, encoding="utf-8") as f:
             lines = [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
     except (OSError, ValueError):
         return None
-    found = _hierarchy(mounts, lines)
+    found = _hierarchy([m for m in mounts if m.root == "/"], lines)
     if found is None:
         return None
     hid, path, procs = found
@@ -76,18 +101,18 @@ def own_procs_file(
     return procs
 
 
-def _hierarchy(mounts: list[tuple[str, str, set[str]]], lines: list[list[str]]) -> tuple[str, str, str] | None:
+def _hierarchy(mounts: list[CgroupMount], lines: list[list[str]]) -> tuple[str, str, str] | None:
     """``(hierarchy ID, cgroup path, its cgroup.procs file)`` for ``own_procs_file``."""
     for hid, controllers, path in lines:
         if hid == "0" and not controllers:
-            for point, fstype, _ in mounts:
-                if fstype == "cgroup2":
-                    return hid, path, os.path.join(point, path.lstrip("/"), "cgroup.procs")
+            for m in mounts:
+                if m.fstype == "cgroup2":
+                    return hid, path, os.path.join(m.point, path.lstrip("/"), "cgroup.procs")
     for hid, controllers, path in lines:
         wanted = set(controllers.split(",")) if controllers else set()
-        for point, fstype, supers in mounts:
-            if fstype == "cgroup" and wanted and wanted <= supers:
-                return hid, path, os.path.join(point, path.lstrip("/"), "cgroup.procs")
+        for m in mounts:
+            if m.fstype == "cgroup" and wanted and wanted <= m.supers:
+                return hid, path, os.path.join(m.point, path.lstrip("/"), "cgroup.procs")
     return None
 
 
@@ -125,15 +150,23 @@ class MovePrimer:
     def __init__(self, locate: Callable[[], str | None] | None) -> None:
         self._locate = locate
         self.writes = 0
-        """Writes made so far (for tests and the profile)."""
+        """Writes made so far (for tests)."""
         self._wanted = threading.Event()
         self._started = False
 
     @classmethod
     def for_this_process(cls, enabled: bool = True) -> MovePrimer:
-        """A primer on this process's own cgroup (``own_procs_file``), or one that does
+        """A primer on this process's own cgroup (``own_procs_file``: the process's cgroup and
+        threads looked at again at each write, the cgroup mounts read once here, not the whole
+        mountinfo, which holds a line per container rootfs, at each start), or one that does
         nothing when ``enabled`` is false."""
-        return cls(functools.partial(own_procs_file, tasks="/proc/self/task") if enabled else None)
+        if not enabled:
+            return cls(None)
+        try:
+            mounts: list[CgroupMount] | None = cgroup_mounts()
+        except (OSError, ValueError):
+            mounts = None  # looked for at the first write, which says why it turns the primer off
+        return cls(functools.partial(own_procs_file, tasks="/proc/self/task", mounts=mounts))
 
     @property
     def enabled(self) -> bool:

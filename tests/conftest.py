@@ -69,6 +69,14 @@ def running_instance(**settings: str) -> Iterator[Instance]:
         inst.cleanup()
 
 
+@pytest.fixture(scope="module")
+def inst() -> Iterator[Instance]:
+    """A running instance with the busybox image (``running_instance``), one per test module;
+    a module that needs other settings, or a check first, defines its own ``inst``."""
+    with running_instance() as i:
+        yield i
+
+
 @pytest.fixture
 def dy() -> Iterator[Instance]:
     """A fresh instance running the services a container needs, with the busybox image loaded."""

@@ -931,7 +931,7 @@ class ExecutionService:
         """Start ``rec``'s task. ``manual``: a user's start or restart, which sets ``RestartCount``
         back to 0 as dockerd's does (daemon/start.go, ``ResetRestartManager(true)``); a restart
         by the container's policy keeps counting."""
-        self.primer.prime()  # (again, for a run: the window past the grace period grows)
+        self.primer.prime()  # start, restart, a policy's restart; a run primed at its arrival already (one more write)
         previous = self.tasks.get(rec.namespace, rec.id)
         if previous is not None and previous.status == "stopped" and not previous.done.is_set():
             # the last incarnation is still being cleaned up (its runtime container shares our id)
@@ -1213,11 +1213,7 @@ class ExecutionService:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             if live.status == "paused" and not live.done.is_set():
-                with contextlib.suppress(errors.DockyardError):
-                    await live.client.call("shim.resume", {}, timeout_s=10)
-                    if not live.done.is_set():  # as unpause leaves it, until its exit is recorded
-                        live.status = "running"
-                        self.store.update(*live.key, status="running")
+                await self._resume_signalled(live)
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise TimeoutError
@@ -1227,6 +1223,16 @@ class ExecutionService:
                 return
             except TimeoutError:
                 continue
+
+    async def _resume_signalled(self, live: Live) -> None:
+        """Thaw the paused task of ``live`` that a signal went to (a frozen process acts on it
+        once thawed) and record it running, as ``unpause`` does, unless its exit came first;
+        a failed ``shim.resume`` (it exited, or resumed meanwhile) is no error."""
+        with contextlib.suppress(errors.DockyardError):
+            await live.client.call("shim.resume", {}, timeout_s=10)
+            if not live.done.is_set():
+                live.status = "running"
+                self.store.update(*live.key, status="running")
 
     @rpc("execution.kill")
     async def kill(self, req: KillRequest, ctx: Context) -> dict[str, Any]:
@@ -1248,11 +1254,7 @@ class ExecutionService:
             raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
         stop_sig = spec.parse_signal(rec.extra.get("stop_signal") or "SIGTERM")
         if live.status == "paused" and sig in (signal_mod.SIGKILL, stop_sig):
-            with contextlib.suppress(errors.DockyardError):  # a frozen process acts on it once thawed
-                await live.client.call("shim.resume", {}, timeout_s=10)
-                if not live.done.is_set():  # as unpause leaves it, until its exit is recorded
-                    live.status = "running"
-                    self.store.update(*live.key, status="running")
+            await self._resume_signalled(live)
         return {}
 
     # -- remove --------------------------------------------------------------------------

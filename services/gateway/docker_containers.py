@@ -243,9 +243,11 @@ class ContainersAPI:
         the execution service removed a --rm container whose start failed before it answered,
         as dockerd does, and the docker CLI cancels its wait once the start's error is in (20.10
         printed "error waiting for container: context canceled" when the wait came second)."""
-        pending = [e.wait() for e in self._removed_waits.get(ref, [])]
-        if pending:
-            await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=timeout_s)
+        waits = [asyncio.ensure_future(e.wait()) for e in self._removed_waits.get(ref, [])]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout_s)
+            for w in waits:
+                w.cancel()  # one still unanswered after the bound: nobody waits for it here
 
     async def stop(self, request: Request) -> Response:
         ref = request.params["id"]

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_root, running_instance
 from tests.harness import Instance
 
 pytestmark = pytest.mark.root
@@ -38,13 +36,6 @@ def _cgroups(pid: int) -> dict[str, str]:
         hid, controllers, path = line.split(":", 2)
         out[f"{hid}:{controllers}"] = path
     return out
-
-
-@pytest.fixture(scope="module")
-def inst() -> Iterator[Instance]:
-    need_root()
-    with running_instance() as i:
-        yield i
 
 
 def test_the_execution_service_stays_in_the_cgroup_it_was_moved_to(inst: Instance) -> None:

@@ -11,21 +11,12 @@ and a new one adopts the containers as before.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import need_root, running_instance
 from tests.harness import Instance
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def inst() -> Iterator[Instance]:
-    need_root()
-    with running_instance() as i:
-        yield i
 
 
 def test_sigterm_with_running_containers_stops_quietly(inst: Instance) -> None:

@@ -13,25 +13,16 @@ paused while its kill was out.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from common import dockerfmt
-from tests.conftest import need_root, running_instance
 from tests.engine import leftovers
 from tests.harness import Instance
 
 pytestmark = pytest.mark.root
 
 IGNORES_TERM = "trap '' TERM; while true; do sleep 0.1; done"
-
-
-@pytest.fixture(scope="module")
-def inst() -> Iterator[Instance]:
-    need_root()
-    with running_instance() as i:
-        yield i
 
 
 def test_a_pause_during_the_stop_timeout_does_not_hang_the_stop(inst: Instance) -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from bench.host import _probe_hierarchy, describe
+from common.cgroupmove import CgroupMount
 
 
 def test_the_probe_prefers_v1_pids_then_a_writable_cgroup2() -> None:
     hybrid = [
-        ("/sys/fs/cgroup/unified", "cgroup2", "rw"),
-        ("/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"),
-        ("/sys/fs/cgroup/pids", "cgroup", "rw,pids"),
+        CgroupMount("/sys/fs/cgroup/unified", "cgroup2", "/", frozenset([])),
+        CgroupMount("/sys/fs/cgroup/cpu,cpuacct", "cgroup", "/", frozenset(["cpu", "cpuacct"])),
+        CgroupMount("/sys/fs/cgroup/pids", "cgroup", "/", frozenset(["pids"])),
     ]
     assert _probe_hierarchy(hybrid) == "/sys/fs/cgroup/pids"
-    assert _probe_hierarchy([("/sys/fs/cgroup/memory", "cgroup", "rw,memory")]) is None
+    assert _probe_hierarchy([CgroupMount("/sys/fs/cgroup/memory", "cgroup", "/", frozenset(["memory"]))]) is None
     assert _probe_hierarchy([]) is None
 
 
