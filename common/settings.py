@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         default=True,
         description="start the kernel's grace period for a task's cgroup move as a start or exec arrives",
     )
+    shim_rehearsal: bool = Field(
+        default=True,
+        description="the shim template runs a shim's first steps once before forking shims "
+        "(services.shim.rehearsal): fewer pages copied and caches filled per shim",
+    )
 
     rpc_timeout_s: float = Field(default=30.0, description="default deadline of a control call")
     liveness_s: float = Field(

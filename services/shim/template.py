@@ -237,6 +237,10 @@ def main(argv: list[str]) -> int:
     logsetup.configure("shim", _settings.log_level)
     warm_handlers(Shim)
     _warm_lazy_imports()
+    if _settings.shim_rehearsal:
+        from services.shim.rehearsal import rehearse
+
+        rehearse(_settings.state, _settings)
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are our children: the kernel reaps them
