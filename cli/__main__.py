@@ -9,7 +9,7 @@ to the typer app in ``cli.app``.
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 
 EXIT_SIGPIPE = 128 + 13
@@ -23,7 +23,7 @@ def _exit(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
+    posix._exit(code)
 
 
 def main() -> None:
@@ -42,8 +42,8 @@ def main() -> None:
     except SystemExit as exc:  # output.fail: the message is printed already
         code = exc.code if isinstance(exc.code, int) else 1
     except BrokenPipeError:  # stdout's reader went away (`| head`); sockets raise ZmtpError instead
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
+        devnull = posix.open("/dev/null", posix.O_WRONLY)
+        posix.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, quietly
         code = EXIT_SIGPIPE
     if code is not None:
         trace.mark("exit")

@@ -19,14 +19,14 @@ ridden through: the output resumes from the container's log, exactly once
 from __future__ import annotations
 
 import _signal  # the C module: ``signal`` would import enum and build its enums (a few ms)
-import os
+import posix
 import select
 import sys
 import time
 
 from cli import output
 from cli.connect import client
-from common import errors, trace
+from common import errors, posixos, trace
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def parse_env_file(text: str, path: str, environ: Mapping[str, str] | None = Non
     name (``=x``) ends the command: ``poorly formatted environment ...`` naming the file
     and the line (exit 125, as a bad flag).
     """
-    env = os.environ if environ is None else environ
+    env = posixos.environ() if environ is None else environ
     out = []
     for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         line = raw.lstrip()
@@ -138,8 +138,8 @@ def env_list(env: list[str], env_file: list[str]) -> list[str]:
             output.fail(f"invalid environment variable: {entry}", EXIT_ENGINE)
         if sep:
             out.append(entry)
-        elif name in os.environ:  # docker run -e NAME takes the value from the client
-            out.append(f"{name}={os.environ[name]}")
+        elif name in posixos.environ():  # docker run -e NAME takes the value from the client
+            out.append(f"{name}={posixos.environ()[name]}")
     return out
 
 
@@ -162,6 +162,8 @@ def volume_mounts(volumes: list[str], tmpfs: list[str], mounts: list[str]) -> li
         opts = parts[2].split(",") if len(parts) > 2 else []
         kind = "bind" if source.startswith("/") or source.startswith(".") else "volume"
         if kind == "bind":
+            import os.path  # only a bind mount pays for importing os (common.posixos)
+
             source = os.path.abspath(source)
         out.append({"type": kind, "source": source, "target": target, "read_only": "ro" in opts})
     for t in tmpfs:
@@ -204,7 +206,7 @@ def restart_policy(value: str) -> dict[str, Any]:
 
 def console_size() -> list[int] | None:
     try:
-        size = os.get_terminal_size(sys.stdout.fileno())
+        size = posix.get_terminal_size(sys.stdout.fileno())
         return [size.lines, size.columns]
     except OSError:
         return None
@@ -453,7 +455,7 @@ def pump(call: Any, stdin: bool, printed: dict[int, int] | None = None) -> dict[
         readable, _, _ = select.select(watch, [], [], 1.0)
         if reading and stdin_fd in readable:
             try:
-                data = os.read(stdin_fd, 65536)
+                data = posix.read(stdin_fd, 65536)
             except OSError:
                 data = b""
             if data:
@@ -474,7 +476,7 @@ def check_tty(interactive: bool, tty: bool) -> None:
     device is not a TTY`` and exit 1 before anything is created. ``-t`` without ``-i``
     (stdin not attached) and ``-d`` are allowed. Raises SystemExit(1) after the message.
     """
-    if tty and interactive and not os.isatty(sys.stdin.fileno()):
+    if tty and interactive and not posix.isatty(sys.stdin.fileno()):
         output.fail(NOT_A_TTY, 1)
 
 
@@ -636,7 +638,7 @@ def exec_(
     too: the exec is created and its start fails, as in dockerd), 1 for that with ``-d``
     (``docker exec -d`` prints the daemon's error); 125 when the engine failed.
     """
-    if not detach and tty and interactive and not os.isatty(sys.stdin.fileno()):
+    if not detach and tty and interactive and not posix.isatty(sys.stdin.fileno()):
         ex = client("execution", timeout_s=30)
         try:
             ex.call("execution.inspect", {"id": container})  # a missing container is the error to show

@@ -12,8 +12,6 @@ msgpack package, whose import costs more than a command's few messages.
 
 from __future__ import annotations
 
-import os
-
 try:  # the C module: ``datetime`` would first build its pure-Python classes (~4 ms)
     from _datetime import UTC as _UTC
     from _datetime import datetime as _datetime_type
@@ -75,6 +73,8 @@ def _default(obj: Any) -> Any:
 
     if isinstance(obj, enum.Enum):
         return obj.value
+    import os  # (loaded already wherever a path object exists)
+
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if isinstance(obj, (set, frozenset, tuple)):

@@ -11,7 +11,7 @@ can compute addresses without paying for it; ``common.settings`` builds on it.
 
 from __future__ import annotations
 
-import os
+from common import posixos
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
@@ -29,13 +29,13 @@ UNIX_PATH_MAX = 107
 
 def root_dir(env: Mapping[str, str] | None = None) -> str:
     """Return the persistent root directory (``DOCKYARD_ROOT``)."""
-    env = os.environ if env is None else env
+    env = posixos.environ() if env is None else env
     return env.get("DOCKYARD_ROOT") or DEFAULT_ROOT
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> str:
     """Return the runtime state directory (``DOCKYARD_STATE``)."""
-    env = os.environ if env is None else env
+    env = posixos.environ() if env is None else env
     return env.get("DOCKYARD_STATE") or DEFAULT_STATE
 
 
@@ -54,29 +54,29 @@ def control_endpoint(service: str, env: Mapping[str, str] | None = None) -> str:
     ``service`` is one of ``SERVICES`` or ``supervisor``. Raises ``ValueError`` when the
     resulting unix socket path would exceed the kernel's limit.
     """
-    env = os.environ if env is None else env
+    env = posixos.environ() if env is None else env
     override = env.get(f"DOCKYARD_{service.upper()}_ENDPOINT")
     if override:
         return override
-    return _ipc(os.path.join(state_dir(env), f"{service}.sock"))
+    return _ipc(posixos.join(state_dir(env), f"{service}.sock"))
 
 
 def events_publish_endpoint(env: Mapping[str, str] | None = None) -> str:
     """Return the XSUB endpoint fire-and-forget publishers connect to."""
-    env = os.environ if env is None else env
-    return env.get("DOCKYARD_EVENTS_PUBLISH_ENDPOINT") or _ipc(os.path.join(state_dir(env), "events-in.sock"))
+    env = posixos.environ() if env is None else env
+    return env.get("DOCKYARD_EVENTS_PUBLISH_ENDPOINT") or _ipc(posixos.join(state_dir(env), "events-in.sock"))
 
 
 def events_subscribe_endpoint(env: Mapping[str, str] | None = None) -> str:
     """Return the XPUB endpoint subscribers connect to."""
-    env = os.environ if env is None else env
-    return env.get("DOCKYARD_EVENTS_SUBSCRIBE_ENDPOINT") or _ipc(os.path.join(state_dir(env), "events-out.sock"))
+    env = posixos.environ() if env is None else env
+    return env.get("DOCKYARD_EVENTS_SUBSCRIBE_ENDPOINT") or _ipc(posixos.join(state_dir(env), "events-out.sock"))
 
 
 def gateway_socket_path(env: Mapping[str, str] | None = None) -> str:
     """Return the path of the gateway's HTTP unix socket (``<state>/dockyard.sock``)."""
-    env = os.environ if env is None else env
-    return env.get("DOCKYARD_GATEWAY_SOCKET") or os.path.join(state_dir(env), "dockyard.sock")
+    env = posixos.environ() if env is None else env
+    return env.get("DOCKYARD_GATEWAY_SOCKET") or posixos.join(state_dir(env), "dockyard.sock")
 
 
 def shim_endpoint(namespace: str, container_id: str, env: Mapping[str, str] | None = None) -> str:
@@ -89,12 +89,12 @@ def shim_endpoint(namespace: str, container_id: str, env: Mapping[str, str] | No
     import hashlib
 
     digest = hashlib.sha256(f"{namespace}/{container_id}".encode()).hexdigest()[:24]
-    return _ipc(os.path.join(state_dir(env), "s", digest))
+    return _ipc(posixos.join(state_dir(env), "s", digest))
 
 
 def bundle_dir(namespace: str, container_id: str, env: Mapping[str, str] | None = None) -> str:
     """Return the OCI bundle directory of a container (``<state>/tasks/<ns>/<id>``)."""
-    return os.path.join(state_dir(env), "tasks", namespace, container_id)
+    return posixos.join(state_dir(env), "tasks", namespace, container_id)
 
 
 def container_dir(namespace: str, container_id: str, env: Mapping[str, str] | None = None) -> str:
@@ -102,12 +102,12 @@ def container_dir(namespace: str, container_id: str, env: Mapping[str, str] | No
 
     It holds what must outlive the task and a reboot: the json-file log.
     """
-    return os.path.join(root_dir(env), "containers", namespace, container_id)
+    return posixos.join(root_dir(env), "containers", namespace, container_id)
 
 
 def runtime_root(runtime: str, env: Mapping[str, str] | None = None) -> str:
     """Return the ``--root`` directory handed to the OCI runtime binary."""
-    return os.path.join(state_dir(env), "runtime", os.path.basename(runtime))
+    return posixos.join(state_dir(env), "runtime", posixos.basename(runtime))
 
 
 def seccomp_cache_dir(runtime: str, env: Mapping[str, str] | None = None) -> str:
@@ -117,4 +117,4 @@ def seccomp_cache_dir(runtime: str, env: Mapping[str, str] | None = None) -> str
     a container), and not in ``<state>/runtime`` either (whose every entry is a runtime
     root). Under ``state``, so a reboot, and with it a new kernel, starts it empty.
     """
-    return os.path.join(state_dir(env), "seccomp", os.path.basename(runtime))
+    return posixos.join(state_dir(env), "seccomp", posixos.basename(runtime))

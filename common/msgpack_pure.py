@@ -21,7 +21,9 @@ an int outside [-2**63, 2**64), ``ValueError`` past ``MAX_DEPTH`` nested contain
 
 from __future__ import annotations
 
-import struct
+import _struct  # the C module: ``struct`` is a wrapper that costs the CLI an import
+
+_STRUCT_ERROR: type[Exception] = _struct.error  # type: ignore[attr-defined]  # typeshed has it in struct only
 
 try:  # the C module: ``datetime`` would first build its pure-Python classes (~4 ms)
     from _datetime import UTC, datetime, timedelta
@@ -40,9 +42,9 @@ _UTC = UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _TIMESTAMP = -1
 
-_U8, _U16, _U32, _U64 = (struct.Struct(">" + c) for c in "BHIQ")
-_I8, _I16, _I32, _I64 = (struct.Struct(">" + c) for c in "bhiq")
-_F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
+_U8, _U16, _U32, _U64 = (_struct.Struct(">" + c) for c in "BHIQ")
+_I8, _I16, _I32, _I64 = (_struct.Struct(">" + c) for c in "bhiq")
+_F32, _F64 = _struct.Struct(">f"), _struct.Struct(">d")
 _B, _H, _I, _Q = _U8.pack, _U16.pack, _U32.pack, _U64.pack
 _b, _h, _i, _q = _I8.pack, _I16.pack, _I32.pack, _I64.pack
 _d = _F64.pack
@@ -158,7 +160,7 @@ def unpackb(data: bytes) -> Any:
     view = bytes(data)
     try:
         obj, end = _unpack(view, 0, 0)
-    except (IndexError, struct.error):
+    except (IndexError, _STRUCT_ERROR):
         raise ValueError("Unpack failed: incomplete input") from None
     except (OverflowError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed msgpack document: {exc}") from None
@@ -254,7 +256,7 @@ def _timestamp(code: int, payload: bytes) -> datetime:
         data64 = _U64.unpack(payload)[0]
         seconds, nanos = data64 & 0x3FFFFFFFF, data64 >> 34
     elif len(payload) == 12:
-        nanos, seconds = struct.unpack(">Iq", payload)
+        nanos, seconds = _struct.unpack(">Iq", payload)
     else:
         raise ValueError(f"timestamp extension of {len(payload)} bytes")
     if nanos >= 1_000_000_000:

@@ -21,8 +21,10 @@ hot path imports it).
 
 from __future__ import annotations
 
-import os
+import posix
 import time
+
+from common import posixos
 
 TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checkers read this as typing's
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-_path = os.environ.get("DOCKYARD_TRACE") or ""
+_path = posixos.environ().get("DOCKYARD_TRACE") or ""
 _process = "?"
 _fd = -1
 _fd_pid = 0
@@ -53,28 +55,28 @@ def mark(step: str) -> None:
     if not _path:
         return
     global _fd
-    if _fd < 0 or _fd_pid != os.getpid():
+    if _fd < 0 or _fd_pid != posix.getpid():
         _open()
     try:
-        os.write(_fd, f"{time.monotonic_ns()} {os.getpid()} {_process} {step}\n".encode())
+        posix.write(_fd, f"{time.monotonic_ns()} {posix.getpid()} {_process} {step}\n".encode())
     except OSError:
         pass
 
 
 def profiled(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``, under cProfile when ``DOCKYARD_PROFILE`` names a directory."""
-    out_dir = os.environ.get("DOCKYARD_PROFILE")
+    out_dir = posixos.environ().get("DOCKYARD_PROFILE")
     if not out_dir:
         return fn(*args)
     import cProfile
 
-    prof = cProfile.Profile(time.thread_time) if os.environ.get("DOCKYARD_PROFILE_CPU") else cProfile.Profile()
+    prof = cProfile.Profile(time.thread_time) if posixos.environ().get("DOCKYARD_PROFILE_CPU") else cProfile.Profile()
     prof.enable()
     try:
         return fn(*args)
     finally:
         prof.disable()
-        prof.dump_stats(os.path.join(out_dir, f"{_process}-{os.getpid()}.prof"))
+        prof.dump_stats(posixos.join(out_dir, f"{_process}-{posix.getpid()}.prof"))
 
 
 def mark_cpu(step: str) -> None:
@@ -95,7 +97,7 @@ def mark_cpu(step: str) -> None:
 def _open() -> None:
     global _fd, _fd_pid
     try:
-        _fd = os.open(_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        _fd_pid = os.getpid()
+        _fd = posix.open(_path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o644)
+        _fd_pid = posix.getpid()
     except OSError:
         _fd = -1

@@ -40,7 +40,7 @@ No traceback ever crosses the wire: errors are the closed set of ``common.errors
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
 from common import codec
@@ -64,7 +64,7 @@ REQ, DATA, EOF, CREDIT, PING, CANCEL = "req", "data", "eof", "credit", "ping", "
 
 def new_request_id() -> str:
     """Return a fresh 16-hex request id."""
-    return os.urandom(8).hex()
+    return posix.urandom(8).hex()
 
 
 def deadline_ms(timeout_s: float | None) -> int:

@@ -20,10 +20,12 @@ A DEALER sends our one-frame envelopes as they are (no empty delimiter frame).
 from __future__ import annotations
 
 import _socket  # the C module: ``socket`` would build its enums at import (~5 ms of a CLI's budget)
+import _struct  # the C module: ``struct`` is a wrapper that costs the CLI an import
 import errno
 import select
-import struct
 import time
+
+_STRUCT_ERROR: type[Exception] = _struct.error  # type: ignore[attr-defined]  # typeshed has it in struct only
 
 _SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
 _GREETING = _SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
@@ -38,11 +40,11 @@ class ZmtpError(ConnectionError):
 def _frame(body: bytes, flags: int = 0) -> bytes:
     if len(body) < 256:
         return bytes((flags, len(body))) + body
-    return bytes((flags | _LONG,)) + struct.pack(">Q", len(body)) + body
+    return bytes((flags | _LONG,)) + _struct.pack(">Q", len(body)) + body
 
 
 def _ready(socket_type: bytes) -> bytes:
-    prop = bytes((11,)) + b"Socket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    prop = bytes((11,)) + b"Socket-Type" + _struct.pack(">I", len(socket_type)) + socket_type
     return _frame(b"\x05READY" + prop, _COMMAND)
 
 
@@ -53,7 +55,7 @@ def _parse_properties(data: bytes) -> dict[bytes, bytes]:
         n = data[i]
         name = data[i + 1 : i + 1 + n]
         i += 1 + n
-        (vlen,) = struct.unpack_from(">I", data, i)
+        (vlen,) = _struct.unpack_from(">I", data, i)
         i += 4
         props[name.lower()] = data[i : i + vlen]
         i += vlen
@@ -104,7 +106,7 @@ class ZmtpDealer:
             if peer_type != b"ROUTER":
                 raise ZmtpError(f"{self.path} is a {peer_type.decode(errors='replace')} socket, not a ROUTER")
             sock.settimeout(None)
-        except (OSError, struct.error, IndexError) as exc:
+        except (OSError, _STRUCT_ERROR, IndexError) as exc:
             self.close()
             raise ZmtpError(f"handshake with {self.path} failed: {exc}") from None
         except ZmtpError:
@@ -173,7 +175,7 @@ class ZmtpDealer:
                 flags = self._buf[0]
                 if flags & _LONG:
                     if len(self._buf) >= 9:
-                        (size,) = struct.unpack_from(">Q", self._buf, 1)
+                        (size,) = _struct.unpack_from(">Q", self._buf, 1)
                         if len(self._buf) >= 9 + size:
                             body = bytes(self._buf[9 : 9 + size])
                             del self._buf[: 9 + size]

@@ -160,9 +160,11 @@ def test_bad_option_of_a_hot_verb_is_reported_by_typer() -> None:
 
 
 HEAVY = ("typer", "click", "pydantic", "zmq", "msgpack", "typing", "socket", "enum", "re", "contextlib",
-         "collections", "functools", "datetime", "json", "asyncio", "signal", "subprocess")  # fmt: skip
+         "collections", "functools", "datetime", "json", "asyncio", "signal", "subprocess", "os", "posixpath",
+         "_collections_abc", "struct")  # fmt: skip
 """Modules the hot path must not import: each costs a CLI ~1-10 ms of its start (a ``contextlib``
-in the RPC client once cost every ``run`` ~7 ms)."""
+in the RPC client once cost every ``run`` ~7 ms; ``os`` with ``_collections_abc`` and
+``posixpath`` ~1 ms: ``common.posixos``)."""
 
 
 def test_hot_path_imports_nothing_heavy() -> None:
@@ -170,10 +172,15 @@ def test_hot_path_imports_nothing_heavy() -> None:
     code = (
         "import sys\n"
         f"sys.path[1:1] = [{str(PROJECT)!r}]\n"
-        "from cli import hot, runner\n"
-        "hot.parse('run', ['--rm', '-e', 'A=1', 'busybox', 'true'])\n"
-        "runner.create_request('busybox', ['true'], rm=True, env=['A=1'])\n"
-        "from common.rpc import client, zmtp\n"
+        "import cli.__main__\n"
+        "from common import codec, endpoints, trace\n"
+        "codec.use_pure()\n"
+        "from cli import connect, hot, runner\n"
+        "hot.parse('run', ['--rm', '-e', 'A=1', '-e', 'HOME', 'busybox', 'true'])\n"
+        "runner.create_request('busybox', ['true'], rm=True, env=['A=1', 'HOME'])\n"
+        "endpoints.control_endpoint('execution'), connect.namespace(), trace.mark('x')\n"
+        "codec.decode(codec.encode({'a': [1, 2.5, b'x', None]}))\n"
+        "from common.rpc import client, protocol, zmtp\n"
         f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=PROJECT, capture_output=True, timeout=60, check=True)
