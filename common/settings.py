@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     def runtime_root(self) -> Path:
         return Path(endpoints.runtime_root(self.runtime, self._lookup()))
 
+    def root_of_runtime(self, runtime: str) -> str:
+        """``--root`` handed to ``runtime`` (a container's own runtime, not necessarily ``self.runtime``)."""
+        return endpoints.runtime_root(runtime, self._lookup())
+
+    def seccomp_cache_dir(self, runtime: str) -> str:
+        """Where ``runtime``'s compiled seccomp filters are kept (``endpoints.seccomp_cache_dir``)."""
+        return endpoints.seccomp_cache_dir(runtime, self._lookup())
+
     def service_dir(self, service: str) -> Path:
         """Return ``<root>/<service>``, the persistent directory a service owns alone."""
         return self.root / service

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import codec, endpoints, errors, shimwake, topics, trace
+from common import codec, errors, shimwake, topics, trace
 from common.api.shim import ShimLaunch, TaskState, TaskStatus, container_event_id, event_id
 from common.events import bundle_outboxes, drain_outbox, has_leftovers, take_leftovers
 from common.settings import Settings
@@ -126,7 +126,7 @@ class TaskManager:
         return self._locks.setdefault((namespace, container_id), asyncio.Lock())
 
     def runtime_root(self, runtime: str) -> str:
-        return endpoints.runtime_root(runtime, self.settings.env())
+        return self.settings.root_of_runtime(runtime)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -218,7 +218,7 @@ class TaskManager:
             console_height=int((cfg.get("console_size") or [0, 0])[0] or 0),
             events_endpoint=self.settings.control_endpoint("events"),
             copy_up=list(rec.extra.get("copy_up") or []),
-            seccomp_cache_dir=endpoints.seccomp_cache_dir(rec.runtime, self.settings.env()),
+            seccomp_cache_dir=self.settings.seccomp_cache_dir(rec.runtime),
             # a later start may follow a compacted /containers/create: only the first one waits
             after_event=after_event or (container_event_id(rec.id, "create") if incarnation == 1 else ""),
             start=True,
