@@ -21,7 +21,8 @@ Cases (``Suite.run_all``):
 - ``exec true`` in a running container (runc/crun exec as the bare runtimes; ctr's in a
   container with and without ``--seccomp``);
 - 20 and 100 detached starts at once: wall time until every CLI returned, then all
-  verified running, then removed (timed too); per-shim RSS/PSS while 20 run;
+  verified running, then removed (timed too); per-shim RSS/PSS while 20 run; each burst
+  starts after ``gap_ms`` of quiet too, tools in a rotated order from round to round;
 - ``ps`` with 100 containers running;
 - pull of a 100 MB+ multi-layer image from a local registry, from empty stores;
 - idle RSS/PSS of each Dockyard service and of each peer daemon.
@@ -111,7 +112,7 @@ class Suite:
     """See module docstring. ``work`` holds bundles, logs and the registry's data."""
 
     def __init__(self, work: Path, *, runs: int = 20, warmup: int = 3, big_mb: int = 140,
-                 pull_runs: int = 3, conc_iters: int = 3, log: Callable[[str], None] = print,
+                 pull_runs: int = 3, conc_iters: int = 8, log: Callable[[str], None] = print,
                  peer_state_tmpfs: bool = False, gap_ms: float = 100.0) -> None:  # fmt: skip
         self.work = work
         self.gap_s = gap_ms / 1000
@@ -439,6 +440,8 @@ class Suite:
         }
         for it in range(iters):
             for tool in tools[it % len(tools) :] + tools[: it % len(tools)]:
+                if self.gap_s:
+                    time.sleep(self.gap_s)
                 ms, errors = self._start_n(tool, n)
                 running = self._running(tool)
                 s = start.setdefault(tool, Sample())
