@@ -149,7 +149,9 @@ def rehearse(state_dir: str | os.PathLike[str], settings: Settings) -> bool:
         asyncio.set_event_loop(None)
         ctx: Any = zasync.Context._instance
         if ctx is not None and not ctx.closed:
-            ctx.term()
+            # destroy, not term: a socket a failed step left open (a bind refused: the
+            # endpoint's path over the unix limit) would keep zmq_ctx_term waiting for ever
+            ctx.destroy(linger=0)
         zasync.Context._instance = None
         if work:
             with contextlib.suppress(OSError):

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from common import endpoints
 from tests.harness import PROJECT
 
 _PROBE = """
@@ -46,10 +49,10 @@ print(json.dumps({{
 """
 
 
-def _probe(state: Path, before: str = "") -> dict[str, object]:
+def _probe(state: Path, before: str = "", timeout: float = 60) -> dict[str, object]:
     code = _PROBE.format(project=str(PROJECT), before=before)
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(state)], capture_output=True, timeout=60, check=True, cwd="/"
+        [sys.executable, "-c", code, str(state)], capture_output=True, timeout=timeout, check=True, cwd="/"
     )
     result: dict[str, object] = json.loads(proc.stdout)
     return result
@@ -103,3 +106,22 @@ def test_leftovers_of_a_killed_rehearsal_are_removed(tmp_path: Path) -> None:
     got = _probe(tmp_path)
     assert got["ok"] is True
     assert got["left"] == [live.name]
+
+
+def test_rehearsal_on_a_state_path_too_long_for_its_socket_is_skipped_not_stuck() -> None:
+    """A state directory whose shim sockets fit the unix limit (``<state>/s/<24 hex>``, up to 80
+    bytes of state) but whose rehearsal endpoint (``<state>/.rehearsal-<pid>-*/events.sock``)
+    does not: the bind fails, and the rehearsal is skipped at once (it used to hang the
+    template in ``zmq_ctx_term`` on the socket the failed bind left open: no shim was forked)."""
+    base = tempfile.mkdtemp(prefix="dy-long-", dir="/tmp")
+    try:
+        state = Path(base, "x" * (80 - len(base) - 1))
+        state.mkdir()
+        assert len(endpoints.shim_endpoint("default", "c", {"DOCKYARD_STATE": str(state)})) <= len("ipc://") + 107
+        got = _probe(state, timeout=30)
+        assert got["ok"] is False
+        assert got["left"] == []
+        assert got["tasks"] is True and got["fds"] is True and got["sigchld"] is True
+        assert got["zmq_context"] is False and got["threads"] == 1
+    finally:
+        shutil.rmtree(base)
