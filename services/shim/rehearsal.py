@@ -11,7 +11,7 @@ are filled in every shim too.
 ``rehearse(state_dir)`` runs, in the template, what every shim runs around its task's
 create: an event loop with the reaper's SIGCHLD handler and one spawned child, the shim's
 launch file read through ``ShimLaunch``, an RPC server and a client on a throw-away ipc
-endpoint, an ``EventPublisher`` with its outbox delivering to a stand-in for the events
+endpoint (an abstract unix socket), an ``EventPublisher`` with its outbox delivering to a stand-in for the events
 service (a few calls, so that the interpreter specialises their bytecode here), the
 atomic writes of the bundle's files and the endpoint's digest. Afterwards the template
 holds no thread, event loop, socket or zmq context (``Context.term``), so forking stays
@@ -80,7 +80,9 @@ async def _round(work: str, settings: Settings, reaper: Reaper, n: int) -> None:
         incarnation=1,
         runtime_root=work,
         log_path=os.path.join(work, "log.json"),
-        events_endpoint=f"ipc://{work}/events.sock",
+        # an abstract unix socket (no path to outgrow the unix limit, however long the state
+        # directory), one a round: a closed one is released by zmq's I/O thread a moment later
+        events_endpoint=f"ipc://@dockyard{os.path.basename(work)}-{n}",
     )
     write_atomic(str(launch_file), launch.model_dump_json().encode())
     launch = ShimLaunch.model_validate_json(launch_file.read_text())

@@ -108,20 +108,41 @@ def test_leftovers_of_a_killed_rehearsal_are_removed(tmp_path: Path) -> None:
     assert got["left"] == [live.name]
 
 
-def test_rehearsal_on_a_state_path_too_long_for_its_socket_is_skipped_not_stuck() -> None:
-    """A state directory whose shim sockets fit the unix limit (``<state>/s/<24 hex>``, up to 80
-    bytes of state) but whose rehearsal endpoint (``<state>/.rehearsal-<pid>-*/events.sock``)
-    does not: the bind fails, and the rehearsal is skipped at once (it used to hang the
-    template in ``zmq_ctx_term`` on the socket the failed bind left open: no shim was forked)."""
+def test_rehearsal_on_the_longest_state_path_a_shim_socket_allows_goes_through() -> None:
+    """A state directory whose shim sockets just fit the unix limit (``<state>/s/<24 hex>``,
+    up to 80 bytes of state): the rehearsal's endpoint is an abstract socket, so it goes
+    through there too (a path in the state directory did not fit, and the bind it refused
+    once hung the template, see the next test)."""
     base = tempfile.mkdtemp(prefix="dy-long-", dir="/tmp")
     try:
         state = Path(base, "x" * (80 - len(base) - 1))
         state.mkdir()
         assert len(endpoints.shim_endpoint("default", "c", {"DOCKYARD_STATE": str(state)})) <= len("ipc://") + 107
         got = _probe(state, timeout=30)
-        assert got["ok"] is False
+        assert got["ok"] is True
         assert got["left"] == []
         assert got["tasks"] is True and got["fds"] is True and got["sigchld"] is True
         assert got["zmq_context"] is False and got["threads"] == 1
     finally:
         shutil.rmtree(base)
+
+
+_FAILING_BIND = """
+from common.rpc import server as _server
+_bind = _server.RpcServer.bind
+def _failing_bind(self):
+    _bind(self)
+    raise OSError("injected: bind refused")
+_server.RpcServer.bind = _failing_bind
+"""
+
+
+def test_a_step_that_fails_with_a_socket_open_is_skipped_not_stuck(tmp_path: Path) -> None:
+    """A failed step that leaves its zmq socket open (a refused bind): the rehearsal is skipped
+    at once and leaves nothing; ``zmq_ctx_term`` would wait for that socket for ever and the
+    template would never fork a shim."""
+    got = _probe(tmp_path, before=_FAILING_BIND, timeout=30)
+    assert got["ok"] is False
+    assert got["left"] == []
+    assert got["tasks"] is True and got["fds"] is True and got["sigchld"] is True
+    assert got["zmq_context"] is False and got["threads"] == 1
