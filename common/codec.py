@@ -84,11 +84,36 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} on the wire")
 
 
+def _valid_utf8(obj: Any) -> Any:
+    """``obj`` with every string made valid UTF-8: each lone surrogate (Python keeps a byte
+    that did not decode, in an argument, a variable or a file name, as one: ``surrogateescape``)
+    becomes U+FFFD, as Go's ``encoding/json`` makes each invalid byte on Docker's wire."""
+    if isinstance(obj, str):
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in obj)
+    if isinstance(obj, dict):
+        return {_valid_utf8(k): _valid_utf8(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_utf8(v) for v in obj]
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return _valid_utf8(dump(mode="python", exclude_none=False))
+    return obj
+
+
 def encode(obj: Any) -> bytes:
     """Encode ``obj`` as one msgpack document.
 
-    Raises ``TypeError`` for an object outside the shapes listed in the module docstring.
+    A string that is not valid UTF-8 goes out with U+FFFD in place of its undecodable bytes
+    (``_valid_utf8``). Raises ``TypeError`` for an object outside the shapes listed in the
+    module docstring.
     """
+    try:
+        return _encode(obj)
+    except UnicodeEncodeError:
+        return _encode(_valid_utf8(obj))
+
+
+def _encode(obj: Any) -> bytes:
     pure = _pure_codec()
     if pure is not None:
         return bytes(pure.packb(obj, default=_default))

@@ -5,7 +5,10 @@ Config.Env holds only the user's and the image's entries."""
 
 from __future__ import annotations
 
-from tests.harness import Instance
+import subprocess
+import sys
+
+from tests.harness import PROJECT, Instance
 
 
 def _env(out: bytes) -> dict[str, str]:
@@ -42,3 +45,17 @@ def test_hostname_and_term_in_run_and_exec(dy: Instance) -> None:
     assert "TERM" not in _env(dy.cli("exec", "envt", "env").stdout)
     assert _env(dy.cli("exec", "-t", "envt", "env").stdout)["TERM"] == "xterm"
     dy.cli("rm", "-f", "envt", check=True)
+
+
+def test_bytes_that_are_not_utf8_become_u_fffd_as_on_docker(dy: Instance) -> None:
+    """An argument, a ``-e NAME=VALUE`` and a variable that ``-e NAME`` takes from the client's
+    environment, each with bytes that are not UTF-8: the container gets U+FFFD for each byte
+    (Docker's JSON wire does the same), and the CLI prints no traceback."""
+    env = {k.encode(): v.encode() for k, v in dy.env.items()}
+    env[b"DY_RAW"] = b"a\xffb"
+    script = b'printf "%s|%s|%s" "$DY_RAW" "$DY_ARG" "$0"'
+    cmd = [sys.executable.encode(), b"-m", b"cli", b"run", b"--rm", b"-e", b"DY_RAW", b"-e", b"DY_ARG=c\xfe\xfdd"]
+    p = subprocess.run([*cmd, b"busybox", b"sh", b"-c", script, b"e\xff"], env=env, cwd=PROJECT, capture_output=True,
+                       timeout=120)  # fmt: skip
+    assert (p.returncode, p.stderr) == (0, b"")
+    assert p.stdout.decode() == "a\ufffdb|c\ufffd\ufffdd|e\ufffd"

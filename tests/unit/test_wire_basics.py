@@ -27,6 +27,23 @@ def test_codec_lowers_models_and_refuses_naive_datetimes() -> None:
         codec.encode(object())
 
 
+@pytest.mark.parametrize("pure", [False, True], ids=["msgpack", "msgpack_pure"])
+def test_codec_sends_undecodable_bytes_as_u_fffd(pure: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A string holding bytes that did not decode (``surrogateescape``: an argument, a variable,
+    a file name) or any lone surrogate goes out as valid UTF-8, U+FFFD for each, in keys,
+    lists, tuples and models too; valid strings and the other shapes are left as they are."""
+    if pure:
+        monkeypatch.setattr(codec, "_pure", None)
+        monkeypatch.setattr(codec, "_pure_left", 0)
+        codec.use_pure(messages=3)  # the failed try, the retry, the decode
+    raw = b"a\xff\xfeb".decode("utf-8", "surrogateescape")
+    model = PublishRequest(id="e1", topic="/tasks/exit", event={"path": raw})
+    doc = {raw: [raw, ("\ud800", 3)], "ok": "é", "b": b"\xff", "m": model}
+    got = codec.decode(codec.encode(doc))
+    assert got["a\ufffd\ufffdb"] == ["a\ufffd\ufffdb", ["\ufffd", 3]]
+    assert (got["ok"], got["b"], got["m"]["event"]) == ("é", b"\xff", {"path": "a\ufffd\ufffdb"})
+
+
 def test_codec_rejects_garbage_with_value_error() -> None:
     with pytest.raises(ValueError, match="malformed"):
         codec.decode(b"\xc1")
