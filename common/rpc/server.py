@@ -232,21 +232,28 @@ class RpcServer:
         return sorted(self._handlers)
 
     def bind(self) -> None:
-        """Bind the ROUTER socket (removing a stale ipc socket file first; ``close`` removes ours)."""
+        """Bind the ROUTER socket (removing a stale ipc socket file first; ``close`` removes ours).
+
+        Raises ``zmq.ZMQError`` (address in use, a path over the unix limit) or ``OSError``
+        (the socket's directory); the socket is closed then."""
         sock = self._zctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         path = self.endpoint[len("ipc://") :] if self.endpoint.startswith("ipc://") else ""
-        if self.listen_fd >= 0:
-            sock.setsockopt(zmq.USE_FD, self.listen_fd)  # zmq owns (and closes) the fd from now on
-            self.listen_fd = -1
-        elif path and not path.startswith("@"):  # a file, not an abstract socket
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        sock.bind(self.endpoint)
+        try:
+            if self.listen_fd >= 0:
+                sock.setsockopt(zmq.USE_FD, self.listen_fd)  # zmq owns (and closes) the fd from now on
+                self.listen_fd = -1
+            elif path and not path.startswith("@"):  # a file, not an abstract socket
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            sock.bind(self.endpoint)
+        except BaseException:
+            sock.close(linger=0)  # an open socket would keep the context's term waiting for it
+            raise
         self._sock = sock
         if path and not path.startswith("@"):
             with contextlib.suppress(OSError):
