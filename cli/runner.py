@@ -138,8 +138,8 @@ def env_list(env: list[str], env_file: list[str]) -> list[str]:
             output.fail(f"invalid environment variable: {entry}", EXIT_ENGINE)
         if sep:
             out.append(entry)
-        elif name in posixos.environ():  # docker run -e NAME takes the value from the client
-            out.append(f"{name}={posixos.environ()[name]}")
+        elif (value := posixos.environ().get(name)) is not None:  # docker run -e NAME: the client's value
+            out.append(f"{name}={value}")
     return out
 
 

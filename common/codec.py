@@ -94,10 +94,13 @@ def _valid_utf8(obj: Any) -> Any:
         return {_valid_utf8(k): _valid_utf8(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_valid_utf8(v) for v in obj]
-    dump = getattr(obj, "model_dump", None)
-    if dump is not None:
-        return _valid_utf8(dump(mode="python", exclude_none=False))
-    return obj
+    if obj is None or isinstance(obj, (bool, int, float, bytes, bytearray, memoryview, _datetime_type)):
+        return obj
+    try:
+        lowered = _default(obj)  # a model, enum, path or set, lowered as the encoder lowers it
+    except TypeError:
+        return obj  # the encoder says what it cannot encode
+    return _valid_utf8(lowered)
 
 
 def encode(obj: Any) -> bytes:

@@ -19,8 +19,6 @@ TYPE_CHECKING = False  # typing costs the CLI's hot path an import; type checker
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-DEVNULL = "/dev/null"
-
 _snapshot: dict[str, str] | None = None
 
 

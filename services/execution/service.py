@@ -1252,8 +1252,10 @@ class ExecutionService:
             await self._shim_kill(live, sig)
         except errors.FailedPrecondition:
             raise errors.Conflict(f"container '{rec.name}' is not running", {"id": rec.id}) from None
-        stop_sig = spec.parse_signal(rec.extra.get("stop_signal") or "SIGTERM")
-        if live.status == "paused" and sig in (signal_mod.SIGKILL, stop_sig):
+        if live.status == "paused" and sig in (
+            signal_mod.SIGKILL,
+            spec.parse_signal(rec.extra.get("stop_signal") or "SIGTERM"),
+        ):
             await self._resume_signalled(live)
         return {}
 

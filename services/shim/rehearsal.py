@@ -10,13 +10,14 @@ are filled in every shim too.
 
 ``rehearse(state_dir)`` runs, in the template, what every shim runs around its task's
 create: an event loop with the reaper's SIGCHLD handler and one spawned child, the shim's
-launch file read through ``ShimLaunch``, an RPC server and a client on a throw-away ipc
-endpoint (an abstract unix socket), an ``EventPublisher`` with its outbox delivering to a stand-in for the events
-service (a few calls, so that the interpreter specialises their bytecode here), the
-atomic writes of the bundle's files and the endpoint's digest. Afterwards the template
-holds no thread, event loop, socket or zmq context (``Context.term``), so forking stays
-safe, and nothing of the rehearsal is left on disk. A rehearsal that fails (an odd host)
-is logged at debug level and skipped: it only makes shims cheaper.
+launch file read through ``ShimLaunch``, an RPC server and a client on a throw-away
+endpoint (an abstract unix socket), an ``EventPublisher`` with its outbox delivering to a
+stand-in for the events service (a few rounds, so that the interpreter specialises their
+bytecode here), the atomic writes of the bundle's files and the endpoint's digest.
+Afterwards the template holds no thread, event loop, socket or zmq context (its context is
+destroyed, closing any socket a failed step left open), so forking stays safe, and nothing
+of the rehearsal is left on disk. A rehearsal that fails (an odd host) is logged at debug
+level and skipped: it only makes shims cheaper.
 """
 
 from __future__ import annotations
