@@ -21,6 +21,8 @@ def test_hostname_and_term_in_run_and_exec(dy: Instance) -> None:
     env = _env(p.stdout)
     assert env["HOSTNAME"] == env["hostname"] and len(env["HOSTNAME"]) == 12
     assert "TERM" not in env and env["PATH"] and env["HOME"] == "/root"
+    # what the shim gives the runtime (GOMAXPROCS=1) and what runc gives its init stay theirs
+    assert not [k for k in env if k.startswith(("GOMAXPROCS", "_LIBCONTAINER"))], env
 
     p = dy.cli("run", "--rm", "-t", "busybox", "env")
     assert _env(p.stdout)["TERM"] == "xterm"
