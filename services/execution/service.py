@@ -1584,6 +1584,7 @@ class ExecutionService:
         match a container made from that image.
         """
         filters = req.filters
+        _check_filters(filters)
         if filters.get("ancestor"):
             filters = {**filters, "ancestor": await self._ancestor_refs(ctx.namespace, filters["ancestor"])}
         out = []
@@ -1839,6 +1840,22 @@ def _ns(value: dt.datetime | None) -> int | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return parse_time(value.isoformat())
+
+
+_FILTER_KEYS = frozenset({"id", "name", "label", "status", "ancestor", "exited"})
+_STATUSES = frozenset({"created", "restarting", "running", "removing", "paused", "exited", "dead"})
+
+
+def _check_filters(filters: Mapping[str, list[str]]) -> None:
+    """Refuse a filter ``_matches`` does not know, as dockerd's ``GET /containers/json`` does
+    (``invalid filter 'bogus'``, ``invalid filter 'status=bogus'``): never an unfiltered list."""
+    for key, values in filters.items():
+        if key not in _FILTER_KEYS:
+            raise errors.InvalidArgument(f"invalid filter '{key}'")
+        if key == "status":
+            for value in values:
+                if value not in _STATUSES:
+                    raise errors.InvalidArgument(f"invalid filter 'status={value}'")
 
 
 def _matches(c: Container, filters: dict[str, list[str]]) -> bool:

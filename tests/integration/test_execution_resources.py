@@ -122,3 +122,15 @@ def test_ps_filters_and_inspect_state(engine: Engine) -> None:
     running = json.loads(engine.cli("inspect", "up1").stdout)[0]["State"]
     assert running["Running"] and running["Pid"] > 0 and running["Status"] == "running"
     engine.cli("rm", "-f", "up1", "ex3", check=True)
+
+
+def test_ps_refuses_a_filter_it_does_not_know(engine: Engine) -> None:
+    """dockerd answers 400 for an unknown filter or status (``docker ps`` prints it); ``dockyard
+    ps`` did not check them and listed every container, or none."""
+    engine.run("-d", "--name", "pf", "busybox", "sleep", "300", check=True)
+    for flt, message in (("bogus=1", "invalid filter 'bogus'"), ("status=bogus", "invalid filter 'status=bogus'")):
+        p = engine.cli("ps", "-a", "-f", flt)
+        assert p.returncode == 1 and p.stdout == b"", (flt, p)
+        assert p.stderr.decode().strip() == f"error: {message}", p.stderr
+    assert engine.cli("ps", "-q", "-f", "status=running").stdout.strip() != b""
+    engine.cli("rm", "-f", "pf", check=True)
