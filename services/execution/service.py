@@ -46,7 +46,6 @@ import logging
 import os
 import shutil
 import signal as signal_mod
-import sqlite3
 import stat as stat_mod
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -98,7 +97,7 @@ from services.execution.archive import ArchiveService
 from services.execution.detach import DetachScanner
 from services.execution.execs import ExecService, _drop, _until
 from services.execution.seccomp import default_seccomp
-from services.execution.store import Record, Store
+from services.execution.store import Record, Store, name_in_use
 from services.execution.tasks import Live, StartFailed, TaskExit, TaskManager
 from services.execution.volumes import Volumes
 from services.shim import cgroups, mount
@@ -360,12 +359,7 @@ class ExecutionService:
         if req.name:
             name = ids.validate_name(req.name)
             if self.store.name_taken(ns, name):
-                existing = self.store.find(ns, name)
-                raise errors.AlreadyExists(
-                    f'the container name "/{name}" is already in use by container "{existing.id}"; '
-                    "remove (or rename) that container to be able to reuse that name",
-                    {"name": name, "id": existing.id},
-                )
+                raise name_in_use(name, self.store.find(ns, name).id)
         else:
             name = ids.random_name()
             while self.store.name_taken(ns, name):
@@ -840,18 +834,9 @@ class ExecutionService:
         new = ids.validate_name(req.name)
         if new == rec.name:
             return {}
-        holder = self.store.find(rec.namespace, new) if self.store.name_taken(rec.namespace, new) else None
-        if holder is None:
-            try:
-                self.store.update(rec.namespace, rec.id, name=new)
-            except sqlite3.IntegrityError:  # a create or rename took the name meanwhile
-                holder = self.store.find(rec.namespace, new)
-        if holder is not None:
-            raise errors.AlreadyExists(
-                f'the container name "/{new}" is already in use by container "{holder.id}"; '
-                "remove (or rename) that container to be able to reuse that name",
-                {"name": new, "id": holder.id},
-            )
+        if self.store.name_taken(rec.namespace, new):
+            raise name_in_use(new, self.store.find(rec.namespace, new).id)
+        self.store.update(rec.namespace, rec.id, name=new)  # a create or rename that took it meanwhile: the same error
         self.publisher.publish(
             topics.CONTAINER_UPDATE,
             {"id": rec.id, "name": new, "image": rec.image, "action": "rename", "old_name": rec.name},

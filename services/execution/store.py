@@ -169,6 +169,22 @@ def _from_row(row: sqlite3.Row) -> Record:
     return Record(**data)
 
 
+def name_in_use(name: str, holder_id: str) -> errors.AlreadyExists:
+    """AlreadyExists for a container name taken by ``holder_id`` (``""``: unknown), in
+    dockerd's wording (moby ``daemon/names.go``), with ``{"name", "id"}`` as details."""
+    if not holder_id:
+        return errors.AlreadyExists(
+            f'the container name "/{name}" is already in use; '
+            "remove (or rename) that container to be able to reuse that name",
+            {"name": name},
+        )
+    return errors.AlreadyExists(
+        f'the container name "/{name}" is already in use by container "{holder_id}"; '
+        "remove (or rename) that container to be able to reuse that name",
+        {"name": name, "id": holder_id},
+    )
+
+
 class Store:
     """The container table (see module docstring). Calls are short; safe from one event loop."""
 
@@ -198,10 +214,7 @@ class Store:
             try:
                 self._db.execute(f"INSERT INTO containers ({cols}) VALUES ({marks})", row)
             except sqlite3.IntegrityError:
-                raise errors.AlreadyExists(
-                    f'the container name "/{rec.name}" is already in use; remove or rename that container first',
-                    {"name": rec.name},
-                ) from None
+                raise self._name_in_use(rec.namespace, rec.name) from None
 
     def update(self, namespace: str, container_id: str, **fields: Any) -> None:
         """Set some fields of one container (no-op if it is gone)."""
@@ -225,7 +238,15 @@ class Store:
                     {**rec_fields, "_ns": namespace, "_id": container_id},
                 )
             except sqlite3.IntegrityError:
-                raise errors.AlreadyExists(f"the container name {fields.get('name')!r} is already in use") from None
+                raise self._name_in_use(namespace, str(fields.get("name"))) from None
+
+    def _name_in_use(self, namespace: str, name: str) -> errors.AlreadyExists:
+        """The error of an insert or rename that met ``name`` taken (the lock held): dockerd's
+        wording, with the holder's id when it is there to find."""
+        row = self._db.execute(
+            "SELECT id FROM containers WHERE namespace = ? AND name = ?", (namespace, name)
+        ).fetchone()
+        return name_in_use(name, row[0] if row else "")
 
     def delete(
         self,

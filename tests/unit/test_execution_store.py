@@ -51,6 +51,28 @@ def test_names_are_unique_per_namespace(tmp_path: Path) -> None:
     s.insert(_rec("3" * 64, "web", ns="other"))
 
 
+def test_a_taken_name_says_who_holds_it_as_dockerd_does(tmp_path: Path) -> None:
+    """Regression: a create or rename that lost a race for a name (the service's own check
+    passed, the insert or update met the unique index) said it in two other wordings, without
+    the holder's id, where the checked path says dockerd's; six concurrent ``run --name race``
+    gave both."""
+    s = Store(tmp_path / "c.db")
+    holder = "1" * 64
+    s.insert(_rec(holder, "web"))
+    s.insert(_rec("2" * 64, "db"))
+    want = (
+        f'the container name "/web" is already in use by container "{holder}"; '
+        "remove (or rename) that container to be able to reuse that name"
+    )
+    with pytest.raises(errors.AlreadyExists) as on_insert:
+        s.insert(_rec("3" * 64, "web"))
+    with pytest.raises(errors.AlreadyExists) as on_rename:
+        s.update("default", "2" * 64, name="web")
+    for exc in (on_insert.value, on_rename.value):
+        assert (str(exc.message), exc.details) == (want, {"name": "web", "id": holder})
+    assert s.get("default", "2" * 64).name == "db"  # type: ignore[union-attr]
+
+
 def test_update_round_trips_fields(tmp_path: Path) -> None:
     s = Store(tmp_path / "c.db")
     s.insert(_rec("1" * 64, "web"))
