@@ -52,6 +52,14 @@ def serial_env() -> dict[str, str]:
     return {**child_env(), "GOMAXPROCS": os.environ.get("GOMAXPROCS") or "1"}
 
 
+def runtime_env() -> dict[str, str]:
+    """The environment of the other runtime commands (``exec``, ``kill``, ``state`` ...):
+    ``PATH``, and the shim's own ``GOMAXPROCS`` when it has one (an operator's limit holds
+    for every command, not only for those ``serial_env`` gives one)."""
+    limit = os.environ.get("GOMAXPROCS")
+    return {**child_env(), "GOMAXPROCS": limit} if limit else child_env()
+
+
 class RuntimeError_(Exception):  # noqa: N801 - the builtin name is taken
     """The runtime binary failed; ``message`` is its own error text."""
 
@@ -126,7 +134,7 @@ class Runtime:
             stderr=stdio.get(2),
             capture=capture,
             input_data=input_data,
-            env=env,
+            env=env if env is not None else runtime_env(),
         )
         trace.mark(f"{self.name} {command} exited {status}")
         if status != 0:

@@ -1,7 +1,7 @@
 """The environment each runtime command gets (``services.shim.runtime``): ``PATH`` alone,
 plus ``GOMAXPROCS=1`` for the commands that create or delete a task (``run --detach``,
-``create``, ``delete``), or the shim's own ``GOMAXPROCS`` when it has one; ``exec`` keeps
-Go's default."""
+``create``, ``delete``); the shim's own ``GOMAXPROCS``, when it has one, for every command.
+``exec`` otherwise keeps Go's default."""
 
 from __future__ import annotations
 
@@ -51,13 +51,22 @@ def test_create_run_and_delete_go_with_one_scheduler_thread(tmp_path: Path, monk
     asyncio.run(go())
     for command in ("run", "create", "delete"):
         assert _env_of(rec, command) == {"PATH": "/sbin:/bin", "GOMAXPROCS": "1"}, command
-    exec_env = _env_of(rec, "exec")
-    assert exec_env is None or "GOMAXPROCS" not in exec_env
+    assert _env_of(rec, "exec") == {"PATH": "/sbin:/bin"}
 
 
-def test_a_gomaxprocs_of_the_shims_own_is_passed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gomaxprocs_of_the_shims_own_is_passed_on_to_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's ``GOMAXPROCS`` (in ``dockyard up``'s environment) holds for ``exec`` too."""
     monkeypatch.setenv("GOMAXPROCS", "2")
+    monkeypatch.setenv("PATH", "/sbin:/bin")
     rt, rec = _runtime(tmp_path)
-    asyncio.run(rt.run_detached("c1", str(tmp_path / "init.pid"), {}))
-    env = _env_of(rec, "run")
-    assert env is not None and env["GOMAXPROCS"] == "2"
+
+    async def go() -> None:
+        await rt.run_detached("c1", str(tmp_path / "init.pid"), {})
+        await rt.exec("c1", str(tmp_path / "process.json"), str(tmp_path / "exec.pid"), {})
+        await rt.kill("c1", 15)
+
+    asyncio.run(go())
+    for command in ("run", "exec", "kill"):
+        assert _env_of(rec, command) == {"PATH": "/sbin:/bin", "GOMAXPROCS": "2"}, command
