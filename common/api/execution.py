@@ -332,9 +332,17 @@ class WaitReply(Reply):
     error: str = ""
 
 
+LIST_FILTERS = frozenset({"id", "name", "label", "status", "ancestor", "exited"})
+"""The filters ``execution.list`` applies (the gateway applies Docker's others itself)."""
+CONTAINER_STATUSES = frozenset({"created", "restarting", "running", "removing", "paused", "exited", "dead"})
+"""The values of a ``status`` filter (Docker's container states)."""
+
+
 class ListRequest(Request):
     all: bool = False
-    filters: dict[str, list[str]] = Field(default_factory=dict, description="id, name, label, status, ancestor, exited")
+    filters: dict[str, list[str]] = Field(
+        default_factory=dict, description="id, name, label, status, ancestor, exited (LIST_FILTERS)"
+    )
     limit: int | None = None
 
 

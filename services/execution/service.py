@@ -55,6 +55,8 @@ from typing import Any
 from common import codec, errors, ids, topics, trace
 from common.api.base import NamespacesReply
 from common.api.execution import (
+    CONTAINER_STATUSES,
+    LIST_FILTERS,
     AttachRequest,
     CommitReply,
     CommitRequest,
@@ -1827,19 +1829,15 @@ def _ns(value: dt.datetime | None) -> int | None:
     return parse_time(value.isoformat())
 
 
-_FILTER_KEYS = frozenset({"id", "name", "label", "status", "ancestor", "exited"})
-_STATUSES = frozenset({"created", "restarting", "running", "removing", "paused", "exited", "dead"})
-
-
 def _check_filters(filters: Mapping[str, list[str]]) -> None:
     """Refuse a filter ``_matches`` does not know, as dockerd's ``GET /containers/json`` does
     (``invalid filter 'bogus'``, ``invalid filter 'status=bogus'``): never an unfiltered list."""
     for key, values in filters.items():
-        if key not in _FILTER_KEYS:
+        if key not in LIST_FILTERS:
             raise errors.InvalidArgument(f"invalid filter '{key}'")
         if key == "status":
             for value in values:
-                if value not in _STATUSES:
+                if value not in CONTAINER_STATUSES:
                     raise errors.InvalidArgument(f"invalid filter 'status={value}'")
 
 

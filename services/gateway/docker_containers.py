@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from common import dockerfmt, errors, resources
+from common.api.execution import CONTAINER_STATUSES, LIST_FILTERS
 from services.gateway import resume, streams
 from services.gateway.backends import (
     Backends,
@@ -57,7 +58,6 @@ _LIST_FILTERS = {
     "publish",
     "expose",
 }
-_STATUSES = {"created", "restarting", "running", "removing", "paused", "exited", "dead"}
 _WAIT_CONDITIONS = {"not-running", "next-exit", "removed"}
 
 
@@ -142,11 +142,11 @@ class ContainersAPI:
     async def list_containers(self, request: Request) -> Response:
         filters = filters_of(request, _LIST_FILTERS)
         for status in filters.get("status", []):
-            if status not in _STATUSES:
+            if status not in CONTAINER_STATUSES:
                 raise HTTPError(400, f"invalid filter 'status={status}'")
         limit = int_arg(request, "limit")
         show_all = request.flag("all") or (limit is not None and limit > 0)
-        passed = {k: v for k, v in filters.items() if k in ("id", "name", "label", "status", "ancestor", "exited")}
+        passed = {k: v for k, v in filters.items() if k in LIST_FILTERS}
         if "status" in passed or "exited" in passed:
             show_all = True
         reply = await call(self.b.execution, "execution.list", {"all": show_all, "filters": passed})
