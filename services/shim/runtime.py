@@ -44,19 +44,12 @@ def start_error_status(message: str) -> int:
     return 128
 
 
-def serial_env() -> dict[str, str]:
-    """A runtime command's environment with ``GOMAXPROCS=1`` (a Go runtime's one scheduler
-    thread; crun ignores it), unless the shim has a ``GOMAXPROCS`` of its own to pass on.
-    It does not reach the container: the runtime starts its processes with the spec's
-    environment."""
-    return {**child_env(), "GOMAXPROCS": os.environ.get("GOMAXPROCS") or "1"}
-
-
-def runtime_env() -> dict[str, str]:
-    """The environment of the other runtime commands (``exec``, ``kill``, ``state`` ...):
-    ``PATH``, and the shim's own ``GOMAXPROCS`` when it has one (an operator's limit holds
-    for every command, not only for those ``serial_env`` gives one)."""
-    limit = os.environ.get("GOMAXPROCS")
+def runtime_env(*, serial: bool = False) -> dict[str, str]:
+    """A runtime command's environment: ``PATH``, and the shim's own ``GOMAXPROCS`` when it
+    has one (an operator's limit holds for every command); else, with ``serial``,
+    ``GOMAXPROCS=1`` (a Go runtime's one scheduler thread; crun ignores it). It does not
+    reach the container: the runtime starts its processes with the spec's environment."""
+    limit = os.environ.get("GOMAXPROCS") or ("1" if serial else "")
     return {**child_env(), "GOMAXPROCS": limit} if limit else child_env()
 
 
@@ -122,8 +115,9 @@ class Runtime:
         stdio: dict[int, int] | None = None,
         capture: bool = False,
         input_data: bytes | None = None,
-        env: dict[str, str] | None = None,
+        serial: bool = False,
     ) -> bytes:
+        """Run ``command``; ``serial``: with one Go scheduler thread (``runtime_env``)."""
         offset = self._log_offset()
         stdio = stdio or {}
         trace.mark(f"{self.name} {command}")
@@ -134,7 +128,7 @@ class Runtime:
             stderr=stdio.get(2),
             capture=capture,
             input_data=input_data,
-            env=env if env is not None else runtime_env(),
+            env=runtime_env(serial=serial),
         )
         trace.mark(f"{self.name} {command} exited {status}")
         if status != 0:
@@ -153,7 +147,7 @@ class Runtime:
         args = ["create", "--bundle", self.bundle, "--pid-file", pid_file]
         if console_socket:
             args += ["--console-socket", console_socket]
-        await self._call("create", [*args, container_id], stdio=stdio, env=serial_env())
+        await self._call("create", [*args, container_id], stdio=stdio, serial=True)
 
     async def run_detached(
         self, container_id: str, pid_file: str, stdio: dict[int, int], console_socket: str | None = None
@@ -164,7 +158,7 @@ class Runtime:
         ~10 ms here); the runtime returns once the container's process runs. A failure
         of either half raises ``RuntimeError_`` with the runtime's message.
 
-        Runs with ``GOMAXPROCS=1`` (``serial_env``; runc's ``init`` gets an environment of
+        Runs with ``GOMAXPROCS=1`` (``runtime_env``; runc's ``init`` gets an environment of
         its own and keeps Go's default): with one scheduler thread, runc's idle ones no
         longer spin looking for work on CPUs that the other starts of a burst need. 20
         concurrent ``run -d`` on two instances, alternated 8 and 10 times: 1285 -> 1240 and
@@ -174,7 +168,7 @@ class Runtime:
         args = ["run", "--detach", "--bundle", self.bundle, "--pid-file", pid_file]
         if console_socket:
             args += ["--console-socket", console_socket]
-        await self._call("run", [*args, container_id], stdio=stdio, env=serial_env())
+        await self._call("run", [*args, container_id], stdio=stdio, serial=True)
 
     async def start(self, container_id: str) -> None:
         """``start <id>``: run the process (its exec fifo opens)."""
@@ -188,14 +182,14 @@ class Runtime:
     async def delete(self, container_id: str, force: bool = False) -> None:
         """``delete [--force] <id>``; a container the runtime does not know is not an error.
 
-        Runs with ``GOMAXPROCS=1`` (``serial_env``): the delete of a task whose init just
+        Runs with ``GOMAXPROCS=1`` (``runtime_env``): the delete of a task whose init just
         exited overlaps the exit's path, and Go's default of one scheduler thread per CPU
         spread its ~10 ms over both CPUs of this host while the shim and the services wait
         their turn; with one it took ~1.5 ms less, and ``run --rm`` ~2 ms less (A/B of
         ``bench.profile``). ``runc exec`` was slower with it (~1-4 ms): it keeps Go's default.
         """
         try:
-            await self._call("delete", ["delete", *(["--force"] if force else []), container_id], env=serial_env())
+            await self._call("delete", ["delete", *(["--force"] if force else []), container_id], serial=True)
         except RuntimeError_ as exc:
             if "does not exist" in exc.message or "not found" in exc.message.lower():
                 return
